@@ -1,0 +1,279 @@
+"""Typed run configs: dataclasses filled from YAML files and dotted command-line overrides.
+
+Every stage declares its config as a tree of dataclasses. ``load_config`` reads a YAML file
+(optionally inheriting from another through a top-level ``base:`` key), applies overrides such as
+``optim.lr=2e-4``, and checks every value against the dataclass field types:
+
+* an unknown key is an error naming the key and the file it came from;
+* a value of the wrong type is an error naming the key, the expected type and the file;
+* a ``Literal[...]`` field only accepts one of its choices.
+
+The resolved config is written next to every run's outputs with ``save_config`` so that a run can
+always be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from sld.errors import UserError
+
+T = TypeVar("T")
+
+BASE_KEY = "base"
+
+
+class ConfigError(UserError):
+    """A user-caused configuration error; the message names the key and where it came from."""
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return repr(tp).replace("typing.", "")
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, source: str, partial: bool = False) -> Any:
+    """Check ``value`` against type ``tp`` and return it converted (ints widen to floats, dicts to dataclasses).
+
+    With ``partial`` nested dataclasses are only checked (unknown keys, types), not built, so that a
+    file can be validated on its own before command-line overrides fill in required keys.
+    """
+
+    def fail(expected: str | None = None) -> ConfigError:
+        return ConfigError(
+            f"{source}: key '{key}' expects {expected or _type_name(tp)}, got {value!r} ({type(value).__name__})"
+        )
+
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"{source}: key '{key}' must be one of {', '.join(repr(c) for c in choices)}; got {value!r}"
+            )
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise fail()
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, source, partial)
+            except ConfigError:
+                continue
+        raise fail()
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise fail(f"a mapping of {tp.__name__} fields")
+        return _build(tp, value, key, source, partial)
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise fail()
+            return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise fail()
+        key_tp, val_tp = get_args(tp) or (Any, Any)
+        return {
+            _convert(k, key_tp, f"{key}.{k}", source): _convert(v, val_tp, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept what Python reads as a float.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise fail()
+    return value
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str, partial: bool = False) -> T:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {known})")
+        kwargs[name] = _convert(value, hints[name], key, source, partial)
+    if partial:
+        return kwargs  # type: ignore[return-value]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = f" under '{prefix}'" if prefix else ""
+        raise ConfigError(f"{source}: missing required key(s){where}: {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:  # __post_init__ validation
+        raise ConfigError(f"{source}: invalid '{prefix or cls.__name__}': {err}") from err
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config, resolving a top-level ``base:`` (a path relative to this file) recursively."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    base = data.pop(BASE_KEY, None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: key '{BASE_KEY}' must be a path to another YAML file")
+        parent = read_yaml(path.parent / base, (*_seen, path.resolve()))
+        data = _deep_merge(parent, data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.subkey=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    data = dict(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override '{text}': '{part}' is not a section")
+                node[part] = child
+            node[part] = dict(child)
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a ``cls`` config from an optional YAML file plus ``key.sub=value`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    # Check the file and the overrides on their own first, so an error names where the bad key came from.
+    if path is not None:
+        _build(cls, data, "", str(path), partial=True)
+    if overrides:
+        _build(cls, apply_overrides({}, overrides), "", "command-line override", partial=True)
+    source = " + ".join(
+        part for part in (str(path) if path else "", "command-line overrides" if overrides else "") if part
+    )
+    return _build(cls, apply_overrides(data, overrides), "", source or "defaults")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data view of a config (tuples become lists) for YAML/JSON output."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (loadable again with ``load_config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
+
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "config_to_dict",
+    "load_config",
+    "parse_override",
+    "read_yaml",
+    "save_config",
+]
