@@ -1,0 +1,187 @@
+"""The shared training loop: one optimizer step per accumulated batch, LR schedule, resume."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+import sld.training as training
+from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints, lr_lambda
+
+
+class IndexDataset(Dataset):
+    def __init__(self, n: int = 12) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def collate(items):
+    return torch.tensor(items)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+
+def make_loss(seen: list[int]):
+    def loss_fn(model, batch):
+        seen.extend(batch.tolist())
+        x = batch.float().unsqueeze(-1) / 10
+        loss = ((model.linear(x) - x) ** 2).mean()
+        return {"loss": loss, "mse": loss}
+
+    return loss_fn
+
+
+def loop_config(**kw) -> LoopConfig:
+    base = dict(max_steps=3, batch_size=2, log_every=1, eval_every=100, save_every=100, progress=False)
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def test_accumulation_takes_one_optimizer_step_per_accumulated_batch(tmp_path, monkeypatch):
+    steps = []
+    real_build = training.build_optimizer
+
+    def counting_build(params, optim):
+        opt = real_build(params, optim)
+        opt.register_step_post_hook(lambda *a: steps.append(1))
+        return opt
+
+    monkeypatch.setattr(training, "build_optimizer", counting_build)
+    seen: list[int] = []
+    result = fit(
+        Tiny(),
+        IndexDataset(24),
+        collate,
+        make_loss(seen),
+        tmp_path,
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=2, grad_accum_steps=4),
+    )
+    assert result.state.step == 2
+    assert len(steps) == 2  # 8 micro-batches, 2 optimizer steps
+    assert len(seen) == 2 * 4 * 2
+
+
+def test_lr_schedule_advances_once_per_step(tmp_path):
+    optim = OptimConfig(lr=1.0, warmup_steps=2, schedule="cosine")
+    fit(
+        Tiny(),
+        IndexDataset(24),
+        collate,
+        make_loss([]),
+        tmp_path,
+        optim,
+        loop_config(max_steps=4, grad_accum_steps=3),
+    )
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs == pytest.approx([lr_lambda(s, optim, 4) for s in range(1, 5)])
+    assert {"train/loss", "train/mse", "train/grad_norm"} <= set(rows[0])
+
+
+def test_warmup_then_cosine_shape():
+    optim = OptimConfig(warmup_steps=10, schedule="cosine")
+    assert lr_lambda(0, optim, 110) == pytest.approx(0.1)
+    assert lr_lambda(9, optim, 110) == pytest.approx(1.0)
+    assert lr_lambda(60, optim, 110) == pytest.approx(0.5)
+    assert lr_lambda(110, optim, 110) == pytest.approx(0.0)
+
+
+def test_resume_continues_step_count_and_data_order(tmp_path):
+    # constant LR: the cosine horizon depends on max_steps, which the interrupted run changes
+    constant = OptimConfig(warmup_steps=0, schedule="constant")
+    straight: list[int] = []
+    fit(
+        Tiny(),
+        IndexDataset(10),
+        collate,
+        make_loss(straight),
+        tmp_path / "a",
+        constant,
+        loop_config(max_steps=7),
+    )
+
+    resumed: list[int] = []
+    first = fit(
+        Tiny(),
+        IndexDataset(10),
+        collate,
+        make_loss(resumed),
+        tmp_path / "b",
+        constant,
+        loop_config(max_steps=3),
+    )
+    assert first.state.step == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_3"]
+    second = fit(
+        Tiny(),
+        IndexDataset(10),
+        collate,
+        make_loss(resumed),
+        tmp_path / "b",
+        constant,
+        loop_config(max_steps=7),
+    )
+    assert second.state.step == 7
+    assert resumed == straight  # same batches in the same order across the interruption
+    a = fit(
+        Tiny(), IndexDataset(10), collate, make_loss([]), tmp_path / "a", constant, loop_config(max_steps=7)
+    )
+    assert a.state.step == 7  # already finished: loads the final checkpoint, trains nothing
+    for pa, pb in zip(a.model.parameters(), second.model.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_evaluate_fn_is_called_and_logged(tmp_path):
+    calls = []
+
+    def evaluate(model, step):
+        calls.append(step)
+        assert not model.training
+        return {"score": float(step)}
+
+    fit(
+        Tiny(),
+        IndexDataset(8),
+        collate,
+        make_loss([]),
+        tmp_path,
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=5, eval_every=2),
+        evaluate_fn=evaluate,
+    )
+    assert calls == [2, 4, 5]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval/score"] for r in rows if "eval/score" in r] == [2.0, 4.0, 5.0]
+
+
+def test_ema_weights_are_tracked(tmp_path):
+    result = fit(
+        Tiny(),
+        IndexDataset(8),
+        collate,
+        make_loss([]),
+        tmp_path,
+        OptimConfig(lr=0.1, warmup_steps=0),
+        loop_config(max_steps=3),
+        ema_decay=0.5,
+    )
+    assert result.ema is not None
+    raw = [p.detach().clone() for p in result.model.parameters()]
+    result.ema.copy_to(list(result.model.parameters()))
+    assert any(not torch.equal(r, p) for r, p in zip(raw, result.model.parameters()))
+
+
+def test_invalid_loop_config_is_rejected():
+    with pytest.raises(ValueError, match="batch_size"):
+        LoopConfig(batch_size=0)
