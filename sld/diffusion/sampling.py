@@ -1,0 +1,319 @@
+"""Sampling segment latents with diffusers schedulers (SLD paper section 3.3, "generation").
+
+``make_scheduler`` builds DDPM, DDIM or DPM-Solver++ on the same VP cosine schedule the objective
+trains with (``squaredcos_cap_v2``), so any of them can sample a trained ``SegmentDiT``.
+``sample_latents`` runs the reverse process over (B, S, N, D) latents with classifier-free guidance,
+self-conditioning and per-latent re-projection to norm sqrt(D), and can report every step to a
+callback (``TrajectoryRecorder`` keeps them for denoising-trajectory plots).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from sld.diffusion.objective import (
+    PREDICTION_TYPES,
+    PredictionType,
+    segment_mask_from_counts,
+    vp_cosine_alphas_cumprod,
+    x0_from_prediction,
+)
+from sld.errors import UserError
+from sld.models.denoiser import SegmentDiT
+
+__all__ = [
+    "SCHEDULER_NAMES",
+    "SamplingStep",
+    "SchedulerName",
+    "TrajectoryRecorder",
+    "choose_num_segments",
+    "forward_noise",
+    "make_scheduler",
+    "sample_latents",
+    "segment_mask_from_counts",
+]
+
+SchedulerName = Literal["ddpm", "ddim", "dpm++"]
+SCHEDULER_NAMES: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+
+
+def make_scheduler(
+    name: SchedulerName = "ddpm",
+    num_train_timesteps: int = 1000,
+    prediction_type: PredictionType = "v_prediction",
+) -> SchedulerMixin:
+    """A diffusers scheduler on the VP cosine schedule used in training.
+
+    * ``ddpm``: ancestral sampling (paper: 250 steps);
+    * ``ddim``: deterministic (eta 0);
+    * ``dpm++``: DPM-Solver++ second-order multistep, good at 10-50 steps.
+
+    Clipping and thresholding are off (latents are not in [-1, 1]); timesteps are "trailing" so the
+    first step starts from t = T - 1, where the input really is pure noise.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise UserError(
+            f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}; got {prediction_type!r}"
+        )
+    common = dict(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type=prediction_type,
+        timestep_spacing="trailing",
+    )
+    if name == "ddpm":
+        return DDPMScheduler(**common, clip_sample=False, variance_type="fixed_small")
+    if name == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(
+            **common,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            thresholding=False,
+            lower_order_final=True,
+        )
+    raise UserError(f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}; got {name!r}")
+
+
+def forward_noise(
+    x0: torch.Tensor,
+    t: torch.Tensor | int,
+    noise: torch.Tensor,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Noise clean latents to integer timestep t: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise.
+
+    Args:
+        x0: (B, ...) clean latents, e.g. (B, S, N, D).
+        t: (B,) or scalar integer timesteps.
+        noise: like x0.
+        alphas_cumprod: (T,) schedule; default the 1000-step cosine schedule (``scheduler.alphas_cumprod``
+            or ``LatentDiffusion.alphas_cumprod`` fit here).
+    """
+    if alphas_cumprod is None:
+        alphas_cumprod = vp_cosine_alphas_cumprod(1000)
+    t = torch.as_tensor(t, device=x0.device).long()
+    if t.dim() == 0:
+        t = t.expand(x0.shape[0])
+    a = alphas_cumprod.to(x0.device, torch.float32)[t].to(x0.dtype)
+    a = a.reshape(a.shape + (1,) * (x0.dim() - 1))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def choose_num_segments(
+    logits: torch.Tensor,
+    mode: Literal["argmax", "sample"] = "argmax",
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Segment counts from count-head logits (B, K): class k means k + 1 segments.
+
+    ``argmax`` takes the most likely count; ``sample`` draws from softmax(logits / temperature).
+    Returns (B,) long counts in [1, K].
+    """
+    if mode == "argmax":
+        return logits.argmax(dim=-1) + 1
+    if mode == "sample":
+        if temperature <= 0:
+            raise UserError(f"count 'temperature' must be > 0, got {temperature}")
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        where = generator.device if generator is not None else probs.device
+        draws = torch.multinomial(probs.to(where), 1, generator=generator).squeeze(-1)
+        return draws.to(logits.device) + 1
+    raise UserError(f"count mode must be 'argmax' or 'sample'; got {mode!r}")
+
+
+@dataclass
+class SamplingStep:
+    """What one reverse step reports to a callback.
+
+    index: step number, 0 .. num_inference_steps - 1.
+    timestep: the integer timestep t the model saw.
+    sample: (B, S, N, D) x_t, the input of this step.
+    x0_pred: (B, S, N, D) the (guided) clean-latent estimate at this step.
+    prev_sample: (B, S, N, D) the output of the step (after re-projection), the next x_t.
+    """
+
+    index: int
+    timestep: int
+    sample: torch.Tensor
+    x0_pred: torch.Tensor
+    prev_sample: torch.Tensor
+
+
+@dataclass
+class TrajectoryRecorder:
+    """A ``sample_latents`` callback that keeps CPU copies of every (or every ``every``-th) step."""
+
+    every: int = 1
+    steps: list[SamplingStep] = field(default_factory=list)
+
+    def __call__(self, step: SamplingStep) -> None:
+        if step.index % self.every == 0:
+            self.steps.append(
+                SamplingStep(
+                    step.index,
+                    step.timestep,
+                    step.sample.detach().float().cpu(),
+                    step.x0_pred.detach().float().cpu(),
+                    step.prev_sample.detach().float().cpu(),
+                )
+            )
+
+    @property
+    def timesteps(self) -> list[int]:
+        return [s.timestep for s in self.steps]
+
+    def stack(self, what: Literal["sample", "x0_pred", "prev_sample"] = "x0_pred") -> torch.Tensor:
+        """(steps, B, S, N, D) tensor of one recorded quantity."""
+        return torch.stack([getattr(s, what) for s in self.steps])
+
+
+def _renormalize(latents: torch.Tensor) -> torch.Tensor:
+    """Re-project every latent vector (last dim D) to norm sqrt(D), as the autoencoder emits them."""
+    return F.normalize(latents, dim=-1) * math.sqrt(latents.shape[-1])
+
+
+@torch.no_grad()
+def sample_latents(
+    model: SegmentDiT,
+    scheduler: SchedulerMixin,
+    context: torch.Tensor | None,
+    context_mask: torch.Tensor | None = None,
+    num_segments: torch.Tensor | None = None,
+    segment_mask: torch.Tensor | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    renormalize: bool = True,
+    self_conditioning: bool | None = None,
+    latents: torch.Tensor | None = None,
+    callback: Callable[[SamplingStep], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Generate (B, S, N, D) segment latents by running the reverse diffusion process.
+
+    Args:
+        model: the denoiser (unwrapped); it is put in eval mode for the call and restored after.
+        scheduler: from ``make_scheduler``, with the prediction type the model was trained on.
+        context: (B, T, C) source-encoder states, or None (unconditional).
+        context_mask: (B, T) bool.
+        num_segments: (B,) segment counts in [1, S] (e.g. from ``choose_num_segments``); or give
+        segment_mask: (B, S') bool directly, S' <= ``model.config.max_segments``.
+        num_inference_steps: reverse steps.
+        guidance_scale: classifier-free guidance weight w: uncond + w (cond - uncond). At w = 1 the
+            unconditional pass is skipped and the output is exactly the conditional prediction.
+        generator: RNG for the initial noise and the DDPM noise.
+        renormalize: re-project each latent to norm sqrt(D) after every step (for autoencoders whose
+            latents are l2-normalised and scaled to sqrt(D)).
+        self_conditioning: feed the previous x0 estimate back; default the model's config.
+        latents: (B, S, N, D) initial noise x_T; drawn from ``generator`` when None.
+        callback: called with a ``SamplingStep`` after every step (see ``TrajectoryRecorder``).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        (B, S, N, D) latents, zero on padded segments.
+    """
+    cfg = model.config
+    if segment_mask is None:
+        if num_segments is None:
+            raise UserError("sample_latents needs 'num_segments' or 'segment_mask'")
+        segment_mask = segment_mask_from_counts(torch.as_tensor(num_segments), cfg.max_segments)
+    device = model.device
+    dtype = model.dtype
+    segment_mask = segment_mask.to(device=device, dtype=torch.bool)
+    b, s = segment_mask.shape
+    if s > cfg.max_segments:
+        raise UserError(
+            f"segment_mask has {s} segments, more than the denoiser's max_segments={cfg.max_segments}"
+        )
+    if not bool(segment_mask.any(dim=1).all()):
+        raise UserError("every document needs at least one segment (num_segments >= 1)")
+    if guidance_scale < 0:
+        raise UserError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if context is not None:
+        context = context.to(device)
+    if context_mask is not None:
+        context_mask = context_mask.to(device)
+    if self_conditioning is None:
+        self_conditioning = bool(cfg.self_conditioning)
+    self_conditioning = self_conditioning and bool(cfg.self_conditioning)
+    prediction_type = scheduler.config.prediction_type
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+
+    shape = (b, s, cfg.num_latents, cfg.latent_dim)
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+    elif tuple(latents.shape) != shape:
+        raise UserError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+    latents = latents.to(device=device, dtype=torch.float32) * scheduler.init_noise_sigma
+    real = segment_mask[:, :, None, None].to(latents.dtype)
+    latents = latents * real
+
+    # CFG runs the conditional and the unconditional (null-context) passes as one batch.
+    guided = guidance_scale != 1.0
+    if guided:
+        model_context = None if context is None else torch.cat([context, context])
+        model_context_mask = None if context_mask is None else torch.cat([context_mask, context_mask])
+        model_segment_mask = torch.cat([segment_mask, segment_mask])
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
+    else:
+        model_context, model_context_mask, model_segment_mask, drop = (
+            context,
+            context_mask,
+            segment_mask,
+            None,
+        )
+
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    was_training = model.training
+    model.eval()
+    x0_pred = None
+    try:
+        for index, t in enumerate(
+            tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False)
+        ):
+            x_in = scheduler.scale_model_input(latents, t)
+            self_cond = x0_pred if self_conditioning else None
+            time = torch.full((b,), float(t) / num_train_timesteps, device=device)
+            if guided:
+                x_in, time = torch.cat([x_in, x_in]), torch.cat([time, time])
+                self_cond = None if self_cond is None else torch.cat([self_cond, self_cond])
+            out = model(
+                x_in.to(dtype),
+                time,
+                model_context,
+                model_context_mask,
+                model_segment_mask,
+                None if self_cond is None else self_cond.to(dtype),
+                drop,
+            ).float()
+            if guided:
+                cond, uncond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+
+            alpha_bar = alphas_cumprod[int(t)].expand(b)
+            x0_pred = x0_from_prediction(out, latents, alpha_bar, prediction_type) * real
+            step = scheduler.step(out, t, latents, generator=generator, return_dict=True)
+            prev = step.prev_sample
+            if renormalize:
+                prev = _renormalize(prev)
+            prev = prev * real
+            if callback is not None:
+                callback(SamplingStep(index, int(t), latents, x0_pred, prev))
+            latents = prev
+    finally:
+        model.train(was_training)
+    return latents

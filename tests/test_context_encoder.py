@@ -1,0 +1,117 @@
+"""ContextEncoder: packaged MiniLM default, None sources, save/load, seq2seq encoders, frozen, dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from sld.errors import UserError
+from sld.models.context_encoder import ContextEncoder, default_context_encoder_path
+from sld.models.denoiser import SegmentDiT
+
+
+@pytest.fixture(scope="module")
+def minilm() -> ContextEncoder:
+    return ContextEncoder.from_pretrained(max_length=12)
+
+
+def test_default_encoder_shapes_masks_and_none_sources(minilm):
+    assert minilm.context_dim == 384
+    texts = ["A short source.", None, "a much longer source text that will certainly be cut at twelve tokens"]
+    states, mask = minilm.encode(texts)
+    assert states.shape == (3, 12, 384) and mask.shape == (3, 12) and mask.dtype == torch.bool
+    assert mask[0].sum() < 12 and mask[2].all()  # padding, truncation at max_length
+    assert not mask[1].any() and torch.count_nonzero(states[1]) == 0  # no source: all masked
+    assert torch.count_nonzero(states[0][~mask[0]]) == 0
+    # Rows do not depend on the other rows of the batch.
+    alone, alone_mask = minilm.encode(["A short source."])
+    k = int(alone_mask.sum())
+    torch.testing.assert_close(states[0, :k], alone[0, :k], rtol=1e-4, atol=1e-5)
+    # Every source missing: a zero-length context.
+    empty, empty_mask = minilm.encode([None, None])
+    assert empty.shape == (2, 0, 384) and empty_mask.shape == (2, 0)
+
+
+def test_frozen_and_feeds_the_denoiser(minilm):
+    assert not any(p.requires_grad for p in minilm.parameters())
+    minilm.train()
+    assert not minilm.training and not minilm.model.training
+    states, mask = minilm.encode(["one", None])
+    dit = SegmentDiT(
+        latent_dim=4,
+        num_latents=2,
+        max_segments=2,
+        context_dim=minilm.context_dim,
+        width=16,
+        depth=1,
+        heads=2,
+    )
+    assert dit(torch.randn(2, 2, 2, 4), torch.rand(2), states, mask).shape == (2, 2, 2, 4)
+
+
+def test_save_load_round_trip(minilm, tmp_path):
+    minilm.save_pretrained(tmp_path / "ctx")
+    loaded = ContextEncoder.from_pretrained(tmp_path / "ctx")
+    assert loaded.max_length == 12
+    texts = ["Two people talk about the weather.", None]
+    a, am = minilm.encode(texts)
+    b, bm = loaded.encode(texts)
+    assert torch.equal(am, bm) and torch.equal(a, b)
+
+
+def test_dtype(tmp_path):
+    encoder = ContextEncoder.from_pretrained(dtype=torch.bfloat16, max_length=8)
+    states, _ = encoder.encode(["hello world"])
+    assert states.dtype == torch.bfloat16 and encoder.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_seq2seq_encoders(kind, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(default_context_encoder_path())
+    torch.manual_seed(0)
+    if kind == "t5":
+        config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
+        model = T5ForConditionalGeneration(config)
+    else:
+        config = BartConfig(
+            vocab_size=len(tokenizer),
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            max_position_embeddings=64,
+        )
+        model = BartForConditionalGeneration(config)
+    model.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    encoder = ContextEncoder.from_pretrained(tmp_path / "src", max_length=16)
+    assert encoder.context_dim == 16
+    states, mask = encoder.encode(["hello there", "a longer source text"])
+    assert states.shape[0] == 2 and states.shape[2] == 16 and mask.shape == states.shape[:2]
+    batch = tokenizer(["hello there", "a longer source text"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval().get_encoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        )
+    torch.testing.assert_close(states[mask], expected.last_hidden_state[mask], rtol=1e-4, atol=1e-5)
+    # The encoder-only form round-trips too.
+    encoder.save_pretrained(tmp_path / "saved")
+    again, _ = ContextEncoder.from_pretrained(tmp_path / "saved").encode(
+        ["hello there", "a longer source text"]
+    )
+    torch.testing.assert_close(again, states)
+
+
+def test_missing_model_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="context encoder"):
+        ContextEncoder.from_pretrained(tmp_path / "nope")

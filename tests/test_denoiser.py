@@ -1,0 +1,166 @@
+"""SegmentDiT: shapes, zero-init, save/load, segment masking, null context, count head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sld.errors import UserError
+from sld.models.denoiser import SegmentDiT
+
+B, S, N, D, T, C = 3, 3, 4, 8, 5, 16
+
+
+def tiny_dit(**overrides) -> SegmentDiT:
+    kwargs = dict(latent_dim=D, num_latents=N, max_segments=S, context_dim=C, width=32, depth=3, heads=4)
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    return SegmentDiT(**kwargs)
+
+
+def randomize_zero_init(model: torch.nn.Module, std: float = 0.05) -> None:
+    """Give zero-initialised tensors (adaLN-Zero, output projection, biases) random values so outputs are non-trivial."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if torch.count_nonzero(p) == 0:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def inputs(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, S, N, D, generator=gen)
+    t = torch.rand(B, generator=gen)
+    context = torch.randn(B, T, C, generator=gen)
+    context_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    segment_mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    return x, t, context, context_mask, segment_mask
+
+
+def test_output_shapes_and_count_head():
+    model = tiny_dit()
+    x, t, c, cm, sm = inputs()
+    out, logits = model(x, t, c, cm, sm, return_count_logits=True)
+    assert out.shape == (B, S, N, D)
+    assert logits.shape == (B, S)
+    assert model.predict_num_segments(c, cm).shape == (B, S)
+    assert model.predict_num_segments(None, batch_size=2).shape == (2, S)
+    assert tiny_dit(num_count_classes=7).predict_num_segments(c, cm).shape == (B, 7)
+    # Fewer segments than max_segments, no masks, no context.
+    assert model(x[:, :2], t).shape == (B, 2, N, D)
+
+
+def test_zero_init_gives_zero_prediction():
+    model = tiny_dit()
+    x, t, c, cm, sm = inputs()
+    out = model(x, t, c, cm, sm, self_cond=torch.randn_like(x))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_dit(dropout=0.1)
+    randomize_zero_init(model)
+    model.eval()
+    x, t, c, cm, sm = inputs()
+    before, logits_before = model(x, t, c, cm, sm, self_cond=x.flip(0), return_count_logits=True)
+    model.save_pretrained(tmp_path)
+    loaded = SegmentDiT.from_pretrained(tmp_path).eval()
+    assert loaded.config.width == 32 and loaded.config.dropout == 0.1
+    after, logits_after = loaded(x, t, c, cm, sm, self_cond=x.flip(0), return_count_logits=True)
+    assert torch.count_nonzero(before) > 0
+    assert torch.equal(before, after)
+    assert torch.equal(logits_before, logits_after)
+
+
+def test_padded_segments_do_not_influence_real_ones():
+    model = tiny_dit()
+    randomize_zero_init(model)
+    x, t, c, cm, sm = inputs()
+    out = model(x, t, c, cm, sm, self_cond=x * 0.5)
+    # Change only what sits on padded segments (noisy input and self-conditioning).
+    pad = ~sm[:, :, None, None]
+    x2 = torch.where(pad, torch.randn_like(x) * 10, x)
+    sc2 = torch.where(pad, torch.randn_like(x), x * 0.5)
+    out2 = model(x2, t, c, cm, sm, self_cond=sc2)
+    real = sm[:, :, None, None].expand_as(out)
+    assert torch.count_nonzero(out[real]) > 0
+    torch.testing.assert_close(out[real], out2[real], rtol=0, atol=1e-6)
+    # Padded segments never reach the output.
+    assert torch.count_nonzero(out[~real]) == 0 and torch.count_nonzero(out2[~real]) == 0
+
+
+def test_null_context_replaces_dropped_or_missing_source():
+    model = tiny_dit()
+    randomize_zero_init(model)
+    x, t, c, cm, sm = inputs()
+    dropped = model(x, t, c, cm, sm, drop_context=torch.ones(B, dtype=torch.bool))
+    none = model(x, t, None, None, sm)
+    all_masked = model(x, t, c, torch.zeros(B, T, dtype=torch.bool), sm)
+    torch.testing.assert_close(dropped, none, rtol=0, atol=1e-6)
+    torch.testing.assert_close(dropped, all_masked, rtol=0, atol=1e-6)
+    # Dropping is per example: the others keep their source.
+    cond = model(x, t, c, cm, sm)
+    mixed = model(x, t, c, cm, sm, drop_context=torch.tensor([True, False, False]))
+    torch.testing.assert_close(mixed[0], dropped[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed[1:], cond[1:], rtol=0, atol=1e-6)
+    assert not torch.allclose(cond, dropped)
+    # Padded source tokens are ignored.
+    c2 = torch.where(cm[..., None], c, torch.randn_like(c))
+    torch.testing.assert_close(model(x, t, c2, cm, sm), cond, rtol=0, atol=1e-6)
+    # A fixed (not learned) null context also works.
+    fixed = tiny_dit(learned_null_context=False)
+    assert "null_context" not in dict(fixed.named_parameters())
+    assert fixed(x, t, None, None, sm).isfinite().all()
+
+
+def test_integer_timesteps_match_fractional_time():
+    model = tiny_dit()
+    randomize_zero_init(model)
+    x, _, c, cm, sm = inputs()
+    steps = torch.tensor([0, 250, 999])
+    torch.testing.assert_close(model(x, steps, c, cm, sm), model(x, steps / 1000.0, c, cm, sm))
+    torch.testing.assert_close(model(x, 500, c, cm, sm), model(x, torch.full((B,), 0.5), c, cm, sm))
+
+
+def test_gradient_checkpointing_matches():
+    model = tiny_dit()
+    randomize_zero_init(model)
+    x, t, c, cm, sm = inputs()
+    ref = model(x, t, c, cm, sm)
+    ref.square().sum().backward()
+    ref_grad = model.proj_in.weight.grad.clone()
+    model.zero_grad()
+    model.enable_gradient_checkpointing()
+    out = model(x, t, c, cm, sm)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(model.proj_in.weight.grad, ref_grad)
+
+
+def test_diffusers_ema_fits(tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    model = tiny_dit()
+    ema = EMAModel(model.parameters(), decay=0.5, model_cls=SegmentDiT, model_config=model.config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.step(model.parameters())
+    ema.save_pretrained(tmp_path / "ema")
+    loaded = EMAModel.from_pretrained(tmp_path / "ema", model_cls=SegmentDiT)
+    assert len(loaded.shadow_params) == len(list(model.parameters()))
+
+
+def test_user_errors_name_the_key():
+    model = tiny_dit()
+    x, t, c, cm, sm = inputs()
+    with pytest.raises(UserError, match="context_dim"):
+        model(x, t, torch.randn(B, T, C + 1), cm, sm)
+    with pytest.raises(UserError, match="latent_dim"):
+        model(torch.randn(B, S, N, D + 1), t, c, cm, sm)
+    with pytest.raises(UserError, match="max_segments"):
+        model(torch.randn(B, S + 1, N, D), t, c, cm)
+    with pytest.raises(UserError, match="heads"):
+        tiny_dit(width=30, heads=4)
+    with pytest.raises(UserError, match="depth"):
+        tiny_dit(depth=0)

@@ -1,0 +1,204 @@
+"""Sampling: diffusers schedulers on the training schedule, CFG, masking, re-projection, trajectories."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from sld.diffusion.objective import LatentDiffusion, segment_mask_from_counts
+from sld.diffusion.sampling import (
+    TrajectoryRecorder,
+    choose_num_segments,
+    forward_noise,
+    make_scheduler,
+    sample_latents,
+)
+from sld.errors import UserError
+from sld.models.denoiser import SegmentDiT
+
+B, S, N, D, T, C = 3, 3, 4, 8, 5, 16
+
+
+def tiny_dit(**overrides) -> SegmentDiT:
+    kwargs = dict(latent_dim=D, num_latents=N, max_segments=S, context_dim=C, width=32, depth=2, heads=4)
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    model = SegmentDiT(**kwargs)
+    # Random values in the zero-initialised tensors so that predictions are not trivially zero.
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if torch.count_nonzero(p) == 0:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval()
+
+
+def context():
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(B, T, C, generator=gen)
+    cm = torch.ones(B, T, dtype=torch.bool)
+    cm[1, 2:] = False
+    return c, cm
+
+
+class CallCounter:
+    """Wraps a model's forward to record the batch size of every call."""
+
+    def __init__(self, model: SegmentDiT) -> None:
+        self.sizes: list[int] = []
+        self.handle = model.register_forward_pre_hook(lambda _m, args: self.sizes.append(args[0].shape[0]))
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [("ddpm", DDPMScheduler), ("ddim", DDIMScheduler), ("dpm++", DPMSolverMultistepScheduler)],
+)
+def test_schedulers_share_the_training_schedule_and_sample(name, cls):
+    scheduler = make_scheduler(name, 1000, "v_prediction")
+    assert isinstance(scheduler, cls)
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert torch.equal(scheduler.alphas_cumprod, LatentDiffusion().alphas_cumprod)
+
+    model = tiny_dit()
+    c, cm = context()
+    num_segments = torch.tensor([3, 2, 1])
+    recorder = TrajectoryRecorder()
+    out = sample_latents(
+        model,
+        scheduler,
+        c,
+        cm,
+        num_segments=num_segments,
+        num_inference_steps=5,
+        guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(0),
+        callback=recorder,
+    )
+    assert out.shape == (B, S, N, D)
+    assert out.isfinite().all()
+    real = segment_mask_from_counts(num_segments, S)
+    torch.testing.assert_close(out.norm(dim=-1)[real], torch.full((int(real.sum()), N), math.sqrt(D)))
+    assert torch.count_nonzero(out[~real]) == 0
+    # The recorder saw every step, from pure noise at t = T-1, and its last step is the output.
+    assert len(recorder.steps) == 5 and recorder.timesteps[0] == 999
+    assert recorder.stack("x0_pred").shape == (5, B, S, N, D)
+    torch.testing.assert_close(recorder.steps[-1].prev_sample, out)
+    # Same generator, same samples.
+    again = sample_latents(
+        model,
+        scheduler,
+        c,
+        cm,
+        num_segments=num_segments,
+        num_inference_steps=5,
+        guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(again, out)
+
+
+def test_guidance_scale_one_is_the_conditional_prediction_in_one_pass():
+    model = tiny_dit()
+    c, cm = context()
+    scheduler = make_scheduler("ddim")
+    counter = CallCounter(model)
+    out = sample_latents(model, scheduler, c, cm, num_segments=torch.tensor([3, 2, 1]), num_inference_steps=4)
+    assert counter.sizes == [B] * 4  # no unconditional pass
+
+    # Reference: the plain DDIM loop on the conditional prediction alone.
+    latents = torch.randn(B, S, N, D, generator=torch.Generator().manual_seed(7))
+    mask = segment_mask_from_counts(torch.tensor([3, 2, 1]), S)
+    got = sample_latents(
+        model,
+        scheduler,
+        c,
+        cm,
+        segment_mask=mask,
+        num_inference_steps=4,
+        latents=latents.clone(),
+        self_conditioning=False,
+        renormalize=False,
+    )
+    scheduler.set_timesteps(4)
+    x = latents * mask[:, :, None, None]
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            pred = model(x, torch.full((B,), float(t) / 1000), c, cm, mask)
+            x = scheduler.step(pred, t, x).prev_sample * mask[:, :, None, None]
+    torch.testing.assert_close(got, x, rtol=0, atol=0)
+
+    counter.sizes.clear()
+    sample_latents(
+        model,
+        scheduler,
+        c,
+        cm,
+        num_segments=torch.tensor([3, 2, 1]),
+        num_inference_steps=2,
+        guidance_scale=3.0,
+    )
+    assert counter.sizes == [2 * B] * 2  # conditional + unconditional in one batch
+    counter.handle.remove()
+    assert out.isfinite().all()
+
+
+def test_guidance_scale_zero_is_unconditional():
+    model = tiny_dit()
+    c, cm = context()
+    scheduler = make_scheduler("ddim")
+    kwargs = dict(num_segments=torch.tensor([3, 2, 1]), num_inference_steps=3)
+    uncond = sample_latents(
+        model, scheduler, None, None, generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    w0 = sample_latents(
+        model, scheduler, c, cm, guidance_scale=0.0, generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    torch.testing.assert_close(w0, uncond, rtol=1e-4, atol=1e-5)
+
+
+def test_padded_segments_do_not_change_real_samples():
+    model = tiny_dit()
+    c, cm = context()
+    scheduler = make_scheduler("dpm++")
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    latents = torch.randn(B, S, N, D, generator=torch.Generator().manual_seed(0))
+    other = torch.where(mask[:, :, None, None], latents, torch.randn_like(latents) * 3)
+    a = sample_latents(model, scheduler, c, cm, segment_mask=mask, num_inference_steps=3, latents=latents)
+    b = sample_latents(model, scheduler, c, cm, segment_mask=mask, num_inference_steps=3, latents=other)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_forward_noise_matches_diffusers():
+    scheduler = make_scheduler("ddpm")
+    x0, noise = torch.randn(4, S, N, D), torch.randn(4, S, N, D)
+    t = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(forward_noise(x0, t, noise), scheduler.add_noise(x0, noise, t))
+    torch.testing.assert_close(
+        forward_noise(x0, 500, noise, scheduler.alphas_cumprod),
+        scheduler.add_noise(x0, noise, torch.full((4,), 500)),
+    )
+
+
+def test_choose_num_segments():
+    logits = torch.tensor([[0.0, 5.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert choose_num_segments(logits).tolist() == [2, 1, 3]
+    draws = choose_num_segments(logits.repeat(50, 1), "sample", torch.Generator().manual_seed(0))
+    assert draws.min() >= 1 and draws.max() <= 3
+    again = choose_num_segments(logits.repeat(50, 1), "sample", torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+    with pytest.raises(UserError, match="count mode"):
+        choose_num_segments(logits, "beam")  # type: ignore[arg-type]
+
+
+def test_sampling_user_errors():
+    model = tiny_dit()
+    scheduler = make_scheduler("ddim")
+    with pytest.raises(UserError, match="num_segments"):
+        sample_latents(model, scheduler, None, None, num_inference_steps=2)
+    with pytest.raises(UserError, match="scheduler"):
+        make_scheduler("euler")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="prediction_type"):
+        make_scheduler("ddim", prediction_type="score")  # type: ignore[arg-type]
