@@ -1,0 +1,186 @@
+"""The stage-2 training objective: every loss term of the segment autoencoder on one batch.
+
+SLD (Zhu et al. 2025, section 3.2)::
+
+    loss = conversion + contrastive_weight * contrastive + adversarial_weight * adversarial
+
+* conversion: token cross-entropy of reconstructing the segment from its latents (with Gaussian
+  noise on z during training in the noise-robust variants);
+* adversarial (Miyato et al. 2017): g = d NLL / d z, r = epsilon * g / ||g|| per segment, and the
+  conversion loss again at z + r. The direction is a constant; the loss at z + r trains the decoder,
+  the reconstructor, the compressor and a trainable encoder. (The reference code never ran this term.)
+* contrastive (supervised SimCSE): mean-pooled, l2-normalised latents; anchor = segment, positive =
+  its paraphrase, negatives = the other positives of the batch plus every hard negative.
+
+The three variants are the ablations of the paper's robustness figure: ``vanilla`` (conversion
+only), ``noise_robust`` (+ Gaussian noise + adversarial), ``noise_robust_contrastive`` (+ contrastive).
+
+Batch keys: see ``sld.data.collate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from sld.losses import adversarial_direction, conversion_loss, gaussian_latent_noise, info_nce
+
+if TYPE_CHECKING:  # the model's forward calls compute_autoencoder_losses: no runtime import cycle
+    from sld.models.autoencoder import SegmentAutoencoder
+
+Variant = Literal["vanilla", "noise_robust", "noise_robust_contrastive"]
+
+
+@dataclass
+class AutoencoderLossConfig:
+    """Weights and settings of the autoencoder loss (run config, not architecture).
+
+    Attributes:
+        variant: which terms are on (see the module docstring).
+        contrastive_weight: weight of the InfoNCE term (paper: 0.2).
+        adversarial_weight: weight of the adversarial term (paper: 0.15).
+        adversarial_epsilon: norm of the adversarial perturbation per segment (paper: 0.05).
+        temperature: InfoNCE temperature (paper: 0.05).
+        noise_std: std of the Gaussian noise added to z in training (noise-robust variants).
+        contrastive_positives: where positives come from.
+            ``"pairs"``: paraphrases in the batch (``positive_*`` keys from a pairs file); batches
+            without pairs contribute 0.
+            ``"dropout"``: no pairs file; the positive of every segment is a second encoding of it
+            under dropout (unsupervised SimCSE). Needs dropout > 0 in the compressor.
+            Either way, negatives are the other in-batch positives plus every hard negative in the
+            batch (``negative_*`` keys: pair negatives or an out-of-domain text pool).
+    """
+
+    variant: Variant = "noise_robust_contrastive"
+    contrastive_weight: float = 0.2
+    adversarial_weight: float = 0.15
+    adversarial_epsilon: float = 0.05
+    temperature: float = 0.05
+    noise_std: float = 0.05
+    contrastive_positives: Literal["pairs", "dropout"] = "pairs"
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("vanilla", "noise_robust", "noise_robust_contrastive"):
+            raise ValueError(
+                f"variant must be vanilla, noise_robust or noise_robust_contrastive, got {self.variant!r}"
+            )
+        if self.contrastive_positives not in ("pairs", "dropout"):
+            raise ValueError(
+                f"contrastive_positives must be 'pairs' or 'dropout', got {self.contrastive_positives!r}"
+            )
+        for name in ("contrastive_weight", "adversarial_weight", "adversarial_epsilon", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def uses_noise(self) -> bool:
+        return self.variant != "vanilla" and self.noise_std > 0
+
+    @property
+    def uses_adversarial(self) -> bool:
+        return self.variant != "vanilla" and self.adversarial_weight > 0
+
+    @property
+    def uses_contrastive(self) -> bool:
+        return self.variant == "noise_robust_contrastive" and self.contrastive_weight > 0
+
+
+def _latent_gradient(
+    model: SegmentAutoencoder, z: torch.Tensor, labels: torch.Tensor, conversion: torch.Tensor
+) -> torch.Tensor:
+    """d NLL / d z (B', N, D), without a graph.
+
+    In training this reuses the conversion loss's graph (one extra backward through the decoder, no
+    extra forward). Its token mean scales each segment's gradient by a positive constant, which the
+    per-segment normalisation of the direction removes. Without a graph (evaluation under no_grad) the
+    NLL is recomputed at a detached copy of z.
+    """
+    if conversion.requires_grad and z.requires_grad:
+        (grad,) = torch.autograd.grad(conversion, z, retain_graph=True, create_graph=False)
+        return grad
+    with torch.enable_grad():
+        leaf = z.detach().requires_grad_(True)
+        nll = model.reconstruction_nll(leaf, labels, reduction="sum")
+        (grad,) = torch.autograd.grad(nll, leaf, create_graph=False)
+    return grad
+
+
+def _contrastive(
+    model: SegmentAutoencoder,
+    batch: Mapping[str, torch.Tensor],
+    z: torch.Tensor,
+    cfg: AutoencoderLossConfig,
+) -> torch.Tensor | None:
+    """The InfoNCE term, or None when the batch holds no anchor (``pairs`` mode, no pair in the batch)."""
+    if cfg.contrastive_positives == "pairs":
+        if "positive_index" not in batch:
+            return None
+        anchor = z[batch["positive_index"]]  # (P, N, D), clean latents of the rows that have a paraphrase
+        positive = model.encode(batch["positive_input_ids"], batch["positive_attention_mask"])
+    else:
+        anchor = z
+        # A second pass draws new dropout masks: a slightly different view of the same segment.
+        positive = model.encode(batch["input_ids"], batch["attention_mask"])
+    negative = None
+    if "negative_input_ids" in batch:
+        negative = model.encode(batch["negative_input_ids"], batch["negative_attention_mask"])
+    return info_nce(anchor, positive, negative, temperature=cfg.temperature)
+
+
+def autoencoder_losses(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    cfg: AutoencoderLossConfig,
+    training: bool = True,
+) -> dict[str, torch.Tensor]:
+    """All loss terms on one batch: ``conversion``, ``contrastive``, ``adversarial`` and the weighted ``loss``.
+
+    Terms that the variant turns off (or that a batch cannot provide) are zero tensors, so every key
+    is always present for logging. Gaussian noise on z only when ``training``; dropout follows
+    ``model.train()`` / ``model.eval()`` as usual.
+
+    Args:
+        model: a ``SegmentAutoencoder``, or a wrapper of one (DDP, accelerate): the computation runs
+            through the wrapper's ``forward`` so that gradient sync and autocast apply.
+        batch: tensors from ``SegmentCollator`` on the model's device.
+        cfg: the loss settings.
+        training: add the training-only noise.
+    """
+    return model(batch, loss_config=cfg, training=training)
+
+
+def compute_autoencoder_losses(
+    model: SegmentAutoencoder,
+    batch: Mapping[str, torch.Tensor],
+    cfg: AutoencoderLossConfig,
+    training: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The computation behind ``autoencoder_losses`` on the bare model (``SegmentAutoencoder.forward``)."""
+    labels = batch["labels"]
+    z = model.encode(batch["input_ids"], batch["attention_mask"])  # (B', N, D)
+    z_in = gaussian_latent_noise(z, cfg.noise_std) if training and cfg.uses_noise else z
+    conversion = conversion_loss(model.reconstruction_logits(z_in, labels), labels)
+    zero = conversion.new_zeros(())
+
+    adversarial = zero
+    if cfg.uses_adversarial:
+        r = adversarial_direction(_latent_gradient(model, z_in, labels, conversion), cfg.adversarial_epsilon)
+        adversarial = conversion_loss(model.reconstruction_logits(z_in + r, labels), labels)
+
+    contrastive = zero
+    if cfg.uses_contrastive:
+        term = _contrastive(model, batch, z, cfg)
+        if term is not None:
+            contrastive = term
+
+    loss = conversion + cfg.contrastive_weight * contrastive + cfg.adversarial_weight * adversarial
+    return {"loss": loss, "conversion": conversion, "contrastive": contrastive, "adversarial": adversarial}
+
+
+__all__ = ["AutoencoderLossConfig", "Variant", "autoencoder_losses", "compute_autoencoder_losses"]

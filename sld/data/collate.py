@@ -1,0 +1,204 @@
+"""Batches for the autoencoder objective: segment strings (and paraphrase pairs) -> tensors.
+
+A row is either a segment string, or a mapping with ``sentence`` (the segment, reconstructed like any
+other), an optional ``paraphrase`` (its contrastive positive) and an optional ``negative`` (a hard
+negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of rows into::
+
+    input_ids, attention_mask          (B', L)  encoder inputs of every row
+    labels                             (B', L') decoder targets, eos included, -100 at padding
+    positive_index                     (P,)     rows that have a paraphrase
+    positive_input_ids, ..._mask       (P, L)   encoder inputs of those paraphrases (row order)
+    negative_input_ids, ..._mask       (Q, L)   encoder inputs of every hard negative in the batch
+
+The positive/negative keys are present only when some row has one. Hard negatives are not tied to
+their row: in supervised SimCSE every anchor is contrasted with every negative of the batch.
+
+The two datasets feed it: ``SegmentDataset`` (all segments of the stage-1 documents, optionally each
+with a negative drawn from an out-of-domain pool) and ``PairDataset`` (paraphrase pairs).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from sld.errors import DataError
+from sld.tokenization import decoder_labels, encoder_inputs
+
+Row = str | Mapping[str, str]
+
+
+class SegmentCollator:
+    """Picklable collate function (DataLoader workers): a list of rows -> a batch dict (see module doc).
+
+    Args:
+        encoder_tokenizer: the autoencoder's encoder tokenizer.
+        decoder_tokenizer: the autoencoder's (cased) decoder tokenizer.
+        max_segment_tokens: L, truncation length on both sides.
+    """
+
+    def __init__(
+        self,
+        encoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_tokenizer: PreTrainedTokenizerBase,
+        max_segment_tokens: int = 64,
+    ) -> None:
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = decoder_tokenizer
+        self.max_segment_tokens = max_segment_tokens
+
+    @classmethod
+    def from_autoencoder(cls, model: Any) -> SegmentCollator:
+        """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length."""
+        return cls(model.encoder_tokenizer, model.decoder_tokenizer, model.max_segment_tokens)
+
+    def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return encoder_inputs(self.encoder_tokenizer, texts, self.max_segment_tokens)
+
+    def __call__(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("cannot collate an empty batch")
+        texts: list[str] = []
+        positive_index: list[int] = []
+        positives: list[str] = []
+        negatives: list[str] = []
+        for i, row in enumerate(rows):
+            if isinstance(row, str):
+                texts.append(row)
+                continue
+            texts.append(row["sentence"])
+            if row.get("paraphrase"):
+                positive_index.append(i)
+                positives.append(row["paraphrase"])
+            if row.get("negative"):
+                negatives.append(row["negative"])
+
+        batch = self._encode(texts)
+        batch["labels"] = decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)
+        if positives:
+            pos = self._encode(positives)
+            batch["positive_index"] = torch.tensor(positive_index, dtype=torch.long)
+            batch["positive_input_ids"] = pos["input_ids"]
+            batch["positive_attention_mask"] = pos["attention_mask"]
+        if negatives:
+            neg = self._encode(negatives)
+            batch["negative_input_ids"] = neg["input_ids"]
+            batch["negative_attention_mask"] = neg["attention_mask"]
+        return batch
+
+
+def _document_segments(doc: Any) -> Sequence[str]:
+    """The segment list of a stage-1 document: a list of strings, a mapping or an object with ``segments``."""
+    if isinstance(doc, Mapping):
+        return doc["segments"]
+    if hasattr(doc, "segments"):
+        return doc.segments
+    return doc
+
+
+class SegmentDataset(Dataset):
+    """Every non-empty segment of the stage-1 documents, one item each.
+
+    Args:
+        documents: stage-1 documents: lists of segment strings (or objects / dicts with ``segments``).
+        negative_pool: optional out-of-domain texts; item i then becomes
+            ``{"sentence": segment, "negative": pool[k]}`` with k fixed by (seed, i), so workers and
+            resumed runs see the same pairs.
+        seed: seed of the negative draw.
+    """
+
+    def __init__(
+        self,
+        documents: Iterable[Any],
+        negative_pool: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.segments = [s for doc in documents for s in _document_segments(doc) if s and s.strip()]
+        if negative_pool is not None and len(negative_pool) == 0:
+            raise DataError("negative_pool is empty")
+        self.negative_pool = list(negative_pool) if negative_pool is not None else None
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, index: int) -> Row:
+        segment = self.segments[index]
+        if self.negative_pool is None:
+            return segment
+        k = random.Random(self.seed * 1_000_003 + index).randrange(len(self.negative_pool))
+        return {"sentence": segment, "negative": self.negative_pool[k]}
+
+
+class PairDataset(Dataset):
+    """Paraphrase pairs for the contrastive loss: rows ``{"sentence", "paraphrase", "negative"?}``.
+
+    ``source`` names where the rows came from in error messages (file name).
+    """
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], source: str = "pairs") -> None:
+        self.rows: list[dict[str, str]] = []
+        for i, row in enumerate(rows, start=1):
+            self.rows.append(_check_pair(row, f"{source}: row {i}"))
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> PairDataset:
+        """Read one JSON object per line (``sentence``, ``paraphrase``, optional ``negative``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: pairs file not found")
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{line_no}: not valid JSON: {err}") from err
+                rows.append(_check_pair(row, f"{path}:{line_no}"))
+        if not rows:
+            raise DataError(f"{path}: no pairs")
+        return cls(rows, str(path))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, str]:
+        return self.rows[index]
+
+
+def _check_pair(row: Any, where: str) -> dict[str, str]:
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: a pair must be an object with 'sentence' and 'paraphrase'")
+    out = {}
+    for key in ("sentence", "paraphrase", "negative"):
+        value = row.get(key)
+        if value is None and key == "negative":
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
+        out[key] = value
+    return out
+
+
+def load_text_lines(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file, e.g. the out-of-domain negative pool."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: text file not found")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise DataError(f"{path}: no non-empty line")
+    return lines
+
+
+__all__ = ["PairDataset", "Row", "SegmentCollator", "SegmentDataset", "load_text_lines"]

@@ -1,0 +1,480 @@
+"""The autoregressive baseline: the model a user would otherwise pick, built from SLD's own parts.
+
+Same encoder as SLD (default: the packaged all-MiniLM-L6-v2, frozen), same from-config T5 decoder
+(width, layers, heads, FFN) and the same decoder-tokenizer recipe (a cased byte-level BPE trained on
+the corpus), but no latents: the decoder cross-attends directly to the encoder's token states of the
+SOURCE and writes the whole target token by token::
+
+    source tokens --encoder--> h (B, T, d_enc) --Linear (if d_enc != d_dec)--> memory (B, T, d_dec)
+                  --seq2seq decoder (cross-attends to memory)--> target tokens (B, L_target)
+
+This is the "Flan-T5 fine-tune" row of the SLD paper's tables, made comparable offline: when an SLD
+autoencoder folder is given (``BaselineConfig.matching_autoencoder``) the encoder, the decoder sizes
+and even the trained decoder tokenizer are copied from it, so the two systems differ only in how
+they generate. ``encoder="decoder"`` gives a plain seq2seq model (the LM's own encoder stack reads
+the source with the decoder tokenizer).
+
+Shapes: B documents, T source tokens, L target tokens (all segments joined with spaces, eos
+included), V decoder vocabulary. ``labels`` are decoder ids with -100 at padding.
+
+A saved folder (what ``sld generate model=...`` and ``sld benchmark`` open)::
+
+    baseline_config.json   BaselineConfig (architecture)
+    model.safetensors      all weights (tied tensors stored once), loaded strictly
+    encoder/               encoder HF config + its tokenizer (tokenizer only for encoder="decoder")
+    decoder/               decoder LM HF config + generation config + its tokenizer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from sld.config import ConfigError
+from sld.errors import UserError
+from sld.losses import conversion_loss
+from sld.models.autoencoder import (
+    CONFIG_NAME as AUTOENCODER_CONFIG_NAME,
+)
+from sld.models.autoencoder import (
+    DECODER_ENCODER,
+    MINILM,
+    AutoencoderConfig,
+    default_decoder_config,
+    shift_labels_right,
+)
+
+# Private helpers of the autoencoder module, shared so that both models are built the same way.
+from sld.models.autoencoder import (
+    _check_decoder_tokenizer,
+    _decoder_lm_config,
+    _hidden_size,
+    _load_encoder,
+    _sync_generation_ids,
+)
+from sld.tokenization import decoder_labels, encoder_inputs, train_decoder_tokenizer
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "baseline_config.json"
+WEIGHTS_NAME = "model.safetensors"
+ENCODER_DIR = "encoder"
+DECODER_DIR = "decoder"
+
+
+@dataclass
+class BaselineConfig:
+    """Architecture of a ``BaselineModel``; saved as ``baseline_config.json`` next to the weights.
+
+    Attributes:
+        encoder: ``"minilm"`` (packaged all-MiniLM-L6-v2), a hub name or local folder of a BERT-style
+            ``AutoModel``, or ``"decoder"`` (the encoder stack of the decoder LM: a plain seq2seq model).
+        freeze_encoder: keep the encoder's weights fixed (and its dropout off). None = True for
+            ``"minilm"``, False otherwise (as in ``AutoencoderConfig``).
+        decoder_name_or_path: a pretrained ``AutoModelForSeq2SeqLM`` with its tokenizer; None = build
+            ``decoder_config`` from scratch with a tokenizer trained on the corpus.
+        decoder_config: HF config of the from-scratch decoder LM (default: SLD's default decoder).
+        decoder_vocab_size: vocabulary size of the trained decoder tokenizer.
+        max_source_tokens: T, truncation length of the source.
+        max_target_tokens: L, truncation length of the target in training and the default
+            ``max_new_tokens`` of generation (SLD: max_segments x max_segment_tokens).
+    """
+
+    encoder: str = MINILM
+    freeze_encoder: bool | None = None
+    decoder_name_or_path: str | None = None
+    decoder_config: dict[str, Any] = field(default_factory=default_decoder_config)
+    decoder_vocab_size: int = 8192
+    max_source_tokens: int = 256
+    max_target_tokens: int = 320
+
+    def __post_init__(self) -> None:
+        for name in ("max_source_tokens", "max_target_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.encoder:
+            raise ValueError("encoder must be 'minilm', 'decoder', a hub name or a folder")
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """``freeze_encoder`` with its default resolved."""
+        return self.encoder == MINILM if self.freeze_encoder is None else self.freeze_encoder
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "baseline config") -> BaselineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: {err}") from err
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> BaselineConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise UserError(f"{path}: not found (not an AR baseline folder?)") from err
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from err
+        return cls.from_dict(data, str(path))
+
+    def matching_autoencoder(self, folder: str | Path, max_segments: int | None = None) -> BaselineConfig:
+        """A copy with the encoder and decoder of a saved SLD autoencoder (same sizes, same encoder).
+
+        ``max_segments`` (S) also sets ``max_target_tokens`` to S x the autoencoder's segment length,
+        so that both systems may write equally long documents.
+        """
+        path = Path(folder) / AUTOENCODER_CONFIG_NAME
+        if not path.is_file():
+            raise UserError(f"{folder}: not a SegmentAutoencoder folder (no {AUTOENCODER_CONFIG_NAME})")
+        ae = AutoencoderConfig.from_json(path)
+        updates: dict[str, Any] = dict(
+            encoder=ae.encoder,
+            freeze_encoder=ae.freeze_encoder,
+            decoder_name_or_path=ae.decoder_name_or_path,
+            decoder_config=dict(ae.decoder_config),
+            decoder_vocab_size=ae.decoder_vocab_size,
+        )
+        if max_segments is not None:
+            updates["max_target_tokens"] = max_segments * ae.max_segment_tokens
+        return dataclasses.replace(self, **updates)
+
+
+def baseline_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{"loss"}`` of a batch already on the model's device: mean target-token cross-entropy.
+
+    Goes through ``model(...)`` (not a method) so that a ``DistributedDataParallel`` wrapper from
+    ``accelerate`` sees the forward pass and synchronises gradients.
+    """
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (B, L, V)
+    return {"loss": conversion_loss(logits, batch["labels"])}
+
+
+class BaselineCollator:
+    """Picklable collate function: ``(source, target)`` pairs -> a training batch.
+
+    ``None`` sources become empty strings. Batch keys: ``input_ids``, ``attention_mask`` (B, T)
+    encoder inputs of the sources, ``labels`` (B, L) decoder targets (eos included, -100 at pads).
+    """
+
+    def __init__(
+        self,
+        encoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_tokenizer: PreTrainedTokenizerBase,
+        max_source_tokens: int,
+        max_target_tokens: int,
+    ) -> None:
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = decoder_tokenizer
+        self.max_source_tokens = max_source_tokens
+        self.max_target_tokens = max_target_tokens
+
+    @classmethod
+    def from_model(cls, model: BaselineModel) -> BaselineCollator:
+        cfg = model.config
+        return cls(model.encoder_tokenizer, model.decoder_tokenizer, cfg.max_source_tokens, cfg.max_target_tokens)
+
+    def sources(self, sources: Sequence[str | None]) -> dict[str, torch.Tensor]:
+        """Sources -> ``{"input_ids", "attention_mask"}`` (B, T), right-padded, on the CPU."""
+        texts = ["" if s is None else s for s in sources]
+        return encoder_inputs(self.encoder_tokenizer, texts, self.max_source_tokens)
+
+    def __call__(self, pairs: Sequence[tuple[str | None, str]]) -> dict[str, torch.Tensor]:
+        sources = [source for source, _ in pairs]
+        targets = [target for _, target in pairs]
+        return {
+            **self.sources(sources),
+            "labels": decoder_labels(self.decoder_tokenizer, targets, self.max_target_tokens),
+        }
+
+
+class BaselineModel(nn.Module):
+    """Source encoder -> (projection) -> seq2seq decoder writing the whole target, token by token.
+
+    Build with ``from_config`` (new model) or ``from_pretrained`` (saved folder); the constructor takes
+    already-built parts (same arguments as ``SegmentAutoencoder``).
+    """
+
+    def __init__(
+        self,
+        config: BaselineConfig,
+        lm: PreTrainedModel,
+        decoder_tokenizer: PreTrainedTokenizerBase,
+        encoder: PreTrainedModel | None = None,
+        encoder_tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.uses_lm_encoder = config.encoder == DECODER_ENCODER
+        if self.uses_lm_encoder and encoder is not None:
+            raise ValueError("encoder='decoder' uses the LM's own encoder; do not pass a separate encoder")
+        if not self.uses_lm_encoder and (encoder is None or encoder_tokenizer is None):
+            raise ValueError(f"encoder='{config.encoder}' needs an encoder model and its tokenizer")
+        _check_decoder_tokenizer(decoder_tokenizer, "decoder")
+        decoder_tokenizer.padding_side = "right"  # labels assume the tokens first, then -100
+        self.lm = lm
+        self.decoder_tokenizer = decoder_tokenizer
+        self.text_encoder = encoder
+        self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else decoder_tokenizer
+        d_enc, d_dec = _hidden_size(self.encoder.config), _hidden_size(lm.config)
+        self.proj = nn.Linear(d_enc, d_dec) if d_enc != d_dec else nn.Identity()
+        self._freeze_unused_parameters()
+
+    # ----------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_config(
+        cls,
+        config: BaselineConfig,
+        corpus_texts: Sequence[str] | None = None,
+        decoder_tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> BaselineModel:
+        """A new baseline: pretrained parts loaded, new parts randomly initialised.
+
+        The decoder tokenizer is ``decoder_tokenizer`` when given (e.g. the SLD autoencoder's, for an
+        identical vocabulary), else trained on ``corpus_texts`` (the training targets) with the SLD
+        recipe; one of them is required for a from-scratch decoder.
+        """
+        if config.decoder_name_or_path is not None:
+            name = config.decoder_name_or_path
+            try:
+                lm = AutoModelForSeq2SeqLM.from_pretrained(name)
+                tokenizer = decoder_tokenizer or AutoTokenizer.from_pretrained(name)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}") from err
+            _check_decoder_tokenizer(tokenizer, f"decoder_name_or_path '{name}'")
+        else:
+            if decoder_tokenizer is not None:
+                tokenizer = decoder_tokenizer
+            elif corpus_texts is not None:
+                tokenizer = train_decoder_tokenizer(corpus_texts, config.decoder_vocab_size)
+            else:
+                raise ConfigError(
+                    "decoder_name_or_path is null, so a decoder tokenizer is trained on the corpus: "
+                    "pass corpus_texts (or a decoder_tokenizer) to BaselineModel.from_config"
+                )
+            # _decoder_lm_config reads only .decoder_config and .encoder, which BaselineConfig shares.
+            lm = AutoModelForSeq2SeqLM.from_config(_decoder_lm_config(config, tokenizer))
+        _sync_generation_ids(lm, tokenizer)
+        encoder, encoder_tokenizer = (
+            (None, None) if config.encoder == DECODER_ENCODER else _load_encoder(config.encoder)
+        )
+        return cls(config, lm, tokenizer, encoder, encoder_tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> BaselineModel:
+        """Rebuild a saved baseline from its folder alone (no network, no encoder package needed)."""
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file():
+            raise UserError(f"{folder}: not an AR baseline folder (no {CONFIG_NAME})")
+        config = BaselineConfig.from_json(folder / CONFIG_NAME)
+        decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
+        lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
+        if (decoder_dir / "generation_config.json").is_file():
+            lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
+        decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+        encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+        encoder = None
+        if config.encoder != DECODER_ENCODER:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
+        model = cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
+        safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        model.to(device=device, dtype=dtype)
+        model.eval()
+        return model
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the folder that ``from_pretrained`` reads (see the module docstring)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        safetensors.torch.save_model(
+            self, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
+        )
+        encoder_dir, decoder_dir = folder / ENCODER_DIR, folder / DECODER_DIR
+        encoder_dir.mkdir(exist_ok=True)
+        decoder_dir.mkdir(exist_ok=True)
+        if self.text_encoder is not None:
+            self.text_encoder.config.save_pretrained(encoder_dir)
+        self.encoder_tokenizer.save_pretrained(str(encoder_dir))
+        self.lm.config.save_pretrained(decoder_dir)
+        self.lm.generation_config.save_pretrained(decoder_dir)
+        self.decoder_tokenizer.save_pretrained(str(decoder_dir))
+        return folder
+
+    def _freeze_unused_parameters(self) -> None:
+        """Freeze what no forward pass uses (the bypassed LM encoder, a BERT pooler) and a frozen encoder."""
+        used = {id(p) for p in self.lm.get_decoder().parameters()}
+        used |= {id(p) for p in self.lm.get_output_embeddings().parameters()}
+        decoder_owned = set(used)
+        if self.uses_lm_encoder:
+            used |= {id(p) for p in self.lm.get_encoder().parameters()}
+        for p in self.lm.parameters():
+            if id(p) not in used:
+                p.requires_grad_(False)
+        if self.text_encoder is not None and getattr(self.text_encoder, "pooler", None) is not None:
+            self.text_encoder.pooler.requires_grad_(False)
+        if self.encoder_frozen:
+            for p in self.encoder.parameters():
+                if id(p) not in decoder_owned:  # a tied embedding keeps training through the decoder
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> BaselineModel:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()  # a frozen encoder is a fixed function: no dropout
+        return self
+
+    # ------------------------------------------------------------------------------------ properties
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The module that reads source ids: the BERT-style encoder or the LM's own encoder stack."""
+        return self.text_encoder if self.text_encoder is not None else self.lm.get_encoder()
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.config.encoder_frozen
+
+    @property
+    def max_target_tokens(self) -> int:
+        return self.config.max_target_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_output_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.get_output_embeddings().weight.dtype
+
+    def collator(self) -> BaselineCollator:
+        """The training collate function for this model's tokenizers and lengths."""
+        return BaselineCollator.from_model(self)
+
+    # --------------------------------------------------------------------------------------- forward
+
+    def memory(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Source ids (B, T) and mask (B, T) -> decoder memory (B, T, d_dec); no graph through a frozen encoder."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # An encoder stored in another precision (e.g. an fp16 copy) still feeds the decoder's dtype.
+        return self.proj(hidden.to(self.dtype))
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V) for targets ``labels`` (B, L) given source ids (B, T)."""
+        start = self.lm.config.decoder_start_token_id
+        if start is None:
+            start = self.lm.generation_config.decoder_start_token_id
+        out = self.lm(
+            encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
+            attention_mask=attention_mask,
+            decoder_input_ids=shift_labels_right(labels, start, self.lm.config.pad_token_id),
+            use_cache=False,
+        )
+        return out.logits
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"loss"}``: mean token cross-entropy of the target given the source (a scalar with a graph)."""
+        return baseline_loss(self, {k: v.to(self.device) for k, v in batch.items()})
+
+    # ------------------------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        no_repeat_ngram_size: int = 0,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Source ids (B, T) -> generated decoder ids (B, L'), L' <= 1 + max_new_tokens, KV cache on.
+
+        One ``generate`` call for the whole batch; extra keyword arguments go to ``generate``.
+        """
+        generate_kwargs.setdefault("do_sample", False)
+        return self.lm.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
+            attention_mask=attention_mask,
+            # Explicit cache, as in SegmentAutoencoder: the default one is sized from the LM's encoder
+            # depth, which is 0 for the from-scratch decoder.
+            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            use_cache=True,
+            max_new_tokens=max_new_tokens or self.max_target_tokens,
+            num_beams=num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            **generate_kwargs,
+        )
+
+    @torch.no_grad()
+    def generate_texts(
+        self,
+        sources: Sequence[str | None],
+        batch_size: int = 64,
+        num_beams: int = 1,
+        no_repeat_ngram_size: int = 0,
+        max_new_tokens: int | None = None,
+        progress: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """One text per source (``None`` = unconditional, read as an empty source), in input order.
+
+        Documents go through ``generate`` ``batch_size`` at a time (one call per batch). Call
+        ``eval()`` first unless dropout is wanted.
+        """
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        collate = self.collator()
+        texts: list[str] = []
+        starts = range(0, len(sources), batch_size)
+        for start in tqdm(starts, desc="generate", disable=not progress):
+            inputs = collate.sources(sources[start : start + batch_size])
+            ids = self.generate_ids(
+                inputs["input_ids"].to(self.device),
+                inputs["attention_mask"].to(self.device),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                **generate_kwargs,
+            )
+            texts += [t.strip() for t in self.decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return texts
+
+
+__all__ = ["BaselineCollator", "BaselineConfig", "BaselineModel", "CONFIG_NAME", "baseline_loss"]

@@ -1,0 +1,103 @@
+"""Loss terms of the segment autoencoder (SLD section 3.2) as pure functions returning tensors.
+
+Each function returns an unweighted term; weights are applied where the terms are summed
+(``sld.autoencoder_objective``), so that every term can be logged on its own and no term is ever
+turned into a Python float on its way into the total.
+
+Shapes: B' segments, L tokens, V vocabulary, N latents, D latent width, P anchors, Q extra negatives.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sld.tokenization import IGNORE_INDEX
+
+
+def conversion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy of decoder logits (B', L, V) against labels (B', L); -100 labels are skipped.
+
+    The mean runs over every target token of the batch (long segments weigh more, as in LM training).
+    Returns a scalar; 0 with a graph if there is no target token at all.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+    if not (labels != IGNORE_INDEX).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def mean_pool_latents(z: torch.Tensor) -> torch.Tensor:
+    """Segment latents z (B', N, D) -> one vector per segment (B', D), the mean over the N latents."""
+    if z.dim() != 3:
+        raise ValueError(f"mean_pool_latents expects (B', N, D), got {tuple(z.shape)}")
+    return z.mean(dim=1)
+
+
+def _pooled_unit(x: torch.Tensor) -> torch.Tensor:
+    """(B', N, D) or (B', D) -> l2-normalised (B', D)."""
+    if x.dim() == 3:
+        x = mean_pool_latents(x)
+    return F.normalize(x.float(), dim=-1)
+
+
+def info_nce(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Supervised SimCSE / InfoNCE loss (Gao et al. 2021), a scalar.
+
+    Every anchor i must pick its own positive i among all P positives (the other P-1 are in-batch
+    negatives) and all Q hard negatives, by cosine similarity / ``temperature``::
+
+        loss = mean_i -log( exp(s(a_i, p_i)/t) / (sum_j exp(s(a_i, p_j)/t) + sum_k exp(s(a_i, n_k)/t)) )
+
+    Args:
+        anchor: (P, N, D) latents (mean-pooled here) or (P, D) vectors.
+        positive: same shape as ``anchor``: paraphrases, or a second dropout view.
+        negative: optional (Q, N, D) or (Q, D) hard negatives (out-of-domain segments), shared by all anchors.
+        temperature: softmax temperature (paper: 0.05).
+    """
+    if anchor.shape != positive.shape:
+        raise ValueError(f"anchor {tuple(anchor.shape)} and positive {tuple(positive.shape)} differ in shape")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    a, p = _pooled_unit(anchor), _pooled_unit(positive)
+    logits = a @ p.T  # (P, P) cosine similarities, the diagonal holds the positives
+    if negative is not None and negative.shape[0] > 0:
+        logits = torch.cat([logits, a @ _pooled_unit(negative).T], dim=1)  # (P, P+Q)
+    targets = torch.arange(a.shape[0], device=a.device)
+    return F.cross_entropy(logits / temperature, targets)
+
+
+def adversarial_direction(grad: torch.Tensor, epsilon: float, eps: float = 1e-12) -> torch.Tensor:
+    """Miyato et al. (2017): r = epsilon * g / ||g||, the norm taken per example over all but the first axis.
+
+    ``grad`` (B', ...) is d loss / d z; the result has its shape and no graph (the direction is a
+    constant of the adversarial loss).
+    """
+    g = grad.detach()
+    norm = g.flatten(1).norm(dim=1).clamp(min=eps).view(-1, *([1] * (g.dim() - 1)))
+    return epsilon * g / norm
+
+
+def gaussian_latent_noise(
+    z: torch.Tensor, std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """z + N(0, std^2) noise, same shape; teaches the decoder that nearby latents mean the same text."""
+    if std == 0:
+        return z
+    noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    return z + std * noise
+
+
+__all__ = [
+    "adversarial_direction",
+    "conversion_loss",
+    "gaussian_latent_noise",
+    "info_nce",
+    "mean_pool_latents",
+]

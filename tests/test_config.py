@@ -1,0 +1,103 @@
+"""Typed YAML configs: overrides, inheritance, and errors that name the key and the file."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from sld.config import ConfigError, load_config, save_config
+from sld.training import OptimConfig
+
+
+@dataclass
+class Data:
+    path: str
+    limit: int | None = None
+
+
+@dataclass
+class RunConfig:
+    data: Data
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mode: Literal["fast", "slow"] = "fast"
+    tags: list[str] = field(default_factory=list)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = write(tmp_path, "run.yaml", "data:\n  path: a.jsonl\noptim:\n  lr: 1e-3\n")
+    cfg = load_config(RunConfig, path, ["optim.lr=2e-4", "mode=slow", "data.limit=5", "tags=[x, y]"])
+    assert cfg.data == Data("a.jsonl", 5)
+    assert cfg.optim.lr == pytest.approx(2e-4)
+    assert cfg.optim.warmup_steps == OptimConfig().warmup_steps
+    assert cfg.mode == "slow" and cfg.tags == ["x", "y"]
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    path = write(tmp_path, "run.yaml", "data: {path: a}\noptim: {lr: 1e-4}\n")
+    assert load_config(RunConfig, path).optim.lr == pytest.approx(1e-4)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "bad.yaml", "data: {path: a}\noptim: {lrr: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*optim\.lrr"):
+        load_config(RunConfig, path)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, "bad.yaml", "data: {path: a}\noptim: {warmup_steps: lots}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*optim\.warmup_steps.*int"):
+        load_config(RunConfig, path)
+
+
+def test_invalid_choice_lists_choices(tmp_path):
+    path = write(tmp_path, "bad.yaml", "data: {path: a}\nmode: medium\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'mode'.*'fast', 'slow'"):
+        load_config(RunConfig, path)
+
+
+def test_bad_override_is_blamed_on_the_command_line(tmp_path):
+    path = write(tmp_path, "ok.yaml", "data: {path: a}\n")
+    with pytest.raises(ConfigError, match=r"command-line override.*optim\.nope"):
+        load_config(RunConfig, path, ["optim.nope=1"])
+    with pytest.raises(ConfigError, match="key.subkey=value"):
+        load_config(RunConfig, path, ["optim.lr"])
+
+
+def test_missing_required_key(tmp_path):
+    path = write(tmp_path, "empty.yaml", "mode: fast\n")
+    with pytest.raises(ConfigError, match="missing required key.*data"):
+        load_config(RunConfig, path)
+
+
+def test_base_inheritance_and_round_trip(tmp_path):
+    write(tmp_path, "base.yaml", "data: {path: base.jsonl, limit: 3}\noptim: {lr: 0.5}\n")
+    child = write(tmp_path, "child.yaml", "base: base.yaml\ndata: {limit: 7}\n")
+    cfg = load_config(RunConfig, child)
+    assert cfg.data == Data("base.jsonl", 7) and cfg.optim.lr == 0.5
+    saved = save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(RunConfig, saved) == cfg
+
+
+def test_post_init_validation_is_a_config_error(tmp_path):
+    from sld.training import LoopConfig
+
+    @dataclass
+    class WithLoop:
+        loop: LoopConfig = field(default_factory=LoopConfig)
+
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        load_config(WithLoop, None, ["loop.batch_size=0"])
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(RunConfig, tmp_path / "nope.yaml")
+    path = write(tmp_path, "broken.yaml", "data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml.*not valid YAML"):
+        load_config(RunConfig, path)

@@ -1,0 +1,84 @@
+"""Loss functions against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sld.losses import (
+    adversarial_direction,
+    conversion_loss,
+    gaussian_latent_noise,
+    info_nce,
+    mean_pool_latents,
+)
+
+
+def test_conversion_loss_ignores_minus_100():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5)
+    labels = torch.tensor([[1, 4, -100], [0, -100, -100]])
+    logp = logits.log_softmax(-1)
+    expected = -(logp[0, 0, 1] + logp[0, 1, 4] + logp[1, 0, 0]) / 3
+    torch.testing.assert_close(conversion_loss(logits, labels), expected)
+
+
+def test_conversion_loss_all_ignored_is_zero_with_graph():
+    logits = torch.randn(1, 2, 4, requires_grad=True)
+    loss = conversion_loss(logits, torch.full((1, 2), -100))
+    assert loss.item() == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match="do not match"):
+        conversion_loss(logits, torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_info_nce_matches_hand_computation():
+    # Unit vectors chosen so that cosines are easy: anchors a0, a1; positives p0, p1; one negative n.
+    anchor = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # normalised: (1, 0), (0, 1)
+    positive = torch.tensor([[3.0, 0.0], [1.0, 1.0]])  # (1, 0), (1, 1)/sqrt2
+    negative = torch.tensor([[0.0, -1.0]])
+    t = 0.5
+    r = 1 / math.sqrt(2)
+    # rows: [s(a_i, p_0), s(a_i, p_1), s(a_i, n)]
+    sims = torch.tensor([[1.0, r, 0.0], [0.0, r, -1.0]]) / t
+    expected = -(sims[0, 0] - sims[0].logsumexp(0) + sims[1, 1] - sims[1].logsumexp(0)) / 2
+    torch.testing.assert_close(info_nce(anchor, positive, negative, temperature=t), expected)
+    # without the hard negative only the in-batch columns remain
+    expected_nn = -(sims[0, 0] - sims[0, :2].logsumexp(0) + sims[1, 1] - sims[1, :2].logsumexp(0)) / 2
+    torch.testing.assert_close(info_nce(anchor, positive, temperature=t), expected_nn)
+
+
+def test_info_nce_pools_latents():
+    torch.manual_seed(0)
+    a, p, n = torch.randn(3, 4, 6), torch.randn(3, 4, 6), torch.randn(2, 4, 6)
+    torch.testing.assert_close(
+        info_nce(a, p, n), info_nce(mean_pool_latents(a), mean_pool_latents(p), mean_pool_latents(n))
+    )
+    # identical anchors and positives far apart from each other: loss near 0
+    eye = torch.eye(3) * 5
+    assert info_nce(eye, eye, temperature=0.05).item() < 1e-6
+    with pytest.raises(ValueError):
+        info_nce(torch.randn(2, 3), torch.randn(3, 3))
+
+
+def test_mean_pool_latents():
+    z = torch.arange(12.0).view(1, 3, 4)
+    torch.testing.assert_close(mean_pool_latents(z), torch.tensor([[4.0, 5.0, 6.0, 7.0]]))
+
+
+def test_adversarial_direction_has_norm_epsilon_per_example():
+    g = torch.randn(4, 3, 5, requires_grad=True)
+    r = adversarial_direction(g * 7, epsilon=0.05)
+    assert not r.requires_grad
+    torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((4,), 0.05))
+    torch.testing.assert_close(r / 0.05, g.detach() / g.detach().flatten(1).norm(dim=1).view(4, 1, 1))
+    assert torch.equal(adversarial_direction(torch.zeros(2, 3), 0.1), torch.zeros(2, 3))
+
+
+def test_gaussian_latent_noise():
+    z = torch.zeros(2000, 8, 4)
+    noisy = gaussian_latent_noise(z, 0.05, generator=torch.Generator().manual_seed(0))
+    assert noisy.shape == z.shape
+    assert abs(noisy.std().item() - 0.05) < 0.002
+    assert gaussian_latent_noise(z, 0.0) is z

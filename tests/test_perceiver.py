@@ -1,0 +1,62 @@
+"""PerceiverCompressor: shapes, sphere normalisation, padding mask, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sld.models.perceiver import Attention, PerceiverCompressor, normalize_to_sphere
+
+
+def _compressor(**kw) -> PerceiverCompressor:
+    torch.manual_seed(0)
+    args = dict(input_dim=24, num_latents=5, latent_dim=16, depth=2, num_heads=4)
+    args.update(kw)
+    return PerceiverCompressor(**args).eval()
+
+
+def test_output_shape_and_norm():
+    model = _compressor()
+    z = model(torch.randn(3, 7, 24), torch.ones(3, 7, dtype=torch.long))
+    assert z.shape == (3, 5, 16)
+    torch.testing.assert_close(z.norm(dim=-1), torch.full((3, 5), math.sqrt(16)))
+
+
+def test_without_normalisation_norms_vary():
+    z = _compressor(normalize_latents=False)(torch.randn(3, 7, 24))
+    assert not torch.allclose(z.norm(dim=-1), torch.full((3, 5), 4.0))
+
+
+def test_padding_is_ignored():
+    model = _compressor()
+    h = torch.randn(2, 6, 24)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    h_changed = h.clone()
+    h_changed[0, 4:] = 100.0  # garbage under the padding
+    z, z_changed = model(h, mask), model(h_changed, mask)
+    torch.testing.assert_close(z, z_changed)
+    # the same segment without the padding columns gives the same latents
+    torch.testing.assert_close(model(h[:1, :4], mask[:1, :4]), z[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = _compressor().train()
+    model(torch.randn(2, 6, 24), torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6])).square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_attention_shapes_and_head_check():
+    attn = Attention(16, num_heads=4, context_dim=8)
+    out = attn(torch.randn(2, 3, 16), torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1] * 5]))
+    assert out.shape == (2, 3, 16)
+    assert Attention(16, num_heads=4)(torch.randn(2, 3, 16)).shape == (2, 3, 16)
+    with pytest.raises(ValueError, match="divisible"):
+        Attention(10, num_heads=4)
+
+
+def test_normalize_to_sphere():
+    z = normalize_to_sphere(torch.randn(4, 3, 9))
+    torch.testing.assert_close(z.norm(dim=-1), torch.full((4, 3), 3.0))
