@@ -211,15 +211,17 @@ def cached_latents(
     return latents, counts
 
 
-def _read_split(cfg: Config, split: str) -> list[SegmentedDocument]:
-    path = Path(cfg.data.segmented_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise DataError(
-            f"{path} not found: run `sld segment` first (data.segmented_dir={cfg.data.segmented_dir!r})"
-        )
-    docs = [d for d in read_segmented(path) if d.segments]
-    if not docs:
-        raise DataError(f"{path} has no document with at least one segment")
+def _read_split(cfg: Config, split: str, limit_per_folder: int | None = None) -> list[SegmentedDocument]:
+    """Documents with at least one segment from every stage-1 folder (at most ``limit_per_folder`` each)."""
+    docs: list[SegmentedDocument] = []
+    for folder in [cfg.data.segmented_dir, *cfg.data.extra_segmented_dirs]:
+        path = Path(folder) / f"{split}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path} not found: run `sld segment` first (data.segmented_dir={folder!r})")
+        found = [d for d in read_segmented(path) if d.segments]
+        if not found:
+            raise DataError(f"{path} has no document with at least one segment")
+        docs += found[:limit_per_folder]
     return docs
 
 
@@ -279,9 +281,8 @@ def run(cfg: Config) -> Path:
             f"autoencoder={cfg.autoencoder!r} is not a stage-2 folder: run `sld train-autoencoder` first"
         )
     autoencoder = SegmentAutoencoder.from_pretrained(cfg.autoencoder).to(device).eval().requires_grad_(False)
-    context_name = None if cfg.context_encoder == "minilm" else cfg.context_encoder
     context_encoder = ContextEncoder.from_pretrained(
-        context_name, max_length=cfg.context_max_length, device=device
+        cfg.context_encoder, max_length=cfg.context_max_length, device=device
     )
 
     train_docs = _read_split(cfg, cfg.data.train_split)

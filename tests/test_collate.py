@@ -99,7 +99,7 @@ def test_pair_validation(tmp_path):
         PairDataset([{"sentence": "a", "paraphrase": "b"}, {"sentence": "a"}])
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"sentence": "a", "paraphrase": "b", "negative": "c"}) + "\n\n{oops\n")
-    with pytest.raises(DataError, match=r"pairs.jsonl:3"):
+    with pytest.raises(DataError, match=r"pairs.jsonl, line 3"):
         PairDataset.from_jsonl(path)
     path.write_text(json.dumps({"sentence": "a", "paraphrase": "b", "extra": 1}) + "\n")
     ds = PairDataset.from_jsonl(path)

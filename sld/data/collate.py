@@ -19,7 +19,6 @@ with a negative drawn from an out-of-domain pool) and ``PairDataset`` (paraphras
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from sld.data.records import iter_jsonl_numbered
 from sld.errors import DataError
 from sld.tokenization import decoder_labels, encoder_inputs
 
@@ -150,20 +150,8 @@ class PairDataset(Dataset):
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> PairDataset:
-        """Read one JSON object per line (``sentence``, ``paraphrase``, optional ``negative``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: pairs file not found")
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{line_no}: not valid JSON: {err}") from err
-                rows.append(_check_pair(row, f"{path}:{line_no}"))
+        """Read one JSON object per line (``sentence``, ``paraphrase``, optional ``negative``); plain or .gz."""
+        rows = [_check_pair(row, f"{path}, line {n}") for n, row in iter_jsonl_numbered(path)]
         if not rows:
             raise DataError(f"{path}: no pairs")
         return cls(rows, str(path))

