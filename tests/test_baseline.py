@@ -20,7 +20,9 @@ from sld.errors import UserError
 from sld.eval.baseline import BaselineConfig, BaselineModel
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
 
-TINY_T5 = dict(model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
+TINY_T5 = dict(
+    model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=2, num_heads=4, dropout_rate=0.0
+)
 STORIES = [
     ("The Lost Dog", ["Rex ran away.", "Tom looked everywhere.", "He found him in the park."]),
     ("Snow", ["It snowed all night.", "School was closed."]),
@@ -205,7 +207,14 @@ def test_train_baseline_then_generate_then_resume(bert_dir, tmp_path):
             "max_target_tokens": 24,
         },
         "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "loop": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "save_every": 2, "log_every": 1, "progress": False},
+        "loop": {
+            "max_steps": 3,
+            "batch_size": 4,
+            "eval_every": 2,
+            "save_every": 2,
+            "log_every": 1,
+            "progress": False,
+        },
         "eval": {"batch_size": 2, "max_new_tokens": 8},
     }
     config_file = tmp_path / "baseline.yaml"

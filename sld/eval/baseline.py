@@ -54,24 +54,20 @@ from transformers.modeling_outputs import BaseModelOutput
 from sld.config import ConfigError
 from sld.errors import UserError
 from sld.losses import conversion_loss
-from sld.models.autoencoder import (
-    CONFIG_NAME as AUTOENCODER_CONFIG_NAME,
-)
+
+# The underscored helpers are the autoencoder's own builders, shared so that both models are built alike.
+from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import (
     DECODER_ENCODER,
     MINILM,
     AutoencoderConfig,
-    default_decoder_config,
-    shift_labels_right,
-)
-
-# Private helpers of the autoencoder module, shared so that both models are built the same way.
-from sld.models.autoencoder import (
     _check_decoder_tokenizer,
     _decoder_lm_config,
     _hidden_size,
     _load_encoder,
     _sync_generation_ids,
+    default_decoder_config,
+    shift_labels_right,
 )
 from sld.tokenization import decoder_labels, encoder_inputs, train_decoder_tokenizer
 
@@ -202,7 +198,9 @@ class BaselineCollator:
     @classmethod
     def from_model(cls, model: BaselineModel) -> BaselineCollator:
         cfg = model.config
-        return cls(model.encoder_tokenizer, model.decoder_tokenizer, cfg.max_source_tokens, cfg.max_target_tokens)
+        return cls(
+            model.encoder_tokenizer, model.decoder_tokenizer, cfg.max_source_tokens, cfg.max_target_tokens
+        )
 
     def sources(self, sources: Sequence[str | None]) -> dict[str, torch.Tensor]:
         """Sources -> ``{"input_ids", "attention_mask"}`` (B, T), right-padded, on the CPU."""
@@ -271,7 +269,9 @@ class BaselineModel(nn.Module):
                 lm = AutoModelForSeq2SeqLM.from_pretrained(name)
                 tokenizer = decoder_tokenizer or AutoTokenizer.from_pretrained(name)
             except (OSError, ValueError) as err:
-                raise ConfigError(f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}") from err
+                raise ConfigError(
+                    f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}"
+                ) from err
             _check_decoder_tokenizer(tokenizer, f"decoder_name_or_path '{name}'")
         else:
             if decoder_tokenizer is not None:

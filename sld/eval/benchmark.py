@@ -11,10 +11,12 @@ tested on made-up timings: ``summarize`` (throughput, latency, time shares), ``a
 (every row against the AR baseline's greedy decoding at the same batch size, from the same run),
 ``markdown_table`` and ``plot_quality_vs_speed``.
 
-Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` over the timed runs (weights included);
-on a CPU the growth of the process's resident set over the timed runs (peak RSS above the RSS at
-the start when Linux lets the peak be reset, else the RSS difference after minus before); "n/a"
-elsewhere. ``memory_measure`` says which one a row holds.
+Peak memory is the working memory of generation above what was allocated before the timed runs
+(both models' weights stay loaded the whole run, so they are excluded; ``parameter_mib`` gives
+them separately): on a GPU ``torch.cuda.max_memory_allocated`` minus the allocation at the start;
+on a CPU the growth of the process's resident set (peak RSS above the RSS at the start when Linux
+lets the peak be reset, else the RSS after minus before); "n/a" elsewhere. ``memory_measure`` says
+which one a row holds.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ SLD = "SLD"
 AR = "AR"
 REFERENCE_SETTING = "greedy"  # speed ratios are taken against AR greedy at the same batch size
 
-MEMORY_CUDA = "cuda max_memory_allocated (MiB, weights included)"
+MEMORY_CUDA = "CUDA max_memory_allocated above the start (MiB, loaded weights excluded)"
 MEMORY_PEAK_RSS = "CPU peak RSS above start (MiB)"
 MEMORY_RSS_DELTA = "CPU RSS after - before (MiB)"
 MEMORY_NA = "n/a"
@@ -202,7 +204,7 @@ def _split(row: dict[str, Any]) -> str:
 
 TABLE_HEADER = (
     "| system | setting | batch | docs | docs/s | ms/doc | s/batch | x AR greedy | "
-    "ctx/denoise/decode % | ms/step | peak MiB | ROUGE-L | distinct-2 | distinct outputs |"
+    "ctx/denoise/decode % | ms/step | work MiB | ROUGE-L | distinct-2 | distinct outputs |"
 )
 
 
@@ -223,10 +225,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             "n/a" if ratio is None else f"{ratio:.2f}x",
             _split(r),
             _fmt(r.get("ms_per_step"), ".2f"),
-            _fmt(r.get("peak_memory_mib"), ".0f"),
+            _fmt(r.get("peak_memory_mib"), ".1f"),
             _fmt(r.get("rougeL"), ".2f"),
             _fmt(r.get("distinct_2"), ".3f"),
-            "n/a" if distinct is None else f"{distinct}/{r['num_documents']} (refs {r.get('ref_num_distinct')})",
+            "n/a"
+            if distinct is None
+            else f"{distinct}/{r['num_documents']} (refs {r.get('ref_num_distinct')})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -257,9 +261,13 @@ def plot_quality_vs_speed(rows: Sequence[dict[str, Any]], stem: str | Path, titl
         for ax, metric in zip(axes, ("rougeL", "distinct_2")):
             xs = [p["docs_per_second"] for p in points]
             ys = [p.get(metric) if p.get(metric) is not None else float("nan") for p in points]
-            ax.plot(xs, ys, marker=marker, color=colour, linestyle="-", alpha=0.85, label=f"{system} {setting}")
+            ax.plot(
+                xs, ys, marker=marker, color=colour, linestyle="-", alpha=0.85, label=f"{system} {setting}"
+            )
             for p, x, y in zip(points, xs, ys):
-                ax.annotate(f"b{p['batch_size']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(
+                    f"b{p['batch_size']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+                )
     for ax, label in zip(axes, ("ROUGE-L", "distinct-2")):
         ax.set_xscale("log")
         ax.set_xlabel("documents / second (log)")
@@ -306,12 +314,14 @@ class MemoryMonitor:
         self.peak_mib: float | None = None
         self.measure = MEMORY_NA
         self._start_rss: float | None = None
+        self._start_allocated = 0
         self._peak_reset = False
 
     def __enter__(self) -> MemoryMonitor:
         if self.device.type == "cuda":
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._start_allocated = torch.cuda.memory_allocated(self.device)
             return self
         self._start_rss = _proc_status_mib("VmRSS")
         try:  # "5" resets the peak RSS (VmHWM) of this process (Linux >= 4.0)
@@ -324,7 +334,7 @@ class MemoryMonitor:
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             synchronize(self.device)
-            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._start_allocated) / 2**20
             self.measure = MEMORY_CUDA
             return
         if self._start_rss is None:
@@ -394,6 +404,15 @@ def measure(
     return result, texts
 
 
+def parameter_mib(*modules: torch.nn.Module) -> float:
+    """Memory of the parameters and buffers of ``modules`` in MiB (shared tensors counted once)."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            seen[id(tensor)] = tensor.numel() * tensor.element_size()
+    return sum(seen.values()) / 2**20
+
+
 def device_description(device: torch.device) -> str:
     """The device in words, for the report header."""
     if device.type == "cuda":
@@ -420,6 +439,7 @@ __all__ = [
     "device_description",
     "markdown_table",
     "measure",
+    "parameter_mib",
     "plot_quality_vs_speed",
     "quality_scores",
     "summarize",
