@@ -27,6 +27,7 @@ from sld.errors import UserError
 T = TypeVar("T")
 
 BASE_KEY = "base"
+_YAML_BOOL_WORDS = {True: ("yes", "on", "true", "y"), False: ("no", "off", "false", "n")}
 
 
 class ConfigError(UserError):
@@ -67,6 +68,10 @@ def _convert(value: Any, tp: Any, key: str, source: str, partial: bool = False) 
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and value not in choices:
+            # YAML 1.1 reads no/off/false (yes/on/true) as booleans: map back to the choice written
+            spelled = [c for c in choices if isinstance(c, str) and c.lower() in _YAML_BOOL_WORDS[value]]
+            value = spelled[0] if len(spelled) == 1 else value
         if value not in choices:
             raise ConfigError(
                 f"{source}: key '{key}' must be one of {', '.join(repr(c) for c in choices)}; got {value!r}"

@@ -101,3 +101,17 @@ def test_missing_file_and_invalid_yaml(tmp_path):
     path = write(tmp_path, "broken.yaml", "data: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml.*not valid YAML"):
         load_config(RunConfig, path)
+
+
+def test_yaml_boolean_words_map_back_to_literal_choices(tmp_path):
+    from sld.training import LoopConfig
+
+    @dataclass
+    class WithLoop:
+        loop: LoopConfig = field(default_factory=LoopConfig)
+
+    path = write(tmp_path, "run.yaml", "loop: {mixed_precision: no}\n")
+    assert load_config(WithLoop, path).loop.mixed_precision == "no"
+    assert load_config(WithLoop, None, ["loop.mixed_precision=no"]).loop.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(WithLoop, None, ["loop.mixed_precision=yes"])
