@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -260,6 +261,8 @@ def fit(
         desc="train",
         disable=not (loop.progress and accelerator.is_local_main_process),
         dynamic_ncols=True,
+        # redraw rarely when writing to a log file rather than a terminal
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     run_started = time.perf_counter() - state.elapsed_seconds
     stopped_by = "max_steps"

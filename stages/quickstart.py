@@ -52,9 +52,9 @@ def _quick_autoencoder() -> train_autoencoder.Config:
             latent_dim=32,
             compressor_layers=2,
             reconstructor_layers=2,
-            max_segment_tokens=48,
+            max_segment_tokens=40,
         ),
-        optim=OptimConfig(lr=5e-4, warmup_steps=100),
+        optim=OptimConfig(lr=1e-3, warmup_steps=100),
         loop=LoopConfig(
             max_steps=1500, max_minutes=6.0, batch_size=64, log_every=25, eval_every=500, save_every=250
         ),

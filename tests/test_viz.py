@@ -6,6 +6,7 @@ from-config T5 decoder, a tiny SegmentDiT with random values in its zero-initial
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -36,9 +37,17 @@ from sld.viz import (
 from stages import visualize
 
 PAIRS = [
-    ("Anna walked her dog in the park.", "Anna took her dog for a walk in the park.", "Stocks fell sharply on Monday."),
+    (
+        "Anna walked her dog in the park.",
+        "Anna took her dog for a walk in the park.",
+        "Stocks fell sharply on Monday.",
+    ),
     ("Tom baked a cake for his mother.", "Tom made his mother a cake.", "The senate passed the budget bill."),
-    ("The kids played soccer after school.", "After school the kids played soccer.", "Oil prices rose by 3 percent."),
+    (
+        "The kids played soccer after school.",
+        "After school the kids played soccer.",
+        "Oil prices rose by 3 percent.",
+    ),
     ("Lucy lost her keys at the mall.", "At the mall, Lucy lost her keys.", "The storm closed two airports."),
     ("Sam fixed the old bike.", "Sam repaired the old bicycle.", "Officials said the talks had stalled."),
 ]
@@ -112,7 +121,12 @@ def models(tmp_path_factory) -> dict[str, str]:
     rows.insert(2, {"sentence": "No negative here.", "paraphrase": "There is no negative."})
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     segmented = root / "valid.jsonl"
-    doc = {"id": "d0", "source": "The Dog", "segments": ["Anna walked her dog.", "It rained."], "num_segments": 2}
+    doc = {
+        "id": "d0",
+        "source": "The Dog",
+        "segments": ["Anna walked her dog.", "It rained."],
+        "num_segments": 2,
+    }
     segmented.write_text(json.dumps(doc) + "\n")
     return {
         "vanilla": str(root / "ae_vanilla"),
@@ -138,7 +152,9 @@ def test_pca_matches_the_covariance_eigenvectors_and_is_deterministic():
     top = eigenvectors[:, ::-1][:, :2].T
     assert np.allclose(np.abs(pca.components.numpy() @ top.T), np.eye(2), atol=1e-6)
     assert np.allclose(pca.explained_variance.numpy(), eigenvalues[::-1][:2], rtol=1e-6)
-    assert np.isclose(float(pca.explained_variance_ratio.sum()), eigenvalues[::-1][:2].sum() / eigenvalues.sum())
+    assert np.isclose(
+        float(pca.explained_variance_ratio.sum()), eigenvalues[::-1][:2].sum() / eigenvalues.sum()
+    )
     coords = pca.transform(x)
     assert coords.shape == (200, 2) and np.allclose(coords.mean(axis=0), 0.0, atol=1e-9)
     assert torch.allclose(fit_pca(x.flip(0), 2).components, pca.components, atol=1e-9)  # signs fixed
@@ -210,7 +226,9 @@ def test_visualize_latent_map_stage(models, tmp_path, capsys):
 
 
 def test_visualize_reports_user_errors(tmp_path, capsys):
-    assert visualize.main(["latent-map", f"pairs={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path}"]) == 2
+    assert (
+        visualize.main(["latent-map", f"pairs={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path}"]) == 2
+    )
     assert "missing.jsonl" in capsys.readouterr().err
     assert visualize.main(["kind=bogus"]) == 2
 
@@ -228,13 +246,19 @@ def test_denoising_trajectory_paths_and_decoded_points(models):
     assert len(forward) == len(reverse) == 7
     assert forward[0] == 0.0 and forward[-1] > 0.99 and forward == sorted(forward)
     assert reverse == sorted(reverse, reverse=True) and reverse[-1] == 0.0
-    assert torch.allclose(trajectory.reverse[0].latent, trajectory.forward[-1].latent)  # starts where noising ended
-    assert [round(d.noise_ratio, 1) for d in trajectory.decoded][0] == 1.0 and trajectory.decoded[-1].noise_ratio == 0.0
+    assert torch.allclose(
+        trajectory.reverse[0].latent, trajectory.forward[-1].latent
+    )  # starts where noising ended
+    assert [round(d.noise_ratio, 1) for d in trajectory.decoded][0] == 1.0 and trajectory.decoded[
+        -1
+    ].noise_ratio == 0.0
     assert len(trajectory.decoded) == 3
     assert all(isinstance(d.text, str) and isinstance(d.x0_text, str) for d in trajectory.decoded)
     assert trajectory.guidance_scale == 2.0  # the pipeline default, since a source is given
 
-    unconditional = denoising_trajectory(pipeline, "Anna walked her dog.", num_inference_steps=3, decode_at=(0.0,))
+    unconditional = denoising_trajectory(
+        pipeline, "Anna walked her dog.", num_inference_steps=3, decode_at=(0.0,)
+    )
     assert unconditional.guidance_scale == 1.0 and unconditional.source is None
     result = plot_trajectory(unconditional, background=None)
     assert result.num_background_points == 0 and result.figure.axes  # path only
@@ -293,7 +317,9 @@ def test_curves_one_panel_per_metric(tmp_path):
     assert len(figure.axes) == 3
     assert all(len(ax.get_lines()) == 2 for ax in figure.axes)  # both runs overlaid
     assert len(figure.legends) == 1
-    with_lr = collect_series({"a": read_metrics(a)}, prefixes=("train/", "eval/", "lr"), exclude=("train/loss",))
+    with_lr = collect_series(
+        {"a": read_metrics(a)}, prefixes=("train/", "eval/", "lr"), exclude=("train/loss",)
+    )
     assert list(with_lr) == ["train/conversion", "lr", "eval/bleu"]
 
 
@@ -314,3 +340,31 @@ def test_visualize_curves_stage(tmp_path, capsys):
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     assert visualize.main(["curves", f"curves.runs=[{tmp_path / 'bad'}]", f"output_dir={out}"]) == 2
     assert "metrics.jsonl:2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ examples
+
+
+def load_example(name: str):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_examples_run_on_tiny_models(models, tmp_path, capsys):
+    out = str(tmp_path / "figs")
+    load_example("plot_latent_space").main([models["vanilla"], "--pairs", models["pairs"], "--out", out])
+    load_example("plot_denoising_trajectory").main(
+        ["--pipeline", models["pipeline"], "--segmented", models["segmented"], "--pairs", models["pairs"]]
+        + ["--steps", "3", "--device", "cpu", "--out", out]
+    )
+    runs = [str(write_metrics(tmp_path / name, 1.0)) for name in ("a", "b")]
+    load_example("plot_training_curves").main([*runs, "--out", out])
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert written == [
+        f"{stem}.{ext}" for stem in ("curves", "latent_map", "trajectory") for ext in ("png", "svg")
+    ]
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "x0_hat" in printed and "3 panels" in printed

@@ -17,7 +17,7 @@ from typing import Any
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from sld.errors import DataError, UserError
 from sld.viz.figures import new_figure
@@ -115,10 +115,16 @@ def plot_curves(
     ``log_scale`` puts panels whose values are all positive on a log y axis.
     """
     if not series:
-        raise UserError("no train/* or eval/* metric to plot (empty metrics.jsonl, or a too narrow 'include')")
+        raise UserError(
+            "no train/* or eval/* metric to plot (empty metrics.jsonl, or a too narrow 'include')"
+        )
     if columns < 1:
         raise UserError(f"columns must be >= 1, got {columns}")
-    names = list(run_names) if run_names is not None else sorted({s.run for group in series.values() for s in group})
+    names = (
+        list(run_names)
+        if run_names is not None
+        else sorted({s.run for group in series.values() for s in group})
+    )
     palette = colormaps["tab10"]
     colours = {name: palette(i % 10) for i, name in enumerate(names)}
     columns = min(columns, len(series))
@@ -131,6 +137,10 @@ def plot_curves(
             ax.plot(s.steps, s.values, marker=marker, ms=3, lw=1.2, color=colours.get(s.run), label=s.run)
         if log_scale and all(v > 0 for s in group for v in s.values):
             ax.set_yscale("log")
+            # Plain numbers at 1, 2, 5 x 10^k instead of 6 x 10^0 style labels.
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(which="both", labelsize=7)

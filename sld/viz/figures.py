@@ -44,7 +44,9 @@ def save_figure(
     for fmt in formats:
         fmt = fmt.lower().lstrip(".")
         if fmt not in _SUPPORTED:
-            raise UserError(f"formats: unsupported image format {fmt!r} (use one of {', '.join(sorted(_SUPPORTED))})")
+            raise UserError(
+                f"formats: unsupported image format {fmt!r} (use one of {', '.join(sorted(_SUPPORTED))})"
+            )
         path = folder / f"{stem}.{fmt}"
         figure.savefig(path, dpi=dpi, format=fmt)
         paths.append(path)

@@ -231,7 +231,9 @@ def latent_panel(latents: PairLatents, name: str, folder: str | None = None) -> 
     )
 
 
-def scatter_groups(ax: Any, coordinates: Mapping[str, np.ndarray], alpha: float = 0.75, size: float = 14) -> None:
+def scatter_groups(
+    ax: Any, coordinates: Mapping[str, np.ndarray], alpha: float = 0.75, size: float = 14
+) -> None:
     """Draw each group of 2-D points in its colour, one scatter (one legend entry) per group."""
     for group in GROUPS:
         if group not in coordinates or len(coordinates[group]) == 0:
@@ -256,7 +258,9 @@ def plot_latent_map(panels: Sequence[LatentPanel], title: str | None = None) -> 
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), markerscale=1.6, frameon=False)
+    figure.legend(
+        handles, labels, loc="outside lower center", ncols=len(labels), markerscale=1.6, frameon=False
+    )
     figure.suptitle(title or "Segment latents (mean-pooled), 2-D PCA per panel", fontsize=11)
     return figure
 
@@ -313,8 +317,16 @@ def latent_map(
     panels = []
     for i, item in enumerate(autoencoders):
         folder = None if isinstance(item, SegmentAutoencoder) else str(item)
-        model = item if isinstance(item, SegmentAutoencoder) else SegmentAutoencoder.from_pretrained(item, device=device)
-        name = names[i] if names is not None else (autoencoder_label(folder) if folder else f"autoencoder {i + 1}")
+        model = (
+            item
+            if isinstance(item, SegmentAutoencoder)
+            else SegmentAutoencoder.from_pretrained(item, device=device)
+        )
+        name = (
+            names[i]
+            if names is not None
+            else (autoencoder_label(folder) if folder else f"autoencoder {i + 1}")
+        )
         logger.info("encoding %d x 3 texts with %s", len(pairs), folder or name)
         panels.append(latent_panel(encode_pairs(model, pairs, batch_size), name, folder))
         del model

@@ -28,7 +28,13 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 
 from sld.data.segmented import read_segmented
-from sld.diffusion.sampling import SchedulerName, TrajectoryRecorder, forward_noise, make_scheduler, sample_latents
+from sld.diffusion.sampling import (
+    SchedulerName,
+    TrajectoryRecorder,
+    forward_noise,
+    make_scheduler,
+    sample_latents,
+)
 from sld.errors import DataError, UserError
 from sld.losses import mean_pool_latents
 from sld.pipeline import SLDPipeline
@@ -252,6 +258,26 @@ def _pooled(points: Sequence[TrajectoryPoint]) -> torch.Tensor:
     return mean_pool_latents(torch.stack([p.latent for p in points]))
 
 
+def _spaced(
+    points: Sequence[DecodedPoint], xy: np.ndarray, ax: Any, min_gap: float = 0.05
+) -> list[DecodedPoint]:
+    """The decoded points to label: both ends first, then the others that are not crowded.
+
+    A label is skipped when its point lies within ``min_gap`` of the axes' data span from an already
+    labelled one (the noise ratios of all decoded points are in the printed summary and the JSON).
+    """
+    ax.autoscale_view()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    scale = np.array([max(x1 - x0, 1e-12), max(y1 - y0, 1e-12)])
+    order = list(points[:1]) + list(points[-1:]) + list(points[1:-1]) if len(points) > 1 else list(points)
+    kept: list[DecodedPoint] = []
+    for point in order:
+        where = xy[point.step] / scale
+        if all(np.linalg.norm(where - xy[k.step] / scale) >= min_gap for k in kept):
+            kept.append(point)
+    return kept
+
+
 @dataclass
 class TrajectoryResult:
     """The figure, the trajectory it shows and the PCA plane it was drawn in."""
@@ -293,7 +319,9 @@ def plot_trajectory(
     scatter_groups(ax, {g: pca.transform(p) for g, p in background_pooled.items()}, alpha=0.3, size=10)
     if show_forward:
         xy = pca.transform(forward)
-        ax.plot(xy[:, 0], xy[:, 1], "--", color="0.55", lw=0.9, marker=".", ms=3, label="forward (noising) path")
+        ax.plot(
+            xy[:, 0], xy[:, 1], "--", color="0.55", lw=0.9, marker=".", ms=3, label="forward (noising) path"
+        )
 
     xy = pca.transform(reverse)
     ratios = np.array([p.noise_ratio for p in trajectory.reverse])
@@ -308,7 +336,7 @@ def plot_trajectory(
     start = pca.transform(forward[:1])[0]
     ax.scatter(*start, marker="*", s=220, c="gold", edgecolors="black", zorder=4, label="input sentence z0")
     ax.scatter(*xy[-1], marker="X", s=110, c="darkred", edgecolors="black", zorder=4, label="denoised latent")
-    for point in trajectory.decoded:
+    for point in _spaced(trajectory.decoded, xy, ax):
         ax.annotate(
             f"{point.noise_ratio:.2f}",
             xy[point.step],
@@ -327,7 +355,8 @@ def plot_trajectory(
     conditioning = "conditioned on the source" if trajectory.source is not None else "unconditional"
     short = trajectory.text if len(trajectory.text) <= 70 else trajectory.text[:67] + "..."
     ax.set_title(
-        title or f'Denoising trajectory of "{short}"\n'
+        title
+        or f'Denoising trajectory of "{short}"\n'
         f"{trajectory.scheduler}, {trajectory.num_inference_steps} steps, {conditioning}",
         fontsize=10,
     )
