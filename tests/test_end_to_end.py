@@ -17,22 +17,42 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     files = write_synthetic_corpus(
-        root / "data", seed=3, stories_train=40, stories_valid=6, dialogues_train=4, dialogues_valid=2,
-        pairs_train=20, pairs_valid=4,
+        root / "data",
+        seed=3,
+        stories_train=40,
+        stories_valid=6,
+        dialogues_train=4,
+        dialogues_valid=2,
+        pairs_train=20,
+        pairs_valid=4,
     )
     seg = root / "segmented"
-    assert segment.main(
-        [f"splits.train={files['stories_train']}", f"splits.valid={files['stories_valid']}",
-         f"output_dir={seg}", "records.task=title_to_story", "segmenter.max_segments=3"]
-    ) == 0
+    assert (
+        segment.main(
+            [
+                f"splits.train={files['stories_train']}",
+                f"splits.valid={files['stories_valid']}",
+                f"output_dir={seg}",
+                "records.task=title_to_story",
+                "segmenter.max_segments=3",
+            ]
+        )
+        == 0
+    )
     ae_cfg = load_config(
-        train_autoencoder.Config, CONFIGS / "autoencoder_tiny.yaml",
-        [f"output_dir={root / 'ae'}", f"data.segmented_dir={seg}", f"data.pairs_train={files['pairs_train']}",
-         "losses.contrastive_positives=pairs"],
+        train_autoencoder.Config,
+        CONFIGS / "autoencoder_tiny.yaml",
+        [
+            f"output_dir={root / 'ae'}",
+            f"data.segmented_dir={seg}",
+            f"data.pairs_train={files['pairs_train']}",
+            "losses.contrastive_positives=pairs",
+        ],
     )
     train_autoencoder.run(ae_cfg)
     dm_cfg = load_config(
-        train_diffusion.Config, CONFIGS / "diffusion_tiny.yaml",
+        train_diffusion.Config,
+        CONFIGS / "diffusion_tiny.yaml",
         [f"output_dir={root / 'dm'}", f"autoencoder={root / 'ae'}", f"data.segmented_dir={seg}"],
     )
     train_diffusion.run(dm_cfg)
@@ -64,8 +84,18 @@ def test_pipeline_generates_text_for_each_input(trained):
 def test_generate_stage_writes_predictions(trained, tmp_path):
     root, seg = trained
     output = tmp_path / "pred.jsonl"
-    assert generate.main([f"model={root / 'dm'}", f"input={seg / 'valid.jsonl'}", f"output={output}",
-                          "num_inference_steps=2", "limit=3"]) == 0
+    assert (
+        generate.main(
+            [
+                f"model={root / 'dm'}",
+                f"input={seg / 'valid.jsonl'}",
+                f"output={output}",
+                "num_inference_steps=2",
+                "limit=3",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == 3
     assert all({"id", "source", "prediction", "segments", "reference"} <= set(r) for r in rows)
@@ -74,8 +104,14 @@ def test_generate_stage_writes_predictions(trained, tmp_path):
 def test_resume_continues_step_count(trained, tmp_path):
     root, seg = trained
     cfg = load_config(
-        train_diffusion.Config, CONFIGS / "diffusion_tiny.yaml",
-        [f"output_dir={root / 'dm'}", f"autoencoder={root / 'ae'}", f"data.segmented_dir={seg}", "loop.max_steps=6"],
+        train_diffusion.Config,
+        CONFIGS / "diffusion_tiny.yaml",
+        [
+            f"output_dir={root / 'dm'}",
+            f"autoencoder={root / 'ae'}",
+            f"data.segmented_dir={seg}",
+            "loop.max_steps=6",
+        ],
     )
     train_diffusion.run(cfg)
     summary = json.loads((root / "dm" / "summary.json").read_text())
