@@ -90,7 +90,8 @@ def load_generator(cfg: Config):
     """An ``SLDPipeline`` or an AR ``BaselineModel``, told apart by the files in ``cfg.model``."""
     folder = Path(cfg.model)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, cfg.dtype)
+    # float32 is what the folders hold: no cast (casting a diffusers model to its own dtype warns)
+    dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     if (folder / "pipeline_config.json").is_file():
         from sld.pipeline import SLDPipeline
 
@@ -98,7 +99,7 @@ def load_generator(cfg: Config):
     if (folder / "baseline_config.json").is_file():
         from sld.eval.baseline import BaselineModel
 
-        return BaselineModel.from_pretrained(folder).to(device=device, dtype=dtype).eval()
+        return BaselineModel.from_pretrained(folder, device=device, dtype=dtype).eval()
     raise UserError(f"model={cfg.model!r} is neither an SLD pipeline folder nor an AR baseline folder")
 
 
