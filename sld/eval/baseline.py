@@ -40,11 +40,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
-    AutoConfig,
-    AutoModel,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -67,6 +64,8 @@ from sld.models.autoencoder import (
     _load_encoder,
     _sync_generation_ids,
     default_decoder_config,
+    load_model_parts,
+    save_model_parts,
     shift_labels_right,
 )
 from sld.tokenization import decoder_labels, encoder_inputs, train_decoder_tokenizer
@@ -300,16 +299,7 @@ class BaselineModel(nn.Module):
         if not (folder / CONFIG_NAME).is_file():
             raise UserError(f"{folder}: not an AR baseline folder (no {CONFIG_NAME})")
         config = BaselineConfig.from_json(folder / CONFIG_NAME)
-        decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
-        lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
-        if (decoder_dir / "generation_config.json").is_file():
-            lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
-        decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
-        encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-        encoder = None
-        if config.encoder != DECODER_ENCODER:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
-        model = cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
+        model = cls(config, *load_model_parts(folder, uses_own_encoder=config.encoder == DECODER_ENCODER))
         safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
         model.to(device=device, dtype=dtype)
         model.eval()
@@ -319,19 +309,7 @@ class BaselineModel(nn.Module):
         """Write the folder that ``from_pretrained`` reads (see the module docstring)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        safetensors.torch.save_model(
-            self, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
-        )
-        encoder_dir, decoder_dir = folder / ENCODER_DIR, folder / DECODER_DIR
-        encoder_dir.mkdir(exist_ok=True)
-        decoder_dir.mkdir(exist_ok=True)
-        if self.text_encoder is not None:
-            self.text_encoder.config.save_pretrained(encoder_dir)
-        self.encoder_tokenizer.save_pretrained(str(encoder_dir))
-        self.lm.config.save_pretrained(decoder_dir)
-        self.lm.generation_config.save_pretrained(decoder_dir)
-        self.decoder_tokenizer.save_pretrained(str(decoder_dir))
+        save_model_parts(self, folder, self.config.to_dict(), CONFIG_NAME)
         return folder
 
     def _freeze_unused_parameters(self) -> None:

@@ -304,6 +304,43 @@ def _check_decoder_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> 
         raise ConfigError(f"{where}: the decoder tokenizer needs a pad and an eos token")
 
 
+def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, Any, Any]:
+    """The un-initialised parts of a saved encoder + seq2seq-decoder model folder.
+
+    Returns ``(lm, decoder_tokenizer, encoder, encoder_tokenizer)`` built from ``decoder/`` and
+    ``encoder/`` alone (``encoder`` is None when the LM's own encoder is used); the caller loads
+    ``model.safetensors`` into the assembled model strictly.
+    """
+    decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
+    lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
+    if (decoder_dir / "generation_config.json").is_file():
+        lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
+    decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+    encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    encoder = None if uses_own_encoder else AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
+    return lm, decoder_tokenizer, encoder, encoder_tokenizer
+
+
+def save_model_parts(model: Any, folder: Path, config: dict[str, Any], config_name: str) -> None:
+    """Write ``config_name``, ``model.safetensors``, ``encoder/`` and ``decoder/`` (configs and tokenizers).
+
+    ``model`` has ``lm``, ``decoder_tokenizer``, ``text_encoder`` (or None) and ``encoder_tokenizer``.
+    """
+    (folder / config_name).write_text(json.dumps(config, indent=2) + "\n")
+    safetensors.torch.save_model(
+        model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
+    )
+    encoder_dir, decoder_dir = folder / ENCODER_DIR, folder / DECODER_DIR
+    encoder_dir.mkdir(exist_ok=True)
+    decoder_dir.mkdir(exist_ok=True)
+    if model.text_encoder is not None:
+        model.text_encoder.config.save_pretrained(encoder_dir)
+    model.encoder_tokenizer.save_pretrained(str(encoder_dir))
+    model.lm.config.save_pretrained(decoder_dir)
+    model.lm.generation_config.save_pretrained(decoder_dir)
+    model.decoder_tokenizer.save_pretrained(str(decoder_dir))
+
+
 def shift_labels_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
     """Teacher-forcing decoder inputs: (B', L) labels -> (B', L) ids ``[start, y_1, ..., y_{L-1}]``.
 
@@ -428,16 +465,7 @@ class SegmentAutoencoder(nn.Module):
         if not (folder / CONFIG_NAME).is_file():
             raise UserError(f"{folder}: not a SegmentAutoencoder folder (no {CONFIG_NAME})")
         config = AutoencoderConfig.from_json(folder / CONFIG_NAME)
-        decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
-        lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
-        if (decoder_dir / "generation_config.json").is_file():
-            lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
-        decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
-        encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-        encoder = None
-        if config.encoder != DECODER_ENCODER:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
-        model = cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
+        model = cls(config, *load_model_parts(folder, uses_own_encoder=config.encoder == DECODER_ENCODER))
         # strict: a missing or unexpected tensor is an error, never silently skipped (tied copies are
         # stored once and restored through the tie).
         safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
@@ -449,19 +477,7 @@ class SegmentAutoencoder(nn.Module):
         """Write the folder that ``from_pretrained`` reads (see the module docstring)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        safetensors.torch.save_model(
-            self, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
-        )
-        encoder_dir, decoder_dir = folder / ENCODER_DIR, folder / DECODER_DIR
-        encoder_dir.mkdir(exist_ok=True)
-        decoder_dir.mkdir(exist_ok=True)
-        if self.text_encoder is not None:
-            self.text_encoder.config.save_pretrained(encoder_dir)
-        self.encoder_tokenizer.save_pretrained(str(encoder_dir))
-        self.lm.config.save_pretrained(decoder_dir)
-        self.lm.generation_config.save_pretrained(decoder_dir)
-        self.decoder_tokenizer.save_pretrained(str(decoder_dir))
+        save_model_parts(self, folder, self.config.to_dict(), CONFIG_NAME)
         return folder
 
     def _freeze_unused_parameters(self) -> None:
