@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from tiny_models import randomize_zero_init, tiny_dit
 
 from sld.diffusion.objective import (
     DiffusionConfig,
@@ -20,21 +21,6 @@ from sld.errors import UserError
 from sld.models.denoiser import SegmentDiT
 
 B, S, N, D, T, C = 4, 3, 4, 8, 5, 16
-
-
-def tiny_dit(**overrides) -> SegmentDiT:
-    kwargs = dict(latent_dim=D, num_latents=N, max_segments=S, context_dim=C, width=32, depth=3, heads=4)
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    return SegmentDiT(**kwargs)
-
-
-def randomize_zero_init(model: torch.nn.Module, std: float = 0.05) -> None:
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.count_nonzero(p) == 0:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 def batch(seed: int = 0):

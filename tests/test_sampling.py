@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from tiny_models import randomize_zero_init
+from tiny_models import tiny_dit as make_tiny_dit
 
 from sld.diffusion.objective import LatentDiffusion, segment_mask_from_counts
 from sld.diffusion.sampling import (
@@ -22,17 +24,9 @@ from sld.models.denoiser import SegmentDiT
 B, S, N, D, T, C = 3, 3, 4, 8, 5, 16
 
 
-def tiny_dit(**overrides) -> SegmentDiT:
-    kwargs = dict(latent_dim=D, num_latents=N, max_segments=S, context_dim=C, width=32, depth=2, heads=4)
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    model = SegmentDiT(**kwargs)
-    # Random values in the zero-initialised tensors so that predictions are not trivially zero.
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.count_nonzero(p) == 0:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+def tiny_dit(**overrides):
+    model = make_tiny_dit(depth=2, **overrides)
+    randomize_zero_init(model)  # so that predictions are not trivially zero
     return model.eval()
 
 
