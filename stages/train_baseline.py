@@ -31,7 +31,7 @@ from sld.data.segmented import SegmentedDocument, read_segmented
 from sld.errors import DataError
 from sld.eval.baseline import BaselineConfig, BaselineModel, baseline_loss
 from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
-from sld.models.autoencoder import DECODER_DIR
+from sld.models.parts import DECODER_DIR
 from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints
 
 logger = logging.getLogger("sld.train_baseline")

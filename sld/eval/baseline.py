@@ -40,8 +40,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -51,31 +49,25 @@ from transformers.modeling_outputs import BaseModelOutput
 from sld.config import ConfigError
 from sld.errors import UserError
 from sld.losses import conversion_loss
-
-# The underscored helpers are the autoencoder's own builders, shared so that both models are built alike.
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
-from sld.models.autoencoder import (
+from sld.models.autoencoder import AutoencoderConfig
+from sld.models.parts import (
     DECODER_ENCODER,
-    MINILM,
-    AutoencoderConfig,
-    _check_decoder_tokenizer,
-    _decoder_lm_config,
-    _hidden_size,
-    _load_encoder,
-    _sync_generation_ids,
+    WEIGHTS_NAME,
+    build_model_parts,
+    check_decoder_tokenizer,
     default_decoder_config,
+    hidden_size,
     load_model_parts,
     save_model_parts,
     shift_labels_right,
 )
-from sld.tokenization import decoder_labels, encoder_inputs, train_decoder_tokenizer
+from sld.pretrained import MINILM
+from sld.tokenization import decoder_labels, encoder_inputs
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "baseline_config.json"
-WEIGHTS_NAME = "model.safetensors"
-ENCODER_DIR = "encoder"
-DECODER_DIR = "decoder"
 
 
 @dataclass
@@ -237,13 +229,13 @@ class BaselineModel(nn.Module):
             raise ValueError("encoder='decoder' uses the LM's own encoder; do not pass a separate encoder")
         if not self.uses_lm_encoder and (encoder is None or encoder_tokenizer is None):
             raise ValueError(f"encoder='{config.encoder}' needs an encoder model and its tokenizer")
-        _check_decoder_tokenizer(decoder_tokenizer, "decoder")
+        check_decoder_tokenizer(decoder_tokenizer, "decoder")
         decoder_tokenizer.padding_side = "right"  # labels assume the tokens first, then -100
         self.lm = lm
         self.decoder_tokenizer = decoder_tokenizer
         self.text_encoder = encoder
         self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else decoder_tokenizer
-        d_enc, d_dec = _hidden_size(self.encoder.config), _hidden_size(lm.config)
+        d_enc, d_dec = hidden_size(self.encoder.config), hidden_size(lm.config)
         self.proj = nn.Linear(d_enc, d_dec) if d_enc != d_dec else nn.Identity()
         self._freeze_unused_parameters()
 
@@ -262,31 +254,14 @@ class BaselineModel(nn.Module):
         identical vocabulary), else trained on ``corpus_texts`` (the training targets) with the SLD
         recipe; one of them is required for a from-scratch decoder.
         """
-        if config.decoder_name_or_path is not None:
-            name = config.decoder_name_or_path
-            try:
-                lm = AutoModelForSeq2SeqLM.from_pretrained(name)
-                tokenizer = decoder_tokenizer or AutoTokenizer.from_pretrained(name)
-            except (OSError, ValueError) as err:
-                raise ConfigError(
-                    f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}"
-                ) from err
-            _check_decoder_tokenizer(tokenizer, f"decoder_name_or_path '{name}'")
-        else:
-            if decoder_tokenizer is not None:
-                tokenizer = decoder_tokenizer
-            elif corpus_texts is not None:
-                tokenizer = train_decoder_tokenizer(corpus_texts, config.decoder_vocab_size)
-            else:
-                raise ConfigError(
-                    "decoder_name_or_path is null, so a decoder tokenizer is trained on the corpus: "
-                    "pass corpus_texts (or a decoder_tokenizer) to BaselineModel.from_config"
-                )
-            # _decoder_lm_config reads only .decoder_config and .encoder, which BaselineConfig shares.
-            lm = AutoModelForSeq2SeqLM.from_config(_decoder_lm_config(config, tokenizer))
-        _sync_generation_ids(lm, tokenizer)
-        encoder, encoder_tokenizer = (
-            (None, None) if config.encoder == DECODER_ENCODER else _load_encoder(config.encoder)
+        lm, tokenizer, encoder, encoder_tokenizer = build_model_parts(
+            config.encoder,
+            config.decoder_name_or_path,
+            config.decoder_config,
+            config.decoder_vocab_size,
+            corpus_texts=corpus_texts,
+            decoder_tokenizer=decoder_tokenizer,
+            owner="BaselineModel.from_config",
         )
         return cls(config, lm, tokenizer, encoder, encoder_tokenizer)
 

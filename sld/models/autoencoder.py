@@ -40,11 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -54,44 +49,24 @@ from transformers.modeling_outputs import BaseModelOutput
 from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
 from sld.config import ConfigError
 from sld.errors import UserError
+from sld.models.parts import (
+    DECODER_ENCODER,
+    WEIGHTS_NAME,
+    build_model_parts,
+    check_decoder_tokenizer,
+    default_decoder_config,
+    hidden_size,
+    load_model_parts,
+    save_model_parts,
+    shift_labels_right,
+)
 from sld.models.perceiver import Attention, FeedForward, PerceiverCompressor
-from sld.pretrained import MINILM, resolve_pretrained
-from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, train_decoder_tokenizer
+from sld.pretrained import MINILM
+from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs
 
 logger = logging.getLogger(__name__)
 
-DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
-
 CONFIG_NAME = "autoencoder_config.json"
-WEIGHTS_NAME = "model.safetensors"
-ENCODER_DIR = "encoder"
-DECODER_DIR = "decoder"
-
-# Keys every transformers config understands even when they are not attributes of a fresh instance.
-_GENERIC_CONFIG_KEYS = {
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "decoder_start_token_id",
-    "sep_token_id",
-}
-# Per model type: the key that sets the number of encoder layers, set to 0 when the LM's own encoder
-# is never run (the reconstructor's memory replaces it).
-_ENCODER_LAYERS_KEY = {"t5": "num_layers", "bart": "encoder_layers"}
-
-
-def default_decoder_config() -> dict[str, Any]:
-    """Offline default decoder: a 6-layer T5 decoder (gated-GELU like T5 v1.1; tied embeddings, which keep the initial logits at unit scale), about 20M parameters plus the vocabulary."""
-    return {
-        "model_type": "t5",
-        "d_model": 512,
-        "d_kv": 64,
-        "d_ff": 1536,
-        "num_decoder_layers": 6,
-        "num_heads": 8,
-        "dropout_rate": 0.1,
-        "feed_forward_proj": "gated-gelu",
-    }
 
 
 @dataclass
@@ -237,121 +212,6 @@ class Reconstructor(nn.Module):
         return self.norm_out(x)
 
 
-def _hidden_size(config: Any) -> int:
-    for key in ("hidden_size", "d_model"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    raise ConfigError(f"cannot tell the hidden width of a {type(config).__name__} (no hidden_size / d_model)")
-
-
-def _load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A pretrained BERT-style encoder and its own tokenizer, from 'minilm', a hub name or a folder."""
-    path = resolve_pretrained(name, "encoder")
-    try:
-        # float32 explicitly: transformers 5 otherwise keeps the checkpoint's dtype (fp16 copies)
-        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"encoder: cannot load '{name}' as a transformers AutoModel + tokenizer: {err}"
-        ) from err
-    if getattr(encoder.config, "is_encoder_decoder", False):
-        raise ConfigError(
-            f"encoder: '{name}' is an encoder-decoder model; set decoder_name_or_path to it and encoder: decoder"
-        )
-    return encoder, tokenizer
-
-
-def _decoder_lm_config(cfg: AutoencoderConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
-    """HF config of the from-scratch decoder LM: ``cfg.decoder_config`` plus the tokenizer's ids."""
-    settings = dict(cfg.decoder_config)
-    model_type = settings.pop("model_type", "t5")
-    try:
-        defaults = AutoConfig.for_model(model_type)
-    except ValueError as err:
-        raise ConfigError(f"decoder_config.model_type: unknown model type '{model_type}'") from err
-    for key in settings:
-        if key not in _GENERIC_CONFIG_KEYS and not hasattr(defaults, key):
-            raise ConfigError(f"decoder_config.{key}: not a setting of {type(defaults).__name__}")
-    if model_type == "t5":
-        settings.setdefault("num_decoder_layers", settings.get("num_layers", 6))
-    encoder_layers_key = _ENCODER_LAYERS_KEY.get(model_type)
-    if encoder_layers_key is not None:
-        if cfg.encoder != DECODER_ENCODER:
-            # The LM's own encoder never runs: build it empty. (T5 with num_layers != num_decoder_layers
-            # breaks generate()'s default cache; SegmentAutoencoder always passes an explicit one.)
-            settings[encoder_layers_key] = 0
-        elif model_type == "t5":
-            settings.setdefault("num_layers", settings["num_decoder_layers"])
-    settings.update(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        # Decoding starts from <s>; the pad id is never a real input.
-        decoder_start_token_id=tokenizer.bos_token_id,
-        is_encoder_decoder=True,
-    )
-    try:
-        return AutoConfig.for_model(model_type, **settings)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"decoder_config: {err}") from err
-
-
-def _check_decoder_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
-    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-        raise ConfigError(f"{where}: the decoder tokenizer needs a pad and an eos token")
-
-
-def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, Any, Any]:
-    """The un-initialised parts of a saved encoder + seq2seq-decoder model folder.
-
-    Returns ``(lm, decoder_tokenizer, encoder, encoder_tokenizer)`` built from ``decoder/`` and
-    ``encoder/`` alone (``encoder`` is None when the LM's own encoder is used); the caller loads
-    ``model.safetensors`` into the assembled model strictly.
-    """
-    decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
-    lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
-    if (decoder_dir / "generation_config.json").is_file():
-        lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
-    decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
-    encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    encoder = None if uses_own_encoder else AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
-    return lm, decoder_tokenizer, encoder, encoder_tokenizer
-
-
-def save_model_parts(model: Any, folder: Path, config: dict[str, Any], config_name: str) -> None:
-    """Write ``config_name``, ``model.safetensors``, ``encoder/`` and ``decoder/`` (configs and tokenizers).
-
-    ``model`` has ``lm``, ``decoder_tokenizer``, ``text_encoder`` (or None) and ``encoder_tokenizer``.
-    """
-    (folder / config_name).write_text(json.dumps(config, indent=2) + "\n")
-    safetensors.torch.save_model(
-        model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
-    )
-    encoder_dir, decoder_dir = folder / ENCODER_DIR, folder / DECODER_DIR
-    encoder_dir.mkdir(exist_ok=True)
-    decoder_dir.mkdir(exist_ok=True)
-    if model.text_encoder is not None:
-        model.text_encoder.config.save_pretrained(encoder_dir)
-    model.encoder_tokenizer.save_pretrained(str(encoder_dir))
-    model.lm.config.save_pretrained(decoder_dir)
-    model.lm.generation_config.save_pretrained(decoder_dir)
-    model.decoder_tokenizer.save_pretrained(str(decoder_dir))
-
-
-def shift_labels_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """Teacher-forcing decoder inputs: (B', L) labels -> (B', L) ids ``[start, y_1, ..., y_{L-1}]``.
-
-    -100 (ignored label) becomes the pad id; those positions only feed later padding positions.
-    """
-    inputs = labels.new_full(labels.shape, pad_token_id)
-    inputs[:, 0] = decoder_start_token_id
-    inputs[:, 1:] = labels[:, :-1]
-    return inputs.masked_fill(inputs == IGNORE_INDEX, pad_token_id)
-
-
 class SegmentAutoencoder(nn.Module):
     """Encoder -> Perceiver compressor -> reconstructor -> seq2seq decoder, per segment.
 
@@ -381,7 +241,7 @@ class SegmentAutoencoder(nn.Module):
             raise ValueError("encoder='decoder' uses the LM's own encoder; do not pass a separate encoder")
         if not self.uses_lm_encoder and (encoder is None or encoder_tokenizer is None):
             raise ValueError(f"encoder='{config.encoder}' needs an encoder model and its tokenizer")
-        _check_decoder_tokenizer(decoder_tokenizer, "decoder")
+        check_decoder_tokenizer(decoder_tokenizer, "decoder")
         # Labels are built assuming right padding (the tokens first, then -100).
         decoder_tokenizer.padding_side = "right"
         self.lm = lm
@@ -389,8 +249,8 @@ class SegmentAutoencoder(nn.Module):
         self.text_encoder = encoder  # None: self.encoder is the LM's encoder stack
         self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else decoder_tokenizer
 
-        d_enc = _hidden_size(self.encoder.config)
-        d_dec = _hidden_size(lm.config)
+        d_enc = hidden_size(self.encoder.config)
+        d_dec = hidden_size(lm.config)
         self.compressor = PerceiverCompressor(
             input_dim=d_enc,
             num_latents=config.num_latents,
@@ -426,33 +286,18 @@ class SegmentAutoencoder(nn.Module):
         ``corpus_texts`` (e.g. the training segments) trains the decoder tokenizer; it is required when
         ``config.decoder_name_or_path`` is None.
         """
-        if config.decoder_name_or_path is not None:
-            name = config.decoder_name_or_path
-            try:
-                lm = AutoModelForSeq2SeqLM.from_pretrained(name)
-                decoder_tokenizer = AutoTokenizer.from_pretrained(name)
-            except (OSError, ValueError) as err:
-                raise ConfigError(
-                    f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}"
-                ) from err
-            _check_decoder_tokenizer(decoder_tokenizer, f"decoder_name_or_path '{name}'")
-        else:
-            if corpus_texts is None:
-                raise ConfigError(
-                    "decoder_name_or_path is null, so a decoder tokenizer is trained on the corpus: "
-                    "pass corpus_texts to SegmentAutoencoder.from_config"
-                )
-            if config.encoder == DECODER_ENCODER:
-                logger.warning(
-                    "encoder='decoder' with a from-scratch decoder: the encoder is untrained too "
-                    "(this collapsed in our offline runs; a pretrained encoder is the safer default)"
-                )
-            decoder_tokenizer = train_decoder_tokenizer(corpus_texts, config.decoder_vocab_size)
-            lm = AutoModelForSeq2SeqLM.from_config(_decoder_lm_config(config, decoder_tokenizer))
-        _sync_generation_ids(lm, decoder_tokenizer)
-
-        encoder, encoder_tokenizer = (
-            (None, None) if config.encoder == DECODER_ENCODER else _load_encoder(config.encoder)
+        if config.decoder_name_or_path is None and config.encoder == DECODER_ENCODER:
+            logger.warning(
+                "encoder='decoder' with a from-scratch decoder: the encoder is untrained too "
+                "(this collapsed in our offline runs; a pretrained encoder is the safer default)"
+            )
+        lm, decoder_tokenizer, encoder, encoder_tokenizer = build_model_parts(
+            config.encoder,
+            config.decoder_name_or_path,
+            config.decoder_config,
+            config.decoder_vocab_size,
+            corpus_texts=corpus_texts,
+            owner="SegmentAutoencoder.from_config",
         )
         return cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
 
@@ -538,7 +383,7 @@ class SegmentAutoencoder(nn.Module):
     @property
     def decoder_dim(self) -> int:
         """d_dec, the width of the decoder memory."""
-        return _hidden_size(self.lm.config)
+        return hidden_size(self.lm.config)
 
     @property
     def device(self) -> torch.device:
@@ -695,17 +540,6 @@ class SegmentAutoencoder(nn.Module):
     def latent_norm(self) -> float:
         """The norm every latent has when ``normalize_latents`` is on: sqrt(D)."""
         return math.sqrt(self.latent_dim)
-
-
-def _sync_generation_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Make the generation config agree with the tokenizer on pad/eos and with the LM on the start id."""
-    gen = lm.generation_config
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id
-    if gen.eos_token_id is None:
-        gen.eos_token_id = tokenizer.eos_token_id
-    if gen.decoder_start_token_id is None:
-        gen.decoder_start_token_id = lm.config.decoder_start_token_id
 
 
 __all__ = [

@@ -1,0 +1,255 @@
+"""Parts shared by the encoder + seq2seq-decoder models (SegmentAutoencoder, the AR baseline).
+
+Both read text with a pretrained BERT-style encoder (or the LM's own encoder stack) and write with a
+``transformers`` seq2seq LM, loaded by name or built from a config with a corpus-trained tokenizer.
+This module builds those parts alike for both, and owns their folder layout::
+
+    <config>.json         the model's own config (written by the model)
+    model.safetensors     all weights (tied tensors stored once), loaded strictly
+    encoder/              encoder HF config + its tokenizer (tokenizer only for encoder="decoder")
+    decoder/              decoder LM HF config + generation config + its tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from sld.config import ConfigError
+from sld.pretrained import resolve_pretrained
+from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
+
+DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
+
+WEIGHTS_NAME = "model.safetensors"
+ENCODER_DIR = "encoder"
+DECODER_DIR = "decoder"
+
+# Keys every transformers config understands even when they are not attributes of a fresh instance.
+_GENERIC_CONFIG_KEYS = {
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "sep_token_id",
+}
+# Per model type: the key that sets the number of encoder layers, set to 0 when the LM's own encoder
+# is never run (the reconstructor's memory replaces it).
+_ENCODER_LAYERS_KEY = {"t5": "num_layers", "bart": "encoder_layers"}
+
+
+def default_decoder_config() -> dict[str, Any]:
+    """Offline default decoder: a 6-layer T5 decoder (gated-GELU like T5 v1.1; tied embeddings, which keep the initial logits at unit scale), about 20M parameters plus the vocabulary."""
+    return {
+        "model_type": "t5",
+        "d_model": 512,
+        "d_kv": 64,
+        "d_ff": 1536,
+        "num_decoder_layers": 6,
+        "num_heads": 8,
+        "dropout_rate": 0.1,
+        "feed_forward_proj": "gated-gelu",
+    }
+
+
+def hidden_size(config: Any) -> int:
+    for key in ("hidden_size", "d_model"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise ConfigError(f"cannot tell the hidden width of a {type(config).__name__} (no hidden_size / d_model)")
+
+
+def load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pretrained BERT-style encoder and its own tokenizer, from 'minilm', a hub name or a folder."""
+    path = resolve_pretrained(name, "encoder")
+    try:
+        # float32 explicitly: transformers 5 otherwise keeps the checkpoint's dtype (fp16 copies)
+        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"encoder: cannot load '{name}' as a transformers AutoModel + tokenizer: {err}"
+        ) from err
+    if getattr(encoder.config, "is_encoder_decoder", False):
+        raise ConfigError(
+            f"encoder: '{name}' is an encoder-decoder model; set decoder_name_or_path to it and encoder: decoder"
+        )
+    return encoder, tokenizer
+
+
+def decoder_lm_config(
+    decoder_config: dict[str, Any], tokenizer: PreTrainedTokenizerBase, uses_own_encoder: bool
+) -> Any:
+    """HF config of a from-scratch seq2seq LM: ``decoder_config`` (``model_type`` + settings) plus the
+    tokenizer's ids. Unless ``uses_own_encoder``, the LM's encoder stack is built with 0 layers."""
+    settings = dict(decoder_config)
+    model_type = settings.pop("model_type", "t5")
+    try:
+        defaults = AutoConfig.for_model(model_type)
+    except ValueError as err:
+        raise ConfigError(f"decoder_config.model_type: unknown model type '{model_type}'") from err
+    for key in settings:
+        if key not in _GENERIC_CONFIG_KEYS and not hasattr(defaults, key):
+            raise ConfigError(f"decoder_config.{key}: not a setting of {type(defaults).__name__}")
+    if model_type == "t5":
+        settings.setdefault("num_decoder_layers", settings.get("num_layers", 6))
+    encoder_layers_key = _ENCODER_LAYERS_KEY.get(model_type)
+    if encoder_layers_key is not None:
+        if not uses_own_encoder:
+            # The LM's own encoder never runs: build it empty. (T5 with num_layers != num_decoder_layers
+            # breaks generate()'s default cache; SegmentAutoencoder always passes an explicit one.)
+            settings[encoder_layers_key] = 0
+        elif model_type == "t5":
+            settings.setdefault("num_layers", settings["num_decoder_layers"])
+    settings.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        # Decoding starts from <s>; the pad id is never a real input.
+        decoder_start_token_id=tokenizer.bos_token_id,
+        is_encoder_decoder=True,
+    )
+    try:
+        return AutoConfig.for_model(model_type, **settings)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"decoder_config: {err}") from err
+
+
+def check_decoder_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ConfigError(f"{where}: the decoder tokenizer needs a pad and an eos token")
+
+
+def build_model_parts(
+    encoder: str,
+    decoder_name_or_path: str | None,
+    decoder_config: dict[str, Any],
+    decoder_vocab_size: int,
+    corpus_texts: Sequence[str] | None = None,
+    decoder_tokenizer: PreTrainedTokenizerBase | None = None,
+    owner: str = "the model",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreTrainedModel | None, PreTrainedTokenizerBase | None]:
+    """New parts: ``(lm, decoder_tokenizer, encoder, encoder_tokenizer)``, pretrained ones loaded.
+
+    The LM is ``decoder_name_or_path`` loaded with ``from_pretrained`` (with its tokenizer unless
+    ``decoder_tokenizer`` is given), or built from ``decoder_config`` with ``decoder_tokenizer`` or
+    a tokenizer trained on ``corpus_texts``. ``encoder`` is ``"minilm"``, a hub name or folder of a
+    BERT-style model, or ``"decoder"`` (the LM's own encoder: encoder and its tokenizer are None).
+    ``owner`` names the caller in errors.
+    """
+    uses_own_encoder = encoder == DECODER_ENCODER
+    if decoder_name_or_path is not None:
+        name = decoder_name_or_path
+        try:
+            lm = AutoModelForSeq2SeqLM.from_pretrained(name)
+            tokenizer = decoder_tokenizer or AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}") from err
+        check_decoder_tokenizer(tokenizer, f"decoder_name_or_path '{name}'")
+    else:
+        if decoder_tokenizer is not None:
+            tokenizer = decoder_tokenizer
+        elif corpus_texts is not None:
+            tokenizer = train_decoder_tokenizer(corpus_texts, decoder_vocab_size)
+        else:
+            raise ConfigError(
+                "decoder_name_or_path is null, so a decoder tokenizer is trained on the corpus: "
+                f"pass corpus_texts (or a decoder_tokenizer) to {owner}"
+            )
+        lm = AutoModelForSeq2SeqLM.from_config(decoder_lm_config(decoder_config, tokenizer, uses_own_encoder))
+    sync_generation_ids(lm, tokenizer)
+    text_encoder, encoder_tokenizer = (None, None) if uses_own_encoder else load_encoder(encoder)
+    return lm, tokenizer, text_encoder, encoder_tokenizer
+
+
+def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, Any, Any]:
+    """The un-initialised parts of a saved encoder + seq2seq-decoder model folder.
+
+    Returns ``(lm, decoder_tokenizer, encoder, encoder_tokenizer)`` built from ``decoder/`` and
+    ``encoder/`` alone (``encoder`` is None when the LM's own encoder is used); the caller loads
+    ``model.safetensors`` into the assembled model strictly.
+    """
+    decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
+    lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
+    if (decoder_dir / "generation_config.json").is_file():
+        lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
+    decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+    encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    encoder = None if uses_own_encoder else AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
+    return lm, decoder_tokenizer, encoder, encoder_tokenizer
+
+
+def save_model_parts(model: Any, folder: Path, config: dict[str, Any], config_name: str) -> None:
+    """Write ``config_name``, ``model.safetensors``, ``encoder/`` and ``decoder/`` (configs and tokenizers).
+
+    ``model`` has ``lm``, ``decoder_tokenizer``, ``text_encoder`` (or None) and ``encoder_tokenizer``.
+    """
+    (folder / config_name).write_text(json.dumps(config, indent=2) + "\n")
+    safetensors.torch.save_model(
+        model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
+    )
+    encoder_dir, decoder_dir = folder / ENCODER_DIR, folder / DECODER_DIR
+    encoder_dir.mkdir(exist_ok=True)
+    decoder_dir.mkdir(exist_ok=True)
+    if model.text_encoder is not None:
+        model.text_encoder.config.save_pretrained(encoder_dir)
+    model.encoder_tokenizer.save_pretrained(str(encoder_dir))
+    model.lm.config.save_pretrained(decoder_dir)
+    model.lm.generation_config.save_pretrained(decoder_dir)
+    model.decoder_tokenizer.save_pretrained(str(decoder_dir))
+
+
+def shift_labels_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Teacher-forcing decoder inputs: (B', L) labels -> (B', L) ids ``[start, y_1, ..., y_{L-1}]``.
+
+    -100 (ignored label) becomes the pad id; those positions only feed later padding positions.
+    """
+    inputs = labels.new_full(labels.shape, pad_token_id)
+    inputs[:, 0] = decoder_start_token_id
+    inputs[:, 1:] = labels[:, :-1]
+    return inputs.masked_fill(inputs == IGNORE_INDEX, pad_token_id)
+
+
+def sync_generation_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the generation config agree with the tokenizer on pad/eos and with the LM on the start id."""
+    gen = lm.generation_config
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if gen.eos_token_id is None:
+        gen.eos_token_id = tokenizer.eos_token_id
+    if gen.decoder_start_token_id is None:
+        gen.decoder_start_token_id = lm.config.decoder_start_token_id
+
+
+__all__ = [
+    "DECODER_DIR",
+    "DECODER_ENCODER",
+    "ENCODER_DIR",
+    "WEIGHTS_NAME",
+    "build_model_parts",
+    "check_decoder_tokenizer",
+    "decoder_lm_config",
+    "default_decoder_config",
+    "hidden_size",
+    "load_encoder",
+    "load_model_parts",
+    "save_model_parts",
+    "shift_labels_right",
+    "sync_generation_ids",
+]
