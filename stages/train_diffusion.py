@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sld.cli import run_stage
-from sld.config import save_config
+from sld.config import ConfigError, save_config
 from sld.data.segmented import SegmentedDocument, read_segmented
 from sld.diffusion.objective import DiffusionConfig, LatentDiffusion
 from sld.diffusion.sampling import SchedulerName
@@ -34,7 +34,7 @@ from sld.errors import DataError, UserError
 from sld.eval.metrics import distinct_n, rouge_scores, segment_count_accuracy
 from sld.losses import conversion_loss
 from sld.models.autoencoder import SegmentAutoencoder
-from sld.models.context_encoder import ContextEncoder
+from sld.models.context_encoder import ContextCache, ContextEncoder
 from sld.models.denoiser import SegmentDiT
 from sld.pipeline import PipelineConfig, SLDPipeline
 from sld.tokenization import decoder_labels
@@ -84,6 +84,19 @@ class SamplingConfig:
 
 @dataclass
 class Config:
+    """Stage-3 settings.
+
+    ``cache_latents`` keeps the documents' latents in ``output_dir/latent_cache`` (encoded once per
+    autoencoder and data). ``cache_context`` encodes every training source once with the frozen
+    context encoder and keeps the states in memory (float16, about T x C x 2 bytes per document):
+    much faster on a CPU, where re-encoding the sources costs more than the denoiser step.
+
+    Every evaluation (``loop.eval_every``) reports the validation diffusion loss; generating samples
+    (``samples/step_N.jsonl`` with ROUGE-L, distinct-2, count accuracy) costs far more, so it runs
+    every ``sample_every`` steps (None: at every evaluation; 0: only the final model), and always for
+    the final model.
+    """
+
     output_dir: str = "runs/diffusion"
     autoencoder: str = "runs/autoencoder"
     context_encoder: str = "minilm"
@@ -99,6 +112,8 @@ class Config:
     ema_decay: float | None = 0.9999
     cache_latents: bool = True
     latent_batch_size: int = 256
+    cache_context: bool = False
+    sample_every: int | None = None
 
 
 class LatentDocuments(Dataset):
@@ -242,7 +257,10 @@ def make_decode_fn(autoencoder: SegmentAutoencoder):
 
 
 def validation_loss(
-    model: SegmentDiT, diffusion: LatentDiffusion, context_encoder: ContextEncoder, batches: list[dict]
+    model: SegmentDiT,
+    diffusion: LatentDiffusion,
+    context_encoder: ContextEncoder | ContextCache,
+    batches: list[dict],
 ) -> float:
     """Mean diffusion MSE on held-out documents at fixed timesteps and noise (seeded)."""
     generator = torch.Generator(device="cpu").manual_seed(1234)
@@ -269,7 +287,30 @@ def validation_loss(
     return total / max(1, weight)
 
 
+def write_samples(
+    pipe: SLDPipeline, docs: Sequence[SegmentedDocument], path: Path, max_segments: int
+) -> dict[str, float]:
+    """Generate for ``docs`` (seed 0), write JSONL rows (source, prediction, segments, reference) to
+    ``path``, and return ROUGE-L, distinct-2 and the segment-count accuracy against the references."""
+    out = pipe([d.source for d in docs], seed=0, batch_size=64)
+    references = [" ".join(d.segments) for d in docs]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for doc, text, segs, ref in zip(docs, out.texts, out.segments, references):
+            row = {"id": doc.id, "source": doc.source, "prediction": text, "segments": segs, "reference": ref}
+            handle.write(json.dumps(row) + "\n")
+    return {
+        "rougeL": rouge_scores(out.texts, references)["rougeL"],
+        "distinct2": distinct_n(out.texts, 2),
+        "count_accuracy": segment_count_accuracy(
+            out.num_segments, [min(len(d.segments), max_segments) for d in docs]
+        ),
+    }
+
+
 def run(cfg: Config) -> Path:
+    if cfg.sample_every is not None and cfg.sample_every < 0:
+        raise ConfigError(f"sample_every must be >= 0 or null, got {cfg.sample_every}")
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
@@ -307,6 +348,16 @@ def run(cfg: Config) -> Path:
     post = cfg.diffusion.uses_post_diffusion
     collate = LatentCollator(autoencoder if post else None, cfg.max_segments)
     decode_fn = make_decode_fn(autoencoder) if post else None
+    sources: ContextEncoder | ContextCache = context_encoder
+    if cfg.cache_context:
+        started = time.perf_counter()
+        sources = ContextCache(context_encoder, [d.source for d in [*train_docs, *valid_docs]])
+        logger.info(
+            "encoded %d distinct sources once in %.1f s (%.0f MB kept)",
+            len(sources),
+            time.perf_counter() - started,
+            sources.num_bytes / 2**20,
+        )
     valid_set = LatentDocuments(valid_docs, valid_latents, valid_counts)
     valid_batches = [
         LatentCollator(None, cfg.max_segments)([valid_set[i] for i in range(s, min(s + 64, len(valid_set)))])
@@ -331,7 +382,7 @@ def run(cfg: Config) -> Path:
     )
 
     def loss_fn(model, batch):
-        context, context_mask = context_encoder.encode(batch["sources"])
+        context, context_mask = sources.encode(batch["sources"])
         labels = batch.get("segment_labels")
         return diffusion.training_losses(
             model,
@@ -345,32 +396,15 @@ def run(cfg: Config) -> Path:
         )
 
     def evaluate(model, step):
-        scores = {"diffusion_mse": validation_loss(model, diffusion, context_encoder, valid_batches)}
-        pipe = SLDPipeline(model, autoencoder, context_encoder, pipeline_config)
-        out = pipe([d.source for d in valid_docs], seed=0, batch_size=64)
-        model.eval()
-        references = [" ".join(d.segments) for d in valid_docs]
-        scores["rougeL"] = rouge_scores(out.texts, references)["rougeL"]
-        scores["distinct2"] = distinct_n(out.texts, 2)
-        scores["count_accuracy"] = segment_count_accuracy(
-            out.num_segments, [min(len(d.segments), cfg.max_segments) for d in valid_docs]
-        )
-        samples = output_dir / "samples"
-        samples.mkdir(exist_ok=True)
-        with (samples / f"step_{step}.jsonl").open("w") as handle:
-            for doc, text, segs in zip(valid_docs, out.texts, out.segments):
-                handle.write(
-                    json.dumps(
-                        {
-                            "id": doc.id,
-                            "source": doc.source,
-                            "prediction": text,
-                            "segments": segs,
-                            "reference": " ".join(doc.segments),
-                        }
-                    )
-                    + "\n"
+        scores = {"diffusion_mse": validation_loss(model, diffusion, sources, valid_batches)}
+        if cfg.sample_every is None or (cfg.sample_every > 0 and step % cfg.sample_every == 0):
+            pipe = SLDPipeline(model, autoencoder, context_encoder, pipeline_config)
+            scores.update(
+                write_samples(
+                    pipe, valid_docs, output_dir / "samples" / f"step_{step}.jsonl", cfg.max_segments
                 )
+            )
+            model.eval()
         return scores
 
     started = time.perf_counter()
@@ -391,8 +425,15 @@ def run(cfg: Config) -> Path:
         model = result.model
         if result.ema is not None:
             result.ema.copy_to([p for p in model.parameters() if p.requires_grad])
-        SLDPipeline(model, autoencoder, context_encoder, pipeline_config).save_pretrained(output_dir)
+        pipe = SLDPipeline(model, autoencoder, context_encoder, pipeline_config)
+        pipe.save_pretrained(output_dir)
         evals = [row for row in result.history if "eval/diffusion_mse" in row]
+        if evals and "eval/rougeL" not in evals[-1]:
+            step = result.state.step
+            final = write_samples(
+                pipe, valid_docs, output_dir / "samples" / f"step_{step}.jsonl", cfg.max_segments
+            )
+            evals[-1].update({f"eval/{k}": v for k, v in final.items()})
         summary = {
             "steps": result.state.step,
             "stopped_by": result.stopped_by,
@@ -403,15 +444,12 @@ def run(cfg: Config) -> Path:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"pipeline saved to {output_dir}")
         for row in evals:
-            print(
-                "  step {step}: valid diffusion_mse={mse:.4f} rougeL={rl:.2f} distinct2={d2:.3f} count_acc={ca:.2f}".format(
-                    step=row["step"],
-                    mse=row["eval/diffusion_mse"],
-                    rl=row["eval/rougeL"],
-                    d2=row["eval/distinct2"],
-                    ca=row["eval/count_accuracy"],
+            line = f"  step {row['step']}: valid diffusion_mse={row['eval/diffusion_mse']:.4f}"
+            if "eval/rougeL" in row:
+                line += " rougeL={:.2f} distinct2={:.3f} count_acc={:.2f}".format(
+                    row["eval/rougeL"], row["eval/distinct2"], row["eval/count_accuracy"]
                 )
-            )
+            print(line)
     return output_dir
 
 

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from sld.errors import UserError
-from sld.models.context_encoder import ContextEncoder, default_context_encoder_path
+from sld.models.context_encoder import ContextCache, ContextEncoder, default_context_encoder_path
 from sld.models.denoiser import SegmentDiT
 
 
@@ -110,6 +110,30 @@ def test_seq2seq_encoders(kind, tmp_path):
         ["hello there", "a longer source text"]
     )
     torch.testing.assert_close(again, states)
+
+
+def test_cache_matches_the_encoder_and_encodes_unknown_texts(minilm):
+    known = [
+        "A short source.",
+        "a much longer source text that will certainly be cut at twelve tokens",
+        "mid length one",
+    ]
+    cache = ContextCache(
+        minilm, [*known, known[0], None], batch_size=2, storage_dtype=torch.float32, progress=False
+    )
+    assert len(cache) == 3 and known[1] in cache and cache.num_bytes > 0
+    texts = [known[2], None, "never seen before", known[1]]
+    states, mask = cache.encode(texts)
+    expected, expected_mask = minilm.encode(texts)
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(states, expected, rtol=1e-4, atol=1e-5)
+    assert "never seen before" not in cache  # encoded on the fly, not kept
+    # float16 storage: the same up to half precision, returned in the encoder's dtype
+    half, half_mask = ContextCache(minilm, known, progress=False).encode(known)
+    assert half.dtype == minilm.dtype and torch.equal(half_mask, minilm.encode(known)[1])
+    torch.testing.assert_close(half, minilm.encode(known)[0], rtol=1e-2, atol=1e-2)
+    empty, empty_mask = cache.encode([None])
+    assert empty.shape == (1, 0, 384) and empty_mask.shape == (1, 0)
 
 
 def test_missing_model_is_a_user_error(tmp_path):

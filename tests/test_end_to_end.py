@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sld.config import load_config
+from sld.config import ConfigError, load_config
 from sld.data.synthetic import write_synthetic_corpus
 from sld.pipeline import SLDPipeline
 from stages import generate, segment, train_autoencoder, train_diffusion
@@ -119,3 +119,29 @@ def test_resume_continues_step_count(trained, tmp_path):
     rows = [json.loads(line) for line in (root / "dm" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in rows if "train/loss" in r]
     assert train_steps == [2, 4, 6]  # steps 1-4 from the first run, 5-6 after resuming at 4
+
+
+def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
+    root, seg = trained
+    cfg = load_config(
+        train_diffusion.Config,
+        CONFIGS / "diffusion_tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'dm'}",
+            f"autoencoder={root / 'ae'}",
+            f"data.segmented_dir={seg}",
+            "cache_context=true",
+            "sample_every=0",
+            "loop.eval_every=2",
+            "loop.max_steps=5",
+        ],
+    )
+    train_diffusion.run(cfg)
+    assert [p.name for p in (tmp_path / "dm" / "samples").glob("*.jsonl")] == ["step_5.jsonl"]
+    rows = [json.loads(line) for line in (tmp_path / "dm" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/diffusion_mse" in r]
+    assert [r["step"] for r in evals] == [2, 4, 5] and not any("eval/rougeL" in r for r in evals)
+    validation = json.loads((tmp_path / "dm" / "summary.json").read_text())["validation"]
+    assert "eval/rougeL" in validation[-1] and "eval/rougeL" not in validation[0]
+    with pytest.raises(ConfigError, match="sample_every"):
+        train_diffusion.run(load_config(train_diffusion.Config, None, ["sample_every=-1"]))

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES,
@@ -27,7 +29,7 @@ from transformers.models.auto.modeling_auto import (
 from sld.errors import UserError
 from sld.pretrained import minilm_path, resolve_pretrained
 
-__all__ = ["CONFIG_NAME", "ContextEncoder", "default_context_encoder_path"]
+__all__ = ["CONFIG_NAME", "ContextCache", "ContextEncoder", "default_context_encoder_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +198,72 @@ class ContextEncoder(nn.Module):
     def forward(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as ``encode``."""
         return self.encode(texts)
+
+
+class ContextCache:
+    """The frozen encoder's states of a fixed set of source texts, computed once.
+
+    Training the denoiser encodes every batch's sources again at every step although the encoder
+    never changes; on a CPU that re-encoding costs more than the denoiser step itself. The cache
+    encodes each distinct source once (sorted by length, so little padding) and keeps its unpadded
+    states (T_i, C) in ``storage_dtype`` on the CPU. ``encode`` has the same contract as
+    ``ContextEncoder.encode`` and returns the same values up to the storage precision; a text that
+    is not in the cache is encoded on the fly.
+
+    Args:
+        encoder: the frozen ``ContextEncoder``.
+        texts: the sources to keep (duplicates and ``None`` are skipped).
+        batch_size: sources per encoder call while filling the cache.
+        storage_dtype: dtype of the kept states (float16 halves the memory of float32).
+        progress: show a progress bar while filling.
+    """
+
+    def __init__(
+        self,
+        encoder: ContextEncoder,
+        texts: Iterable[str | None],
+        batch_size: int = 64,
+        storage_dtype: torch.dtype = torch.float16,
+        progress: bool = True,
+    ) -> None:
+        self.encoder = encoder
+        self.storage_dtype = storage_dtype
+        self.states: dict[str, torch.Tensor] = {}
+        unique = sorted({t for t in texts if t is not None}, key=len)
+        for start in tqdm(
+            range(0, len(unique), batch_size), desc="context cache", disable=not progress, leave=False
+        ):
+            chunk = unique[start : start + batch_size]
+            hidden, mask = encoder.encode(chunk)
+            for text, row, row_mask in zip(chunk, hidden, mask):
+                self.states[text] = row[row_mask].to("cpu", storage_dtype)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __contains__(self, text: object) -> bool:
+        return text in self.states
+
+    @property
+    def num_bytes(self) -> int:
+        """Memory held by the cached states."""
+        return sum(s.numel() * s.element_size() for s in self.states.values())
+
+    def encode(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sources -> states (B, T, C) and mask (B, T) on the encoder's device and dtype, as
+        ``ContextEncoder.encode`` (``None`` rows all-masked; T = 0 when every source is None)."""
+        missing = [t for t in texts if t is not None and t not in self.states]
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            hidden, mask = self.encoder.encode(missing)
+            fresh = {t: row[row_mask] for t, row, row_mask in zip(missing, hidden, mask)}
+        rows = [None if t is None else fresh.get(t, self.states.get(t)) for t in texts]
+        length = max((r.shape[0] for r in rows if r is not None), default=0)
+        device, dtype = self.encoder.device, self.encoder.dtype
+        states = torch.zeros(len(texts), length, self.encoder.context_dim, dtype=dtype)
+        mask = torch.zeros(len(texts), length, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            if row is not None:
+                states[i, : row.shape[0]] = row.to("cpu", dtype)
+                mask[i, : row.shape[0]] = True
+        return states.to(device, non_blocking=True), mask.to(device, non_blocking=True)
