@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import BertConfig, BertModel, BertTokenizer
 
 from sld.errors import UserError
-from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.context_encoder import ContextEncoder
 from sld.models.denoiser import SegmentDiT
 from sld.pipeline import PipelineConfig, SLDPipeline
@@ -35,62 +34,7 @@ from sld.viz import (
     smoothness,
 )
 from stages import visualize
-
-PAIRS = [
-    (
-        "Anna walked her dog in the park.",
-        "Anna took her dog for a walk in the park.",
-        "Stocks fell sharply on Monday.",
-    ),
-    ("Tom baked a cake for his mother.", "Tom made his mother a cake.", "The senate passed the budget bill."),
-    (
-        "The kids played soccer after school.",
-        "After school the kids played soccer.",
-        "Oil prices rose by 3 percent.",
-    ),
-    ("Lucy lost her keys at the mall.", "At the mall, Lucy lost her keys.", "The storm closed two airports."),
-    ("Sam fixed the old bike.", "Sam repaired the old bicycle.", "Officials said the talks had stalled."),
-]
-CORPUS = [text for row in PAIRS for text in row] * 3
-LATENTS, WIDTH = 4, 16
-
-
-def save_tiny_bert(folder: Path) -> str:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'"]
-    words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=24,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=96,
-    )
-    torch.manual_seed(1)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(str(folder))
-    return str(folder)
-
-
-def tiny_autoencoder(bert: str, seed: int) -> SegmentAutoencoder:
-    config = AutoencoderConfig(
-        encoder=bert,
-        freeze_encoder=True,
-        decoder_config=dict(
-            model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
-        ),
-        decoder_vocab_size=300,
-        num_latents=LATENTS,
-        latent_dim=WIDTH,
-        compressor_layers=1,
-        compressor_heads=4,
-        reconstructor_layers=1,
-        dropout=0.0,
-        max_segment_tokens=16,
-    )
-    torch.manual_seed(seed)
-    return SegmentAutoencoder.from_config(config, CORPUS).eval()
+from tests.tiny_models import LATENTS, PAIRS, WIDTH, save_tiny_bert, tiny_autoencoder
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,35 @@
-"""Tiny seeded models shared by the denoiser, objective and sampling tests (sizes: N=4, D=8, S=3, C=16)."""
+"""Tiny seeded models shared by the tests.
+
+* ``tiny_dit``: the denoiser, objective and sampling tests (N=4, D=8, S=3, C=16);
+* ``save_tiny_bert`` + ``tiny_autoencoder``: a random BERT folder and a frozen-BERT autoencoder with
+  a from-config T5 decoder (N=LATENTS, D=WIDTH), for the visualisation and report tests.
+"""
+
+from pathlib import Path
 
 import torch
+from transformers import BertConfig, BertModel, BertTokenizer
 
+from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
 from sld.models.denoiser import SegmentDiT
+
+PAIRS = [
+    (
+        "Anna walked her dog in the park.",
+        "Anna took her dog for a walk in the park.",
+        "Stocks fell sharply on Monday.",
+    ),
+    ("Tom baked a cake for his mother.", "Tom made his mother a cake.", "The senate passed the budget bill."),
+    (
+        "The kids played soccer after school.",
+        "After school the kids played soccer.",
+        "Oil prices rose by 3 percent.",
+    ),
+    ("Lucy lost her keys at the mall.", "At the mall, Lucy lost her keys.", "The storm closed two airports."),
+    ("Sam fixed the old bike.", "Sam repaired the old bicycle.", "Officials said the talks had stalled."),
+]
+CORPUS = [text for row in PAIRS for text in row] * 3
+LATENTS, WIDTH = 4, 16
 
 
 def tiny_dit(**overrides) -> SegmentDiT:
@@ -20,3 +47,41 @@ def randomize_zero_init(model: torch.nn.Module, std: float = 0.05) -> None:
         for p in model.parameters():
             if torch.count_nonzero(p) == 0:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def save_tiny_bert(folder: Path) -> str:
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'"]
+    words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=96,
+    )
+    torch.manual_seed(1)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+def tiny_autoencoder(bert: str, seed: int) -> SegmentAutoencoder:
+    config = AutoencoderConfig(
+        encoder=bert,
+        freeze_encoder=True,
+        decoder_config=dict(
+            model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
+        ),
+        decoder_vocab_size=300,
+        num_latents=LATENTS,
+        latent_dim=WIDTH,
+        compressor_layers=1,
+        compressor_heads=4,
+        reconstructor_layers=1,
+        dropout=0.0,
+        max_segment_tokens=16,
+    )
+    torch.manual_seed(seed)
+    return SegmentAutoencoder.from_config(config, CORPUS).eval()
