@@ -22,6 +22,14 @@ if [ "${SMOKE:-0}" = 1 ]; then
               denoiser.width=32 denoiser.depth=2 denoiser.heads=2 loop.mixed_precision=no loop.num_workers=0
               sampling.num_inference_steps=2)
     SMOKE_GEN=(limit=6 num_inference_steps=2)
+    SMOKE_AR=(loop.max_steps=3 loop.eval_every=3 loop.save_every=3 loop.batch_size=8 data.num_valid_documents=4
+              loop.mixed_precision=no loop.num_workers=0)
+    SMOKE_BENCH=(num_documents=4 "batch_sizes=[2]" max_batches=1 dtype=float32 "samplers=[{scheduler: dpm++, steps: 2}]")
+    SMOKE_REPORT=(num_segments=16 "noise_levels=[0.5]")
 else
-    SMOKE_AE=(); SMOKE_DM=(); SMOKE_GEN=()
+    SMOKE_AE=(); SMOKE_DM=(); SMOKE_GEN=(); SMOKE_AR=(); SMOKE_BENCH=(); SMOKE_REPORT=()
 fi
+# PHASES picks what a recipe runs (default: all of them); `has sld` tests for one.
+has() { [[ " ${PHASES:-all} " == *" $1 "* || " ${PHASES:-all} " == *" all "* ]]; }
+# quiet: drop per-checkpoint and weight-loading chatter from a stage's log
+quiet() { grep -v "accelerate.checkpointing\|Loading weights\|Writing model" || true; }

@@ -1,23 +1,52 @@
 #!/usr/bin/env bash
-# ROCStories story continuation end to end on one GPU in about 9 minutes:
-# segment -> autoencoder (4 min) -> diffusion (4 min) -> continue the 500 validation stories -> evaluate.
-#   bash recipes/roc_continuation.sh                   # data from ../shared/data, runs into runs/
-#   SMOKE=1 bash recipes/roc_continuation.sh           # a few minutes on a CPU, to check the recipe
-#   AE_ARGS="loop.max_minutes=3" DM_ARGS="..."         # extra overrides for the two training stages
+# ROCStories story continuation (first sentence -> the other four) on one GPU, SLD against the AR baseline:
+#   sld   segment -> autoencoder -> diffusion -> continue the 500 validation stories
+#   ar    the AR baseline (same MiniLM encoder, decoder size and tokenizer) -> the same 500 stories
+#   eval  one quality table for both (ROUGE, semantic similarity, distinct-n, distinct outputs, ...)
+#   bench the speed benchmark of both models on the same inputs, in one process
+#
+#   bash recipes/roc_continuation.sh                       # all phases, data from ../shared/data
+#   SMOKE=1 bash recipes/roc_continuation.sh               # minutes on a CPU, to check the recipe
+#   PHASES="sld eval" AE_MINUTES=4 DM_MINUTES=4 bash recipes/roc_continuation.sh
+# Budgets (minutes): AE_MINUTES (3), DM_MINUTES (2.5), AR_MINUTES (default AE+DM: an equal budget);
+# AE_ARGS / DM_ARGS / AR_ARGS / BENCH_ARGS add overrides. Everything worth keeping lands in $OUT.
 . "$(dirname "$0")/common.sh"
 R=$RUNS/roc
-"${SLD[@]}" segment -c configs/segment_roc_unconditional.yaml splits.train="$(data_file roc/train)" \
-    splits.valid="$(data_file roc/valid)" output_dir=$R/segmented_all > "$OUT/roc_segment_all.log"
-"${SLD[@]}" segment -c configs/segment_roc_continuation.yaml splits.train="$(data_file roc/train)" \
-    splits.valid="$(data_file roc/valid)" output_dir=$R/segmented_continuation > "$OUT/roc_segment_continuation.log"
-"${SLD[@]}" train-autoencoder -c configs/autoencoder_roc.yaml data.segmented_dir=$R/segmented_all \
-    data.pairs_train="$(data_file roc/pairs_train)" output_dir=$R/autoencoder "${SMOKE_AE[@]}" ${AE_ARGS:-} 2>&1 \
-    | grep -v "accelerate.checkpointing\|Loading weights\|Writing model" > "$OUT/roc_autoencoder.log"
-cp $R/autoencoder/summary.json "$OUT/roc_autoencoder_summary.json"
-"${SLD[@]}" train-diffusion -c configs/diffusion_roc_continuation.yaml autoencoder=$R/autoencoder \
-    data.segmented_dir=$R/segmented_continuation output_dir=$R/diffusion_continuation "${SMOKE_DM[@]}" ${DM_ARGS:-} 2>&1 \
-    | grep -v "accelerate.checkpointing\|Loading weights\|Writing model" > "$OUT/roc_diffusion.log"
-cp $R/diffusion_continuation/summary.json "$OUT/roc_diffusion_summary.json"
-"${SLD[@]}" generate model=$R/diffusion_continuation input=$R/segmented_continuation/valid.jsonl \
-    output="$OUT/roc_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | grep -v "Loading weights" | tail -3
-"${SLD[@]}" evaluate predictions.SLD="$OUT/roc_sld_predictions.jsonl" output_dir="$OUT/roc_eval" mauve=false
+AE_MINUTES=${AE_MINUTES:-3}
+DM_MINUTES=${DM_MINUTES:-2.5}
+AR_MINUTES=${AR_MINUTES:-$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")}
+if has sld; then
+    "${SLD[@]}" segment -c configs/segment_roc_unconditional.yaml splits.train="$(data_file roc/train)" \
+        splits.valid="$(data_file roc/valid)" output_dir=$R/segmented_all > "$OUT/roc_segment_all.log"
+    "${SLD[@]}" segment -c configs/segment_roc_continuation.yaml splits.train="$(data_file roc/train)" \
+        splits.valid="$(data_file roc/valid)" output_dir=$R/segmented_continuation > "$OUT/roc_segment_continuation.log"
+    "${SLD[@]}" train-autoencoder -c configs/autoencoder_roc.yaml data.segmented_dir=$R/segmented_all \
+        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$R/autoencoder loop.max_minutes=$AE_MINUTES \
+        "${SMOKE_AE[@]}" ${AE_ARGS:-} 2>&1 | quiet > "$OUT/roc_autoencoder.log"
+    cp $R/autoencoder/summary.json "$OUT/roc_autoencoder_summary.json"
+    "${SLD[@]}" train-diffusion -c configs/diffusion_roc_continuation.yaml autoencoder=$R/autoencoder \
+        data.segmented_dir=$R/segmented_continuation output_dir=$R/diffusion_continuation \
+        loop.max_minutes=$DM_MINUTES "${SMOKE_DM[@]}" ${DM_ARGS:-} 2>&1 | quiet > "$OUT/roc_diffusion.log"
+    cp $R/diffusion_continuation/summary.json "$OUT/roc_diffusion_summary.json"
+    "${SLD[@]}" generate model=$R/diffusion_continuation input=$R/segmented_continuation/valid.jsonl \
+        output="$OUT/roc_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
+fi
+if has ar; then
+    "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation.yaml match_autoencoder=$R/autoencoder \
+        data.segmented_dir=$R/segmented_continuation output_dir=$R/baseline loop.max_minutes=$AR_MINUTES \
+        "${SMOKE_AR[@]}" ${AR_ARGS:-} 2>&1 | quiet > "$OUT/roc_baseline.log"
+    cp $R/baseline/summary.json "$OUT/roc_baseline_summary.json" 2>/dev/null || true
+    "${SLD[@]}" generate model=$R/baseline input=$R/segmented_continuation/valid.jsonl \
+        output="$OUT/roc_ar_predictions.jsonl" batch_size=250 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
+fi
+if has eval; then
+    systems=()
+    [ -f "$OUT/roc_sld_predictions.jsonl" ] && systems+=(predictions.SLD="$OUT/roc_sld_predictions.jsonl")
+    [ -f "$OUT/roc_ar_predictions.jsonl" ] && systems+=(predictions.AR="$OUT/roc_ar_predictions.jsonl")
+    "${SLD[@]}" evaluate "${systems[@]}" output_dir="$OUT/roc_eval" mauve=false 2>&1 | quiet | tail -8
+fi
+if has bench; then
+    "${SLD[@]}" benchmark -c configs/benchmark.yaml sld_model=$R/diffusion_continuation baseline_model=$R/baseline \
+        input=$R/segmented_continuation/valid.jsonl output_dir="$OUT/roc_benchmark" "${SMOKE_BENCH[@]}" \
+        ${BENCH_ARGS:-} 2>&1 | quiet | tail -30
+fi
