@@ -45,7 +45,7 @@ __all__ = [
     "plot_robustness",
 ]
 
-DEFAULT_NOISE_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+DEFAULT_NOISE_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 @dataclass
