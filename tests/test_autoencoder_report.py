@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import PAIRS, save_tiny_bert, tiny_autoencoder
 
 from sld.eval.autoencoder_report import (
     autoencoder_report,
@@ -16,7 +17,6 @@ from sld.eval.autoencoder_report import (
 )
 from sld.viz.latent_map import PairTexts
 from stages import autoencoder_report as stage
-from tests.tiny_models import PAIRS, save_tiny_bert, tiny_autoencoder
 
 SEGMENTS = ["Anna walked her dog.", "It rained all day.", "Tom baked a cake."]
 

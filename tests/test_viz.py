@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_models import LATENTS, PAIRS, WIDTH, save_tiny_bert, tiny_autoencoder
 
 from sld.errors import UserError
 from sld.models.autoencoder import SegmentAutoencoder
@@ -34,7 +35,6 @@ from sld.viz import (
     smoothness,
 )
 from stages import visualize
-from tests.tiny_models import LATENTS, PAIRS, WIDTH, save_tiny_bert, tiny_autoencoder
 
 
 @pytest.fixture(scope="module")
