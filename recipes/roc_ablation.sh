@@ -21,6 +21,12 @@ for variant in vanilla noise_robust contrastive; do
         loop.max_steps=$ABL_STEPS loop.eval_every=$ABL_STEPS loop.max_minutes=$ABL_MINUTES \
         "${SMOKE_AE[@]}" ${AE_ARGS:-} 2>&1 | quiet > "$OUT/roc_ablation_$variant.log"
     cp $R/ablation/$variant/summary.json "$OUT/roc_ablation_${variant}_summary.json"
+    python3 - "$R/ablation/$variant/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+if s["stopped_by"] != "max_steps":  # the variants are only comparable at an equal step count
+    print(f"WARNING {sys.argv[1]}: stopped by {s['stopped_by']} at step {s['steps']}, not at max_steps")
+PY
     runs+=($R/ablation/$variant)
 done
 list=$(IFS=,; echo "${runs[*]}")
