@@ -33,3 +33,25 @@ fi
 has() { [[ " ${PHASES:-all} " == *" $1 "* || " ${PHASES:-all} " == *" all "* ]]; }
 # quiet: drop per-checkpoint and weight-loading chatter from a stage's log
 quiet() { grep -v "accelerate.checkpointing\|Loading weights\|Writing model" || true; }
+
+# The phases both SLD-vs-AR recipes share; NAME prefixes every file in $OUT.
+# run_baseline NAME CONFIG AUTOENCODER_DIR SEGMENTED_DIR RUN_DIR: train the AR baseline, then predict valid
+run_baseline() {
+    "${SLD[@]}" train-baseline -c "$2" match_autoencoder="$3" data.segmented_dir="$4" output_dir="$5" \
+        loop.max_minutes=$AR_MINUTES "${SMOKE_AR[@]}" ${AR_ARGS:-} 2>&1 | quiet > "$OUT/$1_baseline.log"
+    cp "$5/summary.json" "$OUT/$1_baseline_summary.json" 2>/dev/null || true
+    "${SLD[@]}" generate model="$5" input="$4/valid.jsonl" output="$OUT/$1_ar_predictions.jsonl" \
+        batch_size=250 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
+}
+# run_eval NAME: one quality table for whichever of SLD / AR predictions exist
+run_eval() {
+    local systems=()
+    [ -f "$OUT/$1_sld_predictions.jsonl" ] && systems+=(predictions.SLD="$OUT/$1_sld_predictions.jsonl")
+    [ -f "$OUT/$1_ar_predictions.jsonl" ] && systems+=(predictions.AR="$OUT/$1_ar_predictions.jsonl")
+    "${SLD[@]}" evaluate "${systems[@]}" output_dir="$OUT/$1_eval" mauve=false 2>&1 | quiet | tail -8
+}
+# run_bench NAME SLD_DIR BASELINE_DIR SEGMENTED_DIR: both models timed in one process
+run_bench() {
+    "${SLD[@]}" benchmark -c configs/benchmark.yaml sld_model="$2" baseline_model="$3" input="$4/valid.jsonl" \
+        output_dir="$OUT/$1_benchmark" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | tail -30
+}

@@ -27,22 +27,6 @@ if has sld; then
     "${SLD[@]}" generate model=$R/diffusion input=$R/segmented/valid.jsonl \
         output="$OUT/dialogsum_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
 fi
-if has ar; then
-    "${SLD[@]}" train-baseline -c configs/baseline_dialogsum.yaml match_autoencoder=$R/autoencoder \
-        data.segmented_dir=$R/segmented output_dir=$R/baseline loop.max_minutes=$AR_MINUTES \
-        "${SMOKE_AR[@]}" ${AR_ARGS:-} 2>&1 | quiet > "$OUT/dialogsum_baseline.log"
-    cp $R/baseline/summary.json "$OUT/dialogsum_baseline_summary.json" 2>/dev/null || true
-    "${SLD[@]}" generate model=$R/baseline input=$R/segmented/valid.jsonl \
-        output="$OUT/dialogsum_ar_predictions.jsonl" batch_size=250 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
-fi
-if has eval; then
-    systems=()
-    [ -f "$OUT/dialogsum_sld_predictions.jsonl" ] && systems+=(predictions.SLD="$OUT/dialogsum_sld_predictions.jsonl")
-    [ -f "$OUT/dialogsum_ar_predictions.jsonl" ] && systems+=(predictions.AR="$OUT/dialogsum_ar_predictions.jsonl")
-    "${SLD[@]}" evaluate "${systems[@]}" output_dir="$OUT/dialogsum_eval" mauve=false 2>&1 | quiet | tail -8
-fi
-if has bench; then
-    "${SLD[@]}" benchmark -c configs/benchmark.yaml sld_model=$R/diffusion baseline_model=$R/baseline \
-        input=$R/segmented/valid.jsonl output_dir="$OUT/dialogsum_benchmark" "${SMOKE_BENCH[@]}" \
-        ${BENCH_ARGS:-} 2>&1 | quiet | tail -30
-fi
+if has ar; then run_baseline dialogsum configs/baseline_dialogsum.yaml $R/autoencoder $R/segmented $R/baseline; fi
+if has eval; then run_eval dialogsum; fi
+if has bench; then run_bench dialogsum $R/diffusion $R/baseline $R/segmented; fi

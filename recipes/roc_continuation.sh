@@ -31,22 +31,6 @@ if has sld; then
     "${SLD[@]}" generate model=$R/diffusion_continuation input=$R/segmented_continuation/valid.jsonl \
         output="$OUT/roc_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
 fi
-if has ar; then
-    "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation.yaml match_autoencoder=$R/autoencoder \
-        data.segmented_dir=$R/segmented_continuation output_dir=$R/baseline loop.max_minutes=$AR_MINUTES \
-        "${SMOKE_AR[@]}" ${AR_ARGS:-} 2>&1 | quiet > "$OUT/roc_baseline.log"
-    cp $R/baseline/summary.json "$OUT/roc_baseline_summary.json" 2>/dev/null || true
-    "${SLD[@]}" generate model=$R/baseline input=$R/segmented_continuation/valid.jsonl \
-        output="$OUT/roc_ar_predictions.jsonl" batch_size=250 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
-fi
-if has eval; then
-    systems=()
-    [ -f "$OUT/roc_sld_predictions.jsonl" ] && systems+=(predictions.SLD="$OUT/roc_sld_predictions.jsonl")
-    [ -f "$OUT/roc_ar_predictions.jsonl" ] && systems+=(predictions.AR="$OUT/roc_ar_predictions.jsonl")
-    "${SLD[@]}" evaluate "${systems[@]}" output_dir="$OUT/roc_eval" mauve=false 2>&1 | quiet | tail -8
-fi
-if has bench; then
-    "${SLD[@]}" benchmark -c configs/benchmark.yaml sld_model=$R/diffusion_continuation baseline_model=$R/baseline \
-        input=$R/segmented_continuation/valid.jsonl output_dir="$OUT/roc_benchmark" "${SMOKE_BENCH[@]}" \
-        ${BENCH_ARGS:-} 2>&1 | quiet | tail -30
-fi
+if has ar; then run_baseline roc configs/baseline_roc_continuation.yaml $R/autoencoder $R/segmented_continuation $R/baseline; fi
+if has eval; then run_eval roc; fi
+if has bench; then run_bench roc $R/diffusion_continuation $R/baseline $R/segmented_continuation; fi

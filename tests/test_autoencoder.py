@@ -12,13 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
-    BertConfig,
-    BertModel,
-    BertTokenizer,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -75,21 +73,7 @@ def build(**overrides) -> SegmentAutoencoder:
 
 
 def save_tiny_bert(folder: Path) -> str:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'#"]
-    words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(1)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(str(folder))
-    return str(folder)
+    return tiny_models.save_tiny_bert(folder, num_layers=2, max_positions=64)
 
 
 def save_tiny_seq2seq(folder: Path, family: str) -> str:

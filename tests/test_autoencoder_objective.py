@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer
 
 from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
 from sld.data.collate import SegmentCollator
@@ -32,16 +32,7 @@ ROWS = [
 
 
 def save_tiny_bert(folder: Path) -> str:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'%"]
-    words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(str(folder))
-    torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=len(words), hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(folder)
-    return str(folder)
+    return tiny_models.save_tiny_bert(folder, max_positions=64)
 
 
 def build(encoder: str = "decoder", dropout: float = 0.0, **overrides) -> SegmentAutoencoder:

@@ -49,17 +49,18 @@ def randomize_zero_init(model: torch.nn.Module, std: float = 0.05) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def save_tiny_bert(folder: Path) -> str:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'"]
+def save_tiny_bert(folder: Path, num_layers: int = 1, max_positions: int = 96) -> str:
+    """A seeded random BERT (width 24) with a character-level wordpiece vocabulary, saved to ``folder``."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'#%"]
     words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
     config = BertConfig(
         vocab_size=len(words),
         hidden_size=24,
-        num_hidden_layers=1,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         intermediate_size=48,
-        max_position_embeddings=96,
+        max_position_embeddings=max_positions,
     )
     torch.manual_seed(1)
     BertModel(config).save_pretrained(folder)

@@ -57,6 +57,7 @@ from sld.models.parts import (
     build_model_parts,
     check_decoder_tokenizer,
     default_decoder_config,
+    freeze_unused_parameters,
     hidden_size,
     load_model_parts,
     save_model_parts,
@@ -237,7 +238,7 @@ class BaselineModel(nn.Module):
         self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else decoder_tokenizer
         d_enc, d_dec = hidden_size(self.encoder.config), hidden_size(lm.config)
         self.proj = nn.Linear(d_enc, d_dec) if d_enc != d_dec else nn.Identity()
-        self._freeze_unused_parameters()
+        freeze_unused_parameters(self.lm, self.text_encoder, self.uses_lm_encoder, self.encoder_frozen)
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -286,23 +287,6 @@ class BaselineModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         save_model_parts(self, folder, self.config.to_dict(), CONFIG_NAME)
         return folder
-
-    def _freeze_unused_parameters(self) -> None:
-        """Freeze what no forward pass uses (the bypassed LM encoder, a BERT pooler) and a frozen encoder."""
-        used = {id(p) for p in self.lm.get_decoder().parameters()}
-        used |= {id(p) for p in self.lm.get_output_embeddings().parameters()}
-        decoder_owned = set(used)
-        if self.uses_lm_encoder:
-            used |= {id(p) for p in self.lm.get_encoder().parameters()}
-        for p in self.lm.parameters():
-            if id(p) not in used:
-                p.requires_grad_(False)
-        if self.text_encoder is not None and getattr(self.text_encoder, "pooler", None) is not None:
-            self.text_encoder.pooler.requires_grad_(False)
-        if self.encoder_frozen:
-            for p in self.encoder.parameters():
-                if id(p) not in decoder_owned:  # a tied embedding keeps training through the decoder
-                    p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> BaselineModel:
         super().train(mode)

@@ -55,6 +55,7 @@ from sld.models.parts import (
     build_model_parts,
     check_decoder_tokenizer,
     default_decoder_config,
+    freeze_unused_parameters,
     hidden_size,
     load_model_parts,
     save_model_parts,
@@ -273,7 +274,7 @@ class SegmentAutoencoder(nn.Module):
             ff_mult=config.ff_mult,
             dropout=config.dropout,
         )
-        self._freeze_unused_parameters()
+        freeze_unused_parameters(self.lm, self.text_encoder, self.uses_lm_encoder, self.encoder_frozen)
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -324,28 +325,6 @@ class SegmentAutoencoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         save_model_parts(self, folder, self.config.to_dict(), CONFIG_NAME)
         return folder
-
-    def _freeze_unused_parameters(self) -> None:
-        """Freeze every parameter that no forward pass uses, and the encoder when it is frozen.
-
-        Unused weights (the bypassed LM encoder, a BERT pooler) would otherwise sit in the optimizer
-        without ever getting a gradient, and hide a broken loss from the gradient test.
-        """
-        used = {id(p) for p in self.lm.get_decoder().parameters()}
-        used |= {id(p) for p in self.lm.get_output_embeddings().parameters()}
-        decoder_owned = set(used)
-        if self.uses_lm_encoder:
-            used |= {id(p) for p in self.lm.get_encoder().parameters()}
-        for p in self.lm.parameters():
-            if id(p) not in used:
-                p.requires_grad_(False)
-        if self.text_encoder is not None and getattr(self.text_encoder, "pooler", None) is not None:
-            self.text_encoder.pooler.requires_grad_(False)
-        if self.encoder_frozen:
-            for p in self.encoder.parameters():
-                # A tied embedding shared with the decoder keeps training through the decoder.
-                if id(p) not in decoder_owned:
-                    p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> SegmentAutoencoder:
         super().train(mode)

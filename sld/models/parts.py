@@ -178,6 +178,32 @@ def build_model_parts(
     return lm, tokenizer, text_encoder, encoder_tokenizer
 
 
+def freeze_unused_parameters(
+    lm: PreTrainedModel, text_encoder: torch.nn.Module | None, uses_lm_encoder: bool, freeze_encoder: bool
+) -> None:
+    """Freeze every parameter that no forward pass uses, and the encoder when it is frozen.
+
+    Unused weights (the bypassed LM encoder, a BERT pooler) would otherwise sit in the optimizer
+    without ever getting a gradient, and hide a broken loss from the gradient tests. A tied embedding
+    shared by a frozen encoder and the decoder keeps training through the decoder.
+    """
+    used = {id(p) for p in lm.get_decoder().parameters()}
+    used |= {id(p) for p in lm.get_output_embeddings().parameters()}
+    decoder_owned = set(used)
+    if uses_lm_encoder:
+        used |= {id(p) for p in lm.get_encoder().parameters()}
+    for p in lm.parameters():
+        if id(p) not in used:
+            p.requires_grad_(False)
+    if text_encoder is not None and getattr(text_encoder, "pooler", None) is not None:
+        text_encoder.pooler.requires_grad_(False)
+    if freeze_encoder:
+        encoder = text_encoder if text_encoder is not None else lm.get_encoder()
+        for p in encoder.parameters():
+            if id(p) not in decoder_owned:
+                p.requires_grad_(False)
+
+
 def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, Any, Any]:
     """The un-initialised parts of a saved encoder + seq2seq-decoder model folder.
 
@@ -246,6 +272,7 @@ __all__ = [
     "check_decoder_tokenizer",
     "decoder_lm_config",
     "default_decoder_config",
+    "freeze_unused_parameters",
     "hidden_size",
     "load_encoder",
     "load_model_parts",
