@@ -41,7 +41,7 @@ run_baseline() {
         loop.max_minutes=$AR_MINUTES "${SMOKE_AR[@]}" ${AR_ARGS:-} 2>&1 | quiet > "$OUT/$1_baseline.log"
     cp "$5/summary.json" "$OUT/$1_baseline_summary.json" 2>/dev/null || true
     "${SLD[@]}" generate model="$5" input="$4/valid.jsonl" output="$OUT/$1_ar_predictions.jsonl" \
-        batch_size=250 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
+        batch_size=250 "${SMOKE_GEN[@]}" 2>&1 | quiet | tee "$OUT/$1_ar_generate.log" | tail -3
 }
 # run_eval NAME: one quality table for whichever of SLD / AR predictions exist
 run_eval() {

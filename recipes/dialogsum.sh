@@ -25,7 +25,7 @@ if has sld; then
         "${SMOKE_DM[@]}" ${DM_ARGS:-} 2>&1 | quiet > "$OUT/dialogsum_diffusion.log"
     cp $R/diffusion/summary.json "$OUT/dialogsum_diffusion_summary.json"
     "${SLD[@]}" generate model=$R/diffusion input=$R/segmented/valid.jsonl \
-        output="$OUT/dialogsum_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
+        output="$OUT/dialogsum_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | quiet | tee "$OUT/dialogsum_sld_generate.log" | tail -3
 fi
 if has ar; then run_baseline dialogsum configs/baseline_dialogsum.yaml $R/autoencoder $R/segmented $R/baseline; fi
 if has eval; then run_eval dialogsum; fi

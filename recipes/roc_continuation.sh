@@ -29,7 +29,7 @@ if has sld; then
         loop.max_minutes=$DM_MINUTES "${SMOKE_DM[@]}" ${DM_ARGS:-} 2>&1 | quiet > "$OUT/roc_diffusion.log"
     cp $R/diffusion_continuation/summary.json "$OUT/roc_diffusion_summary.json"
     "${SLD[@]}" generate model=$R/diffusion_continuation input=$R/segmented_continuation/valid.jsonl \
-        output="$OUT/roc_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | quiet | tail -3
+        output="$OUT/roc_sld_predictions.jsonl" batch_size=500 "${SMOKE_GEN[@]}" 2>&1 | quiet | tee "$OUT/roc_sld_generate.log" | tail -3
 fi
 if has ar; then run_baseline roc configs/baseline_roc_continuation.yaml $R/autoencoder $R/segmented_continuation $R/baseline; fi
 if has eval; then run_eval roc; fi

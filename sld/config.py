@@ -14,6 +14,7 @@ always be reproduced from its folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 from collections.abc import Mapping, Sequence
@@ -51,11 +52,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", repr(tp))
 
 
-def _convert(value: Any, tp: Any, key: str, source: str, partial: bool = False) -> Any:
+def _convert(value: Any, tp: Any, key: str, source: str, partial: bool = False, base: Any = None) -> Any:
     """Check ``value`` against type ``tp`` and return it converted (ints widen to floats, dicts to dataclasses).
 
     With ``partial`` nested dataclasses are only checked (unknown keys, types), not built, so that a
-    file can be validated on its own before command-line overrides fill in required keys.
+    file can be validated on its own before command-line overrides fill in required keys. ``base``
+    is the dataclass instance that a mapping updates (see ``_build``).
     """
 
     def fail(expected: str | None = None) -> ConfigError:
@@ -87,7 +89,14 @@ def _convert(value: Any, tp: Any, key: str, source: str, partial: bool = False) 
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg, key, source, partial)
+                return _convert(
+                    value,
+                    arg,
+                    key,
+                    source,
+                    partial,
+                    base if base is not None and base.__class__ is arg else None,
+                )
             except ConfigError:
                 continue
         raise fail()
@@ -96,7 +105,7 @@ def _convert(value: Any, tp: Any, key: str, source: str, partial: bool = False) 
             return value
         if not isinstance(value, Mapping):
             raise fail(f"a mapping of {tp.__name__} fields")
-        return _build(tp, value, key, source, partial)
+        return _build(tp, value, key, source, partial, base)
     if origin in (list, Sequence, tuple):
         if not isinstance(value, (list, tuple)):
             raise fail()
@@ -145,7 +154,25 @@ def _convert(value: Any, tp: Any, key: str, source: str, partial: bool = False) 
     return value
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str, partial: bool = False) -> T:
+def _field_default(field: dataclasses.Field, base: Any) -> Any:
+    """The value a field holds when nothing sets it: ``base``'s (when given), else the field's default."""
+    if base is not None:
+        return getattr(base, field.name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _build(
+    cls: type[T], data: Mapping[str, Any], prefix: str, source: str, partial: bool = False, base: Any = None
+) -> T:
+    """Build ``cls`` from a mapping of (some of) its fields.
+
+    A mapping given for a nested dataclass field updates that field's default instance, not the
+    nested class's own defaults: ``quickstart.autoencoder`` defaults to a small model through its
+    ``default_factory``, and ``autoencoder.loop.max_minutes=8`` must keep that model. Likewise
+    ``base`` (an instance of ``cls``) supplies every field that ``data`` does not set.
+    """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
@@ -154,9 +181,15 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str, part
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {known})")
-        kwargs[name] = _convert(value, hints[name], key, source, partial)
+        default = _field_default(fields[name], base) if isinstance(value, Mapping) else None
+        nested_base = default if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
+        kwargs[name] = _convert(value, hints[name], key, source, partial, nested_base)
     if partial:
         return kwargs  # type: ignore[return-value]
+    if base is not None:
+        for name in fields:
+            if name not in kwargs:
+                kwargs[name] = copy.deepcopy(getattr(base, name))
     missing = [
         n
         for n, f in fields.items()

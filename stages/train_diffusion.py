@@ -49,6 +49,12 @@ class DiffusionDataConfig:
 
     ``extra_segmented_dirs`` trains one model on several tasks at once (the source text tells
     them apart); validation takes ``num_valid_documents`` from each folder.
+    ``group_by_source_length`` batches documents whose sources have similar lengths, so a batch of
+    short sources (titles) is not padded to the length of a long one (a dialogue): cross-attention
+    to the context costs in proportion to the longest source of the batch. Off by default: on the
+    quickstart's synthetic corpus it gave 17% more steps per minute but a worse model per minute,
+    since sources of equal length there are often the same title, which makes batches far less
+    varied.
     """
 
     segmented_dir: str = "runs/segmented"
@@ -56,6 +62,7 @@ class DiffusionDataConfig:
     valid_split: str = "valid"
     num_valid_documents: int = 64
     extra_segmented_dirs: list[str] = field(default_factory=list)
+    group_by_source_length: bool = False
 
 
 @dataclass
@@ -420,6 +427,7 @@ def run(cfg: Config) -> Path:
         items_in_batch=lambda batch: int(batch["latents"].shape[0]),
         ema_decay=cfg.ema_decay,
         accelerator=accelerator,
+        lengths=[len(doc.source) for doc in train_docs] if cfg.data.group_by_source_length else None,
     )
     if accelerator.is_main_process:
         model = result.model

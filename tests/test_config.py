@@ -115,3 +115,28 @@ def test_yaml_boolean_words_map_back_to_literal_choices(tmp_path):
     assert load_config(WithLoop, None, ["loop.mixed_precision=no"]).loop.mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision"):
         load_config(WithLoop, None, ["loop.mixed_precision=yes"])
+
+
+@dataclass
+class Inner:
+    size: int = 1
+    name: str = "class default"
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Outer:
+    # a nested default that differs from the nested class's own defaults (as in `sld quickstart`)
+    inner: Inner = field(default_factory=lambda: Inner(size=8, name="small", extra={"a": 1}))
+    maybe: Inner | None = field(default_factory=lambda: Inner(size=3))
+
+
+def test_nested_override_updates_the_fields_default_not_the_class_defaults(tmp_path):
+    cfg = load_config(Outer, None, ["inner.size=9"])
+    assert cfg.inner == Inner(size=9, name="small", extra={"a": 1})
+    path = write(tmp_path, "outer.yaml", "inner: {name: file}\nmaybe: {name: m}\n")
+    cfg = load_config(Outer, path, ["inner.extra={b: 2}"])
+    assert cfg.inner == Inner(size=8, name="file", extra={"b": 2})  # a dict value is replaced, not merged
+    assert cfg.maybe == Inner(size=3, name="m")
+    assert load_config(Outer, None, ["maybe=null"]).maybe is None
+    assert Outer().inner.size == 8  # the default factory itself is untouched

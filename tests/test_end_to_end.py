@@ -145,3 +145,48 @@ def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
     assert "eval/rougeL" in validation[-1] and "eval/rougeL" not in validation[0]
     with pytest.raises(ConfigError, match="sample_every"):
         train_diffusion.run(load_config(train_diffusion.Config, None, ["sample_every=-1"]))
+
+
+def test_quickstart_runs_on_a_tiny_budget_and_scores_topics(tmp_path, capsys):
+    from stages import quickstart
+
+    tiny = [
+        f"output_dir={tmp_path}",
+        "num_examples=2",
+        "num_scored=3",
+        "corpus.stories_train=30",
+        "corpus.stories_valid=3",
+        "corpus.dialogues_train=30",
+        "corpus.dialogues_valid=3",
+        "corpus.pairs_train=10",
+        "corpus.pairs_valid=2",
+        "autoencoder.model.decoder_config.d_model=32",
+        "autoencoder.model.decoder_config.num_decoder_layers=1",
+        "autoencoder.model.decoder_config.num_heads=2",
+        "autoencoder.model.decoder_config.d_ff=64",
+        "autoencoder.model.decoder_config.d_kv=16",
+        "autoencoder.model.decoder_vocab_size=300",
+        "autoencoder.loop.max_steps=2",
+        "autoencoder.loop.batch_size=8",
+        "autoencoder.data.num_valid_segments=8",
+        "diffusion.denoiser.width=32",
+        "diffusion.denoiser.depth=2",
+        "diffusion.denoiser.heads=2",
+        "diffusion.loop.max_steps=2",
+        "diffusion.loop.batch_size=4",
+        "diffusion.data.num_valid_documents=2",
+        "diffusion.sampling.num_inference_steps=2",
+        "autoencoder.loop.progress=false",
+        "diffusion.loop.progress=false",
+    ]
+    assert quickstart.main(tiny) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("[stories input]") == 2 and printed.count("[dialogues input]") == 2
+    summary = json.loads((tmp_path / "quickstart_summary.json").read_text())
+    for task in ("stories", "dialogues"):
+        scores = summary["topic_agreement"][task]
+        assert scores["num_documents"] == 3
+        # 30 training documents over 16 topics: references find their topic well above chance
+        assert scores["references"]["agreement"] > 5 * scores["references"]["chance"] > 0
+        assert 0.0 <= scores["generated"]["agreement"] <= 1.0 and scores["generated"]["num_segments"] >= 3
+    assert "topic agreement" in printed

@@ -185,3 +185,38 @@ def test_ema_weights_are_tracked(tmp_path):
 def test_invalid_loop_config_is_rejected():
     with pytest.raises(ValueError, match="batch_size"):
         LoopConfig(batch_size=0)
+
+
+def test_length_grouped_batches_and_resume(tmp_path):
+    lengths = [1 if i % 2 else 100 for i in range(12)]
+
+    def run(folder, max_steps):
+        seen: list[int] = []
+        fit(
+            Tiny(),
+            IndexDataset(12),
+            collate,
+            make_loss(seen),
+            folder,
+            OptimConfig(warmup_steps=0, schedule="constant"),
+            loop_config(max_steps=max_steps, batch_size=3),
+            lengths=lengths,
+        )
+        return seen
+
+    straight = run(tmp_path / "a", 9)
+    batches = [straight[i : i + 3] for i in range(0, len(straight), 3)]
+    assert all(len({lengths[i] for i in batch}) == 1 for batch in batches)
+    assert sorted(straight[:12]) == list(range(12))  # one epoch covers every item once
+    assert run(tmp_path / "b", 5) + run(tmp_path / "b", 9) == straight
+    with pytest.raises(ValueError, match="1 lengths for a dataset of 12"):
+        fit(
+            Tiny(),
+            IndexDataset(12),
+            collate,
+            make_loss([]),
+            tmp_path / "c",
+            OptimConfig(),
+            loop_config(),
+            lengths=[1],
+        )
