@@ -33,6 +33,7 @@ from sld.config import save_config
 from sld.data.records import RecordsConfig
 from sld.data.segment import SegmenterConfig
 from sld.data.segmented import read_segmented
+from sld.eval.metrics import repeated_segment_rate
 from sld.eval.topic_agreement import topic_agreement
 from sld.models.autoencoder import AutoencoderConfig
 from sld.training import LoopConfig, OptimConfig
@@ -125,6 +126,7 @@ def score_topics(rows: list[dict], train_file: Path, valid_file: Path, segmented
     labels = [topics[row["id"]] for row in rows]
     return {
         "num_documents": len(rows),
+        "repeated_segments": repeated_segment_rate([row["segments"] for row in rows]),
         "generated": topic_agreement([row["segments"] for row in rows], labels, train_segments, train_labels),
         "references": topic_agreement(
             [references[row["id"]] for row in rows], labels, train_segments, train_labels
@@ -203,7 +205,8 @@ def run(cfg: Config) -> dict:
         print(
             f"  {name:9s} generated {scores['generated']['agreement']:.2f}   "
             f"references {scores['references']['agreement']:.2f}   chance {scores['generated']['chance']:.2f}   "
-            f"({scores['num_documents']} inputs)"
+            f"({scores['num_documents']} inputs; {scores['repeated_segments']:.0%} of generated sentences repeat an "
+            "earlier one of their text)"
         )
     minutes = (time.perf_counter() - started) / 60
     summary = {

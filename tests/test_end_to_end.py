@@ -189,4 +189,5 @@ def test_quickstart_runs_on_a_tiny_budget_and_scores_topics(tmp_path, capsys):
         # 30 training documents over 16 topics: references find their topic well above chance
         assert scores["references"]["agreement"] > 5 * scores["references"]["chance"] > 0
         assert 0.0 <= scores["generated"]["agreement"] <= 1.0 and scores["generated"]["num_segments"] >= 3
+        assert 0.0 <= scores["repeated_segments"] <= 1.0
     assert "topic agreement" in printed

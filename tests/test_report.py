@@ -39,12 +39,13 @@ def test_evaluate_predictions_values():
     assert out["segment_count_accuracy"] == pytest.approx(1 / 3)
     assert out["segment_count_mae"] == pytest.approx(1.0)
     assert out["avg_segments"] == pytest.approx(1.0)
+    assert out["repeated_segments"] == 0.0
     json.dumps(out, allow_nan=False)
 
 
 def test_evaluate_predictions_without_optional_inputs():
     out = evaluate_predictions(PREDS, REFS, semantic_model=None, mauve=False)
-    for key in ("novel_2grams", "avg_segments", "segment_count_accuracy"):
+    for key in ("novel_2grams", "avg_segments", "repeated_segments", "segment_count_accuracy"):
         assert key not in out
     with pytest.raises(ValueError):
         evaluate_predictions(PREDS, REFS[:2], semantic_model=None, mauve=False)

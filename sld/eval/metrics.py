@@ -7,8 +7,8 @@ Every function here is deterministic, needs no model, and is small enough to che
   per metric), then averages over inputs.
 * ``bleu`` / ``exact_match_rate``: sacrebleu corpus BLEU and the share of verbatim matches, for
   autoencoder reconstruction.
-* ``distinct_n``, ``num_distinct_outputs``, ``repetition_rate``, ``average_length``: diversity and
-  degeneration. ROUGE alone hides a collapsed model that writes the same sentence for every input
+* ``distinct_n``, ``num_distinct_outputs``, ``repetition_rate``, ``repeated_segment_rate``,
+  ``average_length``: diversity and degeneration. ROUGE alone hides a collapsed model that writes the same sentence for every input
   (method.md, "Measured here"), so diversity is always reported beside it.
 * ``novel_ngram_rate``: how much of a prediction is not copied from its source.
 * ``segment_count_accuracy`` / ``segment_count_error``: how well the number of segments is learned.
@@ -182,6 +182,26 @@ def repetition_rate(texts: Sequence[str], n: int = 4) -> float:
         if grams:
             rates.append(1.0 - len(set(grams)) / len(grams))
     return sum(rates) / len(rates) if rates else 0.0
+
+
+def repeated_segment_rate(segment_lists: Sequence[Sequence[str]]) -> float:
+    """Share of segments that repeat an earlier segment of the same document verbatim.
+
+    Segments are compared after lower-casing and collapsing whitespace; empty segments are not
+    counted. SLD decodes every segment from its own latent, so two slots that receive near-equal
+    latents come out as the same sentence twice: this is that failure, counted directly.
+    """
+    repeated = total = 0
+    for segments in segment_lists:
+        seen: set[str] = set()
+        for segment in segments:
+            key = " ".join(segment.lower().split())
+            if not key:
+                continue
+            total += 1
+            repeated += key in seen
+            seen.add(key)
+    return repeated / total if total else 0.0
 
 
 def average_length(texts: Sequence[str]) -> float:

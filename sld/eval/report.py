@@ -79,7 +79,7 @@ def evaluate_predictions(
     Keys: ``num_examples, num_empty, rouge1, rouge2, rougeL`` (F1 x 100, max over references),
     ``distinct_1, distinct_2, num_distinct_outputs, repetition_4, avg_words, ref_avg_words,
     semantic_similarity, mauve, mauve_status`` and, when available, ``novel_2grams, avg_segments,
-    ref_avg_segments, segment_count_accuracy, segment_count_mae``. Uncomputable values are ``None``.
+    repeated_segments, ref_avg_segments, segment_count_accuracy, segment_count_mae``. Uncomputable values are ``None``.
     """
     n = len(predictions)
     if len(references) != n:
@@ -141,6 +141,7 @@ def evaluate_predictions(
         _warn_filler("predicted", pred_segments)
         pred_counts = [_segment_count(s) for s in pred_segments]
         out["avg_segments"] = sum(pred_counts) / n if n else 0.0
+        out["repeated_segments"] = M.repeated_segment_rate(pred_segments)
     if ref_segments is not None:
         if len(ref_segments) != n:
             raise ValueError(f"{n} predictions but {len(ref_segments)} reference segment lists")
@@ -167,6 +168,7 @@ _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("avg_words", "words", ".1f", False),
     ("novel_2grams", "novel-2", ".3f", True),
     ("avg_segments", "segments", ".2f", True),
+    ("repeated_segments", "repeated seg", ".3f", True),
     ("segment_count_accuracy", "seg-count acc", ".3f", True),
     ("segment_count_mae", "seg-count MAE", ".2f", True),
     ("num_empty", "empty", "d", False),
@@ -178,6 +180,7 @@ _NOTES = (
     "semantic sim: mean cosine to the reference with sentence-transformers features.",
     "MAUVE: on sentence-transformers features, not GPT-2; comparable only at equal sample sizes.",
     "rep-4: mean share of repeated 4-grams within an output; words: mean whitespace words per output.",
+    "repeated seg: share of output segments that repeat an earlier segment of the same output verbatim.",
 )
 
 
