@@ -147,6 +147,29 @@ def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
         train_diffusion.run(load_config(train_diffusion.Config, None, ["sample_every=-1"]))
 
 
+def test_length_grouped_batches_with_a_sourceless_document(trained, tmp_path):
+    root, seg = trained
+    docs = [json.loads(line) for line in (seg / "train.jsonl").read_text().splitlines()]
+    docs[0]["source"] = None  # unconditional documents have no source
+    grouped = tmp_path / "segmented"
+    grouped.mkdir()
+    (grouped / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (grouped / "valid.jsonl").write_text((seg / "valid.jsonl").read_text())
+    cfg = load_config(
+        train_diffusion.Config,
+        CONFIGS / "diffusion_tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'dm'}",
+            f"autoencoder={root / 'ae'}",
+            f"data.segmented_dir={grouped}",
+            "data.group_by_source_length=true",
+            "loop.max_steps=3",
+        ],
+    )
+    train_diffusion.run(cfg)
+    assert json.loads((tmp_path / "dm" / "summary.json").read_text())["steps"] == 3
+
+
 def test_quickstart_runs_on_a_tiny_budget_and_scores_topics(tmp_path, capsys):
     from stages import quickstart
 
