@@ -120,7 +120,7 @@ def _load_models(cfg: Config, device: torch.device) -> tuple[Any, Any]:
 
         pipe = SLDPipeline.from_pretrained(cfg.sld_model, device=device, dtype=dtype)
     if cfg.baseline_model:
-        from sld.eval.baseline import BaselineModel
+        from sld.models.baseline import BaselineModel
 
         baseline = BaselineModel.from_pretrained(cfg.baseline_model, device=device, dtype=dtype)
     if pipe is None and baseline is None:

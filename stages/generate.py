@@ -97,7 +97,7 @@ def load_generator(cfg: Config):
 
         return SLDPipeline.from_pretrained(folder, device=device, dtype=dtype)
     if (folder / "baseline_config.json").is_file():
-        from sld.eval.baseline import BaselineModel
+        from sld.models.baseline import BaselineModel
 
         return BaselineModel.from_pretrained(folder, device=device, dtype=dtype).eval()
     raise UserError(f"model={cfg.model!r} is neither an SLD pipeline folder nor an AR baseline folder")

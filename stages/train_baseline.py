@@ -29,8 +29,8 @@ from sld.cli import run_stage
 from sld.config import save_config
 from sld.data.segmented import SegmentedDocument, read_segmented
 from sld.errors import DataError
-from sld.eval.baseline import BaselineConfig, BaselineModel, baseline_loss
 from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
+from sld.models.baseline import BaselineConfig, BaselineModel, baseline_loss
 from sld.models.parts import DECODER_DIR
 from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints
 

@@ -17,8 +17,8 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from sld.data.segmented import SegmentedDocument, write_segmented
 from sld.errors import UserError
-from sld.eval.baseline import BaselineConfig, BaselineModel
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+from sld.models.baseline import BaselineConfig, BaselineModel
 
 TINY_T5 = dict(
     model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=2, num_heads=4, dropout_rate=0.0

@@ -158,8 +158,8 @@ def save_tiny_bert(folder: Path) -> str:
 
 def save_tiny_models(root: Path, corpus: list[str]) -> tuple[Path, Path]:
     """A tiny SLD pipeline and a tiny AR baseline sharing one random BERT encoder; returns both folders."""
-    from sld.eval.baseline import BaselineConfig, BaselineModel
     from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+    from sld.models.baseline import BaselineConfig, BaselineModel
     from sld.models.context_encoder import ContextEncoder
     from sld.models.denoiser import SegmentDiT
     from sld.pipeline import PipelineConfig, SLDPipeline
