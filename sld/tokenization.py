@@ -114,22 +114,41 @@ def encoder_inputs(
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+def appends_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer ends every encoded text with eos on its own (T5, BART, the trained BPE);
+    causal-LM tokenizers (GPT-2, Llama, SmolLM2) do not."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(probe) and probe[-1] == tokenizer.eos_token_id
+
+
 def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> torch.Tensor:
     """Segments -> decoder targets ``labels`` (B', L) with ``IGNORE_INDEX`` at padding positions.
 
-    Pads are found through the attention mask, not the pad id, so this is right even where the pad id
-    doubles as another token (T5 starts decoding from its pad id).
+    Every row ends with exactly one eos (the decoder must learn where a segment ends), kept inside
+    ``max_length`` when the text is truncated: added by the tokenizer where it does so itself, else
+    appended here. Pads are found through the attention mask, not the pad id, so this is right even
+    where the pad id doubles as another token (T5 starts decoding from its pad id; causal LMs often pad
+    with eos).
     """
-    enc = tokenizer(
-        list(texts),
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
-        return_token_type_ids=False,
-    )
-    labels = enc["input_ids"].clone()
-    labels[enc["attention_mask"] == 0] = IGNORE_INDEX
+    if appends_eos(tokenizer):
+        enc = tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = IGNORE_INDEX
+        return labels
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 1)[
+        "input_ids"
+    ]
+    rows = [row + [tokenizer.eos_token_id] for row in ids]
+    labels = torch.full((len(rows), max((len(r) for r in rows), default=0)), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return labels
 
 
@@ -140,6 +159,7 @@ __all__ = [
     "PAD_TOKEN",
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
+    "appends_eos",
     "decoder_labels",
     "encoder_inputs",
     "train_decoder_tokenizer",

@@ -42,7 +42,12 @@ CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 
 @dataclass
 class OptimConfig:
-    """AdamW and its learning-rate schedule (warmup, then cosine/linear decay or constant)."""
+    """AdamW and its learning-rate schedule (warmup, then cosine/linear decay or constant).
+
+    ``pretrained_lr_scale`` multiplies the learning rate of the parameters a model reports as pretrained
+    (``model.pretrained_parameters()``, e.g. a loaded decoder LM) against the new parts it is trained
+    with; 0 freezes them.
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -51,6 +56,11 @@ class OptimConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
+    pretrained_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.pretrained_lr_scale < 0:
+            raise ValueError(f"pretrained_lr_scale must be >= 0, got {self.pretrained_lr_scale}")
 
 
 @dataclass
@@ -117,17 +127,35 @@ def lr_lambda(step: int, optim: OptimConfig, total_steps: int) -> float:
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * decay
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (biases, norms and embeddings-as-vectors excluded)."""
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    optim: OptimConfig,
+    pretrained: Iterable[torch.nn.Parameter] = (),
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (biases, norms and embeddings-as-vectors excluded).
+
+    Parameters in ``pretrained`` train at ``optim.pretrained_lr_scale`` x ``optim.lr`` (frozen at 0).
+    """
+    params = list(params)
+    pretrained_ids = {id(p) for p in pretrained}
+    if optim.pretrained_lr_scale == 0:
+        for p in params:
+            if id(p) in pretrained_ids:
+                p.requires_grad_(False)
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = []
+    for scale, members in (
+        (1.0, [p for p in params if id(p) not in pretrained_ids]),
+        (optim.pretrained_lr_scale, [p for p in params if id(p) in pretrained_ids]),
+    ):
+        decay = [p for p in members if p.dim() >= 2]
+        no_decay = [p for p in members if p.dim() < 2]
+        groups += [
+            {"params": decay, "weight_decay": optim.weight_decay, "lr": optim.lr * scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr": optim.lr * scale},
+        ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas))
 
 
@@ -235,7 +263,8 @@ def fit(
     )
     if len(loader) == 0:
         raise ValueError(f"the training set is empty ({len(dataset)} items)")
-    optimizer = build_optimizer(model.parameters(), optim)
+    pretrained = model.pretrained_parameters() if hasattr(model, "pretrained_parameters") else ()
+    optimizer = build_optimizer(list(model.parameters()), optim, pretrained)
     # The schedule is stepped by hand once per optimizer step (not prepared): accelerate's wrapper
     # would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, optim, loop.max_steps))

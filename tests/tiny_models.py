@@ -86,3 +86,65 @@ def tiny_autoencoder(bert: str, seed: int) -> SegmentAutoencoder:
     )
     torch.manual_seed(seed)
     return SegmentAutoencoder.from_config(config, CORPUS).eval()
+
+
+def save_tiny_causal_lm(folder: Path, seed: int = 0) -> str:
+    """A seeded random 2-layer Llama (GQA, width 32) with a byte-level BPE tokenizer trained on CORPUS.
+
+    Like SmolLM2's, the tokenizer adds no special tokens, has bos ``<|im_start|>`` and eos ``<|im_end|>``
+    and no pad token; the folder loads with ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(CORPUS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token=specials[0], bos_token=specials[1], eos_token=specials[2]
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+        initializer_range=0.3,  # large random weights: varied greedy outputs, so decoding tests can fail
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+def tiny_causal_autoencoder(bert: str, lm: str, seed: int, conditioning: str = "kv") -> SegmentAutoencoder:
+    """A frozen-BERT autoencoder whose decoder is the tiny causal LM in folder ``lm``."""
+    config = AutoencoderConfig(
+        encoder=bert,
+        freeze_encoder=True,
+        decoder_name_or_path=lm,
+        latent_conditioning=conditioning,
+        num_latents=LATENTS,
+        latent_dim=WIDTH,
+        compressor_layers=1,
+        compressor_heads=4,
+        reconstructor_layers=1,
+        dropout=0.0,
+        max_segment_tokens=16,
+    )
+    torch.manual_seed(seed)
+    return SegmentAutoencoder.from_config(config).eval()
