@@ -14,6 +14,7 @@ useless for writing), so every segment is tokenised twice: ``encoder_inputs`` fo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -152,6 +153,20 @@ def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max
     return labels
 
 
+def token_budget(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, percentile: float = 99.0
+) -> int:
+    """Decoder tokens (eos included) that ``percentile`` % of ``texts`` fit in, at most ``max_length``.
+
+    A decoding budget measured on the training targets: generation then stops at the length real
+    texts need, not at the truncation length (a looping row costs at most this many steps).
+    """
+    if not texts:
+        return max_length
+    lengths = (decoder_labels(tokenizer, list(texts), max_length) != IGNORE_INDEX).sum(dim=1).float()
+    return int(min(max_length, math.ceil(torch.quantile(lengths, percentile / 100).item())))
+
+
 __all__ = [
     "BOS_TOKEN",
     "EOS_TOKEN",
@@ -162,5 +177,6 @@ __all__ = [
     "appends_eos",
     "decoder_labels",
     "encoder_inputs",
+    "token_budget",
     "train_decoder_tokenizer",
 ]

@@ -78,7 +78,7 @@ from sld.models.parts import (
 )
 from sld.models.perceiver import Attention, FeedForward, PerceiverCompressor
 from sld.pretrained import MINILM
-from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs
+from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -432,14 +432,9 @@ class SegmentAutoencoder(nn.Module):
     def measure_decode_budget(self, texts: Sequence[str], percentile: float = 99.0) -> int:
         """Decoder tokens (eos included) that ``percentile`` % of ``texts`` fit in, at most L.
 
-        ``sld train-autoencoder`` saves this as ``config.decode_max_tokens``: decoding then stops at a
-        length real segments need rather than at the truncation length.
+        ``sld train-autoencoder`` saves this as ``config.decode_max_tokens``.
         """
-        if not texts:
-            return self.max_segment_tokens
-        labels = decoder_labels(self.decoder_tokenizer, list(texts), self.max_segment_tokens)
-        lengths = (labels != IGNORE_INDEX).sum(dim=1).float()
-        return int(min(self.max_segment_tokens, math.ceil(torch.quantile(lengths, percentile / 100).item())))
+        return token_budget(self.decoder_tokenizer, texts, self.max_segment_tokens, percentile)
 
     # ---------------------------------------------------------------------------------- tokenization
 

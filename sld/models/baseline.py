@@ -77,7 +77,7 @@ from sld.models.parts import (
     shift_labels_right,
 )
 from sld.pretrained import MINILM
-from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs
+from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,11 @@ class BaselineConfig:
         decoder_config: HF config of the from-scratch decoder LM (default: SLD's default decoder).
         decoder_vocab_size: vocabulary size of the trained decoder tokenizer.
         max_source_tokens: T, truncation length of the source.
-        max_target_tokens: L, truncation length of the target in training and the default
-            ``max_new_tokens`` of generation (SLD: max_segments x max_segment_tokens).
+        max_target_tokens: L, truncation length of the target in training (SLD: max_segments x
+            max_segment_tokens).
+        decode_max_tokens: default ``max_new_tokens`` of generation; ``sld train-baseline`` sets it from
+            a percentile of the training targets' lengths (as SLD's autoencoder does per segment).
+            None = ``max_target_tokens``.
     """
 
     encoder: str = MINILM
@@ -113,6 +116,7 @@ class BaselineConfig:
     decoder_vocab_size: int = 8192
     max_source_tokens: int = 256
     max_target_tokens: int = 320
+    decode_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_source_tokens", "max_target_tokens"):
@@ -389,6 +393,10 @@ class BaselineModel(nn.Module):
             self.encoder.eval()  # a frozen encoder is a fixed function: no dropout
         return self
 
+    def measure_decode_budget(self, targets: Sequence[str], percentile: float = 99.0) -> int:
+        """Target tokens (eos included) that ``percentile`` % of ``targets`` fit in, at most L."""
+        return token_budget(self.decoder_tokenizer, targets, self.max_target_tokens, percentile)
+
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that came pretrained (a loaded LM, a trainable loaded encoder); the
         optimizer trains them at ``optim.pretrained_lr_scale`` x the learning rate."""
@@ -479,7 +487,7 @@ class BaselineModel(nn.Module):
         prefilled and ``sld.models.causal_decoding.decode`` writes the target (rows leave as they end;
         greedy, or ``do_sample`` with ``temperature`` / ``top_k`` / ``min_new_tokens``; no beams).
         """
-        budget = max_new_tokens or self.max_target_tokens
+        budget = max_new_tokens or self.config.decode_max_tokens or self.max_target_tokens
         if self.is_causal:
             return self._decode_causal(
                 input_ids, attention_mask, budget, num_beams, no_repeat_ngram_size, generate_kwargs
