@@ -288,6 +288,7 @@ def validation_loss(
             t=t,
             noise=noise,
             generator=torch.Generator(device="cpu").manual_seed(0),
+            post_diffusion=False,
         )
         total += float(terms["diffusion_mse"]) * x0.shape[0]
         weight += x0.shape[0]

@@ -244,6 +244,7 @@ class LatentDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        post_diffusion: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """All stage-3 losses for one batch.
 
@@ -258,6 +259,8 @@ class LatentDiffusion:
             segment_tokens: (B, S, ...) tensor or mapping of such, handed to ``decode_fn`` for the real segments.
             t, noise: (B,) integer timesteps and (B, S, N, D) noise; drawn here when None (tests fix them).
             generator: optional RNG for timesteps, noise and the random dropout/self-conditioning choices.
+            post_diffusion: compute the post-diffusion terms; None = when a post-diffusion weight is > 0
+                (validation sets False: it scores the diffusion MSE alone).
 
         Returns:
             dict of tensors: ``loss`` (the weighted total, differentiable), ``diffusion_mse``,
@@ -270,7 +273,8 @@ class LatentDiffusion:
         segment_mask = segment_mask.to(device=device, dtype=torch.bool)
         if segment_mask.shape != (b, s):
             raise UserError(f"segment_mask must be (B={b}, S={s}), got shape {tuple(segment_mask.shape)}")
-        if cfg.uses_post_diffusion and decode_fn is None:
+        post_diffusion = cfg.uses_post_diffusion if post_diffusion is None else post_diffusion
+        if post_diffusion and decode_fn is None:
             raise UserError(
                 "diffusion.post_diffusion_weight_mse/_ce > 0 needs a decode_fn (the autoencoder's reconstructor + decoder)"
             )
@@ -312,7 +316,7 @@ class LatentDiffusion:
         }
         loss = diffusion_mse + cfg.count_loss_weight * count_ce
 
-        if cfg.uses_post_diffusion:
+        if post_diffusion:
             keep = fold_segments(segment_mask)  # (B*S,)
             x0_pred = fold_segments(self.predict_x0(output, x_t, t))[keep]  # (B', N, D), differentiable
             post_mse, post_ce = decode_fn(
