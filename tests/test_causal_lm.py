@@ -142,3 +142,35 @@ def test_shift_and_word_dropout():
     dropped = word_dropout(inputs, 0.999, replacement_id=0, generator=torch.Generator().manual_seed(0))
     assert dropped[:, 0].tolist() == [1, 1] and (dropped[:, 1:] == 0).all()
     assert torch.equal(word_dropout(inputs, 0.0, 0), inputs)
+
+
+def test_gguf_file_loads_as_the_same_model_and_saved_autoencoders_need_no_gguf(
+    tiny_lm, tmp_path, monkeypatch
+):
+    """The offline default's path: ``smollm2`` -> a GGUF file (here a tiny one written with ``gguf``),
+    de-quantised on load; the autoencoder saved from it reloads from its own folder alone."""
+    pytest.importorskip("gguf")
+    from tiny_models import save_tiny_bert, write_tiny_gguf
+
+    from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+
+    folder, lm, tokenizer = tiny_lm
+    gguf_file = write_tiny_gguf(folder, tmp_path / "tiny.gguf")
+    loaded, loaded_tokenizer = load_causal_lm(resolve_language_model(str(gguf_file)))
+    ids = torch.tensor([[1, 50, 60, 70, 80]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, lm(ids).logits, atol=1e-5)
+    text = "Anna walked her dog"
+    assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+    monkeypatch.setenv(SMOLLM2_ENV, str(gguf_file))
+    config = AutoencoderConfig(
+        encoder=save_tiny_bert(tmp_path / "bert"), decoder_name_or_path=SMOLLM2, num_latents=2, latent_dim=8
+    )
+    model = SegmentAutoencoder.from_config(config).eval()
+    model.save_pretrained(tmp_path / "ae")
+    monkeypatch.delenv(SMOLLM2_ENV)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # neither the wheel nor gguf
+    reloaded = SegmentAutoencoder.from_pretrained(tmp_path / "ae")
+    z = model.encode_texts([text])
+    assert torch.equal(model.generate_ids(z, max_new_tokens=5), reloaded.generate_ids(z, max_new_tokens=5))

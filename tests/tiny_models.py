@@ -148,3 +148,85 @@ def tiny_causal_autoencoder(bert: str, lm: str, seed: int, conditioning: str = "
     )
     torch.manual_seed(seed)
     return SegmentAutoencoder.from_config(config).eval()
+
+
+_LLAMA_GGUF_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def _llama_cpp_permute(weight, n_head: int):
+    """The row order llama.cpp stores q/k projections in (transformers reverses it on load)."""
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def write_tiny_gguf(hf_folder: str, path: Path) -> Path:
+    """Write the tiny Llama of ``save_tiny_causal_lm`` (float32 weights, its BPE tokenizer) as a GGUF file.
+
+    Uses the ``gguf`` package's writer with llama.cpp's tensor names and q/k row order, the layout of
+    SmolLM2's file, so that ``from_pretrained(folder, gguf_file=...)`` reads it back.
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = AutoModelForCausalLM.from_pretrained(hf_folder)
+    tokenizer = AutoTokenizer.from_pretrained(hf_folder)
+    cfg = lm.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = [token for token, _ in sorted(state["model"]["vocab"].items(), key=lambda item: item[1])]
+    specials = set(tokenizer.all_special_tokens)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]])
+    writer.add_token_types([3 if t in specials else 1 for t in tokens])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_unk_token_id(tokenizer.unk_token_id)
+    for key, value in lm.state_dict().items():
+        weight = value.numpy().astype(np.float32)
+        if key == "lm_head.weight":  # tied to the embeddings
+            continue
+        if key == "model.embed_tokens.weight":
+            name = "token_embd.weight"
+        elif key == "model.norm.weight":
+            name = "output_norm.weight"
+        else:
+            parts = key.split(".")
+            sub = ".".join(parts[3:-1])
+            name = f"blk.{parts[2]}.{_LLAMA_GGUF_NAMES[sub]}.weight"
+            if sub == "self_attn.q_proj":
+                weight = _llama_cpp_permute(weight, cfg.num_attention_heads)
+            elif sub == "self_attn.k_proj":
+                weight = _llama_cpp_permute(weight, cfg.num_key_value_heads)
+        writer.add_tensor(name, weight)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
