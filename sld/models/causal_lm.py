@@ -169,7 +169,17 @@ class LatentConditioning(nn.Module):
             raise ConfigError(f"latent_conditioning must be one of {', '.join(CONDITIONINGS)}, got {mode!r}")
         self.mode = mode
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
-        self.to_kv = nn.Linear(model_dim, num_layers * 2 * num_kv_heads * head_dim) if "kv" in mode else None
+        self.to_kv = None
+        if "kv" in mode:
+            self.to_kv = nn.Linear(model_dim, num_layers * 2 * num_kv_heads * head_dim)
+            # Values start at zero (keys at the default init): at step 0 the memory is attended to but
+            # adds nothing, so the LM starts as the unconditional LM (measured on SmolLM2 and four ROC
+            # sentences: teacher-forced loss 6.06 without memory, 8.44 with default-init values).
+            with torch.no_grad():
+                weight = self.to_kv.weight.view(num_layers, 2, num_kv_heads * head_dim, model_dim)
+                bias = self.to_kv.bias.view(num_layers, 2, num_kv_heads * head_dim)
+                weight[:, 1].zero_()
+                bias[:, 1].zero_()
         self.prefix_gain = nn.Parameter(torch.tensor(float(prefix_scale))) if "prefix" in mode else None
 
     @classmethod
