@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sld.diffusion.sampling import SchedulerName, choose_num_segments, make_scheduler, sample_latents
 from sld.errors import UserError
-from sld.eval.metrics import mbr_select
+from sld.mbr import mbr_select
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.context_encoder import ContextEncoder
 from sld.models.denoiser import SegmentDiT
