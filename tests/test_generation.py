@@ -30,8 +30,12 @@ def test_inputs_from_texts_then_file_with_references(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     inputs = read_generation_inputs(path, ["Snow"], reference_field="summary")
     assert [i.id for i in inputs] == ["text-0", "a", "valid-2"]
-    assert inputs[1].reference == "Rex ran. Tom ran too." and inputs[1].reference_segments == rows[0]["segments"]
-    assert inputs[2].source is None and inputs[2].reference == "A talk." and inputs[2].reference_segments is None
+    assert (
+        inputs[1].reference == "Rex ran. Tom ran too." and inputs[1].reference_segments == rows[0]["segments"]
+    )
+    assert (
+        inputs[2].source is None and inputs[2].reference == "A talk." and inputs[2].reference_segments is None
+    )
     assert len(read_generation_inputs(path, ["Snow"], limit=2)) == 2
 
 
