@@ -35,6 +35,10 @@ PAIRS = [
 ]
 CORPUS = [text for row in PAIRS for text in row] * 3
 LATENTS, WIDTH = 4, 16
+# the from-config T5 decoder of the tiny autoencoder and the tiny AR baseline
+TINY_T5 = dict(
+    model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
+)
 
 
 def tiny_dit(**overrides) -> SegmentDiT:
@@ -77,9 +81,7 @@ def tiny_autoencoder(bert: str, seed: int) -> SegmentAutoencoder:
     config = AutoencoderConfig(
         encoder=bert,
         freeze_encoder=True,
-        decoder_config=dict(
-            model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
-        ),
+        decoder_config=dict(TINY_T5),
         decoder_vocab_size=300,
         num_latents=LATENTS,
         latent_dim=WIDTH,
@@ -115,9 +117,7 @@ def tiny_baseline(bert: str) -> BaselineModel:
     """A seeded AR baseline: the BERT folder as encoder, a from-config T5 decoder trained on CORPUS."""
     config = BaselineConfig(
         encoder=bert,
-        decoder_config=dict(
-            model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
-        ),
+        decoder_config=dict(TINY_T5),
         decoder_vocab_size=300,
         max_source_tokens=16,
         max_target_tokens=16,
