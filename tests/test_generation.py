@@ -51,7 +51,8 @@ def test_input_errors_name_the_line_or_the_missing_input(tmp_path):
 def test_sld_rows_carry_segments_and_references(models):
     pipe, _ = models
     inputs = [GenerationInput("a", "The Dog", "Rex ran.", ["Rex ran."]), GenerationInput("b", None)]
-    out = generate_texts(pipe, [i.source for i in inputs], seed=0, num_candidates=2, batch_size=3)
+    settings = dict(seed=0, num_candidates=2, batch_size=3, num_inference_steps=2, max_new_tokens=6)
+    out = generate_texts(pipe, [i.source for i in inputs], **settings)
     assert set(out.timings) == {"context", "denoise", "decode", "total"}
     rows = prediction_rows(inputs, out)
     assert [r["id"] for r in rows] == ["a", "b"]
@@ -59,7 +60,7 @@ def test_sld_rows_carry_segments_and_references(models):
         assert row["segments"] == segments and row["num_segments"] == len(segments) >= 1
         assert row["prediction"] == " ".join(s for s in segments if s)
     assert rows[0]["reference"] == "Rex ran." and "reference" not in rows[1]
-    again = generate_texts(pipe, [i.source for i in inputs], seed=0, num_candidates=2, batch_size=3)
+    again = generate_texts(pipe, [i.source for i in inputs], **settings)
     assert again.texts == out.texts  # seeded
 
 
