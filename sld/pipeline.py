@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sld.diffusion.sampling import SchedulerName, choose_num_segments, make_scheduler, sample_latents
 from sld.errors import UserError
-from sld.eval.metrics import mbr_select
+from sld.mbr import mbr_select
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.context_encoder import ContextEncoder
 from sld.models.denoiser import SegmentDiT
@@ -39,17 +39,26 @@ PIPELINE_CONFIG = "pipeline_config.json"
 
 
 @dataclass
-class PipelineConfig:
-    """What the pipeline needs beyond its three models; saved as ``pipeline_config.json``."""
+class SamplingConfig:
+    """Default generation settings of a pipeline (each can be overridden per call)."""
 
-    prediction_type: str = "v_prediction"
-    num_train_timesteps: int = 1000
     scheduler: SchedulerName = "dpm++"
     num_inference_steps: int = 25
     guidance_scale: float = 2.0
     num_beams: int = 1
     no_repeat_ngram_size: int = 0
     count_mode: Literal["argmax", "sample"] = "argmax"
+
+
+@dataclass
+class PipelineConfig(SamplingConfig):
+    """What the pipeline needs beyond its three models; saved as ``pipeline_config.json``.
+
+    The sampling defaults, plus the training schedule the denoiser was trained with and its task.
+    """
+
+    prediction_type: str = "v_prediction"
+    num_train_timesteps: int = 1000
     task: str = ""
 
 

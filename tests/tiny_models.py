@@ -2,7 +2,9 @@
 
 * ``tiny_dit``: the denoiser, objective and sampling tests (N=4, D=8, S=3, C=16);
 * ``save_tiny_bert`` + ``tiny_autoencoder``: a random BERT folder and a frozen-BERT autoencoder with
-  a from-config T5 decoder (N=LATENTS, D=WIDTH), for the visualisation and report tests.
+  a from-config T5 decoder (N=LATENTS, D=WIDTH), for the visualisation and report tests;
+* ``tiny_pipeline`` / ``tiny_baseline``: an SLDPipeline over such an autoencoder and an AR baseline
+  on the same BERT, for the loading and generation tests.
 """
 
 from pathlib import Path
@@ -11,7 +13,10 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+from sld.models.baseline import BaselineConfig, BaselineModel
+from sld.models.context_encoder import ContextEncoder
 from sld.models.denoiser import SegmentDiT
+from sld.pipeline import PipelineConfig, SLDPipeline
 
 PAIRS = [
     (
@@ -30,6 +35,10 @@ PAIRS = [
 ]
 CORPUS = [text for row in PAIRS for text in row] * 3
 LATENTS, WIDTH = 4, 16
+# the from-config T5 decoder of the tiny autoencoder and the tiny AR baseline
+TINY_T5 = dict(
+    model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
+)
 
 
 def tiny_dit(**overrides) -> SegmentDiT:
@@ -72,9 +81,7 @@ def tiny_autoencoder(bert: str, seed: int) -> SegmentAutoencoder:
     config = AutoencoderConfig(
         encoder=bert,
         freeze_encoder=True,
-        decoder_config=dict(
-            model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
-        ),
+        decoder_config=dict(TINY_T5),
         decoder_vocab_size=300,
         num_latents=LATENTS,
         latent_dim=WIDTH,
@@ -230,3 +237,34 @@ def write_tiny_gguf(hf_folder: str, path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def tiny_pipeline(bert: str, autoencoder: SegmentAutoencoder, max_segments: int = 2) -> SLDPipeline:
+    """A seeded SLDPipeline over ``autoencoder`` with the BERT folder as context encoder (ddim, 4 steps)."""
+    torch.manual_seed(0)
+    denoiser = SegmentDiT(
+        latent_dim=WIDTH,
+        num_latents=LATENTS,
+        max_segments=max_segments,
+        context_dim=24,
+        width=32,
+        depth=2,
+        heads=4,
+    )
+    randomize_zero_init(denoiser)
+    context = ContextEncoder.from_pretrained(bert, max_length=16)
+    config = PipelineConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=2.0)
+    return SLDPipeline(denoiser, autoencoder, context, config)
+
+
+def tiny_baseline(bert: str) -> BaselineModel:
+    """A seeded AR baseline: the BERT folder as encoder, a from-config T5 decoder trained on CORPUS."""
+    config = BaselineConfig(
+        encoder=bert,
+        decoder_config=dict(TINY_T5),
+        decoder_vocab_size=300,
+        max_source_tokens=16,
+        max_target_tokens=16,
+    )
+    torch.manual_seed(0)
+    return BaselineModel.from_config(config, CORPUS).eval()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sld.errors import UserError
+from sld.losses import conversion_loss
 from sld.shapes import fold_segments
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "LatentDiffusion",
     "PostDiffusionDecode",
     "PredictionType",
+    "autoencoder_decoder",
     "epsilon_from_prediction",
     "segment_mask_from_counts",
     "v_target",
@@ -174,6 +176,31 @@ class PostDiffusionDecode(Protocol):
         x0_target: torch.Tensor,
         segment_tokens: torch.Tensor | Mapping[str, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def autoencoder_decoder(autoencoder: nn.Module) -> PostDiffusionDecode:
+    """The paper's post-diffusion decode through a frozen ``SegmentAutoencoder``.
+
+    ``post_mse``: MSE between the reconstructor's memory of the predicted and of the true latents;
+    ``post_ce``: the decoder's cross-entropy on the segment tokens given the predicted latents
+    (``segment_tokens`` are (B', L) decoder labels, -100 on padding). Gradients flow through the
+    frozen autoencoder into the denoiser's prediction, never into the autoencoder.
+    """
+
+    def decode(
+        x0_pred: torch.Tensor,
+        x0_target: torch.Tensor,
+        segment_tokens: torch.Tensor | Mapping[str, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # x0_pred, x0_target (B', N, D); segment_tokens (B', L) decoder targets of the same segments
+        memory_pred = autoencoder.memory(x0_pred)
+        with torch.no_grad():
+            memory_true = autoencoder.memory(x0_target)
+        mse = (memory_pred.float() - memory_true.float()).pow(2).mean()
+        ce = conversion_loss(autoencoder.reconstruction_logits(x0_pred, segment_tokens), segment_tokens)
+        return mse, ce
+
+    return decode
 
 
 def _select_segments(
