@@ -245,8 +245,8 @@ def host_reads_while_sampling(
 def test_the_step_loop_never_reads_device_tensors_on_the_host(name, guidance_scale, self_conditioning):
     few = host_reads_while_sampling(name, 2, guidance_scale, self_conditioning)
     many = host_reads_while_sampling(name, 7, guidance_scale, self_conditioning)
-    # Only the argument check before the loop reads (bool: every document has a segment).
-    assert few == many == ["__bool__"]
+    # No read per step; at most the argument check before the loop (every document has a segment).
+    assert few == many and set(few) <= {"__bool__"}
 
 
 def test_host_reads_are_detected():
