@@ -26,9 +26,16 @@ from sld.cli import run_stage
 from sld.config import config_to_dict, save_config
 from sld.errors import UserError
 from sld.eval.benchmark import SpeedConfig, benchmark_rows, write_speed_report
-from sld.eval.decoding_rules import BudgetRule, rules_for_models
+from sld.eval.decoding_rules import BudgetRule, resolve_decoding_rules
 from sld.eval.length_scaling import LengthScalingConfig, run_length_scaling, write_length_scaling_report
-from sld.eval.runner import load_documents, load_models, predictions_writer, run_speed, weights_mib
+from sld.eval.runner import (
+    load_documents,
+    load_models,
+    predictions_writer,
+    run_speed,
+    unavailable_decodings,
+    weights_mib,
+)
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
 from sld.eval.timing import device_description
 
@@ -48,7 +55,7 @@ class Config(SpeedConfig):
     baseline_model: str | None = "runs/baseline"
     mode: Literal["speed", "steps", "length_scaling", "all"] = "speed"
     no_repeat_ngram_size: int | None = None
-    token_budget: BudgetRule = "percentile"
+    token_budget: BudgetRule = "saved"
     budget_percentile: float = 99.0
     sld_max_new_tokens: int | None = None
     ar_max_new_tokens: int | None = None
@@ -82,15 +89,13 @@ def run(cfg: Config) -> dict[str, Any]:
     ]
     rules = None
     if docs:
-        rules = rules_for_models(
+        rules = resolve_decoding_rules(
             docs, pipe, baseline, cfg.no_repeat_ngram_size, cfg.token_budget, cfg.budget_percentile,
             cfg.sld_max_new_tokens, cfg.ar_max_new_tokens,
         )  # fmt: skip
         header += [
-            f"- input: {cfg.input} (first {len(docs)} documents; token budgets measured on them)",
-            f"- both systems: no_repeat_ngram_size {rules.no_repeat_ngram_size}; token budget {rules.rule}: "
-            f"SLD {rules.sld_max_new_tokens or 'saved'} per segment, AR {rules.ar_max_new_tokens or 'saved'} "
-            "per document",
+            f"- input: {cfg.input} (first {len(docs)} documents)",
+            f"- both systems: no_repeat_ngram_size {rules.no_repeat_ngram_size}; token budget: {rules.rule}",
         ]
     results: dict[str, Any] = {}
     if "speed" in modes:
@@ -99,6 +104,9 @@ def run(cfg: Config) -> dict[str, Any]:
             cfg, pipe, baseline, docs[: cfg.num_documents], rules, device, cfg.seed, sink
         )
         rows, references = benchmark_rows(measurements, cfg.quality_tolerance)
+        skipped = unavailable_decodings(baseline, cfg.decodings)
+        if skipped:
+            header.append(f"- not run (no beam search with a causal-LM baseline): AR {', '.join(skipped)}")
         timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {'yes' if cfg.warmup else 'no'}"
         extra = dict(device=device_text, dtype=cfg.dtype, weights_mib=weights, decoding_rules=rules.to_dict())
         extra["config"] = config_to_dict(cfg)

@@ -163,3 +163,42 @@ def test_run_length_scaling_with_one_system(tiny):
         run_length_scaling(cfg, None, None, torch.device("cpu"))
     with pytest.raises(ValueError):
         LengthScalingConfig(segment_counts=[0])
+
+
+def test_forced_lengths_with_causal_lm_decoders(tmp_path, monkeypatch):
+    """The same guarantee with the causal-LM decode loop (rows never finish: exactly T / S x T tokens)."""
+    from tiny_models import save_tiny_bert, save_tiny_causal_lm, tiny_causal_autoencoder
+
+    import sld.models.autoencoder as autoencoder_module
+    import sld.models.baseline as baseline_module
+    from sld.models.baseline import BaselineConfig
+    from sld.models.context_encoder import ContextEncoder
+    from sld.models.denoiser import SegmentDiT
+    from sld.pipeline import PipelineConfig
+
+    bert = save_tiny_bert(tmp_path / "bert")
+    lm = save_tiny_causal_lm(tmp_path / "lm")
+    autoencoder = tiny_causal_autoencoder(bert, lm, seed=0)
+    denoiser = SegmentDiT(
+        latent_dim=16, num_latents=4, max_segments=3, context_dim=24, width=16, depth=1, heads=2
+    )
+    pipe = SLDPipeline(denoiser, autoencoder, ContextEncoder.from_pretrained(bert), PipelineConfig())
+    baseline = BaselineModel.from_config(
+        BaselineConfig(encoder="decoder", decoder_name_or_path=lm, max_target_tokens=32)
+    )
+    assert autoencoder.is_causal and baseline.is_causal
+
+    shapes = {}
+    for name, module in (("SLD", autoencoder_module), ("AR", baseline_module)):
+        original = module.decode
+
+        def recorded(*args, _original=original, _name=name, **kwargs):
+            ids = _original(*args, **kwargs)
+            shapes[_name] = tuple(ids.shape)
+            return ids
+
+        monkeypatch.setattr(module, "decode", recorded)
+    sources = synthetic_sources(2)
+    assert len(sld_forced_length_fn(pipe, denoiser, sources, 3, 4, SamplerSetting("ddim", 2))()) == 2
+    assert len(ar_forced_length_fn(baseline, sources, 3 * 4)()) == 2
+    assert shapes == {"SLD": (2 * 3, 4), "AR": (2, 3 * 4)}  # the causal loop returns the new tokens only

@@ -124,3 +124,21 @@ def test_load_models_and_weights(tmp_path):
     assert set(weights) == {"SLD", "AR"} and weights["SLD"] > weights["AR"] > 0
     pipe, baseline = load_models(None, str(baseline_dir), torch.device("cpu"), torch.float32)
     assert pipe is None and set(weights_mib(pipe, baseline)) == {"AR"}
+
+
+def test_beam_settings_a_causal_baseline_cannot_run_are_left_out():
+    from sld.eval.benchmark import SpeedConfig
+    from sld.eval.runner import run_speed, unavailable_decodings
+
+    decodings = [DecodingSetting("greedy", 1), DecodingSetting("beam 4", 4)]
+    baseline = RecordingBaseline()
+    assert unavailable_decodings(baseline, decodings) == []  # a seq2seq baseline runs both
+    baseline.is_causal = True
+    assert unavailable_decodings(baseline, decodings) == ["beam 4"]
+    assert unavailable_decodings(None, decodings) == []
+    docs = [SegmentedDocument(f"d{i}", f"s{i}", ["A b."], 1) for i in range(3)]
+    cfg = SpeedConfig(batch_sizes=[2], decodings=decodings, samplers=[], warmup=False)
+    rules = DecodingRules(0, None, 5, "test")
+    measurements = run_speed(cfg, None, baseline, docs, rules, torch.device("cpu"))
+    assert [(m.setting, m.batch_size, m.num_documents) for m in measurements] == [("greedy", 2, 3)]
+    assert {c["num_beams"] for c in baseline.calls} == {1}

@@ -6,25 +6,24 @@ does not get. ``resolve_decoding_rules`` fixes, once per benchmark run:
 * **repetition control**: one ``no_repeat_ngram_size``, used by SLD's segment decoder and by every AR
   decoding alike (by default the SLD pipeline's saved setting). SLD applies it within a segment,
   AR within the whole document: each system's decoder sees its own output unit.
-* **token budget** (the ``max_new_tokens`` cap; decoding still stops at the end token):
+* **token budget** (the ``max_new_tokens`` cap; decoding still stops at the end token), by one
+  principle for both: the length (end token included, in the system's own decoder tokens) that a
+  percentile of real outputs of the system's output unit fits in, at most the model's truncation
+  length. SLD's unit is a segment, AR's a whole document.
 
-  - ``percentile`` (default): each system may write as many tokens as the ``percentile``-th
-    percentile of the reference lengths of ITS output unit, counted with ITS decoder tokenizer, plus
-    one for the end token: SLD per segment (the reference segments), AR per document (the reference
-    documents, all segments joined). The same principle for both: cover that share of the real
-    outputs, no more.
-  - ``saved``: each model's own saved default (the autoencoder's segment budget; the baseline's
-    ``max_target_tokens``).
+  - ``saved`` (default): each model's saved ``decode_max_tokens``, which ``sld train-autoencoder``
+    and ``sld train-baseline`` measure on their TRAINING targets (``decode_budget_percentile``, 99
+    by default). A folder saved without one falls back to its truncation length
+    (``max_segment_tokens`` / ``max_target_tokens``); the report says which applied.
+  - ``percentile``: the same measurement (``measure_decode_budget``) on the benchmark's input
+    documents at ``percentile``: for folders without a saved budget. It reads the reference
+    lengths of the very documents being scored; a cap, not a target, and the same for both.
 
   An explicit ``sld_max_new_tokens`` / ``ar_max_new_tokens`` overrides the rule for that system.
-
-The percentile is taken on the benchmark's input documents (the validation split), so the budget
-fits the task being measured; ``budget_source`` in the report says which file it came from.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -37,23 +36,22 @@ from sld.errors import UserError
 __all__ = [
     "BudgetRule",
     "DecodingRules",
-    "percentile_budget",
     "resolve_decoding_rules",
-    "rules_for_models",
+    "saved_budget",
     "token_lengths",
 ]
 
-BudgetRule = Literal["percentile", "saved"]
+BudgetRule = Literal["saved", "percentile"]
 
 
 @dataclass(frozen=True)
 class DecodingRules:
-    """What both systems' decoders get; ``None`` budgets mean the model's saved default."""
+    """What both systems' decoders get (budgets None only for a system that is not run)."""
 
     no_repeat_ngram_size: int
     sld_max_new_tokens: int | None  # per segment
     ar_max_new_tokens: int | None  # per document
-    rule: str  # the budget rule in words, for the report
+    rule: str  # how the budgets were set, in words, for the report
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,80 +64,66 @@ def token_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> l
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def percentile_budget(lengths: Sequence[int], percentile: float) -> int:
-    """The nearest-rank ``percentile`` of ``lengths``, plus one token for the end token."""
-    if not lengths:
-        raise UserError("token budget: no reference texts to take a percentile of")
-    if not 0 < percentile <= 100:
-        raise UserError(f"budget_percentile must be in (0, 100], got {percentile}")
-    ordered = sorted(lengths)
-    rank = max(1, math.ceil(percentile / 100 * len(ordered)))
-    return ordered[rank - 1] + 1
+def saved_budget(model: Any, truncation_length: int) -> tuple[int, str]:
+    """A model's saved ``decode_max_tokens`` (else its truncation length) and where it came from."""
+    saved = getattr(model.config, "decode_max_tokens", None)
+    if saved is not None:
+        return int(saved), "saved decode_max_tokens"
+    return int(truncation_length), "no saved budget: the truncation length"
 
 
 def resolve_decoding_rules(
     docs: Sequence[SegmentedDocument],
-    sld_tokenizer: PreTrainedTokenizerBase | None,
-    ar_tokenizer: PreTrainedTokenizerBase | None,
-    no_repeat_ngram_size: int,
-    budget: BudgetRule = "percentile",
+    pipe: Any,
+    baseline: Any,
+    no_repeat_ngram_size: int | None = None,
+    budget: BudgetRule = "saved",
     percentile: float = 99.0,
     sld_max_new_tokens: int | None = None,
     ar_max_new_tokens: int | None = None,
 ) -> DecodingRules:
-    """The rules of one run (see the module docstring); a system whose tokenizer is None is not run."""
+    """The rules of one run for an ``SLDPipeline`` and a ``BaselineModel`` (either may be None).
+
+    ``no_repeat_ngram_size`` None takes the SLD pipeline's saved value (0 without a pipeline);
+    ``docs`` are read by the ``percentile`` rule only. See the module docstring.
+    """
+    if no_repeat_ngram_size is None:
+        no_repeat_ngram_size = int(pipe.config.no_repeat_ngram_size) if pipe is not None else 0
     if no_repeat_ngram_size < 0:
         raise UserError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
     for name, value in (("sld_max_new_tokens", sld_max_new_tokens), ("ar_max_new_tokens", ar_max_new_tokens)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1 or null, got {value}")
-    if budget not in ("percentile", "saved"):
-        raise UserError(f"token_budget must be 'percentile' or 'saved', got {budget!r}")
-    sld_budget, ar_budget = sld_max_new_tokens, ar_max_new_tokens
-    if budget == "percentile":
-        if sld_budget is None and sld_tokenizer is not None:
+    if budget not in ("saved", "percentile"):
+        raise UserError(f"token_budget must be 'saved' or 'percentile', got {budget!r}")
+    if budget == "percentile" and not 0 < percentile <= 100:
+        raise UserError(f"budget_percentile must be in (0, 100], got {percentile}")
+
+    notes = []
+    sld_budget = ar_budget = None
+    if pipe is not None:
+        autoencoder = pipe.autoencoder
+        if sld_max_new_tokens is not None:
+            sld_budget, how = sld_max_new_tokens, "set explicitly"
+        elif budget == "saved":
+            sld_budget, how = saved_budget(autoencoder, autoencoder.max_segment_tokens)
+        else:
             segments = [s for doc in docs for s in doc.segments]
-            sld_budget = percentile_budget(token_lengths(sld_tokenizer, segments), percentile)
-        if ar_budget is None and ar_tokenizer is not None:
+            sld_budget, how = autoencoder.measure_decode_budget(segments, percentile), "input segments"
+        notes.append(f"SLD {sld_budget} per segment ({how})")
+    if baseline is not None:
+        if ar_max_new_tokens is not None:
+            ar_budget, how = ar_max_new_tokens, "set explicitly"
+        elif budget == "saved":
+            ar_budget, how = saved_budget(baseline, baseline.max_target_tokens)
+        else:
             documents = [" ".join(doc.segments) for doc in docs]
-            ar_budget = percentile_budget(token_lengths(ar_tokenizer, documents), percentile)
-        rule = (
-            f"p{percentile:g} of the reference lengths + 1 (end token): SLD per segment, AR per document, "
-            "each in its own decoder's tokens"
-        )
-    else:
-        rule = "each model's saved default"
-    overridden = [
-        name for name, value in (("SLD", sld_max_new_tokens), ("AR", ar_max_new_tokens)) if value is not None
-    ]
-    if overridden:
-        rule += f" (set explicitly for {', '.join(overridden)})"
-    return DecodingRules(no_repeat_ngram_size, sld_budget, ar_budget, rule)
-
-
-def rules_for_models(
-    docs: Sequence[SegmentedDocument],
-    pipe: Any,
-    baseline: Any,
-    no_repeat_ngram_size: int | None = None,
-    budget: BudgetRule = "percentile",
-    percentile: float = 99.0,
-    sld_max_new_tokens: int | None = None,
-    ar_max_new_tokens: int | None = None,
-) -> DecodingRules:
-    """``resolve_decoding_rules`` for an ``SLDPipeline`` and a ``BaselineModel`` (either may be None).
-
-    ``no_repeat_ngram_size`` None takes the SLD pipeline's saved value (0 without a pipeline).
-    """
-    if no_repeat_ngram_size is None:
-        no_repeat_ngram_size = int(pipe.config.no_repeat_ngram_size) if pipe is not None else 0
-    return resolve_decoding_rules(
-        docs,
-        pipe.autoencoder.decoder_tokenizer if pipe is not None else None,
-        baseline.decoder_tokenizer if baseline is not None else None,
-        no_repeat_ngram_size,
-        budget,
-        percentile,
-        sld_max_new_tokens,
-        ar_max_new_tokens,
+            ar_budget, how = baseline.measure_decode_budget(documents, percentile), "input documents"
+        notes.append(f"AR {ar_budget} per document ({how})")
+    principle = (
+        "each model's saved budget (a percentile of its training targets' lengths)"
+        if budget == "saved"
+        else f"the length p{percentile:g} of the input's references fit in"
     )
+    rule = f"{principle}, end token included: " + ", ".join(notes)
+    return DecodingRules(no_repeat_ngram_size, sld_budget, ar_budget, rule)

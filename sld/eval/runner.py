@@ -46,6 +46,7 @@ __all__ = [
     "predictions_writer",
     "run_speed",
     "sld_generate_fn",
+    "unavailable_decodings",
     "weights_mib",
 ]
 
@@ -195,6 +196,13 @@ def ar_generate_fn(
     return generate
 
 
+def unavailable_decodings(baseline: Any, decodings: Sequence[DecodingSetting]) -> list[str]:
+    """Names of the AR decodings the baseline cannot run: beam search with a causal-LM decoder."""
+    if baseline is None or not getattr(baseline, "is_causal", False):
+        return []
+    return [d.name for d in decodings if d.num_beams > 1]
+
+
 # Called with (system, setting, batch size, documents, references, texts) after every cell.
 PredictionsSink = Callable[[str, str, int, Sequence[SegmentedDocument], Sequence[str], Sequence[str]], None]
 
@@ -209,7 +217,10 @@ def run_speed(
     seed: int = 0,
     on_predictions: PredictionsSink | None = None,
 ) -> list[Measurement]:
-    """Every (batch size, setting) cell, AR decodings first, in one process on one device."""
+    """Every (batch size, setting) cell, AR decodings first, in one process on one device.
+
+    AR decodings the baseline cannot run (``unavailable_decodings``) are left out.
+    """
     measurements: list[Measurement] = []
     for batch_size in cfg.batch_sizes:
         count = len(docs) if cfg.max_batches is None else min(len(docs), cfg.max_batches * batch_size)
@@ -218,7 +229,8 @@ def run_speed(
         references = [" ".join(doc.segments) for doc in cell_docs]
         cells: list[tuple[str, str, GenerateFn, int | None]] = []
         if baseline is not None:
-            for decoding in cfg.decodings:
+            skip = set(unavailable_decodings(baseline, cfg.decodings))
+            for decoding in (d for d in cfg.decodings if d.name not in skip):
                 cells.append((AR, decoding.name, ar_generate_fn(baseline, decoding, rules, batch_size), None))
         if pipe is not None:
             for sampler in cfg.samplers:
