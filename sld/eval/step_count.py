@@ -230,6 +230,9 @@ def plot_steps(report: dict[str, Any], title: str = "") -> Figure:
             label=scheduler,
         )
     ax.set_xscale("log")
+    counts = sorted({r["steps"] for r in report["rows"]})
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("sampling steps (log)")
     ax.set_ylabel("ROUGE-L")
     ax.grid(True, which="both", alpha=0.3)
