@@ -14,6 +14,8 @@
 #          repeated segments) and ten outputs of each system
 #   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
 #          the latent map, the training curves and a denoising trajectory
+#   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
+#          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
 #
 #   bash recipes/smollm2.sh                                 # all phases, data from ../shared/data
 #   PHASES="seg sweep" bash recipes/smollm2.sh
@@ -41,6 +43,10 @@ if [ "${SMOKE:-0}" = 1 ]; then
     SMOKE_AR2=(loop.batch_size=4 data.num_valid_documents=4 loop.mixed_precision=no loop.num_workers=0
                loop.eval_every=2 loop.save_every=2)
     SMOKE_GEN=(limit=6 num_inference_steps=2)
+    SMOKE_BENCH+=(steps.num_documents=4 "steps.counts=[2]" "steps.reference={scheduler: ddpm, steps: 4}"
+                  steps.batch_size=4 "length_scaling.segment_counts=[1,2]" length_scaling.latency_repeats=1
+                  length_scaling.throughput_repeats=1 length_scaling.throughput_batch_size=2
+                  "length_scaling.sampler={scheduler: dpm++, steps: 2}" length_scaling.growth_from=1)
 else
     SMOKE_LM=(); SMOKE_AR2=()
 fi
@@ -178,5 +184,12 @@ if has report; then
             trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
             output_dir="$OUT/figures" 2>&1 | quiet | tail -8
     fi
+fi
+if has bench; then
+    log "bench: ROC speed, fewest steps, length scaling"
+    "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \
+        sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
+        "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
+        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
 fi
 log "done"
