@@ -43,6 +43,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     SMOKE_AR2=(loop.batch_size=4 data.num_valid_documents=4 loop.mixed_precision=no loop.num_workers=0
                loop.eval_every=2 loop.save_every=2)
     SMOKE_GEN=(limit=6 num_inference_steps=2)
+    SMOKE_DM+=(cache_context=false)    # MiniLM over 12k dialogues takes most of an hour on 2 CPU cores
     SMOKE_BENCH+=(steps.num_documents=4 "steps.counts=[2]" "steps.reference={scheduler: ddpm, steps: 4}"
                   steps.batch_size=4 "length_scaling.segment_counts=[1,2]" length_scaling.latency_repeats=1
                   length_scaling.throughput_repeats=1 length_scaling.throughput_batch_size=2
