@@ -409,7 +409,9 @@ class _StepProfiler:
             return
         self.done = True
         if self.profiler is None:
-            logger.warning("the run ended within the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS)
+            logger.warning(
+                "the run ended within the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS
+            )
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -564,7 +566,9 @@ def fit(
         if accelerator.is_main_process:
             dropped = truncate_metrics(metrics_path, state.step)
             if dropped:
-                logger.info("dropped %d metrics rows logged after step %d by the interrupted run", dropped, state.step)
+                logger.info(
+                    "dropped %d metrics rows logged after step %d by the interrupted run", dropped, state.step
+                )
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             checkpoints[-1],

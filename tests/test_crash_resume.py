@@ -81,7 +81,9 @@ def stage_args(trainer: str, inputs: dict, output_dir: Path) -> list[str]:
         args += ["sampling.num_inference_steps=2"]
     else:
         args = ["match_autoencoder=null", f"model.encoder={bert}", "model.decoder_vocab_size=300"]
-        args += ["model.decoder_config={d_model: 32, num_decoder_layers: 1, num_heads: 2, d_ff: 64, d_kv: 16}"]
+        args += [
+            "model.decoder_config={d_model: 32, num_decoder_layers: 1, num_heads: 2, d_ff: 64, d_kv: 16}"
+        ]
         args += ["model.max_source_tokens=16", "model.max_target_tokens=32", "data.num_valid_documents=2"]
         args += ["eval.max_new_tokens=4", "loop.batch_size=4", "optim.warmup_steps=2", "optim.lr=1e-3"]
     return [*args, f"data.segmented_dir={seg}", f"output_dir={output_dir}", "loop.progress=false", *LOOP]
