@@ -65,6 +65,7 @@ class NonFiniteGuard:
         on_device: skip through the fused optimizer's ``found_inf`` (no host sync per step).
         check_gradients: also treat a non-finite gradient norm as bad (off under fp16 loss scaling).
         start_step: optimizer steps already taken (the step number of the next step minus one).
+        skipped: steps skipped before (a resumed run's count); :attr:`total_skipped` goes on from it.
     """
 
     def __init__(
@@ -74,13 +75,14 @@ class NonFiniteGuard:
         on_device: bool,
         check_gradients: bool = True,
         start_step: int = 0,
+        skipped: int = 0,
     ) -> None:
         self.accelerator = accelerator
         self.skip = skip
         self.on_device = on_device
         self.check_gradients = check_gradients
         self.device = accelerator.device
-        self.total_skipped = 0
+        self.total_skipped = skipped
         self._reset(start_step)
 
     def _reset(self, start_step: int) -> None:
@@ -150,7 +152,7 @@ class NonFiniteGuard:
 
     def check(self) -> int:
         """Read the window's flags on the host (one sync): raise if a step was bad and not skipping,
-        else log and return how many steps were skipped since the last check."""
+        else log, add to :attr:`total_skipped` and return how many steps were skipped in the window."""
         if self.window_steps == 0:
             return 0
         bad_steps, first_bad = (int(v) for v in torch.stack([self.bad_steps, self.first_bad]).tolist())

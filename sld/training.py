@@ -606,7 +606,9 @@ def fit(
         on_device=fused and accelerator.scaler is None,
         check_gradients=accelerator.scaler is None,
         start_step=state.step,
+        skipped=state.skipped_steps,
     )
+    logged_skips = state.skipped_steps
     profiler = _StepProfiler(loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device)
     peak = loop.peak_tflops or device_peak_tflops(accelerator.device)
     # FLOPs are counted on the first micro-batch of a run from scratch only: FlopCounterMode changes
@@ -616,7 +618,8 @@ def fit(
     last_loss = float("nan")
 
     def checkpoint() -> None:
-        state.skipped_steps += guard.check()
+        guard.check()
+        state.skipped_steps = guard.total_skipped
         state.elapsed_seconds = elapsed()
         save_checkpoint(
             accelerator,
@@ -636,7 +639,7 @@ def fit(
     def run_evaluation() -> None:
         if evaluate_fn is None:
             return
-        state.skipped_steps += guard.check()
+        guard.check()
         if accelerator.is_main_process:
             unwrapped = _unwrap(accelerator, model)
             if ema is not None:
@@ -655,12 +658,12 @@ def fit(
         accelerator.wait_for_everyone()
 
     def flush_metrics() -> None:
-        nonlocal last_loss
-        skipped = guard.check()
-        state.skipped_steps += skipped
+        nonlocal last_loss, logged_skips
+        guard.check()
         row, rates = metrics.flush(state.step)
         if loop.skip_nonfinite_steps:
-            row["train/skipped_steps"] = skipped
+            row["train/skipped_steps"] = guard.total_skipped - logged_skips
+            logged_skips = guard.total_skipped
         if state.flops_per_unit and state.flops_unit in rates:
             achieved = state.flops_per_unit * rates[state.flops_unit]
             row["train/tflops_per_second"] = achieved / 1e12
@@ -757,7 +760,8 @@ def fit(
             state.batches_in_epoch = 0
     profiler.finish()
     progress.close()
-    state.skipped_steps += guard.check()
+    guard.check()
+    state.skipped_steps = guard.total_skipped
     if state.step % loop.eval_every != 0:
         run_evaluation()
     if not list_checkpoints(output_dir) or list_checkpoints(output_dir)[-1].name != f"step_{state.step}":
