@@ -611,10 +611,14 @@ def fit(
     logged_skips = state.skipped_steps
     profiler = _StepProfiler(loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device)
     peak = loop.peak_tflops or device_peak_tflops(accelerator.device)
-    # FLOPs are counted on the first micro-batch of a run from scratch only: FlopCounterMode changes
-    # the rounding of the step it watches (by ~1e-7, measured), and a resumed run must repeat the
-    # uninterrupted run's arithmetic exactly. Resumed runs take the count from the checkpoint.
-    count_flops_now = state.step == 0 and state.batches_in_epoch == 0 and state.epoch == 0
+    # FLOPs are counted on one micro-batch of a run from scratch only: FlopCounterMode changes the
+    # rounding of the step it watches (by ~1e-7, measured), and a resumed run must repeat the
+    # uninterrupted run's arithmetic exactly; resumed runs take the count from the checkpoint. A
+    # compiled model is counted on its second micro-batch: torch.compile never compiles a module
+    # whose first call runs under a dispatch mode (measured with torch 2.13).
+    fresh_run = state.step == 0 and state.batches_in_epoch == 0 and state.epoch == 0
+    count_flops_at = (1 if loop.compile else 0) if fresh_run else -1
+    micro_batches_seen = 0
     last_loss = float("nan")
 
     def checkpoint() -> None:
@@ -690,8 +694,8 @@ def fit(
             else loader
         )
         for batch in batches:
-            counter = FlopCount() if count_flops_now else nullcontext()
-            count_flops_now = False
+            counter = FlopCount() if micro_batches_seen == count_flops_at else nullcontext()
+            micro_batches_seen += 1
             with accelerator.accumulate(model):
                 with counter:
                     with profiler.phase("sld.loss_fn"):

@@ -220,3 +220,201 @@ def test_length_grouped_batches_and_resume(tmp_path):
             loop_config(),
             lengths=[1],
         )
+
+
+def test_time_budget_is_checked_at_few_agreed_steps_and_stops_on_time():
+    from types import SimpleNamespace
+
+    clock = [0.0]
+    reduced = []
+
+    def reduce(tensor, reduction):
+        reduced.append(reduction)
+        return tensor
+
+    accelerator = SimpleNamespace(device=torch.device("cpu"), reduce=reduce)
+    budget = training._TimeBudget(1.0, accelerator, lambda: clock[0], step=0)
+    step = 0
+    while True:
+        step += 1
+        clock[0] += 0.5  # half a second per step: 120 steps in the minute
+        if budget.exhausted(step):
+            break
+    assert step == 120
+    assert budget.checks == len(reduced) < 25 and set(reduced) == {"max"}  # not once per step
+    assert not training._TimeBudget(None, accelerator, lambda: 1e9, 0).exhausted(5)
+
+
+def test_time_budget_stops_fit_and_the_progress_bar_counts_seconds(tmp_path, monkeypatch):
+    import time as time_module
+
+    clock = [0.0]
+    bars = []
+
+    class RecordingBar(training.tqdm):
+        def __init__(self, *args, **kwargs):
+            bars.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    def ticking_loss(model, batch):
+        clock[0] += 1.0  # every step takes one (fake) second
+        return make_loss([])(model, batch)
+
+    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(training, "tqdm", RecordingBar)
+    result = fit(
+        Tiny(),
+        IndexDataset(12),
+        collate,
+        ticking_loss,
+        tmp_path,
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=1000, max_minutes=0.5),
+    )
+    assert result.stopped_by == "max_minutes" and result.state.step == 30
+    assert bars[0]["total"] == 30 and bars[0]["unit"] == "s"  # the budget, not 1000 steps
+
+
+def test_metrics_go_to_a_tracker_through_accelerate(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    class RecordingTracker(GeneralTracker):
+        name = "recording"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.rows, self.config, self.finished = [], None, False
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.rows.append((step, values))
+
+        def finish(self):
+            self.finished = True
+
+    tracker = RecordingTracker()
+    fit(
+        Tiny(),
+        IndexDataset(8),
+        collate,
+        make_loss([]),
+        tmp_path,
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=2),
+        evaluate_fn=lambda model, step: {"score": 1.0},
+        accelerator=Accelerator(log_with=[tracker]),
+    )
+    assert [step for step, _ in tracker.rows] == [1, 2, 2]
+    assert "train/loss" in tracker.rows[0][1] and tracker.rows[-1][1] == {"eval/score": 1.0}
+    assert tracker.config["optim.lr"] == 1e-4 and tracker.config["loop.max_steps"] == 2
+    assert tracker.finished
+
+
+def test_tracker_choice(monkeypatch):
+    from sld.config import ConfigError
+
+    monkeypatch.setattr(training, "is_tensorboard_available", lambda: False)
+    assert training.tracker_names("none") is None and training.tracker_names("auto") is None
+    with pytest.raises(ConfigError, match="loop.tracker=tensorboard.*not installed"):
+        training.tracker_names("tensorboard")
+    monkeypatch.setattr(training, "is_tensorboard_available", lambda: True)
+    assert training.tracker_names("auto") == ["tensorboard"] == training.tracker_names("tensorboard")
+    assert training.tracker_names("none") is None
+
+
+def test_profile_steps_write_a_summary_table(tmp_path, caplog):
+    fit(
+        Tiny(),
+        IndexDataset(24),
+        collate,
+        make_loss([]),
+        tmp_path / "a",
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=8, profile_steps=2),
+    )
+    table = (tmp_path / "a" / "profile.txt").read_text()
+    assert "summary of 2 optimizer steps after 3 warm-up steps" in table
+    assert "sld.loss_fn" in table and "sld.backward" in table and "sld.optimizer" in table
+    assert "Self CPU" in table
+    fit(
+        Tiny(),
+        IndexDataset(24),
+        collate,
+        make_loss([]),
+        tmp_path / "b",
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=2, profile_steps=2),
+    )
+    assert not (tmp_path / "b" / "profile.txt").exists() and "nothing profiled" in caplog.text
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def net_loss(model, batch):
+    x = torch.stack(
+        [batch.float() / 10, torch.sin(batch.float()), batch.float() ** 0.5, torch.ones(len(batch))], 1
+    )
+    return {"loss": (model(x).squeeze(-1) - x[:, 0]).pow(2).mean()}
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_training_give_the_same_losses(tmp_path):
+    """``loop.compile`` on a CPU (inductor): the same losses as eager within 1e-5 relative."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        result = fit(
+            SmallNet(),
+            IndexDataset(24),
+            collate,
+            net_loss,
+            tmp_path / str(compiled),
+            OptimConfig(lr=1e-2, warmup_steps=0),
+            loop_config(max_steps=4, batch_size=6, compile=compiled),
+        )
+        rows = (tmp_path / str(compiled) / "metrics.jsonl").read_text().splitlines()
+        losses[compiled] = [json.loads(r)["train/loss"] for r in rows]
+        assert json.loads(rows[-1])["train/tflops_per_second"] > 0  # FLOPs counted in both modes
+        assert type(result.model) is SmallNet  # unwrapped from torch.compile
+    assert counters["frames"]["ok"] >= 1  # compiled for real (not silently run eagerly)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    print(
+        "largest relative loss difference compiled/eager:",
+        max(abs(a / b - 1) for a, b in zip(losses[True], losses[False])),
+    )
+    assert len(set(losses[False])) == 4  # the weights moved: four different losses
+
+
+def test_truncate_metrics_drops_rows_after_the_step_and_cut_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n{"step": 2, "eval/x": 1}\n{"step": 3, "a": 3}\n{"step": 4, "a"'
+    )
+    assert training.truncate_metrics(path, 2) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 2]
+    assert training.truncate_metrics(path, 2) == 0
+    assert training.truncate_metrics(tmp_path / "missing.jsonl", 2) == 0
+
+
+def test_new_loop_settings_are_validated():
+    for bad in (dict(profile_steps=-1), dict(peak_tflops=0.0), dict(max_minutes=0), dict(keep_checkpoints=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LoopConfig(**bad)
