@@ -374,7 +374,8 @@ def net_loss(model, batch):
 
 @pytest.mark.slow
 def test_compiled_and_eager_training_give_the_same_losses(tmp_path):
-    """``loop.compile`` on a CPU (inductor): the same losses as eager within 1e-5 relative."""
+    """``loop.compile`` on a CPU (inductor): the same losses as eager within 1e-5 relative (measured:
+    at most 1.1e-7, float32 rounding of fused kernels)."""
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -396,10 +397,6 @@ def test_compiled_and_eager_training_give_the_same_losses(tmp_path):
         assert type(result.model) is SmallNet  # unwrapped from torch.compile
     assert counters["frames"]["ok"] >= 1  # compiled for real (not silently run eagerly)
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
-    print(
-        "largest relative loss difference compiled/eager:",
-        max(abs(a / b - 1) for a, b in zip(losses[True], losses[False])),
-    )
     assert len(set(losses[False])) == 4  # the weights moved: four different losses
 
 
