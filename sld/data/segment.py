@@ -89,6 +89,8 @@ class SegmenterConfig:
     ``extra_abbreviations``: more abbreviations to seed (e.g. ``["approx", "fig"]``).
     ``merge_lowercase``: join a piece that starts in lower case to the previous one when that one
     ended in "?", "!" or an ellipsis (quoted speech: ``"Where?" she asked.``).
+    ``long_segment_words``: segments of more words than this are counted and reported by
+    ``sld segment`` (training cuts every segment to the autoencoder's ``max_segment_tokens``).
     """
 
     kind: Literal["sentence", "turn"] = "sentence"
@@ -98,10 +100,13 @@ class SegmenterConfig:
     punkt_params: str | None = None
     extra_abbreviations: list[str] = field(default_factory=list)
     merge_lowercase: bool = True
+    long_segment_words: int = 100
 
     def __post_init__(self) -> None:
         if self.max_segments < 1:
             raise ValueError(f"max_segments must be at least 1; got {self.max_segments}")
+        if self.long_segment_words < 1:
+            raise ValueError(f"long_segment_words must be at least 1; got {self.long_segment_words}")
         if self.punkt == "installed" and self.punkt_params:
             raise ValueError("punkt='installed' and punkt_params both set; choose one")
 
