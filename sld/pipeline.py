@@ -116,6 +116,13 @@ class SLDPipeline:
         config_path = folder / PIPELINE_CONFIG
         if not config_path.is_file():
             raise UserError(f"{folder} is not an SLD pipeline folder: {PIPELINE_CONFIG} is missing")
+        missing = [
+            f"{name}/"
+            for name in ("denoiser", "autoencoder", "context_encoder")
+            if not (folder / name).is_dir()
+        ]
+        if missing:
+            raise UserError(f"pipeline folder {folder} has no {', '.join(missing)} (an incomplete copy?)")
         try:
             config = PipelineConfig(**json.loads(config_path.read_text()))
         except (TypeError, json.JSONDecodeError) as err:

@@ -64,6 +64,7 @@ def read_inputs(cfg: Config) -> list[GenerationInput]:
     """Inputs from ``cfg.input`` (JSONL) and/or ``cfg.texts``; ``limit`` keeps the first ones."""
     inputs = [GenerationInput(id=f"text-{i}", source=t) for i, t in enumerate(cfg.texts)]
     if cfg.input:
+        given = len(inputs)
         for line_no, row in iter_jsonl_numbered(cfg.input):
             if cfg.source_field not in row:
                 raise UserError(
@@ -81,6 +82,8 @@ def read_inputs(cfg: Config) -> list[GenerationInput]:
                     reference_segments=segments if isinstance(segments, list) else None,
                 )
             )
+        if len(inputs) == given:
+            raise UserError(f"{cfg.input}: no input records (an empty file)")
     if not inputs:
         raise UserError("nothing to generate: give input=FILE.jsonl or texts='[\"...\"]'")
     return inputs[: cfg.limit] if cfg.limit else inputs
