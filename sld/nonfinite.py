@@ -42,7 +42,9 @@ class NonFiniteLossError(UserError):
 
 
 def _scalar(value: torch.Tensor) -> torch.Tensor:
-    return value.detach().float().sum()
+    """A 0-dim float view of a one-element term (no kernel for a float32 scalar), else its sum."""
+    value = value.detach().float()
+    return value.reshape(()) if value.numel() == 1 else value.sum()
 
 
 def stack_terms(terms: Mapping[str, Any]) -> tuple[tuple[str, ...], torch.Tensor | None]:
@@ -57,7 +59,11 @@ def stack_terms(terms: Mapping[str, Any]) -> tuple[tuple[str, ...], torch.Tensor
 
 
 class NonFiniteGuard:
-    """Per-step finiteness bookkeeping kept on the device; read on the host only in :meth:`check`.
+    """Per-step finiteness check on the device; its record is read on the host only in :meth:`check`.
+
+    A step costs six small device ops (concatenate the step's terms, ``isfinite``, not, any, to float,
+    the cross-process max) whatever the number of terms; the per-term record is kept as the step's
+    flag vectors and summed on the host at the next check.
 
     Args:
         accelerator: all-reduces the per-step flag across processes.
@@ -83,29 +89,18 @@ class NonFiniteGuard:
         self.check_gradients = check_gradients
         self.device = accelerator.device
         self.total_skipped = skipped
+        self.pending: list[tuple[tuple[str, ...], torch.Tensor]] = []
         self._reset(start_step)
 
     def _reset(self, start_step: int) -> None:
         self.window_start = start_step
-        self.window_steps = 0
-        self.pending = torch.zeros((), dtype=torch.bool, device=self.device)
-        self.bad_steps = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-        # term names of a micro-batch -> how many micro-batches had each term non-finite
-        self.term_counts: dict[tuple[str, ...], torch.Tensor] = {}
+        # per step of the window: (term names, finite flags (T,) on the device, step flag (max over processes))
+        self.window: list[tuple[tuple[str, ...], torch.Tensor, torch.Tensor]] = []
 
-    def observe(self, names: tuple[str, ...], values: torch.Tensor | None) -> torch.Tensor:
-        """Record one micro-batch's terms (``values`` (T,) for ``names``, one scalar each; see
-        :func:`stack_terms`); return a device bool: all of them finite."""
-        if values is None:
-            return torch.ones((), dtype=torch.bool, device=self.device)
-        finite = torch.isfinite(values)
-        bad = (~finite).long()
-        counts = self.term_counts.get(names)
-        self.term_counts[names] = bad if counts is None else counts + bad
-        all_finite = finite.all()
-        self.pending = self.pending | ~all_finite
-        return all_finite
+    def observe(self, names: tuple[str, ...], values: torch.Tensor | None) -> None:
+        """Record one micro-batch's terms: ``values`` (T,) for ``names``, see :func:`stack_terms`."""
+        if values is not None:
+            self.pending.append((names, values))
 
     def before_step(self, grad_norm: torch.Tensor | None, optimizer: torch.optim.Optimizer) -> bool:
         """Decide the step being taken; return whether to call ``optimizer.step()``.
@@ -113,22 +108,22 @@ class NonFiniteGuard:
         On the device path the decision is handed to the fused ``optimizer`` (always True here);
         on the host path a bad step returns False, or raises at once unless skipping.
         """
-        bad = self.pending
+        groups = self.pending
+        self.pending = []
         if grad_norm is not None and self.check_gradients:
-            grad_bad = ~torch.isfinite(_scalar(grad_norm))
-            key = ("grad_norm",)
-            self.term_counts[key] = self.term_counts.get(key, 0) + grad_bad.long()
-            bad = bad | grad_bad
-        # every process must skip the same steps
-        bad = self.accelerator.reduce(bad.float(), reduction="max") > 0
-        self.pending = torch.zeros((), dtype=torch.bool, device=self.device)
-        # torch.full launches a fill kernel: no host-to-device copy, which would wait for the device
-        offset = torch.full((), self.window_steps, dtype=torch.int64, device=self.device)
-        self.first_bad = torch.where((self.first_bad < 0) & bad, offset, self.first_bad)
-        self.bad_steps = self.bad_steps + bad.long()
-        self.window_steps += 1
+            groups.append((("grad_norm",), _scalar(grad_norm).reshape(1)))
+        names = tuple(name for group, _ in groups for name in group)
+        if groups:
+            finite = torch.isfinite(torch.cat([values for _, values in groups]))
+            bad = (~finite).any().float()
+        else:
+            finite = torch.ones(0, dtype=torch.bool, device=self.device)
+            bad = torch.zeros((), device=self.device)
+        # every process must skip the same steps (a term can be non-finite on one process only)
+        bad = self.accelerator.reduce(bad, reduction="max")
+        self.window.append((names, finite, bad))
         if self.on_device:
-            optimizer.found_inf = bad.float()
+            optimizer.found_inf = bad
             return True
         if bool(bad):
             if not self.skip:
@@ -136,30 +131,27 @@ class NonFiniteGuard:
             return False
         return True
 
-    def _nonfinite_terms(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        if not self.term_counts:
-            return found
-        keys = list(self.term_counts)
-        values = torch.cat([self.term_counts[k].reshape(-1) for k in keys]).tolist()
-        position = 0
-        for names in keys:
-            for name in names:
-                if values[position]:
-                    found[name] = found.get(name, 0) + int(values[position])
-                position += 1
-        return found
-
     def check(self) -> int:
         """Read the window's flags on the host (one sync): raise if a step was bad and not skipping,
         else log, add to :attr:`total_skipped` and return how many steps were skipped in the window."""
-        if self.window_steps == 0:
+        if not self.window:
             return 0
-        bad_steps, first_bad = (int(v) for v in torch.stack([self.bad_steps, self.first_bad]).tolist())
-        window_end = self.window_start + self.window_steps
+        flags = torch.cat(
+            [torch.cat([finite.float(), bad.reshape(1)]) for _, finite, bad in self.window]
+        ).tolist()
+        window_end = self.window_start + len(self.window)
+        bad_steps, first, position = 0, 0, 0
+        terms: dict[str, int] = {}
+        for offset, (names, _, _) in enumerate(self.window):
+            for name, finite in zip(names, flags[position : position + len(names)]):
+                if not finite:
+                    terms[name] = terms.get(name, 0) + 1
+            position += len(names)
+            if flags[position]:
+                bad_steps += 1
+                first = first or self.window_start + offset + 1
+            position += 1
         if bad_steps:
-            first = self.window_start + first_bad + 1
-            terms = self._nonfinite_terms()
             named = ", ".join(
                 f"'{name}' ({count} micro-batch{'es' if count != 1 else ''})" for name, count in terms.items()
             )

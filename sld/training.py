@@ -228,79 +228,64 @@ def make_accelerator(output_dir: str | Path, loop: LoopConfig) -> Accelerator:
 class _MetricLogger:
     """Averages every logged term over the log interval and appends rows to ``metrics.jsonl``.
 
-    Sums, counts and token totals stay on the device until :meth:`flush` reads them all with one
-    sync. Micro-batches whose terms were not all finite are left out of the averages.
+    Each micro-batch's terms stay on the device as the one vector :func:`stack_terms` made (no op per
+    step); :meth:`flush` reads them all with one sync and averages on the host. A group of terms
+    with a NaN or inf in it (a micro-batch the NaN guard rejected) is left out of the averages.
     """
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path = path
         self.enabled = enabled
-        self.sums: dict[tuple[str, ...], torch.Tensor] = {}
-        self.counts: dict[tuple[str, ...], torch.Tensor] = {}
-        self.host_sums: dict[str, float] = {}
-        self.host_counts: dict[str, int] = {}
+        self.groups: list[tuple[tuple[str, ...], torch.Tensor]] = []
+        self.host_terms: list[tuple[str, float]] = []
+        self.tokens: list[Any] = []
         self.items = 0
         self.micro_batches = 0
-        self.tokens: Any = None
         self.started = time.perf_counter()
 
     def add(
-        self,
-        names: tuple[str, ...],
-        values: torch.Tensor | None,
-        keep: torch.Tensor,
-        host_terms: Mapping[str, float] = {},  # noqa: B006 (never mutated)
-    ) -> None:
-        """Add a group of terms (``values`` (T,) for ``names``), counted where ``keep`` is True."""
+        self, names: tuple[str, ...], values: torch.Tensor | None, host_terms: Mapping[str, Any] = {}
+    ) -> None:  # noqa: B006 (never mutated)
+        """One group of terms: ``values`` (T,) on the device for ``names``, plus plain-number terms."""
         if values is not None:
-            kept = torch.where(keep, values, torch.zeros_like(values))
-            self.sums[names] = kept if names not in self.sums else self.sums[names] + kept
-            count = keep.long().expand(len(names))
-            self.counts[names] = count if names not in self.counts else self.counts[names] + count
-        for name, value in host_terms.items():
-            self.host_sums[name] = self.host_sums.get(name, 0.0) + float(value)
-            self.host_counts[name] = self.host_counts.get(name, 0) + 1
+            self.groups.append((names, values))
+        self.host_terms.extend((name, float(value)) for name, value in host_terms.items())
 
     def add_batch(self, items: int, tokens: Any) -> None:
         self.items += items
         self.micro_batches += 1
         if tokens is not None:
-            self.tokens = tokens if self.tokens is None else self.tokens + tokens
+            self.tokens.append(tokens)
 
     def flush(self, step: int) -> tuple[dict[str, Any], dict[str, float]]:
         """The averaged row (not yet written) and the interval's rates per second."""
-        keys = list(self.sums)
-        device_values = [self.sums[k] for k in keys] + [self.counts[k].float() for k in keys]
-        if torch.is_tensor(self.tokens):
-            device_values.append(self.tokens.float().reshape(1))
-        flat = torch.cat([v.reshape(-1) for v in device_values]).tolist() if device_values else []
+        device_tokens = [t for t in self.tokens if torch.is_tensor(t)]
+        parts = [values for _, values in self.groups] + [t.detach().float().reshape(1) for t in device_tokens]
+        flat = torch.cat(parts).tolist() if parts else []  # the one sync of a log interval
         seconds = max(1e-9, time.perf_counter() - self.started)  # after the sync: device work included
         sums: dict[str, float] = {}
-        counts: dict[str, float] = {}
-        width = sum(len(k) for k in keys)
+        counts: dict[str, int] = {}
         position = 0
-        for names in keys:
-            for name in names:
-                sums[name] = sums.get(name, 0.0) + flat[position]
-                counts[name] = counts.get(name, 0.0) + flat[width + position]
-                position += 1
-        for name, value in self.host_sums.items():
+        for names, _ in self.groups:
+            values = flat[position : position + len(names)]
+            position += len(names)
+            if all(math.isfinite(v) for v in values):
+                for name, value in zip(names, values):
+                    sums[name] = sums.get(name, 0.0) + value
+                    counts[name] = counts.get(name, 0) + 1
+        for name, value in self.host_terms:
             sums[name] = sums.get(name, 0.0) + value
-            counts[name] = counts.get(name, 0.0) + self.host_counts[name]
+            counts[name] = counts.get(name, 0) + 1
         row: dict[str, Any] = {"step": step}
-        row.update({f"train/{k}": sums[k] / counts[k] for k in sums if counts[k] > 0})
-        tokens = flat[-1] if torch.is_tensor(self.tokens) else self.tokens
+        row.update({f"train/{k}": sums[k] / counts[k] for k in sums})
         rates = {"items": self.items / seconds, "micro_batches": self.micro_batches / seconds}
         row["train/items_per_second"] = rates["items"]
-        if tokens is not None:
-            rates["tokens"] = float(tokens) / seconds
+        if self.tokens:
+            tokens = sum(flat[position:]) + sum(float(t) for t in self.tokens if not torch.is_tensor(t))
+            rates["tokens"] = tokens / seconds
             row["train/tokens_per_second"] = rates["tokens"]
-        self.sums.clear()
-        self.counts.clear()
-        self.host_sums.clear()
-        self.host_counts.clear()
+        self.groups, self.host_terms, self.tokens = [], [], []
         self.items = self.micro_batches = 0
-        self.tokens = None
         self.started = time.perf_counter()
         return row, rates
 
@@ -701,7 +686,7 @@ def fit(
                     with profiler.phase("sld.loss_fn"):
                         terms = loss_fn(model, batch)
                     names, values = stack_terms(terms)
-                    finite = guard.observe(names, values)
+                    guard.observe(names, values)
                     with profiler.phase("sld.backward"):
                         accelerator.backward(terms["loss"])
                 grad_norm = None
@@ -730,10 +715,9 @@ def fit(
                     unit.removesuffix("s").replace("_", "-"),
                 )
             state.batches_in_epoch += 1
-            metrics.add(names, values, finite, {k: v for k, v in terms.items() if not torch.is_tensor(v)})
+            metrics.add(names, values, {k: v for k, v in terms.items() if not torch.is_tensor(v)})
             if grad_norm is not None and optim.max_grad_norm > 0:
-                norm = grad_norm.detach().float().reshape(1)
-                metrics.add(("grad_norm",), norm, torch.isfinite(norm[0]))
+                metrics.add(("grad_norm",), grad_norm.detach().float().reshape(1))
             metrics.add_batch(
                 items_in_batch(batch) if items_in_batch else 0,
                 tokens_in_batch(batch) if tokens_in_batch else None,
