@@ -26,21 +26,20 @@ or several GPUs under ``accelerate launch``: it never branches on the device cou
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, is_tensorboard_available, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -55,16 +54,20 @@ from sld.checkpointing import (
 )
 from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
+from sld.loop_timing import StepProfiler, TimeBudget
 from sld.nonfinite import NonFiniteGuard, NonFiniteLossError, stack_terms
+from sld.run_log import (
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    MetricLogger,
+    tracker_config,
+    tracker_names,
+    truncate_metrics,
+)
 from sld.throughput import FlopCount, device_peak_tflops, mfu
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-PROFILE_FILE = "profile.txt"
-TENSORBOARD_DIR = "tensorboard"
-# Steps run before profiling starts (compilation, allocator warm-up, the FLOP-counting step).
-PROFILE_WARMUP_STEPS = 3
 # The crash tests' hook: "step:<n>" pauses inside optimizer step n (after backward, before the
 # update), "checkpoint:<n>" inside the write of checkpoint n; the marker file is written on arrival.
 PAUSE_ENV = "SLD_PAUSE_AT"
@@ -198,20 +201,6 @@ def build_optimizer(
     )
 
 
-def tracker_names(tracker: str) -> list[str] | None:
-    """Accelerate ``log_with`` for ``loop.tracker``; ConfigError if TensorBoard is asked for but missing."""
-    if tracker == "none":
-        return None
-    if is_tensorboard_available():
-        return ["tensorboard"]
-    if tracker == "tensorboard":
-        raise ConfigError(
-            "loop.tracker=tensorboard, but the tensorboard package is not installed: "
-            "pip install tensorboard, or set loop.tracker=none (metrics.jsonl is always written)"
-        )
-    return None
-
-
 def make_accelerator(output_dir: str | Path, loop: LoopConfig) -> Accelerator:
     """One Accelerator per run; seedable sampler so that resumed runs see the same data order."""
     return Accelerator(
@@ -223,201 +212,6 @@ def make_accelerator(output_dir: str | Path, loop: LoopConfig) -> Accelerator:
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-
-
-class _MetricLogger:
-    """Averages every logged term over the log interval and appends rows to ``metrics.jsonl``.
-
-    Each micro-batch's terms stay on the device as the one vector :func:`stack_terms` made (no op per
-    step); :meth:`flush` reads them all with one sync and averages on the host. A group of terms
-    with a NaN or inf in it (a micro-batch the NaN guard rejected) is left out of the averages.
-    """
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-        self.groups: list[tuple[tuple[str, ...], torch.Tensor]] = []
-        self.host_terms: list[tuple[str, float]] = []
-        self.tokens: list[Any] = []
-        self.items = 0
-        self.micro_batches = 0
-        self.started = time.perf_counter()
-
-    def add(
-        self, names: tuple[str, ...], values: torch.Tensor | None, host_terms: Mapping[str, Any] = {}
-    ) -> None:  # noqa: B006 (never mutated)
-        """One group of terms: ``values`` (T,) on the device for ``names``, plus plain-number terms."""
-        if values is not None:
-            self.groups.append((names, values))
-        self.host_terms.extend((name, float(value)) for name, value in host_terms.items())
-
-    def add_batch(self, items: int, tokens: Any) -> None:
-        self.items += items
-        self.micro_batches += 1
-        if tokens is not None:
-            self.tokens.append(tokens)
-
-    def flush(self, step: int) -> tuple[dict[str, Any], dict[str, float]]:
-        """The averaged row (not yet written) and the interval's rates per second."""
-        device_tokens = [t for t in self.tokens if torch.is_tensor(t)]
-        parts = [values for _, values in self.groups] + [t.detach().float().reshape(1) for t in device_tokens]
-        flat = torch.cat(parts).tolist() if parts else []  # the one sync of a log interval
-        seconds = max(1e-9, time.perf_counter() - self.started)  # after the sync: device work included
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        position = 0
-        for names, _ in self.groups:
-            values = flat[position : position + len(names)]
-            position += len(names)
-            if all(math.isfinite(v) for v in values):
-                for name, value in zip(names, values):
-                    sums[name] = sums.get(name, 0.0) + value
-                    counts[name] = counts.get(name, 0) + 1
-        for name, value in self.host_terms:
-            sums[name] = sums.get(name, 0.0) + value
-            counts[name] = counts.get(name, 0) + 1
-        row: dict[str, Any] = {"step": step}
-        row.update({f"train/{k}": sums[k] / counts[k] for k in sums})
-        rates = {"items": self.items / seconds, "micro_batches": self.micro_batches / seconds}
-        row["train/items_per_second"] = rates["items"]
-        if self.tokens:
-            tokens = sum(flat[position:]) + sum(float(t) for t in self.tokens if not torch.is_tensor(t))
-            rates["tokens"] = tokens / seconds
-            row["train/tokens_per_second"] = rates["tokens"]
-        self.groups, self.host_terms, self.tokens = [], [], []
-        self.items = self.micro_batches = 0
-        self.started = time.perf_counter()
-        return row, rates
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-
-def truncate_metrics(path: Path, step: int) -> int:
-    """Drop the rows after ``step`` (logged by a run that was killed before its next checkpoint) and
-    any line a kill cut short; return how many lines were dropped. The file is replaced atomically."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            keep = isinstance(row, dict) and row.get("step", 0) <= step
-        except json.JSONDecodeError:
-            keep = False
-        if keep:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(temp, path)
-    return dropped
-
-
-class _TimeBudget:
-    """``loop.max_minutes`` without a host sync per step, agreed by every process.
-
-    The clock is read (and max-reduced across processes) only at check steps. The next check is
-    planned from the reduced numbers alone, so every process plans the same step: about every
-    ``MAX_CHECK_SECONDS``, and ever more often as the budget runs out (half the remaining time
-    ahead), so a run overshoots its budget by at most about one step.
-    """
-
-    MAX_CHECK_SECONDS = 5.0
-
-    def __init__(
-        self, minutes: float | None, accelerator: Accelerator, elapsed: Callable[[], float], step: int
-    ) -> None:
-        self.seconds = None if minutes is None else 60.0 * minutes
-        self.accelerator = accelerator
-        self.elapsed = elapsed
-        self.next_check = step + 1
-        self.last: tuple[float, int] | None = None
-        self.checks = 0
-
-    def exhausted(self, step: int) -> bool:
-        if self.seconds is None or step < self.next_check:
-            return False
-        self.checks += 1
-        now = torch.tensor([self.elapsed()], dtype=torch.float64, device=self.accelerator.device)
-        spent = float(self.accelerator.reduce(now, reduction="max").item())
-        if spent >= self.seconds:
-            return True
-        interval = 1
-        if self.last is not None and step > self.last[1] and spent > self.last[0]:
-            seconds_per_step = (spent - self.last[0]) / (step - self.last[1])
-            ahead = min(self.MAX_CHECK_SECONDS, (self.seconds - spent) / 2)
-            interval = max(1, int(ahead / seconds_per_step))
-        self.last = (spent, step)
-        self.next_check = step + interval
-        return False
-
-
-class _StepProfiler:
-    """Runs ``steps`` optimizer steps under torch.profiler after a warm-up; writes the summary table."""
-
-    def __init__(self, steps: int, output_dir: Path, enabled: bool, device: torch.device) -> None:
-        self.steps = steps
-        self.path = output_dir / PROFILE_FILE
-        self.device = device
-        self.done = steps == 0 or not enabled
-        self.seen = 0
-        self.profiler: Any = None
-        self.started = 0.0
-
-    def phase(self, name: str) -> AbstractContextManager[Any]:
-        """A named range in the profile (loss_fn, backward, optimizer) while profiling."""
-        return torch.profiler.record_function(name) if self.profiler is not None else nullcontext()
-
-    def after_step(self) -> None:
-        if self.done:
-            return
-        self.seen += 1
-        if self.profiler is None and self.seen == PROFILE_WARMUP_STEPS:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if self.device.type == "cuda":
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.profiler = torch.profiler.profile(activities=activities)
-            self.profiler.start()
-            self.started = time.perf_counter()
-        elif self.profiler is not None and self.seen == PROFILE_WARMUP_STEPS + self.steps:
-            self.finish()
-
-    def finish(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        if self.profiler is None:
-            logger.warning(
-                "the run ended within the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS
-            )
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.profiler.stop()
-        profiled = self.seen - PROFILE_WARMUP_STEPS
-        seconds = time.perf_counter() - self.started
-        averages = self.profiler.key_averages()
-        parts = [
-            f"torch.profiler summary of {profiled} optimizer steps after {PROFILE_WARMUP_STEPS} warm-up steps "
-            f"on {self.device} ({seconds / max(1, profiled) * 1000:.1f} ms per step with the profiler on).\n"
-            "sld.loss_fn / sld.backward / sld.optimizer are the phases of a step; "
-            "'enumerate(DataLoader)' rows are data loading.\n"
-        ]
-        if self.device.type == "cuda":
-            parts.append("\nTop operators by self CUDA time:\n")
-            parts.append(averages.table(sort_by="self_cuda_time_total", row_limit=30))
-        parts.append("\nTop operators by self CPU time:\n")
-        parts.append(averages.table(sort_by="self_cpu_time_total", row_limit=30))
-        self.path.write_text("\n".join(parts) + "\n")
-        self.profiler = None
-        logger.info("profile of %d steps written to %s", profiled, self.path)
 
 
 def _pause_hook() -> Callable[[str, int], None] | None:
@@ -444,16 +238,6 @@ def _pause_hook() -> Callable[[str, int], None] | None:
 def _grad_norm(parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor | None:
     grads = [p.grad for p in parameters if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else None
-
-
-def _tracker_config(optim: OptimConfig, loop: LoopConfig) -> dict[str, Any]:
-    """Hyper-parameters for the tracker: plain scalars only (TensorBoard's hparams refuse None)."""
-    flat: dict[str, Any] = {}
-    for prefix, cfg in (("optim", optim), ("loop", loop)):
-        for key, value in cfg.__dict__.items():
-            if isinstance(value, (bool, int, float, str)):
-                flat[f"{prefix}.{key}"] = value
-    return flat
 
 
 def _unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
@@ -564,8 +348,8 @@ def fit(
     accelerator.wait_for_everyone()
 
     if accelerator.log_with and not accelerator.trackers:
-        accelerator.init_trackers("train", config=_tracker_config(optim, loop))
-    metrics = _MetricLogger(metrics_path, accelerator.is_main_process)
+        accelerator.init_trackers("train", config=tracker_config(("optim", optim), ("loop", loop)))
+    metrics = MetricLogger(metrics_path, accelerator.is_main_process)
     history: list[dict[str, float]] = []
     budget_seconds = None if loop.max_minutes is None else round(60 * loop.max_minutes)
     progress = tqdm(
@@ -584,7 +368,7 @@ def fit(
     def elapsed() -> float:
         return time.perf_counter() - run_started
 
-    budget = _TimeBudget(loop.max_minutes, accelerator, elapsed, state.step)
+    budget = TimeBudget(loop.max_minutes, accelerator, elapsed, state.step)
     guard = NonFiniteGuard(
         accelerator,
         skip=loop.skip_nonfinite_steps,
@@ -594,7 +378,7 @@ def fit(
         skipped=state.skipped_steps,
     )
     logged_skips = state.skipped_steps
-    profiler = _StepProfiler(loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device)
+    profiler = StepProfiler(loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device)
     peak = loop.peak_tflops or device_peak_tflops(accelerator.device)
     # FLOPs are counted on one micro-batch of a run from scratch only: FlopCounterMode changes the
     # rounding of the step it watches (by ~1e-7, measured), and a resumed run must repeat the
