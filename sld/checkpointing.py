@@ -165,6 +165,12 @@ def _ema_tensors(ema: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return {str(i): t.detach().contiguous() for i, t in enumerate(shadow)}, state
 
 
+def _failed_anywhere(accelerator: Accelerator, failed: bool) -> bool:
+    """Whether any process failed (a collective, so that no process waits for one that raised)."""
+    flag = torch.tensor(float(failed), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max").item() > 0)
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     output_dir: str | Path,
@@ -177,8 +183,9 @@ def save_checkpoint(
     """Write ``checkpoints/step_<step>`` atomically (every process must call this); return its path.
 
     ``loop_state`` must be JSON-serialisable. ``pause(where, step)`` is the crash tests' hook,
-    called once the temporary folder is partly written. Raises :class:`CheckpointError` on a disk
-    error, after removing the temporary folder; the previous checkpoints are left as they were.
+    called once the temporary folder is partly written. Raises :class:`CheckpointError` on every
+    process when a write fails on any (disk full, no permission), after removing the temporary
+    folder; the previous checkpoints are left as they were.
     """
     root = checkpoint_root(output_dir)
     final = root / f"step_{step}"
@@ -186,6 +193,7 @@ def save_checkpoint(
     if accelerator.is_main_process and temp.exists():
         shutil.rmtree(temp)
     accelerator.wait_for_everyone()
+    error: OSError | None = None
     try:
         accelerator.save_state(str(temp), safe_serialization=True)
         if pause is not None:
@@ -203,20 +211,28 @@ def save_checkpoint(
                 ema_tensors, payload["ema"] = _ema_tensors(ema)
                 safetensors.torch.save_file(ema_tensors, temp / EMA_FILE)
             (temp / LOOP_STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+    except OSError as err:
+        error = err
+    if not _failed_anywhere(accelerator, error is not None) and accelerator.is_main_process:
+        try:  # every file is complete: flush them, then rename the folder into place
             _fsync_tree(temp)
             if final.exists():  # left by an earlier run with loop.resume=false: replace it
                 shutil.rmtree(final)
             os.replace(temp, final)
             _fsync_dir(root)
-    except OSError as err:
-        shutil.rmtree(temp, ignore_errors=True)
+        except OSError as err:
+            error = err
+    if _failed_anywhere(accelerator, error is not None):
+        if accelerator.is_main_process:
+            shutil.rmtree(temp, ignore_errors=True)
         previous = list_checkpoints(output_dir)
         kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
-        raise CheckpointError(
-            f"cannot write checkpoint {final}: {err.strerror or err} (errno {err.errno}){kept}"
-        ) from err
+        cause = (
+            f"{error.strerror or error} (errno {error.errno})"
+            if error
+            else "a write failed on another process"
+        )
+        raise CheckpointError(f"cannot write checkpoint {final}: {cause}{kept}") from error
     if accelerator.is_main_process:
         prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()

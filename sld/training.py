@@ -283,8 +283,8 @@ def fit(
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CheckpointError(f"cannot create the output folder {output_dir}: {err.strerror or err}") from err
+    check_writable(output_dir)  # on every process: all of them fail at once, none waits for another
     if accelerator.is_main_process:
-        check_writable(output_dir)
         remove_stale_temporaries(output_dir)
     accelerator.wait_for_everyone()
     pause = _pause_hook()
@@ -311,6 +311,8 @@ def fit(
     if loop.compile:
         model = torch.compile(model)
     fused = optim.fused if optim.fused is not None else accelerator.device.type == "cuda"
+    if fused:
+        model.to(accelerator.device)  # the fused kernel's device check sees the parameters where they train
     optimizer = build_optimizer(model.parameters(), optim, fused=fused)
     # The schedule is stepped by hand once per optimizer step (not prepared): accelerate's wrapper
     # would step it once per process.
