@@ -125,7 +125,7 @@ def test_collated_masks_and_labels_agree_with_padding(collator, rows):
     assert ("negative_input_ids" in batch) == bool(negatives)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(
     lengths=st.lists(st.integers(0, 500), min_size=1, max_size=80),
     batch_size=st.integers(1, 9),

@@ -155,23 +155,38 @@ class Segmenter(ABC):
         return type(self).__name__
 
 
-def _repair(pieces: Iterable[str], merge_lowercase: bool) -> list[str]:
-    """Strip pieces, drop empty ones, split before speaker tags, join continuation pieces."""
-    out: list[str] = []
-    for part in (part for piece in pieces for part in _TAG_START.split(piece)):
-        piece = part.strip()
-        if not piece:
-            continue
-        joins = out and (
-            not _HAS_WORD_CHAR.search(piece)
-            or _TITLE_END.search(out[-1])
-            or (merge_lowercase and _LOWERCASE_START.match(piece) and _SOFT_END.search(out[-1]))
-        )
-        if joins:
-            out[-1] = f"{out[-1]} {piece}"
-        else:
-            out.append(piece)
-    return out
+def _repair(text: str, spans: Iterable[tuple[int, int]], merge_lowercase: bool) -> list[str]:
+    """Segments of ``text`` from Punkt's sentence ``spans``: split before speaker tags, strip, drop
+    empty pieces, and join a piece to the one before it when it continues it (see the module doc)
+    or when no whitespace separates the two (Punkt broke inside a word, e.g. in ``end."Next``).
+    Segments are cut from ``text`` as it stands: no character is lost, added or reordered, and the
+    text's words stay whole and in order."""
+    pieces: list[list[int]] = []  # [start, end) in text
+    for span_start, span_end in spans:
+        cuts = [span_start]
+        for match in _TAG_START.finditer(text, span_start, span_end):
+            cuts += [match.start(), match.end()]
+        cuts.append(span_end)
+        for start, end in zip(cuts[::2], cuts[1::2]):
+            while start < end and text[start].isspace():
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            if start == end:
+                continue
+            piece = text[start:end]
+            if pieces:
+                previous = text[pieces[-1][0] : pieces[-1][1]]
+                if (
+                    pieces[-1][1] == start
+                    or not _HAS_WORD_CHAR.search(piece)
+                    or _TITLE_END.search(previous)
+                    or (merge_lowercase and _LOWERCASE_START.match(piece) and _SOFT_END.search(previous))
+                ):
+                    pieces[-1][1] = end
+                    continue
+            pieces.append([start, end])
+    return [text[start:end] for start, end in pieces]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +427,7 @@ class SentenceSegmenter(Segmenter):
     def segment(self, text: str) -> list[str]:
         if not text or not text.strip():
             return []
-        return _repair(self._tokenizer.tokenize(text), self.merge_lowercase)
+        return _repair(text, self._tokenizer.span_tokenize(text), self.merge_lowercase)
 
     def describe(self) -> str:
         return f"Punkt sentences ({self.origin} parameters, {len(self.params.abbrev_types)} abbreviations)"
