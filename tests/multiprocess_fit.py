@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 from test_training import IndexDataset, collate
@@ -52,9 +53,10 @@ result = fit(
     ),
     evaluate_fn=lambda model, step: {"weight": float(model.linear.weight)},
 )
-print(
-    "RESULT "
-    + json.dumps(
+# one file per process (printing would interleave the processes' lines)
+result_file = Path(output_dir) / f"result_{result.accelerator.process_index}_{max_steps}.json"
+result_file.write_text(
+    json.dumps(
         {
             "rank": result.accelerator.process_index,
             "processes": result.accelerator.num_processes,
