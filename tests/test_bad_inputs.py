@@ -123,3 +123,17 @@ def test_generate_with_nothing_to_generate(folders, tmp_path, capsys):
     sources = write_jsonl_lines(tmp_path / "in.jsonl", [{"title": "x"}])
     err = cli_error(["generate", f"model={folders / 'pipeline'}", f"input={sources}"], capsys)
     assert "in.jsonl, line 1: no 'source' field" in err
+
+
+def test_pipeline_whose_denoiser_weights_miss_a_tensor(folders, tmp_path):
+    """diffusers would fill the missing tensor with random values and only warn."""
+    broken = tmp_path / "pipeline"
+    shutil.copytree(folders / "pipeline", broken)
+    weights_file = broken / "denoiser" / "diffusion_pytorch_model.safetensors"
+    weights = safetensors.torch.load_file(weights_file)
+    missing = next(iter(weights))
+    weights.pop(missing)
+    safetensors.torch.save_file(weights, weights_file, metadata={"format": "pt"})
+    with pytest.raises(UserError, match=rf"denoiser: the weights do not fit this SegmentDiT .*{missing}"):
+        SLDPipeline.from_pretrained(broken, device="cpu")
+    assert SLDPipeline.from_pretrained(folders / "pipeline", device="cpu").denoiser is not None
