@@ -118,7 +118,7 @@ class StepProfiler:
         ]
         if self.device.type == "cuda":
             parts.append("\nTop operators by self CUDA time:\n")
-            parts.append(averages.table(sort_by="self_cuda_time_total", row_limit=30))
+            parts.append(averages.table(sort_by="self_device_time_total", row_limit=30))
         parts.append("\nTop operators by self CPU time:\n")
         parts.append(averages.table(sort_by="self_cpu_time_total", row_limit=30))
         self.path.write_text("\n".join(parts) + "\n")
