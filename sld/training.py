@@ -358,6 +358,12 @@ def fit(
         total=budget_seconds if budget_seconds is not None else loop.max_steps,
         initial=min(budget_seconds, int(state.elapsed_seconds)) if budget_seconds is not None else state.step,
         unit="s" if budget_seconds is not None else "step",
+        # a time budget: seconds spent of the budget (a rate in s/s would mean nothing)
+        bar_format=(
+            "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s of the time budget [{elapsed}<{remaining}{postfix}]"
+            if budget_seconds is not None
+            else None
+        ),
         desc="train",
         disable=not (loop.progress and accelerator.is_local_main_process),
         dynamic_ncols=True,
