@@ -53,6 +53,10 @@ class AutoencoderLossConfig:
             under dropout (unsupervised SimCSE). Needs dropout > 0 in the compressor.
             Either way, negatives are the other in-batch positives plus every hard negative in the
             batch (``negative_*`` keys: pair negatives or an out-of-domain text pool).
+        word_dropout: share of teacher-forced decoder input tokens replaced by unk in training (Bowman
+            et al. 2016), so that a strong pretrained decoder cannot predict the text from its own
+            prefix alone and has to read the latent. The same inputs serve the conversion and the
+            adversarial terms.
     """
 
     variant: Variant = "noise_robust_contrastive"
@@ -62,6 +66,7 @@ class AutoencoderLossConfig:
     temperature: float = 0.05
     noise_std: float = 0.05
     contrastive_positives: Literal["pairs", "dropout"] = "pairs"
+    word_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in ("vanilla", "noise_robust", "noise_robust_contrastive"):
@@ -77,6 +82,8 @@ class AutoencoderLossConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout}")
 
     @property
     def uses_noise(self) -> bool:
@@ -165,13 +172,14 @@ def compute_autoencoder_losses(
     labels = batch["labels"]
     z = model.encode(batch["input_ids"], batch["attention_mask"])  # (B', N, D)
     z_in = gaussian_latent_noise(z, cfg.noise_std) if training and cfg.uses_noise else z
-    conversion = conversion_loss(model.reconstruction_logits(z_in, labels), labels)
+    inputs = model.decoder_inputs(labels, cfg.word_dropout if training else 0.0)
+    conversion = conversion_loss(model.reconstruction_logits(z_in, labels, inputs), labels)
     zero = conversion.new_zeros(())
 
     adversarial = zero
     if cfg.uses_adversarial:
         r = adversarial_direction(_latent_gradient(model, z_in, labels, conversion), cfg.adversarial_epsilon)
-        adversarial = conversion_loss(model.reconstruction_logits(z_in + r, labels), labels)
+        adversarial = conversion_loss(model.reconstruction_logits(z_in + r, labels, inputs), labels)
 
     contrastive = zero
     if cfg.uses_contrastive:

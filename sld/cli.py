@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "visualize": "visualize",
     "synthetic": "synthetic",
     "quickstart": "quickstart",
+    "export-lm": "export_lm",
 }
 
 

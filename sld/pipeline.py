@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sld.diffusion.sampling import SchedulerName, choose_num_segments, make_scheduler, sample_latents
 from sld.errors import UserError
-from sld.eval.metrics import mbr_select
+from sld.mbr import mbr_select
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.context_encoder import ContextEncoder
 from sld.models.denoiser import SegmentDiT
@@ -39,17 +39,26 @@ PIPELINE_CONFIG = "pipeline_config.json"
 
 
 @dataclass
-class PipelineConfig:
-    """What the pipeline needs beyond its three models; saved as ``pipeline_config.json``."""
+class SamplingConfig:
+    """Default generation settings of a pipeline (each can be overridden per call)."""
 
-    prediction_type: str = "v_prediction"
-    num_train_timesteps: int = 1000
     scheduler: SchedulerName = "dpm++"
     num_inference_steps: int = 25
     guidance_scale: float = 2.0
     num_beams: int = 1
     no_repeat_ngram_size: int = 0
     count_mode: Literal["argmax", "sample"] = "argmax"
+
+
+@dataclass
+class PipelineConfig(SamplingConfig):
+    """What the pipeline needs beyond its three models; saved as ``pipeline_config.json``.
+
+    The sampling defaults, plus the training schedule the denoiser was trained with and its task.
+    """
+
+    prediction_type: str = "v_prediction"
+    num_train_timesteps: int = 1000
     task: str = ""
 
 
@@ -172,18 +181,27 @@ class SLDPipeline:
         batch_size: int = 64,
         return_latents: bool = False,
         progress: bool = False,
+        min_new_tokens: int = 0,
     ) -> SLDOutput:
         """Generate one text per source (``None`` = unconditional).
 
         Settings left ``None`` take the saved ``pipeline_config.json`` defaults. ``num_segments``
         forces the segment count per source instead of the count head. ``batch_size`` counts
-        documents per denoising batch (candidates included).
+        documents per denoising batch (candidates included). ``max_new_tokens`` / ``min_new_tokens``
+        bound every decoded segment (None = the autoencoder's saved budget; 0 = no minimum).
         """
         cfg = self.config
         steps = num_inference_steps or cfg.num_inference_steps
         guidance = cfg.guidance_scale if guidance_scale is None else guidance_scale
-        beams = num_beams or cfg.num_beams
-        no_repeat = cfg.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size
+        decode_options = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams or cfg.num_beams,
+            "no_repeat_ngram_size": cfg.no_repeat_ngram_size
+            if no_repeat_ngram_size is None
+            else no_repeat_ngram_size,
+        }
+        if min_new_tokens > 0:
+            decode_options["min_new_tokens"] = min_new_tokens
         if num_candidates < 1:
             raise UserError(f"num_candidates must be >= 1, got {num_candidates}")
         if num_segments is not None and len(num_segments) != len(sources):
@@ -208,9 +226,7 @@ class SLDPipeline:
                 noise_scheduler,
                 steps,
                 guidance,
-                beams,
-                no_repeat,
-                max_new_tokens,
+                decode_options,
                 forced,
                 count_mode or cfg.count_mode,
                 generator,
@@ -238,9 +254,7 @@ class SLDPipeline:
         noise_scheduler,
         steps: int,
         guidance: float,
-        beams: int,
-        no_repeat: int,
-        max_new_tokens: int | None,
+        decode_options: dict,
         forced_counts: list[int] | None,
         count_mode: str,
         generator: torch.Generator | None,
@@ -259,27 +273,28 @@ class SLDPipeline:
         denoise_started = time.perf_counter()
         timings["context"] += denoise_started - started
 
+        # Only as many segment slots as this batch's longest document needs (one host read per
+        # batch): padded slots are masked out of the denoiser's attention, so they only cost time.
+        slots = int(counts.max())
+        segment_mask = torch.arange(slots, device=device)[None, :] < counts[:, None]  # (B, S')
         z = sample_latents(
             self.denoiser,
             noise_scheduler,
             context,
             context_mask,
-            num_segments=counts,
+            segment_mask=segment_mask,
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generator,
             renormalize=self.autoencoder.normalize_latents,
-        )  # (B, S, N, D)
+        )  # (B, S', N, D)
         _synchronize(device)
         decode_started = time.perf_counter()
         timings["denoise"] += decode_started - denoise_started
 
-        # Only real segments are decoded: (B, S) mask -> (B', N, D), all documents in one generate.
-        mask = torch.arange(self.max_segments, device=device)[None, :] < counts[:, None]
-        real = fold_segments(z)[fold_segments(mask)].to(self.autoencoder.dtype)
-        decoded = self.autoencoder.decode_latents(
-            real, max_new_tokens=max_new_tokens, num_beams=beams, no_repeat_ngram_size=no_repeat
-        )
+        # Only real segments are decoded: (B, S') mask -> (B', N, D), all documents in one batch.
+        real = fold_segments(z)[fold_segments(segment_mask)].to(self.autoencoder.dtype)
+        decoded = self.autoencoder.decode_latents(real, **decode_options)
         _synchronize(device)
         timings["decode"] += time.perf_counter() - decode_started
 

@@ -14,6 +14,7 @@ useless for writing), so every segment is tokenised twice: ``encoder_inputs`` fo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -114,23 +115,56 @@ def encoder_inputs(
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+def appends_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer ends every encoded text with eos on its own (T5, BART, the trained BPE);
+    causal-LM tokenizers (GPT-2, Llama, SmolLM2) do not."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(probe) and probe[-1] == tokenizer.eos_token_id
+
+
 def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> torch.Tensor:
     """Segments -> decoder targets ``labels`` (B', L) with ``IGNORE_INDEX`` at padding positions.
 
-    Pads are found through the attention mask, not the pad id, so this is right even where the pad id
-    doubles as another token (T5 starts decoding from its pad id).
+    Every row ends with exactly one eos (the decoder must learn where a segment ends), kept inside
+    ``max_length`` when the text is truncated: added by the tokenizer where it does so itself, else
+    appended here. Pads are found through the attention mask, not the pad id, so this is right even
+    where the pad id doubles as another token (T5 starts decoding from its pad id; causal LMs often pad
+    with eos).
     """
-    enc = tokenizer(
-        list(texts),
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
-        return_token_type_ids=False,
-    )
-    labels = enc["input_ids"].clone()
-    labels[enc["attention_mask"] == 0] = IGNORE_INDEX
+    if appends_eos(tokenizer):
+        enc = tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = IGNORE_INDEX
+        return labels
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 1)[
+        "input_ids"
+    ]
+    rows = [row + [tokenizer.eos_token_id] for row in ids]
+    labels = torch.full((len(rows), max((len(r) for r in rows), default=0)), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return labels
+
+
+def token_budget(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, percentile: float = 99.0
+) -> int:
+    """Decoder tokens (eos included) that ``percentile`` % of ``texts`` fit in, at most ``max_length``.
+
+    A decoding budget measured on the training targets: generation then stops at the length real
+    texts need, not at the truncation length (a looping row costs at most this many steps).
+    """
+    if not texts:
+        return max_length
+    lengths = (decoder_labels(tokenizer, list(texts), max_length) != IGNORE_INDEX).sum(dim=1).float()
+    return int(min(max_length, math.ceil(torch.quantile(lengths, percentile / 100).item())))
 
 
 __all__ = [
@@ -140,7 +174,9 @@ __all__ = [
     "PAD_TOKEN",
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
+    "appends_eos",
     "decoder_labels",
     "encoder_inputs",
+    "token_budget",
     "train_decoder_tokenizer",
 ]

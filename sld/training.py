@@ -78,8 +78,10 @@ PAUSE_MARKER_ENV = "SLD_PAUSE_MARKER"
 class OptimConfig:
     """AdamW and its learning-rate schedule (warmup, then cosine/linear decay or constant).
 
-    ``fused``: the fused AdamW kernel (one launch for all parameters; lets the NaN guard skip steps
-    without a host sync). None = on when training on CUDA.
+    ``pretrained_lr_scale`` multiplies the learning rate of the parameters a model reports as pretrained
+    (``model.pretrained_parameters()``, e.g. a loaded decoder LM) against the new parts it is trained
+    with; 0 freezes them. ``fused``: the fused AdamW kernel (one launch for all parameters; lets the
+    NaN guard skip steps without a host sync). None = on when training on CUDA.
     """
 
     lr: float = 1e-4
@@ -89,7 +91,12 @@ class OptimConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
+    pretrained_lr_scale: float = 1.0
     fused: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.pretrained_lr_scale < 0:
+            raise ValueError(f"pretrained_lr_scale must be >= 0, got {self.pretrained_lr_scale}")
 
 
 @dataclass
@@ -184,18 +191,36 @@ def lr_lambda(step: int, optim: OptimConfig, total_steps: int) -> float:
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], optim: OptimConfig, fused: bool = False
+    params: Iterable[torch.nn.Parameter],
+    optim: OptimConfig,
+    pretrained: Iterable[torch.nn.Parameter] = (),
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (biases, norms and embeddings-as-vectors excluded)."""
+    """AdamW with weight decay on matrices only (biases, norms and embeddings-as-vectors excluded).
+
+    Parameters in ``pretrained`` train at ``optim.pretrained_lr_scale`` x ``optim.lr`` (frozen at 0).
+    ``fused`` selects the fused kernel (all parameters on one CUDA/CPU device).
+    """
+    params = list(params)
+    pretrained_ids = {id(p) for p in pretrained}
+    if optim.pretrained_lr_scale == 0:
+        for p in params:
+            if id(p) in pretrained_ids:
+                p.requires_grad_(False)
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = []
+    for scale, members in (
+        (1.0, [p for p in params if id(p) not in pretrained_ids]),
+        (optim.pretrained_lr_scale, [p for p in params if id(p) in pretrained_ids]),
+    ):
+        decay = [p for p in members if p.dim() >= 2]
+        no_decay = [p for p in members if p.dim() < 2]
+        groups += [
+            {"params": decay, "weight_decay": optim.weight_decay, "lr": optim.lr * scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr": optim.lr * scale},
+        ]
     return torch.optim.AdamW(
         [g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas), fused=fused or None
     )
@@ -308,12 +333,13 @@ def fit(
     )
     if len(loader) == 0:
         raise ValueError(f"the training set is empty ({len(dataset)} items)")
+    pretrained = model.pretrained_parameters() if hasattr(model, "pretrained_parameters") else ()
     if loop.compile:
         model = torch.compile(model)
     fused = optim.fused if optim.fused is not None else accelerator.device.type == "cuda"
     if fused:
         model.to(accelerator.device)  # the fused kernel's device check sees the parameters where they train
-    optimizer = build_optimizer(model.parameters(), optim, fused=fused)
+    optimizer = build_optimizer(list(model.parameters()), optim, pretrained, fused=fused)
     # The schedule is stepped by hand once per optimizer step (not prepared): accelerate's wrapper
     # would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, optim, loop.max_steps))

@@ -1,22 +1,20 @@
-"""Benchmark SLD against the AR baseline: speed, memory and quality on one device, in one run.
+"""Benchmark SLD against the AR baseline: speed, fewest sampling steps, time against document length.
 
-    sld benchmark -c configs/benchmark.yaml input=runs/roc/segmented/valid.jsonl \
+    sld benchmark -c configs/benchmark.yaml mode=all input=runs/roc/segmented/valid.jsonl \
         sld_model=runs/roc/diffusion baseline_model=runs/roc/baseline output_dir=runs/roc/benchmark
 
-For every batch size, times the AR baseline for each decoding (greedy, beam; KV cache on) and SLD
-for each (scheduler, steps) sampling setting on the same first ``num_documents`` documents of a
-stage-1 split file, after one untimed warm-up batch per setting. Reports documents/s, latency,
-SLD's context / denoise / decode split, peak memory, ROUGE-L, distinct-2 and distinct outputs, and
-each setting's throughput relative to AR greedy at the same batch size. Writes ``benchmark.json``,
-``benchmark.md``, ``benchmark.png`` / ``.svg`` (quality against speed) and, optionally, every
-setting's predictions in the format ``sld evaluate`` reads. Either model may be left out.
+``mode=speed`` (sld/eval/benchmark.py): documents/s, latency, SLD's context/denoise/decode split,
+peak memory and quality of every AR decoding and SLD sampling setting at every batch size; each
+row's speed over the fastest AR setting within 1 ROUGE-L of the best AR setting -> benchmark.json,
+.md, .png/.svg and predictions/. ``mode=steps`` (sld/eval/step_count.py): the fewest DPM-Solver++ /
+DDIM steps within 1 ROUGE-L of 250-step DDPM -> steps.json/.md/.png/.svg. ``mode=length_scaling``
+(sld/eval/length_scaling.py): latency at batch 1 and throughput at batch 64 for 1..20 segments of
+forced length -> length_scaling.json/.md/.png/.svg. ``mode=all`` runs the three with one model load.
+Both systems decode under the same rules (sld/eval/decoding_rules.py).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,258 +24,113 @@ import torch
 
 from sld.cli import run_stage
 from sld.config import config_to_dict, save_config
-from sld.data.segmented import SegmentedDocument, read_segmented
-from sld.errors import DataError, UserError
-from sld.eval.benchmark import (
-    AR,
-    SLD,
-    DecodingSetting,
-    Measurement,
-    SamplerSetting,
-    benchmark_rows,
-    device_description,
-    markdown_table,
-    measure,
-    parameter_mib,
-    plot_quality_vs_speed,
+from sld.errors import UserError
+from sld.eval.benchmark import SpeedConfig, benchmark_rows, write_speed_report
+from sld.eval.decoding_rules import BudgetRule, resolve_decoding_rules
+from sld.eval.length_scaling import LengthScalingConfig, run_length_scaling, write_length_scaling_report
+from sld.eval.runner import (
+    load_documents,
+    load_models,
+    predictions_writer,
+    run_speed,
+    unavailable_decodings,
+    weights_mib,
 )
+from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
+from sld.eval.timing import device_description
 
-logger = logging.getLogger("sld.benchmark")
-
-
-def _default_samplers() -> list[SamplerSetting]:
-    return [
-        SamplerSetting("ddpm", 250),
-        SamplerSetting("dpm++", 50),
-        SamplerSetting("dpm++", 25),
-        SamplerSetting("dpm++", 10),
-    ]
-
-
-def _default_decodings() -> list[DecodingSetting]:
-    return [DecodingSetting("greedy", 1, 0), DecodingSetting("beam 4", 4, 3)]
+MODES = ("speed", "steps", "length_scaling")
 
 
 @dataclass
-class Config:
-    """``max_batches`` caps the documents of one cell at ``max_batches x batch_size`` (keeps batch 1
-    cheap); null = all ``num_documents`` at every batch size. ``sld_*`` decoding settings apply to
-    the segment decoder (``guidance_scale`` null = the pipeline's saved default); ``*_max_new_tokens``
-    null = per segment the autoencoder's segment length, per document the baseline's target length."""
+class Config(SpeedConfig):
+    """The speed keys (``batch_sizes``, ``samplers``, ``decodings``, ...) are ``SpeedConfig``'s; ``steps``
+    and ``length_scaling`` hold the other modes' keys. ``no_repeat_ngram_size`` null = the SLD
+    pipeline's saved value (0 without one), applied to both systems; ``token_budget`` and
+    ``budget_percentile``: see sld/eval/decoding_rules.py; ``*_max_new_tokens`` override them."""
 
     output_dir: str = "runs/benchmark"
     input: str = "runs/segmented/valid.jsonl"
-    num_documents: int = 256
-    max_batches: int | None = None
     sld_model: str | None = "runs/diffusion"
     baseline_model: str | None = "runs/baseline"
-    batch_sizes: list[int] = field(default_factory=lambda: [16, 64])
-    samplers: list[SamplerSetting] = field(default_factory=_default_samplers)
-    decodings: list[DecodingSetting] = field(default_factory=_default_decodings)
-    guidance_scale: float | None = None
-    sld_num_beams: int = 1
-    sld_no_repeat_ngram_size: int = 0
+    mode: Literal["speed", "steps", "length_scaling", "all"] = "speed"
+    no_repeat_ngram_size: int | None = None
+    token_budget: BudgetRule = "saved"
+    budget_percentile: float = 99.0
     sld_max_new_tokens: int | None = None
     ar_max_new_tokens: int | None = None
-    repeats: int = 1
-    warmup: bool = True
+    steps: StepsConfig = field(default_factory=StepsConfig)
+    length_scaling: LengthScalingConfig = field(default_factory=LengthScalingConfig)
     seed: int = 0
     device: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    save_predictions: bool = True
-    plot: bool = True
-
-    def __post_init__(self) -> None:
-        if self.num_documents < 1:
-            raise ValueError(f"num_documents must be >= 1, got {self.num_documents}")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ValueError(
-                f"batch_sizes must be a non-empty list of positive sizes, got {self.batch_sizes}"
-            )
-        if self.max_batches is not None and self.max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {self.max_batches}")
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
 
-def load_documents(path: str, limit: int) -> list[SegmentedDocument]:
-    """The first ``limit`` documents of a stage-1 split file."""
-    if not Path(path).is_file():
-        raise DataError(
-            f"input={path!r}: not found (a stage-1 <split>.jsonl file, e.g. runs/segmented/valid.jsonl)"
-        )
-    docs = read_segmented(path)[:limit]
-    if not docs:
-        raise DataError(f"{path}: no documents")
-    return docs
-
-
-def _load_models(cfg: Config, device: torch.device) -> tuple[Any, Any]:
-    dtype = getattr(torch, cfg.dtype)
-    pipe = baseline = None
-    if cfg.sld_model:
-        from sld.pipeline import SLDPipeline
-
-        pipe = SLDPipeline.from_pretrained(cfg.sld_model, device=device, dtype=dtype)
-    if cfg.baseline_model:
-        from sld.models.baseline import BaselineModel
-
-        baseline = BaselineModel.from_pretrained(cfg.baseline_model, device=device, dtype=dtype)
-    if pipe is None and baseline is None:
-        raise UserError("nothing to benchmark: set sld_model and/or baseline_model")
-    return pipe, baseline
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
-
-
-def _write_predictions(
-    path: Path, docs: Sequence[SegmentedDocument], references: Sequence[str], texts: Sequence[str]
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for doc, ref, text in zip(docs, references, texts):
-            row = {
-                "id": doc.id,
-                "source": doc.source,
-                "prediction": text,
-                "reference": ref,
-                "reference_segments": doc.segments,
-            }
-            handle.write(json.dumps(row) + "\n")
-
-
-def run_measurements(
-    cfg: Config, pipe: Any, baseline: Any, docs: Sequence[SegmentedDocument], device: torch.device
-) -> list[Measurement]:
-    """Every (batch size, setting) cell, AR decodings first, in one process on one device."""
-    output_dir = Path(cfg.output_dir)
-    measurements: list[Measurement] = []
-    for batch_size in cfg.batch_sizes:
-        count = len(docs) if cfg.max_batches is None else min(len(docs), cfg.max_batches * batch_size)
-        cell_docs = docs[:count]
-        sources = [doc.source for doc in cell_docs]
-        references = [" ".join(doc.segments) for doc in cell_docs]
-
-        cells: list[tuple[str, str, Any, int | None]] = []
-        if baseline is not None:
-            for decoding in cfg.decodings:
-
-                def ar_fn(srcs, d=decoding, b=batch_size):
-                    texts = baseline.generate_texts(
-                        list(srcs),
-                        batch_size=b,
-                        num_beams=d.num_beams,
-                        no_repeat_ngram_size=d.no_repeat_ngram_size,
-                        max_new_tokens=cfg.ar_max_new_tokens,
-                    )
-                    return texts, {}
-
-                cells.append((AR, decoding.name, ar_fn, None))
-        if pipe is not None:
-            for sampler in cfg.samplers:
-
-                def sld_fn(srcs, s=sampler, b=batch_size):
-                    out = pipe(
-                        list(srcs),
-                        num_inference_steps=s.steps,
-                        scheduler=s.scheduler,
-                        guidance_scale=cfg.guidance_scale,
-                        num_beams=cfg.sld_num_beams,
-                        no_repeat_ngram_size=cfg.sld_no_repeat_ngram_size,
-                        max_new_tokens=cfg.sld_max_new_tokens,
-                        seed=cfg.seed,
-                        batch_size=b,
-                    )
-                    return out.texts, dict(out.timings)
-
-                cells.append((SLD, sampler.label, sld_fn, sampler.steps))
-
-        for system, setting, fn, steps in cells:
-            result, texts = measure(
-                system,
-                setting,
-                fn,
-                sources,
-                references,
-                batch_size,
-                device,
-                repeats=cfg.repeats,
-                warmup=cfg.warmup,
-                steps=steps,
-            )
-            measurements.append(result)
-            if cfg.save_predictions:
-                name = f"{_slug(system)}_{_slug(setting)}_b{batch_size}.jsonl"
-                _write_predictions(output_dir / "predictions" / name, cell_docs, references, texts)
-    return measurements
-
-
-def weights_mib(pipe: Any, baseline: Any) -> dict[str, float]:
-    """Parameter memory of each loaded system (MiB), reported beside the working memory of the rows."""
-    out = {}
-    if pipe is not None:
-        out[SLD] = parameter_mib(pipe.denoiser, pipe.autoencoder, pipe.context_encoder)
-    if baseline is not None:
-        out[AR] = parameter_mib(baseline)
-    return out
-
-
-def write_report(
-    cfg: Config, rows: list[dict[str, Any]], device_text: str, weights: dict[str, float] | None = None
-) -> str:
-    """Write ``benchmark.json`` and ``benchmark.md`` (and the plot); return the Markdown."""
-    output_dir = Path(cfg.output_dir)
-    measures = sorted({r["memory_measure"] for r in rows})
-    table = markdown_table(rows)
-    lines = [
-        "# SLD vs AR baseline benchmark",
-        "",
-        f"- device: {device_text}, dtype {cfg.dtype}",
-        f"- input: {cfg.input} (first {max(r['num_documents'] for r in rows)} documents at most)",
-        f"- SLD: {cfg.sld_model or 'not run'}; AR baseline: {cfg.baseline_model or 'not run'}",
-        f"- timed runs per cell: {cfg.repeats} (median shown), warm-up batch: {'yes' if cfg.warmup else 'no'}",
-        f"- work MiB: peak memory of generation, {'; '.join(measures)}",
-        "- weights (MiB): " + (", ".join(f"{k} {v:.1f}" for k, v in (weights or {}).items()) or "n/a"),
-        "- x AR greedy: documents/s relative to the AR baseline's greedy decoding at the same batch size, "
-        "measured in this run (above 1 = faster than AR).",
-        "- ms/doc = wall time / documents; s/batch = wall time of one full batch; ms/step = denoising time "
-        "of one sampling step of one batch.",
-        "",
-        table,
-        "",
-    ]
-    markdown = "\n".join(lines)
-    (output_dir / "benchmark.md").write_text(markdown)
-    report = {
-        "device": device_text,
-        "dtype": cfg.dtype,
-        "memory_measure": measures,
-        "weights_mib": weights or {},
-        "config": config_to_dict(cfg),
-        "rows": rows,
-    }
-    (output_dir / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
-    if cfg.plot:
-        plot_quality_vs_speed(rows, output_dir / "benchmark", title=f"SLD vs AR on {device_text}")
-    return markdown
-
-
-def run(cfg: Config) -> list[dict[str, Any]]:
+def run(cfg: Config) -> dict[str, Any]:
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
+    modes = MODES if cfg.mode == "all" else (cfg.mode,)
+    if "steps" in modes and not cfg.sld_model:
+        raise UserError("mode=steps needs sld_model (it compares SLD samplers)")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
-    docs = load_documents(cfg.input, cfg.num_documents)
-    pipe, baseline = _load_models(cfg, device)
-    measurements = run_measurements(cfg, pipe, baseline, docs, device)
-    rows = benchmark_rows(measurements)
-    markdown = write_report(cfg, rows, device_description(device), weights_mib(pipe, baseline))
-    print(markdown)
-    print(f"benchmark written to {output_dir}")
-    return rows
+    num_docs = max(
+        cfg.num_documents if "speed" in modes else 0, cfg.steps.num_documents if "steps" in modes else 0
+    )
+    docs = load_documents(cfg.input, num_docs) if num_docs else []
+    pipe, baseline = load_models(cfg.sld_model, cfg.baseline_model, device, getattr(torch, cfg.dtype))
+    weights = weights_mib(pipe, baseline)
+    device_text = device_description(device)
+    header = [
+        f"- device: {device_text}, dtype {cfg.dtype}",
+        f"- SLD: {cfg.sld_model or 'not run'}; AR baseline: {cfg.baseline_model or 'not run'}",
+        "- weights (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in weights.items()),
+    ]
+    rules = None
+    if docs:
+        rules = resolve_decoding_rules(
+            docs, pipe, baseline, cfg.no_repeat_ngram_size, cfg.token_budget, cfg.budget_percentile,
+            cfg.sld_max_new_tokens, cfg.ar_max_new_tokens,
+        )  # fmt: skip
+        header += [
+            f"- input: {cfg.input} (first {len(docs)} documents)",
+            f"- both systems: no_repeat_ngram_size {rules.no_repeat_ngram_size}; token budget: {rules.rule}",
+        ]
+    results: dict[str, Any] = {}
+    if "speed" in modes:
+        sink = predictions_writer(output_dir / "predictions") if cfg.save_predictions else None
+        measurements = run_speed(
+            cfg, pipe, baseline, docs[: cfg.num_documents], rules, device, cfg.seed, sink
+        )
+        rows, references = benchmark_rows(measurements, cfg.quality_tolerance)
+        skipped = unavailable_decodings(baseline, cfg.decodings)
+        if skipped:
+            header.append(f"- not run (no beam search with a causal-LM baseline): AR {', '.join(skipped)}")
+        timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {'yes' if cfg.warmup else 'no'}"
+        extra = dict(device=device_text, dtype=cfg.dtype, weights_mib=weights, decoding_rules=rules.to_dict())
+        extra["config"] = config_to_dict(cfg)
+        title = f"SLD vs AR on {device_text}" if cfg.plot else None
+        print(
+            write_speed_report(
+                output_dir, rows, references, [*header, timing], cfg.quality_tolerance, extra, title
+            )
+        )
+        results["speed"] = rows
+    if "steps" in modes:
+        report = run_steps(
+            cfg.steps, pipe, docs, rules, device, cfg.guidance_scale, cfg.sld_num_beams, cfg.seed
+        )
+        report.update(device=device_text, decoding_rules=rules.to_dict())
+        print(write_steps_report(report, output_dir, header))
+        results["steps"] = report
+    if "length_scaling" in modes:
+        report = run_length_scaling(cfg.length_scaling, pipe, baseline, device, cfg.guidance_scale, cfg.seed)
+        report["device"] = device_text
+        print(write_length_scaling_report(report, output_dir, header[:3]))
+        results["length_scaling"] = report
+    print(f"benchmark ({', '.join(modes)}) written to {output_dir}")
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,6 @@ cores. The corpus size is ``corpus.*`` (see ``sld synthetic``). Any nested key c
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,19 +29,16 @@ from pathlib import Path
 
 from sld.cli import run_stage
 from sld.config import save_config
-from sld.data.records import RecordsConfig
+from sld.data.records import RecordsConfig, write_jsonl
 from sld.data.segment import SegmenterConfig
-from sld.data.segmented import read_segmented
-from sld.eval.metrics import repeated_segment_rate
-from sld.eval.topic_agreement import topic_agreement
+from sld.eval.topic_agreement import format_topic_scores, score_topics
+from sld.generation import generate_texts, prediction_rows, read_generation_inputs
+from sld.loading import load_model
 from sld.models.autoencoder import AutoencoderConfig
 from sld.training import LoopConfig, OptimConfig
-from stages import generate as generate_stage
 from stages import segment as segment_stage
 from stages import synthetic as synthetic_stage
 from stages import train_autoencoder, train_diffusion
-
-logger = logging.getLogger("sld.quickstart")
 
 
 def _quick_corpus() -> synthetic_stage.Config:
@@ -110,31 +106,6 @@ class Config:
     diffusion: train_diffusion.Config = field(default_factory=_quick_diffusion)
 
 
-def score_topics(rows: list[dict], train_file: Path, valid_file: Path, segmented: Path) -> dict:
-    """Topic agreement of generated documents and of their references (``topic_agreement``).
-
-    ``rows`` are ``sld generate`` outputs (``id``, ``segments``); topics come from the synthetic
-    corpus files, training sentences from the segmented training split.
-    """
-    topics = {}
-    for path in (train_file, valid_file):
-        topics.update((r["id"], r["topic"]) for r in map(json.loads, Path(path).read_text().splitlines()))
-    train_segments, train_labels = [], []
-    for doc in read_segmented(segmented / "train.jsonl"):
-        train_segments += doc.segments
-        train_labels += [topics[doc.id]] * len(doc.segments)
-    references = {doc.id: doc.segments for doc in read_segmented(segmented / "valid.jsonl")}
-    labels = [topics[row["id"]] for row in rows]
-    return {
-        "num_documents": len(rows),
-        "repeated_segments": repeated_segment_rate([row["segments"] for row in rows]),
-        "generated": topic_agreement([row["segments"] for row in rows], labels, train_segments, train_labels),
-        "references": topic_agreement(
-            [references[row["id"]] for row in rows], labels, train_segments, train_labels
-        ),
-    }
-
-
 def run(cfg: Config) -> dict:
     started = time.perf_counter()
     root = Path(cfg.output_dir)
@@ -147,21 +118,16 @@ def run(cfg: Config) -> dict:
     files = synthetic_stage.run(corpus)
 
     print("== 2/5 segmentation")
-    segmented = {}
-    for name, task, kind in (
-        ("stories", "title_to_story", "sentence"),
-        ("dialogues", "dialogue_summary", "sentence"),
-    ):
-        out = root / f"segmented_{name}"
+    segmented = {name: root / f"segmented_{name}" for name in ("stories", "dialogues")}
+    for name, task in (("stories", "title_to_story"), ("dialogues", "dialogue_summary")):
         segment_stage.run(
             segment_stage.Config(
                 splits={"train": str(files[f"{name}_train"]), "valid": str(files[f"{name}_valid"])},
-                output_dir=str(out),
+                output_dir=str(segmented[name]),
                 records=RecordsConfig(task=task),
-                segmenter=SegmenterConfig(kind=kind, max_segments=cfg.diffusion.max_segments),
+                segmenter=SegmenterConfig(kind="sentence", max_segments=cfg.diffusion.max_segments),
             )
         )
-        segmented[name] = out
 
     print("== 3/5 autoencoder")
     ae = cfg.autoencoder
@@ -182,33 +148,27 @@ def run(cfg: Config) -> dict:
     train_diffusion.run(dm)
 
     print("== 5/5 generation")
+    pipe = load_model(dm.output_dir, kinds=("pipeline",))
     shown, agreement = {}, {}
     for name in ("stories", "dialogues"):
-        gen_cfg = generate_stage.Config(
-            model=dm.output_dir,
-            input=str(segmented[name] / "valid.jsonl"),
-            limit=max(cfg.num_examples, cfg.num_scored),
-            output=str(root / f"predictions_{name}.jsonl"),
-            seed=cfg.seed,
-        )
-        rows = generate_stage.run(gen_cfg)
+        limit = max(cfg.num_examples, cfg.num_scored)
+        inputs = read_generation_inputs(segmented[name] / "valid.jsonl", limit=limit)
+        generated = generate_texts(pipe, [item.source for item in inputs], seed=cfg.seed, progress=True)
+        rows = prediction_rows(inputs, generated)
+        write_jsonl(root / f"predictions_{name}.jsonl", rows)
         shown[name] = rows[: cfg.num_examples]
         for row in shown[name]:
             source = row["source"] if len(row["source"]) < 300 else row["source"][:300] + " ..."
             print(
                 f"\n[{name} input]  {source}\n[generated]    {row['prediction']}\n[reference]    {row.get('reference', '')}"
             )
-        agreement[name] = score_topics(rows, files[f"{name}_train"], files[f"{name}_valid"], segmented[name])
+        topic_files = [files[f"{name}_train"], files[f"{name}_valid"]]
+        agreement[name] = score_topics(rows, topic_files, segmented[name])
     print(
         "\ntopic agreement: share of generated sentences whose nearest training sentence has the input's topic"
     )
     for name, scores in agreement.items():
-        print(
-            f"  {name:9s} generated {scores['generated']['agreement']:.2f}   "
-            f"references {scores['references']['agreement']:.2f}   chance {scores['generated']['chance']:.2f}   "
-            f"({scores['num_documents']} inputs; {scores['repeated_segments']:.0%} of generated sentences repeat an "
-            "earlier one of their text)"
-        )
+        print(f"  {name:9s} " + format_topic_scores(scores))
     minutes = (time.perf_counter() - started) / 60
     summary = {
         "minutes": round(minutes, 1),

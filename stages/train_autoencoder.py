@@ -42,6 +42,9 @@ class AutoencoderDataConfig:
     of ``sentence`` / ``paraphrase`` / ``negative`` rows for the contrastive loss; ``pair_fraction``
     of every batch are pair rows. Without a pairs file, ``negatives_file`` (one out-of-domain text
     per line) gives hard negatives and positives come from ``losses.contrastive_positives=dropout``.
+    ``group_by_length`` batches segments of similar length together (less padding per step).
+    ``decode_budget_percentile``: the saved decoding budget (``model.decode_max_tokens``) is the
+    decoder-token length this percentile of the training segments fits in.
     """
 
     segmented_dir: str = "runs/segmented"
@@ -52,10 +55,16 @@ class AutoencoderDataConfig:
     pair_fraction: float = 0.25
     num_valid_segments: int = 500
     extra_segmented_dirs: list[str] = field(default_factory=list)
+    group_by_length: bool = False
+    decode_budget_percentile: float = 99.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
             raise ValueError(f"pair_fraction must be in [0, 1), got {self.pair_fraction}")
+        if not 0.0 < self.decode_budget_percentile <= 100.0:
+            raise ValueError(
+                f"decode_budget_percentile must be in (0, 100], got {self.decode_budget_percentile}"
+            )
 
 
 @dataclass
@@ -122,8 +131,22 @@ def build_model(cfg: Config, train_docs: Sequence[Sequence[str]], output_dir: Pa
         return SegmentAutoencoder.from_pretrained(init_dir)
     corpus = [segment for doc in train_docs for segment in doc]
     model = SegmentAutoencoder.from_config(cfg.model, corpus_texts=corpus)
+    if cfg.model.decode_max_tokens is None:
+        model.config.decode_max_tokens = model.measure_decode_budget(
+            corpus, cfg.data.decode_budget_percentile
+        )
+        logger.info(
+            "decoding budget: %d tokens (%g%% of training segments fit)",
+            model.config.decode_max_tokens,
+            cfg.data.decode_budget_percentile,
+        )
     model.save_pretrained(init_dir)
     return model
+
+
+def row_length(row: str | dict) -> int:
+    """Characters of a training row's segment (a plain segment, or a pair row's ``sentence``)."""
+    return len(row if isinstance(row, str) else row["sentence"])
 
 
 def reconstruction_scores(
@@ -192,6 +215,7 @@ def run(cfg: Config) -> Path:
         cfg.loop,
         evaluate_fn=evaluate if valid_segments else None,
         items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
+        lengths=[row_length(dataset[i]) for i in range(len(dataset))] if cfg.data.group_by_length else None,
     )
     if result.accelerator.is_main_process:
         result.model.save_pretrained(output_dir)

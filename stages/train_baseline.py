@@ -39,12 +39,17 @@ logger = logging.getLogger("sld.train_baseline")
 
 @dataclass
 class BaselineDataConfig:
-    """Stage-1 folder with ``<split>.jsonl`` documents (``source`` + ``segments``)."""
+    """Stage-1 folder with ``<split>.jsonl`` documents (``source`` + ``segments``).
+
+    ``decode_budget_percentile``: the saved decoding budget (``model.decode_max_tokens``) is the token
+    length this percentile of the training targets fits in (SLD's autoencoder does the same per segment).
+    """
 
     segmented_dir: str = "runs/segmented"
     train_split: str = "train"
     valid_split: str = "valid"
     num_valid_documents: int = 64
+    decode_budget_percentile: float = 99.0
 
 
 @dataclass
@@ -117,6 +122,12 @@ def build_model(cfg: Config, train_docs: Sequence[SegmentedDocument], output_dir
     if model_cfg.encoder == "decoder":  # the decoder tokenizer also reads the sources
         corpus += [doc.source for doc in train_docs if doc.source]
     model = BaselineModel.from_config(model_cfg, corpus_texts=corpus, decoder_tokenizer=tokenizer)
+    if model.config.decode_max_tokens is None:
+        targets = [target_text(doc) for doc in train_docs]
+        model.config.decode_max_tokens = model.measure_decode_budget(
+            targets, cfg.data.decode_budget_percentile
+        )
+        logger.info("decoding budget: %d tokens", model.config.decode_max_tokens)
     model.save_pretrained(init_dir)
     return model
 

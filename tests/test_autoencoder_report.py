@@ -9,6 +9,7 @@ import pytest
 import torch
 from tiny_models import PAIRS, save_tiny_bert, tiny_autoencoder
 
+from sld.errors import DataError, UserError
 from sld.eval.autoencoder_report import (
     autoencoder_report,
     decode_with_noise,
@@ -132,3 +133,18 @@ def test_stage_writes_report_files(tmp_path, capsys):
     assert "missing.jsonl not found" in capsys.readouterr().err
     assert stage.main([f"autoencoders=[{tmp_path / 'ae0'}]", "labels=[a,b]", f"segments={segmented}"]) == 2
     assert "labels: 2 labels for 1 autoencoders" in capsys.readouterr().err
+
+
+def test_load_segments_reads_a_file_or_its_folder_in_order(tmp_path):
+    from sld.eval.autoencoder_report import load_segments
+
+    docs = [{"id": "a", "source": None, "segments": ["s1", "s2"], "num_segments": 2}]
+    docs.append({"id": "b", "source": None, "segments": ["s3"], "num_segments": 1})
+    (tmp_path / "valid.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert load_segments(tmp_path, 10) == ["s1", "s2", "s3"]
+    assert load_segments(tmp_path / "valid.jsonl", 2) == ["s1", "s2"]
+    with pytest.raises(UserError, match="num_segments must be >= 1"):
+        load_segments(tmp_path, 0)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no segments to reconstruct"):
+        load_segments(tmp_path / "empty.jsonl", 3)

@@ -65,11 +65,15 @@ def test_model_folder_of_another_stage(folders, tmp_path, capsys):
     with pytest.raises(UserError, match=r"autoencoder is not an SLD pipeline folder: pipeline_config.json"):
         SLDPipeline.from_pretrained(folders / "autoencoder")
     err = cli_error(["generate", f"model={folders / 'autoencoder'}", "texts=[a]"], capsys)
-    assert "is neither an SLD pipeline folder nor an AR baseline folder" in err
+    assert (
+        "is a segment autoencoder folder (autoencoder_config.json); this needs an SLD pipeline folder" in err
+    )
     err = cli_error(
         ["train-diffusion", f"autoencoder={folders / 'baseline'}", f"output_dir={tmp_path / 'dm'}"], capsys
     )
-    assert "is not a stage-2 folder: run `sld train-autoencoder` first" in err
+    assert (
+        "baseline' is an AR baseline folder (baseline_config.json); this needs a segment autoencoder" in err
+    )
 
 
 def test_model_folder_of_another_version(folders, tmp_path):

@@ -1,5 +1,6 @@
-"""`sld benchmark`: the bookkeeping on made-up timings (ratios, table rows, plot), the timing harness
-on a fake generator, and the stage end to end on a tiny SLD pipeline and a tiny AR baseline on CPU."""
+"""`sld benchmark`: the bookkeeping on made-up timings (the AR reference, ratios, table rows, plot),
+the timing harness on a fake generator, and the stage end to end on a tiny SLD pipeline and a tiny
+AR baseline on CPU (every mode)."""
 
 from __future__ import annotations
 
@@ -7,31 +8,27 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizer
+from tiny_systems import save_tiny_systems, write_stories
 
 from sld.data.segmented import SegmentedDocument, write_segmented
 from sld.eval.benchmark import (
     AR,
-    MEMORY_NA,
-    MEMORY_PEAK_RSS,
-    MEMORY_RSS_DELTA,
     SLD,
     Measurement,
-    MemoryMonitor,
     add_speed_ratios,
     aggregate_timings,
+    ar_quality_by_setting,
     benchmark_rows,
+    choose_ar_reference,
     markdown_table,
-    measure,
     plot_quality_vs_speed,
+    reference_summary,
     summarize,
+    write_speed_report,
 )
-
-TINY_T5 = dict(
-    model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=1, num_heads=4, dropout_rate=0.0
-)
+from sld.eval.timing import MEMORY_NA
+from sld.viz.figures import save_figure
 
 
 def fake_measurements() -> list[Measurement]:
@@ -40,10 +37,22 @@ def fake_measurements() -> list[Measurement]:
         Measurement(
             AR, "greedy", 4, 8, seconds=[2.0, 2.2, 1.8], quality={"rougeL": 20.0, "num_distinct_outputs": 8}
         ),
-        Measurement(AR, "beam 4", 4, 8, seconds=[4.0]),
+        Measurement(AR, "beam 4", 4, 8, seconds=[4.0], quality={"rougeL": 20.5}),
         Measurement(SLD, "dpm++ 10", 4, 8, seconds=[1.0], parts=[split], steps=10),
         Measurement(SLD, "dpm++ 10", 8, 8, seconds=[0.5], parts=[split], steps=10),
     ]
+
+
+def row(system: str, setting: str, batch: int, docs_per_second: float, rouge_l: float | None, docs: int = 64):
+    """A made-up summarized row."""
+    return {
+        "system": system,
+        "setting": setting,
+        "batch_size": batch,
+        "num_documents": docs,
+        "docs_per_second": docs_per_second,
+        "rougeL": rouge_l,
+    }
 
 
 def test_aggregate_timings_median_and_mean_parts():
@@ -57,203 +66,163 @@ def test_aggregate_timings_median_and_mean_parts():
 
 def test_summarize_throughput_latency_and_split():
     ar, _, sld, _ = fake_measurements()
-    row = summarize(ar)
-    assert row["seconds"] == 2.0 and row["docs_per_second"] == pytest.approx(4.0)
-    assert row["ms_per_document"] == pytest.approx(250.0) and row["seconds_per_batch"] == pytest.approx(1.0)
-    assert row["num_batches"] == 2 and row["ms_per_step"] is None and row["rougeL"] == 20.0
-    row = summarize(sld)
-    assert row["denoise_seconds"] == pytest.approx(0.6) and row["denoise_share"] == pytest.approx(0.6)
-    assert row["context_share"] == pytest.approx(0.1) and row["decode_share"] == pytest.approx(0.3)
+    r = summarize(ar)
+    assert r["seconds"] == 2.0 and r["docs_per_second"] == pytest.approx(4.0)
+    assert r["ms_per_document"] == pytest.approx(250.0) and r["seconds_per_batch"] == pytest.approx(1.0)
+    assert r["num_batches"] == 2 and r["ms_per_step"] is None and r["rougeL"] == 20.0
+    r = summarize(sld)
+    assert r["denoise_seconds"] == pytest.approx(0.6) and r["denoise_share"] == pytest.approx(0.6)
+    assert r["context_share"] == pytest.approx(0.1) and r["decode_share"] == pytest.approx(0.3)
     # 0.6 s of denoising over 10 steps x 2 batches
-    assert row["ms_per_step"] == pytest.approx(30.0)
+    assert r["ms_per_step"] == pytest.approx(30.0)
 
 
-def test_speed_ratios_against_ar_greedy_at_the_same_batch_size():
-    rows = benchmark_rows(fake_measurements())
-    ratios = {(r["system"], r["setting"], r["batch_size"]): r["speed_vs_ar_greedy"] for r in rows}
+def test_ar_reference_is_the_fastest_setting_within_the_tolerance_of_the_best():
+    # The issue's table: greedy 17.4 (48 docs/s), beam 4 17.5 (81 docs/s): both qualify, beam is faster.
+    rows = [
+        row(AR, "greedy", 64, 48.3, 17.4),
+        row(AR, "beam 4", 64, 81.1, 17.5),
+        row(SLD, "dpm++ 10", 64, 96.6, 16.3),
+    ]
+    assert choose_ar_reference(rows, 1.0) == {64: "beam 4"}
+    # A faster setting more than 1 point below the best is not comparable: the slower best one is.
+    rows = [row(AR, "greedy", 64, 90.0, 15.0), row(AR, "beam 4", 64, 30.0, 17.5)]
+    assert choose_ar_reference(rows, 1.0) == {64: "beam 4"}
+    # Exactly at the tolerance still qualifies; with a smaller tolerance it does not.
+    rows = [row(AR, "greedy", 64, 90.0, 16.5), row(AR, "beam 4", 64, 30.0, 17.5)]
+    assert choose_ar_reference(rows, 1.0) == {64: "greedy"}
+    assert choose_ar_reference(rows, 0.5) == {64: "beam 4"}
+    assert choose_ar_reference([row(SLD, "dpm++ 10", 64, 9.0, 16.0)]) == {}
+
+
+def test_ar_reference_quality_comes_from_the_largest_cell_and_speed_from_each_batch_size():
+    rows = [
+        # batch 1 sees 8 documents only: its ROUGE-L (noisy) is not used to judge the setting
+        row(AR, "greedy", 1, 5.0, 30.0, docs=8),
+        row(AR, "beam 4", 1, 2.0, 10.0, docs=8),
+        row(AR, "greedy", 16, 40.0, 17.4, docs=256),
+        row(AR, "beam 4", 16, 30.0, 17.5, docs=256),
+        row(AR, "greedy", 64, 48.0, 17.4, docs=256),
+        row(AR, "beam 4", 64, 81.0, 17.5, docs=256),
+    ]
+    assert ar_quality_by_setting(rows) == {"greedy": 17.4, "beam 4": 17.5}
+    assert choose_ar_reference(rows) == {1: "greedy", 16: "greedy", 64: "beam 4"}
+
+
+def test_speed_ratios_against_the_reference_at_the_same_batch_size():
+    rows, references = benchmark_rows(fake_measurements(), tolerance=1.0)
+    assert references == {4: "greedy"}  # greedy 20.0 is within 1 of beam 20.5 and twice as fast
+    ratios = {(r["system"], r["setting"], r["batch_size"]): r["speed_vs_ar"] for r in rows}
     assert ratios[(AR, "greedy", 4)] == pytest.approx(1.0)
     assert ratios[(AR, "beam 4", 4)] == pytest.approx(0.5)
-    assert ratios[(SLD, "dpm++ 10", 4)] == pytest.approx(2.0)
-    assert ratios[(SLD, "dpm++ 10", 8)] is None  # no AR greedy row at batch 8
+    assert ratios[(SLD, "dpm++ 10", 4)] == pytest.approx(2.0)  # 8 docs/s over greedy's 4 docs/s
+    assert ratios[(SLD, "dpm++ 10", 8)] is None  # no AR row at batch 8
+    assert all(r["ar_reference"] == ("greedy" if r["batch_size"] == 4 else None) for r in rows)
+    # With a strict tolerance beam 4 (20.5) is the only comparable setting: every ratio halves.
+    rows, references = benchmark_rows(fake_measurements(), tolerance=0.1)
+    assert references == {4: "beam 4"}
+    assert {r["setting"]: r["speed_vs_ar"] for r in rows if r["batch_size"] == 4} == pytest.approx(
+        {"greedy": 2.0, "beam 4": 1.0, "dpm++ 10": 4.0}
+    )
     # pure: the input rows are not modified
     plain = [summarize(m) for m in fake_measurements()]
-    add_speed_ratios(plain)
-    assert "speed_vs_ar_greedy" not in plain[0]
+    add_speed_ratios(plain, {4: "greedy"})
+    assert "speed_vs_ar" not in plain[0]
 
 
-def test_markdown_table_rows():
-    table = markdown_table(benchmark_rows(fake_measurements()))
+def test_markdown_names_the_reference():
+    rows, references = benchmark_rows(fake_measurements())
+    table = markdown_table(rows)
     lines = table.splitlines()
     assert len(lines) == 2 + 4
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "x AR ref" in lines[0]
+    assert "1.00x (ref)" in lines[2] and "greedy" in lines[2]
     sld_row = lines[4]
     assert "SLD" in sld_row and "dpm++ 10" in sld_row and "2.00x" in sld_row and "10 / 60 / 30" in sld_row
     assert "n/a" in lines[-1]  # no ratio at batch 8
     assert "8/8 (refs None)" in lines[2]
+    summary = reference_summary(rows, references, 1.0)
+    assert "batch 4: **greedy**" in summary and "best AR setting (beam 4)" in summary
+    assert "greedy 20.00" in summary and "beam 4 20.50" in summary
+    assert "no AR baseline" in reference_summary(rows[2:], {}, 1.0)
 
 
-def test_plot_writes_png_and_svg(tmp_path):
-    rows = benchmark_rows(fake_measurements())
+def test_speed_report_and_plot_files(tmp_path):
+    rows, references = benchmark_rows(fake_measurements())
     for r in rows:
         r.setdefault("rougeL", 10.0)
         r.setdefault("distinct_2", 0.5)
-    paths = plot_quality_vs_speed(rows, tmp_path / "plot" / "benchmark", title="test")
+        r.setdefault("memory_measure", MEMORY_NA)
+    paths = save_figure(plot_quality_vs_speed(rows, title="test"), tmp_path / "plot", "benchmark")
     assert [p.name for p in paths] == ["benchmark.png", "benchmark.svg"]
     assert all(p.stat().st_size > 0 for p in paths)
-
-
-def test_measure_warms_up_then_times_every_repeat():
-    calls = []
-
-    def fake_generate(sources):
-        calls.append(len(sources))
-        return [f"text {s}" for s in sources], {"denoise": 0.01}
-
-    sources = ["a", "b", "c", "d", "e"]
-    result, texts = measure(
-        SLD,
-        "ddim 2",
-        fake_generate,
-        sources,
-        list(sources),
-        batch_size=2,
-        device=torch.device("cpu"),
-        repeats=2,
-        steps=2,
+    markdown = write_speed_report(
+        tmp_path / "out", rows, references, ["- header line"], 1.0, {"dtype": "x"}, "t"
     )
-    assert calls == [2, 5, 5]  # one warm-up batch, then two timed runs over all documents
-    assert texts == [f"text {s}" for s in sources]
-    assert len(result.seconds) == 2 and len(result.parts) == 2 and result.num_batches == 3
-    assert result.quality["num_distinct_outputs"] == 5 and result.quality["ref_num_distinct"] == 5
-    assert result.memory_measure in (MEMORY_PEAK_RSS, MEMORY_RSS_DELTA, MEMORY_NA)
-
-
-def test_memory_monitor_on_cpu_reports_what_it_measured():
-    with MemoryMonitor(torch.device("cpu")) as memory:
-        block = torch.ones(8 * 2**20 // 4)  # 8 MiB
-        block.add_(1)
-    assert memory.measure in (MEMORY_PEAK_RSS, MEMORY_RSS_DELTA, MEMORY_NA)
-    if memory.measure != MEMORY_NA:
-        assert memory.peak_mib is not None and memory.peak_mib >= 0
+    report = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert report["ar_reference"] == {"4": "greedy"} and report["dtype"] == "x"
+    assert report["ar_quality"] == {"greedy": 20.0, "beam 4": 20.5} and report["quality_tolerance"] == 1.0
+    assert "- header line" in markdown and (tmp_path / "out" / "benchmark.svg").is_file()
 
 
 # ------------------------------------------------------------------------------ stage end to end
 
 
-def save_tiny_bert(folder: Path) -> str:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'#"]
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(1)
-    BertModel(config).save_pretrained(folder)
-    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(str(folder))
-    return str(folder)
-
-
-def save_tiny_models(root: Path, corpus: list[str]) -> tuple[Path, Path]:
-    """A tiny SLD pipeline and a tiny AR baseline sharing one random BERT encoder; returns both folders."""
-    from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
-    from sld.models.baseline import BaselineConfig, BaselineModel
-    from sld.models.context_encoder import ContextEncoder
-    from sld.models.denoiser import SegmentDiT
-    from sld.pipeline import PipelineConfig, SLDPipeline
-
-    bert = save_tiny_bert(root / "bert")
-    torch.manual_seed(0)
-    autoencoder = SegmentAutoencoder.from_config(
-        AutoencoderConfig(
-            encoder=bert,
-            decoder_config=dict(TINY_T5),
-            decoder_vocab_size=280,
-            num_latents=2,
-            latent_dim=8,
-            compressor_layers=1,
-            compressor_heads=2,
-            reconstructor_layers=0,
-            dropout=0.0,
-            max_segment_tokens=6,
-        ),
-        corpus,
-    )
-    context = ContextEncoder(
-        AutoModel.from_pretrained(bert), AutoTokenizer.from_pretrained(bert), max_length=16
-    )
-    denoiser = SegmentDiT(
-        latent_dim=8,
-        num_latents=2,
-        max_segments=2,
-        context_dim=16,
-        width=16,
-        depth=2,
-        heads=2,
-        num_null_tokens=1,
-    )
-    pipeline = SLDPipeline(denoiser, autoencoder, context, PipelineConfig(guidance_scale=1.5))
-    sld_dir = pipeline.save_pretrained(root / "sld")
-    baseline = BaselineModel.from_config(
-        BaselineConfig(
-            encoder=bert, decoder_config=dict(TINY_T5), decoder_vocab_size=280, max_target_tokens=8
-        ),
-        corpus,
-    )
-    baseline_dir = baseline.save_pretrained(root / "baseline")
-    return sld_dir, baseline_dir
+def write_config(tmp_path: Path, **config) -> Path:
+    path = tmp_path / "benchmark.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.mark.slow
-def test_benchmark_end_to_end_on_cpu(tmp_path):
+def test_speed_mode_end_to_end_on_cpu(tmp_path):
     from stages import benchmark
 
-    stories = [
-        ("lost dog", ["Rex ran away.", "Tom found him."]),
-        ("snow", ["It snowed.", "School was closed."]),
-        ("cake", ["Anna baked a cake.", "It burned."]),
-        (None, ["A cat sat.", "It was happy."]),
-        ("rain", ["It rained.", "We stayed in."]),
-    ]
-    docs = [SegmentedDocument(f"d{i}", src, segs, len(segs)) for i, (src, segs) in enumerate(stories)]
-    write_segmented(tmp_path / "valid.jsonl", docs)
-    sld_dir, baseline_dir = save_tiny_models(tmp_path, [s for _, segs in stories for s in segs] * 4)
-
+    sld_dir, baseline_dir = save_tiny_systems(tmp_path)
     out = tmp_path / "bench"
-    config = {
-        "output_dir": str(out),
-        "input": str(tmp_path / "valid.jsonl"),
-        "num_documents": 4,
-        "max_batches": 1,
-        "sld_model": str(sld_dir),
-        "baseline_model": str(baseline_dir),
-        "batch_sizes": [2, 4],
-        "samplers": [{"scheduler": "dpm++", "steps": 2}],
-        "decodings": [{"name": "greedy"}, {"name": "beam 2", "num_beams": 2, "no_repeat_ngram_size": 2}],
-        "device": "cpu",
-        "repeats": 1,
-    }
-    config_file = tmp_path / "benchmark.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    assert benchmark.main(["-c", str(config_file)]) == 0
+    config = write_config(
+        tmp_path,
+        output_dir=str(out),
+        input=str(write_stories(tmp_path / "valid.jsonl")),
+        num_documents=4,
+        max_batches=1,
+        sld_model=str(sld_dir),
+        baseline_model=str(baseline_dir),
+        batch_sizes=[2, 4],
+        samplers=[{"scheduler": "dpm++", "steps": 2}],
+        decodings=[{"name": "greedy"}, {"name": "beam 2", "num_beams": 2}],
+        no_repeat_ngram_size=2,
+        device="cpu",
+        repeats=1,
+    )
+    assert benchmark.main(["-c", str(config)]) == 0
 
     report = json.loads((out / "benchmark.json").read_text())
     rows = report["rows"]
     assert len(rows) == 2 * (2 + 1)
     assert {(r["system"], r["setting"]) for r in rows} == {(AR, "greedy"), (AR, "beam 2"), (SLD, "dpm++ 2")}
     assert [r["num_documents"] for r in rows if r["setting"] == "greedy"] == [2, 4]  # max_batches = 1
+    references = report["ar_reference"]
+    assert set(references) == {"2", "4"} and set(references.values()) <= {"greedy", "beam 2"}
     for r in rows:
-        assert r["docs_per_second"] > 0 and r["speed_vs_ar_greedy"] is not None
+        assert r["docs_per_second"] > 0 and r["speed_vs_ar"] is not None
+        assert r["ar_reference"] == references[str(r["batch_size"])]
         assert 0 <= r["distinct_2"] <= 1 and r["num_distinct_outputs"] >= 1 and r["rougeL"] >= 0
         if r["system"] == SLD:
             assert r["steps"] == 2 and r["ms_per_step"] > 0
             assert sum(r[f"{p}_share"] for p in ("context", "denoise", "decode")) == pytest.approx(1.0)
-        if r["setting"] == "greedy":
-            assert r["speed_vs_ar_greedy"] == pytest.approx(1.0)
+        if r["system"] == AR and r["setting"] == r["ar_reference"]:
+            assert r["speed_vs_ar"] == pytest.approx(1.0)
+    # the same repetition control for both; the tiny models have no saved budget: their truncation lengths
+    rules = report["decoding_rules"]
+    assert rules["no_repeat_ngram_size"] == 2
+    assert (rules["sld_max_new_tokens"], rules["ar_max_new_tokens"]) == (6, 8) and "no saved budget" in rules[
+        "rule"
+    ]
     markdown = (out / "benchmark.md").read_text()
-    assert markdown.count("| SLD |") == 2 and "x AR greedy" in markdown
+    assert markdown.count("| SLD |") == 2 and "x AR ref" in markdown and "(ref)" in markdown
+    assert "no_repeat_ngram_size 2" in markdown
     assert set(report["weights_mib"]) == {SLD, AR} and all(v > 0 for v in report["weights_mib"].values())
     assert (out / "benchmark.png").is_file() and (out / "benchmark.svg").is_file()
     predictions = sorted(p.name for p in (out / "predictions").iterdir())
@@ -262,7 +231,58 @@ def test_benchmark_end_to_end_on_cpu(tmp_path):
     assert first["reference"] == "Rex ran away. Tom found him." and "prediction" in first
 
 
-def test_benchmark_without_models_is_a_user_error(tmp_path, capsys):
+@pytest.mark.slow
+def test_all_modes_end_to_end_on_cpu(tmp_path):
+    from stages import benchmark
+
+    sld_dir, baseline_dir = save_tiny_systems(tmp_path)
+    out = tmp_path / "bench"
+    argv = [
+        "mode=all",
+        f"output_dir={out}",
+        f"input={write_stories(tmp_path / 'valid.jsonl')}",
+        f"sld_model={sld_dir}",
+        f"baseline_model={baseline_dir}",
+        "device=cpu",
+        "num_documents=2",
+        "batch_sizes=[2]",
+        "samplers=[{scheduler: ddim, steps: 2}]",
+        "decodings=[{name: greedy}]",
+        "save_predictions=false",
+        "steps.schedulers=[ddim]",
+        "steps.counts=[1,2]",
+        "steps.reference={scheduler: ddpm, steps: 3}",
+        "steps.num_documents=3",
+        "steps.batch_size=2",
+        "length_scaling.segment_counts=[1,3]",
+        "length_scaling.tokens_per_segment=2",
+        "length_scaling.throughput_batch_size=2",
+        "length_scaling.latency_repeats=1",
+        "length_scaling.throughput_repeats=1",
+        "length_scaling.sampler={scheduler: ddim, steps: 2}",
+    ]
+    assert benchmark.main(argv) == 0
+    for stem in ("benchmark", "steps", "length_scaling"):
+        assert all((out / f"{stem}.{ext}").is_file() for ext in ("json", "md", "png", "svg")), stem
+    assert not (out / "predictions").exists()
+
+    steps = json.loads((out / "steps.json").read_text())
+    assert steps["num_documents"] == 3 and steps["reference"]["steps"] == 3
+    assert [(r["scheduler"], r["steps"]) for r in steps["rows"]] == [("ddim", 1), ("ddim", 2)]
+    assert set(steps["finding"]) == {"threshold", "per_scheduler", "fewest"}
+    assert set(steps["decoding_rules"]) >= {"no_repeat_ngram_size", "sld_max_new_tokens", "ar_max_new_tokens"}
+
+    scaling = json.loads((out / "length_scaling.json").read_text())
+    assert scaling["tokens_per_segment"] == 2 and scaling["timing_only"] is True
+    assert "RANDOM weights" in scaling["sld_weights"]  # the tiny denoiser has 2 segment slots, S goes to 3
+    cells = {(r["system"], r["measure"], r["segments"]) for r in scaling["rows"]}
+    assert cells == {(s, m, n) for s in (SLD, AR) for m in ("latency", "throughput") for n in (1, 3)}
+    assert all(r["tokens_per_document"] == 2 * r["segments"] for r in scaling["rows"])
+    assert set(scaling["growth"]) == {SLD, AR}
+    assert "RANDOM weights" in (out / "length_scaling.md").read_text()
+
+
+def test_benchmark_user_errors(tmp_path, capsys):
     from stages import benchmark
 
     write_segmented(tmp_path / "valid.jsonl", [SegmentedDocument("a", "x", ["y."], 1)])
@@ -275,3 +295,7 @@ def test_benchmark_without_models_is_a_user_error(tmp_path, capsys):
     assert benchmark.main(argv) == 2
     assert "nothing to benchmark" in capsys.readouterr().err
     assert benchmark.main([f"output_dir={tmp_path / 'out'}", f"input={tmp_path / 'missing.jsonl'}"]) == 2
+    assert benchmark.main([*argv, "mode=steps"]) == 2
+    assert "mode=steps needs sld_model" in capsys.readouterr().err
+    assert benchmark.main([*argv, "mode=fast"]) == 2
+    assert "mode" in capsys.readouterr().err

@@ -221,3 +221,26 @@ def test_tiny_denoiser_overfits_fixed_latents():
         torch.set_num_threads(threads)
     assert mse1 < 0.6 * mse0, (mse0, mse1)
     assert ce1 < 0.1 * ce0, (ce0, ce1)
+
+
+def test_autoencoder_decoder_trains_the_prediction_not_the_autoencoder(tmp_path):
+    from tiny_models import LATENTS, WIDTH, save_tiny_bert, tiny_autoencoder
+
+    from sld.diffusion.objective import autoencoder_decoder
+    from sld.tokenization import decoder_labels
+
+    autoencoder = tiny_autoencoder(save_tiny_bert(tmp_path / "bert"), seed=0).requires_grad_(False)
+    decode = autoencoder_decoder(autoencoder)
+    texts = ["Anna walked her dog in the park.", "Tom baked a cake for his mother."]
+    target = autoencoder.encode_texts(texts).float()  # (2, N, D)
+    labels = decoder_labels(autoencoder.decoder_tokenizer, texts, autoencoder.max_segment_tokens)
+    pred = (
+        target + 0.3 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+    ).requires_grad_()
+    mse, ce = decode(pred, target, labels)
+    assert target.shape == (2, LATENTS, WIDTH) and mse.dim() == ce.dim() == 0 and mse > 0 and ce > 0
+    (mse + ce).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in autoencoder.parameters())
+    exact_mse, exact_ce = decode(target, target, labels)
+    assert exact_mse.item() == 0.0 and exact_ce < ce

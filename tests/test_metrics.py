@@ -115,22 +115,6 @@ def test_segment_count_accuracy_and_error():
     assert M.segment_count_accuracy([], []) == 0.0
 
 
-# ---- MBR ------------------------------------------------------------------------------------------
-
-
-def test_mbr_majority_candidate_wins_ties_go_first():
-    candidates = ["dog ran fast", "the cat sat on the mat", "the cat sat on the mat", "the cat sat on a mat"]
-    assert M.mbr_select(candidates) == 1
-
-
-def test_mbr_edge_cases():
-    assert M.mbr_select(["only one"]) == 0
-    assert M.mbr_select(["a b", "c d", "e f"]) == 0  # all zero: first
-    assert M.mbr_select(["x y z", "the cat sat", "the cat sat down"]) in (1, 2)
-    with pytest.raises(ValueError):
-        M.mbr_select([])
-
-
 # ---- semantic similarity (packaged MiniLM, loaded once) ---------------------------------------------
 
 

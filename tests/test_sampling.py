@@ -15,6 +15,7 @@ from sld.diffusion.sampling import (
     TrajectoryRecorder,
     choose_num_segments,
     forward_noise,
+    host_timesteps,
     make_scheduler,
     sample_latents,
 )
@@ -196,3 +197,118 @@ def test_sampling_user_errors():
         make_scheduler("euler")  # type: ignore[arg-type]
     with pytest.raises(UserError, match="prediction_type"):
         make_scheduler("ddim", prediction_type="score")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ no host syncs per step
+
+HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "cpu", "numpy"}
+
+
+class DeviceOnly(torch.Tensor):
+    """A CPU tensor that stands for a GPU tensor: every host read of its values (``.item()``,
+    ``bool(t)``, ``.tolist()``, ``nonzero``, ...) is recorded, as a GPU would have to synchronise
+    for it. Tensors computed from it are ``DeviceOnly`` too; the schedulers' CPU tables are not."""
+
+    reads: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            cls.reads.append(name)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def host_reads_while_sampling(
+    name: str, steps: int, guidance_scale: float, self_conditioning: bool
+) -> list[str]:
+    model = tiny_dit(self_conditioning=self_conditioning)
+    c, cm = context()
+    DeviceOnly.reads = []
+    out = sample_latents(
+        model,
+        make_scheduler(name),
+        c.as_subclass(DeviceOnly),
+        cm.as_subclass(DeviceOnly),
+        num_segments=torch.tensor([3, 2, 1]).as_subclass(DeviceOnly),
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(0),
+        latents=torch.randn(B, S, N, D, generator=torch.Generator().manual_seed(1)).as_subclass(DeviceOnly),
+    )
+    assert isinstance(out, DeviceOnly)  # the whole computation ran on the "device" tensors
+    return list(DeviceOnly.reads)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("guidance_scale, self_conditioning", [(2.0, True), (1.0, False)])
+def test_the_step_loop_never_reads_device_tensors_on_the_host(name, guidance_scale, self_conditioning):
+    few = host_reads_while_sampling(name, 2, guidance_scale, self_conditioning)
+    many = host_reads_while_sampling(name, 7, guidance_scale, self_conditioning)
+    # No read per step; at most the argument check before the loop (every document has a segment).
+    assert few == many and set(few) <= {"__bool__"}
+
+
+def test_host_reads_are_detected():
+    """The detector itself: a host read inside a computation on DeviceOnly tensors is recorded."""
+    DeviceOnly.reads = []
+    x = torch.ones(3).as_subclass(DeviceOnly)
+    y = (x * 2).sum()
+    if y > 0:  # bool(tensor): a sync on a GPU
+        y.item()
+    assert DeviceOnly.reads == ["__bool__", "item"]
+
+
+def test_timesteps_are_python_ints_from_a_cpu_schedule():
+    for name in ("ddpm", "ddim", "dpm++"):
+        scheduler = make_scheduler(name)
+        timesteps = host_timesteps(scheduler, 5)
+        assert all(type(t) is int for t in timesteps) and len(timesteps) == 5 and timesteps[0] == 999
+        assert scheduler.timesteps.device.type == "cpu"
+        recorder = TrajectoryRecorder()
+        c, cm = context()
+        sample_latents(
+            tiny_dit(),
+            scheduler,
+            c,
+            cm,
+            num_segments=torch.tensor([1, 1, 1]),
+            num_inference_steps=5,
+            callback=recorder,
+        )
+        assert recorder.timesteps == timesteps and all(type(t) is int for t in recorder.timesteps)
+    with pytest.raises(UserError, match="num_inference_steps"):
+        host_timesteps(make_scheduler("ddim"), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
+def test_no_cuda_synchronisation_in_the_step_loop(name):
+    """On a GPU: torch's sync debug mode turns any synchronising call of steps 2.. into an error.
+
+    The first step's callback switches the mode on, so the setup before the loop (argument checks,
+    copies of small tensors to the device) is not checked, and every later step is.
+    """
+    device = torch.device("cuda")
+    model = tiny_dit().to(device)
+    c, cm = (t.to(device) for t in context())
+    kwargs = dict(
+        num_segments=torch.tensor([3, 2, 1], device=device),
+        guidance_scale=2.0,
+        generator=torch.Generator(device=device).manual_seed(0),
+        latents=torch.randn(B, S, N, D, device=device),
+    )
+    sample_latents(model, make_scheduler(name), c, cm, num_inference_steps=2, **kwargs)  # warm-up
+    seen = []
+
+    def from_now_on_no_syncs(step):
+        seen.append(step.index)
+        torch.cuda.set_sync_debug_mode("error")
+
+    try:
+        sample_latents(
+            model, make_scheduler(name), c, cm, num_inference_steps=5, callback=from_now_on_no_syncs, **kwargs
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert seen == [0, 1, 2, 3, 4]

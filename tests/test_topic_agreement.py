@@ -1,8 +1,11 @@
-"""Topic agreement by nearest training segment (word-set Jaccard)."""
+"""Topic agreement by nearest training segment (word-set Jaccard), and its scoring of files on disk."""
+
+import json
 
 import pytest
 
-from sld.eval.topic_agreement import nearest_labels, topic_agreement
+from sld.data.segmented import SegmentedDocument, write_segmented
+from sld.eval.topic_agreement import format_topic_scores, nearest_labels, score_topics, topic_agreement
 
 TRAIN = [
     "The dog ran away from home.",
@@ -44,3 +47,26 @@ def test_mismatched_inputs_are_rejected():
         nearest_labels(["a"], TRAIN, TOPICS[:2])
     with pytest.raises(ValueError, match="no generated segments"):
         topic_agreement([[]], ["dog"], TRAIN, TOPICS)
+
+
+def test_score_topics_reads_labels_and_references_from_disk(tmp_path):
+    train = [SegmentedDocument(f"t{i}", "x", [TRAIN[2 * i], TRAIN[2 * i + 1]], 2) for i in range(3)]
+    valid = [SegmentedDocument("v0", "dog", ["The dog ran to the park."], 1)]
+    valid.append(SegmentedDocument("v1", "cake", ["A burnt cake.", "She baked it."], 2))
+    write_segmented(tmp_path / "seg" / "train.jsonl", train)
+    write_segmented(tmp_path / "seg" / "valid.jsonl", valid)
+    topics = [{"id": f"t{i}", "topic": t} for i, t in enumerate(["dog", "cake", "exam"])]
+    topics += [{"id": "v0", "topic": "dog"}, {"id": "v1", "topic": "cake"}]
+    files = [tmp_path / "train.jsonl", tmp_path / "valid.jsonl"]
+    files[0].write_text("".join(json.dumps(t) + "\n" for t in topics[:3]))
+    files[1].write_text("".join(json.dumps(t) + "\n" for t in topics[3:]))
+    rows = [
+        {"id": "v0", "segments": ["The exam was hard.", "The exam was hard."]},  # off topic, repeated
+        {"id": "v1", "segments": ["The chocolate cake burnt."]},
+    ]
+    scores = score_topics(rows, files, tmp_path / "seg")
+    assert scores["num_documents"] == 2 and scores["repeated_segments"] == pytest.approx(1 / 3)
+    assert scores["generated"]["agreement"] == pytest.approx(1 / 3)
+    assert scores["references"]["agreement"] == pytest.approx(1.0)
+    line = format_topic_scores(scores)
+    assert line.startswith("generated 0.33   references 1.00") and "33% of generated sentences" in line

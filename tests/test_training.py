@@ -51,8 +51,8 @@ def test_accumulation_takes_one_optimizer_step_per_accumulated_batch(tmp_path, m
     steps = []
     real_build = training.build_optimizer
 
-    def counting_build(params, optim, **kwargs):
-        opt = real_build(params, optim, **kwargs)
+    def counting_build(params, optim, *args, **kwargs):
+        opt = real_build(params, optim, *args, **kwargs)
         opt.register_step_post_hook(lambda *a: steps.append(1))
         return opt
 

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny_models import LATENTS, PAIRS, WIDTH, save_tiny_bert, tiny_autoencoder
+from tiny_models import PAIRS, save_tiny_bert, tiny_autoencoder, tiny_pipeline
 
 from sld.errors import UserError
 from sld.models.autoencoder import SegmentAutoencoder
-from sld.models.context_encoder import ContextEncoder
-from sld.models.denoiser import SegmentDiT
-from sld.pipeline import PipelineConfig, SLDPipeline
+from sld.pipeline import SLDPipeline
 from sld.viz import (
+    CurvesResult,
     PairLatents,
     collect_series,
+    curves_figure,
     denoising_trajectory,
     fit_pca,
     latent_map,
@@ -34,6 +34,8 @@ from sld.viz import (
     run_labels,
     smoothness,
 )
+from sld.viz.figures import finite_numbers, save_numbers
+from sld.viz.render import FigureConfig, render_figure
 from stages import visualize
 
 
@@ -47,18 +49,7 @@ def models(tmp_path_factory) -> dict[str, str]:
     (root / "ae_vanilla" / "config.yaml").write_text(yaml.safe_dump({"losses": {"variant": "vanilla"}}))
     tiny_autoencoder(bert, seed=1).save_pretrained(root / "ae_other")
 
-    torch.manual_seed(0)
-    denoiser = SegmentDiT(
-        latent_dim=WIDTH, num_latents=LATENTS, max_segments=2, context_dim=24, width=32, depth=2, heads=4
-    )
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-trivial predictions despite the zero init
-        for p in denoiser.parameters():
-            if torch.count_nonzero(p) == 0:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    context = ContextEncoder.from_pretrained(bert, max_length=16)
-    config = PipelineConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=2.0)
-    SLDPipeline(denoiser, first, context, config).save_pretrained(root / "pipeline")
+    tiny_pipeline(bert, first).save_pretrained(root / "pipeline")
 
     pairs = root / "pairs.jsonl"
     rows = [{"sentence": s, "paraphrase": p, "negative": n} for s, p, n in PAIRS]
@@ -284,6 +275,34 @@ def test_visualize_curves_stage(tmp_path, capsys):
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     assert visualize.main(["curves", f"curves.runs=[{tmp_path / 'bad'}]", f"output_dir={out}"]) == 2
     assert "metrics.jsonl:2" in capsys.readouterr().err
+
+
+def test_render_figure_is_the_library_call_behind_the_stage(tmp_path):
+    runs = [str(write_metrics(tmp_path / name, 1.0)) for name in ("a", "b")]
+    cfg = FigureConfig(kind="curves", output_dir=str(tmp_path / "figs"), name="mine", formats=["png"])
+    cfg.curves.runs, cfg.curves.labels = runs, ["first", "second"]
+    rendered = render_figure(cfg)
+    assert isinstance(rendered.result, CurvesResult) and list(rendered.result.rows) == ["first", "second"]
+    assert [p.name for p in rendered.files] == ["mine.png", "mine.json"]
+    assert (
+        rendered.numbers == rendered.result.to_dict() and (tmp_path / "figs" / "mine_config.yaml").is_file()
+    )
+    assert rendered.numbers["metrics"]["eval/bleu"]["second"] == {
+        "points": 1,
+        "last_step": 20.0,
+        "last": 10.0,
+        "min": 10.0,
+    }
+    with pytest.raises(UserError, match="1 labels for 2 runs"):
+        curves_figure(runs, ["one"])
+
+
+def test_numbers_are_strict_json(tmp_path):
+    numbers = {"ratio": float("nan"), "rows": [1.0, float("inf"), (2.0, float("-inf"))], "name": "x"}
+    assert finite_numbers(numbers) == {"ratio": None, "rows": [1.0, None, [2.0, None]], "name": "x"}
+    path = save_numbers(numbers, tmp_path / "out", "fig")
+    assert path.name == "fig.json" and "NaN" not in path.read_text()
+    assert json.loads(path.read_text())["ratio"] is None
 
 
 # ------------------------------------------------------------------------------ examples

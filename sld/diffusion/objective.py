@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sld.errors import UserError
+from sld.losses import conversion_loss
 from sld.shapes import fold_segments
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "LatentDiffusion",
     "PostDiffusionDecode",
     "PredictionType",
+    "autoencoder_decoder",
     "epsilon_from_prediction",
     "segment_mask_from_counts",
     "v_target",
@@ -176,6 +178,31 @@ class PostDiffusionDecode(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def autoencoder_decoder(autoencoder: nn.Module) -> PostDiffusionDecode:
+    """The paper's post-diffusion decode through a frozen ``SegmentAutoencoder``.
+
+    ``post_mse``: MSE between the reconstructor's memory of the predicted and of the true latents;
+    ``post_ce``: the decoder's cross-entropy on the segment tokens given the predicted latents
+    (``segment_tokens`` are (B', L) decoder labels, -100 on padding). Gradients flow through the
+    frozen autoencoder into the denoiser's prediction, never into the autoencoder.
+    """
+
+    def decode(
+        x0_pred: torch.Tensor,
+        x0_target: torch.Tensor,
+        segment_tokens: torch.Tensor | Mapping[str, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # x0_pred, x0_target (B', N, D); segment_tokens (B', L) decoder targets of the same segments
+        memory_pred = autoencoder.memory(x0_pred)
+        with torch.no_grad():
+            memory_true = autoencoder.memory(x0_target)
+        mse = (memory_pred.float() - memory_true.float()).pow(2).mean()
+        ce = conversion_loss(autoencoder.reconstruction_logits(x0_pred, segment_tokens), segment_tokens)
+        return mse, ce
+
+    return decode
+
+
 def _select_segments(
     tokens: torch.Tensor | Mapping[str, torch.Tensor] | None, keep: torch.Tensor
 ) -> torch.Tensor | dict[str, torch.Tensor] | None:
@@ -244,6 +271,7 @@ class LatentDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        post_diffusion: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """All stage-3 losses for one batch.
 
@@ -258,6 +286,8 @@ class LatentDiffusion:
             segment_tokens: (B, S, ...) tensor or mapping of such, handed to ``decode_fn`` for the real segments.
             t, noise: (B,) integer timesteps and (B, S, N, D) noise; drawn here when None (tests fix them).
             generator: optional RNG for timesteps, noise and the random dropout/self-conditioning choices.
+            post_diffusion: compute the post-diffusion terms; None = when a post-diffusion weight is > 0
+                (validation sets False: it scores the diffusion MSE alone).
 
         Returns:
             dict of tensors: ``loss`` (the weighted total, differentiable), ``diffusion_mse``,
@@ -270,7 +300,8 @@ class LatentDiffusion:
         segment_mask = segment_mask.to(device=device, dtype=torch.bool)
         if segment_mask.shape != (b, s):
             raise UserError(f"segment_mask must be (B={b}, S={s}), got shape {tuple(segment_mask.shape)}")
-        if cfg.uses_post_diffusion and decode_fn is None:
+        post_diffusion = cfg.uses_post_diffusion if post_diffusion is None else post_diffusion
+        if post_diffusion and decode_fn is None:
             raise UserError(
                 "diffusion.post_diffusion_weight_mse/_ce > 0 needs a decode_fn (the autoencoder's reconstructor + decoder)"
             )
@@ -312,7 +343,7 @@ class LatentDiffusion:
         }
         loss = diffusion_mse + cfg.count_loss_weight * count_ce
 
-        if cfg.uses_post_diffusion:
+        if post_diffusion:
             keep = fold_segments(segment_mask)  # (B*S,)
             x0_pred = fold_segments(self.predict_x0(output, x_t, t))[keep]  # (B', N, D), differentiable
             post_mse, post_ce = decode_fn(

@@ -5,6 +5,12 @@ trains with (``squaredcos_cap_v2``), so any of them can sample a trained ``Segme
 ``sample_latents`` runs the reverse process over (B, S, N, D) latents with classifier-free guidance,
 self-conditioning and per-latent re-projection to norm sqrt(D), and can report every step to a
 callback (``TrajectoryRecorder`` keeps them for denoising-trajectory plots).
+
+The step loop never reads a device tensor on the host (no ``.item()``, ``.tolist()``, ``bool(t)``,
+``int(t)``): the timesteps are Python ints taken from the scheduler once before the loop, the
+schedulers keep their coefficients on the CPU, and DPM-Solver++ starts from ``set_begin_index(0)``
+instead of searching its timesteps on the device. So a GPU runs the whole loop without waiting
+for the host, and every step has the same shapes (friendly to ``torch.compile`` of the denoiser).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ __all__ = [
     "TrajectoryRecorder",
     "choose_num_segments",
     "forward_noise",
+    "host_timesteps",
     "make_scheduler",
     "sample_latents",
     "segment_mask_from_counts",
@@ -180,6 +187,21 @@ class TrajectoryRecorder:
         return torch.stack([getattr(s, what) for s in self.steps])
 
 
+def host_timesteps(scheduler: SchedulerMixin, num_inference_steps: int) -> list[int]:
+    """Set the scheduler to ``num_inference_steps`` and return its timesteps as Python ints.
+
+    The scheduler's timesteps stay on the CPU and are read once here, so the sampling loop indexes
+    schedules with ints and never synchronises with the device. Schedulers that track a step index
+    (DPM-Solver++) start at index 0 without searching for the first timestep.
+    """
+    if num_inference_steps < 1:
+        raise UserError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    scheduler.set_timesteps(num_inference_steps, device="cpu")
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    return [int(t) for t in scheduler.timesteps.tolist()]
+
+
 def _renormalize(latents: torch.Tensor) -> torch.Tensor:
     """Re-project every latent vector (last dim D) to norm sqrt(D), as the autoencoder emits them."""
     return F.normalize(latents, dim=-1) * math.sqrt(latents.shape[-1])
@@ -277,17 +299,16 @@ def sample_latents(
             None,
         )
 
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = host_timesteps(scheduler, num_inference_steps)
     was_training = model.training
     model.eval()
     x0_pred = None
     try:
-        for index, t in enumerate(
-            tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False)
-        ):
+        # No host reads of device tensors in here: t is a Python int (see the module docstring).
+        for index, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", leave=False)):
             x_in = scheduler.scale_model_input(latents, t)
             self_cond = x0_pred if self_conditioning else None
-            time = torch.full((b,), float(t) / num_train_timesteps, device=device)
+            time = torch.full((b,), t / num_train_timesteps, device=device)
             if guided:
                 x_in, time = torch.cat([x_in, x_in]), torch.cat([time, time])
                 self_cond = None if self_cond is None else torch.cat([self_cond, self_cond])
@@ -304,7 +325,7 @@ def sample_latents(
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
 
-            alpha_bar = alphas_cumprod[int(t)].expand(b)
+            alpha_bar = alphas_cumprod[t].expand(b)
             x0_pred = x0_from_prediction(out, latents, alpha_bar, prediction_type) * real
             step = scheduler.step(out, t, latents, generator=generator, return_dict=True)
             prev = step.prev_sample
@@ -312,7 +333,7 @@ def sample_latents(
                 prev = _renormalize(prev)
             prev = prev * real
             if callback is not None:
-                callback(SamplingStep(index, int(t), latents, x0_pred, prev))
+                callback(SamplingStep(index, t, latents, x0_pred, prev))
             latents = prev
     finally:
         model.train(was_training)

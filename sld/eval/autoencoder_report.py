@@ -15,35 +15,57 @@ Three measurements on held-out text, for one or several trained autoencoders:
   unrelated text.
 
 ``autoencoder_report`` computes one report; ``markdown_table`` and ``plot_robustness`` compare
-several (e.g. the vanilla / noise-robust / contrastive ablation). The command is
+several (e.g. the vanilla / noise-robust / contrastive ablation). ``write_autoencoder_reports``
+does all of it for the folders of an ``AutoencoderReportConfig`` and writes ``report.json``,
+``report.md``, ``robustness.png`` / ``.svg`` and ``config.yaml``; the command is
 ``sld autoencoder-report`` (stages/autoencoder_report.py).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from sld.config import save_config
+from sld.data.segmented import read_segmented
+from sld.errors import DataError, UserError
 from sld.eval.metrics import bleu, exact_match_rate
+from sld.loading import default_device, load_model
 from sld.models.autoencoder import SegmentAutoencoder
-from sld.viz.figures import new_figure
-from sld.viz.latent_map import PairTexts, Smoothness, encode_pairs, smoothness
+from sld.viz.figures import new_figure, save_figure
+from sld.viz.latent_map import (
+    PairTexts,
+    Smoothness,
+    autoencoder_label,
+    encode_pairs,
+    load_pair_texts,
+    smoothness,
+)
 
 __all__ = [
     "DEFAULT_NOISE_LEVELS",
     "AutoencoderReport",
+    "AutoencoderReportConfig",
+    "AutoencoderReports",
     "RobustnessPoint",
     "autoencoder_report",
     "decode_with_noise",
+    "load_segments",
     "markdown_table",
     "plot_robustness",
+    "write_autoencoder_reports",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NOISE_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 
@@ -217,3 +239,103 @@ def plot_robustness(reports: Sequence[AutoencoderReport], title: str | None = No
     axes[0].legend(fontsize=8)
     figure.suptitle(title or "Autoencoder robustness to latent noise", fontsize=11)
     return figure
+
+
+@dataclass
+class AutoencoderReportConfig:
+    """Which autoencoders, which held-out text, which noise levels (``sld autoencoder-report``).
+
+    ``segments`` is a stage-1 file (``<split>.jsonl`` with ``segments``) or a stage-1 folder (its
+    ``valid.jsonl`` is read). ``labels`` default to each run's loss variant (or its folder name).
+    """
+
+    autoencoders: list[str] = field(default_factory=lambda: ["runs/autoencoder"])
+    labels: list[str] | None = None
+    segments: str = "runs/segmented/valid.jsonl"
+    num_segments: int = 500
+    pairs: str | None = None
+    max_pairs: int = 200
+    noise_levels: list[float] = field(default_factory=lambda: list(DEFAULT_NOISE_LEVELS))
+    renormalize: bool = False
+    seed: int = 0
+    batch_size: int = 128
+    num_beams: int = 1
+    # null: "cuda" when available, else "cpu"
+    device: str | None = None
+    output_dir: str = "runs/autoencoder_report"
+    formats: list[str] = field(default_factory=lambda: ["png", "svg"])
+    dpi: int = 150
+    title: str | None = None
+
+
+@dataclass
+class AutoencoderReports:
+    """The reports of one run, in config order, with what they were measured on and the files written."""
+
+    reports: list[AutoencoderReport]
+    segments: list[str]
+    pairs: PairTexts | None
+    numbers: dict[str, Any]
+    table: str
+    files: list[Path]
+
+
+def load_segments(path: str | Path, limit: int) -> list[str]:
+    """The first ``limit`` segments of a stage-1 file (or of ``<folder>/valid.jsonl``), in file order."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "valid.jsonl"
+    if not path.is_file():
+        raise DataError(f"segments: {path} not found (give a stage-1 <split>.jsonl or its folder)")
+    if limit < 1:
+        raise UserError(f"num_segments must be >= 1, got {limit}")
+    segments = [segment for doc in read_segmented(path) for segment in doc.segments][:limit]
+    if not segments:
+        raise DataError(f"{path}: no segments to reconstruct")
+    return segments
+
+
+def write_autoencoder_reports(cfg: AutoencoderReportConfig) -> AutoencoderReports:
+    """Report every autoencoder of ``cfg`` (one loaded at a time) and write the output folder."""
+    if not cfg.autoencoders:
+        raise UserError("autoencoders: give at least one autoencoder folder")
+    if cfg.labels is not None and len(cfg.labels) != len(cfg.autoencoders):
+        raise UserError(f"labels: {len(cfg.labels)} labels for {len(cfg.autoencoders)} autoencoders")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    segments = load_segments(cfg.segments, cfg.num_segments)
+    pairs = load_pair_texts(cfg.pairs, cfg.max_pairs) if cfg.pairs is not None else None
+    labels = cfg.labels or [autoencoder_label(folder) for folder in cfg.autoencoders]
+
+    reports = []
+    for folder, label in zip(cfg.autoencoders, labels):
+        logger.info("%s: %d segments x %d noise levels", folder, len(segments), len(cfg.noise_levels))
+        model = load_model(folder, default_device(cfg.device), kinds=("autoencoder",), what="autoencoders")
+        reports.append(
+            autoencoder_report(
+                model,
+                segments,
+                name=label,
+                pairs=pairs,
+                noise_levels=cfg.noise_levels,
+                renormalize=cfg.renormalize,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                num_beams=cfg.num_beams,
+            )
+        )
+        del model
+
+    table = markdown_table(reports)
+    numbers = {
+        "segments": str(cfg.segments),
+        "pairs": cfg.pairs,
+        "autoencoders": dict(zip(labels, cfg.autoencoders)),
+        "reports": [r.to_dict() for r in reports],
+    }
+    (out / "report.json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(table)
+    figures = save_figure(plot_robustness(reports, cfg.title), out, "robustness", cfg.formats, cfg.dpi)
+    files = [out / "report.json", out / "report.md", *figures]
+    return AutoencoderReports(reports, segments, pairs, numbers, table, files)

@@ -1,53 +1,67 @@
-"""Speed and quality of SLD against the autoregressive baseline, measured on one device in one run.
+"""The speed benchmark: SLD against the AR baseline on one device, in one run (``sld benchmark mode=speed``).
 
-The harness (``measure``) times one generation setting at one batch size on a fixed list of
-sources: one warm-up batch first (kernel selection, allocator, caches), then ``repeats`` timed runs
-over all documents, with ``torch.cuda.synchronize`` around each timed region on a GPU. It records
-the wall time of every run, SLD's split of it into context / denoise / decode (``SLDOutput.timings``),
-peak memory, and the texts, which are scored for quality (ROUGE-L, distinct-2, distinct outputs).
+For every batch size the AR baseline runs each decoding setting (greedy, beam search) and SLD each
+sampling setting (scheduler, steps), on the same first documents of a stage-1 split, under the same
+decoding rules (``sld.eval.decoding_rules``: one repetition control, one token-budget principle).
+``measure`` times one cell (``sld.eval.timing``: a warm-up batch, then ``repeats`` timed runs between
+device synchronisations), records SLD's context / denoise / decode split, peak memory and the
+texts, which are scored (ROUGE-L, distinct-2, distinct outputs).
 
-Everything after the measurement is bookkeeping in pure functions that need no model and are
-tested on made-up timings: ``summarize`` (throughput, latency, time shares), ``add_speed_ratios``
-(every row against the AR baseline's greedy decoding at the same batch size, from the same run),
-``markdown_table`` and ``plot_quality_vs_speed``.
+**The speed ratio** of every row is taken against one AR setting per batch size, the *AR reference*:
+the fastest AR setting whose ROUGE-L is within ``tolerance`` (1 point) of the best AR setting's.
+Each AR setting's ROUGE-L is read from its cell with the most documents (decoding is deterministic,
+so a setting's quality does not depend on the batch size); among the settings that qualify, the
+fastest at each batch size is the reference there. So a faster but clearly worse AR decoding does
+not flatter AR, and a slow AR setting that buys no quality does not flatter SLD. The report names
+the reference and the quality it was chosen on.
 
-Peak memory is the working memory of generation above what was allocated before the timed runs
-(both models' weights stay loaded the whole run, so they are excluded; ``parameter_mib`` gives
-them separately): on a GPU ``torch.cuda.max_memory_allocated`` minus the allocation at the start;
-on a CPU the growth of the process's resident set (peak RSS above the RSS at the start when Linux
-lets the peak be reset, else the RSS after minus before); "n/a" elsewhere. ``memory_measure`` says
-which one a row holds.
+Everything after the measurement is bookkeeping in pure functions tested on made-up timings:
+``summarize``, ``choose_ar_reference``, ``add_speed_ratios``, ``markdown_table``,
+``plot_quality_vs_speed``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from matplotlib.figure import Figure
 
 from sld.diffusion.sampling import SchedulerName
 from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
+from sld.eval.timing import MEMORY_NA
+from sld.viz.figures import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "AR",
+    "DecodingSetting",
+    "Measurement",
+    "SLD",
+    "SamplerSetting",
+    "SpeedConfig",
+    "add_speed_ratios",
+    "aggregate_timings",
+    "ar_quality_by_setting",
+    "benchmark_rows",
+    "choose_ar_reference",
+    "markdown_table",
+    "plot_quality_vs_speed",
+    "quality_scores",
+    "reference_summary",
+    "summarize",
+    "write_speed_report",
+]
+
 SLD = "SLD"
 AR = "AR"
-REFERENCE_SETTING = "greedy"  # speed ratios are taken against AR greedy at the same batch size
-
-MEMORY_CUDA = "CUDA max_memory_allocated above the start (MiB, loaded weights excluded)"
-MEMORY_PEAK_RSS = "CPU peak RSS above start (MiB)"
-MEMORY_RSS_DELTA = "CPU RSS after - before (MiB)"
-MEMORY_NA = "n/a"
-
-# A generation function: sources -> (texts, time split in seconds; may be empty).
-GenerateFn = Callable[[Sequence[str | None]], tuple[list[str], dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -68,15 +82,65 @@ class SamplerSetting:
 
 @dataclass(frozen=True)
 class DecodingSetting:
-    """One AR decoding setting (``num_beams`` 1 = greedy); KV cache always on."""
+    """One AR decoding setting (``num_beams`` 1 = greedy); the repetition control is the run's, shared."""
 
-    name: str = REFERENCE_SETTING
+    name: str = "greedy"
     num_beams: int = 1
-    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+
+
+def _default_samplers() -> list[SamplerSetting]:
+    return [
+        SamplerSetting("ddpm", 250),
+        SamplerSetting("dpm++", 25),
+        SamplerSetting("dpm++", 10),
+        SamplerSetting("dpm++", 5),
+    ]
+
+
+def _default_decodings() -> list[DecodingSetting]:
+    return [DecodingSetting("greedy", 1), DecodingSetting("beam 4", 4)]
+
+
+@dataclass
+class SpeedConfig:
+    """The speed benchmark's settings.
+
+    ``max_batches`` caps the documents of one cell at ``max_batches x batch_size`` (keeps batch 1
+    cheap; null = all ``num_documents`` at every batch size). ``quality_tolerance``: how many
+    ROUGE-L points below the best AR setting an AR setting may be and still be the reference.
+    ``guidance_scale`` / ``sld_num_beams`` null = the pipeline's saved defaults.
+    """
+
+    num_documents: int = 256
+    max_batches: int | None = None
+    batch_sizes: list[int] = field(default_factory=lambda: [16, 64])
+    samplers: list[SamplerSetting] = field(default_factory=_default_samplers)
+    decodings: list[DecodingSetting] = field(default_factory=_default_decodings)
+    quality_tolerance: float = 1.0
+    guidance_scale: float | None = None
+    sld_num_beams: int | None = None
+    repeats: int = 1
+    warmup: bool = True
+    save_predictions: bool = True
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_documents < 1:
+            raise ValueError(f"num_documents must be >= 1, got {self.num_documents}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(
+                f"batch_sizes must be a non-empty list of positive sizes, got {self.batch_sizes}"
+            )
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1 or null, got {self.max_batches}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.quality_tolerance < 0:
+            raise ValueError(f"quality_tolerance must be >= 0, got {self.quality_tolerance}")
 
 
 @dataclass
@@ -156,29 +220,83 @@ def summarize(m: Measurement) -> dict[str, Any]:
     return row
 
 
-def add_speed_ratios(
-    rows: Sequence[dict[str, Any]], reference_system: str = AR, reference_setting: str = REFERENCE_SETTING
-) -> list[dict[str, Any]]:
-    """Copies of ``rows`` with ``speed_vs_ar_greedy``: docs/s over the reference's docs/s at the same batch size.
+def ar_quality_by_setting(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """ROUGE-L of every AR setting, from its row with the most documents (ties: the larger batch)."""
+    best_row: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["system"] != AR or r.get("rougeL") is None:
+            continue
+        seen = best_row.get(r["setting"])
+        if seen is None or (r["num_documents"], r["batch_size"]) > (
+            seen["num_documents"],
+            seen["batch_size"],
+        ):
+            best_row[r["setting"]] = r
+    return {setting: float(r["rougeL"]) for setting, r in best_row.items()}
 
-    Above 1 the row is faster than the AR baseline's greedy decoding. ``None`` where the run has no
-    reference row at that batch size.
+
+def choose_ar_reference(rows: Sequence[dict[str, Any]], tolerance: float = 1.0) -> dict[int, str]:
+    """Batch size -> the AR setting every row at that batch size is compared with.
+
+    It is the fastest (documents/s) AR setting at that batch size among those whose ROUGE-L
+    (``ar_quality_by_setting``) is at least the best AR setting's minus ``tolerance``. Batch sizes
+    without a qualifying AR row are left out.
     """
-    reference = {
-        r["batch_size"]: r["docs_per_second"]
-        for r in rows
-        if r["system"] == reference_system and r["setting"] == reference_setting
-    }
+    quality = ar_quality_by_setting(rows)
+    if not quality:
+        return {}
+    floor = max(quality.values()) - tolerance
+    eligible = {setting for setting, score in quality.items() if score >= floor}
+    fastest: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if r["system"] == AR and r["setting"] in eligible:
+            seen = fastest.get(r["batch_size"])
+            if seen is None or r["docs_per_second"] > seen["docs_per_second"]:
+                fastest[r["batch_size"]] = r
+    return {batch: r["setting"] for batch, r in sorted(fastest.items())}
+
+
+def add_speed_ratios(rows: Sequence[dict[str, Any]], references: dict[int, str]) -> list[dict[str, Any]]:
+    """Copies of ``rows`` with ``ar_reference`` (the reference's setting at the row's batch size) and
+    ``speed_vs_ar``: the row's documents/s over the reference's (above 1 = faster than AR); both
+    ``None`` where the batch size has no reference."""
+    speed = {(r["batch_size"], r["setting"]): r["docs_per_second"] for r in rows if r["system"] == AR}
     out = []
     for r in rows:
-        ref = reference.get(r["batch_size"])
-        out.append({**r, "speed_vs_ar_greedy": r["docs_per_second"] / ref if ref else None})
+        setting = references.get(r["batch_size"])
+        ref_speed = speed.get((r["batch_size"], setting)) if setting is not None else None
+        out.append(
+            {
+                **r,
+                "ar_reference": setting,
+                "speed_vs_ar": r["docs_per_second"] / ref_speed if ref_speed else None,
+            }
+        )
     return out
 
 
-def benchmark_rows(measurements: Sequence[Measurement]) -> list[dict[str, Any]]:
-    """Every measurement summarised, with speed ratios against AR greedy at the same batch size."""
-    return add_speed_ratios([summarize(m) for m in measurements])
+def benchmark_rows(
+    measurements: Sequence[Measurement], tolerance: float = 1.0
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Every measurement summarised with its speed ratio, and the AR reference per batch size."""
+    rows = [summarize(m) for m in measurements]
+    references = choose_ar_reference(rows, tolerance)
+    return add_speed_ratios(rows, references), references
+
+
+def reference_summary(rows: Sequence[dict[str, Any]], references: dict[int, str], tolerance: float) -> str:
+    """One Markdown paragraph: which AR setting is the reference at each batch size, and why."""
+    quality = ar_quality_by_setting(rows)
+    if not references:
+        return "- x AR ref: no AR baseline rows in this run, so no speed ratios."
+    best = max(quality, key=lambda s: quality[s])
+    scores = ", ".join(f"{s} {q:.2f}" for s, q in quality.items())
+    chosen = "; ".join(f"batch {b}: **{s}**" for b, s in references.items())
+    return (
+        f"- x AR ref: documents/s over the AR reference at the same batch size, the fastest AR setting "
+        f"whose ROUGE-L is within {tolerance:g} of the best AR setting ({best}); AR ROUGE-L: {scores}. "
+        f"Reference: {chosen}."
+    )
 
 
 def quality_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -202,17 +320,24 @@ def _split(row: dict[str, Any]) -> str:
     return " / ".join(f"{100 * s:.0f}" for s in shares)
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    ratio = row.get("speed_vs_ar")
+    if ratio is None:
+        return "n/a"
+    is_reference = row["system"] == AR and row["setting"] == row.get("ar_reference")
+    return f"{ratio:.2f}x" + (" (ref)" if is_reference else "")
+
+
 TABLE_HEADER = (
-    "| system | setting | batch | docs | docs/s | ms/doc | s/batch | x AR greedy | "
+    "| system | setting | batch | docs | docs/s | ms/doc | s/batch | x AR ref | "
     "ctx/denoise/decode % | ms/step | work MiB | ROUGE-L | distinct-2 | distinct outputs |"
 )
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a Markdown table (one line per row, ``n/a`` for what was not measured)."""
-    lines = [TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
+    lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count(" | ") + 1)]
     for r in rows:
-        ratio = r.get("speed_vs_ar_greedy")
         distinct = r.get("num_distinct_outputs")
         cells = [
             r["system"],
@@ -222,7 +347,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             _fmt(r["docs_per_second"], ".2f"),
             _fmt(r["ms_per_document"], ".1f"),
             _fmt(r["seconds_per_batch"], ".3f"),
-            "n/a" if ratio is None else f"{ratio:.2f}x",
+            _ratio(r),
             _split(r),
             _fmt(r.get("ms_per_step"), ".2f"),
             _fmt(r.get("peak_memory_mib"), ".1f"),
@@ -236,34 +361,25 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_quality_vs_speed(rows: Sequence[dict[str, Any]], stem: str | Path, title: str = "") -> list[Path]:
-    """ROUGE-L and distinct-2 against documents/s (log scale); writes ``<stem>.png`` and ``<stem>.svg``.
+def plot_quality_vs_speed(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """ROUGE-L and distinct-2 against documents/s (log scale), one line per (system, setting).
 
-    One colour per (system, setting), circles for SLD, squares for AR; each point is labelled with its
-    batch size.
+    One colour per (system, setting), circles for SLD, squares for AR; each point is labelled with
+    its batch size. Save with ``sld.viz.figures.save_figure``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         series.setdefault((r["system"], r["setting"]), []).append(r)
-    colours = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for (system, setting), points in series.items():
+    figure = new_figure(12, 4.8)
+    axes = figure.subplots(1, 2)
+    colours = [f"C{i % 10}" for i in range(len(series))]
+    for colour, ((system, setting), points) in zip(colours, sorted(series.items())):
         points = sorted(points, key=lambda p: p["batch_size"])
-        colour = colours(len([k for k in series if k < (system, setting)]) % 10)
         marker = "s" if system == AR else "o"
         for ax, metric in zip(axes, ("rougeL", "distinct_2")):
             xs = [p["docs_per_second"] for p in points]
             ys = [p.get(metric) if p.get(metric) is not None else float("nan") for p in points]
-            ax.plot(
-                xs, ys, marker=marker, color=colour, linestyle="-", alpha=0.85, label=f"{system} {setting}"
-            )
+            ax.plot(xs, ys, marker=marker, color=colour, alpha=0.85, label=f"{system} {setting}")
             for p, x, y in zip(points, xs, ys):
                 ax.annotate(
                     f"b{p['batch_size']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
@@ -275,173 +391,53 @@ def plot_quality_vs_speed(rows: Sequence[dict[str, Any]], stem: str | Path, titl
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        fig.savefig(path, dpi=150 if path.suffix == ".png" else None)
-    plt.close(fig)
-    return paths
+        figure.suptitle(title)
+    return figure
 
 
-# ------------------------------------------------------------------------------------------ harness
+# ------------------------------------------------------------------------------------------ writing
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that a timer reads real compute time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def write_speed_report(
+    output_dir: str | Path,
+    rows: list[dict[str, Any]],
+    references: dict[int, str],
+    header: Sequence[str],
+    tolerance: float,
+    extra: dict[str, Any] | None = None,
+    plot_title: str | None = None,
+) -> str:
+    """Write ``benchmark.json``, ``benchmark.md`` and (``plot_title`` given) ``benchmark.png``/``.svg``.
 
-
-def _proc_status_mib(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) / 1024.0  # kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-class MemoryMonitor:
-    """Peak memory over a block of code (see the module docstring for what is measured where).
-
-    Use as ``with MemoryMonitor(device) as mem: ...``; then ``mem.peak_mib`` and ``mem.measure``.
+    ``header`` holds the Markdown lines above the table (device, inputs, decoding rules);
+    ``extra`` goes into the JSON beside ``rows`` and ``ar_reference``. Returns the Markdown.
     """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib: float | None = None
-        self.measure = MEMORY_NA
-        self._start_rss: float | None = None
-        self._start_allocated = 0
-        self._peak_reset = False
-
-    def __enter__(self) -> MemoryMonitor:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start_allocated = torch.cuda.memory_allocated(self.device)
-            return self
-        self._start_rss = _proc_status_mib("VmRSS")
-        try:  # "5" resets the peak RSS (VmHWM) of this process (Linux >= 4.0)
-            Path("/proc/self/clear_refs").write_text("5")
-            self._peak_reset = True
-        except OSError:
-            self._peak_reset = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._start_allocated) / 2**20
-            self.measure = MEMORY_CUDA
-            return
-        if self._start_rss is None:
-            return
-        end = _proc_status_mib("VmHWM" if self._peak_reset else "VmRSS")
-        if end is None:
-            return
-        self.peak_mib = max(0.0, end - self._start_rss)
-        self.measure = MEMORY_PEAK_RSS if self._peak_reset else MEMORY_RSS_DELTA
-
-
-def measure(
-    system: str,
-    setting: str,
-    generate_fn: GenerateFn,
-    sources: Sequence[str | None],
-    references: Sequence[str],
-    batch_size: int,
-    device: torch.device,
-    repeats: int = 1,
-    warmup: bool = True,
-    steps: int | None = None,
-) -> tuple[Measurement, list[str]]:
-    """Time ``generate_fn`` over all ``sources`` (it batches them by ``batch_size`` itself).
-
-    A warm-up call on the first batch runs untimed; then ``repeats`` timed calls, each between two
-    device synchronisations. Quality is scored on the texts of the last call. Returns the
-    measurement and those texts.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if warmup:
-        generate_fn(sources[:batch_size])
-    seconds: list[float] = []
-    parts: list[dict[str, float]] = []
-    texts: list[str] = []
-    with MemoryMonitor(device) as memory:
-        for _ in range(repeats):
-            synchronize(device)
-            started = time.perf_counter()
-            texts, split = generate_fn(sources)
-            synchronize(device)
-            seconds.append(time.perf_counter() - started)
-            if split:
-                parts.append(dict(split))
-    result = Measurement(
-        system=system,
-        setting=setting,
-        batch_size=batch_size,
-        num_documents=len(sources),
-        seconds=seconds,
-        parts=parts,
-        steps=steps,
-        peak_memory_mib=memory.peak_mib,
-        memory_measure=memory.measure,
-        quality=quality_scores(texts, references),
-    )
-    logger.info(
-        "%s %s batch %d: %.2f docs/s (%.2f s for %d documents)",
-        system,
-        setting,
-        batch_size,
-        len(sources) / max(statistics.median(seconds), 1e-12),
-        statistics.median(seconds),
-        len(sources),
-    )
-    return result, texts
-
-
-def parameter_mib(*modules: torch.nn.Module) -> float:
-    """Memory of the parameters and buffers of ``modules`` in MiB (shared tensors counted once)."""
-    seen: dict[int, int] = {}
-    for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            seen[id(tensor)] = tensor.numel() * tensor.element_size()
-    return sum(seen.values()) / 2**20
-
-
-def device_description(device: torch.device) -> str:
-    """The device in words, for the report header."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"{device.type} ({torch.get_num_threads()} threads, torch {torch.__version__})"
-
-
-__all__ = [
-    "AR",
-    "DecodingSetting",
-    "GenerateFn",
-    "MEMORY_CUDA",
-    "MEMORY_NA",
-    "MEMORY_PEAK_RSS",
-    "MEMORY_RSS_DELTA",
-    "Measurement",
-    "MemoryMonitor",
-    "REFERENCE_SETTING",
-    "SLD",
-    "SamplerSetting",
-    "add_speed_ratios",
-    "aggregate_timings",
-    "benchmark_rows",
-    "device_description",
-    "markdown_table",
-    "measure",
-    "parameter_mib",
-    "plot_quality_vs_speed",
-    "quality_scores",
-    "summarize",
-    "synchronize",
-]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    measures = sorted({r["memory_measure"] for r in rows})
+    lines = [
+        "# SLD vs AR baseline: speed",
+        "",
+        *header,
+        f"- work MiB: peak memory of generation, {'; '.join(measures)}",
+        reference_summary(rows, references, tolerance),
+        "- ms/doc = wall time / documents; s/batch = wall time of one full batch; ms/step = denoising time "
+        "of one sampling step of one batch.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    markdown = "\n".join(lines)
+    (output_dir / "benchmark.md").write_text(markdown)
+    report = {
+        **(extra or {}),
+        "memory_measure": measures,
+        "quality_tolerance": tolerance,
+        "ar_quality": ar_quality_by_setting(rows),
+        "ar_reference": {str(b): s for b, s in references.items()},
+        "rows": rows,
+    }
+    (output_dir / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+    if plot_title is not None:
+        save_figure(plot_quality_vs_speed(rows, title=plot_title), output_dir, "benchmark")
+    return markdown

@@ -13,7 +13,8 @@ Every function here is deterministic, needs no model, and is small enough to che
 * ``novel_ngram_rate``: how much of a prediction is not copied from its source.
 * ``segment_count_accuracy`` / ``segment_count_error``: how well the number of segments is learned.
 * ``mbr_select``: minimum-Bayes-risk choice among sampled candidates (SLD paper: highest mean
-  ROUGE-2 against the other candidates).
+  ROUGE-2 against the other candidates); it lives in ``sld.mbr`` (inference owns it) and is
+  re-exported here.
 
 Always score the plain joined text of a document, never segments joined with a separator token
 (that inflates multi-segment ROUGE; see "Known defects" in method.md).
@@ -32,6 +33,8 @@ from functools import lru_cache
 
 import sacrebleu
 from rouge_score import rouge_scorer
+
+from sld.mbr import mbr_select
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -223,30 +226,6 @@ def segment_count_error(pred_counts: Sequence[int], ref_counts: Sequence[int]) -
     if not pred_counts:
         return 0.0
     return sum(abs(int(p) - int(r)) for p, r in zip(pred_counts, ref_counts)) / len(pred_counts)
-
-
-def mbr_select(candidates: Sequence[str]) -> int:
-    """Index of the minimum-Bayes-risk candidate: the highest mean ROUGE-2 F1 against the others.
-
-    One candidate -> 0; ties go to the first. ROUGE-2 is symmetric in its arguments, so each pair is
-    scored once.
-    """
-    k = len(candidates)
-    if k == 0:
-        raise ValueError("mbr_select needs at least one candidate")
-    if k == 1:
-        return 0
-    totals = [0.0] * k
-    for i in range(k):
-        for j in range(i + 1, k):
-            f1 = _scorer().score(candidates[j], candidates[i])["rouge2"].fmeasure
-            totals[i] += f1
-            totals[j] += f1
-    best = 0
-    for i in range(1, k):
-        if totals[i] > totals[best]:
-            best = i
-    return best
 
 
 __all__ = [

@@ -40,6 +40,14 @@ def _segment_count(segments: Sequence[str]) -> int:
     return sum(bool(s.strip()) for s in segments)
 
 
+def _segment_counts(name: str, segment_lists: Sequence[Sequence[str]], n: int) -> list[int]:
+    """Real segments per document of ``n`` documents, warning about filler text."""
+    if len(segment_lists) != n:
+        raise ValueError(f"{n} predictions but {len(segment_lists)} {name} segment lists")
+    _warn_filler(name, segment_lists)
+    return [_segment_count(s) for s in segment_lists]
+
+
 def _warn_filler(name: str, segment_lists: Sequence[Sequence[str]]) -> None:
     filler = sum(s.strip().lower() == FILLER_SEGMENT for segs in segment_lists for s in segs)
     if filler:
@@ -136,17 +144,11 @@ def evaluate_predictions(
         )
 
     if pred_segments is not None:
-        if len(pred_segments) != n:
-            raise ValueError(f"{n} predictions but {len(pred_segments)} segment lists")
-        _warn_filler("predicted", pred_segments)
-        pred_counts = [_segment_count(s) for s in pred_segments]
+        pred_counts = _segment_counts("predicted", pred_segments, n)
         out["avg_segments"] = sum(pred_counts) / n if n else 0.0
         out["repeated_segments"] = M.repeated_segment_rate(pred_segments)
     if ref_segments is not None:
-        if len(ref_segments) != n:
-            raise ValueError(f"{n} predictions but {len(ref_segments)} reference segment lists")
-        _warn_filler("reference", ref_segments)
-        ref_counts = [_segment_count(s) for s in ref_segments]
+        ref_counts = _segment_counts("reference", ref_segments, n)
         out["ref_avg_segments"] = sum(ref_counts) / n if n else 0.0
         if pred_segments is not None:
             out["segment_count_accuracy"] = M.segment_count_accuracy(pred_counts, ref_counts)

@@ -8,15 +8,24 @@ training segments carrying each input's label, averaged over the generated segme
 references themselves score close to 1, so the number sits on a readable scale. ROUGE against one
 reference cannot say this: a story that follows its title with other events than the reference's
 scores low on ROUGE but high here.
+
+``score_topics`` applies it to ``sld generate`` rows of a labelled corpus on disk (as the
+quickstart does): topics from the corpus files, training segments from the stage-1 folder.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+
+from sld.data.segmented import read_segmented
+from sld.eval.metrics import repeated_segment_rate
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -98,3 +107,50 @@ def topic_agreement(
         "by_position": by_position,
         "num_segments": len(flat),
     }
+
+
+def score_topics(
+    rows: Sequence[Mapping[str, Any]], topic_files: Sequence[str | Path], segmented: str | Path
+) -> dict[str, Any]:
+    """Topic agreement of generated documents and of their references, and their repeated segments.
+
+    Args:
+        rows: ``sld generate`` output rows (``id``, ``segments``) of documents of ``segmented``'s
+            ``valid.jsonl``.
+        topic_files: JSONL files with ``id`` and ``topic`` of every document (e.g. the synthetic
+            corpus' train and valid files).
+        segmented: the stage-1 folder: its ``train.jsonl`` segments are the labelled training text,
+            its ``valid.jsonl`` segments the references.
+
+    Returns ``num_documents``, ``repeated_segments`` (``repeated_segment_rate`` of the generated
+    documents) and ``generated`` / ``references``: ``topic_agreement`` of each.
+    """
+    topics = {}
+    for path in topic_files:
+        topics.update((r["id"], r["topic"]) for r in map(json.loads, Path(path).read_text().splitlines()))
+    segmented = Path(segmented)
+    train_segments, train_labels = [], []
+    for doc in read_segmented(segmented / "train.jsonl"):
+        train_segments += doc.segments
+        train_labels += [topics[doc.id]] * len(doc.segments)
+    references = {doc.id: doc.segments for doc in read_segmented(segmented / "valid.jsonl")}
+    labels = [topics[row["id"]] for row in rows]
+    generated = [row["segments"] for row in rows]
+    return {
+        "num_documents": len(rows),
+        "repeated_segments": repeated_segment_rate(generated),
+        "generated": topic_agreement(generated, labels, train_segments, train_labels),
+        "references": topic_agreement(
+            [references[row["id"]] for row in rows], labels, train_segments, train_labels
+        ),
+    }
+
+
+def format_topic_scores(scores: Mapping[str, Any]) -> str:
+    """One line of ``score_topics``' result: agreement of generated text, of references, chance."""
+    return (
+        f"generated {scores['generated']['agreement']:.2f}   "
+        f"references {scores['references']['agreement']:.2f}   chance {scores['generated']['chance']:.2f}   "
+        f"({scores['num_documents']} inputs; {scores['repeated_segments']:.0%} of generated sentences repeat an "
+        "earlier one of their text)"
+    )

@@ -9,9 +9,14 @@ SLD (Zhu et al. 2025, section 3.2), after LD4LG (Lovelace et al. 2023). Per segm
   ``"decoder"``: the encoder stack of the seq2seq LM itself (the paper fine-tunes Flan-T5's).
 * compressor: ``PerceiverCompressor``; each latent is re-scaled to norm sqrt(D).
 * reconstructor: Linear D -> d_dec, learned positions, pre-LN transformer layers.
-* decoder: a ``transformers`` encoder-decoder LM (``AutoModelForSeq2SeqLM``) whose encoder is bypassed:
-  the reconstructor's memory is handed in as ``encoder_outputs``. Offline, it is built from a config
-  (T5 by default) with a cased byte-level BPE tokenizer trained on the corpus.
+* decoder, one of two kinds:
+  - a ``transformers`` encoder-decoder LM (``AutoModelForSeq2SeqLM``) whose encoder is bypassed: the
+    reconstructor's memory is handed in as ``encoder_outputs``. Offline it is built from a config (T5
+    by default) with a cased byte-level BPE tokenizer trained on the corpus (the CPU quickstart);
+  - a pretrained causal LM (``AutoModelForCausalLM``: a hub name, a folder, a GGUF file, or the offline
+    ``"smollm2"``) with its own tokenizer; the memory enters it through ``LatentConditioning``
+    (per-layer key/value memory and/or an input prefix, ``sld.models.causal_lm``), and segments are
+    decoded by ``sld.models.causal_decoding`` (finished rows leave the batch).
 
 Shapes: B' segments (``B*S`` folded, see ``sld.shapes``), L tokens, N latents, D latent width,
 V decoder vocabulary. ``labels`` are decoder token ids with -100 at padding.
@@ -49,6 +54,16 @@ from transformers.modeling_outputs import BaseModelOutput
 from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
 from sld.config import ConfigError
 from sld.errors import UserError
+from sld.models.causal_decoding import DecodeSettings, decode
+from sld.models.causal_lm import (
+    Conditioning,
+    LatentConditioning,
+    is_causal_config,
+    shift_in_start,
+    start_token_id,
+    teacher_forced_logits,
+    word_dropout,
+)
 from sld.models.parts import (
     DECODER_ENCODER,
     WEIGHTS_NAME,
@@ -63,7 +78,7 @@ from sld.models.parts import (
 )
 from sld.models.perceiver import Attention, FeedForward, PerceiverCompressor
 from sld.pretrained import MINILM
-from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs
+from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +94,17 @@ class AutoencoderConfig:
             ``AutoModel``, or ``"decoder"`` (the encoder stack of the decoder LM).
         freeze_encoder: keep the encoder's weights fixed (and its dropout off). None = True for
             ``"minilm"``, False otherwise.
-        decoder_name_or_path: a pretrained ``AutoModelForSeq2SeqLM`` (hub name or folder) with its
-            tokenizer; None = build ``decoder_config`` from scratch with a tokenizer trained on the corpus.
+        decoder_name_or_path: a pretrained LM with its own tokenizer: an ``AutoModelForSeq2SeqLM`` or an
+            ``AutoModelForCausalLM`` (hub name, folder, ``.gguf`` file, or ``"smollm2"``, the offline
+            SmolLM2-135M-Instruct); None = build ``decoder_config`` from scratch with a tokenizer trained
+            on the corpus.
+        decoder_gguf_file: the GGUF file inside the ``decoder_name_or_path`` folder, if it is one.
+        latent_conditioning: how the memory enters a causal-LM decoder: ``"kv"`` (per-layer key/value
+            memory), ``"prefix"`` (input embeddings before the text) or ``"kv+prefix"``. Unused by a
+            seq2seq decoder, which cross-attends to the memory.
+        decode_max_tokens: default token budget of a decoded segment (eos included); set by
+            ``sld train-autoencoder`` from a percentile of the training segments' lengths. None =
+            ``max_segment_tokens``.
         decoder_config: HF config of the from-scratch decoder LM (``model_type`` picks the family,
             default T5; T5 keys not given keep ``default_decoder_config()``); token ids and vocabulary
             size come from the trained tokenizer. Ignored when ``decoder_name_or_path`` is set.
@@ -99,6 +123,9 @@ class AutoencoderConfig:
     encoder: str = MINILM
     freeze_encoder: bool | None = None
     decoder_name_or_path: str | None = None
+    decoder_gguf_file: str | None = None
+    latent_conditioning: Conditioning = "kv"
+    decode_max_tokens: int | None = None
     decoder_config: dict[str, Any] = field(default_factory=default_decoder_config)
     decoder_vocab_size: int = 8192
     num_latents: int = 32
@@ -127,6 +154,15 @@ class AutoencoderConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.encoder:
             raise ValueError("encoder must be 'minilm', 'decoder', a hub name or a folder")
+        if self.latent_conditioning not in ("kv", "prefix", "kv+prefix"):
+            raise ValueError(
+                f"latent_conditioning must be kv, prefix or kv+prefix, got {self.latent_conditioning!r}"
+            )
+        if self.decode_max_tokens is not None and not 1 <= self.decode_max_tokens <= self.max_segment_tokens:
+            raise ValueError(
+                f"decode_max_tokens must be in [1, max_segment_tokens={self.max_segment_tokens}], "
+                f"got {self.decode_max_tokens}"
+            )
         # A partial T5 decoder_config (e.g. only d_model) keeps the other offline defaults; the
         # completed dict is what gets saved, so the file always shows the whole architecture.
         default = default_decoder_config()
@@ -214,14 +250,14 @@ class Reconstructor(nn.Module):
 
 
 class SegmentAutoencoder(nn.Module):
-    """Encoder -> Perceiver compressor -> reconstructor -> seq2seq decoder, per segment.
+    """Encoder -> Perceiver compressor -> reconstructor -> decoder LM (seq2seq or causal), per segment.
 
     Build with ``from_config`` (new model) or ``from_pretrained`` (saved folder); the constructor takes
     already-built parts.
 
     Args:
         config: the architecture.
-        lm: the seq2seq decoder LM (``AutoModelForSeq2SeqLM``).
+        lm: the decoder LM: ``AutoModelForSeq2SeqLM`` or ``AutoModelForCausalLM``.
         decoder_tokenizer: its (cased) tokenizer.
         encoder: the BERT-style encoder, or None when ``config.encoder == "decoder"``.
         encoder_tokenizer: the encoder's tokenizer (defaults to the decoder's for ``"decoder"``).
@@ -274,6 +310,13 @@ class SegmentAutoencoder(nn.Module):
             ff_mult=config.ff_mult,
             dropout=config.dropout,
         )
+        self.is_causal = is_causal_config(lm.config)
+        if self.is_causal and self.uses_lm_encoder:
+            raise ConfigError("encoder=decoder: a causal-LM decoder has no encoder stack; name an encoder")
+        # How the memory reaches a causal LM (a seq2seq LM cross-attends to it instead).
+        self.latent_conditioning = (
+            LatentConditioning.for_lm(config.latent_conditioning, lm) if self.is_causal else None
+        )
         freeze_unused_parameters(self.lm, self.text_encoder, self.uses_lm_encoder, self.encoder_frozen)
 
     # ----------------------------------------------------------------------------------------- building
@@ -299,6 +342,7 @@ class SegmentAutoencoder(nn.Module):
             config.decoder_vocab_size,
             corpus_texts=corpus_texts,
             owner="SegmentAutoencoder.from_config",
+            decoder_gguf_file=config.decoder_gguf_file,
         )
         return cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
 
@@ -372,6 +416,26 @@ class SegmentAutoencoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.compressor.latents.dtype
 
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that came pretrained: a loaded decoder LM and a trainable loaded encoder.
+
+        The optimizer trains them at ``optim.pretrained_lr_scale`` x the learning rate of the new parts.
+        """
+        found: list[nn.Parameter] = []
+        if self.config.decoder_name_or_path is not None:
+            found += [p for p in self.lm.parameters() if p.requires_grad]
+        if self.text_encoder is not None and not self.encoder_frozen:
+            found += [p for p in self.text_encoder.parameters() if p.requires_grad]
+        unique = {id(p): p for p in found}
+        return list(unique.values())
+
+    def measure_decode_budget(self, texts: Sequence[str], percentile: float = 99.0) -> int:
+        """Decoder tokens (eos included) that ``percentile`` % of ``texts`` fit in, at most L.
+
+        ``sld train-autoencoder`` saves this as ``config.decode_max_tokens``.
+        """
+        return token_budget(self.decoder_tokenizer, texts, self.max_segment_tokens, percentile)
+
     # ---------------------------------------------------------------------------------- tokenization
 
     def tokenize_for_encoder(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -399,15 +463,36 @@ class SegmentAutoencoder(nn.Module):
         """Latents z (B', N, D) -> decoder memory (B', N, d_dec), what the decoder cross-attends to."""
         return self.reconstructor(z)
 
-    def reconstruction_logits(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced decoder logits (B', L, V) for targets ``labels`` (B', L) given latents z (B', N, D)."""
-        start = self.lm.config.decoder_start_token_id
-        if start is None:
-            start = self.lm.generation_config.decoder_start_token_id
-        decoder_input_ids = shift_labels_right(labels, start, self.lm.config.pad_token_id)
+    def decoder_inputs(self, labels: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+        """Teacher-forcing decoder inputs (B', L) for targets ``labels`` (B', L): start token, then
+        ``labels`` shifted right; with ``dropout`` > 0 that share of them (not the start) is replaced by
+        the unk (else pad) token (word dropout, ``sld.models.causal_lm.word_dropout``)."""
+        pad = self.decoder_tokenizer.pad_token_id
+        if self.is_causal:
+            inputs = shift_in_start(labels, start_token_id(self.decoder_tokenizer), pad)
+        else:
+            start = self.lm.config.decoder_start_token_id
+            if start is None:
+                start = self.lm.generation_config.decoder_start_token_id
+            inputs = shift_labels_right(labels, start, self.lm.config.pad_token_id)
+        unk = self.decoder_tokenizer.unk_token_id
+        return word_dropout(inputs, dropout, unk if unk is not None else pad)
+
+    def reconstruction_logits(
+        self, z: torch.Tensor, labels: torch.Tensor, decoder_inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced decoder logits (B', L, V) for targets ``labels`` (B', L) given latents z (B', N, D).
+
+        ``decoder_inputs`` (B', L) replaces the default ``decoder_inputs(labels)`` (e.g. with word dropout).
+        """
+        inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
+        memory = self.memory(z)
+        if self.is_causal:
+            cache, offset = self.latent_conditioning.prefill(self.lm, memory)
+            return teacher_forced_logits(self.lm, cache, offset, inputs)
         out = self.lm(
-            encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(z)),
-            decoder_input_ids=decoder_input_ids,
+            encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+            decoder_input_ids=inputs,
             use_cache=False,
         )
         return out.logits
@@ -468,12 +553,39 @@ class SegmentAutoencoder(nn.Module):
         no_repeat_ngram_size: int = 0,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """Latents z (B', N, D) -> generated decoder ids (B', T), T <= 1 + max_new_tokens (start token first).
+        """Latents z (B', N, D) -> generated decoder ids (B', T), T <= 1 + max_new_tokens.
 
-        All rows go through one ``generate`` call. Extra keyword arguments go to ``generate``
-        (``do_sample``, ``length_penalty``, ...). Call ``eval()`` first unless dropout is wanted.
+        All rows are decoded together. ``max_new_tokens`` None = the saved budget
+        (``config.decode_max_tokens``, else ``max_segment_tokens``). A seq2seq decoder goes through one
+        ``generate`` call (rows start with the start token; extra keyword arguments go to ``generate``);
+        a causal decoder through ``sld.models.causal_decoding.decode`` (greedy or ``do_sample`` with
+        ``temperature`` / ``top_k`` / ``min_new_tokens``; no beam search). Call ``eval()`` first unless
+        dropout is wanted.
         """
+        budget = max_new_tokens or self.config.decode_max_tokens or self.max_segment_tokens
         memory = self.memory(z)
+        if self.is_causal:
+            if num_beams != 1:
+                raise UserError("num_beams > 1: beam search is not available with a causal-LM decoder")
+            unknown = sorted(set(generate_kwargs) - {"do_sample", "temperature", "top_k", "min_new_tokens"})
+            if unknown:
+                raise UserError(
+                    f"unsupported decoding option(s) for a causal-LM decoder: {', '.join(unknown)}"
+                )
+            cache, offset = self.latent_conditioning.prefill(self.lm, memory)
+            rows = z.shape[0]
+            start = torch.full((rows,), start_token_id(self.decoder_tokenizer), device=z.device)
+            return decode(
+                self.lm,
+                cache,
+                start,
+                torch.full((rows,), offset, device=z.device),
+                eos_id=self.decoder_tokenizer.eos_token_id,
+                pad_id=self.decoder_tokenizer.pad_token_id,
+                settings=DecodeSettings(
+                    max_new_tokens=budget, no_repeat_ngram_size=no_repeat_ngram_size, **generate_kwargs
+                ),
+            )
         memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
         generate_kwargs.setdefault("do_sample", False)
         return self.lm.generate(
@@ -482,7 +594,7 @@ class SegmentAutoencoder(nn.Module):
             # An explicit cache: the default one is sized from the LM's encoder depth, which is 0 for
             # the from-scratch decoder (IndexError in cache_utils otherwise).
             past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
-            max_new_tokens=max_new_tokens or self.max_segment_tokens,
+            max_new_tokens=budget,
             num_beams=num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size,
             **generate_kwargs,

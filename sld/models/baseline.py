@@ -14,6 +14,15 @@ and even the trained decoder tokenizer are copied from it, so the two systems di
 they generate. ``encoder="decoder"`` gives a plain seq2seq model (the LM's own encoder stack reads
 the source with the decoder tokenizer).
 
+With a pretrained causal LM (``decoder_name_or_path`` a causal LM or ``"smollm2"``; ``encoder`` must be
+``"decoder"``) the baseline is that LM fine-tuned as a prefix LM: it reads the source tokens, a start
+token, and writes the target after it::
+
+    [s_1 .. s_T, start, y_1 .. y_L]  --causal LM-->  predicts y_1 .. y_L, eos (loss on these only)
+
+so SLD and the baseline stand on the same pretrained model. Generation prefills the left-padded
+source and decodes with ``sld.models.causal_decoding`` (the same loop as SLD's segment decoder).
+
 Shapes: B documents, T source tokens, L target tokens (all segments joined with spaces, eos
 included), V decoder vocabulary. ``labels`` are decoder ids with -100 at padding.
 
@@ -40,6 +49,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
+    AutoConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -51,7 +61,10 @@ from sld.errors import UserError
 from sld.losses import conversion_loss
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
+from sld.models.causal_decoding import DecodeSettings, decode
+from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
 from sld.models.parts import (
+    DECODER_DIR,
     DECODER_ENCODER,
     WEIGHTS_NAME,
     build_model_parts,
@@ -64,7 +77,7 @@ from sld.models.parts import (
     shift_labels_right,
 )
 from sld.pretrained import MINILM
-from sld.tokenization import decoder_labels, encoder_inputs
+from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -80,22 +93,30 @@ class BaselineConfig:
             ``AutoModel``, or ``"decoder"`` (the encoder stack of the decoder LM: a plain seq2seq model).
         freeze_encoder: keep the encoder's weights fixed (and its dropout off). None = True for
             ``"minilm"``, False otherwise (as in ``AutoencoderConfig``).
-        decoder_name_or_path: a pretrained ``AutoModelForSeq2SeqLM`` with its tokenizer; None = build
-            ``decoder_config`` from scratch with a tokenizer trained on the corpus.
+        decoder_name_or_path: a pretrained LM with its tokenizer: an ``AutoModelForSeq2SeqLM``, or an
+            ``AutoModelForCausalLM`` (hub name, folder, ``.gguf`` file or ``"smollm2"``; then
+            ``encoder`` must be ``"decoder"``: a prefix LM); None = build ``decoder_config`` from scratch
+            with a tokenizer trained on the corpus.
+        decoder_gguf_file: the GGUF file inside the ``decoder_name_or_path`` folder, if it is one.
         decoder_config: HF config of the from-scratch decoder LM (default: SLD's default decoder).
         decoder_vocab_size: vocabulary size of the trained decoder tokenizer.
         max_source_tokens: T, truncation length of the source.
-        max_target_tokens: L, truncation length of the target in training and the default
-            ``max_new_tokens`` of generation (SLD: max_segments x max_segment_tokens).
+        max_target_tokens: L, truncation length of the target in training (SLD: max_segments x
+            max_segment_tokens).
+        decode_max_tokens: default ``max_new_tokens`` of generation; ``sld train-baseline`` sets it from
+            a percentile of the training targets' lengths (as SLD's autoencoder does per segment).
+            None = ``max_target_tokens``.
     """
 
     encoder: str = MINILM
     freeze_encoder: bool | None = None
     decoder_name_or_path: str | None = None
+    decoder_gguf_file: str | None = None
     decoder_config: dict[str, Any] = field(default_factory=default_decoder_config)
     decoder_vocab_size: int = 8192
     max_source_tokens: int = 256
     max_target_tokens: int = 320
+    decode_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_source_tokens", "max_target_tokens"):
@@ -140,7 +161,8 @@ class BaselineConfig:
         """A copy with the encoder and decoder of a saved SLD autoencoder (same sizes, same encoder).
 
         ``max_segments`` (S) also sets ``max_target_tokens`` to S x the autoencoder's segment length,
-        so that both systems may write equally long documents.
+        so that both systems may write equally long documents. A causal-LM autoencoder gives a prefix
+        LM on the same pretrained model (``encoder="decoder"``).
         """
         path = Path(folder) / AUTOENCODER_CONFIG_NAME
         if not path.is_file():
@@ -150,9 +172,13 @@ class BaselineConfig:
             encoder=ae.encoder,
             freeze_encoder=ae.freeze_encoder,
             decoder_name_or_path=ae.decoder_name_or_path,
+            decoder_gguf_file=ae.decoder_gguf_file,
             decoder_config=dict(ae.decoder_config),
             decoder_vocab_size=ae.decoder_vocab_size,
         )
+        decoder_config = Path(folder) / DECODER_DIR / "config.json"
+        if decoder_config.is_file() and is_causal_config(AutoConfig.from_pretrained(decoder_config.parent)):
+            updates.update(encoder=DECODER_ENCODER, freeze_encoder=False)
         if max_segments is not None:
             updates["max_target_tokens"] = max_segments * ae.max_segment_tokens
         return dataclasses.replace(self, **updates)
@@ -208,8 +234,71 @@ class BaselineCollator:
         }
 
 
+class PrefixLMCollator:
+    """Picklable collate function of a causal-LM baseline: ``(source, target)`` pairs -> a prefix-LM batch.
+
+    A row reads ``[s_1 .. s_T, start, y_1 .. y_L]`` (source tokens truncated to ``max_source_tokens``,
+    target tokens to ``max_target_tokens - 1``); its labels are aligned with its inputs (label i = the
+    token after position i): -100 while that token is still source or the start token, then
+    ``y_1 .. y_L, eos``. ``None`` sources are empty. Batch keys (right-padded):
+    ``input_ids``, ``attention_mask``, ``labels``, all (B, T + 1 + L).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_tokens: int, max_target_tokens: int):
+        self.tokenizer = tokenizer
+        self.max_source_tokens = max_source_tokens
+        self.max_target_tokens = max_target_tokens
+
+    @classmethod
+    def from_model(cls, model: BaselineModel) -> PrefixLMCollator:
+        return cls(model.decoder_tokenizer, model.config.max_source_tokens, model.config.max_target_tokens)
+
+    def prompts(self, sources: Sequence[str | None]) -> list[list[int]]:
+        """Source token ids followed by the start token, one list per source."""
+        texts = ["" if s is None else s for s in sources]
+        ids = self.tokenizer(
+            texts, add_special_tokens=False, truncation=True, max_length=self.max_source_tokens
+        )["input_ids"]
+        start = start_token_id(self.tokenizer)
+        return [row + [start] for row in ids]
+
+    def sources(self, sources: Sequence[str | None]) -> dict[str, torch.Tensor]:
+        """Sources -> left-padded prompts ``{"input_ids", "attention_mask"}`` (B, T + 1), on the CPU."""
+        prompts = self.prompts(sources)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, row in enumerate(prompts):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def __call__(self, pairs: Sequence[tuple[str | None, str]]) -> dict[str, torch.Tensor]:
+        prompts = self.prompts([source for source, _ in pairs])
+        targets = self.tokenizer(
+            [target for _, target in pairs],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_target_tokens - 1,
+        )["input_ids"]
+        rows = [
+            (p + t, [IGNORE_INDEX] * (len(p) - 1) + t + [self.tokenizer.eos_token_id])
+            for p, t in zip(prompts, targets)
+        ]
+        width = max(len(labels) for _, labels in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for i, (inputs, targets_i) in enumerate(rows):
+            ids[i, : len(inputs)] = torch.tensor(inputs)
+            mask[i, : len(inputs)] = 1
+            labels[i, : len(targets_i)] = torch.tensor(targets_i)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 class BaselineModel(nn.Module):
-    """Source encoder -> (projection) -> seq2seq decoder writing the whole target, token by token.
+    """Source encoder -> (projection) -> seq2seq decoder writing the whole target, token by token; or a
+    causal LM reading the source and writing the target after it (a prefix LM, module docstring).
 
     Build with ``from_config`` (new model) or ``from_pretrained`` (saved folder); the constructor takes
     already-built parts (same arguments as ``SegmentAutoencoder``).
@@ -236,6 +325,15 @@ class BaselineModel(nn.Module):
         self.decoder_tokenizer = decoder_tokenizer
         self.text_encoder = encoder
         self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else decoder_tokenizer
+        self.is_causal = is_causal_config(lm.config)
+        if self.is_causal:
+            if not self.uses_lm_encoder:
+                raise ConfigError(
+                    f"encoder={config.encoder}: a causal-LM baseline reads the source itself (a prefix LM); "
+                    "set encoder: decoder"
+                )
+            self.proj = nn.Identity()
+            return
         d_enc, d_dec = hidden_size(self.encoder.config), hidden_size(lm.config)
         self.proj = nn.Linear(d_enc, d_dec) if d_enc != d_dec else nn.Identity()
         freeze_unused_parameters(self.lm, self.text_encoder, self.uses_lm_encoder, self.encoder_frozen)
@@ -263,6 +361,7 @@ class BaselineModel(nn.Module):
             corpus_texts=corpus_texts,
             decoder_tokenizer=decoder_tokenizer,
             owner="BaselineModel.from_config",
+            decoder_gguf_file=config.decoder_gguf_file,
         )
         return cls(config, lm, tokenizer, encoder, encoder_tokenizer)
 
@@ -290,9 +389,23 @@ class BaselineModel(nn.Module):
 
     def train(self, mode: bool = True) -> BaselineModel:
         super().train(mode)
-        if self.encoder_frozen:
+        if self.encoder_frozen and not self.is_causal:
             self.encoder.eval()  # a frozen encoder is a fixed function: no dropout
         return self
+
+    def measure_decode_budget(self, targets: Sequence[str], percentile: float = 99.0) -> int:
+        """Target tokens (eos included) that ``percentile`` % of ``targets`` fit in, at most L."""
+        return token_budget(self.decoder_tokenizer, targets, self.max_target_tokens, percentile)
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that came pretrained (a loaded LM, a trainable loaded encoder); the
+        optimizer trains them at ``optim.pretrained_lr_scale`` x the learning rate."""
+        found: list[nn.Parameter] = []
+        if self.config.decoder_name_or_path is not None:
+            found += [p for p in self.lm.parameters() if p.requires_grad]
+        if self.text_encoder is not None and not self.encoder_frozen:
+            found += [p for p in self.text_encoder.parameters() if p.requires_grad]
+        return list({id(p): p for p in found}.values())
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -317,9 +430,9 @@ class BaselineModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm.get_output_embeddings().weight.dtype
 
-    def collator(self) -> BaselineCollator:
+    def collator(self) -> BaselineCollator | PrefixLMCollator:
         """The training collate function for this model's tokenizers and lengths."""
-        return BaselineCollator.from_model(self)
+        return PrefixLMCollator.from_model(self) if self.is_causal else BaselineCollator.from_model(self)
 
     # --------------------------------------------------------------------------------------- forward
 
@@ -333,7 +446,13 @@ class BaselineModel(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """Teacher-forced logits (B, L, V) for targets ``labels`` (B, L) given source ids (B, T)."""
+        """Teacher-forced logits (B, L, V) for targets ``labels`` (B, L) given source ids (B, T).
+
+        A causal-LM baseline reads a prefix-LM batch (``PrefixLMCollator``): logits (B, T', V) aligned
+        with ``labels`` (B, T').
+        """
+        if self.is_causal:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         start = self.lm.config.decoder_start_token_id
         if start is None:
             start = self.lm.generation_config.decoder_start_token_id
@@ -363,8 +482,16 @@ class BaselineModel(nn.Module):
     ) -> torch.Tensor:
         """Source ids (B, T) -> generated decoder ids (B, L'), L' <= 1 + max_new_tokens, KV cache on.
 
-        One ``generate`` call for the whole batch; extra keyword arguments go to ``generate``.
+        Seq2seq: one ``generate`` call for the whole batch; extra keyword arguments go to ``generate``.
+        Causal: ``input_ids`` are left-padded prompts (``PrefixLMCollator.sources``); the source is
+        prefilled and ``sld.models.causal_decoding.decode`` writes the target (rows leave as they end;
+        greedy, or ``do_sample`` with ``temperature`` / ``top_k`` / ``min_new_tokens``; no beams).
         """
+        budget = max_new_tokens or self.config.decode_max_tokens or self.max_target_tokens
+        if self.is_causal:
+            return self._decode_causal(
+                input_ids, attention_mask, budget, num_beams, no_repeat_ngram_size, generate_kwargs
+            )
         generate_kwargs.setdefault("do_sample", False)
         return self.lm.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
@@ -373,10 +500,51 @@ class BaselineModel(nn.Module):
             # depth, which is 0 for the from-scratch decoder.
             past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
             use_cache=True,
-            max_new_tokens=max_new_tokens or self.max_target_tokens,
+            max_new_tokens=budget,
             num_beams=num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size,
             **generate_kwargs,
+        )
+
+    def _decode_causal(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        budget: int,
+        num_beams: int,
+        no_repeat_ngram_size: int,
+        options: dict[str, Any],
+    ) -> torch.Tensor:
+        """Prefill the prompts (B, T+1) but their last (start) token, then decode from it."""
+        if num_beams != 1:
+            raise UserError("num_beams > 1: beam search is not available with a causal-LM baseline")
+        unknown = sorted(set(options) - {"do_sample", "temperature", "top_k", "min_new_tokens"})
+        if unknown:
+            raise UserError(f"unsupported decoding option(s) for a causal-LM baseline: {', '.join(unknown)}")
+        cache = DynamicCache()
+        prefix_mask = None
+        if input_ids.shape[1] > 1:
+            prefix_mask = attention_mask[:, :-1]
+            positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
+            lm_forward(
+                self.lm,
+                cache,
+                input_ids=input_ids[:, :-1],
+                attention_mask=prefix_mask,
+                position_ids=positions,
+                logits_to_keep=1,
+            )
+        return decode(
+            self.lm,
+            cache,
+            input_ids[:, -1],
+            attention_mask.sum(dim=1) - 1,
+            eos_id=self.decoder_tokenizer.eos_token_id,
+            pad_id=self.decoder_tokenizer.pad_token_id,
+            settings=DecodeSettings(
+                max_new_tokens=budget, no_repeat_ngram_size=no_repeat_ngram_size, **options
+            ),
+            attention_mask=prefix_mask,
         )
 
     @torch.no_grad()
@@ -414,4 +582,11 @@ class BaselineModel(nn.Module):
         return texts
 
 
-__all__ = ["BaselineCollator", "BaselineConfig", "BaselineModel", "CONFIG_NAME", "baseline_loss"]
+__all__ = [
+    "BaselineCollator",
+    "BaselineConfig",
+    "BaselineModel",
+    "CONFIG_NAME",
+    "PrefixLMCollator",
+    "baseline_loss",
+]

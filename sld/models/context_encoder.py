@@ -206,7 +206,8 @@ class ContextCache:
     Training the denoiser encodes every batch's sources again at every step although the encoder
     never changes; on a CPU that re-encoding costs more than the denoiser step itself. The cache
     encodes each distinct source once (sorted by length, so little padding) and keeps its unpadded
-    states (T_i, C) in ``storage_dtype`` on the CPU. ``encode`` has the same contract as
+    states (T_i, C) in ``storage_dtype`` on ``storage_device`` (default: the encoder's device, so a
+    GPU run copies nothing from the host per step). ``encode`` has the same contract as
     ``ContextEncoder.encode`` and returns the same values up to the storage precision; a text that
     is not in the cache is encoded on the fly.
 
@@ -216,6 +217,7 @@ class ContextCache:
         batch_size: sources per encoder call while filling the cache.
         storage_dtype: dtype of the kept states (float16 halves the memory of float32).
         progress: show a progress bar while filling.
+        storage_device: where the kept states live; None = the encoder's device.
     """
 
     def __init__(
@@ -225,9 +227,11 @@ class ContextCache:
         batch_size: int = 64,
         storage_dtype: torch.dtype = torch.float16,
         progress: bool = True,
+        storage_device: torch.device | str | None = None,
     ) -> None:
         self.encoder = encoder
         self.storage_dtype = storage_dtype
+        self.storage_device = torch.device(storage_device) if storage_device is not None else encoder.device
         self.states: dict[str, torch.Tensor] = {}
         unique = sorted({t for t in texts if t is not None}, key=len)
         for start in tqdm(
@@ -236,7 +240,7 @@ class ContextCache:
             chunk = unique[start : start + batch_size]
             hidden, mask = encoder.encode(chunk)
             for text, row, row_mask in zip(chunk, hidden, mask):
-                self.states[text] = row[row_mask].to("cpu", storage_dtype)
+                self.states[text] = row[row_mask].to(self.storage_device, storage_dtype)
 
     def __len__(self) -> int:
         return len(self.states)
@@ -258,12 +262,21 @@ class ContextCache:
             hidden, mask = self.encoder.encode(missing)
             fresh = {t: row[row_mask] for t, row, row_mask in zip(missing, hidden, mask)}
         rows = [None if t is None else fresh.get(t, self.states.get(t)) for t in texts]
-        length = max((r.shape[0] for r in rows if r is not None), default=0)
+        lengths = [0 if r is None else r.shape[0] for r in rows]
         device, dtype = self.encoder.device, self.encoder.dtype
-        states = torch.zeros(len(texts), length, self.encoder.context_dim, dtype=dtype)
-        mask = torch.zeros(len(texts), length, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            if row is not None:
-                states[i, : row.shape[0]] = row.to("cpu", dtype)
-                mask[i, : row.shape[0]] = True
-        return states.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        width = self.encoder.context_dim
+        present = [r.to(device, dtype) for r in rows if r is not None and r.shape[0] > 0]
+        if not present:
+            empty = torch.zeros(len(texts), max(lengths, default=0), width, device=device, dtype=dtype)
+            return empty, torch.zeros(empty.shape[:2], dtype=torch.bool, device=device)
+        # One padded copy of the kept rows (they live on the device when the encoder does), then the
+        # rows scattered into batch order: a few kernels per batch instead of one copy per row.
+        packed = torch.nn.utils.rnn.pad_sequence(present, batch_first=True)  # (B_present, T, C)
+        order = torch.tensor([i for i, n in enumerate(lengths) if n > 0], device=device)
+        states = packed.new_zeros(len(texts), packed.shape[1], width)
+        states[order] = packed
+        mask = (
+            torch.arange(packed.shape[1], device=device)[None, :]
+            < torch.tensor(lengths, device=device)[:, None]
+        )
+        return states, mask

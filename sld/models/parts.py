@@ -1,8 +1,10 @@
-"""Parts shared by the encoder + seq2seq-decoder models (SegmentAutoencoder, the AR baseline).
+"""Parts shared by the encoder + decoder-LM models (SegmentAutoencoder, the AR baseline).
 
 Both read text with a pretrained BERT-style encoder (or the LM's own encoder stack) and write with a
-``transformers`` seq2seq LM, loaded by name or built from a config with a corpus-trained tokenizer.
-This module builds those parts alike for both, and owns their folder layout::
+``transformers`` LM: a seq2seq LM loaded by name or built from a config with a corpus-trained
+tokenizer, or a pretrained causal LM (``sld.models.causal_lm``: hub name, folder, GGUF file or the
+offline default ``"smollm2"``). This module builds those parts alike for both, and owns their folder
+layout::
 
     <config>.json         the model's own config (written by the model)
     model.safetensors     all weights (tied tensors stored once), loaded strictly
@@ -22,6 +24,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     GenerationConfig,
@@ -30,7 +33,8 @@ from transformers import (
 )
 
 from sld.config import ConfigError
-from sld.pretrained import resolve_pretrained
+from sld.models.causal_lm import is_causal_config, load_causal_lm, prepare_tokenizer
+from sld.pretrained import resolve_language_model, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
 
 DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
@@ -144,24 +148,23 @@ def build_model_parts(
     corpus_texts: Sequence[str] | None = None,
     decoder_tokenizer: PreTrainedTokenizerBase | None = None,
     owner: str = "the model",
+    decoder_gguf_file: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreTrainedModel | None, PreTrainedTokenizerBase | None]:
     """New parts: ``(lm, decoder_tokenizer, encoder, encoder_tokenizer)``, pretrained ones loaded.
 
     The LM is ``decoder_name_or_path`` loaded with ``from_pretrained`` (with its tokenizer unless
-    ``decoder_tokenizer`` is given), or built from ``decoder_config`` with ``decoder_tokenizer`` or
-    a tokenizer trained on ``corpus_texts``. ``encoder`` is ``"minilm"``, a hub name or folder of a
-    BERT-style model, or ``"decoder"`` (the LM's own encoder: encoder and its tokenizer are None).
-    ``owner`` names the caller in errors.
+    ``decoder_tokenizer`` is given): a seq2seq LM, or a causal LM (also ``"smollm2"`` or a GGUF file,
+    ``decoder_gguf_file`` naming the file inside a folder); or it is a seq2seq LM built from
+    ``decoder_config`` with ``decoder_tokenizer`` or a tokenizer trained on ``corpus_texts``.
+    ``encoder`` is ``"minilm"``, a hub name or folder of a BERT-style model, or ``"decoder"`` (the LM's
+    own encoder: encoder and its tokenizer are None). ``owner`` names the caller in errors.
     """
     uses_own_encoder = encoder == DECODER_ENCODER
     if decoder_name_or_path is not None:
-        name = decoder_name_or_path
-        try:
-            lm = AutoModelForSeq2SeqLM.from_pretrained(name)
-            tokenizer = decoder_tokenizer or AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"decoder_name_or_path: cannot load '{name}' as a seq2seq LM: {err}") from err
-        check_decoder_tokenizer(tokenizer, f"decoder_name_or_path '{name}'")
+        lm, tokenizer = load_pretrained_lm(decoder_name_or_path, decoder_gguf_file)
+        if decoder_tokenizer is not None:
+            tokenizer = decoder_tokenizer
+        check_decoder_tokenizer(tokenizer, f"decoder_name_or_path '{decoder_name_or_path}'")
     else:
         if decoder_tokenizer is not None:
             tokenizer = decoder_tokenizer
@@ -176,6 +179,28 @@ def build_model_parts(
     sync_generation_ids(lm, tokenizer)
     text_encoder, encoder_tokenizer = (None, None) if uses_own_encoder else load_encoder(encoder)
     return lm, tokenizer, text_encoder, encoder_tokenizer
+
+
+def load_pretrained_lm(
+    name_or_path: str, gguf_file: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pretrained decoder LM and its tokenizer: causal (``sld.models.causal_lm``) or seq2seq."""
+    location = resolve_language_model(name_or_path, gguf_file)
+    kwargs = location.from_pretrained_kwargs()
+    try:
+        config = AutoConfig.from_pretrained(location.path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"decoder_name_or_path: cannot load '{name_or_path}': {err}") from err
+    if is_causal_config(config):
+        return load_causal_lm(location)
+    try:
+        lm = AutoModelForSeq2SeqLM.from_pretrained(location.path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location.path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"decoder_name_or_path: cannot load '{name_or_path}' as a seq2seq LM: {err}"
+        ) from err
+    return lm, tokenizer
 
 
 def freeze_unused_parameters(
@@ -212,10 +237,14 @@ def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, An
     ``model.safetensors`` into the assembled model strictly.
     """
     decoder_dir, encoder_dir = folder / DECODER_DIR, folder / ENCODER_DIR
-    lm = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(decoder_dir))
+    lm_config = AutoConfig.from_pretrained(decoder_dir)
+    causal = is_causal_config(lm_config)
+    lm = (AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM).from_config(lm_config)
     if (decoder_dir / "generation_config.json").is_file():
         lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
     decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+    if causal:
+        prepare_tokenizer(decoder_tokenizer, str(decoder_dir))
     encoder_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     encoder = None if uses_own_encoder else AutoModel.from_config(AutoConfig.from_pretrained(encoder_dir))
     return lm, decoder_tokenizer, encoder, encoder_tokenizer
@@ -259,7 +288,7 @@ def sync_generation_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
         gen.pad_token_id = tokenizer.pad_token_id
     if gen.eos_token_id is None:
         gen.eos_token_id = tokenizer.eos_token_id
-    if gen.decoder_start_token_id is None:
+    if gen.decoder_start_token_id is None and not is_causal_config(lm.config):
         gen.decoder_start_token_id = lm.config.decoder_start_token_id
 
 
@@ -275,6 +304,7 @@ __all__ = [
     "freeze_unused_parameters",
     "hidden_size",
     "load_encoder",
+    "load_pretrained_lm",
     "load_model_parts",
     "save_model_parts",
     "shift_labels_right",

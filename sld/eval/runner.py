@@ -1,0 +1,289 @@
+"""Running both systems' generation settings on one device, timed, under one set of decoding rules.
+
+``load_models`` opens the SLD pipeline and / or the AR baseline of a benchmark; ``sld_generate_fn``
+and ``ar_generate_fn`` wrap them as ``GenerateFn`` (sources -> texts and SLD's time split) with the
+run's ``DecodingRules``; ``measure`` times one (system, setting, batch size) cell
+(``sld.eval.timing``: a warm-up batch, then ``repeats`` timed runs between device synchronisations)
+and scores its texts; ``run_speed`` measures every cell of ``mode=speed``; ``predictions_writer``
+saves each cell's texts in the format ``sld evaluate`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sld.data.segmented import SegmentedDocument, read_segmented
+from sld.errors import DataError, UserError
+from sld.eval.benchmark import (
+    AR,
+    SLD,
+    DecodingSetting,
+    Measurement,
+    SamplerSetting,
+    SpeedConfig,
+    quality_scores,
+)
+from sld.eval.decoding_rules import DecodingRules
+from sld.eval.timing import MemoryMonitor, parameter_mib, timed_runs
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GenerateFn",
+    "PredictionsSink",
+    "ar_generate_fn",
+    "load_documents",
+    "load_models",
+    "measure",
+    "predictions_writer",
+    "run_speed",
+    "sld_generate_fn",
+    "unavailable_decodings",
+    "weights_mib",
+]
+
+# A generation function: sources -> (texts, time split in seconds; may be empty).
+GenerateFn = Callable[[Sequence[str | None]], tuple[list[str], dict[str, float]]]
+
+
+def load_documents(path: str, limit: int) -> list[SegmentedDocument]:
+    """The first ``limit`` documents of a stage-1 split file."""
+    if not Path(path).is_file():
+        raise DataError(
+            f"input={path!r}: not found (a stage-1 <split>.jsonl file, e.g. runs/segmented/valid.jsonl)"
+        )
+    docs = read_segmented(path)[:limit]
+    if not docs:
+        raise DataError(f"{path}: no documents")
+    return docs
+
+
+def load_models(
+    sld_model: str | None, baseline_model: str | None, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, Any]:
+    """The ``SLDPipeline`` and the ``BaselineModel`` of the given folders (None where not given)."""
+    # Once sld.loading.load_model(folder) exists it opens either kind of folder: use it here.
+    pipe = baseline = None
+    if sld_model:
+        from sld.pipeline import SLDPipeline
+
+        pipe = SLDPipeline.from_pretrained(sld_model, device=device, dtype=dtype)
+    if baseline_model:
+        from sld.models.baseline import BaselineModel
+
+        baseline = BaselineModel.from_pretrained(baseline_model, device=device, dtype=dtype)
+    if pipe is None and baseline is None:
+        raise UserError("nothing to benchmark: set sld_model and/or baseline_model")
+    return pipe, baseline
+
+
+def weights_mib(pipe: Any, baseline: Any) -> dict[str, float]:
+    """Parameter memory of each loaded system (MiB), reported beside the working memory of the rows."""
+    out = {}
+    if pipe is not None:
+        out[SLD] = parameter_mib(pipe.denoiser, pipe.autoencoder, pipe.context_encoder)
+    if baseline is not None:
+        out[AR] = parameter_mib(baseline)
+    return out
+
+
+def measure(
+    system: str,
+    setting: str,
+    generate_fn: GenerateFn,
+    sources: Sequence[str | None],
+    references: Sequence[str],
+    batch_size: int,
+    device: torch.device,
+    repeats: int = 1,
+    warmup: bool = True,
+    steps: int | None = None,
+) -> tuple[Measurement, list[str]]:
+    """Time ``generate_fn`` over all ``sources`` (it batches them by ``batch_size`` itself).
+
+    A warm-up call on the first batch runs untimed; then ``repeats`` timed calls, each between two
+    device synchronisations. Quality is scored on the texts of the last call. Returns the
+    measurement and those texts.
+    """
+    if warmup:
+        generate_fn(sources[:batch_size])
+    parts: list[dict[str, float]] = []
+    texts: list[str] = []
+
+    def one_run() -> None:
+        nonlocal texts
+        texts, split = generate_fn(sources)
+        if split:
+            parts.append(dict(split))
+
+    with MemoryMonitor(device) as memory:
+        seconds = timed_runs(one_run, device, repeats, warmup=False)
+    result = Measurement(
+        system=system,
+        setting=setting,
+        batch_size=batch_size,
+        num_documents=len(sources),
+        seconds=seconds,
+        parts=parts,
+        steps=steps,
+        peak_memory_mib=memory.peak_mib,
+        memory_measure=memory.measure,
+        quality=quality_scores(texts, references),
+    )
+    logger.info(
+        "%s %s batch %d: %.2f docs/s (%.2f s for %d documents)",
+        system,
+        setting,
+        batch_size,
+        len(sources) / max(statistics.median(seconds), 1e-12),
+        statistics.median(seconds),
+        len(sources),
+    )
+    return result, texts
+
+
+def sld_generate_fn(
+    pipe: Any,
+    sampler: SamplerSetting,
+    rules: DecodingRules,
+    batch_size: int,
+    guidance_scale: float | None = None,
+    num_beams: int | None = None,
+    seed: int = 0,
+) -> GenerateFn:
+    """SLD generation under the run's decoding rules (an ``SLDPipeline``; the same seed every call)."""
+
+    def generate(sources: Sequence[str | None]) -> tuple[list[str], dict[str, float]]:
+        out = pipe(
+            list(sources),
+            num_inference_steps=sampler.steps,
+            scheduler=sampler.scheduler,
+            guidance_scale=guidance_scale,
+            num_beams=num_beams,
+            no_repeat_ngram_size=rules.no_repeat_ngram_size,
+            max_new_tokens=rules.sld_max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        return out.texts, dict(out.timings)
+
+    return generate
+
+
+def ar_generate_fn(
+    baseline: Any, decoding: DecodingSetting, rules: DecodingRules, batch_size: int
+) -> GenerateFn:
+    """AR generation under the run's decoding rules (a ``BaselineModel``)."""
+
+    def generate(sources: Sequence[str | None]) -> tuple[list[str], dict[str, float]]:
+        texts = baseline.generate_texts(
+            list(sources),
+            batch_size=batch_size,
+            num_beams=decoding.num_beams,
+            no_repeat_ngram_size=rules.no_repeat_ngram_size,
+            max_new_tokens=rules.ar_max_new_tokens,
+        )
+        return texts, {}
+
+    return generate
+
+
+def unavailable_decodings(baseline: Any, decodings: Sequence[DecodingSetting]) -> list[str]:
+    """Names of the AR decodings the baseline cannot run: beam search with a causal-LM decoder."""
+    if baseline is None or not getattr(baseline, "is_causal", False):
+        return []
+    return [d.name for d in decodings if d.num_beams > 1]
+
+
+# Called with (system, setting, batch size, documents, references, texts) after every cell.
+PredictionsSink = Callable[[str, str, int, Sequence[SegmentedDocument], Sequence[str], Sequence[str]], None]
+
+
+def run_speed(
+    cfg: SpeedConfig,
+    pipe: Any,
+    baseline: Any,
+    docs: Sequence[SegmentedDocument],
+    rules: DecodingRules,
+    device: torch.device,
+    seed: int = 0,
+    on_predictions: PredictionsSink | None = None,
+) -> list[Measurement]:
+    """Every (batch size, setting) cell, AR decodings first, in one process on one device.
+
+    AR decodings the baseline cannot run (``unavailable_decodings``) are left out.
+    """
+    measurements: list[Measurement] = []
+    for batch_size in cfg.batch_sizes:
+        count = len(docs) if cfg.max_batches is None else min(len(docs), cfg.max_batches * batch_size)
+        cell_docs = docs[:count]
+        sources = [doc.source for doc in cell_docs]
+        references = [" ".join(doc.segments) for doc in cell_docs]
+        cells: list[tuple[str, str, GenerateFn, int | None]] = []
+        if baseline is not None:
+            skip = set(unavailable_decodings(baseline, cfg.decodings))
+            for decoding in (d for d in cfg.decodings if d.name not in skip):
+                cells.append((AR, decoding.name, ar_generate_fn(baseline, decoding, rules, batch_size), None))
+        if pipe is not None:
+            for sampler in cfg.samplers:
+                fn = sld_generate_fn(
+                    pipe, sampler, rules, batch_size, cfg.guidance_scale, cfg.sld_num_beams, seed
+                )
+                cells.append((SLD, sampler.label, fn, sampler.steps))
+        for system, setting, fn, steps in cells:
+            result, texts = measure(
+                system,
+                setting,
+                fn,
+                sources,
+                references,
+                batch_size,
+                device,
+                repeats=cfg.repeats,
+                warmup=cfg.warmup,
+                steps=steps,
+            )
+            measurements.append(result)
+            if on_predictions is not None:
+                on_predictions(system, setting, batch_size, cell_docs, references, texts)
+    return measurements
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def predictions_writer(folder: str | Path) -> PredictionsSink:
+    """A ``run_speed`` sink writing ``<folder>/<system>_<setting>_b<batch>.jsonl`` (``sld evaluate`` format)."""
+    folder = Path(folder)
+
+    def write(
+        system: str,
+        setting: str,
+        batch_size: int,
+        docs: Sequence[SegmentedDocument],
+        references: Sequence[str],
+        texts: Sequence[str],
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_slug(system)}_{_slug(setting)}_b{batch_size}.jsonl"
+        with path.open("w") as handle:
+            for doc, ref, text in zip(docs, references, texts):
+                row = {
+                    "id": doc.id,
+                    "source": doc.source,
+                    "prediction": text,
+                    "reference": ref,
+                    "reference_segments": doc.segments,
+                }
+                handle.write(json.dumps(row) + "\n")
+
+    return write

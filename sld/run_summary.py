@@ -1,0 +1,46 @@
+"""What a training run leaves beside its weights: ``summary.json`` and one line per evaluation.
+
+Shared by the training entry points: ``training_summary`` starts the summary every run writes
+(steps, why it stopped, seconds), ``evaluation_rows`` picks the evaluations out of ``fit``'s
+history, ``format_evaluation`` writes one of them as a line for the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sld.training import FitResult
+
+SUMMARY_FILE = "summary.json"
+
+
+def evaluation_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a ``fit`` history that hold evaluation scores (``eval/...`` keys), in order."""
+    return [dict(row) for row in history if any(key.startswith("eval/") for key in row)]
+
+
+def training_summary(result: FitResult, seconds: float, **extra: Any) -> dict[str, Any]:
+    """``steps``, ``stopped_by`` and ``train_seconds`` of a finished ``fit``, then ``extra``."""
+    return {
+        "steps": result.state.step,
+        "stopped_by": result.stopped_by,
+        "train_seconds": round(seconds, 1),
+        **extra,
+    }
+
+
+def write_summary(output_dir: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Write ``summary`` as indented JSON to ``output_dir/summary.json``."""
+    path = Path(output_dir) / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def format_evaluation(row: Mapping[str, Any], fields: Sequence[tuple[str, str, str]]) -> str:
+    """``step <n>: valid <label>=<value> ...`` for the ``(key, label, format spec)`` fields present
+    in ``row`` as ``eval/<key>``; e.g. ``("count_accuracy", "count_acc", ".2f")``."""
+    shown = [f"{label}={row[f'eval/{key}']:{spec}}" for key, label, spec in fields if f"eval/{key}" in row]
+    return f"step {row['step']}: valid " + " ".join(shown)

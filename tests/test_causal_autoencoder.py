@@ -1,0 +1,130 @@
+"""SegmentAutoencoder with a pretrained causal-LM decoder (a tiny random Llama saved to a folder).
+
+The same loading, training objective, parallel decoding and save/load code as the SmolLM2 profiles.
+"""
+
+from __future__ import annotations
+
+import pytest
+import tiny_models
+import torch
+
+from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
+from sld.config import ConfigError
+from sld.data.collate import SegmentCollator
+from sld.errors import UserError
+from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+from sld.training import OptimConfig, build_optimizer
+
+ROWS = [
+    "Anna walked her dog in the park.",
+    {"sentence": "Tom baked a cake.", "paraphrase": "Tom made a cake.", "negative": "Stocks fell."},
+    {"sentence": "Sam fixed the old bike.", "paraphrase": "Sam repaired the bike.", "negative": "Oil rose."},
+    "Lucy lost her keys at the mall.",
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("causal_ae")
+    return tiny_models.save_tiny_bert(root / "bert"), tiny_models.save_tiny_causal_lm(root / "lm")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("conditioning", ["kv", "prefix", "kv+prefix"])
+def test_every_trainable_parameter_gets_a_gradient_from_the_full_loss(folders, conditioning):
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0, conditioning=conditioning).train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    terms = autoencoder_losses(model, batch, AutoencoderLossConfig(word_dropout=0.2), training=True)
+    assert all(terms[k] > 0 for k in ("conversion", "contrastive", "adversarial"))
+    terms["loss"].backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("lm.") for n in trainable) and any(
+        n.startswith("latent_conditioning.") for n in trainable
+    )
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    ]
+    assert not missing
+    assert not any(n.startswith("text_encoder.") for n in trainable)  # the BERT encoder stays frozen
+
+
+def test_labels_end_with_one_eos_and_decode_to_the_text(folders):
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0)
+    labels = model.tokenize_for_decoder(["Tom baked a cake.", "Hi."])["labels"]
+    eos = model.decoder_tokenizer.eos_token_id
+    for row, text in zip(labels, ["Tom baked a cake.", "Hi."]):
+        ids = row[row != -100].tolist()
+        assert ids[-1] == eos and ids.count(eos) == 1
+        assert model.decoder_tokenizer.decode(ids[:-1]) == text
+
+
+def test_save_load_round_trip_gives_identical_outputs(folders, tmp_path):
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=3, conditioning="kv+prefix")
+    model.config.decode_max_tokens = 7
+    model.save_pretrained(tmp_path / "ae")
+    loaded = SegmentAutoencoder.from_pretrained(tmp_path / "ae")
+    assert loaded.is_causal and loaded.config.decode_max_tokens == 7
+    z = model.encode_texts(tiny_models.CORPUS[:5])
+    labels = model.tokenize_for_decoder(tiny_models.CORPUS[:5])["labels"]
+    assert torch.equal(model.reconstruction_logits(z, labels), loaded.reconstruction_logits(z, labels))
+    ids = model.generate_ids(z)
+    assert ids.shape[1] <= 7  # the saved decoding budget
+    assert torch.equal(ids, loaded.generate_ids(z))
+    assert model.decode_latents(z, no_repeat_ngram_size=2) == loaded.decode_latents(z, no_repeat_ngram_size=2)
+
+
+def test_parallel_decode_of_all_segments_equals_one_by_one(folders):
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=4)
+    z = model.encode_texts(tiny_models.CORPUS[:6])
+    together = model.decode_latents(z, max_new_tokens=9)
+    alone = [model.decode_latents(z[i : i + 1], max_new_tokens=9)[0] for i in range(6)]
+    assert together == alone
+
+
+def test_decoding_options_and_errors(folders):
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0)
+    z = model.encode_texts(["Tom baked a cake."])
+    with pytest.raises(UserError, match="beam search"):
+        model.generate_ids(z, num_beams=2)
+    with pytest.raises(UserError, match="length_penalty"):
+        model.generate_ids(z, length_penalty=1.0)
+    assert model.generate_ids(z, max_new_tokens=5, min_new_tokens=5).shape == (1, 5)
+    assert model.decode_latents(z[:0]) == []
+    with pytest.raises(ConfigError, match="encoder=decoder"):
+        SegmentAutoencoder.from_config(
+            AutoencoderConfig(
+                encoder="decoder", decoder_name_or_path=folders[1], num_latents=4, latent_dim=16
+            )
+        )
+
+
+def test_measured_decoding_budget(folders):
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0)
+    texts = ["a"] * 99 + ["a much longer segment than all the others here"]
+    short = len(model.tokenize_for_decoder(["a"])["labels"][0])
+    assert model.measure_decode_budget(texts, percentile=50) == short
+    assert model.measure_decode_budget(texts, percentile=100) == model.max_segment_tokens  # truncated at L
+
+
+def test_pretrained_lm_trains_at_the_scaled_rate_or_not_at_all(folders):
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0)
+    pretrained = {id(p) for p in model.pretrained_parameters()}
+    assert pretrained == {id(p) for p in model.lm.parameters()}
+    optimizer = build_optimizer(
+        model.parameters(), OptimConfig(lr=1e-3, pretrained_lr_scale=0.1), model.pretrained_parameters()
+    )
+    for group in optimizer.param_groups:
+        scaled = {id(p) in pretrained for p in group["params"]}
+        assert len(scaled) == 1 and group["lr"] == pytest.approx(1e-4 if scaled.pop() else 1e-3)
+    frozen = tiny_models.tiny_causal_autoencoder(*folders, seed=0)
+    build_optimizer(frozen.parameters(), OptimConfig(pretrained_lr_scale=0.0), frozen.pretrained_parameters())
+    assert not any(p.requires_grad for p in frozen.lm.parameters())
+    assert frozen.latent_conditioning.to_kv.weight.requires_grad

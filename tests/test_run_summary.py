@@ -1,0 +1,37 @@
+"""sld.run_summary: summary.json of a training run and its evaluation lines."""
+
+import json
+from types import SimpleNamespace
+
+from sld.run_summary import evaluation_rows, format_evaluation, training_summary, write_summary
+
+HISTORY = [
+    {"step": 2, "train/loss": 1.0},
+    {"step": 2, "eval/diffusion_mse": 0.51234},
+    {"step": 4, "eval/diffusion_mse": 0.4, "eval/rougeL": 12.345, "eval/count_accuracy": 0.5},
+]
+
+
+def test_evaluation_rows_are_copies_of_the_eval_rows():
+    rows = evaluation_rows(HISTORY)
+    assert [r["step"] for r in rows] == [2, 4]
+    rows[0]["eval/x"] = 1.0
+    assert "eval/x" not in HISTORY[1]
+
+
+def test_summary_and_lines(tmp_path):
+    result = SimpleNamespace(state=SimpleNamespace(step=4), stopped_by="max_minutes")
+    summary = training_summary(result, 12.345, validation=evaluation_rows(HISTORY))
+    assert list(summary) == ["steps", "stopped_by", "train_seconds", "validation"]
+    assert summary["steps"] == 4 and summary["train_seconds"] == 12.3
+    assert json.loads(write_summary(tmp_path, summary).read_text()) == summary
+    fields = [
+        ("diffusion_mse", "diffusion_mse", ".4f"),
+        ("rougeL", "rougeL", ".2f"),
+        ("count_accuracy", "count_acc", ".2f"),
+    ]
+    lines = [format_evaluation(row, fields) for row in summary["validation"]]
+    assert lines == [
+        "step 2: valid diffusion_mse=0.5123",
+        "step 4: valid diffusion_mse=0.4000 rougeL=12.35 count_acc=0.50",
+    ]

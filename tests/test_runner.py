@@ -1,0 +1,144 @@
+"""Running generation settings: the timed harness on a fake generator, the predictions files, and
+both systems' generation functions under one set of decoding rules (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_systems import save_tiny_systems
+
+from sld.data.segmented import SegmentedDocument
+from sld.errors import DataError, UserError
+from sld.eval.benchmark import SLD, DecodingSetting, SamplerSetting
+from sld.eval.decoding_rules import DecodingRules
+from sld.eval.runner import (
+    ar_generate_fn,
+    load_documents,
+    load_models,
+    measure,
+    predictions_writer,
+    sld_generate_fn,
+    weights_mib,
+)
+from sld.eval.timing import MEMORY_NA, MEMORY_PEAK_RSS, MEMORY_RSS_DELTA
+
+
+def test_measure_warms_up_then_times_every_repeat():
+    calls = []
+
+    def fake_generate(sources):
+        calls.append(len(sources))
+        return [f"text {s}" for s in sources], {"denoise": 0.01}
+
+    sources = ["a", "b", "c", "d", "e"]
+    result, texts = measure(
+        SLD,
+        "ddim 2",
+        fake_generate,
+        sources,
+        list(sources),
+        batch_size=2,
+        device=torch.device("cpu"),
+        repeats=2,
+        steps=2,
+    )
+    assert calls == [2, 5, 5]  # one warm-up batch, then two timed runs over all documents
+    assert texts == [f"text {s}" for s in sources]
+    assert len(result.seconds) == 2 and len(result.parts) == 2 and result.num_batches == 3
+    assert result.quality["num_distinct_outputs"] == 5 and result.quality["ref_num_distinct"] == 5
+    assert result.memory_measure in (MEMORY_PEAK_RSS, MEMORY_RSS_DELTA, MEMORY_NA)
+
+
+class RecordingPipe:
+    """Stands in for an SLDPipeline: records every call's keyword arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, sources, **kwargs):
+        self.calls.append(kwargs)
+        from sld.pipeline import SLDOutput
+
+        return SLDOutput(
+            [f"sld {s}" for s in sources], [[s] for s in sources], [1] * len(sources), timings={"decode": 0.1}
+        )
+
+
+class RecordingBaseline:
+    """Stands in for a BaselineModel: records every call's keyword arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate_texts(self, sources, **kwargs):
+        self.calls.append(kwargs)
+        return [f"ar {s}" for s in sources]
+
+
+def test_both_systems_decode_under_the_same_rules():
+    rules = DecodingRules(no_repeat_ngram_size=3, sld_max_new_tokens=27, ar_max_new_tokens=120, rule="test")
+    pipe, baseline = RecordingPipe(), RecordingBaseline()
+    texts, split = sld_generate_fn(pipe, SamplerSetting("dpm++", 10), rules, 16, guidance_scale=2.5, seed=7)(
+        ["a"]
+    )
+    assert texts == ["sld a"] and split == {"decode": 0.1}
+    texts, split = ar_generate_fn(baseline, DecodingSetting("beam 4", 4), rules, 16)(["a", "b"])
+    assert texts == ["ar a", "ar b"] and split == {}
+    sld_call, ar_call = pipe.calls[0], baseline.calls[0]
+    assert sld_call["no_repeat_ngram_size"] == ar_call["no_repeat_ngram_size"] == 3
+    assert sld_call["max_new_tokens"] == 27 and ar_call["max_new_tokens"] == 120
+    assert sld_call["batch_size"] == ar_call["batch_size"] == 16
+    assert (sld_call["scheduler"], sld_call["num_inference_steps"]) == ("dpm++", 10)
+    assert sld_call["guidance_scale"] == 2.5 and sld_call["seed"] == 7 and ar_call["num_beams"] == 4
+
+
+def test_predictions_writer(tmp_path):
+    docs = [SegmentedDocument("d0", "src", ["A b.", "C d."], 2)]
+    predictions_writer(tmp_path / "predictions")(SLD, "dpm++ 10", 64, docs, ["A b. C d."], ["out"])
+    line = json.loads((tmp_path / "predictions" / "sld_dpm_10_b64.jsonl").read_text())
+    assert line == {
+        "id": "d0",
+        "source": "src",
+        "prediction": "out",
+        "reference": "A b. C d.",
+        "reference_segments": ["A b.", "C d."],
+    }
+
+
+def test_loading_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_documents(str(tmp_path / "missing.jsonl"), 4)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no documents"):
+        load_documents(str(tmp_path / "empty.jsonl"), 4)
+    with pytest.raises(UserError, match="nothing to benchmark"):
+        load_models(None, None, torch.device("cpu"), torch.float32)
+
+
+def test_load_models_and_weights(tmp_path):
+    sld_dir, baseline_dir = save_tiny_systems(tmp_path)
+    pipe, baseline = load_models(str(sld_dir), str(baseline_dir), torch.device("cpu"), torch.float32)
+    weights = weights_mib(pipe, baseline)
+    assert set(weights) == {"SLD", "AR"} and weights["SLD"] > weights["AR"] > 0
+    pipe, baseline = load_models(None, str(baseline_dir), torch.device("cpu"), torch.float32)
+    assert pipe is None and set(weights_mib(pipe, baseline)) == {"AR"}
+
+
+def test_beam_settings_a_causal_baseline_cannot_run_are_left_out():
+    from sld.eval.benchmark import SpeedConfig
+    from sld.eval.runner import run_speed, unavailable_decodings
+
+    decodings = [DecodingSetting("greedy", 1), DecodingSetting("beam 4", 4)]
+    baseline = RecordingBaseline()
+    assert unavailable_decodings(baseline, decodings) == []  # a seq2seq baseline runs both
+    baseline.is_causal = True
+    assert unavailable_decodings(baseline, decodings) == ["beam 4"]
+    assert unavailable_decodings(None, decodings) == []
+    docs = [SegmentedDocument(f"d{i}", f"s{i}", ["A b."], 1) for i in range(3)]
+    cfg = SpeedConfig(batch_sizes=[2], decodings=decodings, samplers=[], warmup=False)
+    rules = DecodingRules(0, None, 5, "test")
+    measurements = run_speed(cfg, None, baseline, docs, rules, torch.device("cpu"))
+    assert [(m.setting, m.batch_size, m.num_documents) for m in measurements] == [("greedy", 2, 3)]
+    assert {c["num_beams"] for c in baseline.calls} == {1}
