@@ -301,8 +301,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (loadable again with ``load_config``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from err
     return path
 
 

@@ -61,6 +61,7 @@ def read_generation_inputs(
     """
     inputs = [GenerationInput(id=f"text-{i}", source=t) for i, t in enumerate(texts)]
     if path:
+        given = len(inputs)
         for line_no, row in iter_jsonl_numbered(path):
             if source_field not in row:
                 raise UserError(f"{path}, line {line_no}: no '{source_field}' field (set source_field=...)")
@@ -76,6 +77,8 @@ def read_generation_inputs(
                     reference_segments=segments if isinstance(segments, list) else None,
                 )
             )
+        if len(inputs) == given:
+            raise UserError(f"{path}: no input records (an empty file)")
     if not inputs:
         raise UserError("nothing to generate: give input=FILE.jsonl or texts='[\"...\"]'")
     return inputs[:limit] if limit else inputs

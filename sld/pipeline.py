@@ -125,12 +125,24 @@ class SLDPipeline:
         config_path = folder / PIPELINE_CONFIG
         if not config_path.is_file():
             raise UserError(f"{folder} is not an SLD pipeline folder: {PIPELINE_CONFIG} is missing")
+        missing = [
+            f"{name}/"
+            for name in ("denoiser", "autoencoder", "context_encoder")
+            if not (folder / name).is_dir()
+        ]
+        if missing:
+            raise UserError(f"pipeline folder {folder} has no {', '.join(missing)} (an incomplete copy?)")
         try:
             config = PipelineConfig(**json.loads(config_path.read_text()))
         except (TypeError, json.JSONDecodeError) as err:
             raise UserError(f"{config_path}: {err}") from err
+        # diffusers fills missing tensors with random values (a warning only): refuse such a folder
+        denoiser, loading = SegmentDiT.from_pretrained(folder / "denoiser", output_loading_info=True)
+        mismatch = {k: v for k, v in loading.items() if v and k != "error_msgs"}
+        if mismatch:
+            raise UserError(f"{folder / 'denoiser'}: the weights do not fit this SegmentDiT ({mismatch})")
         pipe = cls(
-            SegmentDiT.from_pretrained(folder / "denoiser"),
+            denoiser,
             SegmentAutoencoder.from_pretrained(folder / "autoencoder"),
             ContextEncoder.from_pretrained(folder / "context_encoder"),
             config,

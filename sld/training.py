@@ -5,24 +5,34 @@ each micro-batch, the loss a weighted sum of tensors built by the caller's ``los
 gradients are synchronised, and exactly one optimizer step and one LR-schedule step per accumulated
 batch (the reference code stepped on every micro-batch, running its schedule k times too fast).
 
-Nothing is lost on a crash: ``save_state`` checkpoints hold model, optimizer, LR schedule, EMA,
-RNG states and the loop position (step, epoch, micro-batches consumed in the epoch); a re-run with
-the same output folder resumes from the newest checkpoint and skips the batches already seen, so the
-data order is the same as in an uninterrupted run. The same code runs on a CPU, one GPU, or several
-GPUs under ``accelerate launch``: it never branches on the device count.
+Nothing is lost on a crash (:mod:`sld.checkpointing`): checkpoints hold model, optimizer, LR
+schedule, EMA, RNG states and the loop position (step, epoch, micro-batches consumed in the epoch),
+are written atomically (a temporary folder renamed into place), and a re-run with the same output
+folder resumes from the newest complete one, skips the batches already seen and drops the metrics
+rows logged after it, so it ends in the same state as an uninterrupted run. NaN and inf never reach
+the weights (:mod:`sld.nonfinite`): the run stops naming the step and the loss term, or skips and
+counts such steps (``loop.skip_nonfinite_steps``).
+
+The host never waits for the device in an ordinary step: loss terms are summed on the device and
+read at logging steps only, the time budget is checked on the host clock at a few agreed steps, and
+with a fused optimizer (CUDA) the NaN guard skips bad steps on the device. Every log row reports
+items/s, tokens/s (with ``tokens_in_batch``), the achieved model TFLOP/s and the MFU
+(:mod:`sld.throughput`: FLOPs counted on the first micro-batch, divided by the device's peak);
+rows go to ``metrics.jsonl`` and to an Accelerate tracker (TensorBoard when installed).
+``loop.profile_steps`` writes a torch.profiler summary of a few steps to ``profile.txt``;
+``loop.compile`` runs the model through ``torch.compile``. The same code runs on a CPU, one GPU,
+or several GPUs under ``accelerate launch``: it never branches on the device count.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
-import shutil
+import os
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,11 +43,35 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sld.checkpointing import (
+    CHECKPOINT_PATTERN,
+    CheckpointError,
+    check_writable,
+    list_checkpoints,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
+from sld.loop_timing import StepProfiler, TimeBudget
+from sld.nonfinite import NonFiniteGuard, NonFiniteLossError, stack_terms
+from sld.run_log import (
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    MetricLogger,
+    tracker_config,
+    tracker_names,
+    truncate_metrics,
+)
+from sld.throughput import FlopCount, device_peak_tflops, mfu
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+# The crash tests' hook: "step:<n>" pauses inside optimizer step n (after backward, before the
+# update), "checkpoint:<n>" inside the write of checkpoint n; the marker file is written on arrival.
+PAUSE_ENV = "SLD_PAUSE_AT"
+PAUSE_MARKER_ENV = "SLD_PAUSE_MARKER"
 
 
 @dataclass
@@ -46,7 +80,8 @@ class OptimConfig:
 
     ``pretrained_lr_scale`` multiplies the learning rate of the parameters a model reports as pretrained
     (``model.pretrained_parameters()``, e.g. a loaded decoder LM) against the new parts it is trained
-    with; 0 freezes them.
+    with; 0 freezes them. ``fused``: the fused AdamW kernel (one launch for all parameters; lets the
+    NaN guard skip steps without a host sync). None = on when training on CUDA.
     """
 
     lr: float = 1e-4
@@ -57,6 +92,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
     pretrained_lr_scale: float = 1.0
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         if self.pretrained_lr_scale < 0:
@@ -65,7 +101,16 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    """How long and how the loop runs. ``batch_size`` is per device and per micro-batch."""
+    """How long and how the loop runs. ``batch_size`` is per device and per micro-batch.
+
+    ``skip_nonfinite_steps``: skip (and count) steps with a NaN/inf loss term or gradient instead
+    of stopping the run. ``compile``: ``torch.compile`` the model (what runs through its
+    ``forward``); resume a compiled run with ``compile`` on. ``tracker``: where metrics go besides
+    ``metrics.jsonl`` (``auto``: TensorBoard in ``<output_dir>/tensorboard`` when installed).
+    ``profile_steps``: profile that many steps after a short warm-up and write the summary to
+    ``<output_dir>/profile.txt``. ``peak_tflops``: the device's peak for the MFU (None: the
+    datasheet bf16 figure of known GPUs, see :mod:`sld.throughput`).
+    """
 
     max_steps: int = 10000
     max_minutes: float | None = None
@@ -80,27 +125,45 @@ class LoopConfig:
     resume: bool = True
     num_workers: int = 0
     progress: bool = True
+    skip_nonfinite_steps: bool = False
+    compile: bool = False
+    tracker: Literal["none", "tensorboard", "auto"] = "auto"
+    profile_steps: int = 0
+    peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.profile_steps < 0:
+            raise ValueError(f"profile_steps must be >= 0, got {self.profile_steps}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be > 0 or null, got {self.peak_tflops}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0 or null, got {self.max_minutes}")
 
 
 @dataclass
 class LoopState:
-    """The loop position saved in every checkpoint (registered with accelerate)."""
+    """The loop position saved in every checkpoint (``loop_state.json``)."""
 
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
     elapsed_seconds: float = 0.0
+    skipped_steps: int = 0
+    # FLOPs of one micro-batch per unit (token, item or micro-batch), counted at step 1 of the run
+    flops_per_unit: float = 0.0
+    flops_unit: str = ""
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        known = set(self.__dict__)
+        self.__dict__.update({k: v for k, v in state.items() if k in known})
 
 
 @dataclass
@@ -131,10 +194,12 @@ def build_optimizer(
     params: Iterable[torch.nn.Parameter],
     optim: OptimConfig,
     pretrained: Iterable[torch.nn.Parameter] = (),
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (biases, norms and embeddings-as-vectors excluded).
 
     Parameters in ``pretrained`` train at ``optim.pretrained_lr_scale`` x ``optim.lr`` (frozen at 0).
+    ``fused`` selects the fused kernel (all parameters on one CUDA/CPU device).
     """
     params = list(params)
     pretrained_ids = {id(p) for p in pretrained}
@@ -156,7 +221,9 @@ def build_optimizer(
             {"params": decay, "weight_decay": optim.weight_decay, "lr": optim.lr * scale},
             {"params": no_decay, "weight_decay": 0.0, "lr": optim.lr * scale},
         ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas))
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas), fused=fused or None
+    )
 
 
 def make_accelerator(output_dir: str | Path, loop: LoopConfig) -> Accelerator:
@@ -164,57 +231,44 @@ def make_accelerator(output_dir: str | Path, loop: LoopConfig) -> Accelerator:
     return Accelerator(
         mixed_precision=loop.mixed_precision,
         gradient_accumulation_steps=loop.grad_accum_steps,
-        project_config=ProjectConfiguration(project_dir=str(output_dir)),
+        log_with=tracker_names(loop.tracker),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(Path(output_dir) / TENSORBOARD_DIR)
+        ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Checkpoint folders ``output_dir/checkpoints/step_<n>``, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()
-    ]
-    return [p for _, p in sorted(found)]
+def _pause_hook() -> Callable[[str, int], None] | None:
+    """The crash tests' pause point from ``SLD_PAUSE_AT`` (None when unset)."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return None
+    where, _, number = spec.partition(":")
+    if where not in ("step", "checkpoint") or not number.isdigit():
+        raise ConfigError(f"{PAUSE_ENV}={spec!r}: expected step:<n> or checkpoint:<n>")
+    target = int(number)
+    marker = os.environ.get(PAUSE_MARKER_ENV)
+
+    def pause(at: str, step: int) -> None:
+        if at == where and step == target:
+            if marker:
+                Path(marker).write_text(f"{at}:{step}\n")
+            logger.warning("%s=%s: pausing (waiting to be killed)", PAUSE_ENV, spec)
+            time.sleep(3600)
+
+    return pause
 
 
-class _MetricLogger:
-    """Averages every logged term over the log interval and appends rows to ``metrics.jsonl``."""
+def _grad_norm(parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor | None:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else None
 
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-        self.sums: dict[str, Any] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-        self.items = 0
-        self.started = time.perf_counter()
 
-    def add(self, terms: dict[str, torch.Tensor], items: int) -> None:
-        # Sums stay on the device until the flush: no host sync per micro-batch.
-        for name, value in terms.items():
-            self.sums[name] += value.detach().float() if torch.is_tensor(value) else float(value)
-            self.counts[name] += 1
-        self.items += items
-
-    def flush(self, step: int, extra: dict[str, float]) -> dict[str, float]:
-        seconds = max(1e-9, time.perf_counter() - self.started)
-        row: dict[str, float] = {"step": step}
-        row.update({f"train/{k}": float(self.sums[k]) / self.counts[k] for k in self.sums})
-        row["train/items_per_second"] = self.items / seconds
-        row.update(extra)
-        self.write(row)
-        self.sums.clear()
-        self.counts.clear()
-        self.items = 0
-        self.started = time.perf_counter()
-        return row
-
-    def write(self, row: dict[str, float]) -> None:
-        if self.enabled:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+def _unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and ``torch.compile`` wrappers."""
+    module = accelerator.unwrap_model(model)
+    return getattr(module, "_orig_mod", module)
 
 
 def fit(
@@ -230,6 +284,7 @@ def fit(
     ema_decay: float | None = None,
     accelerator: Accelerator | None = None,
     lengths: Sequence[int] | None = None,
+    tokens_in_batch: Callable[[Any], int | torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``dataset`` until ``loop.max_steps`` optimizer steps or ``loop.max_minutes``.
 
@@ -237,14 +292,27 @@ def fit(
     every entry is logged (averaged over ``loop.log_every`` steps) to ``output_dir/metrics.jsonl``.
     ``evaluate_fn(model, step)`` runs on the main process every ``loop.eval_every`` steps and at the
     end (with EMA weights swapped in when ``ema_decay`` is set); its numbers are logged too.
-    ``items_in_batch(batch)`` counts what throughput is measured in (segments, documents).
-    ``lengths`` (one per dataset item) makes every batch hold items of similar length
-    (:class:`~sld.data.length_grouping.LengthGroupedSampler`): less padding, faster steps.
+    ``items_in_batch(batch)`` counts what throughput is measured in (segments, documents);
+    ``tokens_in_batch(batch)`` (an int, or a tensor summed on the device) adds tokens/s and makes
+    the MFU per token. ``lengths`` (one per dataset item) makes every batch hold items of similar
+    length (:class:`~sld.data.length_grouping.LengthGroupedSampler`): less padding, faster steps.
+
+    Raises :class:`~sld.nonfinite.NonFiniteLossError` on a NaN/inf loss (unless
+    ``loop.skip_nonfinite_steps``) and :class:`~sld.checkpointing.CheckpointError` when the
+    output folder cannot be written; the newest checkpoint on disk is then left as it was.
     """
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(output_dir, loop)
     set_seed(loop.seed)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create the output folder {output_dir}: {err.strerror or err}") from err
+    check_writable(output_dir)  # on every process: all of them fail at once, none waits for another
+    if accelerator.is_main_process:
+        remove_stale_temporaries(output_dir)
+    accelerator.wait_for_everyone()
+    pause = _pause_hook()
 
     sampler = None
     if lengths is not None:
@@ -259,17 +327,24 @@ def fit(
         drop_last=len(dataset) >= loop.batch_size,
         collate_fn=collate_fn,
         num_workers=loop.num_workers,
-        generator=torch.Generator().manual_seed(loop.seed) if sampler is None else None,
+        # always a generator of its own: a new iterator then never draws from the global RNG, so a
+        # resumed run (which starts a new iterator mid-epoch) keeps the RNG stream of the original
+        generator=torch.Generator().manual_seed(loop.seed),
     )
     if len(loader) == 0:
         raise ValueError(f"the training set is empty ({len(dataset)} items)")
     pretrained = model.pretrained_parameters() if hasattr(model, "pretrained_parameters") else ()
-    optimizer = build_optimizer(list(model.parameters()), optim, pretrained)
+    if loop.compile:
+        model = torch.compile(model)
+    fused = optim.fused if optim.fused is not None else accelerator.device.type == "cuda"
+    if fused:
+        model.to(accelerator.device)  # the fused kernel's device check sees the parameters where they train
+    optimizer = build_optimizer(list(model.parameters()), optim, pretrained, fused=fused)
     # The schedule is stepped by hand once per optimizer step (not prepared): accelerate's wrapper
     # would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, optim, loop.max_steps))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    trainable = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+    trainable = [p for p in _unwrap(accelerator, model).parameters() if p.requires_grad]
 
     ema = None
     if ema_decay is not None:
@@ -277,14 +352,20 @@ def fit(
 
         ema = EMAModel(trainable, decay=ema_decay)
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
     state = LoopState()
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(state)
 
+    metrics_path = output_dir / METRICS_FILE
     checkpoints = list_checkpoints(output_dir)
     if loop.resume and checkpoints:
-        accelerator.load_state(str(checkpoints[-1]))
+        saved = load_checkpoint(accelerator, checkpoints[-1], ema)
+        state.load_state_dict(saved["loop"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if accelerator.is_main_process:
+            dropped = truncate_metrics(metrics_path, state.step)
+            if dropped:
+                logger.info(
+                    "dropped %d metrics rows logged after step %d by the interrupted run", dropped, state.step
+                )
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             checkpoints[-1],
@@ -292,12 +373,23 @@ def fit(
             state.epoch,
             state.batches_in_epoch,
         )
+    accelerator.wait_for_everyone()
 
-    metrics = _MetricLogger(output_dir / "metrics.jsonl", accelerator.is_main_process)
+    if accelerator.log_with and not accelerator.trackers:
+        accelerator.init_trackers("train", config=tracker_config(("optim", optim), ("loop", loop)))
+    metrics = MetricLogger(metrics_path, accelerator.is_main_process)
     history: list[dict[str, float]] = []
+    budget_seconds = None if loop.max_minutes is None else round(60 * loop.max_minutes)
     progress = tqdm(
-        total=loop.max_steps,
-        initial=state.step,
+        total=budget_seconds if budget_seconds is not None else loop.max_steps,
+        initial=min(budget_seconds, int(state.elapsed_seconds)) if budget_seconds is not None else state.step,
+        unit="s" if budget_seconds is not None else "step",
+        # a time budget: seconds spent of the budget (a rate in s/s would mean nothing)
+        bar_format=(
+            "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s of the time budget [{elapsed}<{remaining}{postfix}]"
+            if budget_seconds is not None
+            else None
+        ),
         desc="train",
         disable=not (loop.progress and accelerator.is_local_main_process),
         dynamic_ncols=True,
@@ -310,19 +402,53 @@ def fit(
     def elapsed() -> float:
         return time.perf_counter() - run_started
 
+    budget = TimeBudget(loop.max_minutes, accelerator, elapsed, state.step)
+    guard = NonFiniteGuard(
+        accelerator,
+        skip=loop.skip_nonfinite_steps,
+        on_device=fused and accelerator.scaler is None,
+        check_gradients=accelerator.scaler is None,
+        start_step=state.step,
+        skipped=state.skipped_steps,
+    )
+    logged_skips = state.skipped_steps
+    profiler = StepProfiler(loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device)
+    peak = loop.peak_tflops or device_peak_tflops(accelerator.device)
+    # FLOPs are counted on one micro-batch of a run from scratch only: FlopCounterMode changes the
+    # rounding of the step it watches (by ~1e-7, measured), and a resumed run must repeat the
+    # uninterrupted run's arithmetic exactly; resumed runs take the count from the checkpoint. A
+    # compiled model is counted on its second micro-batch: torch.compile never compiles a module
+    # whose first call runs under a dispatch mode (measured with torch 2.13).
+    fresh_run = state.step == 0 and state.batches_in_epoch == 0 and state.epoch == 0
+    count_flops_at = (1 if loop.compile else 0) if fresh_run else -1
+    micro_batches_seen = 0
+    last_loss = float("nan")
+
     def checkpoint() -> None:
+        guard.check()
+        state.skipped_steps = guard.total_skipped
         state.elapsed_seconds = elapsed()
-        path = output_dir / "checkpoints" / f"step_{state.step}"
-        accelerator.save_state(str(path))
-        if accelerator.is_main_process:
-            for old in list_checkpoints(output_dir)[: -loop.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+        save_checkpoint(
+            accelerator,
+            output_dir,
+            state.step,
+            {"loop": state.state_dict(), "scheduler": scheduler.state_dict()},
+            ema,
+            keep=loop.keep_checkpoints,
+            pause=pause,
+        )
+
+    def log_row(row: dict[str, Any]) -> None:
+        metrics.write(row)
+        history.append(row)
+        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def run_evaluation() -> None:
         if evaluate_fn is None:
             return
+        guard.check()
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
+            unwrapped = _unwrap(accelerator, model)
             if ema is not None:
                 ema.store(trainable)
                 ema.copy_to(trainable)
@@ -333,18 +459,33 @@ def fit(
             unwrapped.train(was_training)
             if ema is not None:
                 ema.restore(trainable)
-            row = {"step": state.step, **{f"eval/{k}": float(v) for k, v in scores.items()}}
-            metrics.write(row)
-            history.append(row)
+            log_row({"step": state.step, **{f"eval/{k}": float(v) for k, v in scores.items()}})
             shown = ", ".join(f"{k}={v:.4g}" for k, v in scores.items())
             progress.write(f"step {state.step} eval: {shown}")
         accelerator.wait_for_everyone()
 
-    def out_of_time() -> bool:
-        if loop.max_minutes is None:
-            return False
-        flag = torch.tensor(float(elapsed() > 60 * loop.max_minutes), device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    def flush_metrics() -> None:
+        nonlocal last_loss, logged_skips
+        guard.check()
+        row, rates = metrics.flush(state.step)
+        if loop.skip_nonfinite_steps:
+            row["train/skipped_steps"] = guard.total_skipped - logged_skips
+            logged_skips = guard.total_skipped
+        if state.flops_per_unit and state.flops_unit in rates:
+            achieved = state.flops_per_unit * rates[state.flops_unit]
+            row["train/tflops_per_second"] = achieved / 1e12
+            if peak:
+                row["train/mfu"] = mfu(state.flops_per_unit, rates[state.flops_unit], peak)
+        row["lr"] = scheduler.get_last_lr()[0]
+        log_row(row)
+        last_loss = row.get("train/loss", float("nan"))
+
+    def show_progress() -> None:
+        if budget_seconds is not None:
+            progress.update(max(0, min(budget_seconds, int(elapsed())) - progress.n))
+        else:
+            progress.update(1)
+        progress.set_postfix_str(f"step {state.step}/{loop.max_steps}, loss {last_loss:.4f}", refresh=False)
 
     model.train()
     done = state.step >= loop.max_steps
@@ -356,53 +497,112 @@ def fit(
             else loader
         )
         for batch in batches:
+            counter = FlopCount() if micro_batches_seen == count_flops_at else nullcontext()
+            micro_batches_seen += 1
             with accelerator.accumulate(model):
-                terms = loss_fn(model, batch)
-                accelerator.backward(terms["loss"])
-                if accelerator.sync_gradients and optim.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-                    terms = {**terms, "grad_norm": grad_norm}
-                optimizer.step()
+                with counter:
+                    with profiler.phase("sld.loss_fn"):
+                        terms = loss_fn(model, batch)
+                    names, values = stack_terms(terms)
+                    guard.observe(names, values)
+                    with profiler.phase("sld.backward"):
+                        accelerator.backward(terms["loss"])
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    if optim.max_grad_norm > 0:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
+                    elif guard.check_gradients:
+                        grad_norm = _grad_norm(trainable)
+                    take_step = guard.before_step(grad_norm, getattr(optimizer, "optimizer", optimizer))
+                    if pause is not None:
+                        pause("step", state.step + 1)
+                    if take_step:
+                        with profiler.phase("sld.optimizer"):
+                            optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            if isinstance(counter, FlopCount):
+                units = tokens_in_batch(batch) if tokens_in_batch else None
+                unit = "tokens" if units is not None else "items" if items_in_batch else "micro_batches"
+                if units is None:
+                    units = items_in_batch(batch) if items_in_batch else 1
+                state.flops_per_unit, state.flops_unit = counter.total / max(1.0, float(units)), unit
+                logger.info(
+                    "FLOPs of one micro-batch (forward + backward): %.4g (%.4g per %s)",
+                    counter.total,
+                    state.flops_per_unit,
+                    unit.removesuffix("s").replace("_", "-"),
+                )
             state.batches_in_epoch += 1
-            metrics.add(terms, items_in_batch(batch) if items_in_batch else 0)
+            metrics.add(names, values, {k: v for k, v in terms.items() if not torch.is_tensor(v)})
+            if grad_norm is not None and optim.max_grad_norm > 0:
+                metrics.add(("grad_norm",), grad_norm.detach().float().reshape(1))
+            metrics.add_batch(
+                items_in_batch(batch) if items_in_batch else 0,
+                tokens_in_batch(batch) if tokens_in_batch else None,
+            )
             if not accelerator.sync_gradients:
                 continue
-            # one real optimizer step has been taken
+            # one real optimizer step has been taken (or skipped by the NaN guard)
             scheduler.step()
             if ema is not None:
                 ema.step(trainable)
             state.step += 1
-            progress.update(1)
+            profiler.after_step()
             if state.step % loop.log_every == 0:
-                row = metrics.flush(state.step, {"lr": scheduler.get_last_lr()[0]})
-                history.append(row)
-                progress.set_postfix(loss=f"{row.get('train/loss', float('nan')):.4f}")
+                flush_metrics()
+            show_progress()
             if state.step % loop.eval_every == 0:
                 run_evaluation()
             if state.step % loop.save_every == 0:
                 checkpoint()
             if state.step >= loop.max_steps:
                 done = True
-            elif out_of_time():
+            elif budget.exhausted(state.step):
                 done, stopped_by = True, "max_minutes"
             if done:
                 break
         else:
             state.epoch += 1
             state.batches_in_epoch = 0
+    profiler.finish()
     progress.close()
+    guard.check()
+    state.skipped_steps = guard.total_skipped
     if state.step % loop.eval_every != 0:
         run_evaluation()
     if not list_checkpoints(output_dir) or list_checkpoints(output_dir)[-1].name != f"step_{state.step}":
         checkpoint()
     accelerator.wait_for_everyone()
-    logger.info("stopped at step %d (%s) after %.1f s", state.step, stopped_by, elapsed())
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    logger.info(
+        "stopped at step %d (%s) after %.1f s%s",
+        state.step,
+        stopped_by,
+        elapsed(),
+        f"; {state.skipped_steps} steps skipped (non-finite)" if state.skipped_steps else "",
+    )
     return FitResult(
-        model=accelerator.unwrap_model(model),
+        model=_unwrap(accelerator, model),
         ema=ema,
         state=state,
         accelerator=accelerator,
         history=history,
         stopped_by=stopped_by,
     )
+
+
+__all__ = [
+    "CHECKPOINT_PATTERN",
+    "FitResult",
+    "LoopConfig",
+    "LoopState",
+    "NonFiniteLossError",
+    "OptimConfig",
+    "build_optimizer",
+    "fit",
+    "list_checkpoints",
+    "lr_lambda",
+    "make_accelerator",
+    "truncate_metrics",
+]

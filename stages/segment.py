@@ -86,11 +86,30 @@ def segment_split(
         docs.append(SegmentedDocument(example.id, example.source, segments, count))
     if stats.empty:
         logger.warning("%s: %d documents have an empty target and were not written", name, stats.empty)
+    if not docs:
+        raise DataError(
+            f"{path}: no document to write for split '{name}' ({report.summary()}; "
+            f"{stats.empty} with an empty target)"
+        )
+    limit = cfg.segmenter.long_segment_words
+    long_docs = [doc.id for doc in docs if any(len(seg.split()) > limit for seg in doc.segments)]
+    long_segments = sum(len(seg.split()) > limit for doc in docs for seg in doc.segments)
+    if long_segments:
+        logger.warning(
+            "%s: %d segments of more than %d words (documents %s%s); training cuts every segment to the "
+            "autoencoder's max_segment_tokens",
+            name,
+            long_segments,
+            limit,
+            ", ".join(long_docs[:5]),
+            ", ..." if len(long_docs) > 5 else "",
+        )
     write_segmented(output_dir / f"{name}.jsonl", docs)
     split_stats = {
         "input": path,
         "records": report.to_dict(),
         "empty": stats.empty,
+        "long_segments": {"words": limit, "segments": long_segments, "documents": long_docs[:20]},
         **document_statistics(docs),
     }
     return docs, split_stats
@@ -131,6 +150,12 @@ def format_summary(stats: dict[str, Any]) -> str:
         lines.append(
             f"  truncated      {split['truncated']} documents had more than {stats['segmenter']['max_segments']} {unit}"
         )
+        long = split.get("long_segments", {})
+        if long.get("segments"):
+            lines.append(
+                f"  long           {long['segments']} segments of more than {long['words']} words "
+                f"(e.g. {', '.join(long['documents'][:3])})"
+            )
         lines.append(f"  {unit}/doc".ljust(17) + _histogram_line(split["segments_per_document"], docs))
         if docs:
             lines.append(

@@ -115,3 +115,10 @@ def test_load_text_lines(tmp_path):
     path.write_text("\n")
     with pytest.raises(DataError):
         load_text_lines(path)
+
+
+def test_segment_far_over_the_token_limit_is_cut_to_it(collator):
+    huge = " ".join(["word"] * 5000)
+    batch = collator([huge, "Hi"])
+    assert batch["input_ids"].shape[1] == 16 and batch["labels"].shape[1] == 16
+    assert batch["labels"][0, -1].item() == collator.decoder_tokenizer.eos_token_id  # eos kept at the cut

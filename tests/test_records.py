@@ -148,3 +148,33 @@ def test_records_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="limit"):
         load_config(RecordsConfig, None, ["limit=0"])
     assert json.loads(json.dumps(load_config(RecordsConfig, None, ["task=unconditional"]).__dict__))
+
+
+def test_truncated_gz_names_the_file_and_the_last_line_read(tmp_path):
+    whole = tmp_path / "whole.jsonl.gz"
+    write_jsonl(whole, [{"text": f"record {i} " + "x" * 50} for i in range(2000)])
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    with pytest.raises(
+        DataError, match=r"cut.jsonl.gz: cannot read after line \d+: .*truncated or corrupt .gz"
+    ):
+        list(iter_jsonl(cut))
+
+
+def test_empty_file_and_blank_lines_only_are_errors(tmp_path):
+    for name, content in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n")):
+        (tmp_path / name).write_text(content)
+        with pytest.raises(DataError, match=rf"{name}: the file is empty \(no JSON records\)"):
+            load_examples(tmp_path / name, RecordsConfig(task="unconditional"))
+    assert list(iter_jsonl(tmp_path / "empty.jsonl")) == []  # the plain reader itself has nothing to say
+
+
+def test_blank_source_is_skipped_and_counted_like_a_null_one(tmp_path):
+    path = write_jsonl_lines(
+        tmp_path / "in.jsonl",
+        [{"title": "A", "text": "One."}, {"title": "  ", "text": "Two."}, {"title": None, "text": "3."}],
+    )
+    examples, report = load_examples(path, RecordsConfig(task="title_to_story"))
+    assert [e.source for e in examples] == ["A"]
+    assert report.skipped == {"empty 'title'": 1, "null 'title'": 1}
+    assert "skipped 1 (empty 'title'; lines 2)" in report.summary()

@@ -175,3 +175,14 @@ def test_pruning_learned_abbreviations():
         "She showed her I.D. card.",
         "Then she left.",
     ]
+
+
+def test_a_document_with_hundreds_of_sentences(segmenter):
+    text = " ".join(f"Sentence number {i} is here." for i in range(600))
+    stats = SegmentationStats()
+    segments, count = segmenter.split(text, stats)
+    assert count == 600 and segments == [f"Sentence number {i} is here." for i in range(5)]
+    assert stats.truncated == 1 and stats.segment_counts == {600: 1}
+    turns = "\n".join(f"#Person{1 + i % 2}#: line {i}." for i in range(400))
+    segments, count = TurnSegmenter(max_segments=3).split(turns)
+    assert count == 400 and segments[2] == "#Person1#: line 2."

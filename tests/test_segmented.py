@@ -55,3 +55,9 @@ def test_statistics():
     assert stats["tokens_per_segment"]["max"] == 2 and stats["tokens_per_source"]["p50"] == 2
     assert percentiles([]) == {}
     assert percentiles(list(range(1, 101)))["p95"] == 95
+
+
+def test_empty_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"train.jsonl: no documents"):
+        read_segmented(tmp_path / "train.jsonl")

@@ -149,3 +149,36 @@ def test_synthetic_stage(tmp_path, capsys):
     assert len((tmp_path / "stories_train.jsonl").read_text().splitlines()) == 20
     assert (tmp_path / "config.yaml").exists() and "pairs_valid" in capsys.readouterr().out
     assert synthetic_stage.main([f"output_dir={tmp_path}", "stories_train=-1"]) == 2
+
+
+def test_long_documents_and_segments_are_counted_and_reported(tmp_path, capsys):
+    long_story = " ".join(["He waited for the bus."] * 300)
+    rambling = "It went on " + " and on" * 80 + "."
+    path = write_jsonl_lines(
+        tmp_path / "in.jsonl",
+        [{"title": "Birds", "text": long_story}, {"title": "Talk", "text": rambling + " The end."}],
+    )
+    cfg = load_config(
+        segment_stage.Config,
+        TINY,
+        [f"splits.train={path}", f"output_dir={tmp_path / 'out'}", "segmenter.long_segment_words=100"],
+    )
+    split = segment_stage.run(cfg)["splits"]["train"]
+    assert split["truncated"] == 1 and split["segments_per_document"]["300"] == 1
+    assert split["long_segments"] == {"words": 100, "segments": 1, "documents": ["in-2"]}
+    assert "long           1 segments of more than 100 words (e.g. in-2)" in capsys.readouterr().out
+    docs = read_segmented(tmp_path / "out" / "train.jsonl")
+    assert docs[0].num_segments == 300 and len(docs[0].segments) == 5
+
+
+def test_a_split_without_any_usable_record_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    untitled = write_jsonl_lines(tmp_path / "untitled.jsonl", [{"title": None, "text": "One. Two."}])
+    code, err = _cli(["segment", "-c", TINY, f"splits.train={empty}", f"output_dir={tmp_path / 'a'}"], capsys)
+    assert code == 2 and "empty.jsonl: the file is empty" in err
+    code, err = _cli(
+        ["segment", "-c", TINY, f"splits.train={untitled}", f"output_dir={tmp_path / 'b'}"], capsys
+    )
+    assert code == 2 and "untitled.jsonl: no document to write for split 'train'" in err
+    assert "skipped 1 (null 'title'; lines 1)" in err

@@ -24,6 +24,7 @@ import gzip
 import json
 import logging
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -181,6 +182,7 @@ def iter_jsonl_numbered(
         raise DataError(f"input file not found: {path}")
     report = report if report is not None else LoadReport(str(path))
     required = required or {}
+    line_no = 0
     try:
         # Binary lines, decoded one by one, so a bad byte is reported on its own line.
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
@@ -211,10 +213,12 @@ def iter_jsonl_numbered(
                         f"{path}, line {line_no}: {problem} (set records.skip_bad_records=true to skip and count such lines)"
                     )
                 report.skip(f"bad record: {problem}", line_no)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         if isinstance(err, FileNotFoundError):
             raise DataError(f"input file not found: {path}") from err
-        raise DataError(f"{path}: cannot read ({err})") from err
+        where = f"after line {line_no}" if line_no else "at the start"
+        hint = " (a truncated or corrupt .gz file?)" if path.suffix == ".gz" and line_no else ""
+        raise DataError(f"{path}: cannot read {where}: {err}{hint}") from err
 
 
 def iter_jsonl(
@@ -288,9 +292,10 @@ def load_examples(
 ) -> tuple[list[Example], LoadReport]:
     """Read ``path`` and build the task's examples; return them with the :class:`LoadReport`.
 
-    Skipped (and counted, never an error): records whose source field is null (e.g. untitled
-    ROCStories for ``title_to_story``) and, for ``continuation``, texts of fewer than two sentences.
-    Malformed records raise :class:`DataError` unless ``cfg.skip_bad_records``.
+    Skipped (and counted, never an error): records whose source field is null or blank (e.g.
+    untitled ROCStories for ``title_to_story``) and, for ``continuation``, texts of fewer than two
+    sentences. Malformed records raise :class:`DataError` unless ``cfg.skip_bad_records``; so does
+    a file without any record.
     """
     path = Path(path)
     if cfg.task == "continuation" and segmenter is None:
@@ -317,8 +322,8 @@ def load_examples(
         source: str | None = None
         if source_field:
             source = record[source_field]
-            if source is None:
-                report.skip(f"null '{source_field}'", line_no)
+            if source is None or not source.strip():
+                report.skip(f"{'null' if source is None else 'empty'} '{source_field}'", line_no)
                 continue
         elif cfg.task == "continuation":
             assert segmenter is not None
@@ -329,6 +334,8 @@ def load_examples(
             source, target = split
         examples.append(Example(example_id, source, target))
     report.loaded = len(examples)
+    if report.lines == report.blank_lines:
+        raise DataError(f"{path}: the file is empty (no JSON records)")
     return examples, report
 
 

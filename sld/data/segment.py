@@ -89,6 +89,8 @@ class SegmenterConfig:
     ``extra_abbreviations``: more abbreviations to seed (e.g. ``["approx", "fig"]``).
     ``merge_lowercase``: join a piece that starts in lower case to the previous one when that one
     ended in "?", "!" or an ellipsis (quoted speech: ``"Where?" she asked.``).
+    ``long_segment_words``: segments of more words than this are counted and reported by
+    ``sld segment`` (training cuts every segment to the autoencoder's ``max_segment_tokens``).
     """
 
     kind: Literal["sentence", "turn"] = "sentence"
@@ -98,10 +100,13 @@ class SegmenterConfig:
     punkt_params: str | None = None
     extra_abbreviations: list[str] = field(default_factory=list)
     merge_lowercase: bool = True
+    long_segment_words: int = 100
 
     def __post_init__(self) -> None:
         if self.max_segments < 1:
             raise ValueError(f"max_segments must be at least 1; got {self.max_segments}")
+        if self.long_segment_words < 1:
+            raise ValueError(f"long_segment_words must be at least 1; got {self.long_segment_words}")
         if self.punkt == "installed" and self.punkt_params:
             raise ValueError("punkt='installed' and punkt_params both set; choose one")
 
@@ -150,23 +155,38 @@ class Segmenter(ABC):
         return type(self).__name__
 
 
-def _repair(pieces: Iterable[str], merge_lowercase: bool) -> list[str]:
-    """Strip pieces, drop empty ones, split before speaker tags, join continuation pieces."""
-    out: list[str] = []
-    for part in (part for piece in pieces for part in _TAG_START.split(piece)):
-        piece = part.strip()
-        if not piece:
-            continue
-        joins = out and (
-            not _HAS_WORD_CHAR.search(piece)
-            or _TITLE_END.search(out[-1])
-            or (merge_lowercase and _LOWERCASE_START.match(piece) and _SOFT_END.search(out[-1]))
-        )
-        if joins:
-            out[-1] = f"{out[-1]} {piece}"
-        else:
-            out.append(piece)
-    return out
+def _repair(text: str, spans: Iterable[tuple[int, int]], merge_lowercase: bool) -> list[str]:
+    """Segments of ``text`` from Punkt's sentence ``spans``: split before speaker tags, strip, drop
+    empty pieces, and join a piece to the one before it when it continues it (see the module doc)
+    or when no whitespace separates the two (Punkt broke inside a word, e.g. in ``end."Next``).
+    Segments are cut from ``text`` as it stands: no character is lost, added or reordered, and the
+    text's words stay whole and in order."""
+    pieces: list[list[int]] = []  # [start, end) in text
+    for span_start, span_end in spans:
+        cuts = [span_start]
+        for match in _TAG_START.finditer(text, span_start, span_end):
+            cuts += [match.start(), match.end()]
+        cuts.append(span_end)
+        for start, end in zip(cuts[::2], cuts[1::2]):
+            while start < end and text[start].isspace():
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            if start == end:
+                continue
+            piece = text[start:end]
+            if pieces:
+                previous = text[pieces[-1][0] : pieces[-1][1]]
+                if (
+                    pieces[-1][1] == start
+                    or not _HAS_WORD_CHAR.search(piece)
+                    or _TITLE_END.search(previous)
+                    or (merge_lowercase and _LOWERCASE_START.match(piece) and _SOFT_END.search(previous))
+                ):
+                    pieces[-1][1] = end
+                    continue
+            pieces.append([start, end])
+    return [text[start:end] for start, end in pieces]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +427,7 @@ class SentenceSegmenter(Segmenter):
     def segment(self, text: str) -> list[str]:
         if not text or not text.strip():
             return []
-        return _repair(self._tokenizer.tokenize(text), self.merge_lowercase)
+        return _repair(text, self._tokenizer.span_tokenize(text), self.merge_lowercase)
 
     def describe(self) -> str:
         return f"Punkt sentences ({self.origin} parameters, {len(self.params.abbrev_types)} abbreviations)"

@@ -78,8 +78,12 @@ def iter_segmented(path: str | Path) -> Iterator[SegmentedDocument]:
 
 
 def read_segmented(path: str | Path) -> list[SegmentedDocument]:
-    """All documents of a stage-1 ``<split>.jsonl`` file; a bad line raises :class:`DataError`."""
-    return list(iter_segmented(path))
+    """All documents of a stage-1 ``<split>.jsonl`` file; a bad line or an empty file raises
+    :class:`DataError` (stage 1 never writes a split without documents)."""
+    docs = list(iter_segmented(path))
+    if not docs:
+        raise DataError(f"{path}: no documents (an empty file; run `sld segment` again?)")
+    return docs
 
 
 def write_segmented(path: str | Path, docs: Iterable[SegmentedDocument]) -> int:

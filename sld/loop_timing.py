@@ -1,0 +1,129 @@
+"""Time in the training loop: the time budget every process agrees on, and the step profiler.
+
+:class:`TimeBudget` stops a run at ``loop.max_minutes`` without reading the clock through the
+device every step. :class:`StepProfiler` runs ``loop.profile_steps`` steps under torch.profiler
+after :data:`PROFILE_WARMUP_STEPS` warm-up steps and writes the summary table (top operators by self
+CUDA and CPU time, and the ``sld.loss_fn`` / ``sld.backward`` / ``sld.optimizer`` phases of a step) to
+``<output_dir>/profile.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
+
+PROFILE_FILE = "profile.txt"
+# Steps run before profiling starts (compilation, allocator warm-up, the FLOP-counting step).
+PROFILE_WARMUP_STEPS = 3
+
+
+class TimeBudget:
+    """``loop.max_minutes`` without a host sync per step, agreed by every process.
+
+    The clock is read (and max-reduced across processes) only at check steps. The next check is
+    planned from the reduced numbers alone, so every process plans the same step: about every
+    ``MAX_CHECK_SECONDS``, and ever more often as the budget runs out (half the remaining time
+    ahead), so a run overshoots its budget by at most about one step.
+    """
+
+    MAX_CHECK_SECONDS = 5.0
+
+    def __init__(
+        self, minutes: float | None, accelerator: Accelerator, elapsed: Callable[[], float], step: int
+    ) -> None:
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.accelerator = accelerator
+        self.elapsed = elapsed
+        self.next_check = step + 1
+        self.last: tuple[float, int] | None = None
+        self.checks = 0
+
+    def exhausted(self, step: int) -> bool:
+        if self.seconds is None or step < self.next_check:
+            return False
+        self.checks += 1
+        now = torch.tensor([self.elapsed()], dtype=torch.float64, device=self.accelerator.device)
+        spent = float(self.accelerator.reduce(now, reduction="max").item())
+        if spent >= self.seconds:
+            return True
+        interval = 1
+        if self.last is not None and step > self.last[1] and spent > self.last[0]:
+            seconds_per_step = (spent - self.last[0]) / (step - self.last[1])
+            ahead = min(self.MAX_CHECK_SECONDS, (self.seconds - spent) / 2)
+            interval = max(1, int(ahead / seconds_per_step))
+        self.last = (spent, step)
+        self.next_check = step + interval
+        return False
+
+
+class StepProfiler:
+    """Runs ``steps`` optimizer steps under torch.profiler after a warm-up; writes the summary table."""
+
+    def __init__(self, steps: int, output_dir: Path, enabled: bool, device: torch.device) -> None:
+        self.steps = steps
+        self.path = output_dir / PROFILE_FILE
+        self.device = device
+        self.done = steps == 0 or not enabled
+        self.seen = 0
+        self.profiler: Any = None
+        self.started = 0.0
+
+    def phase(self, name: str) -> AbstractContextManager[Any]:
+        """A named range in the profile (loss_fn, backward, optimizer) while profiling."""
+        return torch.profiler.record_function(name) if self.profiler is not None else nullcontext()
+
+    def after_step(self) -> None:
+        if self.done:
+            return
+        self.seen += 1
+        if self.profiler is None and self.seen == PROFILE_WARMUP_STEPS:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.start()
+            self.started = time.perf_counter()
+        elif self.profiler is not None and self.seen == PROFILE_WARMUP_STEPS + self.steps:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.profiler is None:
+            logger.warning(
+                "the run ended within the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS
+            )
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.profiler.stop()
+        profiled = self.seen - PROFILE_WARMUP_STEPS
+        seconds = time.perf_counter() - self.started
+        averages = self.profiler.key_averages()
+        parts = [
+            f"torch.profiler summary of {profiled} optimizer steps after {PROFILE_WARMUP_STEPS} warm-up steps "
+            f"on {self.device} ({seconds / max(1, profiled) * 1000:.1f} ms per step with the profiler on).\n"
+            "sld.loss_fn / sld.backward / sld.optimizer are the phases of a step; "
+            "'enumerate(DataLoader)' rows are data loading.\n"
+        ]
+        if self.device.type == "cuda":
+            parts.append("\nTop operators by self CUDA time:\n")
+            parts.append(averages.table(sort_by="self_device_time_total", row_limit=30))
+        parts.append("\nTop operators by self CPU time:\n")
+        parts.append(averages.table(sort_by="self_cpu_time_total", row_limit=30))
+        self.path.write_text("\n".join(parts) + "\n")
+        self.profiler = None
+        logger.info("profile of %d steps written to %s", profiled, self.path)
+
+
+__all__ = ["PROFILE_FILE", "PROFILE_WARMUP_STEPS", "StepProfiler", "TimeBudget"]

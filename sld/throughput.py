@@ -1,0 +1,90 @@
+"""Throughput and model FLOPs utilisation (MFU) of a training run.
+
+FLOPs are counted, not estimated from a formula per architecture: ``fit`` runs the first
+micro-batch of every run (``loss_fn`` + backward, the real training step, not an extra one) under
+:class:`torch.utils.flop_counter.FlopCounterMode`, which adds up the FLOPs of every matrix multiply,
+convolution and attention kernel from the actual tensor shapes (2 FLOPs per multiply-add; the
+forward, the backward and any frozen encoder the step runs are all included; element-wise ops,
+norms, softmax and the optimizer update are not, as usual for MFU). Then::
+
+    flops_per_unit = counted FLOPs / units in that micro-batch      (unit: token, item or micro-batch)
+    achieved FLOP/s = flops_per_unit x units per second             (per process, over a log interval)
+    MFU             = achieved FLOP/s / peak FLOP/s of one device
+
+The unit is a token when ``fit`` is given a token counter, else an item (segment, document), else
+a micro-batch. With a token counter that counts real (non-padding) tokens, the FLOPs spent on
+padding are not useful work and lower the MFU, which is what it should show.
+
+The peak is ``loop.peak_tflops`` when set, else the dense (no sparsity) bf16 tensor-core figure of
+the device's datasheet looked up by ``torch.cuda.get_device_name()`` in :data:`PEAK_BF16_TFLOPS`
+(e.g. H100 / H200 SXM: 989 TFLOP/s). It is the bf16 peak whatever ``loop.mixed_precision`` is, so an
+fp32 run shows how far it is from what the card could do. On a CPU or an unknown device MFU is not
+reported unless ``loop.peak_tflops`` is given; the achieved TFLOP/s always is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Datasheet dense bf16 tensor-core peaks (TFLOP/s, without sparsity), matched in this order as
+# substrings of torch.cuda.get_device_name(): more specific names first.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H200 NVL", 835.0),
+    ("H100", 989.0),  # SXM
+    ("H200", 989.0),  # SXM
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+)
+
+
+def device_peak_tflops(device: torch.device | str) -> float | None:
+    """The datasheet dense bf16 peak of ``device`` in TFLOP/s, or None (CPU, unknown GPU)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16_TFLOPS:
+        if key.lower() in name.lower():
+            return peak
+    return None
+
+
+class FlopCount:
+    """Counts the FLOPs of one call (``with counter.counting(): ...``); ``total`` afterwards."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self._mode: FlopCounterMode | None = None
+
+    def __enter__(self) -> FlopCount:
+        self._mode = FlopCounterMode(display=False)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._mode is not None
+        self._mode.__exit__(*exc)
+        self.total = int(self._mode.get_total_flops())
+        self._mode = None
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matrix multiplies, convolutions and attention kernels that ``fn()`` runs."""
+    with FlopCount() as counter:
+        fn()
+    assert counter.total is not None
+    return counter.total
+
+
+def mfu(flops_per_unit: float, units_per_second: float, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s over the peak FLOP/s (a fraction, not a percentage)."""
+    return flops_per_unit * units_per_second / (peak_tflops * 1e12)
+
+
+__all__ = ["PEAK_BF16_TFLOPS", "FlopCount", "count_flops", "device_peak_tflops", "mfu"]

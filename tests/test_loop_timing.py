@@ -1,0 +1,87 @@
+"""The time budget (few agreed clock checks, stops on time, a progress bar in seconds) and the profiler."""
+
+import torch
+from test_training import IndexDataset, Tiny, collate, loop_config, make_loss
+
+import sld.training as training
+from sld.loop_timing import TimeBudget
+from sld.training import OptimConfig, fit
+
+
+def test_time_budget_is_checked_at_few_agreed_steps_and_stops_on_time():
+    from types import SimpleNamespace
+
+    clock = [0.0]
+    reduced = []
+
+    def reduce(tensor, reduction):
+        reduced.append(reduction)
+        return tensor
+
+    accelerator = SimpleNamespace(device=torch.device("cpu"), reduce=reduce)
+    budget = TimeBudget(1.0, accelerator, lambda: clock[0], step=0)
+    step = 0
+    while True:
+        step += 1
+        clock[0] += 0.5  # half a second per step: 120 steps in the minute
+        if budget.exhausted(step):
+            break
+    assert step == 120
+    assert budget.checks == len(reduced) < 25 and set(reduced) == {"max"}  # not once per step
+    assert not TimeBudget(None, accelerator, lambda: 1e9, 0).exhausted(5)
+
+
+def test_time_budget_stops_fit_and_the_progress_bar_counts_seconds(tmp_path, monkeypatch):
+    import time as time_module
+
+    clock = [0.0]
+    bars = []
+
+    class RecordingBar(training.tqdm):
+        def __init__(self, *args, **kwargs):
+            bars.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    def ticking_loss(model, batch):
+        clock[0] += 1.0  # every step takes one (fake) second
+        return make_loss([])(model, batch)
+
+    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(training, "tqdm", RecordingBar)
+    result = fit(
+        Tiny(),
+        IndexDataset(12),
+        collate,
+        ticking_loss,
+        tmp_path,
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=1000, max_minutes=0.5),
+    )
+    assert result.stopped_by == "max_minutes" and result.state.step == 30
+    assert bars[0]["total"] == 30 and bars[0]["unit"] == "s"  # the budget, not 1000 steps
+
+
+def test_profile_steps_write_a_summary_table(tmp_path, caplog):
+    fit(
+        Tiny(),
+        IndexDataset(24),
+        collate,
+        make_loss([]),
+        tmp_path / "a",
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=8, profile_steps=2),
+    )
+    table = (tmp_path / "a" / "profile.txt").read_text()
+    assert "summary of 2 optimizer steps after 3 warm-up steps" in table
+    assert "sld.loss_fn" in table and "sld.backward" in table and "sld.optimizer" in table
+    assert "Self CPU" in table
+    fit(
+        Tiny(),
+        IndexDataset(24),
+        collate,
+        make_loss([]),
+        tmp_path / "b",
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=2, profile_steps=2),
+    )
+    assert not (tmp_path / "b" / "profile.txt").exists() and "nothing profiled" in caplog.text

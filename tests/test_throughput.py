@@ -1,0 +1,113 @@
+"""FLOP counting against an analytic count, the MFU formula, the peak table, and MFU in fit's rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_training import IndexDataset, collate, loop_config
+
+import sld.throughput as throughput
+from sld.throughput import count_flops, device_peak_tflops, mfu
+from sld.training import OptimConfig, fit
+
+IN, HIDDEN, OUT = 12, 32, 8
+
+
+class MLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, OUT)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_counted_flops_match_the_analytic_count_of_a_two_layer_mlp():
+    torch.manual_seed(0)
+    model, tokens = MLP(), 40
+    x = torch.randn(tokens, IN)  # an input that needs no gradient
+    counted = count_flops(lambda: model(x).square().mean().backward())
+    first, second = IN * HIDDEN, HIDDEN * OUT  # weight-matrix parameters (biases are not matmul FLOPs)
+    # forward 2*P*T; backward: weight gradients 2*P*T, input gradient of the second layer 2*P2*T (the
+    # first layer's input needs none). With an input that needs a gradient it is the usual 6*P*T.
+    assert counted == 2 * (first + second) * tokens + 2 * (first + second) * tokens + 2 * second * tokens
+    x.requires_grad_(True)
+    assert count_flops(lambda: model(x).square().mean().backward()) == 6 * (first + second) * tokens
+
+
+def test_mfu_formula():
+    # 1e9 FLOPs per token at 2e5 tokens/s = 2e14 FLOP/s = 20% of a 1000 TFLOP/s device
+    assert mfu(1e9, 2e5, 1000.0) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    "name,peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA GeForce GTX 1080", None),
+    ],
+)
+def test_peak_table_by_device_name(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert device_peak_tflops("cuda:0") == peak
+    assert device_peak_tflops("cpu") is None
+
+
+def mlp_loss(model, batch):
+    x = torch.nn.functional.one_hot(batch % IN, IN).float()
+    return {"loss": model(x).square().mean()}
+
+
+def test_fit_logs_throughput_flops_and_mfu(tmp_path, monkeypatch):
+    counted = []
+    real = throughput.FlopCount.__exit__
+
+    def recording_exit(self, *exc):
+        real(self, *exc)
+        counted.append(self.total)
+
+    monkeypatch.setattr(throughput.FlopCount, "__exit__", recording_exit)
+
+    def train(folder, max_steps, **loop):
+        torch.manual_seed(0)
+        return fit(
+            MLP(),
+            IndexDataset(40),
+            collate,
+            mlp_loss,
+            folder,
+            OptimConfig(warmup_steps=0),
+            loop_config(max_steps=max_steps, batch_size=4, save_every=2, **loop),
+            items_in_batch=len,
+            tokens_in_batch=lambda batch: torch.tensor(3 * len(batch)),  # say 3 tokens per item
+        )
+
+    train(tmp_path, 2, peak_tflops=1e-6)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    per_batch = 6 * (IN * HIDDEN + HIDDEN * OUT) * 4 - 2 * IN * HIDDEN * 4  # 4 items, input needs no grad
+    assert counted == [per_batch]  # one counted micro-batch
+    for row in rows:
+        assert row["train/tokens_per_second"] == pytest.approx(3 * row["train/items_per_second"])
+        tflops = per_batch / 12 * row["train/tokens_per_second"] / 1e12
+        assert row["train/tflops_per_second"] == pytest.approx(tflops)
+        assert row["train/mfu"] == pytest.approx(tflops / 1e-6)
+    # a resumed run does not count again (counting changes rounding) and takes the count from the checkpoint
+    train(tmp_path, 4, peak_tflops=1e-6)
+    assert counted == [per_batch]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "train/mfu" in rows[-1]
+    # no peak on a CPU: the achieved TFLOP/s only
+    train(tmp_path / "cpu", 1)
+    row = json.loads((tmp_path / "cpu" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "train/tflops_per_second" in row and "train/mfu" not in row
