@@ -5,6 +5,7 @@
 #   .carry/parts/<i>/  the SmolLM2 GGUF in parts (recipes/carry_parts.sh split ...)
 #   .carry/data/       roc/*.jsonl and dialogsum/*.jsonl.gz     .carry/minilm/  an fp16 MiniLM copy
 #   .whl/              wheels of diffusers, nltk, rouge-score, gguf, importlib_metadata
+#   .carry/before/     optional: an older sld/ + stages/ (git archive) for before/after measurements
 # One call per carried folder set, each started while the machine is still warm:
 #   bash recipes/lent_gpu.sh setup                  # every call: store what this call carried
 #   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...]   # last carry call: launch it
@@ -27,6 +28,7 @@ setup() {
     fi
     [ -d .carry/data ] && cp -r .carry/data $ROOT/carry/
     [ -d .carry/minilm ] && cp -r .carry/minilm $ROOT/carry/
+    [ -d .carry/before ] && rm -rf $ROOT/carry/before && cp -r .carry/before $ROOT/carry/
     [ -d .carry/parts ] && CARRY_STORE=$ROOT/carry/parts bash recipes/carry_parts.sh store
     local gguf=SmolLM2-135M-Instruct.Q4_1.gguf
     if [ ! -d $ROOT/models/smollm2 ] && [ -f $ROOT/carry/parts/$gguf.part1 ] && [ -f $ROOT/carry/parts/$gguf.part2 ]; then
@@ -40,6 +42,7 @@ export SLD_MINILM_PATH=$ROOT/carry/minilm SLD_SMOLLM2_PATH=$ROOT/models/smollm2
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export DATA=$ROOT/carry/data RUNS=$ROOT/runs OUT=$RESULTS
 EOF
+    if [ -d $ROOT/carry/before ]; then echo "export BEFORE_CODE=$ROOT/carry/before" >> $env_file; fi
     nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader || true
     ls $ROOT/carry $ROOT/models
 }

@@ -14,6 +14,9 @@
 #          repeated segments) and ten outputs of each system
 #   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
 #          the latent map, the training curves and a denoising trajectory
+#   throughput  today's from-scratch ROC autoencoder profile alone on the GPU for TP_MINUTES, with
+#          the code in BEFORE_CODE (a folder holding an older sld/ and stages/) and with this code
+#          (length-grouped batches, a profile of 20 steps in profile.txt)
 #   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
 #          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
 #
@@ -29,6 +32,7 @@ SWEEP_MINUTES=${SWEEP_MINUTES:-3}
 AE_MINUTES=${AE_MINUTES:-3.5}
 DM_MINUTES=${DM_MINUTES:-2.5}
 AR_MINUTES=$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")
+TP_MINUTES=${TP_MINUTES:-0.75}
 GEN=(no_repeat_ngram_size=3)          # the same repetition control for both systems
 ROC=$RUNS/roc
 DS=$RUNS/dialogsum
@@ -37,7 +41,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     export SLD_SMOLLM2_PATH=$RUNS/tiny_lm
     [ -d "$SLD_SMOLLM2_PATH" ] || python3 -c "import sys; sys.path.insert(0, 'tests'); \
         from tiny_models import save_tiny_causal_lm; save_tiny_causal_lm(sys.argv[1])" "$SLD_SMOLLM2_PATH"
-    ABL_STEPS=3; SWEEP_MINUTES=1; AE_MINUTES=0.05; DM_MINUTES=0.05; AR_MINUTES=0.1
+    ABL_STEPS=3; SWEEP_MINUTES=1; AE_MINUTES=0.05; DM_MINUTES=0.05; AR_MINUTES=0.1; TP_MINUTES=0.1
     SMOKE_LM=(loop.batch_size=8 data.num_valid_segments=8 loop.mixed_precision=no loop.num_workers=0
               model.num_latents=2 model.latent_dim=8 loop.eval_every=2 loop.save_every=2 loop.log_every=1)
     SMOKE_AR2=(loop.batch_size=4 data.num_valid_documents=4 loop.mixed_precision=no loop.num_workers=0
@@ -173,19 +177,44 @@ fi
 if has report; then
     log "report: the sweep's autoencoders, figures"
     runs=$(ls -d $ROC/sweep/*/ 2>/dev/null | sed 's#/$##' | paste -sd, -)
+    names=$(ls -d $ROC/sweep/*/ 2>/dev/null | xargs -n1 basename | paste -sd, -)
     ablation="$ROC/sweep/kv_vanilla,$ROC/sweep/kv_noise_robust,$ROC/sweep/kv"
-    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" segments=$ROC/segmented_all/valid.jsonl \
+    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
         pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
     "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
         "latent_map.autoencoders=[$ablation]" "latent_map.labels=[vanilla,noise-robust,noise-robust + contrastive]" \
         2>&1 | quiet | tail -6
-    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" 2>&1 | quiet | tail -3
+    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
     if [ -d $RUNS/roc/sld_diffusion ]; then
         "${SLD[@]}" visualize trajectory trajectory.pipeline=$RUNS/roc/sld_diffusion \
             trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
             output_dir="$OUT/figures" 2>&1 | quiet | tail -8
     fi
 fi
+if has throughput; then
+    here=$(pwd)
+    pairs=$(realpath "$(data_file roc/pairs_train)")
+    segmented=$(realpath $ROC/segmented_all)
+    for variant in before after; do
+        code=$here
+        extra=(data.group_by_length=true loop.profile_steps=20)
+        if [ $variant = before ]; then
+            [ -n "${BEFORE_CODE:-}" ] || { log "throughput: BEFORE_CODE not set, skipping 'before'"; continue; }
+            code=$(realpath "$BEFORE_CODE")
+            extra=()
+        fi
+        log "throughput $variant ($code)"
+        (cd "$code" && PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-autoencoder -c "$here/configs/autoencoder_roc.yaml" \
+            data.segmented_dir="$segmented" data.pairs_train="$pairs" \
+            output_dir="$(realpath -m $ROC/throughput_$variant)" loop.max_minutes=$TP_MINUTES loop.eval_every=100000 \
+            loop.save_every=100000 data.num_valid_segments=200 "${extra[@]}" "${SMOKE_AE[@]}" 2>&1 | quiet > "$OUT/throughput_$variant.log") || true
+        cp $ROC/throughput_$variant/summary.json "$OUT/throughput_${variant}_summary.json" 2>/dev/null || true
+        cp $ROC/throughput_$variant/metrics.jsonl "$OUT/throughput_${variant}_metrics.jsonl" 2>/dev/null || true
+        cp $ROC/throughput_$variant/profile.txt "$OUT/throughput_${variant}_profile.txt" 2>/dev/null || true
+        tail -2 "$OUT/throughput_$variant.log"
+    done
+fi
+
 if has bench; then
     log "bench: ROC speed, fewest steps, length scaling"
     "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
@@ -28,6 +29,7 @@ from sld.data.segmented import read_segmented
 from sld.errors import DataError
 from sld.eval.metrics import bleu, exact_match_rate
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+from sld.tokenization import IGNORE_INDEX
 from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints
 
 logger = logging.getLogger("sld.train_autoencoder")
@@ -175,6 +177,7 @@ def run(cfg: Config) -> Path:
     random.Random(0).shuffle(valid_segments)
     valid_segments = valid_segments[: cfg.data.num_valid_segments]
 
+    set_seed(cfg.loop.seed)  # the new parts' initialisation is reproducible
     model = build_model(cfg, train_docs, output_dir)
     negatives = load_text_lines(cfg.data.negatives_file) if cfg.data.negatives_file else None
     dataset: Dataset = SegmentDataset(train_docs, negative_pool=negatives, seed=cfg.loop.seed)
@@ -215,6 +218,7 @@ def run(cfg: Config) -> Path:
         cfg.loop,
         evaluate_fn=evaluate if valid_segments else None,
         items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
+        tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
         lengths=[row_length(dataset[i]) for i in range(len(dataset))] if cfg.data.group_by_length else None,
     )
     if result.accelerator.is_main_process:

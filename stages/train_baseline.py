@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 from transformers import AutoTokenizer
 
@@ -32,6 +33,7 @@ from sld.errors import DataError
 from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
 from sld.models.baseline import BaselineConfig, BaselineModel, baseline_loss
 from sld.models.parts import DECODER_DIR
+from sld.tokenization import IGNORE_INDEX
 from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints
 
 logger = logging.getLogger("sld.train_baseline")
@@ -161,6 +163,7 @@ def run(cfg: Config) -> Path:
     valid_docs = _read_split(cfg.data.segmented_dir, cfg.data.valid_split)[: cfg.data.num_valid_documents]
     if not train_docs:
         raise DataError(f"{cfg.data.segmented_dir}/{cfg.data.train_split}.jsonl has no documents")
+    set_seed(cfg.loop.seed)  # the new parts' initialisation is reproducible
     model = build_model(cfg, train_docs, output_dir)
     logger.info(
         "%d training documents, %d validation documents; %.1fM trainable parameters",
@@ -191,6 +194,7 @@ def run(cfg: Config) -> Path:
         cfg.loop,
         evaluate_fn=evaluate if valid_docs else None,
         items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
+        tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
     )
     if result.accelerator.is_main_process:
         result.model.save_pretrained(output_dir)

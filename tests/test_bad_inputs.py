@@ -91,12 +91,6 @@ def test_model_folder_of_another_version(folders, tmp_path):
         SLDPipeline.from_pretrained(pipeline)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="needs sld/models (lead's files): wrap safetensors.torch.load_model's RuntimeError in a UserError "
-    "naming the folder in SegmentAutoencoder/BaselineModel.from_pretrained",
-)
 def test_weights_of_an_older_architecture_are_a_clear_error(folders, tmp_path):
     older = tmp_path / "older"
     shutil.copytree(folders / "autoencoder", older)

@@ -158,7 +158,7 @@ def cached_latents(
     if cache_dir is not None:
         path = Path(cache_dir) / f"{split}-{latent_fingerprint(autoencoder_dir, docs, max_segments)}.pt"
         if path.is_file():
-            data = torch.load(path)
+            data = torch.load(path, weights_only=True)
             return data["latents"], data["counts"]
     if accelerator.is_main_process or path is None:
         started = time.perf_counter()
@@ -168,9 +168,11 @@ def cached_latents(
         )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"latents": latents, "counts": counts}, path)
+            partial = path.with_name(f".tmp-{path.name}")  # a killed write never leaves a corrupt cache
+            torch.save({"latents": latents, "counts": counts}, partial)
+            partial.replace(path)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process and path is not None:
-        data = torch.load(path)
+        data = torch.load(path, weights_only=True)
         latents, counts = data["latents"], data["counts"]
     return latents, counts

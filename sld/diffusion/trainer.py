@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import set_seed
+
 from sld.config import ConfigError, save_config
 from sld.diffusion.data import (
     LatentCollator,
@@ -159,6 +161,7 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
 
     train_set, valid_set = latent_set(train_docs, "train"), latent_set(valid_docs, "valid")
 
+    set_seed(cfg.loop.seed)  # the denoiser's initialisation is reproducible
     denoiser = SegmentDiT(
         **asdict(cfg.denoiser),
         latent_dim=autoencoder.latent_dim,

@@ -358,7 +358,13 @@ class SegmentAutoencoder(nn.Module):
         model = cls(config, *load_model_parts(folder, uses_own_encoder=config.encoder == DECODER_ENCODER))
         # strict: a missing or unexpected tensor is an error, never silently skipped (tied copies are
         # stored once and restored through the tie).
-        safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        try:
+            safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        except (RuntimeError, FileNotFoundError) as err:  # missing/extra/reshaped tensors: another version
+            raise UserError(
+                f"{folder}: its {WEIGHTS_NAME} does not match the SegmentAutoencoder described by its config "
+                f"(another sld version or a damaged folder?): {str(err).splitlines()[0]}"
+            ) from err
         model.to(device=device, dtype=dtype)
         model.eval()
         return model

@@ -375,7 +375,13 @@ class BaselineModel(nn.Module):
             raise UserError(f"{folder}: not an AR baseline folder (no {CONFIG_NAME})")
         config = BaselineConfig.from_json(folder / CONFIG_NAME)
         model = cls(config, *load_model_parts(folder, uses_own_encoder=config.encoder == DECODER_ENCODER))
-        safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        try:
+            safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        except (RuntimeError, FileNotFoundError) as err:  # missing/extra/reshaped tensors: another version
+            raise UserError(
+                f"{folder}: its {WEIGHTS_NAME} does not match the AR baseline described by its config "
+                f"(another sld version or a damaged folder?): {str(err).splitlines()[0]}"
+            ) from err
         model.to(device=device, dtype=dtype)
         model.eval()
         return model
