@@ -439,6 +439,8 @@ def fit(
         )
 
     def log_row(row: dict[str, Any]) -> None:
+        # wall seconds since the run began (resumed runs continue the count; evaluations included)
+        row.setdefault("time/seconds", round(elapsed(), 2))
         metrics.write(row)
         history.append(row)
         accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
@@ -454,12 +456,19 @@ def fit(
                 ema.copy_to(trainable)
             was_training = unwrapped.training
             unwrapped.eval()
+            evaluated_at = round(elapsed(), 2)  # the model's age, not counting this evaluation
             with torch.no_grad():
                 scores = evaluate_fn(unwrapped, state.step)
             unwrapped.train(was_training)
             if ema is not None:
                 ema.restore(trainable)
-            log_row({"step": state.step, **{f"eval/{k}": float(v) for k, v in scores.items()}})
+            log_row(
+                {
+                    "step": state.step,
+                    "time/seconds": evaluated_at,
+                    **{f"eval/{k}": float(v) for k, v in scores.items()},
+                }
+            )
             shown = ", ".join(f"{k}={v:.4g}" for k, v in scores.items())
             progress.write(f"step {state.step} eval: {shown}")
         accelerator.wait_for_everyone()
