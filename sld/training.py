@@ -43,6 +43,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sld.backends import configure_attention
 from sld.checkpointing import (
     CHECKPOINT_PATTERN,
     CheckpointError,
@@ -64,7 +65,7 @@ from sld.run_log import (
     tracker_names,
     truncate_metrics,
 )
-from sld.throughput import FlopCount, device_peak_tflops, mfu
+from sld.throughput import FlopCount, device_peak_tflops, mfu, raised_by_flop_counter
 
 logger = logging.getLogger(__name__)
 
@@ -422,7 +423,7 @@ def fit(
     fresh_run = state.step == 0 and state.batches_in_epoch == 0 and state.epoch == 0
     count_flops_at = (1 if loop.compile else 0) if fresh_run else -1
     micro_batches_seen = 0
-    last_loss = float("nan")
+    last_loss: float | None = None
 
     def checkpoint() -> None:
         guard.check()
@@ -487,16 +488,30 @@ def fit(
                 row["train/mfu"] = mfu(state.flops_per_unit, rates[state.flops_unit], peak)
         row["lr"] = scheduler.get_last_lr()[0]
         log_row(row)
-        last_loss = row.get("train/loss", float("nan"))
+        last_loss = row.get("train/loss")
 
     def show_progress() -> None:
         if budget_seconds is not None:
             progress.update(max(0, min(budget_seconds, int(elapsed())) - progress.n))
         else:
             progress.update(1)
-        progress.set_postfix_str(f"step {state.step}/{loop.max_steps}, loss {last_loss:.4f}", refresh=False)
+        shown = "-" if last_loss is None else f"{last_loss:.4f}"  # no loss logged yet
+        progress.set_postfix_str(f"step {state.step}/{loop.max_steps}, loss {shown}", refresh=False)
 
     model.train()
+    configure_attention()  # cuDNN attention off unless SLD_CUDNN_ATTENTION=1 (sld.backends says why)
+
+    def forward_backward(batch: Any, counter: Any) -> tuple[dict[str, Any], list[str], torch.Tensor]:
+        """One micro-batch's loss terms and backward pass (inside ``counter`` when FLOPs are counted)."""
+        with counter:
+            with profiler.phase("sld.loss_fn"):
+                terms = loss_fn(model, batch)
+            names, values = stack_terms(terms)
+            guard.observe(names, values)
+            with profiler.phase("sld.backward"):
+                accelerator.backward(terms["loss"])
+        return terms, names, values
+
     done = state.step >= loop.max_steps
     while not done:
         loader.set_epoch(state.epoch)
@@ -509,13 +524,17 @@ def fit(
             counter = FlopCount() if micro_batches_seen == count_flops_at else nullcontext()
             micro_batches_seen += 1
             with accelerator.accumulate(model):
-                with counter:
-                    with profiler.phase("sld.loss_fn"):
-                        terms = loss_fn(model, batch)
-                    names, values = stack_terms(terms)
-                    guard.observe(names, values)
-                    with profiler.phase("sld.backward"):
-                        accelerator.backward(terms["loss"])
+                try:
+                    terms, names, values = forward_backward(batch, counter)
+                except Exception as err:
+                    if not (isinstance(counter, FlopCount) and raised_by_flop_counter(err)):
+                        raise
+                    # The counter cannot follow some kernels (torch 2.11: grouped-query SDPA in the
+                    # prefix forward of a causal LM); the step itself is fine: run it again, uncounted.
+                    logger.warning("FLOP counting failed (%s): this run reports no MFU", err)
+                    optimizer.zero_grad(set_to_none=True)
+                    counter = nullcontext()
+                    terms, names, values = forward_backward(batch, counter)
                 grad_norm = None
                 if accelerator.sync_gradients:
                     if optim.max_grad_norm > 0:

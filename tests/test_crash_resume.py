@@ -34,7 +34,13 @@ CONFIGS = ROOT / "configs"
 TIMEOUT = 300
 LOOP = ["loop.max_steps=6", "loop.save_every=2", "loop.log_every=1", "loop.eval_every=100", "loop.seed=3"]
 # per-interval timings differ between runs; everything else in a training row must match
-TIMING_KEYS = {"train/items_per_second", "train/tokens_per_second", "train/tflops_per_second", "train/mfu", "time/seconds"}
+TIMING_KEYS = {
+    "train/items_per_second",
+    "train/tokens_per_second",
+    "train/tflops_per_second",
+    "train/mfu",
+    "time/seconds",
+}
 
 # The stages build their models before `fit` seeds the RNGs, from the process's random initial
 # torch seed; like a user's script, the launcher seeds first so that two runs start from the same

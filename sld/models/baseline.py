@@ -238,10 +238,13 @@ class PrefixLMCollator:
     """Picklable collate function of a causal-LM baseline: ``(source, target)`` pairs -> a prefix-LM batch.
 
     A row reads ``[s_1 .. s_T, start, y_1 .. y_L]`` (source tokens truncated to ``max_source_tokens``,
-    target tokens to ``max_target_tokens - 1``); its labels are aligned with its inputs (label i = the
-    token after position i): -100 while that token is still source or the start token, then
-    ``y_1 .. y_L, eos``. ``None`` sources are empty. Batch keys (right-padded):
-    ``input_ids``, ``attention_mask``, ``labels``, all (B, T + 1 + L).
+    target tokens to ``max_target_tokens - 1``) and must predict ``y_1 .. y_L, eos`` at its last
+    L + 1 positions. Rows are left-padded, so every row ends at the last column and the targets of
+    all rows sit in the last ``L_max + 1`` columns: the LM computes logits for those columns only
+    (``logits_to_keep``), not for the source, which is most of a dialogue. ``None`` sources are
+    empty. Batch keys: ``input_ids``, ``attention_mask`` (B, W) left-padded, W = max(T + 1 + L);
+    ``labels`` (B, L_max + 1): label j is the token after column W - (L_max + 1) + j, -100 where that
+    column still reads the source (or padding).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_tokens: int, max_target_tokens: int):
@@ -281,18 +284,17 @@ class PrefixLMCollator:
             truncation=True,
             max_length=self.max_target_tokens - 1,
         )["input_ids"]
-        rows = [
-            (p + t, [IGNORE_INDEX] * (len(p) - 1) + t + [self.tokenizer.eos_token_id])
-            for p, t in zip(prompts, targets)
-        ]
-        width = max(len(labels) for _, labels in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (inputs, targets_i) in enumerate(rows):
-            ids[i, : len(inputs)] = torch.tensor(inputs)
-            mask[i, : len(inputs)] = 1
-            labels[i, : len(targets_i)] = torch.tensor(targets_i)
+        eos = self.tokenizer.eos_token_id
+        inputs = [p + t for p, t in zip(prompts, targets)]
+        width = max(len(row) for row in inputs)
+        kept = max(len(t) for t in targets) + 1  # the columns that predict a target token or eos
+        ids = torch.full((len(inputs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        labels = torch.full((len(inputs), kept), IGNORE_INDEX, dtype=torch.long)
+        for i, (row, target) in enumerate(zip(inputs, targets)):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+            labels[i, kept - len(target) - 1 :] = torch.tensor(target + [eos])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -454,11 +456,18 @@ class BaselineModel(nn.Module):
     ) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) for targets ``labels`` (B, L) given source ids (B, T).
 
-        A causal-LM baseline reads a prefix-LM batch (``PrefixLMCollator``): logits (B, T', V) aligned
-        with ``labels`` (B, T').
+        A causal-LM baseline reads a prefix-LM batch (``PrefixLMCollator``): logits (B, L', V) of the
+        last L' columns, aligned with ``labels`` (B, L').
         """
         if self.is_causal:
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
+            return self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=labels.shape[1],
+            ).logits
         start = self.lm.config.decoder_start_token_id
         if start is None:
             start = self.lm.generation_config.decoder_start_token_id

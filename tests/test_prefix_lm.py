@@ -1,0 +1,73 @@
+"""The AR baseline on a causal LM (a prefix LM): batching, the loss, and decoding agree with one row at a time."""
+
+import pytest
+import tiny_models
+import torch
+
+from sld.models.baseline import BaselineConfig, BaselineModel, baseline_loss
+
+PAIRS = [
+    ("Anna walked her dog.", "Tom baked a cake."),
+    (None, "Sam fixed the old bike today."),
+    ("Lucy", "Hi."),
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    lm = tiny_models.save_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "lm")
+    config = BaselineConfig(
+        encoder="decoder", decoder_name_or_path=lm, max_source_tokens=12, max_target_tokens=40
+    )
+    return BaselineModel.from_config(config).eval()
+
+
+def one_row(model, source, target):
+    """Prompt ids, target ids + eos, and the LM's logits for the unpadded row."""
+    prompt = model.collator().prompts([source])[0]
+    target_ids = model.decoder_tokenizer(target, add_special_tokens=False)["input_ids"]
+    labels = target_ids + [model.decoder_tokenizer.eos_token_id]
+    logits = model.lm(input_ids=torch.tensor([prompt + target_ids])).logits[0]
+    return prompt, labels, logits
+
+
+def test_batch_is_left_padded_with_the_targets_in_the_last_columns(model):
+    batch = model.collator()(PAIRS)
+    eos = model.decoder_tokenizer.eos_token_id
+    assert batch["attention_mask"][:, -1].all()  # every row ends at the last column
+    for row, (source, target) in enumerate(PAIRS):
+        _, labels, _ = one_row(model, source, target)
+        kept = batch["labels"][row]
+        assert kept[kept != -100].tolist() == labels and kept[-1] == eos
+
+
+def test_loss_equals_the_unpadded_rows(model):
+    with torch.no_grad():
+        loss = baseline_loss(model, model.collator()(PAIRS))["loss"]
+        total, count = 0.0, 0
+        for source, target in PAIRS:
+            prompt, labels, logits = one_row(model, source, target)
+            ce = torch.nn.functional.cross_entropy(
+                logits[len(prompt) - 1 :], torch.tensor(labels), reduction="sum"
+            )
+            total, count = total + ce.item(), count + len(labels)
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_batched_greedy_decode_equals_one_row_at_a_time(model):
+    sources = ["Anna walked her dog in the park.", None, "Tom", "Sam fixed the old bike."]
+    batch = model.collator().sources(sources)
+    ids = model.generate_ids(**batch, max_new_tokens=10)
+    eos = model.decoder_tokenizer.eos_token_id
+    for row, source in enumerate(sources):
+        sequence = model.collator().prompts([source])[0]
+        expected = []
+        with torch.no_grad():
+            for _ in range(10):
+                token = int(model.lm(input_ids=torch.tensor([sequence])).logits[0, -1].argmax())
+                expected.append(token)
+                sequence.append(token)
+                if token == eos:
+                    break
+        assert ids[row, : len(expected)].tolist() == expected
+    assert len({tuple(r) for r in ids.tolist()}) > 1
