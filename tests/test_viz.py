@@ -331,3 +331,21 @@ def test_examples_run_on_tiny_models(models, tmp_path, capsys):
     ]
     printed = capsys.readouterr().out
     assert "ratio" in printed and "x0_hat" in printed and "3 panels" in printed
+
+
+def test_curves_against_wall_minutes():
+    from sld.viz.curves import collect_series
+
+    rows = {
+        "a": [
+            {"step": 10, "time/seconds": 30.0, "train/loss": 2.0},
+            {"step": 20, "time/seconds": 90.0, "train/loss": 1.0, "eval/bleu": 5.0},
+            {"step": 30, "train/loss": 0.5},  # written before time/seconds existed: skipped
+        ]
+    }
+    by_minutes = collect_series(rows, x="minutes")
+    assert by_minutes["train/loss"][0].steps == [0.5, 1.5] and by_minutes["eval/bleu"][0].values == [5.0]
+    assert "time/seconds" not in collect_series(rows)
+    assert collect_series(rows)["train/loss"][0].steps == [10.0, 20.0, 30.0]
+    with pytest.raises(UserError, match="curves.x"):
+        collect_series(rows, x="hours")

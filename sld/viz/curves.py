@@ -81,26 +81,40 @@ class Series:
     values: list[float]
 
 
+X_AXES = {"step": ("step", 1.0, "step"), "minutes": ("time/seconds", 1 / 60, "wall minutes")}
+
+
 def collect_series(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
     prefixes: Sequence[str] = DEFAULT_PREFIXES,
     exclude: Sequence[str] = (),
+    x: str = "step",
 ) -> dict[str, list[Series]]:
     """metric -> one ``Series`` per run that logged it, for every key starting with one of ``prefixes``.
 
     Metrics come in first-seen order; ``exclude`` drops exact keys. Non-numeric and non-finite
-    values are skipped.
+    values are skipped. ``x``: ``"step"``, or ``"minutes"`` (the row's ``time/seconds`` / 60, the
+    run's wall time; rows without it are skipped).
     """
+    if x not in X_AXES:
+        raise UserError(f"curves.x must be one of {', '.join(X_AXES)}, got {x!r}")
+    x_key, x_scale, _ = X_AXES[x]
     found: dict[str, dict[str, Series]] = {}
     for run, rows in runs.items():
         for row in rows:
+            if not isinstance(row.get(x_key), (int, float)):
+                continue
             for key, value in row.items():
-                if key == "step" or key in exclude or not any(key.startswith(p) for p in prefixes):
+                if (
+                    key in ("step", "time/seconds")
+                    or key in exclude
+                    or not any(key.startswith(p) for p in prefixes)
+                ):
                     continue
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     continue
                 series = found.setdefault(key, {}).setdefault(run, Series(run, key, [], []))
-                series.steps.append(float(row["step"]))
+                series.steps.append(float(row[x_key]) * x_scale)
                 series.values.append(float(value))
     return {metric: list(by_run.values()) for metric, by_run in found.items()}
 
@@ -111,6 +125,7 @@ def plot_curves(
     columns: int = 3,
     log_scale: bool = False,
     title: str | None = None,
+    x_label: str = "step",
 ) -> Figure:
     """One panel per metric (row-major grid of ``columns``), every run overlaid; returns the figure.
 
@@ -144,9 +159,9 @@ def plot_curves(
             ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(x_label, fontsize=8)
         ax.tick_params(which="both", labelsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=x_label == "step"))
         ax.grid(alpha=0.3)
     if len(names) > 1 or run_names is not None:
         handles = [Line2D([], [], color=colours[name], lw=2) for name in names]
@@ -191,6 +206,7 @@ def curves_figure(
     columns: int = 3,
     log_scale: bool = False,
     title: str | None = None,
+    x: str = "step",
 ) -> CurvesResult:
     """Read every run's ``metrics.jsonl`` and draw its ``include`` metrics, runs overlaid.
 
@@ -203,6 +219,6 @@ def curves_figure(
         raise UserError(f"curves.labels: {len(labels)} labels for {len(runs)} runs")
     names = list(labels) if labels is not None else run_labels(runs)
     rows = {name: read_metrics(run) for name, run in zip(names, runs)}
-    series = collect_series(rows, include, exclude)
-    figure = plot_curves(series, names, columns, log_scale, title)
+    series = collect_series(rows, include, exclude, x)
+    figure = plot_curves(series, names, columns, log_scale, title, X_AXES[x][2])
     return CurvesResult(figure, series, rows, {name: str(run) for name, run in zip(names, runs)})

@@ -94,6 +94,7 @@ class CurvesConfig:
     exclude: list[str] = field(default_factory=list)
     columns: int = 3
     log_scale: bool = False
+    x: Literal["step", "minutes"] = "step"
 
 
 @dataclass
@@ -171,7 +172,7 @@ def draw_trajectory(cfg: FigureConfig) -> tuple[TrajectoryResult, dict[str, Any]
 def draw_curves(cfg: FigureConfig) -> tuple[CurvesResult, dict[str, Any]]:
     """The training curves of ``cfg.curves.runs`` and their numbers."""
     c = cfg.curves
-    result = curves_figure(c.runs, c.labels, c.include, c.exclude, c.columns, c.log_scale, cfg.title)
+    result = curves_figure(c.runs, c.labels, c.include, c.exclude, c.columns, c.log_scale, cfg.title, c.x)
     return result, result.to_dict()
 
 
