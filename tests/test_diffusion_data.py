@@ -95,7 +95,7 @@ def test_fingerprint_follows_weights_and_data(autoencoder_dir):
 def test_cached_latents_are_written_once_and_reused(autoencoder, autoencoder_dir, tmp_path):
     accelerator = Accelerator(cpu=True)
     first = cached_latents(autoencoder, autoencoder_dir, DOCS, 2, 4, accelerator, tmp_path, "valid")
-    files = list(tmp_path.glob("valid-*.pt"))
+    files = list(tmp_path.glob("valid-*.safetensors"))
     assert len(files) == 1
     torch.save({"latents": torch.ones_like(first[0]), "counts": first[1]}, files[0])  # marks the file
     again = cached_latents(autoencoder, autoencoder_dir, DOCS, 2, 4, accelerator, tmp_path, "valid")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from accelerate import Accelerator
 from torch.utils.data import Dataset
@@ -149,16 +150,16 @@ def cached_latents(
     cache_dir: str | Path | None,
     split: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encode_documents``, kept in ``cache_dir/<split>-<fingerprint>.pt`` (None: no cache).
+    """``encode_documents``, kept in ``cache_dir/<split>-<fingerprint>.safetensors`` (None: no cache).
 
     The main process encodes and writes; the others wait and read the file, so several processes
     never encode the same data at once.
     """
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{split}-{latent_fingerprint(autoencoder_dir, docs, max_segments)}.pt"
+        path = Path(cache_dir) / f"{split}-{latent_fingerprint(autoencoder_dir, docs, max_segments)}.safetensors"
         if path.is_file():
-            data = torch.load(path, weights_only=True)
+            data = safetensors.torch.load_file(path)
             return data["latents"], data["counts"]
     if accelerator.is_main_process or path is None:
         started = time.perf_counter()
@@ -169,10 +170,10 @@ def cached_latents(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f".tmp-{path.name}")  # a killed write never leaves a corrupt cache
-            torch.save({"latents": latents, "counts": counts}, partial)
+            safetensors.torch.save_file({"latents": latents.contiguous(), "counts": counts.contiguous()}, partial)
             partial.replace(path)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process and path is not None:
-        data = torch.load(path, weights_only=True)
+        data = safetensors.torch.load_file(path)
         latents, counts = data["latents"], data["counts"]
     return latents, counts
