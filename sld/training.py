@@ -81,7 +81,9 @@ class OptimConfig:
 
     ``pretrained_lr_scale`` multiplies the learning rate of the parameters a model reports as pretrained
     (``model.pretrained_parameters()``, e.g. a loaded decoder LM) against the new parts it is trained
-    with; 0 freezes them. ``fused``: the fused AdamW kernel (one launch for all parameters; lets the
+    with; 0 freezes them. ``freeze_pretrained_steps``: they stay fixed for that many optimizer steps
+    first (a new bridge into a pretrained decoder learns to be read before the decoder can learn to
+    ignore it). ``fused``: the fused AdamW kernel (one launch for all parameters; lets the
     NaN guard skip steps without a host sync). None = on when training on CUDA.
     """
 
@@ -93,11 +95,14 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
     pretrained_lr_scale: float = 1.0
+    freeze_pretrained_steps: int = 0
     fused: bool | None = None
 
     def __post_init__(self) -> None:
         if self.pretrained_lr_scale < 0:
             raise ValueError(f"pretrained_lr_scale must be >= 0, got {self.pretrained_lr_scale}")
+        if self.freeze_pretrained_steps < 0:
+            raise ValueError(f"freeze_pretrained_steps must be >= 0, got {self.freeze_pretrained_steps}")
 
 
 @dataclass
@@ -191,6 +196,21 @@ def lr_lambda(step: int, optim: OptimConfig, total_steps: int) -> float:
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * decay
 
 
+def group_lr_lambdas(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int
+) -> list[Callable[[int], float]]:
+    """One LR multiplier per parameter group: ``lr_lambda``, and 0 for the pretrained groups during
+    their first ``optim.freeze_pretrained_steps`` steps (the new parts learn to feed them first)."""
+
+    def schedule(step: int) -> float:
+        return lr_lambda(step, optim, total_steps)
+
+    def frozen_first(step: int) -> float:
+        return 0.0 if step < optim.freeze_pretrained_steps else lr_lambda(step, optim, total_steps)
+
+    return [frozen_first if group.get("pretrained") else schedule for group in optimizer.param_groups]
+
+
 def build_optimizer(
     params: Iterable[torch.nn.Parameter],
     optim: OptimConfig,
@@ -212,15 +232,18 @@ def build_optimizer(
     if not params:
         raise ValueError("the model has no trainable parameters")
     groups = []
-    for scale, members in (
-        (1.0, [p for p in params if id(p) not in pretrained_ids]),
-        (optim.pretrained_lr_scale, [p for p in params if id(p) in pretrained_ids]),
-    ):
+    for is_pretrained, scale in ((False, 1.0), (True, optim.pretrained_lr_scale)):
+        members = [p for p in params if (id(p) in pretrained_ids) == is_pretrained]
         decay = [p for p in members if p.dim() >= 2]
         no_decay = [p for p in members if p.dim() < 2]
         groups += [
-            {"params": decay, "weight_decay": optim.weight_decay, "lr": optim.lr * scale},
-            {"params": no_decay, "weight_decay": 0.0, "lr": optim.lr * scale},
+            {
+                "params": decay,
+                "weight_decay": optim.weight_decay,
+                "lr": optim.lr * scale,
+                "pretrained": is_pretrained,
+            },
+            {"params": no_decay, "weight_decay": 0.0, "lr": optim.lr * scale, "pretrained": is_pretrained},
         ]
     return torch.optim.AdamW(
         [g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas), fused=fused or None
@@ -343,7 +366,9 @@ def fit(
     optimizer = build_optimizer(list(model.parameters()), optim, pretrained, fused=fused)
     # The schedule is stepped by hand once per optimizer step (not prepared): accelerate's wrapper
     # would step it once per process.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, optim, loop.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, group_lr_lambdas(optimizer, optim, loop.max_steps)
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     trainable = [p for p in _unwrap(accelerator, model).parameters() if p.requires_grad]
 
@@ -487,6 +512,8 @@ def fit(
             if peak:
                 row["train/mfu"] = mfu(state.flops_per_unit, rates[state.flops_unit], peak)
         row["lr"] = scheduler.get_last_lr()[0]
+        if accelerator.device.type == "cuda":  # a host-side counter: no device sync
+            row["train/peak_memory_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
         log_row(row)
         last_loss = row.get("train/loss")
 

@@ -128,3 +128,28 @@ def test_pretrained_lm_trains_at_the_scaled_rate_or_not_at_all(folders):
     build_optimizer(frozen.parameters(), OptimConfig(pretrained_lr_scale=0.0), frozen.pretrained_parameters())
     assert not any(p.requires_grad for p in frozen.lm.parameters())
     assert frozen.latent_conditioning.to_kv.weight.requires_grad
+
+
+def test_pretrained_lm_can_stay_frozen_for_the_first_steps(folders):
+    from sld.training import group_lr_lambdas
+
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0)
+    optim = OptimConfig(
+        lr=1e-3, warmup_steps=0, schedule="constant", pretrained_lr_scale=0.1, freeze_pretrained_steps=3
+    )
+    optimizer = build_optimizer(model.parameters(), optim, model.pretrained_parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, group_lr_lambdas(optimizer, optim, total_steps=10)
+    )
+    lm_before = [p.detach().clone() for p in model.lm.parameters()]
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    for step in range(5):
+        rates = {g["pretrained"]: g["lr"] for g in optimizer.param_groups}
+        assert rates == ({False: 1e-3, True: 0.0} if step < 3 else {False: 1e-3, True: pytest.approx(1e-4)})
+        loss = autoencoder_losses(model.train(), batch, AutoencoderLossConfig(variant="vanilla"))["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        lm_changed = any(not torch.equal(a, b) for a, b in zip(lm_before, model.lm.parameters()))
+        assert lm_changed == (step >= 3)

@@ -98,7 +98,9 @@ def test_cached_latents_are_written_once_and_reused(autoencoder, autoencoder_dir
     first = cached_latents(autoencoder, autoencoder_dir, DOCS, 2, 4, accelerator, tmp_path, "valid")
     files = list(tmp_path.glob("valid-*.safetensors"))
     assert len(files) == 1
-    safetensors.torch.save_file({"latents": torch.ones_like(first[0]), "counts": first[1]}, files[0])  # marks it
+    safetensors.torch.save_file(
+        {"latents": torch.ones_like(first[0]), "counts": first[1]}, files[0]
+    )  # marks it
     again = cached_latents(autoencoder, autoencoder_dir, DOCS, 2, 4, accelerator, tmp_path, "valid")
     assert torch.equal(again[0], torch.ones_like(first[0]))  # read back, not encoded again
     fresh = cached_latents(autoencoder, autoencoder_dir, DOCS, 2, 4, accelerator, None, "valid")

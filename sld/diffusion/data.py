@@ -157,7 +157,9 @@ def cached_latents(
     """
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{split}-{latent_fingerprint(autoencoder_dir, docs, max_segments)}.safetensors"
+        path = (
+            Path(cache_dir) / f"{split}-{latent_fingerprint(autoencoder_dir, docs, max_segments)}.safetensors"
+        )
         if path.is_file():
             data = safetensors.torch.load_file(path)
             return data["latents"], data["counts"]
@@ -170,7 +172,9 @@ def cached_latents(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f".tmp-{path.name}")  # a killed write never leaves a corrupt cache
-            safetensors.torch.save_file({"latents": latents.contiguous(), "counts": counts.contiguous()}, partial)
+            safetensors.torch.save_file(
+                {"latents": latents.contiguous(), "counts": counts.contiguous()}, partial
+            )
             partial.replace(path)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process and path is not None:
