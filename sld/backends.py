@@ -9,6 +9,11 @@
   the most likely cause is a cuDNN execution plan built for every new shape. The flash and
   memory-efficient kernels take any shape without planning. The speed-up this gives has not been
   measured yet (recorded in docs/results.md once it is).
+* ``SLD_CUDA_MEMORY_FRACTION`` (e.g. ``0.24``) caps this process's share of its GPU's memory. Several
+  runs on one card (the recipes train SLD and the AR baseline side by side) otherwise each keep the
+  memory of their own peak cached, and the sum of the peaks ran the card out of memory (the first H200
+  session of ``recipes/smollm2.sh``). Under a cap the caching allocator frees cached blocks and retries
+  before it fails.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 logger = logging.getLogger(__name__)
 
 CUDNN_ATTENTION_ENV = "SLD_CUDNN_ATTENTION"
+MEMORY_FRACTION_ENV = "SLD_CUDA_MEMORY_FRACTION"
 
 
 def configure_attention(cudnn: bool | None = None) -> bool:
@@ -36,4 +42,42 @@ def configure_attention(cudnn: bool | None = None) -> bool:
     return cudnn
 
 
-__all__ = ["CUDNN_ATTENTION_ENV", "configure_attention"]
+def memory_fraction_from_env() -> float | None:
+    """The share of GPU memory named by ``SLD_CUDA_MEMORY_FRACTION`` (0 < share <= 1), or None if unset."""
+    from sld.errors import UserError
+
+    raw = os.environ.get(MEMORY_FRACTION_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        share = float(raw)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 < share <= 1.0:
+        raise UserError(f"{MEMORY_FRACTION_ENV}={raw!r}: expected a number in (0, 1], e.g. 0.25")
+    return share
+
+
+def configure_memory_share() -> float | None:
+    """Apply ``SLD_CUDA_MEMORY_FRACTION`` to this process's GPU (``LOCAL_RANK``, else 0).
+
+    Returns the share applied, or None (unset, or no CUDA).
+    """
+    import torch
+
+    share = memory_fraction_from_env()
+    if share is None or not torch.cuda.is_available():
+        return None
+    device = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_per_process_memory_fraction(share, device)
+    logger.info("GPU %d: this process may use %.0f%% of its memory (%s)", device, 100 * share, MEMORY_FRACTION_ENV)
+    return share
+
+
+__all__ = [
+    "CUDNN_ATTENTION_ENV",
+    "MEMORY_FRACTION_ENV",
+    "configure_attention",
+    "configure_memory_share",
+    "memory_fraction_from_env",
+]

@@ -74,9 +74,10 @@ def run_stage(
     configure_logging()
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
-        from sld.backends import configure_attention  # imports torch: only once a stage runs
+        from sld.backends import configure_attention, configure_memory_share  # import torch: only here
 
         configure_attention()
+        configure_memory_share()
         run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

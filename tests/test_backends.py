@@ -1,0 +1,47 @@
+"""sld.backends: the process-wide settings read from the environment."""
+
+import pytest
+import torch
+
+from sld.backends import (
+    CUDNN_ATTENTION_ENV,
+    MEMORY_FRACTION_ENV,
+    configure_attention,
+    configure_memory_share,
+    memory_fraction_from_env,
+)
+from sld.errors import UserError
+
+
+def test_cudnn_attention_is_off_unless_asked_for(monkeypatch):
+    monkeypatch.delenv(CUDNN_ATTENTION_ENV, raising=False)
+    assert configure_attention() is False
+    monkeypatch.setenv(CUDNN_ATTENTION_ENV, "1")
+    assert configure_attention() is True
+    configure_attention(False)
+
+
+def test_memory_share_is_read_and_checked(monkeypatch):
+    monkeypatch.delenv(MEMORY_FRACTION_ENV, raising=False)
+    assert memory_fraction_from_env() is None
+    monkeypatch.setenv(MEMORY_FRACTION_ENV, "0.25")
+    assert memory_fraction_from_env() == 0.25
+    for bad in ("0", "1.5", "-0.1", "half", "nan"):
+        monkeypatch.setenv(MEMORY_FRACTION_ENV, bad)
+        with pytest.raises(UserError, match=MEMORY_FRACTION_ENV):
+            memory_fraction_from_env()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
+def test_memory_share_is_a_no_op_without_cuda(monkeypatch):
+    monkeypatch.setenv(MEMORY_FRACTION_ENV, "0.5")
+    assert configure_memory_share() is None
+
+
+def test_a_bad_share_is_a_one_line_stage_error(monkeypatch, capsys, tmp_path):
+    from sld.cli import main
+
+    monkeypatch.setenv(MEMORY_FRACTION_ENV, "2")
+    code = main(["synthetic", f"output_dir={tmp_path}", "stories_train=2", "stories_valid=2", "dialogues_train=2", "dialogues_valid=2"])
+    assert code == 2
+    assert MEMORY_FRACTION_ENV in capsys.readouterr().err
