@@ -317,3 +317,55 @@ def test_optimizer_state_files_are_checked(tmp_path):
     (tmp_path / "optimizer.json").write_text(json.dumps(structure))
     with pytest.raises(CheckpointError, match=r"optimizer.json: tensor 'state.9.exp_avg' is missing"):
         checkpointing.read_optimizer_state(tmp_path)
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def net_loss(model, batch):
+    x = batch.float().unsqueeze(-1).to(next(model.parameters()).device) / 10
+    return {"loss": (model(x).float() - x).pow(2).mean()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("mixed_precision", ["no", "fp16", "bf16"])
+def test_fused_adamw_and_grad_scaler_on_cuda_resume_exactly(tmp_path, mixed_precision):
+    from accelerate.state import AcceleratorState
+
+    def train(folder, max_steps):
+        AcceleratorState._reset_state(True)  # a new mixed-precision setting for this process
+        torch.manual_seed(0)
+        return fit(
+            Net(),
+            IndexDataset(10),
+            collate,
+            net_loss,
+            folder,
+            OptimConfig(lr=1e-2, warmup_steps=2),
+            loop_config(max_steps=max_steps, save_every=2, mixed_precision=mixed_precision),
+        )
+
+    try:
+        straight = train(tmp_path / "a", 6)
+        train(tmp_path / "b", 3)
+        resumed = train(tmp_path / "b", 6)
+    finally:
+        AcceleratorState._reset_state(True)
+    optimizer = resumed.accelerator._optimizers[0]
+    assert optimizer.param_groups[0]["fused"] is True
+    assert all(s["step"].device.type == "cuda" for s in optimizer.state.values())
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+    a, b = list_checkpoints(tmp_path / "a")[-1], list_checkpoints(tmp_path / "b")[-1]
+    assert_same_state(checkpointing.read_optimizer_state(b), checkpointing.read_optimizer_state(a))
+    state_a, state_b = read_loop_state(a), read_loop_state(b)
+    assert state_b["scheduler"] == state_a["scheduler"]
+    assert state_b.get("grad_scaler") == state_a.get("grad_scaler")
+    assert ("grad_scaler" in state_b) == (mixed_precision == "fp16")
+    assert not [p for p in b.iterdir() if p.suffix in (".bin", ".pkl", ".pt", ".pth")]
