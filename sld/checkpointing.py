@@ -75,8 +75,6 @@ OPTIMIZER_FILE = "optimizer{}.safetensors"
 OPTIMIZER_JSON = "optimizer{}.json"
 FORMAT = "sld.checkpoint"
 FORMAT_VERSION = 2
-# The suffixes of files written with pickle (torch.save): never written into, nor read from, a checkpoint.
-PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
 UNSUPPORTED = (
     DistributedType.FSDP,
     DistributedType.DEEPSPEED,
@@ -352,7 +350,7 @@ def save_checkpoint(
     if accelerator.is_main_process and temp.exists():
         shutil.rmtree(temp)
     accelerator.wait_for_everyone()
-    error: OSError | None = None
+    error: OSError | CheckpointError | None = None
     try:
         temp.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
@@ -382,7 +380,7 @@ def save_checkpoint(
                 ema_tensors, payload["ema"] = _ema_tensors(ema)
                 _save_tensors(ema_tensors, temp / EMA_FILE)
             (temp / LOOP_STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
-    except OSError as err:
+    except (OSError, CheckpointError) as err:  # a state that cannot be stored fails on every process too
         error = err
     if not _failed_anywhere(accelerator, error is not None) and accelerator.is_main_process:
         try:  # every file is complete: flush them, then rename the folder into place
@@ -398,11 +396,10 @@ def save_checkpoint(
             shutil.rmtree(temp, ignore_errors=True)
         previous = list_checkpoints(output_dir)
         kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
-        cause = (
-            f"{error.strerror or error} (errno {error.errno})"
-            if error
-            else "a write failed on another process"
-        )
+        if isinstance(error, OSError):
+            cause = f"{error.strerror or error} (errno {error.errno})"
+        else:
+            cause = str(error) if error else "a write failed on another process"
         raise CheckpointError(f"cannot write checkpoint {final}: {cause}{kept}") from error
     if accelerator.is_main_process:
         prune_checkpoints(output_dir, keep)
@@ -501,6 +498,7 @@ __all__: Sequence[str] = [
     "CHECKPOINT_PATTERN",
     "CheckpointError",
     "check_writable",
+    "flatten_state",
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
@@ -508,4 +506,6 @@ __all__: Sequence[str] = [
     "read_optimizer_state",
     "remove_stale_temporaries",
     "save_checkpoint",
+    "save_optimizer_state",
+    "unflatten_state",
 ]

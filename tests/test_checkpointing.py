@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from test_training import IndexDataset, Tiny, collate, loop_config, make_loss
 
 import sld.checkpointing as checkpointing
+import sld.training as training
 from sld.checkpointing import (
     CheckpointError,
     list_checkpoints,
@@ -22,7 +23,7 @@ from sld.checkpointing import (
     remove_stale_temporaries,
 )
 from sld.config import ConfigError, save_config
-from sld.training import LoopConfig, OptimConfig, fit
+from sld.training import LoopConfig, OptimConfig, fit, make_accelerator
 
 CONSTANT = OptimConfig(warmup_steps=0, schedule="constant")
 
@@ -347,7 +348,7 @@ def test_fused_adamw_and_grad_scaler_on_cuda_resume_exactly(tmp_path, mixed_prec
             collate,
             net_loss,
             folder,
-            OptimConfig(lr=1e-2, warmup_steps=2),
+            OptimConfig(lr=1e-2, warmup_steps=2, schedule="constant"),  # the same schedule in the 3-step run
             loop_config(max_steps=max_steps, save_every=2, mixed_precision=mixed_precision),
         )
 
@@ -369,3 +370,40 @@ def test_fused_adamw_and_grad_scaler_on_cuda_resume_exactly(tmp_path, mixed_prec
     assert state_b.get("grad_scaler") == state_a.get("grad_scaler")
     assert ("grad_scaler" in state_b) == (mixed_precision == "fp16")
     assert not [p for p in b.iterdir() if p.suffix in (".bin", ".pkl", ".pt", ".pth")]
+
+
+def test_grad_scaler_state_survives_a_resume_exactly(tmp_path):
+    # accelerate makes a GradScaler for fp16 on CUDA only: here one is given to the accelerator by hand
+    def train(folder, max_steps):
+        torch.manual_seed(0)
+        loop = loop_config(max_steps=max_steps, save_every=2)
+        accelerator = make_accelerator(folder, loop)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=2)
+        result = fit(
+            Net(), IndexDataset(10), collate, net_loss, folder, CONSTANT, loop, accelerator=accelerator
+        )
+        return result, read_loop_state(list_checkpoints(folder)[-1])
+
+    straight, straight_state = train(tmp_path / "a", 6)
+    _, early_state = train(tmp_path / "b", 3)
+    resumed, resumed_state = train(tmp_path / "b", 6)
+    assert early_state["grad_scaler"]["_growth_tracker"] == 1  # mid-interval: the tracker must be restored
+    assert resumed_state["grad_scaler"] == straight_state["grad_scaler"]
+    assert straight_state["grad_scaler"]["scale"] == 2.0**7  # grew every 2 steps
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_optimizer_state_that_cannot_be_stored_fails_the_checkpoint_cleanly(tmp_path, monkeypatch):
+    real_build = training.build_optimizer
+
+    def build_with_a_set(*args, **kwargs):
+        optimizer = real_build(*args, **kwargs)
+        optimizer.param_groups[0]["tags"] = {"a"}  # JSON has no sets
+        return optimizer
+
+    monkeypatch.setattr(training, "build_optimizer", build_with_a_set)
+    with pytest.raises(CheckpointError, match=r"step_2: cannot store a set \(param_groups.0.tags\)"):
+        run(tmp_path, 4)
+    assert not (tmp_path / "checkpoints" / ".tmp-step_2").exists()
+    assert list_checkpoints(tmp_path) == []
