@@ -7,20 +7,34 @@ leaves a half-written ``step_<n>``: the newest ``step_<n>`` is always a complete
 re-run resumes from it. Temporary folders are ignored by :func:`list_checkpoints` and removed when
 the next run starts. Old checkpoints are pruned only after the new one is in place.
 
-Contents of one checkpoint:
+Contents of one checkpoint (format ``sld.checkpoint`` version 2):
 
 ======================================  ====================================================
-``model.safetensors``                    the model's weights (accelerate ``save_state``, safetensors)
-``optimizer.bin``                        optimizer state (accelerate; read back with ``torch.load(weights_only=True)``)
-``loop_state.json``                      loop position, LR-schedule state, EMA settings, format version
+``model.safetensors``                    the model's weights (of the plain module: no DDP or compile prefixes)
+``optimizer.safetensors``                the optimizer's tensors, named ``state.<param_idx>.<key>``
+``optimizer.json``                       the rest of the optimizer state dict (param groups, tuples,
+                                         numbers) with references to those tensors
+``loop_state.json``                      loop position, LR-schedule state, EMA settings, grad-scaler
+                                         state, accelerate's step counter, format version
 ``ema.safetensors``                      EMA weights (when an EMA is tracked)
 ``rng_state_<process>.safetensors``      torch (CPU and CUDA), Python and NumPy RNG states of each process
-``random_states_<process>.pkl``          accelerate's own copy of the RNG states (read with ``weights_only=True``)
 ======================================  ====================================================
 
-Nothing is unpickled from a checkpoint: the loop state and EMA are no longer handed to accelerate's
-``register_for_checkpointing`` (whose ``custom_checkpoint_*.pkl`` files are read with
-``weights_only=False``), and the RNG states are restored from their safetensors file.
+(A second model or optimizer prepared with the same accelerator goes to ``model_1.safetensors``,
+``optimizer_1.safetensors`` and ``optimizer_1.json``.)
+
+Weights and tensors are only ever written as safetensors and everything else as JSON; nothing is
+written or read with pickle (``torch.save``/``torch.load``): accelerate's ``save_state`` and
+``load_state`` are not used, since they write ``optimizer.bin``, ``scaler.pt`` and
+``random_states_<process>.pkl`` with ``torch.save``. A checkpoint folder holds no ``.bin``, ``.pkl``
+or ``.pt`` file. The loop position (epoch, micro-batches consumed) replaces accelerate's dataloader
+state; accelerate's FSDP, DeepSpeed, Megatron-LM and XLA checkpoints are not supported
+(:class:`CheckpointError`).
+
+Checkpoints written by an older sld (format version 1, with a pickled ``optimizer.bin`` and
+``random_states_<process>.pkl``, or older still with ``custom_checkpoint_*.pkl``) are refused with a
+:class:`CheckpointError` naming the folder and saying so, not loaded: delete that run's
+``checkpoints/`` folder or set ``loop.resume=false`` to start over.
 
 Disk errors (no space left, no permission) raise :class:`CheckpointError` naming the folder; the
 temporary folder is removed and the previous checkpoint stays intact.
@@ -34,14 +48,17 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from sld.errors import UserError
 
@@ -53,8 +70,17 @@ TEMP_PREFIX = ".tmp-"
 LOOP_STATE_FILE = "loop_state.json"
 EMA_FILE = "ema.safetensors"
 RNG_FILE = "rng_state_{}.safetensors"
+MODEL_FILE = "model{}.safetensors"
+OPTIMIZER_FILE = "optimizer{}.safetensors"
+OPTIMIZER_JSON = "optimizer{}.json"
 FORMAT = "sld.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+UNSUPPORTED = (
+    DistributedType.FSDP,
+    DistributedType.DEEPSPEED,
+    DistributedType.MEGATRON_LM,
+    DistributedType.XLA,
+)
 
 
 class CheckpointError(UserError):
@@ -156,6 +182,136 @@ def set_rng_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) ->
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+# ------------------------------------------------------------------------------------------ state dicts
+
+
+# Markers of the JSON encoding of a state dict: a tensor kept in the safetensors file, a tuple, a dict
+# with int keys (an optimizer's ``state``), and any other dict whose keys JSON cannot hold as they are.
+TENSOR, TUPLE, INT_KEYS, ITEMS = "$tensor", "$tuple", "$int_keys", "$items"
+
+
+def flatten_state(value: Any, name: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a state dict into a JSON-serialisable structure and the tensors it references.
+
+    Tensors are replaced by ``{"$tensor": "<path>"}`` where the path joins the keys with dots
+    (``state.0.exp_avg``, ``param_groups.1.lr``); tuples become ``{"$tuple": [...]}`` and dicts
+    with int keys ``{"$int_keys": {...}}``, so that :func:`unflatten_state` gives back the same
+    types. Python floats (nan and inf included) survive JSON exactly. Any other type is a
+    :class:`CheckpointError` naming where it sits.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(item: Any, path: str) -> Any:
+        if isinstance(item, torch.Tensor):
+            key = path if path not in tensors else f"{path}#{len(tensors)}"
+            tensors[key] = item.detach().cpu().contiguous()
+            return {TENSOR: key}
+        if item is None or isinstance(item, (bool, int, float, str)):
+            return item
+        if isinstance(item, tuple):
+            return {TUPLE: [encode(v, f"{path}.{i}".lstrip(".")) for i, v in enumerate(item)]}
+        if isinstance(item, list):
+            return [encode(v, f"{path}.{i}".lstrip(".")) for i, v in enumerate(item)]
+        if isinstance(item, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in item):
+                return {k: encode(v, f"{path}.{k}".lstrip(".")) for k, v in item.items()}
+            if all(type(k) is int for k in item):
+                return {INT_KEYS: {str(k): encode(v, f"{path}.{k}".lstrip(".")) for k, v in item.items()}}
+            return {ITEMS: [[encode(k, path), encode(v, f"{path}.{k}".lstrip("."))] for k, v in item.items()]}
+        raise CheckpointError(
+            f"cannot store a {type(item).__name__} ({path or 'the state'}) in a checkpoint: "
+            "only tensors, numbers, strings, None, lists, tuples and dicts are"
+        )
+
+    return encode(value, name), tensors
+
+
+def unflatten_state(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The state dict that :func:`flatten_state` split into ``value`` and ``tensors``."""
+    if isinstance(value, list):
+        return [unflatten_state(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {TENSOR}:
+        if value[TENSOR] not in tensors:
+            raise CheckpointError(f"tensor {value[TENSOR]!r} is missing")
+        return tensors[value[TENSOR]]
+    if set(value) == {TUPLE}:
+        return tuple(unflatten_state(v, tensors) for v in value[TUPLE])
+    if set(value) == {INT_KEYS}:
+        return {int(k): unflatten_state(v, tensors) for k, v in value[INT_KEYS].items()}
+    if set(value) == {ITEMS}:
+        return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in value[ITEMS]}
+    return {k: unflatten_state(v, tensors) for k, v in value.items()}
+
+
+def _save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file``, with its I/O errors raised as :class:`OSError` (errno kept)."""
+    with _io_errors(path):
+        safetensors.torch.save_file(tensors, path, metadata)
+
+
+@contextmanager
+def _io_errors(path: Path) -> Iterator[None]:
+    """Raise a ``SafetensorError`` of a failed write (``... (os error 28) ...``) as an ``OSError``."""
+    try:
+        yield
+    except safetensors.SafetensorError as err:
+        found = re.search(r"os error (\d+)", str(err))
+        if not found:
+            raise OSError(f"{path}: {err}") from err
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from err
+
+
+def save_optimizer_state(state: dict[str, Any], folder: Path, index: int = 0) -> None:
+    """Write an optimizer state dict as ``optimizer[_<index>].safetensors`` and ``.json``."""
+    suffix = f"_{index}" if index else ""
+    structure, tensors = flatten_state(state)
+    _save_tensors(tensors, folder / OPTIMIZER_FILE.format(suffix), {"format": "pt"})
+    (folder / OPTIMIZER_JSON.format(suffix)).write_text(
+        json.dumps({"state_dict": structure}, indent=1) + "\n"
+    )
+
+
+def read_optimizer_state(folder: str | Path, index: int = 0) -> dict[str, Any]:
+    """The optimizer state dict written by :func:`save_optimizer_state` (tensors on the CPU)."""
+    folder = Path(folder)
+    suffix = f"_{index}" if index else ""
+    tensor_file, json_file = folder / OPTIMIZER_FILE.format(suffix), folder / OPTIMIZER_JSON.format(suffix)
+    for file in (tensor_file, json_file):
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing: the checkpoint is incomplete")
+    try:
+        structure = json.loads(json_file.read_text())["state_dict"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{json_file}: not an sld optimizer state ({err})") from err
+    try:
+        return unflatten_state(structure, safetensors.torch.load_file(tensor_file))
+    except CheckpointError as err:
+        raise CheckpointError(f"{json_file}: {err} from {tensor_file.name}") from err
+
+
+def _plain_module(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP and ``torch.compile`` wrappers (its state-dict keys carry no prefixes)."""
+    module = accelerator.unwrap_model(model)
+    return getattr(module, "_orig_mod", module)
+
+
+def _check_supported(accelerator: Accelerator) -> None:
+    if accelerator.distributed_type in UNSUPPORTED:
+        raise CheckpointError(
+            f"sld checkpoints support one device or DDP, not {accelerator.distributed_type.value}"
+        )
+    if accelerator._schedulers or accelerator._custom_objects:
+        raise CheckpointError(
+            "sld checkpoints hold the LR schedule in loop_state.json: prepare no scheduler with accelerate "
+            "and register nothing with register_for_checkpointing"
+        )
+
+
 # ------------------------------------------------------------------------------------------ save / load
 
 
@@ -187,31 +343,44 @@ def save_checkpoint(
     process when a write fails on any (disk full, no permission), after removing the temporary
     folder; the previous checkpoints are left as they were.
     """
+    _check_supported(accelerator)
     root = checkpoint_root(output_dir)
     final = root / f"step_{step}"
     temp = root / f"{TEMP_PREFIX}{final.name}"
     if accelerator.is_main_process and temp.exists():
         shutil.rmtree(temp)
     accelerator.wait_for_everyone()
-    error: OSError | None = None
+    error: OSError | CheckpointError | None = None
     try:
-        accelerator.save_state(str(temp), safe_serialization=True)
+        temp.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:
+            for i, model in enumerate(accelerator._models):
+                path = temp / MODEL_FILE.format(f"_{i}" if i else "")
+                with _io_errors(path):
+                    safetensors.torch.save_model(
+                        _plain_module(accelerator, model), str(path), {"format": "pt"}
+                    )
+            for i, optimizer in enumerate(accelerator._optimizers):
+                save_optimizer_state(optimizer.state_dict(), temp, i)
         if pause is not None:
             pause("checkpoint", step)
         tensors, metadata = rng_state()
-        safetensors.torch.save_file(tensors, temp / RNG_FILE.format(accelerator.process_index), metadata)
+        _save_tensors(tensors, temp / RNG_FILE.format(accelerator.process_index), metadata)
         if accelerator.is_main_process:
             payload: dict[str, Any] = {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
                 "num_processes": accelerator.num_processes,
+                "accelerator_step": accelerator.step,
                 **loop_state,
             }
+            if accelerator.scaler is not None:
+                payload["grad_scaler"] = accelerator.scaler.state_dict()
             if ema is not None:
                 ema_tensors, payload["ema"] = _ema_tensors(ema)
-                safetensors.torch.save_file(ema_tensors, temp / EMA_FILE)
+                _save_tensors(ema_tensors, temp / EMA_FILE)
             (temp / LOOP_STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
-    except OSError as err:
+    except (OSError, CheckpointError) as err:  # a state that cannot be stored fails on every process too
         error = err
     if not _failed_anywhere(accelerator, error is not None) and accelerator.is_main_process:
         try:  # every file is complete: flush them, then rename the folder into place
@@ -227,11 +396,10 @@ def save_checkpoint(
             shutil.rmtree(temp, ignore_errors=True)
         previous = list_checkpoints(output_dir)
         kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
-        cause = (
-            f"{error.strerror or error} (errno {error.errno})"
-            if error
-            else "a write failed on another process"
-        )
+        if isinstance(error, OSError):
+            cause = f"{error.strerror or error} (errno {error.errno})"
+        else:
+            cause = str(error) if error else "a write failed on another process"
         raise CheckpointError(f"cannot write checkpoint {final}: {cause}{kept}") from error
     if accelerator.is_main_process:
         prune_checkpoints(output_dir, keep)
@@ -239,16 +407,21 @@ def save_checkpoint(
     return final
 
 
+def _older_sld(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} was written by an older sld ({what}, which is not loaded any more): "
+        "delete that run's checkpoints/ folder or set loop.resume=false"
+    )
+
+
 def read_loop_state(path: str | Path) -> dict[str, Any]:
-    """The ``loop_state.json`` of a checkpoint folder; :class:`CheckpointError` if it is missing or foreign."""
+    """The ``loop_state.json`` of a checkpoint folder; :class:`CheckpointError` if it is missing or foreign,
+    or was written by an older sld (format version 1: pickled optimizer and RNG states)."""
     path = Path(path)
     file = path / LOOP_STATE_FILE
     if not file.is_file():
         if any(path.glob("custom_checkpoint_*.pkl")):
-            raise CheckpointError(
-                f"{path} was written by an older sld (pickled loop state, which is not loaded any more): "
-                "delete that run's checkpoints/ folder or set loop.resume=false"
-            )
+            raise _older_sld(path, "pickled loop state")
         raise CheckpointError(f"{path} is not an sld checkpoint: {LOOP_STATE_FILE} is missing")
     try:
         data = json.loads(file.read_text())
@@ -256,6 +429,8 @@ def read_loop_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: not valid JSON ({err})") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{file}: not an sld checkpoint state (format {FORMAT!r} expected)")
+    if data.get("version") == 1:
+        raise _older_sld(path, "format version 1: optimizer.bin and random_states_*.pkl are pickles")
     if data.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{file}: checkpoint format version {data.get('version')!r}; this sld reads version {FORMAT_VERSION}"
@@ -263,12 +438,24 @@ def read_loop_state(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_checkpoint(accelerator: Accelerator, path: str | Path, ema: Any | None = None) -> dict[str, Any]:
-    """Restore model, optimizer, EMA and RNG states from ``path``; return its loop state.
+def _load_model(module: torch.nn.Module, file: Path) -> None:
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: the checkpoint is incomplete")
+    try:
+        safetensors.torch.load_model(module, file, strict=True)
+    except (RuntimeError, safetensors.SafetensorError) as err:
+        raise CheckpointError(f"{file} does not fit this run's model: {err}") from err
 
-    Weights come from safetensors; the optimizer state through ``torch.load(weights_only=True)``
-    (accelerate's default); loop state, schedule and EMA settings from JSON.
+
+def load_checkpoint(accelerator: Accelerator, path: str | Path, ema: Any | None = None) -> dict[str, Any]:
+    """Restore model, optimizer, grad scaler, EMA and RNG states from ``path``; return its loop state.
+
+    Tensors come from safetensors files, everything else (loop position, LR schedule, optimizer
+    param groups, EMA settings, RNG states of Python and NumPy) from JSON: nothing is unpickled.
+    Checkpoints of an older sld (format version 1) are refused with a :class:`CheckpointError`
+    naming the folder, not loaded.
     """
+    _check_supported(accelerator)
     path = Path(path)
     state = read_loop_state(path)
     if state.get("num_processes") not in (None, accelerator.num_processes):
@@ -278,7 +465,18 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path, ema: Any | None 
             state["num_processes"],
             accelerator.num_processes,
         )
-    accelerator.load_state(str(path))
+    for i, model in enumerate(accelerator._models):
+        _load_model(_plain_module(accelerator, model), path / MODEL_FILE.format(f"_{i}" if i else ""))
+    for i, optimizer in enumerate(accelerator._optimizers):
+        optimizer.load_state_dict(read_optimizer_state(path, i))
+    if accelerator.scaler is not None:
+        if "grad_scaler" in state:
+            accelerator.scaler.load_state_dict(state["grad_scaler"])
+        else:
+            logger.warning(
+                "%s holds no grad-scaler state (written without fp16): the scaler starts afresh", path
+            )
+    accelerator.step = int(state.get("accelerator_step", 0))
     if ema is not None:
         if "ema" not in state or not (path / EMA_FILE).is_file():
             raise CheckpointError(f"{path} holds no EMA weights, but this run tracks an EMA")
@@ -300,10 +498,14 @@ __all__: Sequence[str] = [
     "CHECKPOINT_PATTERN",
     "CheckpointError",
     "check_writable",
+    "flatten_state",
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
     "read_loop_state",
+    "read_optimizer_state",
     "remove_stale_temporaries",
     "save_checkpoint",
+    "save_optimizer_state",
+    "unflatten_state",
 ]

@@ -24,7 +24,7 @@ import safetensors.torch
 import torch
 from tiny_models import save_tiny_bert, tiny_autoencoder
 
-from sld.checkpointing import list_checkpoints
+from sld.checkpointing import list_checkpoints, read_optimizer_state
 from sld.data.synthetic import write_synthetic_corpus
 from sld.training import PAUSE_ENV, PAUSE_MARKER_ENV
 from stages import segment
@@ -147,7 +147,7 @@ def checkpoint_state(output_dir: Path) -> dict:
         "name": last.name,
         "loop_state": loop_state,
         "model": safetensors.torch.load_file(last / "model.safetensors"),
-        "optimizer": torch.load(last / "optimizer.bin", weights_only=True),
+        "optimizer": read_optimizer_state(last),
     }
     if (last / "ema.safetensors").is_file():
         state["ema"] = safetensors.torch.load_file(last / "ema.safetensors")
