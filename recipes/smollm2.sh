@@ -2,23 +2,29 @@
 # SLD and the AR baseline on the same pretrained LM (SmolLM2-135M-Instruct), on one GPU.
 #
 #   seg    stage 1 for ROC (all sentences; continuation) and DialogSum
-#   sweep  ROC autoencoders side by side on the GPU: the latent conditioning (kv vs prefix, equal
-#          steps), the loss ablation (vanilla / noise-robust / contrastive, equal steps) and today's
-#          from-scratch T5 decoder (the same minutes); picks the conditioning with the best
-#          validation BLEU for `main` (written to $OUT/chosen_conditioning)
+#   sweep  ROC autoencoders side by side on the GPU: four SmolLM2 settings under one step/time cap
+#          (kv memory with the LM at 0.1 x lr; kv with the LM frozen, as LD4LG keeps BART frozen; kv
+#          with word dropout; a prefix) and today's from-scratch T5 decoder over the same minutes; the
+#          setting with the best validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting)
 #   main   per task (ROC continuation, DialogSum) and side by side: SLD (autoencoder AE_MINUTES, then
 #          diffusion DM_MINUTES, then the 500 validation inputs) and the AR baseline (a prefix LM on
 #          the same LM, AE_MINUTES + DM_MINUTES of training, then the same inputs). Each SLD/AR pair
 #          shares the GPU over the same wall-clock window: equal minutes under equal contention.
 #   eval   one quality table per task (ROUGE-1/2/L, semantic similarity, distinct-n, distinct outputs,
 #          repeated segments) and ten outputs of each system
-#   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
-#          the latent map, the training curves and a denoising trajectory
+#   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
+#          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
 #   throughput  today's from-scratch ROC autoencoder profile alone on the GPU for TP_MINUTES, with
 #          the code in BEFORE_CODE (a folder holding an older sld/ and stages/) and with this code
 #          (length-grouped batches, a profile of 20 steps in profile.txt)
-#   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
-#          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
+#   ablation  the loss variants of the paper's latent-space figure (vanilla / noise-robust /
+#          contrastive) with the chosen setting, equal steps (their segments/s also price the
+#          adversarial pass)
+#   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
+#          the latent map of the ablation, the training curves and a denoising trajectory
+# Phases run in this order (most important first), so a session that runs out of time loses the last.
+# Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
+# it every process keeps its own peak cached and the sum ran the card out of memory.
 #
 #   bash recipes/smollm2.sh                                 # all phases, data from ../shared/data
 #   PHASES="seg sweep" bash recipes/smollm2.sh
@@ -30,8 +36,8 @@
 set +e   # a failed run is logged and the phases after it still run (each chain stops at its own failure)
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # shapes vary per batch
 ABL_STEPS=${ABL_STEPS:-600}
-SWEEP_MINUTES=${SWEEP_MINUTES:-3.5}
-AE_MINUTES=${AE_MINUTES:-3.5}
+SWEEP_MINUTES=${SWEEP_MINUTES:-3}
+AE_MINUTES=${AE_MINUTES:-4.5}
 DM_MINUTES=${DM_MINUTES:-2.5}
 AR_MINUTES=$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")
 TP_MINUTES=${TP_MINUTES:-0.75}
@@ -70,28 +76,35 @@ if has seg; then
     wait
 fi
 
-# train_ae NAME CONFIG [overrides...]: one ROC autoencoder of the sweep into $ROC/sweep/NAME
+# train_ae GROUP NAME CONFIG [overrides...]: one ROC autoencoder into $ROC/GROUP/NAME
 train_ae() {
-    local name=$1 config=$2
-    shift 2
+    local group=$1 name=$2 config=$3
+    shift 3
     "${SLD[@]}" train-autoencoder -c "$config" data.segmented_dir=$ROC/segmented_all \
-        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$ROC/sweep/$name loop.num_workers=2 \
-        "$@" "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/sweep_$name.log" || { log "sweep $name FAILED"; return 1; }
-    cp $ROC/sweep/$name/summary.json "$OUT/sweep_${name}_summary.json"
-    cp $ROC/sweep/$name/metrics.jsonl "$OUT/sweep_${name}_metrics.jsonl"
+        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$ROC/$group/$name loop.num_workers=2 \
+        "$@" "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${group}_$name.log" || { log "$group $name FAILED"; return 1; }
+    cp $ROC/$group/$name/summary.json "$OUT/${group}_${name}_summary.json"
+    cp $ROC/$group/$name/metrics.jsonl "$OUT/${group}_${name}_metrics.jsonl"
 }
+# The SmolLM2 autoencoder settings the sweep compares (name -> overrides); `main` uses the winner.
+declare -A SETTINGS=(
+    [kv]="model.latent_conditioning=kv"
+    [kv_frozen]="model.latent_conditioning=kv optim.pretrained_lr_scale=0"
+    [kv_word_dropout]="model.latent_conditioning=kv losses.word_dropout=0.3"
+    [prefix]="model.latent_conditioning=prefix"
+)
+EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
 
 if has sweep; then
-    log "sweep: 5 ROC autoencoders side by side"
-    equal=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
-    train_ae kv configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=kv "${equal[@]}" &
-    train_ae prefix configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=prefix "${equal[@]}" &
-    train_ae kv_vanilla configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=kv losses.variant=vanilla "${equal[@]}" &
-    train_ae kv_noise_robust configs/autoencoder_roc_smollm2.yaml model.latent_conditioning=kv losses.variant=noise_robust "${equal[@]}" &
+    log "sweep: 4 SmolLM2 autoencoder settings at an equal step count, and the from-scratch decoder, side by side"
+    for name in "${!SETTINGS[@]}"; do
+        # shellcheck disable=SC2086
+        SLD_CUDA_MEMORY_FRACTION=0.21 train_ae sweep $name configs/autoencoder_roc_smollm2.yaml ${SETTINGS[$name]} "${EQUAL[@]}" &
+    done
     if [ "${SMOKE:-0}" = 1 ]; then
-        train_ae scratch configs/autoencoder_roc.yaml loop.max_steps=3 "${SMOKE_AE[@]}" &
+        train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_steps=3 "${SMOKE_AE[@]}" &
     else
-        train_ae scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
+        SLD_CUDA_MEMORY_FRACTION=0.12 train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
     fi
     wait
     python3 - "$ROC/sweep" "$OUT" <<'PY'
@@ -106,12 +119,15 @@ for run in sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file()):
           f"segments/s {s.get('train/segments_per_second', float('nan')):8.1f}")
     if run.name != "scratch" and s["stopped_by"] != "max_steps":
         print(f"WARNING {run.name}: stopped by {s['stopped_by']}, not at the equal step count")
-best = max(("kv", "prefix"), key=lambda name: rows.get(name, {}).get("eval/bleu", -1.0))
-(out / "chosen_conditioning").write_text(best + "\n")
-print(f"chosen latent conditioning: {best} (highest validation BLEU at an equal step count)")
+candidates = [name for name in rows if name != "scratch"]
+best = max(candidates, key=lambda name: rows[name].get("eval/bleu", -1.0)) if candidates else "kv"
+(out / "chosen_setting").write_text(best + "\n")
+print(f"chosen autoencoder setting: {best} (highest validation BLEU at an equal step count)")
 PY
 fi
-COND=$(cat "$OUT/chosen_conditioning" 2>/dev/null || echo kv)
+CHOSEN=$(cat "$OUT/chosen_setting" 2>/dev/null || echo kv)
+read -r -a CHOSEN_ARGS <<< "${SETTINGS[$CHOSEN]}"
+
 
 # sld_chain TASK SEGMENTED AE_CONFIG DM_CONFIG: autoencoder, diffusion, then the validation inputs
 sld_chain() {
@@ -120,7 +136,7 @@ sld_chain() {
     [ "$task" = roc ] && extra=(data.segmented_dir=$ROC/segmented_all data.pairs_train="$(data_file roc/pairs_train)")
     [ "$task" = dialogsum ] && extra=(data.segmented_dir=$DS/segmented)
     "${SLD[@]}" train-autoencoder -c "$ae_config" output_dir=$root/sld_autoencoder "${extra[@]}" \
-        model.latent_conditioning=$COND loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_autoencoder.log" \
+        "${CHOSEN_ARGS[@]}" loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_autoencoder.log" \
         || { log "$task SLD autoencoder FAILED"; return 1; }
     cp $root/sld_autoencoder/summary.json "$OUT/${task}_sld_autoencoder_summary.json"
     "${SLD[@]}" train-diffusion -c "$dm_config" autoencoder=$root/sld_autoencoder data.segmented_dir=$seg \
@@ -143,12 +159,14 @@ ar_chain() {
 }
 
 if has main; then
-    log "main: SLD and AR on ROC continuation and DialogSum side by side (conditioning $COND)"
+    log "main: SLD and AR on ROC continuation and DialogSum side by side (autoencoder setting $CHOSEN)"
+    export SLD_CUDA_MEMORY_FRACTION=0.24
     sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml configs/diffusion_roc_continuation.yaml &
     ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml &
     sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml configs/diffusion_dialogsum.yaml &
     ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml &
     wait
+    unset SLD_CUDA_MEMORY_FRACTION
 fi
 
 if has eval; then
@@ -179,29 +197,13 @@ PY
     done
 fi
 
-if has report; then
-    log "report: the sweep's autoencoders, figures"
-    # only the sweep runs that finished (a folder with autoencoder_config.json)
-    done_runs=$(for d in $ROC/sweep/*/; do [ -f "$d/autoencoder_config.json" ] && echo "${d%/}"; done)
-    runs=$(echo "$done_runs" | paste -sd, -)
-    names=$(echo "$done_runs" | xargs -n1 basename | paste -sd, -)
-    ablation=""; ablation_labels=""
-    for pair in kv_vanilla:vanilla kv_noise_robust:noise-robust "kv:noise-robust + contrastive"; do
-        run=${pair%%:*}
-        [ -f "$ROC/sweep/$run/autoencoder_config.json" ] || continue
-        ablation="$ablation${ablation:+,}$ROC/sweep/$run"; ablation_labels="$ablation_labels${ablation_labels:+,}${pair#*:}"
-    done
-    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
-        pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
-    "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
-        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[$ablation_labels]" \
-        2>&1 | quiet | tail -6
-    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
-    if [ -d $RUNS/roc/sld_diffusion ]; then
-        "${SLD[@]}" visualize trajectory trajectory.pipeline=$RUNS/roc/sld_diffusion \
-            trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
-            output_dir="$OUT/figures" 2>&1 | quiet | tail -8
-    fi
+if has bench; then
+    log "bench: ROC speed, fewest steps, length scaling"
+    "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \
+        sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
+        "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
+        length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 \
+        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
 fi
 if has throughput; then
     here=$(pwd)
@@ -227,11 +229,37 @@ if has throughput; then
     done
 fi
 
-if has bench; then
-    log "bench: ROC speed, fewest steps, length scaling"
-    "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \
-        sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
-        "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
-        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
+if has ablation; then
+    log "ablation: the loss variants of the paper's latent-space figure with the chosen setting ($CHOSEN)"
+    for variant in vanilla noise_robust noise_robust_contrastive; do
+        SLD_CUDA_MEMORY_FRACTION=0.3 train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml "${CHOSEN_ARGS[@]}" losses.variant=$variant "${EQUAL[@]}" &
+    done
+    wait
 fi
+
+if has report; then
+    log "report: the sweep's autoencoders, figures"
+    # only the sweep runs that finished (a folder with autoencoder_config.json)
+    done_runs=$(for d in $ROC/sweep/*/; do [ -f "$d/autoencoder_config.json" ] && echo "${d%/}"; done)
+    runs=$(echo "$done_runs" | paste -sd, -)
+    names=$(echo "$done_runs" | xargs -n1 basename | paste -sd, -)
+    ablation=""; ablation_labels=""
+    for pair in vanilla:vanilla noise_robust:noise-robust "noise_robust_contrastive:noise-robust + contrastive"; do
+        run=${pair%%:*}
+        [ -f "$ROC/ablation/$run/autoencoder_config.json" ] || continue
+        ablation="$ablation${ablation:+,}$ROC/ablation/$run"; ablation_labels="$ablation_labels${ablation_labels:+,}${pair#*:}"
+    done
+    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
+        pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
+    "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
+        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[$ablation_labels]" \
+        2>&1 | quiet | tail -6
+    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
+    if [ -d $RUNS/roc/sld_diffusion ]; then
+        "${SLD[@]}" visualize trajectory trajectory.pipeline=$RUNS/roc/sld_diffusion \
+            trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
+            output_dir="$OUT/figures" 2>&1 | quiet | tail -8
+    fi
+fi
+
 log "done"
