@@ -16,7 +16,7 @@
 #          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
 #   throughput  today's from-scratch ROC autoencoder profile alone on the GPU for TP_MINUTES, with
 #          the code in BEFORE_CODE (a folder holding an older sld/ and stages/) and with this code
-#          (length-grouped batches, a profile of 20 steps in profile.txt)
+#          (length-grouped batches)
 #   ablation  the loss variants of the paper's latent-space figure (vanilla / noise-robust /
 #          contrastive) with the chosen setting, equal steps (their segments/s also price the
 #          adversarial pass)
@@ -211,7 +211,7 @@ if has throughput; then
     segmented=$(realpath $ROC/segmented_all)
     for variant in before after; do
         code=$here
-        extra=(data.group_by_length=true loop.profile_steps=20)
+        extra=(data.group_by_length=true)   # no profiler in the timed run (loop.profile_steps=20 for a profile)
         if [ $variant = before ]; then
             [ -n "${BEFORE_CODE:-}" ] || { log "throughput: BEFORE_CODE not set, skipping 'before'"; continue; }
             code=$(realpath "$BEFORE_CODE")
