@@ -48,6 +48,7 @@ from sld.errors import UserError
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+INIT_DIR = "init"  # the initial model a trainer saves before its first step (same tokenizer on resume)
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TEMP_PREFIX = ".tmp-"
 LOOP_STATE_FILE = "loop_state.json"
@@ -77,6 +78,15 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         (int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()
     ]
     return [p for _, p in sorted(found)]
+
+
+def resumable_init_dir(output_dir: str | Path, resume: bool) -> Path | None:
+    """``output_dir/init`` when a resumed run should start from it: ``resume`` is on, the folder
+    holds a checkpoint and the interrupted run saved its initial model there; else None."""
+    init_dir = Path(output_dir) / INIT_DIR
+    if resume and list_checkpoints(output_dir) and init_dir.is_dir():
+        return init_dir
+    return None
 
 
 def check_writable(output_dir: str | Path) -> None:
@@ -299,11 +309,13 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path, ema: Any | None 
 __all__: Sequence[str] = [
     "CHECKPOINT_PATTERN",
     "CheckpointError",
+    "INIT_DIR",
     "check_writable",
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
     "read_loop_state",
     "remove_stale_temporaries",
+    "resumable_init_dir",
     "save_checkpoint",
 ]
