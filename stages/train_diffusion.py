@@ -23,26 +23,15 @@ from sld.cli import run_stage
 from sld.diffusion.trainer import DenoiserConfig, DiffusionDataConfig, train_diffusion
 from sld.diffusion.trainer import DiffusionTrainingConfig as Config
 from sld.pipeline import SamplingConfig
-from sld.run_summary import format_evaluation
 
 __all__ = ["Config", "DenoiserConfig", "DiffusionDataConfig", "SamplingConfig", "main", "run"]
-
-# (metric, label, format) of the validation lines printed at the end
-VALIDATION_FIELDS = [
-    ("diffusion_mse", "diffusion_mse", ".4f"),
-    ("rougeL", "rougeL", ".2f"),
-    ("distinct2", "distinct2", ".3f"),
-    ("count_accuracy", "count_acc", ".2f"),
-]
 
 
 def run(cfg: Config) -> Path:
     """Train into ``cfg.output_dir``; print where the pipeline went and every validation."""
     trained = train_diffusion(cfg)
-    if trained.summary is not None:
-        print(f"pipeline saved to {trained.output_dir}")
-        for row in trained.summary["validation"]:
-            print("  " + format_evaluation(row, VALIDATION_FIELDS))
+    for line in trained.summary_lines():
+        print(line)
     return trained.output_dir
 
 

@@ -186,7 +186,10 @@ class SegmentedCorpus:
     def summary_lines(self) -> list[str]:
         """What ``sld segment`` prints at the end: the statistics and the files written."""
         written = ", ".join(self.files)
-        return [format_summary(self.stats), f"\nwrote {written}, {STATS_FILE} and config.yaml to {self.output_dir}"]
+        return [
+            format_summary(self.stats),
+            f"\nwrote {written}, {STATS_FILE} and config.yaml to {self.output_dir}",
+        ]
 
 
 def segment_corpus(cfg: SegmentCorpusConfig) -> SegmentedCorpus:

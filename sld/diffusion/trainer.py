@@ -34,10 +34,18 @@ from sld.loading import load_model
 from sld.models.context_encoder import ContextCache, ContextEncoder
 from sld.models.denoiser import SegmentDiT
 from sld.pipeline import PipelineConfig, SamplingConfig, SLDPipeline
-from sld.run_summary import evaluation_rows, training_summary, write_summary
+from sld.run_summary import evaluation_rows, format_evaluation, training_summary, write_summary
 from sld.training import LoopConfig, OptimConfig, fit, make_accelerator
 
 logger = logging.getLogger("sld.train_diffusion")
+
+# (metric, label, format) of the validation lines printed at the end
+VALIDATION_FIELDS = [
+    ("diffusion_mse", "diffusion_mse", ".4f"),
+    ("rougeL", "rougeL", ".2f"),
+    ("distinct2", "distinct2", ".3f"),
+    ("count_accuracy", "count_acc", ".2f"),
+]
 
 
 @dataclass
@@ -124,6 +132,15 @@ class TrainedPipeline:
 
     output_dir: Path
     summary: dict[str, Any] | None
+
+    def summary_lines(self) -> list[str]:
+        """What ``sld train-diffusion`` prints at the end: the folder and every validation."""
+        if self.summary is None:
+            return []
+        rows = self.summary["validation"]
+        return [f"pipeline saved to {self.output_dir}"] + [
+            "  " + format_evaluation(r, VALIDATION_FIELDS) for r in rows
+        ]
 
 
 def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
