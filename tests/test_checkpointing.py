@@ -16,6 +16,7 @@ from sld.checkpointing import (
     list_checkpoints,
     read_loop_state,
     remove_stale_temporaries,
+    resumable_init_dir,
 )
 from sld.config import ConfigError, save_config
 from sld.training import LoopConfig, OptimConfig, fit
@@ -175,3 +176,12 @@ def test_ema_and_rng_survive_a_resume_exactly(tmp_path):
         assert torch.equal(p, q)
     for p, q in zip(straight.ema.shadow_params, resumed.ema.shadow_params):
         assert torch.equal(p, q)
+
+
+def test_resumable_init_dir_only_when_resuming_a_checkpointed_run_that_saved_one(tmp_path):
+    assert resumable_init_dir(tmp_path, resume=True) is None  # nothing yet
+    (tmp_path / "init").mkdir()
+    assert resumable_init_dir(tmp_path, resume=True) is None  # no checkpoint: a fresh start
+    (tmp_path / "checkpoints" / "step_2").mkdir(parents=True)
+    assert resumable_init_dir(tmp_path, resume=True) == tmp_path / "init"
+    assert resumable_init_dir(tmp_path, resume=False) is None
