@@ -38,7 +38,7 @@ from sld.data.segmented import read_split
 from sld.errors import DataError
 from sld.eval.metrics import bleu, exact_match_rate
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
-from sld.run_summary import evaluation_rows, training_summary, write_summary
+from sld.run_summary import TrainedRun, evaluation_rows, training_summary, write_summary
 from sld.tokenization import IGNORE_INDEX
 from sld.training import LoopConfig, OptimConfig, fit
 
@@ -104,18 +104,12 @@ class AutoencoderTrainingConfig:
 
 
 @dataclass
-class TrainedAutoencoder:
-    """Where the autoencoder was saved, and ``summary.json``'s content (None on processes other than
-    the main one, which neither save nor summarise)."""
+class TrainedAutoencoder(TrainedRun):
+    """Where the autoencoder was saved, and ``summary.json``'s content (None off the main process)."""
 
-    output_dir: Path
-    summary: dict[str, Any] | None
-
-    def summary_lines(self) -> list[str]:
+    def describe(self, summary: dict[str, Any]) -> list[str]:
         """What ``sld train-autoencoder`` prints at the end: the folder and the summary's values."""
-        if self.summary is None:
-            return []
-        values = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.summary.items())
+        values = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
         return [f"autoencoder saved to {self.output_dir}", "  " + ", ".join(values)]
 
 

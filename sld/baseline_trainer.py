@@ -31,7 +31,13 @@ from sld.errors import DataError
 from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
 from sld.models.baseline import BaselineConfig, BaselineModel, baseline_loss
 from sld.models.parts import DECODER_DIR
-from sld.run_summary import evaluation_rows, format_evaluation, training_summary, write_summary
+from sld.run_summary import (
+    TrainedRun,
+    evaluation_rows,
+    format_evaluation,
+    training_summary,
+    write_summary,
+)
 from sld.tokenization import IGNORE_INDEX
 from sld.training import LoopConfig, OptimConfig, fit
 
@@ -91,21 +97,17 @@ class BaselineTrainingConfig:
 
 
 @dataclass
-class TrainedBaseline:
-    """Where the baseline was saved, how many validation documents it was scored on, and
-    ``summary.json``'s content (None on processes other than the main one)."""
+class TrainedBaseline(TrainedRun):
+    """Where the baseline was saved, ``summary.json``'s content (None off the main process) and how
+    many validation documents it was scored on."""
 
-    output_dir: Path
-    num_valid_documents: int
-    summary: dict[str, Any] | None
+    num_valid_documents: int = 0
 
-    def summary_lines(self) -> list[str]:
+    def describe(self, summary: dict[str, Any]) -> list[str]:
         """What ``sld train-baseline`` prints at the end: the folder and every validation."""
-        if self.summary is None:
-            return []
         return [f"AR baseline saved to {self.output_dir}"] + [
             f"  {format_evaluation(row, VALIDATION_FIELDS)}/{self.num_valid_documents}"
-            for row in self.summary["validation"]
+            for row in summary["validation"]
         ]
 
 
@@ -222,7 +224,7 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
         tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
     )
     if not result.accelerator.is_main_process:
-        return TrainedBaseline(output_dir, len(valid_docs), None)
+        return TrainedBaseline(output_dir, None, len(valid_docs))
     result.model.save_pretrained(output_dir)
     summary = training_summary(
         result,
@@ -231,7 +233,7 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
         validation=evaluation_rows(result.history),
     )
     write_summary(output_dir, summary)
-    return TrainedBaseline(output_dir, len(valid_docs), summary)
+    return TrainedBaseline(output_dir, summary, len(valid_docs))
 
 
 __all__ = [

@@ -129,6 +129,11 @@ class QuickstartResult:
     summary: dict[str, Any]
 
 
+def _show(lines: list[str], echo: Callable[[str], None]) -> None:
+    for line in lines:
+        echo(line)
+
+
 def _example_lines(name: str, row: dict[str, Any]) -> str:
     source = row["source"] if len(row["source"]) < 300 else row["source"][:300] + " ..."
     return f"\n[{name} input]  {source}\n[generated]    {row['prediction']}\n[reference]    {row.get('reference', '')}"
@@ -143,8 +148,7 @@ def _train(
     corpus = cfg.corpus
     corpus.output_dir, corpus.seed = str(root / "data"), cfg.seed
     files = write_corpus(corpus)
-    for line in corpus_lines(corpus, files):
-        echo(line)
+    _show(corpus_lines(corpus, files), echo)
 
     echo("== 2/5 segmentation")
     segmented = {name: root / f"segmented_{name}" for name in TASKS}
@@ -155,8 +159,7 @@ def _train(
             records=RecordsConfig(task=task),
             segmenter=SegmenterConfig(kind="sentence", max_segments=cfg.diffusion.max_segments),
         )
-        for line in segment_corpus(seg_cfg).summary_lines():
-            echo(line)
+        _show(segment_corpus(seg_cfg).summary_lines(), echo)
 
     echo("== 3/5 autoencoder")
     ae = cfg.autoencoder
@@ -165,8 +168,7 @@ def _train(
     ae.data.extra_segmented_dirs = [str(segmented["dialogues"])]
     ae.data.pairs_train = str(files["pairs_train"])
     ae.loop.seed = cfg.seed
-    for line in train_autoencoder(ae).summary_lines():
-        echo(line)
+    _show(train_autoencoder(ae).summary_lines(), echo)
 
     echo("== 4/5 diffusion")
     dm = cfg.diffusion
@@ -175,8 +177,7 @@ def _train(
     dm.data.segmented_dir = str(segmented["stories"])
     dm.data.extra_segmented_dirs = [str(segmented["dialogues"])]
     dm.loop.seed = cfg.seed
-    for line in train_diffusion(dm).summary_lines():
-        echo(line)
+    _show(train_diffusion(dm).summary_lines(), echo)
     return files, segmented
 
 

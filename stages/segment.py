@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sld.cli import run_stage
+from sld.cli import print_summary, run_stage
 from sld.data.segment_corpus import SegmentCorpusConfig as Config
 from sld.data.segment_corpus import format_summary, segment_corpus
 
@@ -24,10 +24,7 @@ __all__ = ["Config", "format_summary", "main", "run"]
 
 def run(cfg: Config) -> dict[str, Any]:
     """Segment every split of ``cfg`` into ``cfg.output_dir``; return the statistics written to stats.json."""
-    corpus = segment_corpus(cfg)
-    for line in corpus.summary_lines():
-        print(line)
-    return corpus.stats
+    return print_summary(segment_corpus(cfg)).stats
 
 
 def main(argv: Sequence[str] | None = None) -> int:

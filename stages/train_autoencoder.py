@@ -18,17 +18,14 @@ from pathlib import Path
 
 from sld.autoencoder_trainer import AutoencoderDataConfig, ReconstructionEvalConfig, train_autoencoder
 from sld.autoencoder_trainer import AutoencoderTrainingConfig as Config
-from sld.cli import run_stage
+from sld.cli import print_summary, run_stage
 
 __all__ = ["AutoencoderDataConfig", "Config", "ReconstructionEvalConfig", "main", "run"]
 
 
 def run(cfg: Config) -> Path:
     """Train into ``cfg.output_dir``; print where the autoencoder went and its summary."""
-    trained = train_autoencoder(cfg)
-    for line in trained.summary_lines():
-        print(line)
-    return trained.output_dir
+    return print_summary(train_autoencoder(cfg)).output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

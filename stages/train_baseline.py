@@ -23,17 +23,14 @@ from pathlib import Path
 
 from sld.baseline_trainer import BaselineDataConfig, BaselineEvalConfig, train_baseline
 from sld.baseline_trainer import BaselineTrainingConfig as Config
-from sld.cli import run_stage
+from sld.cli import print_summary, run_stage
 
 __all__ = ["BaselineDataConfig", "BaselineEvalConfig", "Config", "main", "run"]
 
 
 def run(cfg: Config) -> Path:
     """Train into ``cfg.output_dir``; print where the baseline went and every validation."""
-    trained = train_baseline(cfg)
-    for line in trained.summary_lines():
-        print(line)
-    return trained.output_dir
+    return print_summary(train_baseline(cfg)).output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sld.cli import run_stage
+from sld.cli import print_summary, run_stage
 from sld.diffusion.trainer import DenoiserConfig, DiffusionDataConfig, train_diffusion
 from sld.diffusion.trainer import DiffusionTrainingConfig as Config
 from sld.pipeline import SamplingConfig
@@ -29,10 +29,7 @@ __all__ = ["Config", "DenoiserConfig", "DiffusionDataConfig", "SamplingConfig", 
 
 def run(cfg: Config) -> Path:
     """Train into ``cfg.output_dir``; print where the pipeline went and every validation."""
-    trained = train_diffusion(cfg)
-    for line in trained.summary_lines():
-        print(line)
-    return trained.output_dir
+    return print_summary(train_diffusion(cfg)).output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,12 +52,12 @@ def test_samples_rows_name_document_source_prediction_and_reference(tmp_path):
 
 def test_summary_lines_show_every_validation_against_the_number_of_documents(tmp_path):
     row = {"step": 2, "eval/rougeL": 12.345, "eval/distinct2": 0.5, "eval/num_distinct": 3.0}
-    trained = TrainedBaseline(tmp_path, 4, {"steps": 2, "validation": [row]})
+    trained = TrainedBaseline(tmp_path, {"steps": 2, "validation": [row]}, 4)
     assert trained.summary_lines() == [
         f"AR baseline saved to {tmp_path}",
         "  step 2: valid rougeL=12.35 distinct2=0.500 distinct outputs=3/4",
     ]
-    assert TrainedBaseline(tmp_path, 4, None).summary_lines() == []
+    assert TrainedBaseline(tmp_path, None, 4).summary_lines() == []
 
 
 def test_a_missing_stage1_folder_is_a_data_error(tmp_path):
