@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,13 +65,13 @@ from sld.models.causal_lm import (
 )
 from sld.models.parts import (
     DECODER_ENCODER,
-    WEIGHTS_NAME,
     build_model_parts,
     check_decoder_tokenizer,
     default_decoder_config,
     freeze_unused_parameters,
     hidden_size,
     load_model_parts,
+    load_saved_weights,
     save_model_parts,
     shift_labels_right,
 )
@@ -356,23 +355,12 @@ class SegmentAutoencoder(nn.Module):
             raise UserError(f"{folder}: not a SegmentAutoencoder folder (no {CONFIG_NAME})")
         config = AutoencoderConfig.from_json(folder / CONFIG_NAME)
         model = cls(config, *load_model_parts(folder, uses_own_encoder=config.encoder == DECODER_ENCODER))
-        # strict: a missing or unexpected tensor is an error, never silently skipped (tied copies are
-        # stored once and restored through the tie).
-        try:
-            safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
-        except (RuntimeError, FileNotFoundError) as err:  # missing/extra/reshaped tensors: another version
-            raise UserError(
-                f"{folder}: its {WEIGHTS_NAME} does not match the SegmentAutoencoder described by its config "
-                f"(another sld version or a damaged folder?): {str(err).splitlines()[0]}"
-            ) from err
-        model.to(device=device, dtype=dtype)
-        model.eval()
+        load_saved_weights(model, folder, "the SegmentAutoencoder", device, dtype)
         return model
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the folder that ``from_pretrained`` reads (see the module docstring)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         save_model_parts(self, folder, self.config.to_dict(), CONFIG_NAME)
         return folder
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -33,6 +34,7 @@ from transformers import (
 )
 
 from sld.config import ConfigError
+from sld.errors import UserError
 from sld.models.causal_lm import is_causal_config, load_causal_lm, prepare_tokenizer
 from sld.pretrained import resolve_language_model, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
@@ -250,11 +252,37 @@ def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, An
     return lm, decoder_tokenizer, encoder, encoder_tokenizer
 
 
+def load_saved_weights(
+    model: nn.Module,
+    folder: Path,
+    what: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Load ``folder/model.safetensors`` into the model assembled from ``load_model_parts``, move it
+    to ``device`` / ``dtype`` and set eval mode.
+
+    Strict: a missing or unexpected tensor is an error, never silently skipped (tied copies are stored
+    once and restored through the tie); a mismatch is a ``UserError`` naming ``what`` ("the AR baseline").
+    """
+    try:
+        safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+    except (RuntimeError, FileNotFoundError) as err:  # missing/extra/reshaped tensors: another version
+        raise UserError(
+            f"{folder}: its {WEIGHTS_NAME} does not match {what} described by its config "
+            f"(another sld version or a damaged folder?): {str(err).splitlines()[0]}"
+        ) from err
+    model.to(device=device, dtype=dtype)
+    model.eval()
+
+
 def save_model_parts(model: Any, folder: Path, config: dict[str, Any], config_name: str) -> None:
-    """Write ``config_name``, ``model.safetensors``, ``encoder/`` and ``decoder/`` (configs and tokenizers).
+    """Write ``config_name``, ``model.safetensors``, ``encoder/`` and ``decoder/`` (configs and tokenizers)
+    into ``folder`` (created if missing).
 
     ``model`` has ``lm``, ``decoder_tokenizer``, ``text_encoder`` (or None) and ``encoder_tokenizer``.
     """
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / config_name).write_text(json.dumps(config, indent=2) + "\n")
     safetensors.torch.save_model(
         model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
@@ -298,6 +326,7 @@ __all__ = [
     "ENCODER_DIR",
     "WEIGHTS_NAME",
     "build_model_parts",
+    "load_saved_weights",
     "check_decoder_tokenizer",
     "decoder_lm_config",
     "default_decoder_config",
