@@ -37,7 +37,6 @@ A saved folder (what ``sld generate model=...`` and ``sld benchmark`` open)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,11 +66,13 @@ from sld.models.parts import (
     DECODER_ENCODER,
     build_model_parts,
     check_decoder_tokenizer,
+    config_from_dict,
     default_decoder_config,
     freeze_unused_parameters,
     hidden_size,
     load_model_parts,
     load_saved_weights,
+    read_config_json,
     save_model_parts,
     shift_labels_right,
 )
@@ -134,27 +135,11 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "baseline config") -> BaselineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: {err}") from err
+        return config_from_dict(cls, data, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> BaselineConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise UserError(f"{path}: not found (not an AR baseline folder?)") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON: {err}") from err
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_config_json(path, "an AR baseline"), str(path))
 
     def matching_autoencoder(self, folder: str | Path, max_segments: int | None = None) -> BaselineConfig:
         """A copy with the encoder and decoder of a saved SLD autoencoder (same sizes, same encoder).

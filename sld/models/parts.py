@@ -14,10 +14,11 @@ layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import safetensors.torch
 import torch
@@ -38,6 +39,8 @@ from sld.errors import UserError
 from sld.models.causal_lm import is_causal_config, load_causal_lm, prepare_tokenizer
 from sld.pretrained import resolve_language_model, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
+
+C = TypeVar("C")
 
 DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
 
@@ -252,6 +255,33 @@ def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, An
     return lm, decoder_tokenizer, encoder, encoder_tokenizer
 
 
+def config_from_dict(cls: type[C], data: dict[str, Any], source: str) -> C:
+    """``cls(**data)`` for a model-config dataclass; an unknown key or a bad value is a
+    ``ConfigError`` naming ``source`` (and, for unknown keys, every known one)."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def read_config_json(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object of a saved model config file; a missing file is a ``UserError`` that asks
+    whether the folder is ``what`` ("a SegmentAutoencoder"), invalid JSON a ``ConfigError``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: not found (not {what} folder?)") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+
+
 def load_saved_weights(
     model: nn.Module,
     folder: Path,
@@ -326,6 +356,8 @@ __all__ = [
     "ENCODER_DIR",
     "WEIGHTS_NAME",
     "build_model_parts",
+    "config_from_dict",
+    "read_config_json",
     "load_saved_weights",
     "check_decoder_tokenizer",
     "decoder_lm_config",
