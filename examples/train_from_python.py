@@ -1,10 +1,11 @@
 """Train the three stages from Python instead of the command line, then generate.
 
-Each stage takes a config dataclass: ``stages.segment.run(segment.Config(...))`` and
-``stages.train_autoencoder.run(...)`` write stage 1 and 2; stage 3 is the library call
-``sld.diffusion.trainer.train_diffusion(DiffusionTrainingConfig(...))``. YAML recipes load into the
-same dataclasses with ``sld.config.load_config`` (unknown keys are errors), and plain attribute
-assignment changes them. The folders are the ones the ``sld`` commands write.
+Each stage is one library call on a config dataclass (the same ones the ``sld`` commands load):
+``sld.data.segment_corpus.segment_corpus(SegmentCorpusConfig(...))`` writes stage 1,
+``sld.autoencoder_trainer.train_autoencoder(AutoencoderTrainingConfig(...))`` stage 2 and
+``sld.diffusion.trainer.train_diffusion(DiffusionTrainingConfig(...))`` stage 3. YAML recipes load
+into the same dataclasses with ``sld.config.load_config`` (unknown keys are errors), and plain
+attribute assignment changes them. The folders are the ones the ``sld`` commands write.
 
     python examples/train_from_python.py                      # synthetic corpus, configs/*_synthetic.yaml
     python examples/train_from_python.py --out /tmp/sld --autoencoder-config configs/autoencoder_tiny.yaml \
@@ -17,12 +18,13 @@ import argparse
 from pathlib import Path
 
 from sld import SLDPipeline
+from sld.autoencoder_trainer import AutoencoderTrainingConfig, train_autoencoder
 from sld.config import load_config
 from sld.data.records import RecordsConfig
 from sld.data.segment import SegmenterConfig
+from sld.data.segment_corpus import SegmentCorpusConfig, segment_corpus
 from sld.data.synthetic import write_synthetic_corpus
 from sld.diffusion.trainer import DiffusionTrainingConfig, train_diffusion
-from stages import segment, train_autoencoder
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Stage 1: stories -> sentences.
     segmented = out / "segmented"
-    segment.run(
-        segment.Config(
+    segment_corpus(
+        SegmentCorpusConfig(
             splits={"train": str(files["stories_train"]), "valid": str(files["stories_valid"])},
             output_dir=str(segmented),
             records=RecordsConfig(task="title_to_story"),
@@ -55,12 +57,12 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Stage 2: the segment autoencoder, from a YAML recipe plus dotted overrides.
     autoencoder = load_config(
-        train_autoencoder.Config,
+        AutoencoderTrainingConfig,
         args.autoencoder_config,
         [f"output_dir={out / 'autoencoder'}", f"data.segmented_dir={segmented}"],
     )
     autoencoder.data.pairs_train = str(files["pairs_train"])
-    train_autoencoder.run(autoencoder)
+    print("\n".join(train_autoencoder(autoencoder).summary_lines()))
 
     # Stage 3: the denoiser on the autoencoder's latents; the result is an SLDPipeline folder.
     diffusion = load_config(DiffusionTrainingConfig, args.diffusion_config)

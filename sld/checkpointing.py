@@ -65,6 +65,7 @@ from sld.errors import UserError
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+INIT_DIR = "init"  # the initial model a trainer saves before its first step (same tokenizer on resume)
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TEMP_PREFIX = ".tmp-"
 LOOP_STATE_FILE = "loop_state.json"
@@ -103,6 +104,15 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         (int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()
     ]
     return [p for _, p in sorted(found)]
+
+
+def resumable_init_dir(output_dir: str | Path, resume: bool) -> Path | None:
+    """``output_dir/init`` when a resumed run should start from it: ``resume`` is on, the folder
+    holds a checkpoint and the interrupted run saved its initial model there; else None."""
+    init_dir = Path(output_dir) / INIT_DIR
+    if resume and list_checkpoints(output_dir) and init_dir.is_dir():
+        return init_dir
+    return None
 
 
 def check_writable(output_dir: str | Path) -> None:
@@ -497,6 +507,7 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path, ema: Any | None 
 __all__: Sequence[str] = [
     "CHECKPOINT_PATTERN",
     "CheckpointError",
+    "INIT_DIR",
     "check_writable",
     "flatten_state",
     "list_checkpoints",
@@ -505,6 +516,7 @@ __all__: Sequence[str] = [
     "read_loop_state",
     "read_optimizer_state",
     "remove_stale_temporaries",
+    "resumable_init_dir",
     "save_checkpoint",
     "save_optimizer_state",
     "unflatten_state",

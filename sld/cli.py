@@ -1,7 +1,8 @@
 """The ``sld`` console script: one subcommand per stage module (``sld segment`` == ``python -m stages.segment``).
 
 Every stage module exposes ``main(argv)``; ``run_stage`` is the shared argv handling they use:
-``--config FILE`` plus any number of dotted ``key.sub=value`` overrides.
+``--config FILE`` plus any number of dotted ``key.sub=value`` overrides. ``print_summary`` prints
+the ``summary_lines()`` of a library call's result (a trained run, a segmented corpus).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sld.config import load_config
 from sld.errors import UserError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # subcommand -> module under stages/
 SUBCOMMANDS: dict[str, str] = {
@@ -56,6 +58,13 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=2e-4 output_dir=runs/x")
     return parser
+
+
+def print_summary(result: R) -> R:
+    """Print ``result.summary_lines()`` one per line (what a stage shows at the end); return ``result``."""
+    for line in result.summary_lines():  # type: ignore[attr-defined]
+        print(line)
+    return result
 
 
 def run_stage(

@@ -2,19 +2,38 @@
 
 Shared by the training entry points: ``training_summary`` starts the summary every run writes
 (steps, why it stopped, seconds), ``evaluation_rows`` picks the evaluations out of ``fit``'s
-history, ``format_evaluation`` writes one of them as a line for the terminal.
+history, ``format_evaluation`` writes one of them as a line for the terminal, and ``TrainedRun``
+is what every trainer returns (each says in ``describe`` which lines its stage prints).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sld.training import FitResult
 
 SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class TrainedRun:
+    """A finished training run: where it saved its model, and ``summary.json``'s content (None on
+    processes other than the main one, which neither save nor summarise)."""
+
+    output_dir: Path
+    summary: dict[str, Any] | None
+
+    def summary_lines(self) -> list[str]:
+        """What the run's stage prints at the end; nothing on processes other than the main one."""
+        return [] if self.summary is None else self.describe(self.summary)
+
+    def describe(self, summary: dict[str, Any]) -> list[str]:
+        """The printed lines of the main process's summary (each trainer's result says its own)."""
+        raise NotImplementedError
 
 
 def evaluation_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

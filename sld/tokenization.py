@@ -132,14 +132,7 @@ def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max
     with eos).
     """
     if appends_eos(tokenizer):
-        enc = tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-            return_token_type_ids=False,
-        )
+        enc = encoder_inputs(tokenizer, texts, max_length)  # the same padded, truncated ids
         labels = enc["input_ids"].clone()
         labels[enc["attention_mask"] == 0] = IGNORE_INDEX
         return labels

@@ -10,42 +10,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from sld.cli import run_stage
-from sld.config import save_config
-from sld.data.synthetic import write_synthetic_corpus
+from sld.data.synthetic import SyntheticCorpusConfig as Config
+from sld.data.synthetic import corpus_lines, write_corpus
 
-
-@dataclass
-class Config:
-    """``sld synthetic``: how much synthetic data to write, and where."""
-
-    output_dir: str = "data/synthetic"
-    seed: int = 0
-    stories_train: int = 4000
-    stories_valid: int = 300
-    dialogues_train: int = 3000
-    dialogues_valid: int = 300
-    pairs_train: int = 2000
-    pairs_valid: int = 300
-
-    def __post_init__(self) -> None:
-        sizes = {k: v for k, v in vars(self).items() if k not in ("output_dir", "seed")}
-        negative = [k for k, v in sizes.items() if v < 0]
-        if negative:
-            raise ValueError(f"sizes must not be negative: {', '.join(negative)}")
+__all__ = ["Config", "main", "run"]
 
 
 def run(cfg: Config) -> dict[str, Path]:
     """Write the corpus into ``cfg.output_dir``; return file name -> path."""
-    out = Path(cfg.output_dir)
-    save_config(cfg, out / "config.yaml")
-    sizes = {k: v for k, v in vars(cfg).items() if k not in ("output_dir", "seed")}
-    paths = write_synthetic_corpus(out, seed=cfg.seed, **sizes)
-    for name, path in paths.items():
-        print(f"{name:<17} {sizes[name]:>6} records  {path}")
+    paths = write_corpus(cfg)
+    for line in corpus_lines(cfg, paths):
+        print(line)
     return paths
 
 

@@ -6,244 +6,26 @@
 Reads the stage-1 folder, trains a ``SegmentAutoencoder`` with the shared Accelerate loop and writes
 a ``from_pretrained`` folder that stage 3 opens by path. Validation reconstructs held-out segments
 greedily and reports corpus BLEU (sacrebleu) and the exact-match rate.
+
+The work is ``sld.autoencoder_trainer.train_autoencoder``; ``Config`` is its
+``AutoencoderTrainingConfig``, so this file only parses the command line and prints the summary.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import random
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate.utils import set_seed
-from torch.utils.data import Dataset
+from sld.autoencoder_trainer import AutoencoderDataConfig, ReconstructionEvalConfig, train_autoencoder
+from sld.autoencoder_trainer import AutoencoderTrainingConfig as Config
+from sld.cli import print_summary, run_stage
 
-from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
-from sld.cli import run_stage
-from sld.config import save_config
-from sld.data.collate import PairDataset, SegmentCollator, SegmentDataset, load_text_lines
-from sld.data.segmented import read_segmented
-from sld.errors import DataError
-from sld.eval.metrics import bleu, exact_match_rate
-from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
-from sld.tokenization import IGNORE_INDEX
-from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints
-
-logger = logging.getLogger("sld.train_autoencoder")
-
-
-@dataclass
-class AutoencoderDataConfig:
-    """Where the segments come from.
-
-    ``segmented_dir`` is a stage-1 output folder; its ``<train_split>.jsonl`` segments are trained
-    on, ``<valid_split>.jsonl`` segments are reconstructed for validation. ``pairs_train`` is a JSONL
-    of ``sentence`` / ``paraphrase`` / ``negative`` rows for the contrastive loss; ``pair_fraction``
-    of every batch are pair rows. Without a pairs file, ``negatives_file`` (one out-of-domain text
-    per line) gives hard negatives and positives come from ``losses.contrastive_positives=dropout``.
-    ``group_by_length`` batches segments of similar length together (less padding per step).
-    ``decode_budget_percentile``: the saved decoding budget (``model.decode_max_tokens``) is the
-    decoder-token length this percentile of the training segments fits in.
-    """
-
-    segmented_dir: str = "runs/segmented"
-    train_split: str = "train"
-    valid_split: str = "valid"
-    pairs_train: str | None = None
-    negatives_file: str | None = None
-    pair_fraction: float = 0.25
-    num_valid_segments: int = 500
-    extra_segmented_dirs: list[str] = field(default_factory=list)
-    group_by_length: bool = False
-    decode_budget_percentile: float = 99.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.pair_fraction < 1.0:
-            raise ValueError(f"pair_fraction must be in [0, 1), got {self.pair_fraction}")
-        if not 0.0 < self.decode_budget_percentile <= 100.0:
-            raise ValueError(
-                f"decode_budget_percentile must be in (0, 100], got {self.decode_budget_percentile}"
-            )
-
-
-@dataclass
-class ReconstructionEvalConfig:
-    num_beams: int = 1
-    max_new_tokens: int | None = None
-    batch_size: int = 128
-
-
-@dataclass
-class Config:
-    output_dir: str = "runs/autoencoder"
-    data: AutoencoderDataConfig = field(default_factory=AutoencoderDataConfig)
-    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    losses: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    eval: ReconstructionEvalConfig = field(default_factory=ReconstructionEvalConfig)
-
-
-class PairMixDataset(Dataset):
-    """Segments with a fixed share of paraphrase-pair rows mixed in.
-
-    Item i is a pair row when ``i % every == 0`` (cycling through the pairs), else a segment row, so
-    after shuffling about ``pair_fraction`` of every batch carries a positive and a hard negative.
-    """
-
-    def __init__(self, segments: Dataset, pairs: Dataset, pair_fraction: float) -> None:
-        self.segments = segments
-        self.pairs = pairs
-        self.every = max(2, round(1 / pair_fraction)) if pair_fraction > 0 else 0
-        extra = len(segments) // (self.every - 1) if self.every else 0
-        self.length = len(segments) + extra
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int):
-        if self.every and index % self.every == 0:
-            return self.pairs[(index // self.every) % len(self.pairs)]
-        pair_rows_before = index // self.every + 1 if self.every else 0
-        return self.segments[(index - pair_rows_before) % len(self.segments)]
-
-
-def _split_path(folder: str, split: str) -> Path:
-    path = Path(folder) / f"{split}.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path} not found: run `sld segment` first (data.segmented_dir={folder!r})")
-    return path
-
-
-def load_segments(cfg: AutoencoderDataConfig, split: str) -> list[list[str]]:
-    """Segment lists of every document of ``split`` in the main and the extra stage-1 folders."""
-    docs = []
-    for folder in [cfg.segmented_dir, *cfg.extra_segmented_dirs]:
-        docs += [doc.segments for doc in read_segmented(_split_path(folder, split))]
-    return docs
-
-
-def build_model(cfg: Config, train_docs: Sequence[Sequence[str]], output_dir: Path) -> SegmentAutoencoder:
-    """A fresh model, or, on resume, the initial model saved by the interrupted run (same tokenizer)."""
-    init_dir = output_dir / "init"
-    if cfg.loop.resume and list_checkpoints(output_dir) and init_dir.is_dir():
-        return SegmentAutoencoder.from_pretrained(init_dir)
-    corpus = [segment for doc in train_docs for segment in doc]
-    model = SegmentAutoencoder.from_config(cfg.model, corpus_texts=corpus)
-    if cfg.model.decode_max_tokens is None:
-        model.config.decode_max_tokens = model.measure_decode_budget(
-            corpus, cfg.data.decode_budget_percentile
-        )
-        logger.info(
-            "decoding budget: %d tokens (%g%% of training segments fit)",
-            model.config.decode_max_tokens,
-            cfg.data.decode_budget_percentile,
-        )
-    model.save_pretrained(init_dir)
-    return model
-
-
-def row_length(row: str | dict) -> int:
-    """Characters of a training row's segment (a plain segment, or a pair row's ``sentence``)."""
-    return len(row if isinstance(row, str) else row["sentence"])
-
-
-def reconstruction_scores(
-    model: SegmentAutoencoder, segments: Sequence[str], eval_cfg: ReconstructionEvalConfig
-) -> tuple[dict[str, float], list[str]]:
-    """Encode and greedily decode held-out segments: corpus BLEU, exact-match rate and outputs."""
-    outputs: list[str] = []
-    for start in range(0, len(segments), eval_cfg.batch_size):
-        chunk = list(segments[start : start + eval_cfg.batch_size])
-        z = model.encode_texts(chunk, batch_size=eval_cfg.batch_size)
-        outputs += model.decode_latents(
-            z, max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams
-        )
-    scores = {"bleu": bleu(outputs, list(segments)), "exact_match": exact_match_rate(outputs, list(segments))}
-    return scores, outputs
+__all__ = ["AutoencoderDataConfig", "Config", "ReconstructionEvalConfig", "main", "run"]
 
 
 def run(cfg: Config) -> Path:
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, output_dir / "config.yaml")
-
-    train_docs = load_segments(cfg.data, cfg.data.train_split)
-    valid_docs = load_segments(cfg.data, cfg.data.valid_split)
-    valid_segments = [s for doc in valid_docs for s in doc if s.strip()]
-    random.Random(0).shuffle(valid_segments)
-    valid_segments = valid_segments[: cfg.data.num_valid_segments]
-
-    set_seed(cfg.loop.seed)  # the new parts' initialisation is reproducible
-    model = build_model(cfg, train_docs, output_dir)
-    negatives = load_text_lines(cfg.data.negatives_file) if cfg.data.negatives_file else None
-    dataset: Dataset = SegmentDataset(train_docs, negative_pool=negatives, seed=cfg.loop.seed)
-    if cfg.data.pairs_train:
-        dataset = PairMixDataset(
-            dataset, PairDataset.from_jsonl(cfg.data.pairs_train), cfg.data.pair_fraction
-        )
-    elif cfg.losses.uses_contrastive and cfg.losses.contrastive_positives == "pairs":
-        raise DataError(
-            "losses.contrastive_positives=pairs needs data.pairs_train (a JSONL of sentence/paraphrase/negative); "
-            "or set losses.contrastive_positives=dropout"
-        )
-    logger.info(
-        "%d training rows (%d segments), %d validation segments; %d trainable parameters",
-        len(dataset),
-        sum(len(d) for d in train_docs),
-        len(valid_segments),
-        sum(p.numel() for p in model.parameters() if p.requires_grad),
-    )
-
-    def loss_fn(module, batch):
-        return autoencoder_losses(module, batch, cfg.losses, training=True)
-
-    def evaluate(module, step):
-        scores, outputs = reconstruction_scores(module, valid_segments, cfg.eval)
-        examples = [{"reference": r, "reconstruction": o} for r, o in zip(valid_segments[:20], outputs[:20])]
-        (output_dir / "reconstructions.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
-        return scores
-
-    started = time.perf_counter()
-    result = fit(
-        model,
-        dataset,
-        SegmentCollator.from_autoencoder(model),
-        loss_fn,
-        output_dir,
-        cfg.optim,
-        cfg.loop,
-        evaluate_fn=evaluate if valid_segments else None,
-        items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
-        tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
-        lengths=[row_length(dataset[i]) for i in range(len(dataset))] if cfg.data.group_by_length else None,
-    )
-    if result.accelerator.is_main_process:
-        result.model.save_pretrained(output_dir)
-        final = [row for row in result.history if any(k.startswith("eval/") for k in row)]
-        summary = {
-            "steps": result.state.step,
-            "stopped_by": result.stopped_by,
-            "train_seconds": round(time.perf_counter() - started, 1),
-            **({k: v for k, v in final[-1].items() if k.startswith("eval/")} if final else {}),
-        }
-        throughput = [
-            row["train/items_per_second"] for row in result.history if "train/items_per_second" in row
-        ]
-        if throughput:
-            # items_per_second is per process; all processes train on disjoint batches
-            per_process = sum(throughput[-5:]) / len(throughput[-5:])
-            summary["train/segments_per_second"] = per_process * result.accelerator.num_processes
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"autoencoder saved to {output_dir}")
-        print(
-            "  "
-            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
-        )
-    return output_dir
+    """Train into ``cfg.output_dir``; print where the autoencoder went and its summary."""
+    return print_summary(train_autoencoder(cfg)).output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

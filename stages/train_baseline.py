@@ -11,210 +11,26 @@ caps the wall time so that the baseline can get the same compute budget as SLD. 
 generates held-out documents and reports ROUGE-L, distinct-2 and the number of distinct outputs
 (``samples/step_<n>.jsonl``). The output folder is a ``BaselineModel.from_pretrained`` folder that
 ``sld generate model=...`` and ``sld benchmark`` open.
+
+The work is ``sld.baseline_trainer.train_baseline``; ``Config`` is its ``BaselineTrainingConfig``,
+so this file only parses the command line and prints the summary.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate.utils import set_seed
-from torch.utils.data import Dataset
-from transformers import AutoTokenizer
+from sld.baseline_trainer import BaselineDataConfig, BaselineEvalConfig, train_baseline
+from sld.baseline_trainer import BaselineTrainingConfig as Config
+from sld.cli import print_summary, run_stage
 
-from sld.cli import run_stage
-from sld.config import save_config
-from sld.data.segmented import SegmentedDocument, read_segmented
-from sld.errors import DataError
-from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
-from sld.models.baseline import BaselineConfig, BaselineModel, baseline_loss
-from sld.models.parts import DECODER_DIR
-from sld.tokenization import IGNORE_INDEX
-from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints
-
-logger = logging.getLogger("sld.train_baseline")
-
-
-@dataclass
-class BaselineDataConfig:
-    """Stage-1 folder with ``<split>.jsonl`` documents (``source`` + ``segments``).
-
-    ``decode_budget_percentile``: the saved decoding budget (``model.decode_max_tokens``) is the token
-    length this percentile of the training targets fits in (SLD's autoencoder does the same per segment).
-    """
-
-    segmented_dir: str = "runs/segmented"
-    train_split: str = "train"
-    valid_split: str = "valid"
-    num_valid_documents: int = 64
-    decode_budget_percentile: float = 99.0
-
-
-@dataclass
-class BaselineEvalConfig:
-    """Decoding of the validation samples."""
-
-    batch_size: int = 64
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 0
-    max_new_tokens: int | None = None
-
-
-@dataclass
-class Config:
-    """``match_autoencoder``: an SLD autoencoder folder whose encoder, decoder sizes and trained
-    decoder tokenizer the baseline copies (``model.encoder``, ``model.decoder_*`` are then ignored);
-    with it, ``max_segments`` sets ``model.max_target_tokens`` to S x the segment length."""
-
-    output_dir: str = "runs/baseline"
-    match_autoencoder: str | None = None
-    max_segments: int = 5
-    data: BaselineDataConfig = field(default_factory=BaselineDataConfig)
-    model: BaselineConfig = field(default_factory=BaselineConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    eval: BaselineEvalConfig = field(default_factory=BaselineEvalConfig)
-
-    def __post_init__(self) -> None:
-        if self.max_segments < 1:
-            raise ValueError(f"max_segments must be >= 1, got {self.max_segments}")
-
-
-class SourceTargetDataset(Dataset):
-    """Stage-1 documents as ``(source, target)`` pairs: the target is the plain joined text."""
-
-    def __init__(self, docs: Sequence[SegmentedDocument]) -> None:
-        self.pairs = [(doc.source, target_text(doc)) for doc in docs]
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> tuple[str | None, str]:
-        return self.pairs[index]
-
-
-def target_text(doc: SegmentedDocument) -> str:
-    """The reference a document is scored against: its segments joined with spaces (no separator token)."""
-    return " ".join(s.strip() for s in doc.segments if s.strip())
-
-
-def _read_split(folder: str, split: str) -> list[SegmentedDocument]:
-    path = Path(folder) / f"{split}.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path} not found: run `sld segment` first (data.segmented_dir={folder!r})")
-    return read_segmented(path)
-
-
-def build_model(cfg: Config, train_docs: Sequence[SegmentedDocument], output_dir: Path) -> BaselineModel:
-    """A fresh model, or, on resume, the initial model saved by the interrupted run (same tokenizer)."""
-    init_dir = output_dir / "init"
-    if cfg.loop.resume and list_checkpoints(output_dir) and init_dir.is_dir():
-        return BaselineModel.from_pretrained(init_dir)
-    model_cfg, tokenizer = cfg.model, None
-    if cfg.match_autoencoder:
-        model_cfg = model_cfg.matching_autoencoder(cfg.match_autoencoder, cfg.max_segments)
-        # The SLD decoder's own tokenizer: both systems then write from the same vocabulary.
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(cfg.match_autoencoder) / DECODER_DIR))
-        logger.info("baseline sizes and tokenizer copied from %s", cfg.match_autoencoder)
-    corpus = [target_text(doc) for doc in train_docs]
-    if model_cfg.encoder == "decoder":  # the decoder tokenizer also reads the sources
-        corpus += [doc.source for doc in train_docs if doc.source]
-    model = BaselineModel.from_config(model_cfg, corpus_texts=corpus, decoder_tokenizer=tokenizer)
-    if model.config.decode_max_tokens is None:
-        targets = [target_text(doc) for doc in train_docs]
-        model.config.decode_max_tokens = model.measure_decode_budget(
-            targets, cfg.data.decode_budget_percentile
-        )
-        logger.info("decoding budget: %d tokens", model.config.decode_max_tokens)
-    model.save_pretrained(init_dir)
-    return model
-
-
-def validation_scores(
-    model: BaselineModel, docs: Sequence[SegmentedDocument], eval_cfg: BaselineEvalConfig
-) -> tuple[dict[str, float], list[str]]:
-    """Generate the held-out documents: ROUGE-L, distinct-2, number of distinct outputs, and the texts."""
-    predictions = model.generate_texts(
-        [doc.source for doc in docs],
-        batch_size=eval_cfg.batch_size,
-        num_beams=eval_cfg.num_beams,
-        no_repeat_ngram_size=eval_cfg.no_repeat_ngram_size,
-        max_new_tokens=eval_cfg.max_new_tokens,
-    )
-    references = [target_text(doc) for doc in docs]
-    scores = {
-        "rougeL": rouge_scores(predictions, references)["rougeL"],
-        "distinct2": distinct_n(predictions, 2),
-        "num_distinct": float(num_distinct_outputs(predictions)),
-    }
-    return scores, predictions
+__all__ = ["BaselineDataConfig", "BaselineEvalConfig", "Config", "main", "run"]
 
 
 def run(cfg: Config) -> Path:
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, output_dir / "config.yaml")
-
-    train_docs = _read_split(cfg.data.segmented_dir, cfg.data.train_split)
-    valid_docs = _read_split(cfg.data.segmented_dir, cfg.data.valid_split)[: cfg.data.num_valid_documents]
-    if not train_docs:
-        raise DataError(f"{cfg.data.segmented_dir}/{cfg.data.train_split}.jsonl has no documents")
-    set_seed(cfg.loop.seed)  # the new parts' initialisation is reproducible
-    model = build_model(cfg, train_docs, output_dir)
-    logger.info(
-        "%d training documents, %d validation documents; %.1fM trainable parameters",
-        len(train_docs),
-        len(valid_docs),
-        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-    )
-
-    def evaluate(module: BaselineModel, step: int) -> dict[str, float]:
-        scores, predictions = validation_scores(module, valid_docs, cfg.eval)
-        samples = output_dir / "samples"
-        samples.mkdir(exist_ok=True)
-        rows = [
-            {"id": doc.id, "source": doc.source, "prediction": pred, "reference": target_text(doc)}
-            for doc, pred in zip(valid_docs, predictions)
-        ]
-        (samples / f"step_{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return scores
-
-    started = time.perf_counter()
-    result = fit(
-        model,
-        SourceTargetDataset(train_docs),
-        model.collator(),
-        baseline_loss,
-        output_dir,
-        cfg.optim,
-        cfg.loop,
-        evaluate_fn=evaluate if valid_docs else None,
-        items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
-        tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
-    )
-    if result.accelerator.is_main_process:
-        result.model.save_pretrained(output_dir)
-        evals = [row for row in result.history if any(k.startswith("eval/") for k in row)]
-        summary = {
-            "steps": result.state.step,
-            "stopped_by": result.stopped_by,
-            "train_seconds": round(time.perf_counter() - started, 1),
-            "trainable_parameters": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
-            "validation": evals,
-        }
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"AR baseline saved to {output_dir}")
-        for row in evals:
-            print(
-                f"  step {row['step']}: valid rougeL={row['eval/rougeL']:.2f} "
-                f"distinct2={row['eval/distinct2']:.3f} distinct outputs={row['eval/num_distinct']:.0f}"
-                f"/{len(valid_docs)}"
-            )
-    return output_dir
+    """Train into ``cfg.output_dir``; print where the baseline went and every validation."""
+    return print_summary(train_baseline(cfg)).output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,31 +19,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sld.cli import run_stage
+from sld.cli import print_summary, run_stage
 from sld.diffusion.trainer import DenoiserConfig, DiffusionDataConfig, train_diffusion
 from sld.diffusion.trainer import DiffusionTrainingConfig as Config
 from sld.pipeline import SamplingConfig
-from sld.run_summary import format_evaluation
 
 __all__ = ["Config", "DenoiserConfig", "DiffusionDataConfig", "SamplingConfig", "main", "run"]
-
-# (metric, label, format) of the validation lines printed at the end
-VALIDATION_FIELDS = [
-    ("diffusion_mse", "diffusion_mse", ".4f"),
-    ("rougeL", "rougeL", ".2f"),
-    ("distinct2", "distinct2", ".3f"),
-    ("count_accuracy", "count_acc", ".2f"),
-]
 
 
 def run(cfg: Config) -> Path:
     """Train into ``cfg.output_dir``; print where the pipeline went and every validation."""
-    trained = train_diffusion(cfg)
-    if trained.summary is not None:
-        print(f"pipeline saved to {trained.output_dir}")
-        for row in trained.summary["validation"]:
-            print("  " + format_evaluation(row, VALIDATION_FIELDS))
-    return trained.output_dir
+    return print_summary(train_diffusion(cfg)).output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

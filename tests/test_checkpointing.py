@@ -21,6 +21,7 @@ from sld.checkpointing import (
     list_checkpoints,
     read_loop_state,
     remove_stale_temporaries,
+    resumable_init_dir,
 )
 from sld.config import ConfigError, save_config
 from sld.training import LoopConfig, OptimConfig, fit, make_accelerator
@@ -407,3 +408,12 @@ def test_optimizer_state_that_cannot_be_stored_fails_the_checkpoint_cleanly(tmp_
         run(tmp_path, 4)
     assert not (tmp_path / "checkpoints" / ".tmp-step_2").exists()
     assert list_checkpoints(tmp_path) == []
+
+
+def test_resumable_init_dir_only_when_resuming_a_checkpointed_run_that_saved_one(tmp_path):
+    assert resumable_init_dir(tmp_path, resume=True) is None  # nothing yet
+    (tmp_path / "init").mkdir()
+    assert resumable_init_dir(tmp_path, resume=True) is None  # no checkpoint: a fresh start
+    (tmp_path / "checkpoints" / "step_2").mkdir(parents=True)
+    assert resumable_init_dir(tmp_path, resume=True) == tmp_path / "init"
+    assert resumable_init_dir(tmp_path, resume=False) is None

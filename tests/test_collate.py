@@ -10,7 +10,14 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from transformers import BertTokenizer
 
-from sld.data.collate import PairDataset, SegmentCollator, SegmentDataset, load_text_lines
+from sld.data.collate import (
+    PairDataset,
+    PairMixDataset,
+    SegmentCollator,
+    SegmentDataset,
+    load_text_lines,
+    row_length,
+)
 from sld.errors import DataError
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
 
@@ -122,3 +129,15 @@ def test_segment_far_over_the_token_limit_is_cut_to_it(collator):
     batch = collator([huge, "Hi"])
     assert batch["input_ids"].shape[1] == 16 and batch["labels"].shape[1] == 16
     assert batch["labels"][0, -1].item() == collator.decoder_tokenizer.eos_token_id  # eos kept at the cut
+
+
+def test_pair_mix_puts_a_pair_row_every_k_items_and_keeps_every_segment():
+    segments = SegmentDataset([["s0", "s1", "s2", "s3", "s4", "s5"]])
+    pairs = PairDataset([{"sentence": f"p{i}", "paraphrase": f"q{i}"} for i in range(2)])
+    mixed = PairMixDataset(segments, pairs, pair_fraction=1 / 3)
+    rows = [mixed[i] for i in range(len(mixed))]
+    assert mixed.every == 3 and len(mixed) == 6 + 3
+    assert [i for i, r in enumerate(rows) if isinstance(r, dict)] == [0, 3, 6]
+    assert sorted(r for r in rows if isinstance(r, str)) == [f"s{i}" for i in range(6)]
+    assert [row_length(r) for r in rows[:2]] == [2, 2]  # a pair row counts its sentence
+    assert len(PairMixDataset(segments, pairs, pair_fraction=0.0)) == 6

@@ -6,11 +6,15 @@ import pytest
 import torch
 
 from sld.config import ConfigError
+from sld.errors import UserError
+from sld.models.baseline import BaselineConfig
 from sld.models.parts import (
     build_model_parts,
     check_decoder_tokenizer,
+    config_from_dict,
     decoder_lm_config,
     hidden_size,
+    read_config_json,
     shift_labels_right,
 )
 from sld.tokenization import train_decoder_tokenizer
@@ -64,3 +68,19 @@ def test_shift_labels_right_hand_case():
     labels = torch.tensor([[5, 6, 7, -100], [8, -100, -100, -100]])
     expected = torch.tensor([[1, 5, 6, 7], [1, 8, 0, 0]])
     assert torch.equal(shift_labels_right(labels, decoder_start_token_id=1, pad_token_id=0), expected)
+
+
+def test_saved_model_configs_are_read_strictly(tmp_path):
+    cfg = config_from_dict(BaselineConfig, {"max_source_tokens": 8}, "x")
+    assert cfg == BaselineConfig(max_source_tokens=8)
+    with pytest.raises(ConfigError, match=r"here: unknown key\(s\) colour \(known: "):
+        config_from_dict(BaselineConfig, {"colour": "red"}, "here")
+    with pytest.raises(ConfigError, match="here: "):
+        config_from_dict(BaselineConfig, {"max_source_tokens": 0}, "here")
+    with pytest.raises(UserError, match=r"missing.json: not found \(not an AR baseline folder\?\)"):
+        read_config_json(tmp_path / "missing.json", "an AR baseline")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        read_config_json(tmp_path / "bad.json", "an AR baseline")
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert read_config_json(tmp_path / "ok.json", "an AR baseline") == {"a": 1}

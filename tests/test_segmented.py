@@ -10,6 +10,7 @@ from sld.data.segmented import (
     document_statistics,
     percentiles,
     read_segmented,
+    read_split,
     write_segmented,
 )
 from sld.errors import DataError
@@ -61,3 +62,12 @@ def test_empty_file_is_an_error_naming_it(tmp_path):
     (tmp_path / "train.jsonl").write_text("")
     with pytest.raises(DataError, match=r"train.jsonl: no documents"):
         read_segmented(tmp_path / "train.jsonl")
+
+
+def test_read_split_names_the_folder_and_says_to_segment_first(tmp_path):
+    write_segmented(tmp_path / "train.jsonl", DOCS)
+    assert read_split(tmp_path, "train") == DOCS
+    with pytest.raises(
+        DataError, match=r"valid.jsonl not found: run `sld segment` first \(data.segmented_dir="
+    ):
+        read_split(str(tmp_path), "valid")

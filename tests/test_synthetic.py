@@ -6,9 +6,19 @@ import json
 import time
 from collections import defaultdict
 
+import pytest
+
+from sld.config import load_config
 from sld.data.records import iter_jsonl
 from sld.data.segment import SentenceSegmenter, TurnSegmenter
-from sld.data.synthetic import STORY_TOPICS, generate_stories, write_synthetic_corpus
+from sld.data.synthetic import (
+    STORY_TOPICS,
+    SyntheticCorpusConfig,
+    corpus_lines,
+    generate_stories,
+    write_corpus,
+    write_synthetic_corpus,
+)
 
 SMALL = dict(
     stories_train=60, stories_valid=20, dialogues_train=40, dialogues_valid=10, pairs_train=30, pairs_valid=10
@@ -96,3 +106,16 @@ def test_default_size_is_fast(tmp_path):
     assert sum(1 for _ in open(paths["stories_train"])) == 4000
     assert sum(1 for _ in open(paths["dialogues_valid"])) == 300
     assert json.loads(open(paths["pairs_train"]).readline()).keys() == FIELDS["pairs"]
+
+
+def test_write_corpus_from_a_config_saves_it_and_lists_the_files(tmp_path):
+    cfg = SyntheticCorpusConfig(output_dir=str(tmp_path / "c"), seed=1, **SMALL)
+    paths = write_corpus(cfg)
+    assert load_config(SyntheticCorpusConfig, tmp_path / "c" / "config.yaml") == cfg
+    assert _read(tmp_path / "c") == _read(
+        write_synthetic_corpus(tmp_path / "d", seed=1, **SMALL)["pairs_train"].parent
+    )
+    lines = corpus_lines(cfg, paths)
+    assert lines[0] == f"stories_train         60 records  {paths['stories_train']}" and len(lines) == 6
+    with pytest.raises(ValueError, match="sizes must not be negative: pairs_valid"):
+        SyntheticCorpusConfig(pairs_valid=-1)

@@ -14,7 +14,8 @@ The positive/negative keys are present only when some row has one. Hard negative
 their row: in supervised SimCSE every anchor is contrasted with every negative of the batch.
 
 The two datasets feed it: ``SegmentDataset`` (all segments of the stage-1 documents, optionally each
-with a negative drawn from an out-of-domain pool) and ``PairDataset`` (paraphrase pairs).
+with a negative drawn from an out-of-domain pool) and ``PairDataset`` (paraphrase pairs);
+``PairMixDataset`` mixes a fixed share of pair rows into the segments.
 """
 
 from __future__ import annotations
@@ -163,6 +164,35 @@ class PairDataset(Dataset):
         return self.rows[index]
 
 
+class PairMixDataset(Dataset):
+    """Segments with a fixed share of paraphrase-pair rows mixed in.
+
+    Item i is a pair row when ``i % every == 0`` (cycling through the pairs), else a segment row, so
+    after shuffling about ``pair_fraction`` of every batch carries a positive and a hard negative.
+    """
+
+    def __init__(self, segments: Dataset, pairs: Dataset, pair_fraction: float) -> None:
+        self.segments = segments
+        self.pairs = pairs
+        self.every = max(2, round(1 / pair_fraction)) if pair_fraction > 0 else 0
+        extra = len(segments) // (self.every - 1) if self.every else 0
+        self.length = len(segments) + extra
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        if self.every and index % self.every == 0:
+            return self.pairs[(index // self.every) % len(self.pairs)]
+        pair_rows_before = index // self.every + 1 if self.every else 0
+        return self.segments[(index - pair_rows_before) % len(self.segments)]
+
+
+def row_length(row: Row) -> int:
+    """Characters of a training row's segment (a plain segment, or a pair row's ``sentence``)."""
+    return len(row if isinstance(row, str) else row["sentence"])
+
+
 def _check_pair(row: Any, where: str) -> dict[str, str]:
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: a pair must be an object with 'sentence' and 'paraphrase'")
@@ -189,4 +219,12 @@ def load_text_lines(path: str | Path) -> list[str]:
     return lines
 
 
-__all__ = ["PairDataset", "Row", "SegmentCollator", "SegmentDataset", "load_text_lines"]
+__all__ = [
+    "PairDataset",
+    "PairMixDataset",
+    "Row",
+    "SegmentCollator",
+    "SegmentDataset",
+    "load_text_lines",
+    "row_length",
+]

@@ -86,6 +86,15 @@ def read_segmented(path: str | Path) -> list[SegmentedDocument]:
     return docs
 
 
+def read_split(folder: str | Path, split: str) -> list[SegmentedDocument]:
+    """The documents of ``<folder>/<split>.jsonl`` of a stage-1 folder; a missing file is a
+    :class:`DataError` that says to run ``sld segment`` (and names ``data.segmented_dir``)."""
+    path = Path(folder) / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `sld segment` first (data.segmented_dir={str(folder)!r})")
+    return read_segmented(path)
+
+
 def write_segmented(path: str | Path, docs: Iterable[SegmentedDocument]) -> int:
     """Write documents in the stage-1 format; return how many were written."""
     return write_jsonl(path, (doc.to_dict() for doc in docs))
@@ -132,5 +141,6 @@ __all__ = [
     "iter_segmented",
     "percentiles",
     "read_segmented",
+    "read_split",
     "write_segmented",
 ]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sld.config import save_config
 from sld.data.records import write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -1132,16 +1133,56 @@ def write_synthetic_corpus(
     return paths
 
 
+@dataclass
+class SyntheticCorpusConfig:
+    """``sld synthetic``: how much synthetic data to write, and where."""
+
+    output_dir: str = "data/synthetic"
+    seed: int = 0
+    stories_train: int = 4000
+    stories_valid: int = 300
+    dialogues_train: int = 3000
+    dialogues_valid: int = 300
+    pairs_train: int = 2000
+    pairs_valid: int = 300
+
+    def __post_init__(self) -> None:
+        negative = [k for k, v in self.sizes().items() if v < 0]
+        if negative:
+            raise ValueError(f"sizes must not be negative: {', '.join(negative)}")
+
+    def sizes(self) -> dict[str, int]:
+        """File name -> number of records (every field but ``output_dir`` and ``seed``)."""
+        return {k: v for k, v in vars(self).items() if k not in ("output_dir", "seed")}
+
+
+def write_corpus(cfg: SyntheticCorpusConfig) -> dict[str, Path]:
+    """``config.yaml`` and the six files of :func:`write_synthetic_corpus` into ``cfg.output_dir``;
+    return file name -> path."""
+    out = Path(cfg.output_dir)
+    save_config(cfg, out / "config.yaml")
+    return write_synthetic_corpus(out, seed=cfg.seed, **cfg.sizes())
+
+
+def corpus_lines(cfg: SyntheticCorpusConfig, paths: dict[str, Path]) -> list[str]:
+    """One line per written file: its name, its number of records and its path."""
+    sizes = cfg.sizes()
+    return [f"{name:<17} {sizes[name]:>6} records  {path}" for name, path in paths.items()]
+
+
 __all__ = [
     "DIALOGUE_TOPICS",
     "STORY_TOPICS",
     "Person",
     "StoryTopic",
+    "SyntheticCorpusConfig",
     "SyntheticStory",
+    "corpus_lines",
     "generate_dialogue",
     "generate_stories",
     "generate_story",
     "make_pairs",
     "news_sentence",
+    "write_corpus",
     "write_synthetic_corpus",
 ]

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import Dataset
 
-from sld.data.segmented import SegmentedDocument, read_segmented
+from sld.data.segmented import SegmentedDocument, read_split
 from sld.errors import DataError
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.parts import WEIGHTS_NAME
@@ -35,12 +35,9 @@ def read_documents(
     at most ``limit_per_folder`` from each; a missing or empty file is a ``DataError`` naming it."""
     docs: list[SegmentedDocument] = []
     for folder in folders:
-        path = Path(folder) / f"{split}.jsonl"
-        if not path.is_file():
-            raise DataError(f"{path} not found: run `sld segment` first (data.segmented_dir={str(folder)!r})")
-        found = [d for d in read_segmented(path) if d.segments]
+        found = [d for d in read_split(folder, split) if d.segments]
         if not found:
-            raise DataError(f"{path} has no document with at least one segment")
+            raise DataError(f"{Path(folder) / f'{split}.jsonl'} has no document with at least one segment")
         docs += found[:limit_per_folder]
     return docs
 

@@ -34,10 +34,24 @@ from sld.loading import load_model
 from sld.models.context_encoder import ContextCache, ContextEncoder
 from sld.models.denoiser import SegmentDiT
 from sld.pipeline import PipelineConfig, SamplingConfig, SLDPipeline
-from sld.run_summary import evaluation_rows, training_summary, write_summary
+from sld.run_summary import (
+    TrainedRun,
+    evaluation_rows,
+    format_evaluation,
+    training_summary,
+    write_summary,
+)
 from sld.training import LoopConfig, OptimConfig, fit, make_accelerator
 
 logger = logging.getLogger("sld.train_diffusion")
+
+# (metric, label, format) of the validation lines printed at the end
+VALIDATION_FIELDS = [
+    ("diffusion_mse", "diffusion_mse", ".4f"),
+    ("rougeL", "rougeL", ".2f"),
+    ("distinct2", "distinct2", ".3f"),
+    ("count_accuracy", "count_acc", ".2f"),
+]
 
 
 @dataclass
@@ -118,12 +132,15 @@ class DiffusionTrainingConfig:
 
 
 @dataclass
-class TrainedPipeline:
-    """Where the pipeline was saved, and ``summary.json``'s content (None on processes other than
-    the main one, which neither save nor summarise)."""
+class TrainedPipeline(TrainedRun):
+    """Where the pipeline was saved, and ``summary.json``'s content (None off the main process)."""
 
-    output_dir: Path
-    summary: dict[str, Any] | None
+    def describe(self, summary: dict[str, Any]) -> list[str]:
+        """What ``sld train-diffusion`` prints at the end: the folder and every validation."""
+        rows = summary["validation"]
+        return [f"pipeline saved to {self.output_dir}"] + [
+            "  " + format_evaluation(r, VALIDATION_FIELDS) for r in rows
+        ]
 
 
 def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:

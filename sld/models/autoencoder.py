@@ -32,7 +32,6 @@ A saved folder holds everything needed to rebuild the model without network acce
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -40,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,13 +64,15 @@ from sld.models.causal_lm import (
 )
 from sld.models.parts import (
     DECODER_ENCODER,
-    WEIGHTS_NAME,
     build_model_parts,
     check_decoder_tokenizer,
+    config_from_dict,
     default_decoder_config,
     freeze_unused_parameters,
     hidden_size,
     load_model_parts,
+    load_saved_weights,
+    read_config_json,
     save_model_parts,
     shift_labels_right,
 )
@@ -179,27 +179,11 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "autoencoder config") -> AutoencoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: {err}") from err
+        return config_from_dict(cls, data, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> AutoencoderConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise UserError(f"{path}: not found (not a SegmentAutoencoder folder?)") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON: {err}") from err
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_config_json(path, "a SegmentAutoencoder"), str(path))
 
 
 class TransformerBlock(nn.Module):
@@ -356,23 +340,12 @@ class SegmentAutoencoder(nn.Module):
             raise UserError(f"{folder}: not a SegmentAutoencoder folder (no {CONFIG_NAME})")
         config = AutoencoderConfig.from_json(folder / CONFIG_NAME)
         model = cls(config, *load_model_parts(folder, uses_own_encoder=config.encoder == DECODER_ENCODER))
-        # strict: a missing or unexpected tensor is an error, never silently skipped (tied copies are
-        # stored once and restored through the tie).
-        try:
-            safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
-        except (RuntimeError, FileNotFoundError) as err:  # missing/extra/reshaped tensors: another version
-            raise UserError(
-                f"{folder}: its {WEIGHTS_NAME} does not match the SegmentAutoencoder described by its config "
-                f"(another sld version or a damaged folder?): {str(err).splitlines()[0]}"
-            ) from err
-        model.to(device=device, dtype=dtype)
-        model.eval()
+        load_saved_weights(model, folder, "the SegmentAutoencoder", device, dtype)
         return model
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the folder that ``from_pretrained`` reads (see the module docstring)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         save_model_parts(self, folder, self.config.to_dict(), CONFIG_NAME)
         return folder
 

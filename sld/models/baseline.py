@@ -37,14 +37,12 @@ A saved folder (what ``sld generate model=...`` and ``sld benchmark`` open)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -66,13 +64,15 @@ from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
 from sld.models.parts import (
     DECODER_DIR,
     DECODER_ENCODER,
-    WEIGHTS_NAME,
     build_model_parts,
     check_decoder_tokenizer,
+    config_from_dict,
     default_decoder_config,
     freeze_unused_parameters,
     hidden_size,
     load_model_parts,
+    load_saved_weights,
+    read_config_json,
     save_model_parts,
     shift_labels_right,
 )
@@ -135,27 +135,11 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "baseline config") -> BaselineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: {err}") from err
+        return config_from_dict(cls, data, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> BaselineConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise UserError(f"{path}: not found (not an AR baseline folder?)") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON: {err}") from err
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_config_json(path, "an AR baseline"), str(path))
 
     def matching_autoencoder(self, folder: str | Path, max_segments: int | None = None) -> BaselineConfig:
         """A copy with the encoder and decoder of a saved SLD autoencoder (same sizes, same encoder).
@@ -377,21 +361,12 @@ class BaselineModel(nn.Module):
             raise UserError(f"{folder}: not an AR baseline folder (no {CONFIG_NAME})")
         config = BaselineConfig.from_json(folder / CONFIG_NAME)
         model = cls(config, *load_model_parts(folder, uses_own_encoder=config.encoder == DECODER_ENCODER))
-        try:
-            safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
-        except (RuntimeError, FileNotFoundError) as err:  # missing/extra/reshaped tensors: another version
-            raise UserError(
-                f"{folder}: its {WEIGHTS_NAME} does not match the AR baseline described by its config "
-                f"(another sld version or a damaged folder?): {str(err).splitlines()[0]}"
-            ) from err
-        model.to(device=device, dtype=dtype)
-        model.eval()
+        load_saved_weights(model, folder, "the AR baseline", device, dtype)
         return model
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the folder that ``from_pretrained`` reads (see the module docstring)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         save_model_parts(self, folder, self.config.to_dict(), CONFIG_NAME)
         return folder
 

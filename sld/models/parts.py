@@ -14,13 +14,15 @@ layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import safetensors.torch
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -33,9 +35,12 @@ from transformers import (
 )
 
 from sld.config import ConfigError
+from sld.errors import UserError
 from sld.models.causal_lm import is_causal_config, load_causal_lm, prepare_tokenizer
 from sld.pretrained import resolve_language_model, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
+
+C = TypeVar("C")
 
 DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
 
@@ -250,11 +255,64 @@ def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, An
     return lm, decoder_tokenizer, encoder, encoder_tokenizer
 
 
+def config_from_dict(cls: type[C], data: dict[str, Any], source: str) -> C:
+    """``cls(**data)`` for a model-config dataclass; an unknown key or a bad value is a
+    ``ConfigError`` naming ``source`` (and, for unknown keys, every known one)."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def read_config_json(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object of a saved model config file; a missing file is a ``UserError`` that asks
+    whether the folder is ``what`` ("a SegmentAutoencoder"), invalid JSON a ``ConfigError``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: not found (not {what} folder?)") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+
+
+def load_saved_weights(
+    model: nn.Module,
+    folder: Path,
+    what: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Load ``folder/model.safetensors`` into the model assembled from ``load_model_parts``, move it
+    to ``device`` / ``dtype`` and set eval mode.
+
+    Strict: a missing or unexpected tensor is an error, never silently skipped (tied copies are stored
+    once and restored through the tie); a mismatch is a ``UserError`` naming ``what`` ("the AR baseline").
+    """
+    try:
+        safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+    except (RuntimeError, FileNotFoundError) as err:  # missing/extra/reshaped tensors: another version
+        raise UserError(
+            f"{folder}: its {WEIGHTS_NAME} does not match {what} described by its config "
+            f"(another sld version or a damaged folder?): {str(err).splitlines()[0]}"
+        ) from err
+    model.to(device=device, dtype=dtype)
+    model.eval()
+
+
 def save_model_parts(model: Any, folder: Path, config: dict[str, Any], config_name: str) -> None:
-    """Write ``config_name``, ``model.safetensors``, ``encoder/`` and ``decoder/`` (configs and tokenizers).
+    """Write ``config_name``, ``model.safetensors``, ``encoder/`` and ``decoder/`` (configs and tokenizers)
+    into ``folder`` (created if missing).
 
     ``model`` has ``lm``, ``decoder_tokenizer``, ``text_encoder`` (or None) and ``encoder_tokenizer``.
     """
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / config_name).write_text(json.dumps(config, indent=2) + "\n")
     safetensors.torch.save_model(
         model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"}, force_contiguous=True
@@ -298,6 +356,9 @@ __all__ = [
     "ENCODER_DIR",
     "WEIGHTS_NAME",
     "build_model_parts",
+    "config_from_dict",
+    "read_config_json",
+    "load_saved_weights",
     "check_decoder_tokenizer",
     "decoder_lm_config",
     "default_decoder_config",

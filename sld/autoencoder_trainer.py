@@ -1,0 +1,251 @@
+"""Stage 2 as a library call: train the segment autoencoder and save its ``from_pretrained`` folder.
+
+``train_autoencoder(AutoencoderTrainingConfig(...))`` reads the stage-1 folder(s), trains a
+``SegmentAutoencoder`` (compression + contrastive + adversarial terms, ``sld.autoencoder_objective``)
+with the shared Accelerate loop (``sld.training.fit``) and writes a folder that stage 3 opens by
+path. Every evaluation reconstructs held-out segments greedily and reports corpus BLEU (sacrebleu)
+and the exact-match rate; the first 20 reconstructions go to ``reconstructions.jsonl``. Beside the
+weights: ``config.yaml``, ``init/`` (the initial model, for resuming), ``metrics.jsonl``,
+``checkpoints/`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+from torch.utils.data import Dataset
+
+from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
+from sld.checkpointing import INIT_DIR, resumable_init_dir
+from sld.config import save_config
+from sld.data.collate import (
+    PairDataset,
+    PairMixDataset,
+    SegmentCollator,
+    SegmentDataset,
+    load_text_lines,
+    row_length,
+)
+from sld.data.segmented import read_split
+from sld.errors import DataError
+from sld.eval.metrics import bleu, exact_match_rate
+from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+from sld.run_summary import TrainedRun, evaluation_rows, training_summary, write_summary
+from sld.tokenization import IGNORE_INDEX
+from sld.training import LoopConfig, OptimConfig, fit
+
+logger = logging.getLogger("sld.train_autoencoder")
+
+RECONSTRUCTIONS_FILE = "reconstructions.jsonl"
+
+
+@dataclass
+class AutoencoderDataConfig:
+    """Where the segments come from.
+
+    ``segmented_dir`` is a stage-1 output folder; its ``<train_split>.jsonl`` segments are trained
+    on, ``<valid_split>.jsonl`` segments are reconstructed for validation. ``pairs_train`` is a JSONL
+    of ``sentence`` / ``paraphrase`` / ``negative`` rows for the contrastive loss; ``pair_fraction``
+    of every batch are pair rows. Without a pairs file, ``negatives_file`` (one out-of-domain text
+    per line) gives hard negatives and positives come from ``losses.contrastive_positives=dropout``.
+    ``group_by_length`` batches segments of similar length together (less padding per step).
+    ``decode_budget_percentile``: the saved decoding budget (``model.decode_max_tokens``) is the
+    decoder-token length this percentile of the training segments fits in.
+    """
+
+    segmented_dir: str = "runs/segmented"
+    train_split: str = "train"
+    valid_split: str = "valid"
+    pairs_train: str | None = None
+    negatives_file: str | None = None
+    pair_fraction: float = 0.25
+    num_valid_segments: int = 500
+    extra_segmented_dirs: list[str] = field(default_factory=list)
+    group_by_length: bool = False
+    decode_budget_percentile: float = 99.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pair_fraction < 1.0:
+            raise ValueError(f"pair_fraction must be in [0, 1), got {self.pair_fraction}")
+        if not 0.0 < self.decode_budget_percentile <= 100.0:
+            raise ValueError(
+                f"decode_budget_percentile must be in (0, 100], got {self.decode_budget_percentile}"
+            )
+
+
+@dataclass
+class ReconstructionEvalConfig:
+    """Decoding of the held-out segments at every evaluation."""
+
+    num_beams: int = 1
+    max_new_tokens: int | None = None
+    batch_size: int = 128
+
+
+@dataclass
+class AutoencoderTrainingConfig:
+    """Stage-2 settings (``sld train-autoencoder``)."""
+
+    output_dir: str = "runs/autoencoder"
+    data: AutoencoderDataConfig = field(default_factory=AutoencoderDataConfig)
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    losses: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    eval: ReconstructionEvalConfig = field(default_factory=ReconstructionEvalConfig)
+
+
+@dataclass
+class TrainedAutoencoder(TrainedRun):
+    """Where the autoencoder was saved, and ``summary.json``'s content (None off the main process)."""
+
+    def describe(self, summary: dict[str, Any]) -> list[str]:
+        """What ``sld train-autoencoder`` prints at the end: the folder and the summary's values."""
+        values = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
+        return [f"autoencoder saved to {self.output_dir}", "  " + ", ".join(values)]
+
+
+def load_segments(cfg: AutoencoderDataConfig, split: str) -> list[list[str]]:
+    """Segment lists of every document of ``split`` in the main and the extra stage-1 folders."""
+    docs = []
+    for folder in [cfg.segmented_dir, *cfg.extra_segmented_dirs]:
+        docs += [doc.segments for doc in read_split(folder, split)]
+    return docs
+
+
+def build_model(
+    cfg: AutoencoderTrainingConfig, train_docs: Sequence[Sequence[str]], output_dir: Path
+) -> SegmentAutoencoder:
+    """A fresh model, or, on resume, the initial model saved by the interrupted run (same tokenizer)."""
+    init_dir = resumable_init_dir(output_dir, cfg.loop.resume)
+    if init_dir is not None:
+        return SegmentAutoencoder.from_pretrained(init_dir)
+    corpus = [segment for doc in train_docs for segment in doc]
+    model = SegmentAutoencoder.from_config(cfg.model, corpus_texts=corpus)
+    if cfg.model.decode_max_tokens is None:
+        model.config.decode_max_tokens = model.measure_decode_budget(
+            corpus, cfg.data.decode_budget_percentile
+        )
+        logger.info(
+            "decoding budget: %d tokens (%g%% of training segments fit)",
+            model.config.decode_max_tokens,
+            cfg.data.decode_budget_percentile,
+        )
+    model.save_pretrained(output_dir / INIT_DIR)
+    return model
+
+
+def training_rows(cfg: AutoencoderTrainingConfig, train_docs: Sequence[Sequence[str]]) -> Dataset:
+    """The training rows: every segment (with a hard negative when ``data.negatives_file`` is set),
+    plus the paraphrase-pair rows of ``data.pairs_train`` when given."""
+    negatives = load_text_lines(cfg.data.negatives_file) if cfg.data.negatives_file else None
+    dataset: Dataset = SegmentDataset(train_docs, negative_pool=negatives, seed=cfg.loop.seed)
+    if cfg.data.pairs_train:
+        return PairMixDataset(dataset, PairDataset.from_jsonl(cfg.data.pairs_train), cfg.data.pair_fraction)
+    if cfg.losses.uses_contrastive and cfg.losses.contrastive_positives == "pairs":
+        raise DataError(
+            "losses.contrastive_positives=pairs needs data.pairs_train (a JSONL of sentence/paraphrase/negative); "
+            "or set losses.contrastive_positives=dropout"
+        )
+    return dataset
+
+
+def validation_segments(cfg: AutoencoderDataConfig) -> list[str]:
+    """``num_valid_segments`` non-empty validation segments, shuffled with a fixed seed."""
+    segments = [s for doc in load_segments(cfg, cfg.valid_split) for s in doc if s.strip()]
+    random.Random(0).shuffle(segments)
+    return segments[: cfg.num_valid_segments]
+
+
+def reconstruction_scores(
+    model: SegmentAutoencoder, segments: Sequence[str], eval_cfg: ReconstructionEvalConfig
+) -> tuple[dict[str, float], list[str]]:
+    """Encode and greedily decode held-out segments: corpus BLEU, exact-match rate and outputs."""
+    outputs: list[str] = []
+    for start in range(0, len(segments), eval_cfg.batch_size):
+        chunk = list(segments[start : start + eval_cfg.batch_size])
+        z = model.encode_texts(chunk, batch_size=eval_cfg.batch_size)
+        outputs += model.decode_latents(
+            z, max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams
+        )
+    scores = {"bleu": bleu(outputs, list(segments)), "exact_match": exact_match_rate(outputs, list(segments))}
+    return scores, outputs
+
+
+def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
+    """Train (or resume) stage 2 into ``cfg.output_dir`` and save the autoencoder there."""
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, output_dir / "config.yaml")
+
+    train_docs = load_segments(cfg.data, cfg.data.train_split)
+    valid_segments = validation_segments(cfg.data)
+    set_seed(cfg.loop.seed)  # the new parts' initialisation is reproducible
+    model = build_model(cfg, train_docs, output_dir)
+    dataset = training_rows(cfg, train_docs)
+    logger.info(
+        "%d training rows (%d segments), %d validation segments; %d trainable parameters",
+        len(dataset),
+        sum(len(d) for d in train_docs),
+        len(valid_segments),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
+
+    def loss_fn(module, batch):
+        return autoencoder_losses(module, batch, cfg.losses, training=True)
+
+    def evaluate(module, step):
+        scores, outputs = reconstruction_scores(module, valid_segments, cfg.eval)
+        examples = [{"reference": r, "reconstruction": o} for r, o in zip(valid_segments[:20], outputs[:20])]
+        (output_dir / RECONSTRUCTIONS_FILE).write_text("".join(json.dumps(e) + "\n" for e in examples))
+        return scores
+
+    started = time.perf_counter()
+    result = fit(
+        model,
+        dataset,
+        SegmentCollator.from_autoencoder(model),
+        loss_fn,
+        output_dir,
+        cfg.optim,
+        cfg.loop,
+        evaluate_fn=evaluate if valid_segments else None,
+        items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
+        tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
+        lengths=[row_length(dataset[i]) for i in range(len(dataset))] if cfg.data.group_by_length else None,
+    )
+    if not result.accelerator.is_main_process:
+        return TrainedAutoencoder(output_dir, None)
+    result.model.save_pretrained(output_dir)
+    evals = evaluation_rows(result.history)
+    final = {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+    summary = training_summary(result, time.perf_counter() - started, **final)
+    throughput = [row["train/items_per_second"] for row in result.history if "train/items_per_second" in row]
+    if throughput:
+        # items_per_second is per process; all processes train on disjoint batches
+        per_process = sum(throughput[-5:]) / len(throughput[-5:])
+        summary["train/segments_per_second"] = per_process * result.accelerator.num_processes
+    write_summary(output_dir, summary)
+    return TrainedAutoencoder(output_dir, summary)
+
+
+__all__ = [
+    "AutoencoderDataConfig",
+    "AutoencoderTrainingConfig",
+    "ReconstructionEvalConfig",
+    "TrainedAutoencoder",
+    "build_model",
+    "load_segments",
+    "reconstruction_scores",
+    "train_autoencoder",
+    "training_rows",
+    "validation_segments",
+]

@@ -1,0 +1,97 @@
+"""sld.autoencoder_trainer: stage 2 from Python (train_autoencoder and its parts), on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tiny_models
+
+from sld.autoencoder_trainer import (
+    AutoencoderDataConfig,
+    AutoencoderTrainingConfig,
+    TrainedAutoencoder,
+    load_segments,
+    train_autoencoder,
+    training_rows,
+    validation_segments,
+)
+from sld.config import load_config
+from sld.data.collate import PairMixDataset, SegmentDataset
+from sld.data.segmented import SegmentedDocument, write_segmented
+from sld.errors import DataError
+from sld.models.autoencoder import SegmentAutoencoder
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STORIES = [
+    ["Tom lost his dog.", "He looked everywhere.", "He found it at the park."],
+    ["Anna baked a cake.", "It burned.", "She tried again."],
+    ["It snowed all night.", "School was closed."],
+]
+
+
+def write_stage1(folder: Path, docs: list[list[str]] = STORIES, valid: list[list[str]] | None = None) -> Path:
+    rows = [SegmentedDocument(f"d{i}", f"title {i}", segs, len(segs)) for i, segs in enumerate(docs)]
+    write_segmented(folder / "train.jsonl", rows)
+    write_segmented(folder / "valid.jsonl", rows[:2] if valid is None else valid)
+    return folder
+
+
+def test_segments_come_from_every_folder_and_validation_is_a_fixed_sample(tmp_path):
+    main = write_stage1(tmp_path / "a")
+    extra = write_stage1(tmp_path / "b", docs=[["One more.", " "]])
+    cfg = AutoencoderDataConfig(
+        segmented_dir=str(main), extra_segmented_dirs=[str(extra)], num_valid_segments=4
+    )
+    assert load_segments(cfg, "train") == [*STORIES, ["One more.", " "]]
+    picked = validation_segments(cfg)
+    assert len(picked) == 4 and picked == validation_segments(cfg)  # same seed, same sample
+    assert all(s.strip() for s in picked)  # blank segments are never validation targets
+    with pytest.raises(DataError, match="test.jsonl not found: run `sld segment` first"):
+        load_segments(cfg, "test")
+
+
+def test_training_rows_mix_pairs_in_or_ask_for_them(tmp_path):
+    cfg = AutoencoderTrainingConfig(data=AutoencoderDataConfig(segmented_dir=str(write_stage1(tmp_path))))
+    cfg.losses.contrastive_positives = "dropout"
+    assert isinstance(training_rows(cfg, STORIES), SegmentDataset)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"sentence": "A dog ran.", "paraphrase": "A dog was running."}) + "\n")
+    cfg.data.pairs_train, cfg.data.pair_fraction = str(pairs), 0.5
+    mixed = training_rows(cfg, STORIES)
+    assert isinstance(mixed, PairMixDataset) and mixed[0] == {
+        "sentence": "A dog ran.",
+        "paraphrase": "A dog was running.",
+    }
+    cfg.data.pairs_train, cfg.losses.contrastive_positives = None, "pairs"
+    assert cfg.losses.uses_contrastive  # the default weight is 0.2
+    with pytest.raises(DataError, match="contrastive_positives=pairs needs data.pairs_train"):
+        training_rows(cfg, STORIES)
+
+
+@pytest.mark.slow
+def test_train_autoencoder_returns_the_folder_and_summary(tmp_path, capsys):
+    bert = tiny_models.save_tiny_bert(tmp_path / "bert", num_layers=1, max_positions=64)
+    cfg = load_config(
+        AutoencoderTrainingConfig,
+        CONFIGS / "autoencoder_tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'ae'}",
+            f"data.segmented_dir={write_stage1(tmp_path / 'seg', STORIES * 4)}",
+            f"model.encoder={bert}",
+            "loop.max_steps=2",
+            "loop.eval_every=2",
+        ],
+    )
+    trained = train_autoencoder(cfg)
+    assert isinstance(trained, TrainedAutoencoder) and trained.output_dir == tmp_path / "ae"
+    assert "saved to" not in capsys.readouterr().out  # the stage prints the summary, not the library
+    summary = json.loads((trained.output_dir / "summary.json").read_text())
+    assert summary == trained.summary and summary["steps"] == 2 and "eval/bleu" in summary
+    assert list(summary)[:3] == ["steps", "stopped_by", "train_seconds"]
+    lines = trained.summary_lines()
+    assert lines[0] == f"autoencoder saved to {trained.output_dir}" and lines[1].startswith("  steps=2, ")
+    assert (trained.output_dir / "reconstructions.jsonl").is_file() and (trained.output_dir / "init").is_dir()
+    assert isinstance(SegmentAutoencoder.from_pretrained(trained.output_dir), SegmentAutoencoder)
+    assert TrainedAutoencoder(trained.output_dir, None).summary_lines() == []

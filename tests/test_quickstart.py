@@ -1,0 +1,76 @@
+"""sld.quickstart: the quickstart's defaults, and run_quickstart from Python with its own ``echo``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sld.config import load_config, save_config
+from sld.quickstart import QuickstartConfig, run_quickstart
+
+TINY = [
+    "num_examples=1",
+    "num_scored=2",
+    "corpus.stories_train=20",
+    "corpus.stories_valid=2",
+    "corpus.dialogues_train=20",
+    "corpus.dialogues_valid=2",
+    "corpus.pairs_train=8",
+    "corpus.pairs_valid=2",
+    "autoencoder.model.decoder_config.d_model=32",
+    "autoencoder.model.decoder_config.num_decoder_layers=1",
+    "autoencoder.model.decoder_config.num_heads=2",
+    "autoencoder.model.decoder_config.d_ff=64",
+    "autoencoder.model.decoder_config.d_kv=16",
+    "autoencoder.model.decoder_vocab_size=300",
+    "autoencoder.loop.max_steps=1",
+    "autoencoder.loop.batch_size=8",
+    "autoencoder.loop.progress=false",
+    "autoencoder.data.num_valid_segments=4",
+    "diffusion.denoiser.width=32",
+    "diffusion.denoiser.depth=1",
+    "diffusion.denoiser.heads=2",
+    "diffusion.loop.max_steps=1",
+    "diffusion.loop.batch_size=4",
+    "diffusion.loop.progress=false",
+    "diffusion.data.num_valid_documents=2",
+    "diffusion.sampling.num_inference_steps=2",
+]
+
+
+def test_defaults_are_the_cpu_budgets_and_round_trip_through_yaml(tmp_path):
+    cfg = QuickstartConfig()
+    assert (cfg.autoencoder.loop.max_minutes, cfg.diffusion.loop.max_minutes) == (8.0, 6.0)
+    assert (
+        cfg.corpus.stories_train == 2000 and cfg.diffusion.cache_context and cfg.diffusion.sample_every == 0
+    )
+    assert QuickstartConfig().autoencoder is not cfg.autoencoder  # every config gets its own sections
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(QuickstartConfig, tmp_path / "config.yaml") == cfg
+    small = load_config(QuickstartConfig, None, ["autoencoder.loop.max_minutes=2", "corpus.seed=4"])
+    assert small.autoencoder.loop.max_minutes == 2 and small.autoencoder.loop.batch_size == 32
+
+
+@pytest.mark.slow
+def test_run_quickstart_reports_through_echo(tmp_path, capsys):
+    cfg = load_config(QuickstartConfig, None, [f"output_dir={tmp_path}", *TINY])
+    lines: list[str] = []
+    result = run_quickstart(cfg, echo=lines.append)
+    headers = [line for line in lines if line.startswith("== ")]
+    assert headers == [
+        "== 1/5 synthetic corpus",
+        "== 2/5 segmentation",
+        "== 3/5 autoencoder",
+        "== 4/5 diffusion",
+        "== 5/5 generation",
+    ]
+    assert any(line.startswith(f"autoencoder saved to {tmp_path}") for line in lines)
+    assert any(line.startswith(f"pipeline saved to {tmp_path}") for line in lines)
+    assert "== 1/5" not in capsys.readouterr().out  # echo, not print
+    assert {name: len(rows) for name, rows in result.shown.items()} == {"stories": 1, "dialogues": 1}
+    assert result.summary == json.loads((tmp_path / "quickstart_summary.json").read_text())
+    assert (
+        set(result.topic_agreement) == {"stories", "dialogues"}
+        and (tmp_path / "predictions_stories.jsonl").is_file()
+    )
