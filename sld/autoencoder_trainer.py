@@ -35,6 +35,7 @@ from sld.data.collate import (
     row_length,
 )
 from sld.data.segmented import read_split
+from sld.distributed import is_main_process, map_shards
 from sld.errors import DataError
 from sld.eval.metrics import bleu, exact_match_rate
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
@@ -168,14 +169,14 @@ def validation_segments(cfg: AutoencoderDataConfig) -> list[str]:
 def reconstruction_scores(
     model: SegmentAutoencoder, segments: Sequence[str], eval_cfg: ReconstructionEvalConfig
 ) -> tuple[dict[str, float], list[str]]:
-    """Encode and greedily decode held-out segments: corpus BLEU, exact-match rate and outputs."""
-    outputs: list[str] = []
-    for start in range(0, len(segments), eval_cfg.batch_size):
-        chunk = list(segments[start : start + eval_cfg.batch_size])
+    """Encode and greedily decode held-out segments: corpus BLEU, exact-match rate and outputs.
+    The batches are split between the processes of a multi-process run (every process calls this)."""
+
+    def reconstruct(chunk: list[str], _: int) -> list[str]:
         z = model.encode_texts(chunk, batch_size=eval_cfg.batch_size)
-        outputs += model.decode_latents(
-            z, max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams
-        )
+        return model.decode_latents(z, max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams)
+
+    outputs = map_shards(reconstruct, list(segments), eval_cfg.batch_size)
     scores = {"bleu": bleu(outputs, list(segments)), "exact_match": exact_match_rate(outputs, list(segments))}
     return scores, outputs
 
@@ -205,7 +206,8 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
     def evaluate(module, step):
         scores, outputs = reconstruction_scores(module, valid_segments, cfg.eval)
         examples = [{"reference": r, "reconstruction": o} for r, o in zip(valid_segments[:20], outputs[:20])]
-        (output_dir / RECONSTRUCTIONS_FILE).write_text("".join(json.dumps(e) + "\n" for e in examples))
+        if is_main_process():
+            (output_dir / RECONSTRUCTIONS_FILE).write_text("".join(json.dumps(e) + "\n" for e in examples))
         return scores
 
     started = time.perf_counter()
@@ -229,10 +231,8 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
     final = {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
     summary = training_summary(result, time.perf_counter() - started, **final)
     throughput = [row["train/items_per_second"] for row in result.history if "train/items_per_second" in row]
-    if throughput:
-        # items_per_second is per process; all processes train on disjoint batches
-        per_process = sum(throughput[-5:]) / len(throughput[-5:])
-        summary["train/segments_per_second"] = per_process * result.accelerator.num_processes
+    if throughput:  # items_per_second is global (summed over the processes)
+        summary["train/segments_per_second"] = sum(throughput[-5:]) / len(throughput[-5:])
     write_summary(output_dir, summary)
     return TrainedAutoencoder(output_dir, summary)
 

@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 from sld.checkpointing import INIT_DIR, resumable_init_dir
 from sld.config import save_config
 from sld.data.segmented import SegmentedDocument, read_split
+from sld.distributed import is_main_process, map_shards
 from sld.errors import DataError
 from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
 from sld.models.baseline import BaselineConfig, BaselineModel, baseline_loss
@@ -159,14 +160,19 @@ def build_model(
 def validation_scores(
     model: BaselineModel, docs: Sequence[SegmentedDocument], eval_cfg: BaselineEvalConfig
 ) -> tuple[dict[str, float], list[str]]:
-    """Generate the held-out documents: ROUGE-L, distinct-2, number of distinct outputs, and the texts."""
-    predictions = model.generate_texts(
-        [doc.source for doc in docs],
-        batch_size=eval_cfg.batch_size,
-        num_beams=eval_cfg.num_beams,
-        no_repeat_ngram_size=eval_cfg.no_repeat_ngram_size,
-        max_new_tokens=eval_cfg.max_new_tokens,
-    )
+    """Generate the held-out documents: ROUGE-L, distinct-2, number of distinct outputs, and the texts.
+    The batches are split between the processes of a multi-process run (every process calls this)."""
+
+    def generate(chunk: list[SegmentedDocument], _: int) -> list[str]:
+        return model.generate_texts(
+            [doc.source for doc in chunk],
+            batch_size=eval_cfg.batch_size,
+            num_beams=eval_cfg.num_beams,
+            no_repeat_ngram_size=eval_cfg.no_repeat_ngram_size,
+            max_new_tokens=eval_cfg.max_new_tokens,
+        )
+
+    predictions = map_shards(generate, list(docs), eval_cfg.batch_size)
     references = [target_text(doc) for doc in docs]
     scores = {
         "rougeL": rouge_scores(predictions, references)["rougeL"],
@@ -207,6 +213,8 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
 
     def evaluate(module: BaselineModel, step: int) -> dict[str, float]:
         scores, predictions = validation_scores(module, valid_docs, cfg.eval)
+        if not is_main_process():
+            return scores
         write_samples(output_dir / "samples" / f"step_{step}.jsonl", valid_docs, predictions)
         return scores
 

@@ -468,9 +468,11 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path, ema: Any | None 
     _check_supported(accelerator)
     path = Path(path)
     state = read_loop_state(path)
-    if state.get("num_processes") not in (None, accelerator.num_processes):
+    other_count = state.get("num_processes") not in (None, accelerator.num_processes)
+    if other_count:
         logger.warning(
-            "%s was written by %s processes, resuming with %d: the data order differs from the original run",
+            "%s was written by %s processes, resuming with %d: the run goes on from the same place "
+            "in the data (global items seen); dropout draws differ from an uninterrupted run",
             path,
             state["num_processes"],
             accelerator.num_processes,
@@ -495,6 +497,10 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path, ema: Any | None 
         ema.load_state_dict({**state["ema"], "shadow_params": shadow})
         ema.to(accelerator.device)
     rng_file = path / RNG_FILE.format(accelerator.process_index)
+    if not rng_file.is_file() and other_count:
+        # a process the writing run did not have: it keeps the RNG state fit seeded it with
+        logger.info("%s: no RNG state for process %d", path, accelerator.process_index)
+        return state
     if not rng_file.is_file():
         raise CheckpointError(f"{rng_file} is missing: the checkpoint is incomplete")
     with safetensors.safe_open(str(rng_file), framework="pt") as handle:

@@ -12,20 +12,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sld.distributed import global_mean, randn_like
 from sld.tokenization import IGNORE_INDEX
 
 
 def conversion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Token cross-entropy of decoder logits (B', L, V) against labels (B', L); -100 labels are skipped.
 
-    The mean runs over every target token of the batch (long segments weigh more, as in LM training).
-    Returns a scalar; 0 with a graph if there is no target token at all.
+    The mean runs over every target token of the batch (long segments weigh more, as in LM training);
+    inside ``fit`` over the target tokens of the global batch of all processes
+    (:func:`sld.distributed.global_mean`). Returns a scalar; 0 with a graph if there is no target
+    token at all.
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
-    if not (labels != IGNORE_INDEX).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return global_mean(total, (labels != IGNORE_INDEX).sum())
 
 
 def mean_pool_latents(z: torch.Tensor) -> torch.Tensor:
@@ -90,6 +94,8 @@ def gaussian_latent_noise(
     """z + N(0, std^2) noise, same shape; teaches the decoder that nearby latents mean the same text."""
     if std == 0:
         return z
+    if generator is None:  # inside fit: the same noise per row of the global batch on any process count
+        return z + std * randn_like(z)
     noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
     return z + std * noise
 

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,19 @@ class MetricLogger:
     Each micro-batch's terms stay on the device as the one vector :func:`stack_terms` made (no op per
     step); :meth:`flush` reads them all with one sync and averages on the host. A group of terms
     with a NaN or inf in it (a micro-batch the NaN guard rejected) is left out of the averages.
+
+    ``gather`` (accelerate's ``gather_object``) makes the rows global when several processes
+    train: every process calls :meth:`flush` at the same step, the per-process sums, counts, items
+    and tokens are gathered, terms are averaged over all processes' micro-batches, items and tokens
+    summed, and the interval lasts as long as its slowest process. One process: the identity.
     """
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(
+        self, path: Path, enabled: bool, gather: Callable[[list[Any]], list[Any]] | None = None
+    ) -> None:
         self.path = path
         self.enabled = enabled
+        self.gather = gather or (lambda parts: parts)
         self.groups: list[tuple[tuple[str, ...], torch.Tensor]] = []
         self.host_terms: list[tuple[str, float]] = []
         self.tokens: list[Any] = []
@@ -103,13 +111,33 @@ class MetricLogger:
         for name, value in self.host_terms:
             sums[name] = sums.get(name, 0.0) + value
             counts[name] = counts.get(name, 0) + 1
-        row: dict[str, Any] = {"step": step}
-        row.update({f"train/{k}": sums[k] / counts[k] for k in sums})
-        rates = {"items": self.items / seconds, "micro_batches": self.micro_batches / seconds}
-        row["train/items_per_second"] = rates["items"]
+        tokens = None
         if self.tokens:
             tokens = sum(flat[position:]) + sum(float(t) for t in self.tokens if not torch.is_tensor(t))
-            rates["tokens"] = tokens / seconds
+        local = {
+            "sums": sums,
+            "counts": counts,
+            "items": self.items,
+            "micro_batches": self.micro_batches,
+            "tokens": tokens,
+            "seconds": seconds,
+        }
+        parts = self.gather([local])  # every process's numbers (a collective when there are several)
+        sums, counts = {}, {}
+        for part in parts:
+            for name, value in part["sums"].items():  # insertion order: the first process's names first
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + part["counts"][name]
+        seconds = max(part["seconds"] for part in parts)
+        row: dict[str, Any] = {"step": step}
+        row.update({f"train/{k}": sums[k] / counts[k] for k in sums})
+        rates = {
+            "items": sum(part["items"] for part in parts) / seconds,
+            "micro_batches": sum(part["micro_batches"] for part in parts) / seconds,
+        }
+        row["train/items_per_second"] = rates["items"]
+        if tokens is not None:
+            rates["tokens"] = sum(part["tokens"] or 0.0 for part in parts) / seconds
             row["train/tokens_per_second"] = rates["tokens"]
         self.groups, self.host_terms, self.tokens = [], [], []
         self.items = self.micro_batches = 0

@@ -22,6 +22,18 @@ rows go to ``metrics.jsonl`` and to an Accelerate tracker (TensorBoard when inst
 ``loop.profile_steps`` writes a torch.profiler summary of a few steps to ``profile.txt``;
 ``loop.compile`` runs the model through ``torch.compile``. The same code runs on a CPU, one GPU,
 or several GPUs under ``accelerate launch``: it never branches on the device count.
+
+Several processes: ``loop.batch_size`` is per process, so the global batch is
+``batch_size x grad_accum_steps x num_processes`` items; each process reads its own share of the
+one shuffled order (accelerate shards the batches). Logged rows are global: loss terms averaged
+over every process's micro-batches, items/s and tokens/s summed over the processes, MFU against
+the peak of all the devices. The randomness of each micro-batch (diffusion noise and timesteps,
+CFG drop, latent noise) comes from :class:`sld.distributed.MicroBatch`, the same for each row
+of the global batch on any process count. Evaluation runs on every process (the evaluators split
+their work with :func:`sld.distributed.map_shards`); EMA, checkpoints and metrics are written
+once. Checkpoints store the data position as global samples seen in the epoch, so a run resumed
+on a different number of processes continues where the data stopped (rounded down to a whole
+global batch of the new run).
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -55,6 +67,7 @@ from sld.checkpointing import (
 )
 from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
+from sld.distributed import MicroBatch, in_micro_batch
 from sld.loop_timing import StepProfiler, TimeBudget
 from sld.nonfinite import NonFiniteGuard, NonFiniteLossError, stack_terms
 from sld.run_log import (
@@ -157,7 +170,10 @@ class LoopState:
 
     step: int = 0
     epoch: int = 0
+    # micro-batches this process has read in the epoch; the checkpoint also holds the global count
+    # of items (samples_in_epoch), from which a run on another process count re-derives it
     batches_in_epoch: int = 0
+    samples_in_epoch: int = 0
     elapsed_seconds: float = 0.0
     skipped_steps: int = 0
     # FLOPs of one micro-batch per unit (token, item or micro-batch), counted at step 1 of the run
@@ -259,7 +275,8 @@ def make_accelerator(output_dir: str | Path, loop: LoopConfig) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(Path(output_dir) / TENSORBOARD_DIR)
         ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # data_seed: the shuffled order is the same on every process (each reads its own share)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=loop.seed),
     )
 
 
@@ -282,6 +299,29 @@ def _pause_hook() -> Callable[[str, int], None] | None:
             time.sleep(3600)
 
     return pause
+
+
+def _rederive_data_position(state: LoopState, saved: dict[str, Any], global_batch: int) -> None:
+    """This process's micro-batches into the epoch, from the global items seen when the checkpoint
+    was written: on another process count (or batch size) the run goes on from the same place in
+    the epoch's order, rounded down to a whole global batch (those few items are read again)."""
+    samples = saved["loop"].get("samples_in_epoch")
+    if samples is None:  # written before the global count was kept: per-process batches as saved
+        return
+    batches = samples // global_batch
+    if batches != state.batches_in_epoch:
+        logger.warning(
+            "the checkpoint was written by %s processes, this run has a global batch of %d items: "
+            "%d items into epoch %d = %d micro-batches per process (was %d)%s",
+            saved.get("num_processes", "?"),
+            global_batch,
+            samples,
+            state.epoch,
+            batches,
+            state.batches_in_epoch,
+            f"; {samples - batches * global_batch} items are read again" if samples % global_batch else "",
+        )
+    state.batches_in_epoch = batches
 
 
 def _grad_norm(parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor | None:
@@ -313,9 +353,11 @@ def fit(
     """Train ``model`` on ``dataset`` until ``loop.max_steps`` optimizer steps or ``loop.max_minutes``.
 
     ``loss_fn(model, batch)`` returns a dict of tensors; its ``"loss"`` entry is back-propagated and
-    every entry is logged (averaged over ``loop.log_every`` steps) to ``output_dir/metrics.jsonl``.
-    ``evaluate_fn(model, step)`` runs on the main process every ``loop.eval_every`` steps and at the
-    end (with EMA weights swapped in when ``ema_decay`` is set); its numbers are logged too.
+    every entry is logged (averaged over ``loop.log_every`` steps and over the processes) to
+    ``output_dir/metrics.jsonl``. ``evaluate_fn(model, step)`` runs on every process every
+    ``loop.eval_every`` steps and at the end (with EMA weights swapped in when ``ema_decay`` is
+    set); it may split its work with :func:`sld.distributed.map_shards`, and should write files on
+    the main process only; the main process's numbers are logged.
     ``items_in_batch(batch)`` counts what throughput is measured in (segments, documents);
     ``tokens_in_batch(batch)`` (an int, or a tensor summed on the device) adds tokens/s and makes
     the MFU per token. ``lengths`` (one per dataset item) makes every batch hold items of similar
@@ -327,7 +369,9 @@ def fit(
     """
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(output_dir, loop)
-    set_seed(loop.seed)
+    # seed + process index: dropout differs between processes (the first process's RNG is the
+    # one of a single-process run); the data order has its own seed (make_accelerator)
+    set_seed(loop.seed, device_specific=True)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -385,6 +429,7 @@ def fit(
     if loop.resume and checkpoints:
         saved = load_checkpoint(accelerator, checkpoints[-1], ema)
         state.load_state_dict(saved["loop"])
+        _rederive_data_position(state, saved, loop.batch_size * accelerator.num_processes)
         scheduler.load_state_dict(saved["scheduler"])
         if accelerator.is_main_process:
             dropped = truncate_metrics(metrics_path, state.step)
@@ -403,7 +448,7 @@ def fit(
 
     if accelerator.log_with and not accelerator.trackers:
         accelerator.init_trackers("train", config=tracker_config(("optim", optim), ("loop", loop)))
-    metrics = MetricLogger(metrics_path, accelerator.is_main_process)
+    metrics = MetricLogger(metrics_path, accelerator.is_main_process, gather=gather_object)
     history: list[dict[str, float]] = []
     budget_seconds = None if loop.max_minutes is None else round(60 * loop.max_minutes)
     progress = tqdm(
@@ -440,6 +485,8 @@ def fit(
     logged_skips = state.skipped_steps
     profiler = StepProfiler(loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device)
     peak = loop.peak_tflops or device_peak_tflops(accelerator.device)
+    if peak:
+        peak *= accelerator.num_processes  # the rates are global: against the peak of all devices
     # FLOPs are counted on one micro-batch of a run from scratch only: FlopCounterMode changes the
     # rounding of the step it watches (by ~1e-7, measured), and a resumed run must repeat the
     # uninterrupted run's arithmetic exactly; resumed runs take the count from the checkpoint. A
@@ -454,6 +501,7 @@ def fit(
         guard.check()
         state.skipped_steps = guard.total_skipped
         state.elapsed_seconds = elapsed()
+        state.samples_in_epoch = state.batches_in_epoch * loop.batch_size * accelerator.num_processes
         save_checkpoint(
             accelerator,
             output_dir,
@@ -472,29 +520,31 @@ def fit(
         accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def run_evaluation() -> None:
+        # on every process (the EMA is identical on each): evaluators split their work between
+        # the processes (sld.distributed.map_shards); the main process's scores are logged
         if evaluate_fn is None:
             return
         guard.check()
+        unwrapped = _unwrap(accelerator, model)
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        evaluated_at = round(elapsed(), 2)  # the model's age, not counting this evaluation
+        with torch.no_grad():
+            scores = evaluate_fn(unwrapped, state.step)
+        unwrapped.train(was_training)
+        if ema is not None:
+            ema.restore(trainable)
+        log_row(
+            {
+                "step": state.step,
+                "time/seconds": evaluated_at,
+                **{f"eval/{k}": float(v) for k, v in scores.items()},
+            }
+        )
         if accelerator.is_main_process:
-            unwrapped = _unwrap(accelerator, model)
-            if ema is not None:
-                ema.store(trainable)
-                ema.copy_to(trainable)
-            was_training = unwrapped.training
-            unwrapped.eval()
-            evaluated_at = round(elapsed(), 2)  # the model's age, not counting this evaluation
-            with torch.no_grad():
-                scores = evaluate_fn(unwrapped, state.step)
-            unwrapped.train(was_training)
-            if ema is not None:
-                ema.restore(trainable)
-            log_row(
-                {
-                    "step": state.step,
-                    "time/seconds": evaluated_at,
-                    **{f"eval/{k}": float(v) for k, v in scores.items()},
-                }
-            )
             shown = ", ".join(f"{k}={v:.4g}" for k, v in scores.items())
             progress.write(f"step {state.step} eval: {shown}")
         accelerator.wait_for_everyone()
@@ -528,10 +578,13 @@ def fit(
     model.train()
     configure_attention()  # cuDNN attention off unless SLD_CUDNN_ATTENTION=1 (sld.backends says why)
 
+    micro_in_step = 0  # micro-batches of the optimizer step being accumulated
+
     def forward_backward(batch: Any, counter: Any) -> tuple[dict[str, Any], list[str], torch.Tensor]:
         """One micro-batch's loss terms and backward pass (inside ``counter`` when FLOPs are counted)."""
+        random = MicroBatch.for_micro_batch(loop.seed, state.step, micro_in_step)
         with counter:
-            with profiler.phase("sld.loss_fn"):
+            with profiler.phase("sld.loss_fn"), in_micro_batch(random):
                 terms = loss_fn(model, batch)
             names, values = stack_terms(terms)
             guard.observe(names, values)
@@ -588,6 +641,7 @@ def fit(
                     unit.removesuffix("s").replace("_", "-"),
                 )
             state.batches_in_epoch += 1
+            micro_in_step += 1
             metrics.add(names, values, {k: v for k, v in terms.items() if not torch.is_tensor(v)})
             if grad_norm is not None and optim.max_grad_norm > 0:
                 metrics.add(("grad_norm",), grad_norm.detach().float().reshape(1))
@@ -598,6 +652,7 @@ def fit(
             if not accelerator.sync_gradients:
                 continue
             # one real optimizer step has been taken (or skipped by the NaN guard)
+            micro_in_step = 0
             scheduler.step()
             if ema is not None:
                 ema.step(trainable)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sld.distributed import global_mean, micro_batch
 from sld.errors import UserError
 from sld.losses import conversion_loss
 from sld.shapes import fold_segments
@@ -285,7 +286,8 @@ class LatentDiffusion:
             decode_fn: post-diffusion decoder, required when a post-diffusion weight is > 0.
             segment_tokens: (B, S, ...) tensor or mapping of such, handed to ``decode_fn`` for the real segments.
             t, noise: (B,) integer timesteps and (B, S, N, D) noise; drawn here when None (tests fix them).
-            generator: optional RNG for timesteps, noise and the random dropout/self-conditioning choices.
+            generator: optional RNG for timesteps, noise and the random dropout/self-conditioning choices
+                (None: the micro-batch's ``sld.distributed.micro_batch()`` inside ``fit``, else torch's).
             post_diffusion: compute the post-diffusion terms; None = when a post-diffusion weight is > 0
                 (validation sets False: it scores the diffusion MSE alone).
 
@@ -333,7 +335,8 @@ class LatentDiffusion:
         target = self.target(x0, noise, t)
         per_segment = (output.float() - target.float()).pow(2).mean(dim=(2, 3))  # (B, S)
         weights = segment_mask.float()
-        diffusion_mse = (per_segment * weights).sum() / weights.sum().clamp_min(1.0)
+        # over the real segments of the global batch when several processes train (sld.distributed)
+        diffusion_mse = global_mean((per_segment * weights).sum(), weights.sum())
 
         labels = num_segments.to(device).long().clamp(1, count_logits.shape[-1]) - 1
         count_ce = F.cross_entropy(count_logits.float(), labels)
@@ -360,7 +363,14 @@ class LatentDiffusion:
 
 
 def _draw(fn, generator: torch.Generator | None, device: torch.device, *args) -> torch.Tensor:
-    """Call a torch random function on the generator's device (if any) and move the result to ``device``."""
+    """Call a torch random function on the generator's device (if any) and move the result to ``device``.
+
+    Without a generator, inside ``fit`` the micro-batch's :class:`~sld.distributed.MicroBatch`
+    draws (the same numbers for each row of the global batch on any number of processes);
+    elsewhere the global torch RNG.
+    """
+    if generator is None and (random := micro_batch()) is not None:
+        return random.draw(fn, device, *args)
     where = generator.device if generator is not None else device
     return fn(*args, generator=generator, device=where).to(device)
 

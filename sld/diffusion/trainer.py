@@ -254,17 +254,17 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
         accelerator=accelerator,
         lengths=[len(doc.source or "") for doc in train_docs] if cfg.data.group_by_source_length else None,
     )
-    if not accelerator.is_main_process:
-        return TrainedPipeline(output_dir, None)
     model = result.model
     if result.ema is not None:
         result.ema.copy_to([p for p in model.parameters() if p.requires_grad])
     pipe = SLDPipeline(model, autoencoder, context_encoder, pipeline_config)
-    pipe.save_pretrained(output_dir)
     evals = evaluation_rows(result.history)
     if evals and "eval/rougeL" not in evals[-1]:
-        final = samples(pipe, result.state.step)
+        final = samples(pipe, result.state.step)  # on every process: they share the generation
         evals[-1].update({f"eval/{k}": v for k, v in final.items()})
+    if not accelerator.is_main_process:
+        return TrainedPipeline(output_dir, None)
+    pipe.save_pretrained(output_dir)
     summary = training_summary(
         result,
         time.perf_counter() - started,
