@@ -2,7 +2,7 @@
 # SLD and the AR baseline on the same pretrained LM (SmolLM2-135M-Instruct), on one GPU.
 #
 #   seg    stage 1 for ROC (all sentences; continuation) and DialogSum
-#   sweep  ROC autoencoders side by side on the GPU: four SmolLM2 settings under one step/time cap
+#   sweep  ROC autoencoders on the GPU, two at a time: four SmolLM2 settings under one step/time cap
 #          (kv memory with the LM at 0.1 x lr; kv with the LM frozen, as LD4LG keeps BART frozen; kv
 #          with word dropout; a prefix) and today's from-scratch T5 decoder over the same minutes; the
 #          setting with the best validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting)
@@ -24,7 +24,8 @@
 #          the latent map of the ablation, the training curves and a denoising trajectory
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
-# it every process keeps its own peak cached and the sum ran the card out of memory.
+# it every process keeps its own peak cached and the sum ran the card out of memory. A share below a
+# run's own peak kills that run: the shares here follow the peaks measured on 2026-12-02 (docs/results.md).
 #
 #   bash recipes/smollm2.sh                                 # all phases, data from ../shared/data
 #   PHASES="seg sweep" bash recipes/smollm2.sh
@@ -96,17 +97,23 @@ declare -A SETTINGS=(
 EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
 
 if has sweep; then
-    log "sweep: 4 SmolLM2 autoencoder settings at an equal step count, and the from-scratch decoder, side by side"
-    for name in "${!SETTINGS[@]}"; do
-        # shellcheck disable=SC2086
-        SLD_CUDA_MEMORY_FRACTION=0.21 train_ae sweep $name configs/autoencoder_roc_smollm2.yaml ${SETTINGS[$name]} "${EQUAL[@]}" &
-    done
+    # Two waves of two SmolLM2 runs (the from-scratch run beside the first): peak memory measured on
+    # the H200 on 2026-12-02 was over 42 GB for a SmolLM2 autoencoder at batch 256 before its loss
+    # stopped holding the full logits, and 36.5 GB for the from-scratch profile at batch 1,024; five
+    # runs at once under shares of 0.21 / 0.12 all ran out of memory.
+    log "sweep: 4 SmolLM2 autoencoder settings (two at a time) under one step/time cap, and the from-scratch decoder"
     if [ "${SMOKE:-0}" = 1 ]; then
         train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_steps=3 "${SMOKE_AE[@]}" &
     else
-        SLD_CUDA_MEMORY_FRACTION=0.12 train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
+        SLD_CUDA_MEMORY_FRACTION=0.3 train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
     fi
-    wait
+    for wave in "kv kv_word_dropout" "kv_frozen prefix"; do
+        for name in $wave; do
+            # shellcheck disable=SC2086
+            SLD_CUDA_MEMORY_FRACTION=0.35 train_ae sweep $name configs/autoencoder_roc_smollm2.yaml ${SETTINGS[$name]} "${EQUAL[@]}" &
+        done
+        wait
+    done
     python3 - "$ROC/sweep" "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
@@ -160,7 +167,7 @@ ar_chain() {
 
 if has main; then
     log "main: SLD and AR on ROC continuation and DialogSum side by side (autoencoder setting $CHOSEN)"
-    export SLD_CUDA_MEMORY_FRACTION=0.24
+    export SLD_CUDA_MEMORY_FRACTION=0.3   # 2026-12-02: the DialogSum AR baseline needed > 34.7 GB
     sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml configs/diffusion_roc_continuation.yaml &
     ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml &
     sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml configs/diffusion_dialogsum.yaml &
@@ -232,7 +239,7 @@ fi
 if has ablation; then
     log "ablation: the loss variants of the paper's latent-space figure with the chosen setting ($CHOSEN)"
     for variant in vanilla noise_robust noise_robust_contrastive; do
-        SLD_CUDA_MEMORY_FRACTION=0.3 train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml "${CHOSEN_ARGS[@]}" losses.variant=$variant "${EQUAL[@]}" &
+        SLD_CUDA_MEMORY_FRACTION=0.33 train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml "${CHOSEN_ARGS[@]}" losses.variant=$variant "${EQUAL[@]}" &
     done
     wait
 fi

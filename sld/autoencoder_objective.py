@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from sld.losses import adversarial_direction, conversion_loss, gaussian_latent_noise, info_nce
+from sld.losses import adversarial_direction, gaussian_latent_noise, info_nce
 
 if TYPE_CHECKING:  # the model's forward calls compute_autoencoder_losses: no runtime import cycle
     from sld.models.autoencoder import SegmentAutoencoder
@@ -173,13 +173,13 @@ def compute_autoencoder_losses(
     z = model.encode(batch["input_ids"], batch["attention_mask"])  # (B', N, D)
     z_in = gaussian_latent_noise(z, cfg.noise_std) if training and cfg.uses_noise else z
     inputs = model.decoder_inputs(labels, cfg.word_dropout if training else 0.0)
-    conversion = conversion_loss(model.reconstruction_logits(z_in, labels, inputs), labels)
+    conversion = model.reconstruction_loss(z_in, labels, inputs)
     zero = conversion.new_zeros(())
 
     adversarial = zero
     if cfg.uses_adversarial:
         r = adversarial_direction(_latent_gradient(model, z_in, labels, conversion), cfg.adversarial_epsilon)
-        adversarial = conversion_loss(model.reconstruction_logits(z_in + r, labels, inputs), labels)
+        adversarial = model.reconstruction_loss(z_in + r, labels, inputs)
 
     contrastive = zero
     if cfg.uses_contrastive:

@@ -70,7 +70,9 @@ def configure_memory_share() -> float | None:
         return None
     device = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_per_process_memory_fraction(share, device)
-    logger.info("GPU %d: this process may use %.0f%% of its memory (%s)", device, 100 * share, MEMORY_FRACTION_ENV)
+    logger.info(
+        "GPU %d: this process may use %.0f%% of its memory (%s)", device, 100 * share, MEMORY_FRACTION_ENV
+    )
     return share
 
 

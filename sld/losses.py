@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from sld.distributed import global_mean, randn_like
 from sld.tokenization import IGNORE_INDEX
@@ -30,6 +31,40 @@ def conversion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
     return global_mean(total, (labels != IGNORE_INDEX).sum())
+
+
+def chunked_token_nll(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_tokens: int = 4096,
+) -> torch.Tensor:
+    """Summed cross-entropy of ``targets`` (T,) under logits ``hidden @ weight.T + bias`` for hidden (T, d).
+
+    The (T, V) logits never exist at once: ``chunk_tokens`` rows at a time are projected, scored in
+    float32 and dropped, and recomputed in the backward pass (activation checkpointing). With a
+    49k-token vocabulary (SmolLM2) the full logits of 256 segments of 64 tokens take 3.2 GB in float32
+    per copy, and the autoencoder's two passes (conversion, adversarial) kept several copies alive:
+    over 40 GB per process on the H200 (2026-12-02). Returns a float32 scalar.
+    """
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(
+            f"hidden (T, d) and targets (T,) expected, got {tuple(hidden.shape)}, {tuple(targets.shape)}"
+        )
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        total = total + checkpoint(_chunk_nll, hidden[rows], targets[rows], weight, bias, use_reentrant=False)
+    return total
+
+
+def _chunk_nll(
+    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")
 
 
 def mean_pool_latents(z: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,15 @@ def test_a_bad_share_is_a_one_line_stage_error(monkeypatch, capsys, tmp_path):
     from sld.cli import main
 
     monkeypatch.setenv(MEMORY_FRACTION_ENV, "2")
-    code = main(["synthetic", f"output_dir={tmp_path}", "stories_train=2", "stories_valid=2", "dialogues_train=2", "dialogues_valid=2"])
+    code = main(
+        [
+            "synthetic",
+            f"output_dir={tmp_path}",
+            "stories_train=2",
+            "stories_valid=2",
+            "dialogues_train=2",
+            "dialogues_valid=2",
+        ]
+    )
     assert code == 2
     assert MEMORY_FRACTION_ENV in capsys.readouterr().err

@@ -178,3 +178,23 @@ def test_a_frozen_lm_learns_to_read_the_latent(folders, conditioning):
         swapped = model.reconstruction_nll(z.roll(1, dims=0), batch["labels"]).mean()
     # measured after 100 steps: kv 3.36 vs 6.59, prefix 3.74 vs 6.34 (a bridge that is not read gives own == swapped)
     assert own < 0.7 * swapped, (own, swapped)
+
+
+def test_the_chunked_conversion_loss_equals_the_full_logits_loss(folders):
+    """A causal LM's conversion loss skips the (B', L, V) logits; value and gradients stay the same."""
+    from sld.losses import conversion_loss
+    from sld.models.causal_lm import plain_output_head
+
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0).eval()
+    assert plain_output_head(model.lm) is model.lm.get_output_embeddings()
+    batch = SegmentCollator.from_autoencoder(model)(
+        [r if isinstance(r, str) else r["sentence"] for r in ROWS]
+    )
+    z = model.encode(batch["input_ids"], batch["attention_mask"])
+    full = conversion_loss(model.reconstruction_logits(z, batch["labels"]), batch["labels"])
+    full_grads = torch.autograd.grad(full, [model.latent_conditioning.to_kv.weight, model.lm.lm_head.weight])
+    chunked = model.reconstruction_loss(z, batch["labels"])
+    grads = torch.autograd.grad(chunked, [model.latent_conditioning.to_kv.weight, model.lm.lm_head.weight])
+    assert torch.allclose(chunked, full, atol=1e-5)
+    for a, b in zip(grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -82,3 +82,22 @@ def test_gaussian_latent_noise():
     assert noisy.shape == z.shape
     assert abs(noisy.std().item() - 0.05) < 0.002
     assert gaussian_latent_noise(z, 0.0) is z
+
+
+def test_chunked_token_nll_equals_the_full_cross_entropy_with_the_same_gradients():
+    from sld.losses import chunked_token_nll
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    head = torch.nn.Linear(8, 50)
+    targets = torch.randint(0, 50, (37,))
+    full = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    full_grads = torch.autograd.grad(full, [hidden, head.weight, head.bias])
+    for chunk in (1, 5, 37, 100):
+        chunked = chunked_token_nll(hidden, head.weight, head.bias, targets, chunk_tokens=chunk)
+        grads = torch.autograd.grad(chunked, [hidden, head.weight, head.bias])
+        assert torch.allclose(chunked, full, atol=1e-4)
+        for a, b in zip(grads, full_grads):
+            assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        chunked_token_nll(hidden, head.weight, None, targets, chunk_tokens=0)

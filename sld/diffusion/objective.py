@@ -30,7 +30,6 @@ from torch import nn
 
 from sld.distributed import global_mean, micro_batch
 from sld.errors import UserError
-from sld.losses import conversion_loss
 from sld.shapes import fold_segments
 
 __all__ = [
@@ -198,7 +197,7 @@ def autoencoder_decoder(autoencoder: nn.Module) -> PostDiffusionDecode:
         with torch.no_grad():
             memory_true = autoencoder.memory(x0_target)
         mse = (memory_pred.float() - memory_true.float()).pow(2).mean()
-        ce = conversion_loss(autoencoder.reconstruction_logits(x0_pred, segment_tokens), segment_tokens)
+        ce = autoencoder.reconstruction_loss(x0_pred, segment_tokens)
         return mse, ce
 
     return decode

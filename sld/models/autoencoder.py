@@ -51,14 +51,18 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
 from sld.config import ConfigError
+from sld.distributed import global_mean
 from sld.errors import UserError
+from sld.losses import chunked_token_nll, conversion_loss
 from sld.models.causal_decoding import DecodeSettings, decode
 from sld.models.causal_lm import (
     Conditioning,
     LatentConditioning,
     is_causal_config,
+    plain_output_head,
     shift_in_start,
     start_token_id,
+    teacher_forced_hidden,
     teacher_forced_logits,
     word_dropout,
 )
@@ -475,6 +479,26 @@ class SegmentAutoencoder(nn.Module):
             use_cache=False,
         )
         return out.logits
+
+    def reconstruction_loss(
+        self, z: torch.Tensor, labels: torch.Tensor, decoder_inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The conversion loss: mean token cross-entropy of ``labels`` (B', L) given latents z (B', N, D).
+
+        Equal to ``conversion_loss(reconstruction_logits(z, labels, decoder_inputs), labels)`` (a mean
+        over the global batch inside ``fit``). A causal LM with a plain output head projects only the
+        target positions, a chunk of tokens at a time (``sld.losses.chunked_token_nll``): its (B', L, V)
+        logits, the largest tensors of a training step, are never held.
+        """
+        head = plain_output_head(self.lm) if self.is_causal else None
+        if head is None:
+            return conversion_loss(self.reconstruction_logits(z, labels, decoder_inputs), labels)
+        inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
+        cache, offset = self.latent_conditioning.prefill(self.lm, self.memory(z))
+        hidden = teacher_forced_hidden(self.lm, cache, offset, inputs)  # (B', L, d)
+        targets = labels != IGNORE_INDEX
+        total = chunked_token_nll(hidden[targets], head.weight, head.bias, labels[targets])
+        return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target
 
     def reconstruction_nll(
         self, z: torch.Tensor, labels: torch.Tensor, reduction: Literal["none", "mean", "sum"] = "none"

@@ -225,6 +225,37 @@ def teacher_forced_logits(
     return lm_forward(lm, cache, input_ids=input_ids, position_ids=positions).logits
 
 
+def plain_output_head(lm: PreTrainedModel) -> nn.Linear | None:
+    """The LM's output projection when logits are exactly ``head(last hidden state)``, else None.
+
+    None for models that scale or soft-cap their logits after the projection (e.g. Gemma 2's
+    ``final_logit_softcapping``, Cohere's ``logit_scale``), whose logits must come from the LM itself.
+    """
+    head = lm.get_output_embeddings()
+    text = _text_config(lm.config)
+    if not isinstance(head, nn.Linear) or getattr(lm, "base_model", lm) is lm:
+        return None
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
+        if getattr(text, attr, None) not in (None, 1, 1.0):
+            return None
+    return head
+
+
+def teacher_forced_hidden(
+    lm: PreTrainedModel, cache: DynamicCache, offset: int, input_ids: torch.Tensor
+) -> torch.Tensor:
+    """Last hidden states (B', L, d) of the LM body reading ``input_ids`` (B', L) after ``cache``.
+
+    ``plain_output_head(lm)`` of them are ``teacher_forced_logits``; the loss can then project only the
+    target positions, a chunk at a time (``sld.losses.chunked_token_nll``).
+    """
+    body = lm.base_model
+    b, length = input_ids.shape
+    positions = offset + torch.arange(length, device=input_ids.device).expand(b, length)
+    out = body(**{cache_argument(body): cache}, use_cache=True, input_ids=input_ids, position_ids=positions)
+    return out.last_hidden_state
+
+
 def shift_in_start(
     labels: torch.Tensor, start_id: int, pad_id: int, ignore_index: int = -100
 ) -> torch.Tensor:
@@ -261,10 +292,12 @@ __all__ = [
     "is_causal_config",
     "lm_forward",
     "load_causal_lm",
+    "plain_output_head",
     "prepare_tokenizer",
     "shift_in_start",
     "start_token_id",
     "sync_generation_config",
+    "teacher_forced_hidden",
     "teacher_forced_logits",
     "word_dropout",
 ]
