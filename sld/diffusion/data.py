@@ -17,6 +17,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import Dataset
 
 from sld.data.segmented import SegmentedDocument, read_split
@@ -157,7 +158,11 @@ def cached_latents(
         path = (
             Path(cache_dir) / f"{split}-{latent_fingerprint(autoencoder_dir, docs, max_segments)}.safetensors"
         )
-        if path.is_file():
+        # Every process must take the same branch (the one below has a barrier): the main process
+        # looks and tells the others. Each looking for itself raced: a process that saw the file the
+        # main process had just written skipped the barrier the main process was waiting at.
+        (cached,) = broadcast_object_list([path.is_file()], from_process=0)
+        if cached:
             data = safetensors.torch.load_file(path)
             return data["latents"], data["counts"]
     if accelerator.is_main_process or path is None:
