@@ -6,10 +6,10 @@
 #          (kv memory with the LM at 0.1 x lr; kv with the LM frozen, as LD4LG keeps BART frozen; kv
 #          with word dropout; a prefix) and today's from-scratch T5 decoder over the same minutes; the
 #          setting with the best validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting)
-#   main   per task (ROC continuation, DialogSum) and side by side: SLD (autoencoder AE_MINUTES, then
-#          diffusion DM_MINUTES, then the 500 validation inputs) and the AR baseline (a prefix LM on
-#          the same LM, AE_MINUTES + DM_MINUTES of training, then the same inputs). Each SLD/AR pair
-#          shares the GPU over the same wall-clock window: equal minutes under equal contention.
+#   main   per task of TASKS (default "roc dialogsum"; ROC continuation, DialogSum), one task after the
+#          other: SLD (autoencoder AE_MINUTES, then diffusion DM_MINUTES, then the 500 validation
+#          inputs) and the AR baseline (a prefix LM on the same LM, AE_MINUTES + DM_MINUTES of
+#          training, then the same inputs) side by side: equal minutes under equal contention.
 #   eval   one quality table per task (ROUGE-1/2/L, semantic similarity, distinct-n, distinct outputs,
 #          repeated segments) and ten outputs of each system
 #   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
@@ -29,6 +29,7 @@
 #
 #   bash recipes/smollm2.sh                                 # all phases, data from ../shared/data
 #   PHASES="seg sweep" bash recipes/smollm2.sh
+#   TASKS=dialogsum PHASES="seg main eval" bash recipes/smollm2.sh   # one task
 #   SMOKE=1 bash recipes/smollm2.sh                         # minutes on a CPU, a tiny random LM
 # Budgets: ABL_STEPS (sweep steps of the equal-step runs), SWEEP_MINUTES (their time cap and the
 # from-scratch run's budget), AE_MINUTES, DM_MINUTES; AR gets AE_MINUTES + DM_MINUTES.
@@ -105,12 +106,12 @@ if has sweep; then
     if [ "${SMOKE:-0}" = 1 ]; then
         train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_steps=3 "${SMOKE_AE[@]}" &
     else
-        SLD_CUDA_MEMORY_FRACTION=0.3 train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
+        SLD_CUDA_MEMORY_FRACTION=0.28 train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
     fi
     for wave in "kv kv_word_dropout" "kv_frozen prefix"; do
         for name in $wave; do
             # shellcheck disable=SC2086
-            SLD_CUDA_MEMORY_FRACTION=0.35 train_ae sweep $name configs/autoencoder_roc_smollm2.yaml ${SETTINGS[$name]} "${EQUAL[@]}" &
+            SLD_CUDA_MEMORY_FRACTION=0.36 train_ae sweep $name configs/autoencoder_roc_smollm2.yaml ${SETTINGS[$name]} "${EQUAL[@]}" &
         done
         wait
     done
@@ -166,18 +167,24 @@ ar_chain() {
 }
 
 if has main; then
-    log "main: SLD and AR on ROC continuation and DialogSum side by side (autoencoder setting $CHOSEN)"
-    export SLD_CUDA_MEMORY_FRACTION=0.3   # 2026-12-02: the DialogSum AR baseline needed > 34.7 GB
-    sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml configs/diffusion_roc_continuation.yaml &
-    ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml &
-    sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml configs/diffusion_dialogsum.yaml &
-    ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml &
-    wait
-    unset SLD_CUDA_MEMORY_FRACTION
+    # One task at a time (TASKS, default "roc dialogsum"), its SLD chain and AR baseline side by side.
+    # All four runs at once do not fit: on 2026-12-02 a SmolLM2 autoencoder at batch 256 needed over
+    # 42 GB and the DialogSum AR baseline over 34.7 GB, and the four died under 0.24 shares.
+    for task in ${TASKS:-roc dialogsum}; do
+        log "main: SLD and AR on $task side by side (autoencoder setting $CHOSEN)"
+        if [ "$task" = roc ]; then
+            SLD_CUDA_MEMORY_FRACTION=0.55 sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml configs/diffusion_roc_continuation.yaml &
+            SLD_CUDA_MEMORY_FRACTION=0.4 ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml &
+        else
+            SLD_CUDA_MEMORY_FRACTION=0.55 sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml configs/diffusion_dialogsum.yaml &
+            SLD_CUDA_MEMORY_FRACTION=0.4 ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml &
+        fi
+        wait
+    done
 fi
 
 if has eval; then
-    for task in roc dialogsum; do
+    for task in ${TASKS:-roc dialogsum}; do
         log "eval $task"
         systems=()
         [ -f "$OUT/${task}_sld_predictions.jsonl" ] && systems+=(predictions.SLD="$OUT/${task}_sld_predictions.jsonl")

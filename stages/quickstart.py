@@ -13,8 +13,8 @@
    sentence, whose topic label should be the input's; the references and chance are printed too).
 
 Every stage's folder is kept under ``output_dir`` and can be reused with the ``sld`` commands.
-Each training stage stops at its ``loop.max_minutes`` budget (8 + 6 by default, or ``max_steps``),
-whichever comes first; with encoding and generation the whole run takes about 17 minutes on 2 CPU
+Each training stage stops at its ``loop.max_minutes`` budget (7 + 5 by default, or ``max_steps``),
+whichever comes first; with encoding and generation the whole run takes about 14 minutes on 2 CPU
 cores. The corpus size is ``corpus.*`` (see ``sld synthetic``). Any nested key can be overridden
 (``autoencoder.loop.max_minutes=2``); the rest of the quickstart's settings stay.
 """

@@ -41,7 +41,7 @@ TINY = [
 
 def test_defaults_are_the_cpu_budgets_and_round_trip_through_yaml(tmp_path):
     cfg = QuickstartConfig()
-    assert (cfg.autoencoder.loop.max_minutes, cfg.diffusion.loop.max_minutes) == (8.0, 6.0)
+    assert (cfg.autoencoder.loop.max_minutes, cfg.diffusion.loop.max_minutes) == (7.0, 5.0)
     assert (
         cfg.corpus.stories_train == 2000 and cfg.diffusion.cache_context and cfg.diffusion.sample_every == 0
     )
