@@ -38,3 +38,24 @@ def test_train_from_python_then_generate(tmp_path, capsys):
     assert "[The Lost Dog]\n  1. " in printed
     again = generate.main([str(pipeline), "A Rainy Day", "--steps=2", "--device=cpu"])
     assert len(again) == 1
+
+
+def test_step_memory_prints_the_same_loss_for_full_and_chunked_logits(tmp_path, capsys):
+    import json
+
+    import tiny_models
+
+    lm = tiny_models.save_tiny_causal_lm(tmp_path / "lm")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"sentence": s}) + "\n" for s in ["Tom baked a cake.", "Anna ran home."])
+    )
+    example = load_example("step_memory")
+    for mode in ("full", "chunked"):
+        example.one_step(mode, lm, rows=2, pairs=str(pairs))
+    full, chunked = capsys.readouterr().out.splitlines()
+    assert full.startswith("full") and chunked.startswith("chunked")
+    assert (
+        full.split("conversion loss ")[1].split(",")[0] == chunked.split("conversion loss ")[1].split(",")[0]
+    )
+    assert "peak memory grew" in chunked
