@@ -8,8 +8,12 @@
 #   .carry/before/     optional: an older sld/ + stages/ (git archive) for before/after measurements
 # One call per carried folder set, each started while the machine is still warm:
 #   bash recipes/lent_gpu.sh setup                  # every call: store what this call carried
-#   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...]   # last carry call: launch it
+#   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...] && bash recipes/lent_gpu.sh wait 450
+#                                                   # last carry call: launch it and follow it
 #   bash recipes/lent_gpu.sh wait 570               # later calls: follow it; $OUT/results.tgz at the end
+# A call is killed at 600 s and then returns nothing: `start` itself takes about a minute (wheels,
+# copies, the LM export), so the wait in its call must be shorter (`start ... && wait 540` was killed
+# on 2026-12-02 and its output lost; the job itself kept running).
 # `setup` installs the wheels into /root/site, copies data and MiniLM to /root/carry, joins the GGUF
 # parts once all are there and exports the LM to a plain transformers folder (loads in a second).
 # `start` copies the tree to /root/sld (later calls re-send the tree; the job must not read it
