@@ -28,11 +28,9 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from tiny_models import save_tiny_bert, tiny_autoencoder
+from tiny_models import write_stage_inputs
 
 from sld.checkpointing import list_checkpoints
-from sld.data.synthetic import write_synthetic_corpus
-from stages import segment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -51,29 +49,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multi")
-    bert = save_tiny_bert(root / "bert")
-    config_file = root / "bert" / "config.json"
-    config = json.loads(config_file.read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # dropout is per process
-    config_file.write_text(json.dumps(config))
-    files = write_synthetic_corpus(
-        root / "data",
-        seed=3,
-        stories_train=40,
-        stories_valid=4,
-        dialogues_train=2,
-        dialogues_valid=2,
-        pairs_train=4,
-        pairs_valid=2,
-    )
-    seg = root / "segmented"
-    argv = [f"splits.train={files['stories_train']}", f"splits.valid={files['stories_valid']}"]
-    argv += [f"output_dir={seg}", "records.task=title_to_story", "segmenter.max_segments=3"]
-    assert segment.main(argv) == 0
-    autoencoder = root / "autoencoder"
-    tiny_autoencoder(bert, seed=0).save_pretrained(autoencoder)
-    return {"bert": bert, "segmented": seg, "autoencoder": autoencoder}
+    return write_stage_inputs(tmp_path_factory.mktemp("multi"), bert_dropout=False)  # dropout is per process
 
 
 def stage_args(trainer: str, inputs: dict, output_dir: Path, processes: int) -> list[str]:

@@ -268,3 +268,40 @@ def tiny_baseline(bert: str) -> BaselineModel:
     )
     torch.manual_seed(0)
     return BaselineModel.from_config(config, CORPUS).eval()
+
+
+def write_stage_inputs(root: Path, bert_dropout: bool = True) -> dict:
+    """What the three trainers need, for the subprocess tests: a tiny BERT, 40 + 4 synthetic titled
+    stories segmented (at most 3 sentences) and a saved tiny autoencoder.
+
+    ``bert_dropout=False`` turns the BERT's dropout off (it differs between processes).
+    Returns ``{"bert", "segmented", "autoencoder"}``.
+    """
+    import json
+
+    from sld.data.synthetic import write_synthetic_corpus
+    from stages import segment
+
+    bert = save_tiny_bert(root / "bert")
+    if not bert_dropout:
+        config_file = root / "bert" / "config.json"
+        config = json.loads(config_file.read_text())
+        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        config_file.write_text(json.dumps(config))
+    files = write_synthetic_corpus(
+        root / "data",
+        seed=3,
+        stories_train=40,
+        stories_valid=4,
+        dialogues_train=2,
+        dialogues_valid=2,
+        pairs_train=4,
+        pairs_valid=2,
+    )
+    seg = root / "segmented"
+    argv = [f"splits.train={files['stories_train']}", f"splits.valid={files['stories_valid']}"]
+    argv += [f"output_dir={seg}", "records.task=title_to_story", "segmenter.max_segments=3"]
+    assert segment.main(argv) == 0
+    autoencoder = root / "autoencoder"
+    tiny_autoencoder(bert, seed=0).save_pretrained(autoencoder)
+    return {"bert": bert, "segmented": seg, "autoencoder": autoencoder}
