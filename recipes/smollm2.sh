@@ -2,30 +2,37 @@
 # SLD and the AR baseline on the same pretrained LM (SmolLM2-135M-Instruct), on one GPU.
 #
 #   seg    stage 1 for ROC (all sentences; continuation) and DialogSum
-#   sweep  ROC autoencoders on the GPU, two at a time: four SmolLM2 settings under one step/time cap
-#          (kv memory with the LM at 0.1 x lr; kv with the LM frozen, as LD4LG keeps BART frozen; kv
-#          with word dropout; a prefix) and today's from-scratch T5 decoder over the same minutes; the
-#          setting with the best validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting)
-#   main   per task of TASKS (default "roc dialogsum"; ROC continuation, DialogSum), one task after the
-#          other: SLD (autoencoder AE_MINUTES, then diffusion DM_MINUTES, then the 500 validation
-#          inputs) and the AR baseline (a prefix LM on the same LM, AE_MINUTES + DM_MINUTES of
-#          training, then the same inputs) side by side: equal minutes under equal contention.
+#   sweep  ROC autoencoders on the GPU, all at once: three SmolLM2 settings (SWEEP, default: kv memory
+#          with the LM at 0.1 x lr; kv with word dropout 0.3; a 16-embedding prefix) under one step/time
+#          cap, and today's from-scratch T5 decoder over the same minutes; the setting with the best
+#          validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting). (kv with the LM frozen
+#          lost to kv on 2026-12-02: BLEU 3.66 vs 6.40 at step 300; SWEEP="kv kv_frozen" runs it again.)
+#   main   per task of TASKS (default "roc dialogsum"; ROC continuation, DialogSum), all at once: SLD
+#          (autoencoder AE_MINUTES, then diffusion DM_MINUTES, then the 500 validation inputs) and the
+#          AR baseline (a prefix LM on the same LM, AE_MINUTES + DM_MINUTES of training, then the same
+#          inputs) side by side: equal minutes under equal contention.
 #   eval   one quality table per task (ROUGE-1/2/L, semantic similarity, distinct-n, distinct outputs,
 #          repeated segments) and ten outputs of each system
+#   ablation  the loss variants of the paper's latent-space figure (vanilla / noise-robust /
+#          contrastive) with the chosen setting, equal steps: vanilla and noise-robust are trained here,
+#          the contrastive one is the sweep's run of the chosen setting (their segments/s also price the
+#          adversarial pass)
+#   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
+#          the latent map of the ablation, the training curves and a denoising trajectory
 #   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
 #          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
 #   throughput  today's from-scratch ROC autoencoder profile alone on the GPU for TP_MINUTES, with
 #          the code in BEFORE_CODE (a folder holding an older sld/ and stages/) and with this code
 #          (length-grouped batches)
-#   ablation  the loss variants of the paper's latent-space figure (vanilla / noise-robust /
-#          contrastive) with the chosen setting, equal steps (their segments/s also price the
-#          adversarial pass)
-#   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
-#          the latent map of the ablation, the training curves and a denoising trajectory
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
-# it every process keeps its own peak cached and the sum ran the card out of memory. A share below a
-# run's own peak kills that run: the shares here follow the peaks measured on 2026-12-02 (docs/results.md).
+# it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
+# peaks measured on the H200 (from-scratch T5 at batch 1,024: 36.5 GiB) and, for SmolLM2, a CPU
+# estimate (bf16 autocast, conversion + adversarial: 3.2 MiB per target token, about half without the
+# adversarial pass) at each profile's longest batch: the segment length caps (ROC 28, DialogSum 48
+# SmolLM2 tokens) bound it, and the length-grouped sampler runs the longest batch first, so a run that
+# does not fit fails at its first step. fit_or_halve then runs it once more with half the micro-batch
+# and twice the gradient accumulation (the same global batch) and says so in its log.
 #
 #   bash recipes/smollm2.sh                                 # all phases, data from ../shared/data
 #   PHASES="seg sweep" bash recipes/smollm2.sh
@@ -78,43 +85,58 @@ if has seg; then
     wait
 fi
 
-# train_ae GROUP NAME CONFIG [overrides...]: one ROC autoencoder into $ROC/GROUP/NAME
-train_ae() {
-    local group=$1 name=$2 config=$3
+# fit_or_halve LOG BATCH ACCUM CMD...: CMD with loop.batch_size=BATCH loop.grad_accum_steps=ACCUM, its
+# output in LOG; when it dies of GPU memory, once more with BATCH/2 and 2 x ACCUM (the same global
+# batch; it resumes from its newest checkpoint if it wrote one), and LOG says so (SMOKE: CMD as given).
+fit_or_halve() {
+    local logfile=$1 batch=$2 accum=$3
     shift 3
-    "${SLD[@]}" train-autoencoder -c "$config" data.segmented_dir=$ROC/segmented_all \
-        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$ROC/$group/$name loop.num_workers=2 \
-        "$@" "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${group}_$name.log" || { log "$group $name FAILED"; return 1; }
+    if [ "${SMOKE:-0}" = 1 ]; then "$@" 2>&1 | quiet > "$logfile"; return; fi
+    "$@" loop.batch_size="$batch" loop.grad_accum_steps="$accum" 2>&1 | quiet > "$logfile" && return 0
+    grep -q "out of memory\|OutOfMemoryError" "$logfile" || return 1
+    mv "$logfile" "$logfile.oom"
+    log "$(basename "$logfile"): out of GPU memory at micro-batch $batch; again at $((batch / 2)) x $((accum * 2))"
+    echo "RETRY: out of GPU memory at micro-batch $batch ($(basename "$logfile").oom); now $((batch / 2)) x $((accum * 2))" > "$logfile"
+    "$@" loop.batch_size=$((batch / 2)) loop.grad_accum_steps=$((accum * 2)) 2>&1 | quiet >> "$logfile"
+}
+
+# train_ae GROUP NAME CONFIG BATCH [overrides...]: one ROC autoencoder into $ROC/GROUP/NAME
+train_ae() {
+    local group=$1 name=$2 config=$3 batch=$4
+    shift 4
+    fit_or_halve "$OUT/${group}_$name.log" "$batch" 1 "${SLD[@]}" train-autoencoder -c "$config" \
+        data.segmented_dir=$ROC/segmented_all data.pairs_train="$(data_file roc/pairs_train)" \
+        output_dir=$ROC/$group/$name loop.num_workers=2 "$@" "${SMOKE_LM[@]}" || { log "$group $name FAILED"; return 1; }
     cp $ROC/$group/$name/summary.json "$OUT/${group}_${name}_summary.json"
     cp $ROC/$group/$name/metrics.jsonl "$OUT/${group}_${name}_metrics.jsonl"
 }
-# The SmolLM2 autoencoder settings the sweep compares (name -> overrides); `main` uses the winner.
+# The SmolLM2 autoencoder settings the sweep can compare (name -> overrides); `main` uses the winner.
 declare -A SETTINGS=(
     [kv]="model.latent_conditioning=kv"
     [kv_frozen]="model.latent_conditioning=kv optim.pretrained_lr_scale=0"
     [kv_word_dropout]="model.latent_conditioning=kv losses.word_dropout=0.3"
     [prefix]="model.latent_conditioning=prefix"
 )
+SWEEP=${SWEEP:-kv kv_word_dropout prefix}
+# memory shares of the card (see the header): SmolLM2 autoencoders at batch 256 (a prefix adds 16
+# positions to every row), the from-scratch T5 at batch 1,024, the AR baselines
+declare -A SHARE=([kv]=0.2 [kv_frozen]=0.2 [kv_word_dropout]=0.2 [prefix]=0.25 [scratch]=0.27 [ar]=0.2)
 EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
 
 if has sweep; then
-    # Two waves of two SmolLM2 runs (the from-scratch run beside the first): peak memory measured on
-    # the H200 on 2026-12-02 was over 42 GB for a SmolLM2 autoencoder at batch 256 before its loss
-    # stopped holding the full logits, and 36.5 GB for the from-scratch profile at batch 1,024; five
-    # runs at once under shares of 0.21 / 0.12 all ran out of memory.
-    log "sweep: 4 SmolLM2 autoencoder settings (two at a time) under one step/time cap, and the from-scratch decoder"
+    log "sweep: SmolLM2 autoencoder settings ($SWEEP) under one step/time cap, and the from-scratch decoder, all at once"
     if [ "${SMOKE:-0}" = 1 ]; then
-        train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_steps=3 "${SMOKE_AE[@]}" &
+        train_ae sweep scratch configs/autoencoder_roc.yaml 8 loop.max_steps=3 "${SMOKE_AE[@]}" &
     else
-        SLD_CUDA_MEMORY_FRACTION=0.28 train_ae sweep scratch configs/autoencoder_roc.yaml loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
+        SLD_CUDA_MEMORY_FRACTION=${SHARE[scratch]} train_ae sweep scratch configs/autoencoder_roc.yaml 1024 \
+            loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
     fi
-    for wave in "kv kv_word_dropout" "kv_frozen prefix"; do
-        for name in $wave; do
-            # shellcheck disable=SC2086
-            SLD_CUDA_MEMORY_FRACTION=0.36 train_ae sweep $name configs/autoencoder_roc_smollm2.yaml ${SETTINGS[$name]} "${EQUAL[@]}" &
-        done
-        wait
+    for name in $SWEEP; do
+        # shellcheck disable=SC2086
+        SLD_CUDA_MEMORY_FRACTION=${SHARE[$name]} train_ae sweep $name configs/autoencoder_roc_smollm2.yaml 256 \
+            ${SETTINGS[$name]} "${EQUAL[@]}" &
     done
+    wait
     python3 - "$ROC/sweep" "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
@@ -137,14 +159,14 @@ CHOSEN=$(cat "$OUT/chosen_setting" 2>/dev/null || echo kv)
 read -r -a CHOSEN_ARGS <<< "${SETTINGS[$CHOSEN]}"
 
 
-# sld_chain TASK SEGMENTED AE_CONFIG DM_CONFIG: autoencoder, diffusion, then the validation inputs
+# sld_chain TASK SEGMENTED AE_CONFIG AE_BATCH DM_CONFIG: autoencoder, diffusion, then the validation inputs
 sld_chain() {
-    local task=$1 seg=$2 ae_config=$3 dm_config=$4 root=$RUNS/$1
+    local task=$1 seg=$2 ae_config=$3 ae_batch=$4 dm_config=$5 root=$RUNS/$1
     local extra=()
     [ "$task" = roc ] && extra=(data.segmented_dir=$ROC/segmented_all data.pairs_train="$(data_file roc/pairs_train)")
     [ "$task" = dialogsum ] && extra=(data.segmented_dir=$DS/segmented)
-    "${SLD[@]}" train-autoencoder -c "$ae_config" output_dir=$root/sld_autoencoder "${extra[@]}" \
-        "${CHOSEN_ARGS[@]}" loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_autoencoder.log" \
+    fit_or_halve "$OUT/${task}_sld_autoencoder.log" "$ae_batch" 1 "${SLD[@]}" train-autoencoder -c "$ae_config" \
+        output_dir=$root/sld_autoencoder "${extra[@]}" "${CHOSEN_ARGS[@]}" loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" \
         || { log "$task SLD autoencoder FAILED"; return 1; }
     cp $root/sld_autoencoder/summary.json "$OUT/${task}_sld_autoencoder_summary.json"
     "${SLD[@]}" train-diffusion -c "$dm_config" autoencoder=$root/sld_autoencoder data.segmented_dir=$seg \
@@ -155,11 +177,11 @@ sld_chain() {
         batch_size=500 "${GEN[@]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_sld_generate.log"
 }
 
-# ar_chain TASK SEGMENTED AR_CONFIG: the prefix-LM baseline for AR_MINUTES, then the validation inputs
+# ar_chain TASK SEGMENTED AR_CONFIG BATCH ACCUM: the prefix-LM baseline for AR_MINUTES, then the validation inputs
 ar_chain() {
-    local task=$1 seg=$2 ar_config=$3 root=$RUNS/$1
-    "${SLD[@]}" train-baseline -c "$ar_config" match_autoencoder=null data.segmented_dir=$seg \
-        output_dir=$root/ar loop.max_minutes=$AR_MINUTES "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/${task}_ar.log" \
+    local task=$1 seg=$2 ar_config=$3 batch=$4 accum=$5 root=$RUNS/$1
+    fit_or_halve "$OUT/${task}_ar.log" "$batch" "$accum" "${SLD[@]}" train-baseline -c "$ar_config" match_autoencoder=null \
+        data.segmented_dir=$seg output_dir=$root/ar loop.max_minutes=$AR_MINUTES "${SMOKE_AR2[@]}" \
         || { log "$task AR baseline FAILED"; return 1; }
     cp $root/ar/summary.json "$OUT/${task}_ar_summary.json"
     "${SLD[@]}" generate model=$root/ar input=$seg/valid.jsonl output="$OUT/${task}_ar_predictions.jsonl" \
@@ -167,20 +189,20 @@ ar_chain() {
 }
 
 if has main; then
-    # One task at a time (TASKS, default "roc dialogsum"), its SLD chain and AR baseline side by side.
-    # All four runs at once do not fit: on 2026-12-02 a SmolLM2 autoencoder at batch 256 needed over
-    # 42 GB and the DialogSum AR baseline over 34.7 GB, and the four died under 0.24 shares.
+    # Every task of TASKS at once, SLD and AR side by side, under one contention. Micro-batches: ROC
+    # autoencoder 256 (segments <= 28 tokens), DialogSum autoencoder 128 (segments <= 48 tokens), ROC
+    # AR 64 stories, DialogSum AR 16 x 4 accumulated (dialogues up to 384 tokens + the summary).
+    log "main: SLD and AR on ${TASKS:-roc dialogsum} side by side (autoencoder setting $CHOSEN)"
     for task in ${TASKS:-roc dialogsum}; do
-        log "main: SLD and AR on $task side by side (autoencoder setting $CHOSEN)"
         if [ "$task" = roc ]; then
-            SLD_CUDA_MEMORY_FRACTION=0.55 sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml configs/diffusion_roc_continuation.yaml &
-            SLD_CUDA_MEMORY_FRACTION=0.4 ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml &
+            SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml 256 configs/diffusion_roc_continuation.yaml &
+            SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml 64 1 &
         else
-            SLD_CUDA_MEMORY_FRACTION=0.55 sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml configs/diffusion_dialogsum.yaml &
-            SLD_CUDA_MEMORY_FRACTION=0.4 ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml &
+            SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml 128 configs/diffusion_dialogsum.yaml &
+            SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml 16 4 &
         fi
-        wait
     done
+    wait
 fi
 
 if has eval; then
@@ -209,6 +231,42 @@ for i in range(min(10, *(len(rows) for rows in systems.values()))):
 print("\n".join(lines[:12]))
 PY
     done
+fi
+
+if has ablation; then
+    # vanilla and noise-robust with the chosen setting, equal steps; the contrastive variant (the
+    # profiles' default loss) is the sweep's run of that setting
+    log "ablation: the loss variants of the paper's latent-space figure with the chosen setting ($CHOSEN)"
+    for variant in vanilla noise_robust; do
+        SLD_CUDA_MEMORY_FRACTION=0.3 train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml 256 \
+            "${CHOSEN_ARGS[@]}" losses.variant=$variant "${EQUAL[@]}" &
+    done
+    wait
+fi
+
+if has report; then
+    log "report: the sweep's autoencoders, figures"
+    # only the sweep runs that finished (a folder with autoencoder_config.json)
+    done_runs=$(for d in $ROC/sweep/*/; do [ -f "$d/autoencoder_config.json" ] && echo "${d%/}"; done)
+    runs=$(echo "$done_runs" | paste -sd, -)
+    names=$(echo "$done_runs" | xargs -n1 basename | paste -sd, -)
+    ablation=""; ablation_labels=""
+    for pair in ablation/vanilla:vanilla ablation/noise_robust:noise-robust "sweep/$CHOSEN:noise-robust + contrastive"; do
+        run=${pair%%:*}
+        [ -f "$ROC/$run/autoencoder_config.json" ] || continue
+        ablation="$ablation${ablation:+,}$ROC/$run"; ablation_labels="$ablation_labels${ablation_labels:+,}${pair#*:}"
+    done
+    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
+        pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
+    "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
+        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[$ablation_labels]" \
+        2>&1 | quiet | tail -6
+    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
+    if [ -d $RUNS/roc/sld_diffusion ]; then
+        "${SLD[@]}" visualize trajectory trajectory.pipeline=$RUNS/roc/sld_diffusion \
+            trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
+            output_dir="$OUT/figures" 2>&1 | quiet | tail -8
+    fi
 fi
 
 if has bench; then
@@ -241,39 +299,6 @@ if has throughput; then
         cp $ROC/throughput_$variant/profile.txt "$OUT/throughput_${variant}_profile.txt" 2>/dev/null || true
         tail -2 "$OUT/throughput_$variant.log"
     done
-fi
-
-if has ablation; then
-    log "ablation: the loss variants of the paper's latent-space figure with the chosen setting ($CHOSEN)"
-    for variant in vanilla noise_robust noise_robust_contrastive; do
-        SLD_CUDA_MEMORY_FRACTION=0.33 train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml "${CHOSEN_ARGS[@]}" losses.variant=$variant "${EQUAL[@]}" &
-    done
-    wait
-fi
-
-if has report; then
-    log "report: the sweep's autoencoders, figures"
-    # only the sweep runs that finished (a folder with autoencoder_config.json)
-    done_runs=$(for d in $ROC/sweep/*/; do [ -f "$d/autoencoder_config.json" ] && echo "${d%/}"; done)
-    runs=$(echo "$done_runs" | paste -sd, -)
-    names=$(echo "$done_runs" | xargs -n1 basename | paste -sd, -)
-    ablation=""; ablation_labels=""
-    for pair in vanilla:vanilla noise_robust:noise-robust "noise_robust_contrastive:noise-robust + contrastive"; do
-        run=${pair%%:*}
-        [ -f "$ROC/ablation/$run/autoencoder_config.json" ] || continue
-        ablation="$ablation${ablation:+,}$ROC/ablation/$run"; ablation_labels="$ablation_labels${ablation_labels:+,}${pair#*:}"
-    done
-    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
-        pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
-    "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
-        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[$ablation_labels]" \
-        2>&1 | quiet | tail -6
-    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
-    if [ -d $RUNS/roc/sld_diffusion ]; then
-        "${SLD[@]}" visualize trajectory trajectory.pipeline=$RUNS/roc/sld_diffusion \
-            trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
-            output_dir="$OUT/figures" 2>&1 | quiet | tail -8
-    fi
 fi
 
 log "done"

@@ -34,6 +34,14 @@ def test_batch_order_is_shuffled_not_sorted():
     assert means != sorted(means) and means != sorted(means, reverse=True)
 
 
+def test_the_batch_with_the_longest_item_comes_first():
+    lengths = [3] * 50 + [90] + [4] * 49  # the longest item sits in the middle of the data
+    for seed in range(5):
+        batches = LengthGroupedSampler(lengths, 10, seed=seed, megabatch_batches=2).batches()
+        assert 50 in batches[0]
+        assert sorted(i for b in batches for i in b) == list(range(100))
+
+
 def test_invalid_sizes_are_rejected():
     with pytest.raises(ValueError, match="batch_size"):
         LengthGroupedSampler([1, 2], batch_size=0)

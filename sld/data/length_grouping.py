@@ -4,7 +4,9 @@ Batches are padded to their longest item. When short and long items are mixed (s
 tokens next to dialogues of 150 in one multi-task run), most of every batch is padding. The
 sampler draws a random permutation, cuts it into mega-batches of ``batch_size * megabatch_batches``
 items, sorts each mega-batch by length, cuts it into batches and shuffles the order of all full
-batches. Each run of ``batch_size`` consecutive indices is one batch, so it plugs into a plain
+batches, then moves the full batch holding the longest item to the front (as transformers'
+LengthGroupedSampler does): a run that does not fit in memory fails at its first step, and the
+first logged peak memory is the run's peak, instead of an out-of-memory error minutes in. Each run of ``batch_size`` consecutive indices is one batch, so it plugs into a plain
 ``DataLoader(sampler=..., batch_size=...)`` (and accelerate's per-process sharding of batches).
 The order depends only on ``seed`` and the epoch (``set_epoch``), so resuming mid-epoch replays it.
 """
@@ -57,6 +59,9 @@ class LengthGroupedSampler(Sampler[int]):
                 batch = mega[first : first + self.batch_size]
                 (full if len(batch) == self.batch_size else partial).append(batch)
         shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        if shuffled:
+            longest = max(range(len(shuffled)), key=lambda k: max(self.lengths[i] for i in shuffled[k]))
+            shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
         # megabatch_size is a multiple of batch_size, so only the last mega-batch can leave a
         # partial batch; it goes last, where DataLoader(drop_last=True) drops it
         return shuffled + partial
