@@ -20,10 +20,13 @@
 #   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
 #          the latent map of the ablation, the training curves and a denoising trajectory
 #   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
-#          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves
+#          the fewest sampler steps within 1 ROUGE-L of DDPM-250, and the length-scaling curves; the
+#          fewest steps on DialogSum too (`mode=steps`)
 #   throughput  today's from-scratch ROC autoencoder profile alone on the GPU for TP_MINUTES, with
 #          the code in BEFORE_CODE (a folder holding an older sld/ and stages/) and with this code
 #          (length-grouped batches)
+#   aeprobe  the SmolLM2 autoencoder of the chosen setting alone for TP_MINUTES each: a profiled run at
+#          batch 256, then batch 1,024 with the full loss and with the conversion loss alone
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
@@ -44,13 +47,16 @@
 . "$(dirname "$0")/common.sh"
 set +e   # a failed run is logged and the phases after it still run (each chain stops at its own failure)
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # shapes vary per batch
-ABL_STEPS=${ABL_STEPS:-600}
-SWEEP_MINUTES=${SWEEP_MINUTES:-3}
+ABL_STEPS=${ABL_STEPS:-300}   # four runs sharing the card made about 290 steps in 3 minutes (2026-12-02)
+SWEEP_MINUTES=${SWEEP_MINUTES:-3.5}
 AE_MINUTES=${AE_MINUTES:-4.5}
 DM_MINUTES=${DM_MINUTES:-2.5}
 AR_MINUTES=$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")
 TP_MINUTES=${TP_MINUTES:-0.75}
-GEN=(no_repeat_ngram_size=3)          # the same repetition control for both systems
+# The same repetition control for both systems, per task. Not on DialogSum: a speaker tag " #Person1#"
+# is four SmolLM2 tokens, so a 3-gram block turns its second mention into "#Person12#" or "#Person 1#"
+# (2026-12-02: in 154 of 500 AR and 225 of 500 SLD summaries).
+declare -A GEN=([roc]=no_repeat_ngram_size=3 [dialogsum]=no_repeat_ngram_size=0)
 ROC=$RUNS/roc
 DS=$RUNS/dialogsum
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -111,11 +117,12 @@ train_ae() {
     cp $ROC/$group/$name/metrics.jsonl "$OUT/${group}_${name}_metrics.jsonl"
 }
 # The SmolLM2 autoencoder settings the sweep can compare (name -> overrides); `main` uses the winner.
+# Word dropout is explicit in each (the profiles' default became 0.3 after the sweep of 2026-12-02).
 declare -A SETTINGS=(
-    [kv]="model.latent_conditioning=kv"
-    [kv_frozen]="model.latent_conditioning=kv optim.pretrained_lr_scale=0"
+    [kv]="model.latent_conditioning=kv losses.word_dropout=0"
+    [kv_frozen]="model.latent_conditioning=kv optim.pretrained_lr_scale=0 losses.word_dropout=0"
     [kv_word_dropout]="model.latent_conditioning=kv losses.word_dropout=0.3"
-    [prefix]="model.latent_conditioning=prefix"
+    [prefix]="model.latent_conditioning=prefix losses.word_dropout=0"
 )
 SWEEP=${SWEEP:-kv kv_word_dropout prefix}
 # memory shares of the card (see the header): SmolLM2 autoencoders at batch 256 (a prefix adds 16
@@ -169,12 +176,14 @@ sld_chain() {
         output_dir=$root/sld_autoencoder "${extra[@]}" "${CHOSEN_ARGS[@]}" loop.max_minutes=$AE_MINUTES "${SMOKE_LM[@]}" \
         || { log "$task SLD autoencoder FAILED"; return 1; }
     cp $root/sld_autoencoder/summary.json "$OUT/${task}_sld_autoencoder_summary.json"
+    cp $root/sld_autoencoder/metrics.jsonl "$OUT/${task}_sld_autoencoder_metrics.jsonl"
     "${SLD[@]}" train-diffusion -c "$dm_config" autoencoder=$root/sld_autoencoder data.segmented_dir=$seg \
         output_dir=$root/sld_diffusion loop.max_minutes=$DM_MINUTES "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/${task}_sld_diffusion.log" \
         || { log "$task SLD diffusion FAILED"; return 1; }
     cp $root/sld_diffusion/summary.json "$OUT/${task}_sld_diffusion_summary.json"
+    cp $root/sld_diffusion/metrics.jsonl "$OUT/${task}_sld_diffusion_metrics.jsonl"
     "${SLD[@]}" generate model=$root/sld_diffusion input=$seg/valid.jsonl output="$OUT/${task}_sld_predictions.jsonl" \
-        batch_size=500 "${GEN[@]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_sld_generate.log"
+        batch_size=500 "${GEN[$task]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_sld_generate.log"
 }
 
 # ar_chain TASK SEGMENTED AR_CONFIG BATCH ACCUM: the prefix-LM baseline for AR_MINUTES, then the validation inputs
@@ -184,8 +193,9 @@ ar_chain() {
         data.segmented_dir=$seg output_dir=$root/ar loop.max_minutes=$AR_MINUTES "${SMOKE_AR2[@]}" \
         || { log "$task AR baseline FAILED"; return 1; }
     cp $root/ar/summary.json "$OUT/${task}_ar_summary.json"
+    cp $root/ar/metrics.jsonl "$OUT/${task}_ar_metrics.jsonl"
     "${SLD[@]}" generate model=$root/ar input=$seg/valid.jsonl output="$OUT/${task}_ar_predictions.jsonl" \
-        batch_size=250 "${GEN[@]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_ar_generate.log"
+        batch_size=250 "${GEN[$task]}" "${SMOKE_GEN[@]}" 2>&1 | quiet > "$OUT/${task}_ar_generate.log"
 }
 
 if has main; then
@@ -276,6 +286,13 @@ if has bench; then
         "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
         length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 \
         "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
+    if [ -d $RUNS/dialogsum/sld_diffusion ]; then
+        log "bench: DialogSum fewest steps"
+        "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=steps input=$DS/segmented/valid.jsonl \
+            sld_model=$RUNS/dialogsum/sld_diffusion baseline_model=null output_dir="$OUT/dialogsum_benchmark" \
+            steps.num_documents=256 "steps.counts=[5,10,25]" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} \
+            2>&1 | quiet | grep -v " INFO " | tail -20
+    fi
 fi
 if has throughput; then
     here=$(pwd)
@@ -298,6 +315,22 @@ if has throughput; then
         cp $ROC/throughput_$variant/metrics.jsonl "$OUT/throughput_${variant}_metrics.jsonl" 2>/dev/null || true
         cp $ROC/throughput_$variant/profile.txt "$OUT/throughput_${variant}_profile.txt" 2>/dev/null || true
         tail -2 "$OUT/throughput_$variant.log"
+    done
+fi
+
+if has aeprobe; then
+    # The SmolLM2 autoencoder (chosen setting) alone on the GPU for TP_MINUTES each: where a step's time
+    # goes (profiler, batch 256, full loss), and how segments/s and MFU move with the batch and the loss.
+    for probe in "256 noise_robust_contrastive 20" "1024 noise_robust_contrastive 0" "1024 vanilla 0"; do
+        read -r batch variant profile <<< "$probe"
+        name=aeprobe_${batch}_${variant}
+        log "aeprobe: batch $batch, $variant, profiled steps $profile"
+        train_ae probe $name configs/autoencoder_roc_smollm2.yaml "$batch" "${CHOSEN_ARGS[@]}" losses.variant=$variant \
+            loop.max_minutes=$TP_MINUTES loop.profile_steps=$profile loop.eval_every=100000 loop.save_every=100000 \
+            data.num_valid_segments=200
+        cp $ROC/probe/$name/profile.txt "$OUT/${name}_profile.txt" 2>/dev/null || true
+        python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print({k: s[k] for k in s if k.startswith('train/') or k == 'steps'})" \
+            "$OUT/probe_${name}_summary.json" 2>/dev/null || true
     done
 fi
 

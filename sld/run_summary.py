@@ -41,12 +41,34 @@ def evaluation_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     return [dict(row) for row in history if any(key.startswith("eval/") for key in row)]
 
 
+# logged rates averaged over the last rows of a run (the first rows include warm-up and compilation)
+RATE_KEYS = ("train/items_per_second", "train/tokens_per_second", "train/tflops_per_second", "train/mfu")
+RATE_ROWS = 5
+
+
+def throughput_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Throughput of a run from its logged rows: the mean of each rate over the last ``RATE_ROWS``
+    rows that hold it (``RATE_KEYS``; global over the processes, as logged) and the largest
+    ``train/peak_memory_gib``. Keys that were never logged (MFU on a CPU, memory without CUDA) are left out."""
+    summary: dict[str, float] = {}
+    for key in RATE_KEYS:
+        values = [float(row[key]) for row in history if key in row][-RATE_ROWS:]
+        if values:
+            summary[key] = sum(values) / len(values)
+    peaks = [float(row["train/peak_memory_gib"]) for row in history if "train/peak_memory_gib" in row]
+    if peaks:
+        summary["train/peak_memory_gib"] = max(peaks)
+    return summary
+
+
 def training_summary(result: FitResult, seconds: float, **extra: Any) -> dict[str, Any]:
-    """``steps``, ``stopped_by`` and ``train_seconds`` of a finished ``fit``, then ``extra``."""
+    """``steps``, ``stopped_by`` and ``train_seconds`` of a finished ``fit``, its throughput
+    (``throughput_summary`` of its history), then ``extra``."""
     return {
         "steps": result.state.step,
         "stopped_by": result.stopped_by,
         "train_seconds": round(seconds, 1),
+        **throughput_summary(getattr(result, "history", ())),
         **extra,
     }
 

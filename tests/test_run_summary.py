@@ -3,7 +3,13 @@
 import json
 from types import SimpleNamespace
 
-from sld.run_summary import evaluation_rows, format_evaluation, training_summary, write_summary
+from sld.run_summary import (
+    evaluation_rows,
+    format_evaluation,
+    throughput_summary,
+    training_summary,
+    write_summary,
+)
 
 HISTORY = [
     {"step": 2, "train/loss": 1.0},
@@ -35,3 +41,14 @@ def test_summary_and_lines(tmp_path):
         "step 2: valid diffusion_mse=0.5123",
         "step 4: valid diffusion_mse=0.4000 rougeL=12.35 count_acc=0.50",
     ]
+
+
+def test_throughput_is_the_mean_of_the_last_rows_and_the_largest_peak():
+    history = [{"step": 10 * i, "train/items_per_second": float(i), "train/peak_memory_gib": 3.0 - i / 10}
+               for i in range(1, 8)]
+    history.insert(3, {"step": 35, "eval/bleu": 1.0})  # rows without rates are skipped
+    summary = throughput_summary(history)
+    assert summary == {"train/items_per_second": (3 + 4 + 5 + 6 + 7) / 5, "train/peak_memory_gib": 2.9}
+    assert throughput_summary([{"step": 1, "train/loss": 2.0}]) == {}  # nothing logged: nothing claimed
+    result = SimpleNamespace(state=SimpleNamespace(step=70), stopped_by="max_steps", history=history)
+    assert training_summary(result, 1.0)["train/items_per_second"] == 5.0
