@@ -55,3 +55,19 @@ run_bench() {
     "${SLD[@]}" benchmark -c configs/benchmark.yaml sld_model="$2" baseline_model="$3" input="$4/valid.jsonl" \
         output_dir="$OUT/$1_benchmark" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | tail -30
 }
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+
+# fit_or_halve LOG BATCH ACCUM CMD...: CMD with loop.batch_size=BATCH loop.grad_accum_steps=ACCUM, its
+# output in LOG; when it dies of GPU memory, once more with BATCH/2 and 2 x ACCUM (the same global
+# batch; it resumes from its newest checkpoint if it wrote one), and LOG says so (SMOKE: CMD as given).
+fit_or_halve() {
+    local logfile=$1 batch=$2 accum=$3
+    shift 3
+    if [ "${SMOKE:-0}" = 1 ]; then "$@" 2>&1 | quiet > "$logfile"; return; fi
+    "$@" loop.batch_size="$batch" loop.grad_accum_steps="$accum" 2>&1 | quiet > "$logfile" && return 0
+    grep -q "out of memory\|OutOfMemoryError" "$logfile" || return 1
+    mv "$logfile" "$logfile.oom"
+    log "$(basename "$logfile"): out of GPU memory at micro-batch $batch; again at $((batch / 2)) x $((accum * 2))"
+    echo "RETRY: out of GPU memory at micro-batch $batch ($(basename "$logfile").oom); now $((batch / 2)) x $((accum * 2))" > "$logfile"
+    "$@" loop.batch_size=$((batch / 2)) loop.grad_accum_steps=$((accum * 2)) 2>&1 | quiet >> "$logfile"
+}

@@ -1,0 +1,67 @@
+"""The GPU recipes' shell: every recipe parses, and fit_or_halve (recipes/common.sh) retries a run
+that ran out of GPU memory at half the micro-batch with twice the accumulation, and nothing else."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+BASH = shutil.which("bash")
+pytestmark = pytest.mark.skipif(BASH is None, reason="needs bash")
+
+# A stand-in for a training command: prints its arguments, dies of "GPU memory" above batch 8,
+# and fails otherwise when told to.
+FAKE = """
+fake() {
+    local b=0
+    for a in "$@"; do case $a in loop.batch_size=*) b=${a#*=};; esac; done
+    echo "args: $*"
+    [ "$1" = broken ] && { echo "ValueError: bad config"; return 1; }
+    if [ "$b" -gt 8 ]; then echo "torch.OutOfMemoryError: CUDA out of memory."; return 1; fi
+}
+"""
+
+
+def run_fit_or_halve(tmp_path: Path, batch: int, accum: int, *command: str) -> tuple[int, str, Path]:
+    log = tmp_path / "run.log"
+    script = f"""
+    RUNS={tmp_path}/runs OUT={tmp_path}/out
+    . {RECIPES}/common.sh
+    set +e
+    {FAKE}
+    fit_or_halve {log} {batch} {accum} fake {' '.join(command)}
+    echo "rc=$?"
+    """
+    out = subprocess.run([BASH, "-c", script], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1].removeprefix("rc=")), out.stdout, log
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.sh")), ids=lambda p: p.name)
+def test_every_recipe_parses(recipe):
+    subprocess.run([BASH, "-n", str(recipe)], check=True)
+
+
+def test_a_run_that_fits_runs_once_with_the_given_batch(tmp_path):
+    rc, stdout, log = run_fit_or_halve(tmp_path, 8, 1, "x=1")
+    assert rc == 0 and "out of GPU memory" not in stdout
+    assert log.read_text().strip() == "args: x=1 loop.batch_size=8 loop.grad_accum_steps=1"
+    assert not (tmp_path / "run.log.oom").exists()
+
+
+def test_out_of_memory_is_retried_at_half_the_batch_and_twice_the_accumulation(tmp_path):
+    rc, stdout, log = run_fit_or_halve(tmp_path, 16, 2, "x=1")
+    assert rc == 0
+    assert "out of GPU memory at micro-batch 16; again at 8 x 4" in stdout
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("RETRY: out of GPU memory at micro-batch 16")
+    assert lines[1] == "args: x=1 loop.batch_size=8 loop.grad_accum_steps=4"
+    assert "OutOfMemoryError" in (tmp_path / "run.log.oom").read_text()
+
+
+def test_only_one_retry_and_other_failures_are_not_retried(tmp_path):
+    rc, _, log = run_fit_or_halve(tmp_path, 64, 1, "x=1")  # 32 still does not fit
+    assert rc == 1 and "loop.batch_size=32 loop.grad_accum_steps=2" in log.read_text()
+    rc, stdout, log = run_fit_or_halve(tmp_path, 4, 1, "broken")
+    assert rc == 1 and "again at" not in stdout and "ValueError" in log.read_text()
