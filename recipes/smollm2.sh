@@ -30,10 +30,10 @@
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
-# peaks measured on the H200 (from-scratch T5 at batch 1,024: 36.5 GiB) and, for SmolLM2, a CPU
-# estimate (bf16 autocast, conversion + adversarial: 3.2 MiB per target token, about half without the
-# adversarial pass) at each profile's longest batch: the segment length caps (ROC 28, DialogSum 48
-# SmolLM2 tokens) bound it, and the length-grouped sampler runs the longest batch first, so a run that
+# peaks measured on the H200 on 2026-12-02 (bf16; docs/results.md): SmolLM2 autoencoder at batch 256
+# with segments of at most 28 tokens 19.0 GiB (full loss), 11.6 GiB (conversion only), 25.7 GiB
+# (prefix); from-scratch T5 36.8 GiB at 512 x 2. The segment length caps (ROC 28, DialogSum 48 SmolLM2
+# tokens) bound a batch, and the length-grouped sampler runs the longest batch first, so a run that
 # does not fit fails at its first step. fit_or_halve then runs it once more with half the micro-batch
 # and twice the gradient accumulation (the same global batch) and says so in its log.
 #
@@ -90,11 +90,12 @@ if has seg; then
     wait
 fi
 
-# train_ae GROUP NAME CONFIG BATCH [overrides...]: one ROC autoencoder into $ROC/GROUP/NAME
+# train_ae GROUP NAME CONFIG BATCH[xACCUM] [overrides...]: one ROC autoencoder into $ROC/GROUP/NAME
 train_ae() {
-    local group=$1 name=$2 config=$3 batch=$4
+    local group=$1 name=$2 config=$3 batch=${4%x*} accum=1
+    [[ $4 == *x* ]] && accum=${4#*x}
     shift 4
-    fit_or_halve "$OUT/${group}_$name.log" "$batch" 1 "${SLD[@]}" train-autoencoder -c "$config" \
+    fit_or_halve "$OUT/${group}_$name.log" "$batch" "$accum" "${SLD[@]}" train-autoencoder -c "$config" \
         data.segmented_dir=$ROC/segmented_all data.pairs_train="$(data_file roc/pairs_train)" \
         output_dir=$ROC/$group/$name loop.num_workers=2 "$@" "${SMOKE_LM[@]}" || { log "$group $name FAILED"; return 1; }
     cp $ROC/$group/$name/summary.json "$OUT/${group}_${name}_summary.json"
@@ -119,7 +120,8 @@ if has sweep; then
     if [ "${SMOKE:-0}" = 1 ]; then
         train_ae sweep scratch configs/autoencoder_roc.yaml 8 loop.max_steps=3 "${SMOKE_AE[@]}" &
     else
-        SLD_CUDA_MEMORY_FRACTION=${SHARE[scratch]} train_ae sweep scratch configs/autoencoder_roc.yaml 1024 \
+        # 512 x 2 = the profile's batch of 1,024: at 1,024 its longest batch needed more than 0.27 of the card
+        SLD_CUDA_MEMORY_FRACTION=${SHARE[scratch]} train_ae sweep scratch configs/autoencoder_roc.yaml 512x2 \
             loop.max_minutes=$SWEEP_MINUTES loop.eval_every=100 &
     fi
     for name in $SWEEP; do
