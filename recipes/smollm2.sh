@@ -139,7 +139,7 @@ for run in sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file()):
     s = json.loads((run / "summary.json").read_text())
     rows[run.name] = s
     print(f"{run.name:16s} steps {s['steps']:5d} ({s['stopped_by']}) bleu {s.get('eval/bleu', float('nan')):6.2f} "
-          f"segments/s {s.get('train/segments_per_second', float('nan')):8.1f}")
+          f"segments/s {s.get('train/items_per_second', float('nan')):8.1f}")
     if run.name != "scratch" and s["stopped_by"] != "max_steps":
         print(f"WARNING {run.name}: stopped by {s['stopped_by']}, not at the equal step count")
 candidates = [name for name in rows if name != "scratch"]

@@ -230,8 +230,6 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
     evals = evaluation_rows(result.history)
     final = {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
     summary = training_summary(result, time.perf_counter() - started, **final)
-    if "train/items_per_second" in summary:  # the autoencoder's items are segments
-        summary["train/segments_per_second"] = summary["train/items_per_second"]
     write_summary(output_dir, summary)
     return TrainedAutoencoder(output_dir, summary)
 

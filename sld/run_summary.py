@@ -68,7 +68,7 @@ def training_summary(result: FitResult, seconds: float, **extra: Any) -> dict[st
         "steps": result.state.step,
         "stopped_by": result.stopped_by,
         "train_seconds": round(seconds, 1),
-        **throughput_summary(getattr(result, "history", ())),
+        **throughput_summary(result.history),
         **extra,
     }
 

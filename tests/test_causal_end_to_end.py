@@ -12,11 +12,10 @@ import pytest
 import tiny_models
 
 from sld.config import load_config
-from sld.data.synthetic import write_synthetic_corpus
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.baseline import BaselineModel
 from sld.pipeline import SLDPipeline
-from stages import autoencoder_report, generate, segment, train_autoencoder, train_baseline, train_diffusion
+from stages import autoencoder_report, generate, train_autoencoder, train_baseline, train_diffusion
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,8 +24,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("causal_e2e")
     lm = tiny_models.save_tiny_causal_lm(root / "lm")
-    files = write_synthetic_corpus(
-        root / "data",
+    files, seg = tiny_models.segmented_synthetic_stories(
+        root,
         seed=5,
         stories_train=30,
         stories_valid=4,
@@ -35,10 +34,6 @@ def trained(tmp_path_factory):
         pairs_train=12,
         pairs_valid=6,
     )
-    seg = root / "segmented"
-    args = [f"splits.train={files['stories_train']}", f"splits.valid={files['stories_valid']}"]
-    args += [f"output_dir={seg}", "records.task=title_to_story", "segmenter.max_segments=3"]
-    assert segment.main(args) == 0
     ae_overrides = [
         f"output_dir={root / 'ae'}",
         f"data.segmented_dir={seg}",

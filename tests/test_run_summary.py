@@ -26,7 +26,7 @@ def test_evaluation_rows_are_copies_of_the_eval_rows():
 
 
 def test_summary_and_lines(tmp_path):
-    result = SimpleNamespace(state=SimpleNamespace(step=4), stopped_by="max_minutes")
+    result = SimpleNamespace(state=SimpleNamespace(step=4), stopped_by="max_minutes", history=HISTORY)
     summary = training_summary(result, 12.345, validation=evaluation_rows(HISTORY))
     assert list(summary) == ["steps", "stopped_by", "train_seconds", "validation"]
     assert summary["steps"] == 4 and summary["train_seconds"] == 12.3

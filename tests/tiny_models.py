@@ -270,6 +270,23 @@ def tiny_baseline(bert: str) -> BaselineModel:
     return BaselineModel.from_config(config, CORPUS).eval()
 
 
+def segmented_synthetic_stories(root: Path, **corpus: int) -> tuple[dict, Path]:
+    """A synthetic corpus in ``root/data`` (``write_synthetic_corpus`` with ``corpus``) and its titled
+    stories segmented into ``root/segmented`` (title -> story, at most 3 sentences).
+
+    Returns the corpus files and the segmented folder.
+    """
+    from sld.data.synthetic import write_synthetic_corpus
+    from stages import segment
+
+    files = write_synthetic_corpus(root / "data", **corpus)
+    seg = root / "segmented"
+    argv = [f"splits.train={files['stories_train']}", f"splits.valid={files['stories_valid']}"]
+    argv += [f"output_dir={seg}", "records.task=title_to_story", "segmenter.max_segments=3"]
+    assert segment.main(argv) == 0
+    return files, seg
+
+
 def write_stage_inputs(root: Path, bert_dropout: bool = True) -> dict:
     """What the three trainers need, for the subprocess tests: a tiny BERT, 40 + 4 synthetic titled
     stories segmented (at most 3 sentences) and a saved tiny autoencoder.
@@ -279,17 +296,14 @@ def write_stage_inputs(root: Path, bert_dropout: bool = True) -> dict:
     """
     import json
 
-    from sld.data.synthetic import write_synthetic_corpus
-    from stages import segment
-
     bert = save_tiny_bert(root / "bert")
     if not bert_dropout:
         config_file = root / "bert" / "config.json"
         config = json.loads(config_file.read_text())
         config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         config_file.write_text(json.dumps(config))
-    files = write_synthetic_corpus(
-        root / "data",
+    _, seg = segmented_synthetic_stories(
+        root,
         seed=3,
         stories_train=40,
         stories_valid=4,
@@ -298,10 +312,6 @@ def write_stage_inputs(root: Path, bert_dropout: bool = True) -> dict:
         pairs_train=4,
         pairs_valid=2,
     )
-    seg = root / "segmented"
-    argv = [f"splits.train={files['stories_train']}", f"splits.valid={files['stories_valid']}"]
-    argv += [f"output_dir={seg}", "records.task=title_to_story", "segmenter.max_segments=3"]
-    assert segment.main(argv) == 0
     autoencoder = root / "autoencoder"
     tiny_autoencoder(bert, seed=0).save_pretrained(autoencoder)
     return {"bert": bert, "segmented": seg, "autoencoder": autoencoder}
