@@ -14,9 +14,8 @@
 #   eval   one quality table per task (ROUGE-1/2/L, semantic similarity, distinct-n, distinct outputs,
 #          repeated segments) and ten outputs of each system
 #   ablation  the loss variants of the paper's latent-space figure (vanilla / noise-robust /
-#          contrastive) with the chosen setting, equal steps: vanilla and noise-robust are trained here,
-#          the contrastive one is the sweep's run of the chosen setting (their segments/s also price the
-#          adversarial pass)
+#          noise-robust + contrastive) with the chosen setting, all three at once, ABL_STEPS steps each
+#          under an ABL_MINUTES cap (their segments/s also price the adversarial pass)
 #   report the sweep's autoencoders: reconstruction BLEU, robustness to latent noise, smoothness;
 #          the latent map of the ablation, the training curves and a denoising trajectory
 #   bench  `sld benchmark mode=all` on the ROC models: speed against the fastest comparable AR setting,
@@ -25,8 +24,15 @@
 #   throughput  today's from-scratch ROC autoencoder profile alone on the GPU for TP_MINUTES, with
 #          the code in BEFORE_CODE (a folder holding an older sld/ and stages/) and with this code
 #          (length-grouped batches)
-#   aeprobe  the SmolLM2 autoencoder of the chosen setting alone for TP_MINUTES each: a profiled run at
-#          batch 256, then batch 1,024 with the full loss and with the conversion loss alone
+#   decode  static KV cache + CUDA-graph token step against the default dynamic decoding: `sld benchmark
+#          mode=length_scaling` both ways on the same models (ROC SLD if trained, else DialogSum; the ROC
+#          AR baseline, or a 20-step one when there is none: timing does not depend on the weights)
+#   aeprobe  the SmolLM2 autoencoder of the chosen setting alone for TP_MINUTES each (AEPROBES: batch,
+#          loss variant, profiled steps; default: profiled at 256, then 1,024 full loss and conversion only)
+#   trainers  the denoiser at the paper's size (768 x 12) at batch 256 and 1,024 and the ROC AR baseline,
+#          each alone for TP_MINUTES: items/s, tokens/s and MFU from their summaries
+# TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
+# after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main`.
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
@@ -49,6 +55,8 @@ set +e   # a failed run is logged and the phases after it still run (each chain 
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # shapes vary per batch
 ABL_STEPS=${ABL_STEPS:-300}   # four runs sharing the card made about 290 steps in 3 minutes (2026-12-02)
 SWEEP_MINUTES=${SWEEP_MINUTES:-3.5}
+ABL_MINUTES=${ABL_MINUTES:-$SWEEP_MINUTES}
+SYSTEMS=${SYSTEMS:-sld ar}
 AE_MINUTES=${AE_MINUTES:-4.5}
 DM_MINUTES=${DM_MINUTES:-2.5}
 AR_MINUTES=$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")
@@ -114,6 +122,18 @@ SWEEP=${SWEEP:-kv kv_word_dropout prefix}
 # positions to every row), the from-scratch T5 at batch 1,024, the AR baselines
 declare -A SHARE=([kv]=0.2 [kv_frozen]=0.2 [kv_word_dropout]=0.2 [prefix]=0.25 [scratch]=0.27 [ar]=0.2)
 EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
+ABL_EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$ABL_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
+
+if [ -n "${TOGETHER:-}" ]; then
+    log "together: $TOGETHER (each phase in its own process of this recipe, all at once)"
+    for phase in $TOGETHER; do
+        PHASES=$phase TOGETHER="" bash "$0" > "$OUT/together_$phase.log" 2>&1 &
+    done
+    wait
+    PHASES=" ${PHASES:-all} "
+    for phase in $TOGETHER; do PHASES=${PHASES// $phase / }; done
+    [[ " $PHASES " == *" all "* ]] && log "together with PHASES=all: the other phases run next, these again"
+fi
 
 if has sweep; then
     log "sweep: SmolLM2 autoencoder settings ($SWEEP) under one step/time cap, and the from-scratch decoder, all at once"
@@ -148,7 +168,7 @@ best = max(candidates, key=lambda name: rows[name].get("eval/bleu", -1.0)) if ca
 print(f"chosen autoencoder setting: {best} (highest validation BLEU at an equal step count)")
 PY
 fi
-CHOSEN=$(cat "$OUT/chosen_setting" 2>/dev/null || echo kv)
+CHOSEN=$(cat "$OUT/chosen_setting" 2>/dev/null || echo kv_word_dropout)   # the profiles' default
 read -r -a CHOSEN_ARGS <<< "${SETTINGS[$CHOSEN]}"
 
 
@@ -191,11 +211,11 @@ if has main; then
     log "main: SLD and AR on ${TASKS:-roc dialogsum} side by side (autoencoder setting $CHOSEN)"
     for task in ${TASKS:-roc dialogsum}; do
         if [ "$task" = roc ]; then
-            SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml 256 configs/diffusion_roc_continuation.yaml &
-            SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml 64 1 &
+            [[ " $SYSTEMS " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml 256 configs/diffusion_roc_continuation.yaml &
+            [[ " $SYSTEMS " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml 64 1 &
         else
-            SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml 128 configs/diffusion_dialogsum.yaml &
-            SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml 16 4 &
+            [[ " $SYSTEMS " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml 128 configs/diffusion_dialogsum.yaml &
+            [[ " $SYSTEMS " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml 16 4 &
         fi
     done
     wait
@@ -230,34 +250,46 @@ PY
 fi
 
 if has ablation; then
-    # vanilla and noise-robust with the chosen setting, equal steps; the contrastive variant (the
-    # profiles' default loss) is the sweep's run of that setting
-    log "ablation: the loss variants of the paper's latent-space figure with the chosen setting ($CHOSEN)"
-    for variant in vanilla noise_robust; do
-        SLD_CUDA_MEMORY_FRACTION=0.3 train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml 256 \
-            "${CHOSEN_ARGS[@]}" losses.variant=$variant "${EQUAL[@]}" &
+    # the three variants with the chosen setting, all at once, the same step count (shares: the peaks
+    # at batch 256, conversion only 11.6 GiB, with the adversarial pass 19.0 GiB)
+    log "ablation: the loss variants of the paper's latent-space figure with the chosen setting ($CHOSEN), $ABL_STEPS steps each"
+    declare -A ABL_SHARE=([vanilla]=0.12 [noise_robust]=0.17 [noise_robust_contrastive]=0.17)
+    for variant in vanilla noise_robust noise_robust_contrastive; do
+        SLD_CUDA_MEMORY_FRACTION=${ABL_SHARE[$variant]} train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml 256 \
+            "${CHOSEN_ARGS[@]}" losses.variant=$variant "${ABL_EQUAL[@]}" &
     done
     wait
+    for variant in vanilla noise_robust noise_robust_contrastive; do
+        python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], 'steps', s['steps'], 'stopped by', s['stopped_by'], 'bleu', s.get('eval/bleu'))" \
+            "$OUT/ablation_${variant}_summary.json" $variant 2>/dev/null || true
+    done
 fi
 
 if has report; then
-    log "report: the sweep's autoencoders, figures"
+    log "report: the sweep's and the ablation's autoencoders, figures"
     # only the sweep runs that finished (a folder with autoencoder_config.json)
     done_runs=$(for d in $ROC/sweep/*/; do [ -f "$d/autoencoder_config.json" ] && echo "${d%/}"; done)
     runs=$(echo "$done_runs" | paste -sd, -)
-    names=$(echo "$done_runs" | xargs -n1 basename | paste -sd, -)
+    names=$(echo "$done_runs" | xargs -r -n1 basename | paste -sd, -)
     ablation=""; ablation_labels=""
-    for pair in ablation/vanilla:vanilla ablation/noise_robust:noise-robust "sweep/$CHOSEN:noise-robust + contrastive"; do
+    for pair in ablation/vanilla:vanilla ablation/noise_robust:noise-robust "ablation/noise_robust_contrastive:noise-robust + contrastive"; do
         run=${pair%%:*}
         [ -f "$ROC/$run/autoencoder_config.json" ] || continue
         ablation="$ablation${ablation:+,}$ROC/$run"; ablation_labels="$ablation_labels${ablation_labels:+,}${pair#*:}"
     done
-    "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
-        pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
-    "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
-        "latent_map.autoencoders=[$ablation]" "latent_map.labels=[$ablation_labels]" \
-        2>&1 | quiet | tail -6
-    "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
+    if [ -n "$runs" ]; then
+        "${SLD[@]}" autoencoder-report "autoencoders=[$runs]" "labels=[$names]" segments=$ROC/segmented_all/valid.jsonl \
+            pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/sweep_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
+        "${SLD[@]}" visualize curves output_dir="$OUT/figures" "curves.runs=[$runs]" "curves.labels=[$names]" 2>&1 | quiet | tail -3
+    fi
+    if [ -n "$ablation" ]; then
+        "${SLD[@]}" autoencoder-report "autoencoders=[$ablation]" "labels=[$ablation_labels]" segments=$ROC/segmented_all/valid.jsonl \
+            pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/ablation_report" "${SMOKE_REPORT[@]}" 2>&1 | quiet | tail -12
+        "${SLD[@]}" visualize latent-map pairs="$(data_file roc/pairs_valid)" output_dir="$OUT/figures" \
+            "latent_map.autoencoders=[$ablation]" "latent_map.labels=[$ablation_labels]" \
+            2>&1 | quiet | tail -6
+        "${SLD[@]}" visualize curves output_dir="$OUT/ablation_figures" "curves.runs=[$ablation]" "curves.labels=[$ablation_labels]" 2>&1 | quiet | tail -3
+    fi
     if [ -d $RUNS/roc/sld_diffusion ]; then
         "${SLD[@]}" visualize trajectory trajectory.pipeline=$RUNS/roc/sld_diffusion \
             trajectory.segmented_file=$ROC/segmented_continuation/valid.jsonl pairs="$(data_file roc/pairs_valid)" \
@@ -266,7 +298,7 @@ if has report; then
 fi
 
 if has bench; then
-    log "bench: ROC speed, fewest steps, length scaling"
+    [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ] && log "bench: ROC speed, fewest steps, length scaling" && \
     "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \
         sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
         "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
@@ -276,10 +308,30 @@ if has bench; then
         log "bench: DialogSum fewest steps"
         "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=steps input=$DS/segmented/valid.jsonl \
             sld_model=$RUNS/dialogsum/sld_diffusion baseline_model=null output_dir="$OUT/dialogsum_benchmark" \
-            steps.num_documents=256 "steps.counts=[5,10,25]" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} \
+            "${GEN[dialogsum]}" steps.num_documents=256 "steps.counts=[5,10,25]" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} \
             2>&1 | quiet | grep -v " INFO " | tail -20
     fi
 fi
+if has decode; then
+    sld_model=$RUNS/roc/sld_diffusion
+    [ -d $sld_model ] || sld_model=$RUNS/dialogsum/sld_diffusion
+    ar_model=$RUNS/roc/ar
+    if [ ! -d $ar_model ]; then
+        ar_model=$RUNS/roc/ar_timing
+        log "decode: no ROC AR baseline; a 20-step one for timing ($ar_model)"
+        "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
+            data.segmented_dir=$ROC/segmented_continuation output_dir=$ar_model loop.max_steps=${DECODE_AR_STEPS:-20} \
+            loop.eval_every=100000 "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/decode_ar_timing.log"
+    fi
+    for static in false true; do
+        log "decode: length scaling, static_cache=$static ($sld_model, $ar_model)"
+        "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=length_scaling sld_model=$sld_model baseline_model=$ar_model \
+            output_dir="$OUT/decode_static_$static" length_scaling.static_cache=$static \
+            length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} \
+            2>&1 | quiet | grep -v " INFO " | tail -16
+    done
+fi
+
 if has throughput; then
     here=$(pwd)
     pairs=$(realpath "$(data_file roc/pairs_train)")
@@ -307,7 +359,8 @@ fi
 if has aeprobe; then
     # The SmolLM2 autoencoder (chosen setting) alone on the GPU for TP_MINUTES each: where a step's time
     # goes (profiler, batch 256, full loss), and how segments/s and MFU move with the batch and the loss.
-    for probe in "256 noise_robust_contrastive 20" "1024 noise_robust_contrastive 0" "1024 vanilla 0"; do
+    IFS="|" read -r -a probes <<< "${AEPROBES:-256 noise_robust_contrastive 20|1024 noise_robust_contrastive 0|1024 vanilla 0}"
+    for probe in "${probes[@]}"; do
         read -r batch variant profile <<< "$probe"
         name=aeprobe_${batch}_${variant}
         log "aeprobe: batch $batch, $variant, profiled steps $profile"
@@ -317,6 +370,29 @@ if has aeprobe; then
         cp $ROC/probe/$name/profile.txt "$OUT/${name}_profile.txt" 2>/dev/null || true
         python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print({k: s[k] for k in s if k.startswith('train/') or k == 'steps'})" \
             "$OUT/probe_${name}_summary.json" 2>/dev/null || true
+    done
+fi
+
+if has trainers; then
+    # each trainer alone: the denoiser at the paper's size (context from the cached MiniLM, the ablation's
+    # contrastive autoencoder or the ROC SLD one) at two batch sizes, then the ROC AR baseline
+    ae=$ROC/ablation/noise_robust_contrastive
+    [ -d $RUNS/roc/sld_autoencoder ] && ae=$RUNS/roc/sld_autoencoder
+    for batch in 256 1024; do
+        log "trainers: denoiser 768 x 12, batch $batch, $TP_MINUTES min alone"
+        "${SLD[@]}" train-diffusion -c configs/diffusion_roc_continuation.yaml autoencoder=$ae \
+            data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/denoiser_$batch \
+            denoiser.width=768 denoiser.depth=12 denoiser.heads=12 loop.batch_size=$batch loop.max_minutes=$TP_MINUTES \
+            loop.eval_every=100000 loop.save_every=100000 loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_denoiser_$batch.log"
+        cp $ROC/trainers/denoiser_$batch/summary.json "$OUT/trainers_denoiser_${batch}_summary.json" 2>/dev/null || true
+    done
+    log "trainers: ROC AR baseline (SmolLM2, batch 64), $TP_MINUTES min alone"
+    "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
+        data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/ar loop.max_minutes=$TP_MINUTES \
+        loop.eval_every=100000 loop.save_every=100000 loop.log_every=20 "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/trainers_ar.log"
+    cp $ROC/trainers/ar/summary.json "$OUT/trainers_ar_summary.json" 2>/dev/null || true
+    for f in "$OUT"/trainers_*_summary.json; do
+        python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], {k: s[k] for k in s if k.startswith('train/') or k == 'steps'})" "$f" 2>/dev/null || true
     done
 fi
 

@@ -182,6 +182,7 @@ class SLDPipeline:
         return_latents: bool = False,
         progress: bool = False,
         min_new_tokens: int = 0,
+        static_cache: bool = False,
     ) -> SLDOutput:
         """Generate one text per source (``None`` = unconditional).
 
@@ -189,6 +190,8 @@ class SLDPipeline:
         forces the segment count per source instead of the count head. ``batch_size`` counts
         documents per denoising batch (candidates included). ``max_new_tokens`` / ``min_new_tokens``
         bound every decoded segment (None = the autoencoder's saved budget; 0 = no minimum).
+        ``static_cache``: decode segments from a static KV cache, the token step as a CUDA graph on a
+        GPU (a causal-LM decoder only; ``sld.models.static_decoding``).
         """
         cfg = self.config
         steps = num_inference_steps or cfg.num_inference_steps
@@ -202,6 +205,8 @@ class SLDPipeline:
         }
         if min_new_tokens > 0:
             decode_options["min_new_tokens"] = min_new_tokens
+        if static_cache:
+            decode_options["static_cache"] = True
         if num_candidates < 1:
             raise UserError(f"num_candidates must be >= 1, got {num_candidates}")
         if num_segments is not None and len(num_segments) != len(sources):

@@ -16,7 +16,7 @@ Both systems decode under the same rules (sld/eval/decoding_rules.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +47,10 @@ class Config(SpeedConfig):
     """The speed keys (``batch_sizes``, ``samplers``, ``decodings``, ...) are ``SpeedConfig``'s; ``steps``
     and ``length_scaling`` hold the other modes' keys. ``no_repeat_ngram_size`` null = the SLD
     pipeline's saved value (0 without one), applied to both systems; ``token_budget`` and
-    ``budget_percentile``: see sld/eval/decoding_rules.py; ``*_max_new_tokens`` override them."""
+    ``budget_percentile``: see sld/eval/decoding_rules.py; ``*_max_new_tokens`` override them.
+    ``static_cache``: both systems' causal-LM decoders use a static KV cache with the token step
+    replayed as a CUDA graph (``sld.models.static_decoding``) in the speed mode; ``length_scaling.static_cache``
+    sets the same for that mode."""
 
     output_dir: str = "runs/benchmark"
     input: str = "runs/segmented/valid.jsonl"
@@ -59,6 +62,7 @@ class Config(SpeedConfig):
     budget_percentile: float = 99.0
     sld_max_new_tokens: int | None = None
     ar_max_new_tokens: int | None = None
+    static_cache: bool = False
     steps: StepsConfig = field(default_factory=StepsConfig)
     length_scaling: LengthScalingConfig = field(default_factory=LengthScalingConfig)
     seed: int = 0
@@ -93,9 +97,11 @@ def run(cfg: Config) -> dict[str, Any]:
             docs, pipe, baseline, cfg.no_repeat_ngram_size, cfg.token_budget, cfg.budget_percentile,
             cfg.sld_max_new_tokens, cfg.ar_max_new_tokens,
         )  # fmt: skip
+        rules = replace(rules, static_cache=cfg.static_cache)
         header += [
             f"- input: {cfg.input} (first {len(docs)} documents)",
-            f"- both systems: no_repeat_ngram_size {rules.no_repeat_ngram_size}; token budget: {rules.rule}",
+            f"- both systems: no_repeat_ngram_size {rules.no_repeat_ngram_size}; token budget: {rules.rule}; "
+            f"{'static KV cache + CUDA-graph token step' if rules.static_cache else 'dynamic KV cache'}",
         ]
     results: dict[str, Any] = {}
     if "speed" in modes:

@@ -31,7 +31,7 @@ def run_fit_or_halve(tmp_path: Path, batch: int, accum: int, *command: str) -> t
     . {RECIPES}/common.sh
     set +e
     {FAKE}
-    fit_or_halve {log} {batch} {accum} fake {' '.join(command)}
+    fit_or_halve {log} {batch} {accum} fake {" ".join(command)}
     echo "rc=$?"
     """
     out = subprocess.run([BASH, "-c", script], capture_output=True, text=True, check=True)

@@ -44,8 +44,10 @@ def test_summary_and_lines(tmp_path):
 
 
 def test_throughput_is_the_mean_of_the_last_rows_and_the_largest_peak():
-    history = [{"step": 10 * i, "train/items_per_second": float(i), "train/peak_memory_gib": 3.0 - i / 10}
-               for i in range(1, 8)]
+    history = [
+        {"step": 10 * i, "train/items_per_second": float(i), "train/peak_memory_gib": 3.0 - i / 10}
+        for i in range(1, 8)
+    ]
     history.insert(3, {"step": 35, "eval/bleu": 1.0})  # rows without rates are skipped
     summary = throughput_summary(history)
     assert summary == {"train/items_per_second": (3 + 4 + 5 + 6 + 7) / 5, "train/peak_memory_gib": 2.9}

@@ -52,6 +52,7 @@ class DecodingRules:
     sld_max_new_tokens: int | None  # per segment
     ar_max_new_tokens: int | None  # per document
     rule: str  # how the budgets were set, in words, for the report
+    static_cache: bool = False  # both decoders: static KV cache + CUDA-graph token step (causal LMs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

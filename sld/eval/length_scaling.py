@@ -82,7 +82,9 @@ class LengthScalingConfig:
 
     ``tokens_per_segment`` null = the median synthetic sentence length in the SLD decoder's tokens
     (the AR decoder's when no SLD model is given). ``growth_from``: latency growth is reported from
-    this segment count to the largest (the issue's target: from 5 to 20).
+    this segment count to the largest (the issue's target: from 5 to 20). ``static_cache``: both
+    systems decode from a static KV cache with the token step as a CUDA graph
+    (``sld.models.static_decoding``; causal-LM decoders only).
     """
 
     segment_counts: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
@@ -93,6 +95,7 @@ class LengthScalingConfig:
     throughput_repeats: int = 3
     sampler: SamplerSetting = field(default_factory=_default_sampler)
     growth_from: int = 5
+    static_cache: bool = False
 
     def __post_init__(self) -> None:
         if not self.segment_counts or any(s < 1 for s in self.segment_counts):
@@ -140,6 +143,7 @@ def sld_forced_length_fn(
     sampler: SamplerSetting,
     guidance_scale: float | None = None,
     seed: int = 0,
+    static_cache: bool = False,
 ) -> BatchFn:
     """One SLD batch: context -> (B, S, N, D) latents over exactly S slots -> B x S segments of T tokens.
 
@@ -175,13 +179,16 @@ def sld_forced_length_fn(
             min_new_tokens=t,
             num_beams=1,
             no_repeat_ngram_size=0,
+            **({"static_cache": True} if static_cache else {}),
         )
         return [" ".join(segments[i * s : (i + 1) * s]) for i in range(b)]
 
     return run
 
 
-def ar_forced_length_fn(baseline: Any, sources: Sequence[str | None], num_tokens: int) -> BatchFn:
+def ar_forced_length_fn(
+    baseline: Any, sources: Sequence[str | None], num_tokens: int, static_cache: bool = False
+) -> BatchFn:
     """One AR batch: every document exactly ``num_tokens`` tokens, greedy (a ``BaselineModel``)."""
     sources = list(sources)
 
@@ -193,6 +200,7 @@ def ar_forced_length_fn(baseline: Any, sources: Sequence[str | None], num_tokens
             no_repeat_ngram_size=0,
             max_new_tokens=num_tokens,
             min_new_tokens=num_tokens,
+            **({"static_cache": True} if static_cache else {}),
         )
 
     return run
@@ -261,10 +269,12 @@ def run_length_scaling(
         for kind, batch_size, repeats in cells:
             batch = sources[:batch_size]
             if pipe is not None:
-                fn = sld_forced_length_fn(pipe, denoiser, batch, s, t, cfg.sampler, guidance_scale, seed)
+                fn = sld_forced_length_fn(
+                    pipe, denoiser, batch, s, t, cfg.sampler, guidance_scale, seed, cfg.static_cache
+                )
                 rows.append(_cell(SLD, kind, fn, s, s * t, batch_size, repeats, device, sld_tokenizer))
             if baseline is not None:
-                fn = ar_forced_length_fn(baseline, batch, s * t)
+                fn = ar_forced_length_fn(baseline, batch, s * t, cfg.static_cache)
                 rows.append(_cell(AR, kind, fn, s, s * t, batch_size, repeats, device, ar_tokenizer))
     return {
         "tokens_per_segment": t,
@@ -273,6 +283,7 @@ def run_length_scaling(
         "sld_weights": sld_weights,
         "ar_weights": "as loaded" if baseline is not None else None,
         "timing_only": True,
+        "static_cache": cfg.static_cache,
         "rows": rows,
         "growth": growth(rows, cfg.growth_from),
     }
@@ -312,6 +323,12 @@ def length_scaling_markdown(report: dict[str, Any]) -> str:
         f"{report['tokens_per_segment']}; greedy, no repetition control; sources: {report['sources']}",
         f"- SLD: {report['sld_sampler']}, {report['sld_weights']}; AR: {report['ar_weights']}",
         "- timing only: texts are not scored; median of the timed runs after one warm-up call",
+        "- decoding: "
+        + (
+            "static KV cache, token step replayed as a CUDA graph on a GPU (static_cache=true)"
+            if report.get("static_cache")
+            else "dynamic KV cache, finished rows leave the batch"
+        ),
     ]
     for system, g in report["growth"].items():
         lat = "n/a" if g["latency_growth"] is None else f"x{g['latency_growth']:.2f}"

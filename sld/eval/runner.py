@@ -172,6 +172,7 @@ def sld_generate_fn(
             max_new_tokens=rules.sld_max_new_tokens,
             seed=seed,
             batch_size=batch_size,
+            static_cache=rules.static_cache,
         )
         return out.texts, dict(out.timings)
 
@@ -190,6 +191,7 @@ def ar_generate_fn(
             num_beams=decoding.num_beams,
             no_repeat_ngram_size=rules.no_repeat_ngram_size,
             max_new_tokens=rules.ar_max_new_tokens,
+            **({"static_cache": True} if rules.static_cache else {}),
         )
         return texts, {}
 

@@ -562,7 +562,8 @@ class SegmentAutoencoder(nn.Module):
         (``config.decode_max_tokens``, else ``max_segment_tokens``). A seq2seq decoder goes through one
         ``generate`` call (rows start with the start token; extra keyword arguments go to ``generate``);
         a causal decoder through ``sld.models.causal_decoding.decode`` (greedy or ``do_sample`` with
-        ``temperature`` / ``top_k`` / ``min_new_tokens``; no beam search). Call ``eval()`` first unless
+        ``temperature`` / ``top_k`` / ``min_new_tokens``; no beam search; ``static_cache=True``:
+        ``sld.models.static_decoding``). Call ``eval()`` first unless
         dropout is wanted.
         """
         budget = max_new_tokens or self.config.decode_max_tokens or self.max_segment_tokens
@@ -570,7 +571,9 @@ class SegmentAutoencoder(nn.Module):
         if self.is_causal:
             if num_beams != 1:
                 raise UserError("num_beams > 1: beam search is not available with a causal-LM decoder")
-            unknown = sorted(set(generate_kwargs) - {"do_sample", "temperature", "top_k", "min_new_tokens"})
+            unknown = sorted(
+                set(generate_kwargs) - {"do_sample", "temperature", "top_k", "min_new_tokens", "static_cache"}
+            )
             if unknown:
                 raise UserError(
                     f"unsupported decoding option(s) for a causal-LM decoder: {', '.join(unknown)}"
@@ -588,6 +591,10 @@ class SegmentAutoencoder(nn.Module):
                 settings=DecodeSettings(
                     max_new_tokens=budget, no_repeat_ngram_size=no_repeat_ngram_size, **generate_kwargs
                 ),
+            )
+        if generate_kwargs.pop("static_cache", False):
+            raise UserError(
+                "static_cache=true needs a causal-LM segment decoder; this one is encoder-decoder"
             )
         memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
         generate_kwargs.setdefault("do_sample", False)

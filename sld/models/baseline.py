@@ -475,13 +475,16 @@ class BaselineModel(nn.Module):
         Seq2seq: one ``generate`` call for the whole batch; extra keyword arguments go to ``generate``.
         Causal: ``input_ids`` are left-padded prompts (``PrefixLMCollator.sources``); the source is
         prefilled and ``sld.models.causal_decoding.decode`` writes the target (rows leave as they end;
-        greedy, or ``do_sample`` with ``temperature`` / ``top_k`` / ``min_new_tokens``; no beams).
+        greedy, or ``do_sample`` with ``temperature`` / ``top_k`` / ``min_new_tokens``; no beams;
+        ``static_cache=True``: ``sld.models.static_decoding``).
         """
         budget = max_new_tokens or self.config.decode_max_tokens or self.max_target_tokens
         if self.is_causal:
             return self._decode_causal(
                 input_ids, attention_mask, budget, num_beams, no_repeat_ngram_size, generate_kwargs
             )
+        if generate_kwargs.pop("static_cache", False):
+            raise UserError("static_cache=true needs a causal-LM decoder; this baseline is encoder-decoder")
         generate_kwargs.setdefault("do_sample", False)
         return self.lm.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
@@ -508,7 +511,9 @@ class BaselineModel(nn.Module):
         """Prefill the prompts (B, T+1) but their last (start) token, then decode from it."""
         if num_beams != 1:
             raise UserError("num_beams > 1: beam search is not available with a causal-LM baseline")
-        unknown = sorted(set(options) - {"do_sample", "temperature", "top_k", "min_new_tokens"})
+        unknown = sorted(
+            set(options) - {"do_sample", "temperature", "top_k", "min_new_tokens", "static_cache"}
+        )
         if unknown:
             raise UserError(f"unsupported decoding option(s) for a causal-LM baseline: {', '.join(unknown)}")
         cache = DynamicCache()

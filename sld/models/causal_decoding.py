@@ -36,6 +36,8 @@ class DecodeSettings:
         no_repeat_ngram_size: n > 0 bans any token that would repeat an n-gram of the row's own output.
         do_sample: sample from softmax(logits / temperature) (top-k if ``top_k`` > 0) instead of argmax.
         check_every: drop finished rows every this many steps (the loop's only host synchronisation).
+        static_cache: decode from a preallocated static KV cache, the one-token step compiled into a
+            CUDA graph on a GPU (``sld.models.static_decoding``); rows stay in the batch until all stop.
     """
 
     max_new_tokens: int = 64
@@ -45,6 +47,7 @@ class DecodeSettings:
     temperature: float = 1.0
     top_k: int = 0
     check_every: int = 8
+    static_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -87,6 +90,25 @@ def _pick(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def next_tokens(
+    logits: torch.Tensor,
+    generated: torch.Tensor | None,
+    step: int,
+    eos_id: int,
+    settings: DecodeSettings,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Logits (B, V) of step ``step`` and the tokens generated so far (B, step; needed only with
+    ``no_repeat_ngram_size``) -> the next tokens (B,): n-gram bans, no eos before ``min_new_tokens``,
+    then argmax or sampling."""
+    if settings.no_repeat_ngram_size > 0 and step > 0 and generated is not None:
+        banned = banned_by_ngrams(generated, settings.no_repeat_ngram_size, logits.shape[-1])
+        logits = logits.masked_fill(banned, float("-inf"))
+    if step < settings.min_new_tokens:
+        logits[:, eos_id] = float("-inf")
+    return _pick(logits, settings, generator)
+
+
 @torch.no_grad()
 def decode(
     lm: torch.nn.Module,
@@ -111,6 +133,12 @@ def decode(
         attention_mask: (B, P) 1 for real cache entries, 0 for left padding; None = all real.
         generator: for sampling.
     """
+    if settings.static_cache:
+        from sld.models.static_decoding import decode_static
+
+        return decode_static(
+            lm, cache, first_ids, positions, eos_id, pad_id, settings, attention_mask, generator
+        )
     device = first_ids.device
     batch = first_ids.shape[0]
     steps = settings.max_new_tokens
@@ -134,13 +162,8 @@ def decode(
         logits = lm_forward(
             lm, cache, input_ids=current[:, None], position_ids=position[:, None], logits_to_keep=1, **kwargs
         ).logits[:, -1, :]
-        if settings.no_repeat_ngram_size > 0 and step > 0:
-            generated = out[rows, :step]
-            banned = banned_by_ngrams(generated, settings.no_repeat_ngram_size, logits.shape[-1])
-            logits = logits.masked_fill(banned, float("-inf"))
-        if step < settings.min_new_tokens:
-            logits[:, eos_id] = float("-inf")
-        token = _pick(logits, settings, generator)
+        generated = out[rows, :step] if settings.no_repeat_ngram_size > 0 else None
+        token = next_tokens(logits, generated, step, eos_id, settings, generator)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         out[rows, step] = token
         written = step + 1
@@ -163,4 +186,4 @@ def decode(
     return out[:, :written]
 
 
-__all__ = ["DecodeSettings", "banned_by_ngrams", "decode"]
+__all__ = ["DecodeSettings", "banned_by_ngrams", "decode", "next_tokens"]

@@ -1,0 +1,181 @@
+"""Decoding from a static KV cache, the one-token step replayed as a CUDA graph (``static_cache=True``).
+
+The default loop (``sld.models.causal_decoding.decode``) grows a ``DynamicCache`` and drops finished
+rows from it: every step has new shapes, so each of the LM's layers launches its kernels from Python.
+For a small LM at a small batch that launch work, not the GPU, sets the speed of a decode step.
+Here the cache is a preallocated ``StaticCache`` (lengths rounded up to ``LENGTH_BUCKET``), the batch
+keeps its size (finished rows write padding until every row has stopped), and on CUDA the step
+``(ids, positions, mask) -> logits`` goes through ``torch.compile(backend="cudagraphs",
+fullgraph=True)``: dynamo traces it once per (batch, cache length), then every token is one replay of
+the recorded kernels. No Inductor code generation (minutes for a 30-layer LM), and a graph break (a
+host sync inside the step) is an error instead of a silent slow path.
+
+What it costs: a trace of a few seconds per new shape, and finished rows keep computing; so it pays
+for many batches of similar shape (a benchmark, a large generation run), not for one short call.
+Greedy outputs equal the dynamic loop's (tested on CPU, where the traced step runs eagerly).
+
+Shapes: B rows, P prefilled cache length, T = max_new_tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, StaticCache
+
+from sld.models.causal_lm import attention_geometry, cache_argument
+
+if TYPE_CHECKING:
+    from sld.models.causal_decoding import DecodeSettings
+
+# Cache lengths are rounded up to a multiple of this, so that batches whose sources differ a little in
+# length share one cache and one compiled graph (positions past the written ones are masked).
+LENGTH_BUCKET = 64
+# Compiled graphs kept per step function: one per (batch size, cache length) met, for every LM
+RECOMPILE_LIMIT = 64
+
+StepFn = Callable[[StaticCache, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class StaticStepper:
+    """The static caches and the (compiled) one-token step of one LM.
+
+    Caches are kept per (batch, length, dtype, device) and reset between calls: a compiled step is
+    specialised to the cache tensors it has seen, so reusing them avoids compiling again.
+    """
+
+    def __init__(self, lm: nn.Module, compile_step: bool) -> None:
+        self.lm = lm
+        self.cache_keyword = cache_argument(lm)
+        self.caches: dict[tuple, StaticCache] = {}
+        self.compiled = compile_step
+        self.step: StepFn = self._step
+        if compile_step:
+            dynamo = torch._dynamo.config
+            dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+            # "cudagraphs": dynamo traces the step once per shape (seconds) and replays it as a CUDA
+            # graph with the eager kernels; no Inductor code generation (minutes for a 30-layer LM).
+            # fullgraph: a graph break (a host sync in the step) is an error, not a slow path.
+            backend = "cudagraphs" if lm_device(lm).type == "cuda" else "eager"
+            self.step = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False)
+
+    def _step(
+        self, cache: StaticCache, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """ids, positions (B, 1), mask (B, P + T) -> next-token logits (B, V)."""
+        out = self.lm(
+            **{self.cache_keyword: cache},
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    def cache(self, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> StaticCache:
+        """An empty static cache for ``batch`` rows and at least ``length`` positions (``LENGTH_BUCKET``
+        multiples; reused when seen before)."""
+        length = -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+        key = (batch, length, dtype, str(device))
+        cache = self.caches.get(key)
+        if cache is None:
+            _, kv_heads, head_dim = attention_geometry(self.lm.config)
+            cache = StaticCache(config=self.lm.config, max_cache_len=length)
+            cache.early_initialization(batch, kv_heads, head_dim, dtype, device)
+            self.caches[key] = cache
+        else:
+            cache.reset()
+        return cache
+
+
+def lm_device(lm: nn.Module) -> torch.device:
+    return next(lm.parameters()).device
+
+
+_STEPPERS: weakref.WeakKeyDictionary[nn.Module, StaticStepper] = weakref.WeakKeyDictionary()
+
+
+def stepper_for(lm: nn.Module, compile_step: bool) -> StaticStepper:
+    """The ``StaticStepper`` of ``lm`` (one per LM and compile setting, kept while the LM lives)."""
+    stepper = _STEPPERS.get(lm)
+    if stepper is None or stepper.compiled != compile_step:
+        stepper = StaticStepper(lm, compile_step)
+        _STEPPERS[lm] = stepper
+    return stepper
+
+
+def fill_static(static: StaticCache, cache: DynamicCache) -> int:
+    """Copy the prefilled ``cache`` (B rows, P positions) into the front of ``static``; returns P."""
+    filled = cache.get_seq_length() if len(cache.layers) else 0
+    if filled:
+        for index, layer in enumerate(cache.layers):
+            static.layers[index].update(
+                layer.keys.to(static.layers[index].keys.dtype),
+                layer.values.to(static.layers[index].values.dtype),
+            )
+    return int(filled)
+
+
+def cache_dtype(lm: nn.Module, cache: DynamicCache) -> torch.dtype:
+    """The dtype the LM's attention writes keys in: the prefill's, else the LM's."""
+    if len(cache.layers) and getattr(cache.layers[0], "keys", None) is not None:
+        return cache.layers[0].keys.dtype
+    return next(lm.parameters()).dtype
+
+
+@torch.no_grad()
+def decode_static(
+    lm: nn.Module,
+    cache: DynamicCache,
+    first_ids: torch.Tensor,
+    positions: torch.Tensor,
+    eos_id: int,
+    pad_id: int,
+    settings: DecodeSettings,
+    attention_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    compile_step: bool | None = None,
+) -> torch.Tensor:
+    """``sld.models.causal_decoding.decode`` over a static cache; the same arguments and output (B, T').
+
+    ``compile_step`` None = compile (CUDA graphs) when the rows are on a CUDA device.
+    """
+    from sld.models.causal_decoding import next_tokens
+
+    device = first_ids.device
+    batch, steps = first_ids.shape[0], settings.max_new_tokens
+    out = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
+    if batch == 0:
+        return out
+    if compile_step is None:
+        compile_step = device.type == "cuda"
+    stepper = stepper_for(lm, compile_step)
+    prefix = cache.get_seq_length() if len(cache.layers) else 0
+    static = stepper.cache(batch, prefix + steps, cache_dtype(lm, cache), device)
+    fill_static(static, cache)
+    mask = torch.ones(batch, static.layers[0].max_cache_len, dtype=torch.long, device=device)
+    if attention_mask is not None:
+        mask[:, :prefix] = attention_mask
+    current, position = first_ids.clone(), positions.clone()
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    written = 0
+    for step in range(steps):
+        logits = stepper.step(static, current[:, None], position[:, None], mask).clone()  # (B, V)
+        generated = out[:, :step] if settings.no_repeat_ngram_size > 0 else None
+        token = next_tokens(logits, generated, step, eos_id, settings, generator)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        out[:, step] = token
+        written = step + 1
+        finished = finished | (token == eos_id)
+        current, position = token, position + 1
+        if (step + 1) % settings.check_every == 0 and bool(finished.all()):  # the loop's only host sync
+            break
+    return out[:, :written]
+
+
+__all__ = ["StaticStepper", "decode_static", "fill_static", "stepper_for"]
