@@ -11,8 +11,10 @@
 #   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...] && bash recipes/lent_gpu.sh wait 450
 #                                                   # last carry call: launch it and follow it
 #   bash recipes/lent_gpu.sh wait 570               # later calls: follow it; $OUT/results.tgz at the end
-# A call is killed at 600 s and then returns nothing: `start` itself takes about a minute (wheels,
-# copies, the LM export), so the wait in its call must be shorter (`start ... && wait 540` was killed
+# Send each call as soon as the previous one returns: the machine is given back 30 s after a call, and
+# a later call finds a bare machine (`wait` then says so and exits at once). A call is killed at 600 s
+# and then returns nothing: `start` itself takes about a minute (wheels, copies, the LM export), so the
+# wait in its call must be shorter (`start ... && wait 540` was killed
 # on 2026-12-02 and its output lost; the job itself kept running).
 # `setup` installs the wheels into /root/site, copies data and MiniLM to /root/carry, joins the GGUF
 # parts once all are there and exports the LM to a plain transformers folder (loads in a second).
@@ -67,6 +69,12 @@ wait)
     # in one call was still running, GPU at 100%, while `kill -0 <its pid>` failed in the next call.)
     limit=${1:-570}
     waited=0
+    if [ ! -f $RESULTS/recipe.log ]; then
+        # a bare machine: the one that ran the recipe was given back (2026-12-02: a `wait` call sent
+        # more than 30 s after the previous one returned waited 450 s here for nothing)
+        echo "no recipe has run on this machine (no $RESULTS/recipe.log): the earlier one was given back"
+        exit 3
+    fi
     finished() { grep -q '\] done' $RESULTS/recipe.log 2>/dev/null; }
     while ! finished && [ $waited -lt "$limit" ]; do
         sleep 10
