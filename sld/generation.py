@@ -98,9 +98,12 @@ def generate_texts(
     no_repeat_ngram_size: int | None = None,
     max_new_tokens: int | None = None,
     progress: bool = False,
+    static_cache: bool = False,
 ) -> GeneratedTexts:
     """One text per source. Settings left None take the pipeline's saved defaults (SLD) or greedy
-    decoding without an n-gram block (AR baseline); the sampling settings apply to SLD only."""
+    decoding without an n-gram block (AR baseline); the sampling settings apply to SLD only.
+    ``static_cache``: a causal-LM decoder (either system) decodes from a static KV cache, the token
+    step replayed as a CUDA graph on a GPU (``sld.models.static_decoding``)."""
     started = time.perf_counter()
     if isinstance(model, SLDPipeline):
         out = model(
@@ -115,6 +118,7 @@ def generate_texts(
             seed=seed,
             batch_size=batch_size,
             progress=progress,
+            static_cache=static_cache,
         )
         result = GeneratedTexts(list(out.texts), list(out.segments), dict(out.timings))
     else:
@@ -125,6 +129,7 @@ def generate_texts(
             no_repeat_ngram_size=no_repeat_ngram_size or 0,
             max_new_tokens=max_new_tokens,
             progress=progress,
+            **({"static_cache": True} if static_cache else {}),
         )
         result = GeneratedTexts(texts, [None] * len(texts))
     result.timings["total"] = time.perf_counter() - started

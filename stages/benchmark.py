@@ -34,6 +34,7 @@ from sld.eval.runner import (
     predictions_writer,
     run_speed,
     unavailable_decodings,
+    unavailable_samplers,
     weights_mib,
 )
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
@@ -112,7 +113,15 @@ def run(cfg: Config) -> dict[str, Any]:
         rows, references = benchmark_rows(measurements, cfg.quality_tolerance)
         skipped = unavailable_decodings(baseline, cfg.decodings)
         if skipped:
-            header.append(f"- not run (no beam search with a causal-LM baseline): AR {', '.join(skipped)}")
+            header.append(
+                "- not run (beam search needs an encoder-decoder baseline, a static cache a causal-LM one): "
+                f"AR {', '.join(skipped)}"
+            )
+        skipped = unavailable_samplers(pipe, cfg.samplers)
+        if skipped:
+            header.append(
+                f"- not run (a static cache needs a causal-LM segment decoder): SLD {', '.join(skipped)}"
+            )
         timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {'yes' if cfg.warmup else 'no'}"
         extra = dict(device=device_text, dtype=cfg.dtype, weights_mib=weights, decoding_rules=rules.to_dict())
         extra["config"] = config_to_dict(cfg)

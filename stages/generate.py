@@ -47,6 +47,7 @@ class Config:
     num_beams: int | None = None
     no_repeat_ngram_size: int | None = None
     max_new_tokens: int | None = None
+    static_cache: bool = False  # causal-LM decoders: static KV cache, the token step as a CUDA graph on a GPU
 
 
 def run(cfg: Config) -> list[dict]:
@@ -66,6 +67,7 @@ def run(cfg: Config) -> list[dict]:
         no_repeat_ngram_size=cfg.no_repeat_ngram_size,
         max_new_tokens=cfg.max_new_tokens,
         progress=True,
+        static_cache=cfg.static_cache,
     )
     rows = prediction_rows(inputs, generated)
     timings = generated.timings

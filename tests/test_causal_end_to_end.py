@@ -88,6 +88,10 @@ def test_pipeline_and_generate_stage(trained, tmp_path):
         == 0
     )
     assert len(output.read_text().splitlines()) == 2
+    static = tmp_path / "static.jsonl"
+    args = [f"model={root / 'dm'}", f"input={seg / 'valid.jsonl'}", f"output={static}", "limit=2"]
+    assert generate.main([*args, "static_cache=true"]) == 0
+    assert static.read_text() == output.read_text()  # the same texts from the static KV cache
 
 
 def test_baseline_is_a_prefix_lm_on_the_same_lm_and_resumes(trained, tmp_path):

@@ -142,3 +142,32 @@ def test_beam_settings_a_causal_baseline_cannot_run_are_left_out():
     measurements = run_speed(cfg, None, baseline, docs, rules, torch.device("cpu"))
     assert [(m.setting, m.batch_size, m.num_documents) for m in measurements] == [("greedy", 2, 3)]
     assert {c["num_beams"] for c in baseline.calls} == {1}
+
+
+def test_static_cache_settings_reach_the_decoders_and_run_only_where_they_can():
+    from types import SimpleNamespace
+
+    from sld.eval.benchmark import SpeedConfig
+    from sld.eval.runner import run_speed, unavailable_decodings, unavailable_samplers
+
+    rules = DecodingRules(0, 20, 60, "test")
+    pipe, baseline = RecordingPipe(), RecordingBaseline()
+    sld_generate_fn(pipe, SamplerSetting("dpm++", 10, static_cache=True), rules, 4)(["a"])
+    sld_generate_fn(pipe, SamplerSetting("dpm++", 10), rules, 4)(["a"])
+    assert [c["static_cache"] for c in pipe.calls] == [True, False]
+    ar_generate_fn(baseline, DecodingSetting("greedy static", 1, static_cache=True), rules, 4)(["a"])
+    ar_generate_fn(baseline, DecodingSetting("greedy", 1), rules, 4)(["a"])
+    assert [c.get("static_cache", False) for c in baseline.calls] == [True, False]
+
+    decodings = [DecodingSetting("greedy", 1), DecodingSetting("greedy static", 1, static_cache=True)]
+    samplers = [SamplerSetting("dpm++", 10), SamplerSetting("dpm++", 10, static_cache=True)]
+    assert SamplerSetting("dpm++", 10, static_cache=True).label == "dpm++ 10 static"
+    baseline.is_causal, pipe.autoencoder = False, SimpleNamespace(is_causal=False)  # encoder-decoder
+    assert unavailable_decodings(baseline, decodings) == ["greedy static"]
+    assert unavailable_samplers(pipe, samplers) == ["dpm++ 10 static"]
+    docs = [SegmentedDocument(f"d{i}", f"s{i}", ["A b."], 1) for i in range(2)]
+    cfg = SpeedConfig(batch_sizes=[2], decodings=decodings, samplers=samplers, warmup=False)
+    measurements = run_speed(cfg, pipe, baseline, docs, rules, torch.device("cpu"))
+    assert [m.setting for m in measurements] == ["greedy", "dpm++ 10"]
+    baseline.is_causal, pipe.autoencoder.is_causal = True, True
+    assert unavailable_decodings(baseline, decodings) == [] and unavailable_samplers(pipe, samplers) == []

@@ -66,10 +66,12 @@ AR = "AR"
 
 @dataclass(frozen=True)
 class SamplerSetting:
-    """One SLD sampling setting: a diffusers scheduler and its number of inference steps."""
+    """One SLD sampling setting: a diffusers scheduler, its number of inference steps, and whether the
+    segments decode from a static KV cache (``sld.models.static_decoding``; causal-LM decoders)."""
 
     scheduler: SchedulerName = "dpm++"
     steps: int = 25
+    static_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -77,15 +79,17 @@ class SamplerSetting:
 
     @property
     def label(self) -> str:
-        return f"{self.scheduler} {self.steps}"
+        return f"{self.scheduler} {self.steps}" + (" static" if self.static_cache else "")
 
 
 @dataclass(frozen=True)
 class DecodingSetting:
-    """One AR decoding setting (``num_beams`` 1 = greedy); the repetition control is the run's, shared."""
+    """One AR decoding setting (``num_beams`` 1 = greedy; ``static_cache``: a static KV cache with the
+    token step as a CUDA graph, causal-LM baselines only); the repetition control is the run's, shared."""
 
     name: str = "greedy"
     num_beams: int = 1
+    static_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:

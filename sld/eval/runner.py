@@ -47,6 +47,7 @@ __all__ = [
     "run_speed",
     "sld_generate_fn",
     "unavailable_decodings",
+    "unavailable_samplers",
     "weights_mib",
 ]
 
@@ -172,7 +173,7 @@ def sld_generate_fn(
             max_new_tokens=rules.sld_max_new_tokens,
             seed=seed,
             batch_size=batch_size,
-            static_cache=rules.static_cache,
+            static_cache=rules.static_cache or sampler.static_cache,
         )
         return out.texts, dict(out.timings)
 
@@ -191,7 +192,7 @@ def ar_generate_fn(
             num_beams=decoding.num_beams,
             no_repeat_ngram_size=rules.no_repeat_ngram_size,
             max_new_tokens=rules.ar_max_new_tokens,
-            **({"static_cache": True} if rules.static_cache else {}),
+            **({"static_cache": True} if rules.static_cache or decoding.static_cache else {}),
         )
         return texts, {}
 
@@ -199,10 +200,21 @@ def ar_generate_fn(
 
 
 def unavailable_decodings(baseline: Any, decodings: Sequence[DecodingSetting]) -> list[str]:
-    """Names of the AR decodings the baseline cannot run: beam search with a causal-LM decoder."""
-    if baseline is None or not getattr(baseline, "is_causal", False):
+    """Names of the AR decodings the baseline cannot run: beam search with a causal-LM decoder, a
+    static KV cache with an encoder-decoder."""
+    if baseline is None:
         return []
-    return [d.name for d in decodings if d.num_beams > 1]
+    if getattr(baseline, "is_causal", False):
+        return [d.name for d in decodings if d.num_beams > 1]
+    return [d.name for d in decodings if d.static_cache]
+
+
+def unavailable_samplers(pipe: Any, samplers: Sequence[SamplerSetting]) -> list[str]:
+    """Labels of the SLD settings the pipeline cannot run: a static KV cache with an encoder-decoder
+    segment decoder."""
+    if pipe is None or getattr(pipe.autoencoder, "is_causal", False):
+        return []
+    return [s.label for s in samplers if s.static_cache]
 
 
 # Called with (system, setting, batch size, documents, references, texts) after every cell.
@@ -221,7 +233,7 @@ def run_speed(
 ) -> list[Measurement]:
     """Every (batch size, setting) cell, AR decodings first, in one process on one device.
 
-    AR decodings the baseline cannot run (``unavailable_decodings``) are left out.
+    Settings a system cannot run (``unavailable_decodings``, ``unavailable_samplers``) are left out.
     """
     measurements: list[Measurement] = []
     for batch_size in cfg.batch_sizes:
@@ -235,7 +247,8 @@ def run_speed(
             for decoding in (d for d in cfg.decodings if d.name not in skip):
                 cells.append((AR, decoding.name, ar_generate_fn(baseline, decoding, rules, batch_size), None))
         if pipe is not None:
-            for sampler in cfg.samplers:
+            skip = set(unavailable_samplers(pipe, cfg.samplers))
+            for sampler in (s for s in cfg.samplers if s.label not in skip):
                 fn = sld_generate_fn(
                     pipe, sampler, rules, batch_size, cfg.guidance_scale, cfg.sld_num_beams, seed
                 )
