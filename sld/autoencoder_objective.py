@@ -118,6 +118,14 @@ def _latent_gradient(
     return grad
 
 
+def _encode(model: SegmentAutoencoder, batch: Mapping[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
+    """Latents (B', N, D) of the batch's ``<prefix>input_ids`` rows; from the cached encoder states
+    when the collator sent their ``<prefix>encoder_index`` (``sld.models.encoder_cache``)."""
+    return model.encode(
+        batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch.get(f"{prefix}encoder_index")
+    )
+
+
 def _contrastive(
     model: SegmentAutoencoder,
     batch: Mapping[str, torch.Tensor],
@@ -129,14 +137,14 @@ def _contrastive(
         if "positive_index" not in batch:
             return None
         anchor = z[batch["positive_index"]]  # (P, N, D), clean latents of the rows that have a paraphrase
-        positive = model.encode(batch["positive_input_ids"], batch["positive_attention_mask"])
+        positive = _encode(model, batch, "positive_")
     else:
         anchor = z
         # A second pass draws new dropout masks: a slightly different view of the same segment.
-        positive = model.encode(batch["input_ids"], batch["attention_mask"])
+        positive = _encode(model, batch)
     negative = None
     if "negative_input_ids" in batch:
-        negative = model.encode(batch["negative_input_ids"], batch["negative_attention_mask"])
+        negative = _encode(model, batch, "negative_")
     return info_nce(anchor, positive, negative, temperature=cfg.temperature)
 
 
@@ -170,7 +178,7 @@ def compute_autoencoder_losses(
 ) -> dict[str, torch.Tensor]:
     """The computation behind ``autoencoder_losses`` on the bare model (``SegmentAutoencoder.forward``)."""
     labels = batch["labels"]
-    z = model.encode(batch["input_ids"], batch["attention_mask"])  # (B', N, D)
+    z = _encode(model, batch)  # (B', N, D)
     z_in = gaussian_latent_noise(z, cfg.noise_std) if training and cfg.uses_noise else z
     inputs = model.decoder_inputs(labels, cfg.word_dropout if training else 0.0)
     conversion = model.reconstruction_loss(z_in, labels, inputs)

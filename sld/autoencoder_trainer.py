@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
@@ -39,6 +40,7 @@ from sld.distributed import is_main_process, map_shards
 from sld.errors import DataError
 from sld.eval.metrics import bleu, exact_match_rate
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
+from sld.models.encoder_cache import EncoderStateCache, training_texts
 from sld.run_summary import TrainedRun, evaluation_rows, training_summary, write_summary
 from sld.tokenization import IGNORE_INDEX
 from sld.training import LoopConfig, OptimConfig, fit
@@ -60,6 +62,8 @@ class AutoencoderDataConfig:
     ``group_by_length`` batches segments of similar length together (less padding per step).
     ``decode_budget_percentile``: the saved decoding budget (``model.decode_max_tokens``) is the
     decoder-token length this percentile of the training segments fits in.
+    ``cache_encoder_states``: run the frozen encoder once over every training text before training
+    and read its states from that cache at every step (``sld.models.encoder_cache``).
     """
 
     segmented_dir: str = "runs/segmented"
@@ -72,6 +76,7 @@ class AutoencoderDataConfig:
     extra_segmented_dirs: list[str] = field(default_factory=list)
     group_by_length: bool = False
     decode_budget_percentile: float = 99.0
+    cache_encoder_states: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
@@ -199,6 +204,10 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
         len(valid_segments),
         sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+
+    if cfg.data.cache_encoder_states:
+        texts = training_texts(dataset[i] for i in range(len(dataset)))
+        model.encoder_cache = EncoderStateCache.build(model, texts, device=PartialState().device)
 
     def loss_fn(module, batch):
         return autoencoder_losses(module, batch, cfg.losses, training=True)

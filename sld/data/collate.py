@@ -9,6 +9,8 @@ negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of r
     positive_index                     (P,)     rows that have a paraphrase
     positive_input_ids, ..._mask       (P, L)   encoder inputs of those paraphrases (row order)
     negative_input_ids, ..._mask       (Q, L)   encoder inputs of every hard negative in the batch
+    encoder_index, positive_/negative_encoder_index   (B',) / (P,) / (Q,)  rows of the model's
+                                       encoder-state cache (only with ``text_index``)
 
 The positive/negative keys are present only when some row has one. Hard negatives are not tied to
 their row: in supervised SimCSE every anchor is contrasted with every negative of the batch.
@@ -43,6 +45,8 @@ class SegmentCollator:
         encoder_tokenizer: the autoencoder's encoder tokenizer.
         decoder_tokenizer: the autoencoder's (cased) decoder tokenizer.
         max_segment_tokens: L, truncation length on both sides.
+        text_index: text -> its row in the model's ``encoder_cache`` (``sld.models.encoder_cache``);
+            when given, every ``*input_ids`` key comes with ``*encoder_index`` (the rows' cache rows).
     """
 
     def __init__(
@@ -50,18 +54,33 @@ class SegmentCollator:
         encoder_tokenizer: PreTrainedTokenizerBase,
         decoder_tokenizer: PreTrainedTokenizerBase,
         max_segment_tokens: int = 64,
+        text_index: Mapping[str, int] | None = None,
     ) -> None:
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
         self.max_segment_tokens = max_segment_tokens
+        self.text_index = text_index
 
     @classmethod
     def from_autoencoder(cls, model: Any) -> SegmentCollator:
-        """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length."""
-        return cls(model.encoder_tokenizer, model.decoder_tokenizer, model.max_segment_tokens)
+        """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length (and its
+        ``encoder_cache``, when it has one)."""
+        cache = getattr(model, "encoder_cache", None)
+        return cls(
+            model.encoder_tokenizer,
+            model.decoder_tokenizer,
+            model.max_segment_tokens,
+            cache.index if cache is not None else None,
+        )
 
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return encoder_inputs(self.encoder_tokenizer, texts, self.max_segment_tokens)
+        batch = encoder_inputs(self.encoder_tokenizer, texts, self.max_segment_tokens)
+        if self.text_index is not None:
+            try:
+                batch["encoder_index"] = torch.tensor([self.text_index[t] for t in texts], dtype=torch.long)
+            except KeyError as err:
+                raise DataError(f"a training text is missing from the encoder-state cache: {err}") from err
+        return batch
 
     def __call__(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -88,10 +107,14 @@ class SegmentCollator:
             batch["positive_index"] = torch.tensor(positive_index, dtype=torch.long)
             batch["positive_input_ids"] = pos["input_ids"]
             batch["positive_attention_mask"] = pos["attention_mask"]
+            if "encoder_index" in pos:
+                batch["positive_encoder_index"] = pos["encoder_index"]
         if negatives:
             neg = self._encode(negatives)
             batch["negative_input_ids"] = neg["input_ids"]
             batch["negative_attention_mask"] = neg["attention_mask"]
+            if "encoder_index" in neg:
+                batch["negative_encoder_index"] = neg["encoder_index"]
         return batch
 
 

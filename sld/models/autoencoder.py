@@ -66,6 +66,7 @@ from sld.models.causal_lm import (
     teacher_forced_logits,
     word_dropout,
 )
+from sld.models.encoder_cache import EncoderStateCache
 from sld.models.parts import (
     DECODER_ENCODER,
     build_model_parts,
@@ -272,6 +273,8 @@ class SegmentAutoencoder(nn.Module):
         self.lm = lm
         self.decoder_tokenizer = decoder_tokenizer
         self.text_encoder = encoder  # None: self.encoder is the LM's encoder stack
+        # the frozen encoder's states of the training texts (sld.models.encoder_cache); not saved
+        self.encoder_cache: EncoderStateCache | None = None
         self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else decoder_tokenizer
 
         d_enc = hidden_size(self.encoder.config)
@@ -437,9 +440,22 @@ class SegmentAutoencoder(nn.Module):
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         return out.last_hidden_state
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids (B', L) and mask (B', L) -> latents z (B', N, D), each of norm sqrt(D) (no noise)."""
-        hidden = self.encoder_hidden_states(input_ids, attention_mask)
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        encoder_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B', L) and mask (B', L) -> latents z (B', N, D), each of norm sqrt(D) (no noise).
+
+        ``encoder_index`` (B',): the rows' entries in ``encoder_cache``; their cached encoder states
+        replace running the frozen encoder (``sld.models.encoder_cache``).
+        """
+        if encoder_index is not None and self.encoder_cache is not None:
+            dtype = next(self.compressor.parameters()).dtype
+            hidden = self.encoder_cache.gather(encoder_index, attention_mask.shape[1], dtype)
+        else:
+            hidden = self.encoder_hidden_states(input_ids, attention_mask)
         return self.compressor(hidden, attention_mask)
 
     def memory(self, z: torch.Tensor) -> torch.Tensor:

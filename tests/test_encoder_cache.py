@@ -1,0 +1,98 @@
+"""The frozen encoder's states computed once (sld.models.encoder_cache) give the same latents and losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tiny_models
+import torch
+from test_autoencoder_trainer import CONFIGS, STORIES, write_stage1
+
+from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
+from sld.autoencoder_trainer import AutoencoderTrainingConfig, train_autoencoder
+from sld.config import ConfigError, load_config
+from sld.data.collate import SegmentCollator
+from sld.errors import DataError
+from sld.models.encoder_cache import EncoderStateCache, training_texts
+
+ROWS = [  # short texts (the tiny tokenizer splits words finely): every batch is shorter than the cache
+    "Amy sang.",
+    {"sentence": "Tom ran.", "paraphrase": "Tom jogged.", "negative": "Oil rose."},
+    {"sentence": "Sam ate.", "paraphrase": "Sam dined.", "negative": "Rain fell."},
+    "Lucy slept.",
+]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return tiny_models.save_tiny_bert(tmp_path_factory.mktemp("cache") / "bert")
+
+
+def test_training_texts_cover_segments_pairs_and_extra():
+    texts = training_texts(ROWS, extra=["An extra negative."])
+    assert texts[:2] == [ROWS[0], "Tom ran."] and "Oil rose." in texts and texts[-1] == "An extra negative."
+
+
+def test_cached_states_give_the_same_latents_and_every_loss_term(bert):
+    model = tiny_models.tiny_autoencoder(bert, seed=0).train()
+    cache = EncoderStateCache.build(
+        model, training_texts(ROWS + ["A much longer sentence than all the others here."])
+    )
+    plain = SegmentCollator.from_autoencoder(model)(ROWS)
+    model.encoder_cache = cache
+    cached = SegmentCollator.from_autoencoder(model)(ROWS)
+    sentences = [ROWS[0], "Tom ran.", "Sam ate.", ROWS[3]]
+    assert cached["encoder_index"].tolist() == [cache.index[t] for t in sentences]
+    assert {"positive_encoder_index", "negative_encoder_index"} <= set(cached)
+    # the cache is padded to its longest text; this batch is shorter: padding positions must not matter
+    assert cache.states.shape[1] > plain["input_ids"].shape[1]
+    z_plain = model.encode(plain["input_ids"], plain["attention_mask"])
+    z_cached = model.encode(cached["input_ids"], cached["attention_mask"], cached["encoder_index"])
+    torch.testing.assert_close(z_cached, z_plain, rtol=1e-5, atol=1e-5)
+    cfg = AutoencoderLossConfig(noise_std=0.0)
+    torch.manual_seed(0)
+    expected = autoencoder_losses(model, plain, cfg)
+    torch.manual_seed(0)
+    got = autoencoder_losses(model, cached, cfg)
+    for term in ("conversion", "contrastive", "adversarial", "loss"):
+        assert expected[term] > 0
+        torch.testing.assert_close(got[term], expected[term], rtol=1e-5, atol=1e-5)
+
+
+def test_a_trainable_encoder_or_an_unknown_text_is_refused(bert):
+    model = tiny_models.tiny_autoencoder(bert, seed=0)
+    model.encoder_cache = EncoderStateCache.build(model, ["Tom baked a cake."])
+    with pytest.raises(DataError, match="missing from the encoder-state cache"):
+        SegmentCollator.from_autoencoder(model)(["Not in the cache."])
+    model.config.freeze_encoder = False
+    assert not model.encoder_frozen
+    with pytest.raises(ConfigError, match="frozen encoder"):
+        EncoderStateCache.build(model, ["Tom baked a cake."])
+
+
+def test_training_with_the_cache_logs_the_same_losses(bert, tmp_path):
+    segmented = write_stage1(tmp_path / "seg", STORIES * 4)
+    losses = {}
+    for cache in (False, True):
+        cfg = load_config(
+            AutoencoderTrainingConfig,
+            CONFIGS / "autoencoder_tiny.yaml",
+            [
+                f"output_dir={tmp_path / f'ae_{cache}'}",
+                f"data.segmented_dir={segmented}",
+                f"model.encoder={bert}",
+                f"data.cache_encoder_states={str(cache).lower()}",
+                "model.freeze_encoder=true",
+                "loop.max_steps=3",
+                "loop.log_every=1",
+                "loop.eval_every=100",
+            ],
+        )
+        train_autoencoder(cfg)
+        rows = [
+            json.loads(line) for line in (tmp_path / f"ae_{cache}" / "metrics.jsonl").read_text().splitlines()
+        ]
+        losses[cache] = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
