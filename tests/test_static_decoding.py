@@ -81,3 +81,19 @@ def test_an_encoder_decoder_segment_decoder_refuses_static_cache(folders):
     z = model.encode_texts(["Tom baked a cake."])
     with pytest.raises(UserError, match="static_cache"):
         model.decode_latents(z, static_cache=True)
+
+
+def test_a_stepper_does_not_keep_its_lm_alive(folders):
+    import gc
+    import weakref
+
+    lm = BaselineModel.from_config(
+        BaselineConfig(
+            encoder="decoder", decoder_name_or_path=folders[1], max_source_tokens=8, max_target_tokens=8
+        )
+    ).lm
+    stepper_for(lm, compile_step=False)
+    ref = weakref.ref(lm)
+    del lm
+    gc.collect()
+    assert ref() is None

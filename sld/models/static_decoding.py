@@ -49,7 +49,7 @@ class StaticStepper:
     """
 
     def __init__(self, lm: nn.Module, compile_step: bool) -> None:
-        self.lm = lm
+        self._lm = weakref.ref(lm)  # weak: the stepper lives in a WeakKeyDictionary keyed by the LM
         self.cache_keyword = cache_argument(lm)
         self.caches: dict[tuple, StaticCache] = {}
         self.compiled = compile_step
@@ -62,6 +62,13 @@ class StaticStepper:
             # fullgraph: a graph break (a host sync in the step) is an error, not a slow path.
             backend = "cudagraphs" if lm_device(lm).type == "cuda" else "eager"
             self.step = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False)
+
+    @property
+    def lm(self) -> nn.Module:
+        lm = self._lm()
+        if lm is None:
+            raise RuntimeError("the LM of this StaticStepper no longer exists")
+        return lm
 
     def _step(
         self, cache: StaticCache, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
