@@ -129,7 +129,7 @@ def generate_texts(
             no_repeat_ngram_size=no_repeat_ngram_size or 0,
             max_new_tokens=max_new_tokens,
             progress=progress,
-            **({"static_cache": True} if static_cache else {}),
+            static_cache=static_cache,
         )
         result = GeneratedTexts(texts, [None] * len(texts))
     result.timings["total"] = time.perf_counter() - started

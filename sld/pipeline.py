@@ -205,8 +205,7 @@ class SLDPipeline:
         }
         if min_new_tokens > 0:
             decode_options["min_new_tokens"] = min_new_tokens
-        if static_cache:
-            decode_options["static_cache"] = True
+        decode_options["static_cache"] = static_cache
         if num_candidates < 1:
             raise UserError(f"num_candidates must be >= 1, got {num_candidates}")
         if num_segments is not None and len(num_segments) != len(sources):

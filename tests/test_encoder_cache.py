@@ -29,9 +29,18 @@ def bert(tmp_path_factory):
     return tiny_models.save_tiny_bert(tmp_path_factory.mktemp("cache") / "bert")
 
 
-def test_training_texts_cover_segments_pairs_and_extra():
-    texts = training_texts(ROWS, extra=["An extra negative."])
-    assert texts[:2] == [ROWS[0], "Tom ran."] and "Oil rose." in texts and texts[-1] == "An extra negative."
+def test_training_texts_cover_segments_paraphrases_and_negatives():
+    texts = training_texts(ROWS)
+    assert texts == [
+        "Amy sang.",
+        "Tom ran.",
+        "Tom jogged.",
+        "Oil rose.",
+        "Sam ate.",
+        "Sam dined.",
+        "Rain fell.",
+        "Lucy slept.",
+    ]
 
 
 def test_cached_states_give_the_same_latents_and_every_loss_term(bert):

@@ -179,7 +179,7 @@ def sld_forced_length_fn(
             min_new_tokens=t,
             num_beams=1,
             no_repeat_ngram_size=0,
-            **({"static_cache": True} if static_cache else {}),
+            static_cache=static_cache,
         )
         return [" ".join(segments[i * s : (i + 1) * s]) for i in range(b)]
 
@@ -200,7 +200,7 @@ def ar_forced_length_fn(
             no_repeat_ngram_size=0,
             max_new_tokens=num_tokens,
             min_new_tokens=num_tokens,
-            **({"static_cache": True} if static_cache else {}),
+            static_cache=static_cache,
         )
 
     return run

@@ -192,7 +192,7 @@ def ar_generate_fn(
             num_beams=decoding.num_beams,
             no_repeat_ngram_size=rules.no_repeat_ngram_size,
             max_new_tokens=rules.ar_max_new_tokens,
-            **({"static_cache": True} if rules.static_cache or decoding.static_cache else {}),
+            static_cache=rules.static_cache or decoding.static_cache,
         )
         return texts, {}
 

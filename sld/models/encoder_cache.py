@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -109,15 +109,15 @@ class EncoderStateCache:
         return self.states[rows, :length].to(dtype)
 
 
-def training_texts(rows: Iterable[str | Mapping[str, str]], extra: Sequence[str] = ()) -> list[str]:
-    """Every text an encoder reads in training: segments, paraphrases, negatives, and ``extra``."""
+def training_texts(rows: Iterable[str | Mapping[str, str]]) -> list[str]:
+    """Every text an encoder reads in training rows: segments, paraphrases and negatives."""
     texts: list[str] = []
     for row in rows:
         if isinstance(row, str):
             texts.append(row)
         else:
             texts += [row[k] for k in ("sentence", "paraphrase", "negative") if row.get(k)]
-    return texts + list(extra)
+    return texts
 
 
 __all__ = ["EncoderStateCache", "training_texts"]

@@ -116,16 +116,19 @@ def stepper_for(lm: nn.Module, compile_step: bool) -> StaticStepper:
     return stepper
 
 
-def fill_static(static: StaticCache, cache: DynamicCache) -> int:
-    """Copy the prefilled ``cache`` (B rows, P positions) into the front of ``static``; returns P."""
-    filled = cache.get_seq_length() if len(cache.layers) else 0
-    if filled:
+def prefilled_length(cache: DynamicCache) -> int:
+    """P, the positions a prefilled cache holds (0 for an empty one)."""
+    return int(cache.get_seq_length()) if len(cache.layers) else 0
+
+
+def fill_static(static: StaticCache, cache: DynamicCache) -> None:
+    """Copy the prefilled ``cache`` (B rows, P positions) into the front of ``static``."""
+    if prefilled_length(cache):
         for index, layer in enumerate(cache.layers):
             static.layers[index].update(
                 layer.keys.to(static.layers[index].keys.dtype),
                 layer.values.to(static.layers[index].values.dtype),
             )
-    return int(filled)
 
 
 def cache_dtype(lm: nn.Module, cache: DynamicCache) -> torch.dtype:
@@ -162,7 +165,7 @@ def decode_static(
     if compile_step is None:
         compile_step = device.type == "cuda"
     stepper = stepper_for(lm, compile_step)
-    prefix = cache.get_seq_length() if len(cache.layers) else 0
+    prefix = prefilled_length(cache)
     static = stepper.cache(batch, prefix + steps, cache_dtype(lm, cache), device)
     fill_static(static, cache)
     mask = torch.ones(batch, static.layers[0].max_cache_len, dtype=torch.long, device=device)
