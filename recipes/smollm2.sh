@@ -32,7 +32,8 @@
 #   trainers  the denoiser at the paper's size (768 x 12) at batch 256 and 1,024 and the ROC AR baseline,
 #          each alone for TP_MINUTES: items/s, tokens/s and MFU from their summaries
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
-# after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main`.
+# after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
+# BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only.
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
@@ -57,6 +58,8 @@ ABL_STEPS=${ABL_STEPS:-300}   # four runs sharing the card made about 290 steps 
 SWEEP_MINUTES=${SWEEP_MINUTES:-3.5}
 ABL_MINUTES=${ABL_MINUTES:-$SWEEP_MINUTES}
 SYSTEMS=${SYSTEMS:-sld ar}
+# task_systems TASK: the systems `main` trains for TASK (SYSTEMS_roc / SYSTEMS_dialogsum, else SYSTEMS)
+task_systems() { local var=SYSTEMS_$1; echo "${!var:-$SYSTEMS}"; }
 AE_MINUTES=${AE_MINUTES:-4.5}
 DM_MINUTES=${DM_MINUTES:-2.5}
 AR_MINUTES=$(python3 -c "print($AE_MINUTES + $DM_MINUTES)")
@@ -210,12 +213,13 @@ if has main; then
     # AR 64 stories, DialogSum AR 16 x 4 accumulated (dialogues up to 384 tokens + the summary).
     log "main: SLD and AR on ${TASKS:-roc dialogsum} side by side (autoencoder setting $CHOSEN)"
     for task in ${TASKS:-roc dialogsum}; do
+        trained=$(task_systems $task)
         if [ "$task" = roc ]; then
-            [[ " $SYSTEMS " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml 256 configs/diffusion_roc_continuation.yaml &
-            [[ " $SYSTEMS " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml 64 1 &
+            [[ " $trained " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml 256 configs/diffusion_roc_continuation.yaml &
+            [[ " $trained " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml 64 1 &
         else
-            [[ " $SYSTEMS " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml 128 configs/diffusion_dialogsum.yaml &
-            [[ " $SYSTEMS " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml 16 4 &
+            [[ " $trained " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml 128 configs/diffusion_dialogsum.yaml &
+            [[ " $trained " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml 16 4 &
         fi
     done
     wait
@@ -303,7 +307,7 @@ if has bench; then
         sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
         "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
         length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 \
-        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
+        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
     if [ -d $RUNS/dialogsum/sld_diffusion ]; then
         log "bench: DialogSum fewest steps"
         "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=steps input=$DS/segmented/valid.jsonl \
