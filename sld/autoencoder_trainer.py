@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +218,6 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
             (output_dir / RECONSTRUCTIONS_FILE).write_text("".join(json.dumps(e) + "\n" for e in examples))
         return scores
 
-    started = time.perf_counter()
     result = fit(
         model,
         dataset,
@@ -238,7 +236,7 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
     result.model.save_pretrained(output_dir)
     evals = evaluation_rows(result.history)
     final = {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
-    summary = training_summary(result, time.perf_counter() - started, **final)
+    summary = training_summary(result, **final)
     write_summary(output_dir, summary)
     return TrainedAutoencoder(output_dir, summary)
 

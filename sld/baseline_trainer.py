@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +217,6 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
         write_samples(output_dir / "samples" / f"step_{step}.jsonl", valid_docs, predictions)
         return scores
 
-    started = time.perf_counter()
     result = fit(
         model,
         SourceTargetDataset(train_docs),
@@ -236,7 +234,6 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
     result.model.save_pretrained(output_dir)
     summary = training_summary(
         result,
-        time.perf_counter() - started,
         trainable_parameters=sum(p.numel() for p in result.model.parameters() if p.requires_grad),
         validation=evaluation_rows(result.history),
     )

@@ -6,7 +6,8 @@ averaged over the interval as ``train/<term>``, ``train/items_per_second``, ``tr
 ``lr``; evaluations add ``eval/<name>`` rows. The same rows go to the tracker that ``loop.tracker``
 picks (TensorBoard in ``<output_dir>/tensorboard`` when installed). A resumed run first drops the
 rows that the interrupted run logged after its last checkpoint (:func:`truncate_metrics`), so the
-file reads as if the run had never stopped.
+file reads as if the run had never stopped, and reads the rest back (:func:`read_metrics`) as the
+start of its history.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from accelerate.utils import is_tensorboard_available
 
 from sld.config import ConfigError
+from sld.errors import DataError
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -150,6 +152,28 @@ class MetricLogger:
                 handle.write(json.dumps(row) + "\n")
 
 
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """Rows of a run folder's ``metrics.jsonl`` (or of that file given directly), in file order."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found (is {run} a training run folder?)")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not valid JSON: {err}") from err
+            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+                raise DataError(f"{path}:{line_no}: a metrics row must be an object with a numeric 'step'")
+            rows.append(row)
+    return rows
+
+
 def truncate_metrics(path: Path, step: int) -> int:
     """Drop the rows after ``step`` (logged by a run that was killed before its next checkpoint) and
     any line a kill cut short; return how many lines were dropped. The file is replaced atomically."""
@@ -179,6 +203,7 @@ __all__ = [
     "METRICS_FILE",
     "TENSORBOARD_DIR",
     "MetricLogger",
+    "read_metrics",
     "tracker_config",
     "tracker_names",
     "truncate_metrics",

@@ -61,13 +61,15 @@ def throughput_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, float]
     return summary
 
 
-def training_summary(result: FitResult, seconds: float, **extra: Any) -> dict[str, Any]:
+def training_summary(result: FitResult, **extra: Any) -> dict[str, Any]:
     """``steps``, ``stopped_by`` and ``train_seconds`` of a finished ``fit``, its throughput
-    (``throughput_summary`` of its history), then ``extra``."""
+    (``throughput_summary`` of its history), then ``extra``. ``train_seconds`` are the run's wall
+    seconds inside ``fit`` (evaluations included), summed over its resumes: a run resumed at its
+    last step keeps the seconds it trained, not the second it took to find nothing left to do."""
     return {
         "steps": result.state.step,
         "stopped_by": result.stopped_by,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(result.state.elapsed_seconds, 1),
         **throughput_summary(result.history),
         **extra,
     }

@@ -74,6 +74,7 @@ from sld.run_log import (
     METRICS_FILE,
     TENSORBOARD_DIR,
     MetricLogger,
+    read_metrics,
     tracker_config,
     tracker_names,
     truncate_metrics,
@@ -420,7 +421,8 @@ def fit(
     if ema_decay is not None:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(trainable, decay=ema_decay)
+        # foreach: one fused update over all parameters (three kernels) instead of three per parameter
+        ema = EMAModel(trainable, decay=ema_decay, foreach=True)
         ema.to(accelerator.device)
     state = LoopState()
 
@@ -449,7 +451,11 @@ def fit(
     if accelerator.log_with and not accelerator.trackers:
         accelerator.init_trackers("train", config=tracker_config(("optim", optim), ("loop", loop)))
     metrics = MetricLogger(metrics_path, accelerator.is_main_process, gather=gather_object)
-    history: list[dict[str, float]] = []
+    # a resumed run's history starts with the rows the run logged before (read after the main
+    # process truncated them to the checkpoint), so its summary holds its whole run, not this part
+    history: list[dict[str, Any]] = (
+        read_metrics(metrics_path) if state.step and metrics_path.is_file() else []
+    )
     budget_seconds = None if loop.max_minutes is None else round(60 * loop.max_minutes)
     progress = tqdm(
         total=budget_seconds if budget_seconds is not None else loop.max_steps,
@@ -593,6 +599,16 @@ def fit(
         return terms, names, values
 
     done = state.step >= loop.max_steps
+    if not done and loop.max_minutes is not None and state.elapsed_seconds >= 60 * loop.max_minutes:
+        # resumed with its time budget already spent (the budget counts the whole run, across
+        # resumes): not one more step. Every process loaded the same elapsed_seconds, so all agree.
+        done, stopped_by = True, "max_minutes"
+        logger.warning(
+            "the time budget (loop.max_minutes=%s) was spent before this resume (%.1f s): no step taken; "
+            "raise loop.max_minutes to train on",
+            loop.max_minutes,
+            state.elapsed_seconds,
+        )
     while not done:
         loader.set_epoch(state.epoch)
         batches = (
@@ -683,6 +699,7 @@ def fit(
     if not list_checkpoints(output_dir) or list_checkpoints(output_dir)[-1].name != f"step_{state.step}":
         checkpoint()
     accelerator.wait_for_everyone()
+    state.elapsed_seconds = elapsed()  # the run's seconds so far, across resumes (summary.json)
     for tracker in accelerator.trackers:
         tracker.finish()
     logger.info(

@@ -24,6 +24,7 @@ from sld.checkpointing import (
     resumable_init_dir,
 )
 from sld.config import ConfigError, save_config
+from sld.run_summary import training_summary
 from sld.training import LoopConfig, OptimConfig, fit, make_accelerator
 
 CONSTANT = OptimConfig(warmup_steps=0, schedule="constant")
@@ -417,3 +418,32 @@ def test_resumable_init_dir_only_when_resuming_a_checkpointed_run_that_saved_one
     (tmp_path / "checkpoints" / "step_2").mkdir(parents=True)
     assert resumable_init_dir(tmp_path, resume=True) == tmp_path / "init"
     assert resumable_init_dir(tmp_path, resume=False) is None
+
+
+def test_a_run_resumed_with_nothing_left_keeps_its_history_and_seconds(tmp_path):
+    """Resumed at max_steps, or with its time budget spent, a run takes no step and still returns
+    the whole run's history (its evaluations) and training seconds, which its summary.json shows."""
+    scores = lambda model, step: {"score": float(step)}  # noqa: E731
+
+    def resume(max_steps, seen, **loop):
+        config = loop_config(max_steps=max_steps, save_every=2, eval_every=2, **loop)
+        return fit(
+            Tiny(), IndexDataset(10), collate, make_loss(seen), tmp_path, CONSTANT, config, evaluate_fn=scores
+        )
+
+    resume(4, [])
+    state_file = list_checkpoints(tmp_path)[-1] / "loop_state.json"
+    saved = json.loads(state_file.read_text())
+    saved["loop"]["elapsed_seconds"] = 500.0  # as if the first run had trained for 500 s
+    state_file.write_text(json.dumps(saved))
+
+    seen = []
+    done = resume(4, seen)
+    assert (done.state.step, done.stopped_by, seen) == (4, "max_steps", [])
+    assert [row["step"] for row in done.history if "eval/score" in row] == [2, 4]
+    summary = training_summary(done)
+    assert summary["train_seconds"] >= 500.0
+
+    spent = resume(8, seen, max_minutes=5.0)  # 300 s of budget, 500 s already trained
+    assert (spent.state.step, spent.stopped_by, seen) == (4, "max_minutes", [])
+    assert [row["step"] for row in spent.history if "eval/score" in row] == [2, 4]

@@ -26,8 +26,9 @@ def test_evaluation_rows_are_copies_of_the_eval_rows():
 
 
 def test_summary_and_lines(tmp_path):
-    result = SimpleNamespace(state=SimpleNamespace(step=4), stopped_by="max_minutes", history=HISTORY)
-    summary = training_summary(result, 12.345, validation=evaluation_rows(HISTORY))
+    state = SimpleNamespace(step=4, elapsed_seconds=12.345)
+    result = SimpleNamespace(state=state, stopped_by="max_minutes", history=HISTORY)
+    summary = training_summary(result, validation=evaluation_rows(HISTORY))
     assert list(summary) == ["steps", "stopped_by", "train_seconds", "validation"]
     assert summary["steps"] == 4 and summary["train_seconds"] == 12.3
     assert json.loads(write_summary(tmp_path, summary).read_text()) == summary
@@ -52,5 +53,5 @@ def test_throughput_is_the_mean_of_the_last_rows_and_the_largest_peak():
     summary = throughput_summary(history)
     assert summary == {"train/items_per_second": (3 + 4 + 5 + 6 + 7) / 5, "train/peak_memory_gib": 2.9}
     assert throughput_summary([{"step": 1, "train/loss": 2.0}]) == {}  # nothing logged: nothing claimed
-    result = SimpleNamespace(state=SimpleNamespace(step=70), stopped_by="max_steps", history=history)
-    assert training_summary(result, 1.0)["train/items_per_second"] == 5.0
+    result = SimpleNamespace(state=SimpleNamespace(step=70, elapsed_seconds=1.0), stopped_by="max_steps", history=history)
+    assert training_summary(result)["train/items_per_second"] == 5.0

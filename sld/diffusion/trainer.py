@@ -239,7 +239,6 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
             model.eval()
         return scores
 
-    started = time.perf_counter()
     result = fit(
         denoiser,
         train_set,
@@ -267,7 +266,6 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
     pipe.save_pretrained(output_dir)
     summary = training_summary(
         result,
-        time.perf_counter() - started,
         validation=evals,
         pipeline=asdict(pipeline_config),
     )

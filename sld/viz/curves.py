@@ -7,7 +7,6 @@ Every row has a ``step``; training rows carry ``train/<term>`` (averaged over th
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from sld.errors import DataError, UserError
+from sld.errors import UserError
+from sld.run_log import METRICS_FILE, read_metrics
 from sld.viz.figures import new_figure
 
 __all__ = [
@@ -33,30 +33,7 @@ __all__ = [
     "run_labels",
 ]
 
-METRICS_FILE = "metrics.jsonl"
 DEFAULT_PREFIXES: tuple[str, ...] = ("train/", "eval/")
-
-
-def read_metrics(run: str | Path) -> list[dict[str, Any]]:
-    """Rows of a run folder's ``metrics.jsonl`` (or of that file given directly), in file order."""
-    path = Path(run)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: not found (is {run} a training run folder?)")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: not valid JSON: {err}") from err
-            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
-                raise DataError(f"{path}:{line_no}: a metrics row must be an object with a numeric 'step'")
-            rows.append(row)
-    return rows
 
 
 def run_labels(runs: Sequence[str | Path]) -> list[str]:
