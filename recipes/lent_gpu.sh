@@ -12,7 +12,10 @@
 #                                                   # last carry call: launch it and follow it
 #   bash recipes/lent_gpu.sh wait 570               # later calls: follow it; $OUT/results.tgz at the end
 # Send each call as soon as the previous one returns: the machine is given back 30 s after a call, and
-# a later call finds a bare machine (`wait` then says so and exits at once). A call is killed at 600 s
+# a later call finds a bare machine (`wait` then says so and exits at once). Even a call sent at once
+# can miss (2026-12-03: the `wait` after a 450-s `start` call found a bare machine, and the six runs
+# of the recipe were lost), so put the phases that matter most into the first `start` call's wait
+# and treat every later call as a bonus. A call is killed at 600 s
 # and then returns nothing: `start` itself takes about a minute (wheels, copies, the LM export), so the
 # wait in its call must be shorter (`start ... && wait 540` was killed
 # on 2026-12-02 and its output lost; the job itself kept running).

@@ -29,8 +29,10 @@
 #          AR baseline, or a 20-step one when there is none: timing does not depend on the weights)
 #   aeprobe  the SmolLM2 autoencoder of the chosen setting alone for TP_MINUTES each (AEPROBES: batch,
 #          loss variant, profiled steps; default: profiled at 256, then 1,024 full loss and conversion only)
-#   trainers  the denoiser at the paper's size (768 x 12) at batch 256 and 1,024 and the ROC AR baseline,
-#          each alone for TP_MINUTES: items/s, tokens/s and MFU from their summaries
+#   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
+#          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
+#          TRAINERS_COMPILE (false): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
+#          a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
 # BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only.
@@ -379,22 +381,35 @@ fi
 
 if has trainers; then
     # each trainer alone: the denoiser at the paper's size (context from the cached MiniLM, the ablation's
-    # contrastive autoencoder or the ROC SLD one) at two batch sizes, then the ROC AR baseline
+    # contrastive autoencoder or the ROC SLD one) at DENOISER_BATCHES, then the ROC AR baseline at
+    # AR_BATCHES; once per value of TRAINERS_COMPILE (loop.compile; "false true" measures both)
     ae=$ROC/ablation/noise_robust_contrastive
     [ -d $RUNS/roc/sld_autoencoder ] && ae=$RUNS/roc/sld_autoencoder
-    for batch in 256 1024; do
-        log "trainers: denoiser 768 x 12, batch $batch, $TP_MINUTES min alone"
-        "${SLD[@]}" train-diffusion -c configs/diffusion_roc_continuation.yaml autoencoder=$ae \
-            data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/denoiser_$batch \
-            denoiser.width=768 denoiser.depth=12 denoiser.heads=12 loop.batch_size=$batch loop.max_minutes=$TP_MINUTES \
-            loop.eval_every=100000 loop.save_every=100000 loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_denoiser_$batch.log"
-        cp $ROC/trainers/denoiser_$batch/summary.json "$OUT/trainers_denoiser_${batch}_summary.json" 2>/dev/null || true
+    for compile in ${TRAINERS_COMPILE:-false}; do
+        suffix=""
+        [ "$compile" = true ] && suffix=_compiled
+        for batch in ${DENOISER_BATCHES:-256 1024}; do
+            name=denoiser_$batch$suffix
+            log "trainers: denoiser 768 x 12, batch $batch, compile $compile, $TP_MINUTES min alone"
+            "${SLD[@]}" train-diffusion -c configs/diffusion_roc_continuation.yaml autoencoder=$ae \
+                data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/$name \
+                denoiser.width=768 denoiser.depth=12 denoiser.heads=12 loop.batch_size=$batch loop.max_minutes=$TP_MINUTES \
+                loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 loop.save_every=100000 \
+                loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log"
+            cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
+            cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+        done
+        for batch in ${AR_BATCHES:-64}; do
+            name=ar_$batch$suffix
+            log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $TP_MINUTES min alone"
+            "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
+                data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/$name loop.max_minutes=$TP_MINUTES \
+                loop.batch_size=$batch loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 \
+                loop.save_every=100000 loop.log_every=20 "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log"
+            cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
+            cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+        done
     done
-    log "trainers: ROC AR baseline (SmolLM2, batch 64), $TP_MINUTES min alone"
-    "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
-        data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/ar loop.max_minutes=$TP_MINUTES \
-        loop.eval_every=100000 loop.save_every=100000 loop.log_every=20 "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/trainers_ar.log"
-    cp $ROC/trainers/ar/summary.json "$OUT/trainers_ar_summary.json" 2>/dev/null || true
     for f in "$OUT"/trainers_*_summary.json; do
         python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], {k: s[k] for k in s if k.startswith('train/') or k == 'steps'})" "$f" 2>/dev/null || true
     done
