@@ -28,7 +28,8 @@
 #          mode=length_scaling` both ways on the same models (ROC SLD if trained, else DialogSum; the ROC
 #          AR baseline, or a 20-step one when there is none: timing does not depend on the weights)
 #   aeprobe  the SmolLM2 autoencoder of the chosen setting alone for TP_MINUTES each (AEPROBES: batch,
-#          loss variant, profiled steps; default: profiled at 256, then 1,024 full loss and conversion only)
+#          loss variant, profiled steps, loop.compile (default false); default: profiled at 256, then 1,024
+#          full loss and conversion only)
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
 #          TRAINERS_COMPILE (false): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
@@ -367,12 +368,14 @@ if has aeprobe; then
     # goes (profiler, batch 256, full loss), and how segments/s and MFU move with the batch and the loss.
     IFS="|" read -r -a probes <<< "${AEPROBES:-256 noise_robust_contrastive 20|1024 noise_robust_contrastive 0|1024 vanilla 0}"
     for probe in "${probes[@]}"; do
-        read -r batch variant profile <<< "$probe"
+        read -r batch variant profile compile <<< "$probe"
+        compile=${compile:-false}
         name=aeprobe_${batch}_${variant}
-        log "aeprobe: batch $batch, $variant, profiled steps $profile"
+        [ "$compile" = true ] && name=${name}_compiled
+        log "aeprobe: batch $batch, $variant, profiled steps $profile, compile $compile"
         train_ae probe $name configs/autoencoder_roc_smollm2.yaml "$batch" "${CHOSEN_ARGS[@]}" losses.variant=$variant \
-            loop.max_minutes=$TP_MINUTES loop.profile_steps=$profile loop.eval_every=100000 loop.save_every=100000 \
-            data.num_valid_segments=200
+            loop.max_minutes=$TP_MINUTES loop.profile_steps=$profile loop.compile=$compile loop.eval_every=100000 \
+            loop.save_every=100000 data.num_valid_segments=200
         cp $ROC/probe/$name/profile.txt "$OUT/${name}_profile.txt" 2>/dev/null || true
         python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print({k: s[k] for k in s if k.startswith('train/') or k == 'steps'})" \
             "$OUT/probe_${name}_summary.json" 2>/dev/null || true
@@ -385,6 +388,13 @@ if has trainers; then
     # AR_BATCHES; once per value of TRAINERS_COMPILE (loop.compile; "false true" measures both)
     ae=$ROC/ablation/noise_robust_contrastive
     [ -d $RUNS/roc/sld_autoencoder ] && ae=$RUNS/roc/sld_autoencoder
+    if [ ! -f $ae/autoencoder_config.json ]; then
+        # none trained on this machine: a 20-step one (the denoiser's speed does not depend on its weights)
+        ae=$ROC/trainers/ae_timing
+        log "trainers: no ROC autoencoder; a 20-step one for timing ($ae)"
+        train_ae trainers ae_timing configs/autoencoder_roc_smollm2.yaml 256 "${CHOSEN_ARGS[@]}" loop.max_steps=20 \
+            loop.eval_every=100000 data.num_valid_segments=8
+    fi
     for compile in ${TRAINERS_COMPILE:-false}; do
         suffix=""
         [ "$compile" = true ] && suffix=_compiled
