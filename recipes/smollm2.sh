@@ -33,7 +33,8 @@
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
 #          TRAINERS_COMPILE (false): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
-#          a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower)
+#          a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower;
+#          TRAINERS_AR_ARGS: more overrides for the AR runs, e.g. data.group_by_length=true)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
 # BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only.
@@ -415,7 +416,7 @@ if has trainers; then
             "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
                 data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/$name loop.max_minutes=$TP_MINUTES \
                 loop.batch_size=$batch loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 \
-                loop.save_every=100000 loop.log_every=20 "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log"
+                loop.save_every=100000 loop.log_every=20 ${TRAINERS_AR_ARGS:-} "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log"
             cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
             cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
         done

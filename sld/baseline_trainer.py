@@ -57,6 +57,8 @@ class BaselineDataConfig:
 
     ``decode_budget_percentile``: the saved decoding budget (``model.decode_max_tokens``) is the token
     length this percentile of the training targets fits in (SLD's autoencoder does the same per segment).
+    ``group_by_length`` batches documents of similar source + target length together (characters;
+    less padding per step, ``sld.data.length_grouping``).
     """
 
     segmented_dir: str = "runs/segmented"
@@ -64,6 +66,7 @@ class BaselineDataConfig:
     valid_split: str = "valid"
     num_valid_documents: int = 64
     decode_budget_percentile: float = 99.0
+    group_by_length: bool = False
 
 
 @dataclass
@@ -122,6 +125,10 @@ class SourceTargetDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[str | None, str]:
         return self.pairs[index]
+
+    def lengths(self) -> list[int]:
+        """Characters of source + target per pair: the proxy the length-grouped sampler sorts by."""
+        return [len(source or "") + len(target) for source, target in self.pairs]
 
 
 def target_text(doc: SegmentedDocument) -> str:
@@ -217,9 +224,10 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
         write_samples(output_dir / "samples" / f"step_{step}.jsonl", valid_docs, predictions)
         return scores
 
+    train_set = SourceTargetDataset(train_docs)
     result = fit(
         model,
-        SourceTargetDataset(train_docs),
+        train_set,
         model.collator(),
         baseline_loss,
         output_dir,
@@ -228,6 +236,7 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
         evaluate_fn=evaluate if valid_docs else None,
         items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
         tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
+        lengths=train_set.lengths() if cfg.data.group_by_length else None,
     )
     if not result.accelerator.is_main_process:
         return TrainedBaseline(output_dir, None, len(valid_docs))

@@ -237,6 +237,41 @@ def test_train_baseline_then_generate_then_resume(bert_dir, tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
 
 
+def test_length_grouped_baseline_training_sorts_by_source_and_target(bert_dir, tmp_path, monkeypatch):
+    import sld.baseline_trainer as baseline_trainer
+    from stages import train_baseline
+
+    seen = {}
+    real_fit = baseline_trainer.fit
+
+    def spying_fit(model, dataset, *args, **kwargs):
+        seen["lengths"], seen["pairs"] = kwargs["lengths"], list(dataset)
+        return real_fit(model, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(baseline_trainer, "fit", spying_fit)
+    segmented = write_stage1(tmp_path / "segmented")
+    overrides = [
+        f"output_dir={tmp_path / 'baseline'}",
+        f"data.segmented_dir={segmented}",
+        "data.num_valid_documents=1",
+        "data.group_by_length=true",
+        f"model.encoder={bert_dir}",
+        "model.decoder_vocab_size=300",
+        "model.max_source_tokens=16",
+        "model.max_target_tokens=24",
+        "loop.max_steps=2",
+        "loop.batch_size=2",
+        "loop.progress=false",
+        "eval.batch_size=1",
+        "eval.max_new_tokens=4",
+    ]
+    config_file = tmp_path / "baseline.yaml"
+    config_file.write_text(yaml.safe_dump({"model": {"decoder_config": TINY_T5}}))
+    assert train_baseline.main(["-c", str(config_file), *overrides]) == 0
+    assert seen["lengths"] == [len(source or "") + len(target) for source, target in seen["pairs"]]
+    assert json.loads((tmp_path / "baseline" / "summary.json").read_text())["steps"] == 2
+
+
 def test_train_baseline_missing_data_is_a_user_error(tmp_path, capsys):
     from stages import train_baseline
 

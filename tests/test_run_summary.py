@@ -53,5 +53,7 @@ def test_throughput_is_the_mean_of_the_last_rows_and_the_largest_peak():
     summary = throughput_summary(history)
     assert summary == {"train/items_per_second": (3 + 4 + 5 + 6 + 7) / 5, "train/peak_memory_gib": 2.9}
     assert throughput_summary([{"step": 1, "train/loss": 2.0}]) == {}  # nothing logged: nothing claimed
-    result = SimpleNamespace(state=SimpleNamespace(step=70, elapsed_seconds=1.0), stopped_by="max_steps", history=history)
+    result = SimpleNamespace(
+        state=SimpleNamespace(step=70, elapsed_seconds=1.0), stopped_by="max_steps", history=history
+    )
     assert training_summary(result)["train/items_per_second"] == 5.0
