@@ -694,7 +694,10 @@ def fit(
     progress.close()
     guard.check()
     state.skipped_steps = guard.total_skipped
-    if state.step % loop.eval_every != 0:
+    evaluated_now = any(
+        row["step"] == state.step and any(k.startswith("eval/") for k in row) for row in history
+    )
+    if not evaluated_now:  # the last step's evaluation (a resumed run may have logged it already)
         run_evaluation()
     if not list_checkpoints(output_dir) or list_checkpoints(output_dir)[-1].name != f"step_{state.step}":
         checkpoint()

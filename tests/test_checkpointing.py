@@ -426,7 +426,7 @@ def test_a_run_resumed_with_nothing_left_keeps_its_history_and_seconds(tmp_path)
     scores = lambda model, step: {"score": float(step)}  # noqa: E731
 
     def resume(max_steps, seen, **loop):
-        config = loop_config(max_steps=max_steps, save_every=2, eval_every=2, **loop)
+        config = loop_config(max_steps=max_steps, save_every=2, eval_every=3, **loop)
         return fit(
             Tiny(), IndexDataset(10), collate, make_loss(seen), tmp_path, CONSTANT, config, evaluate_fn=scores
         )
@@ -440,10 +440,10 @@ def test_a_run_resumed_with_nothing_left_keeps_its_history_and_seconds(tmp_path)
     seen = []
     done = resume(4, seen)
     assert (done.state.step, done.stopped_by, seen) == (4, "max_steps", [])
-    assert [row["step"] for row in done.history if "eval/score" in row] == [2, 4]
+    assert [row["step"] for row in done.history if "eval/score" in row] == [3, 4]  # not evaluated again
     summary = training_summary(done)
     assert summary["train_seconds"] >= 500.0
 
     spent = resume(8, seen, max_minutes=5.0)  # 300 s of budget, 500 s already trained
     assert (spent.state.step, spent.stopped_by, seen) == (4, "max_minutes", [])
-    assert [row["step"] for row in spent.history if "eval/score" in row] == [2, 4]
+    assert [row["step"] for row in spent.history if "eval/score" in row] == [3, 4]
