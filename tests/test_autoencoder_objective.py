@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,7 @@ def test_runs_through_a_ddp_wrapper(tmp_path):
     from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    ddp = None
     try:
         model = build().train()
         ddp = DistributedDataParallel(model)
@@ -177,6 +179,11 @@ def test_runs_through_a_ddp_wrapper(tmp_path):
         terms["loss"].backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     finally:
+        # DDP's reducer holds the process group: free it while the group lives. Freed after
+        # destroy_process_group (when the test's frame went), the Gloo group's destructor hung in a
+        # thread join once in a CI run on 2 busy cores (2026-12-03).
+        del ddp
+        gc.collect()
         dist.destroy_process_group()
 
 
