@@ -237,7 +237,9 @@ def test_train_baseline_then_generate_then_resume(bert_dir, tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
 
 
-def test_length_grouped_baseline_training_sorts_by_source_and_target(bert_dir, tmp_path, monkeypatch):
+def test_length_grouped_baseline_gives_the_sampler_source_plus_target_lengths(
+    bert_dir, tmp_path, monkeypatch
+):
     import sld.baseline_trainer as baseline_trainer
     from stages import train_baseline
 

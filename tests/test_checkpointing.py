@@ -423,7 +423,9 @@ def test_resumable_init_dir_only_when_resuming_a_checkpointed_run_that_saved_one
 def test_a_run_resumed_with_nothing_left_keeps_its_history_and_seconds(tmp_path):
     """Resumed at max_steps, or with its time budget spent, a run takes no step and still returns
     the whole run's history (its evaluations) and training seconds, which its summary.json shows."""
-    scores = lambda model, step: {"score": float(step)}  # noqa: E731
+
+    def scores(model, step):
+        return {"score": float(step)}
 
     def resume(max_steps, seen, **loop):
         config = loop_config(max_steps=max_steps, save_every=2, eval_every=3, **loop)
