@@ -32,7 +32,7 @@
 #          full loss and conversion only)
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
-#          TRAINERS_COMPILE (false): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
+#          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
 #          a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower;
 #          TRAINERS_AR_ARGS: more overrides for the AR runs, e.g. data.group_by_length=true)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
@@ -410,7 +410,9 @@ if has trainers; then
             cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
             cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
         done
-        for batch in ${AR_BATCHES:-64}; do
+        ar_batches=${AR_BATCHES:-64}
+        [ "$compile" = true ] && ar_batches=${AR_BATCHES_COMPILED:-$ar_batches}
+        for batch in $ar_batches; do
             name=ar_$batch$suffix
             log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $TP_MINUTES min alone"
             "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
