@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from tiny_models import randomize_zero_init, tiny_dit
 
 from sld.errors import UserError
-from sld.models.denoiser import SegmentDiT
+from sld.models.denoiser import QKNorm, SegmentDiT
 
 B, S, N, D, T, C = 3, 3, 4, 8, 5, 16
 
@@ -149,3 +150,33 @@ def test_user_errors_name_the_key():
         tiny_dit(width=30, heads=4)
     with pytest.raises(UserError, match="depth"):
         tiny_dit(depth=0)
+
+
+
+def test_qk_norm_keeps_the_fused_kernel_in_bf16_and_trains_its_weight(monkeypatch):
+    # bf16 queries with a float32 weight: nn.RMSNorm would hand F.rms_norm mismatched dtypes, which
+    # falls back to its composite form (and warns once per process, so the warning is no test).
+    # QKNorm hands it the weight in the input's dtype and gives nn.RMSNorm's values.
+    import sld.models.denoiser as denoiser_module
+
+    seen = []
+    real_rms_norm = torch.nn.functional.rms_norm
+
+    def recording_rms_norm(x, shape, weight=None, eps=None):
+        seen.append((x.dtype, None if weight is None else weight.dtype))
+        return real_rms_norm(x, shape, weight, eps)
+
+    monkeypatch.setattr(denoiser_module.F, "rms_norm", recording_rms_norm)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 16, dtype=torch.bfloat16)
+    reference, norm = nn.RMSNorm(16, eps=1e-6), QKNorm(16, eps=1e-6)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        norm.weight.copy_(reference.weight)
+    got = norm(x)
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), reference(x).float(), atol=1e-2, rtol=1e-2)
+    got.float().pow(2).sum().backward()
+    assert norm.weight.grad is not None and norm.weight.grad.dtype == torch.float32
+    assert norm.weight.grad.abs().sum() > 0

@@ -77,6 +77,21 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
+class QKNorm(nn.RMSNorm):
+    """RMSNorm of queries or keys (..., Dh) that keeps the fused kernel under mixed precision.
+
+    Under bf16 autocast the projections hand over bf16 queries while the weight stays float32, and
+    ``F.rms_norm`` with mismatched dtypes falls back to its composite form (a pow, a mean, an rsqrt,
+    two multiplies and casts per call, forward and backward: on the H200 profile of 2026-12-03 the
+    denoiser's largest group of elementwise kernels). The weight is cast to the input's dtype
+    instead: one fused kernel, the same parameter (its gradient flows back through the cast).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 class Attention(nn.Module):
     """Multi-head attention through ``scaled_dot_product_attention`` with optional qk-norm.
 
@@ -105,8 +120,8 @@ class Attention(nn.Module):
         else:
             self.to_qkv = nn.Linear(width, 3 * width)
         # qk-norm keeps attention logits bounded, which matters for latents of norm sqrt(D).
-        self.norm_q = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.norm_k = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.norm_q = QKNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.norm_k = QKNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.to_out = nn.Linear(width, width)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
