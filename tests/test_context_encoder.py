@@ -128,6 +128,14 @@ def test_cache_matches_the_encoder_and_encodes_unknown_texts(minilm):
     assert torch.equal(mask, expected_mask)
     torch.testing.assert_close(states, expected, rtol=1e-4, atol=1e-5)
     assert "never seen before" not in cache  # encoded on the fly, not kept
+    # a batch of kept texts only (the training case) is gathered from the flat store, None rows and
+    # repeats included, and matches the encoder as well
+    kept_only = [known[1], None, known[0], known[1]]
+    states, mask = cache.encode(kept_only)
+    expected, expected_mask = minilm.encode(kept_only)
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(states, expected, rtol=1e-4, atol=1e-5)
+    assert not states[1].any() and not states[2][~mask[2]].any()  # zeros where masked
     # float16 storage: the same up to half precision, returned in the encoder's dtype
     half, half_mask = ContextCache(minilm, known, progress=False).encode(known)
     assert half.dtype == minilm.dtype and torch.equal(half_mask, minilm.encode(known)[1])

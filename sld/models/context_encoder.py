@@ -205,11 +205,13 @@ class ContextCache:
 
     Training the denoiser encodes every batch's sources again at every step although the encoder
     never changes; on a CPU that re-encoding costs more than the denoiser step itself. The cache
-    encodes each distinct source once (sorted by length, so little padding) and keeps its unpadded
-    states (T_i, C) in ``storage_dtype`` on ``storage_device`` (default: the encoder's device, so a
-    GPU run copies nothing from the host per step). ``encode`` has the same contract as
-    ``ContextEncoder.encode`` and returns the same values up to the storage precision; a text that
-    is not in the cache is encoded on the fly.
+    encodes each distinct source once (sorted by length, so little padding) and keeps the unpadded
+    states of all of them end to end in one (total tokens, C) tensor in ``storage_dtype`` on
+    ``storage_device`` (default: the encoder's device, so a GPU run copies nothing from the host per
+    step). A batch of known sources is then gathered in a handful of kernels whatever its size (one
+    copy per row cost two kernel launches per source, 512 per step at batch 256). ``encode`` has the
+    same contract as ``ContextEncoder.encode`` and returns the same values up to the storage
+    precision; a text that is not in the cache is encoded on the fly.
 
     Args:
         encoder: the frozen ``ContextEncoder``.
@@ -232,36 +234,78 @@ class ContextCache:
         self.encoder = encoder
         self.storage_dtype = storage_dtype
         self.storage_device = torch.device(storage_device) if storage_device is not None else encoder.device
-        self.states: dict[str, torch.Tensor] = {}
+        self.row: dict[str, int] = {}  # text -> its index in offsets / lengths
+        self.lengths: list[int] = []  # tokens of each kept text (host side: no device sync per batch)
+        rows: list[torch.Tensor] = []
         unique = sorted({t for t in texts if t is not None}, key=len)
         for start in tqdm(
             range(0, len(unique), batch_size), desc="context cache", disable=not progress, leave=False
         ):
             chunk = unique[start : start + batch_size]
             hidden, mask = encoder.encode(chunk)
-            for text, row, row_mask in zip(chunk, hidden, mask):
-                self.states[text] = row[row_mask].to(self.storage_device, storage_dtype)
+            for text, states, states_mask in zip(chunk, hidden, mask):
+                self.row[text] = len(self.lengths)
+                kept = states[states_mask].to(self.storage_device, storage_dtype)
+                rows.append(kept)
+                self.lengths.append(kept.shape[0])
+        width = encoder.context_dim
+        # (total, C): every kept text's states, end to end; a zero row at the end pads gathers
+        self.flat = torch.cat([*rows, torch.zeros(1, width, dtype=storage_dtype, device=self.storage_device)])
+        starts = [0] * len(self.lengths)
+        for i in range(1, len(starts)):
+            starts[i] = starts[i - 1] + self.lengths[i - 1]
+        self.starts_t = torch.tensor(starts, dtype=torch.long, device=self.storage_device)  # (n,)
+        self.lengths_t = torch.tensor(self.lengths, dtype=torch.long, device=self.storage_device)  # (n,)
 
     def __len__(self) -> int:
-        return len(self.states)
+        return len(self.row)
 
     def __contains__(self, text: object) -> bool:
-        return text in self.states
+        return text in self.row
 
     @property
     def num_bytes(self) -> int:
         """Memory held by the cached states."""
-        return sum(s.numel() * s.element_size() for s in self.states.values())
+        return (self.flat.shape[0] - 1) * self.flat.shape[1] * self.flat.element_size()
+
+    def states_of(self, text: str) -> torch.Tensor:
+        """The kept (T_i, C) states of one cached text, in the storage dtype."""
+        i = self.row[text]
+        start = sum(self.lengths[:i])
+        return self.flat[start : start + self.lengths[i]]
 
     def encode(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sources -> states (B, T, C) and mask (B, T) on the encoder's device and dtype, as
         ``ContextEncoder.encode`` (``None`` rows all-masked; T = 0 when every source is None)."""
-        missing = [t for t in texts if t is not None and t not in self.states]
-        fresh: dict[str, torch.Tensor] = {}
+        device, dtype = self.encoder.device, self.encoder.dtype
+        missing = [t for t in texts if t is not None and t not in self.row]
         if missing:
-            hidden, mask = self.encoder.encode(missing)
-            fresh = {t: row[row_mask] for t, row, row_mask in zip(missing, hidden, mask)}
-        rows = [None if t is None else fresh.get(t, self.states.get(t)) for t in texts]
+            return self._encode_with_missing(texts, missing)
+        # -1: a None row (no tokens); its gathers land on the zero pad row
+        rows = [-1 if t is None else self.row[t] for t in texts]
+        length = max((self.lengths[r] for r in rows if r >= 0), default=0)
+        width = self.encoder.context_dim
+        if length == 0:
+            empty = torch.zeros(len(texts), 0, width, device=device, dtype=dtype)
+            return empty, torch.zeros(empty.shape[:2], dtype=torch.bool, device=device)
+        index = torch.tensor(rows, dtype=torch.long).to(self.storage_device, non_blocking=True)  # (B,)
+        present = index >= 0
+        safe = index.clamp_min(0)
+        lengths = torch.where(present, self.lengths_t[safe], 0)  # (B,)
+        positions = torch.arange(length, device=self.storage_device)  # (T,)
+        mask = positions[None, :] < lengths[:, None]  # (B, T)
+        pad_row = self.flat.shape[0] - 1
+        gather = torch.where(mask, self.starts_t[safe][:, None] + positions[None, :], pad_row)  # (B, T)
+        states = self.flat[gather]  # (B, T, C), zero past each row's length
+        return states.to(device, dtype), mask.to(device)
+
+    def _encode_with_missing(
+        self, texts: list[str | None], missing: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` when some texts are not kept: those go through the encoder, row by row."""
+        hidden, mask = self.encoder.encode(missing)
+        fresh = {t: row[row_mask] for t, row, row_mask in zip(missing, hidden, mask)}
+        rows = [None if t is None else fresh.get(t) if t in fresh else self.states_of(t) for t in texts]
         lengths = [0 if r is None else r.shape[0] for r in rows]
         device, dtype = self.encoder.device, self.encoder.dtype
         width = self.encoder.context_dim
@@ -269,14 +313,9 @@ class ContextCache:
         if not present:
             empty = torch.zeros(len(texts), max(lengths, default=0), width, device=device, dtype=dtype)
             return empty, torch.zeros(empty.shape[:2], dtype=torch.bool, device=device)
-        # One padded copy of the kept rows (they live on the device when the encoder does), then the
-        # rows scattered into batch order: a few kernels per batch instead of one copy per row.
         packed = torch.nn.utils.rnn.pad_sequence(present, batch_first=True)  # (B_present, T, C)
         order = torch.tensor([i for i, n in enumerate(lengths) if n > 0], device=device)
         states = packed.new_zeros(len(texts), packed.shape[1], width)
         states[order] = packed
-        mask = (
-            torch.arange(packed.shape[1], device=device)[None, :]
-            < torch.tensor(lengths, device=device)[:, None]
-        )
-        return states, mask
+        positions = torch.arange(packed.shape[1], device=device)
+        return states, positions[None, :] < torch.tensor(lengths, device=device)[:, None]
