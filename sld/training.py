@@ -20,7 +20,7 @@ items/s, tokens/s (with ``tokens_in_batch``), the achieved model TFLOP/s and the
 (:mod:`sld.throughput`: FLOPs counted on the first micro-batch, divided by the device's peak);
 rows go to ``metrics.jsonl`` and to an Accelerate tracker (TensorBoard when installed).
 ``loop.profile_steps`` writes a torch.profiler summary of a few steps to ``profile.txt``;
-``loop.compile`` runs the model through ``torch.compile``. The same code runs on a CPU, one GPU,
+``loop.compile`` compiles the model's repeated blocks (:mod:`sld.compilation`). The same code runs on a CPU, one GPU,
 or several GPUs under ``accelerate launch``: it never branches on the device count.
 
 Several processes: ``loop.batch_size`` is per process, so the global batch is
@@ -65,6 +65,7 @@ from sld.checkpointing import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from sld.compilation import compile_model, eager, uncompile
 from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
 from sld.distributed import MicroBatch, in_micro_batch
@@ -124,8 +125,9 @@ class LoopConfig:
     """How long and how the loop runs. ``batch_size`` is per device and per micro-batch.
 
     ``skip_nonfinite_steps``: skip (and count) steps with a NaN/inf loss term or gradient instead
-    of stopping the run. ``compile``: ``torch.compile`` the model (what runs through its
-    ``forward``); resume a compiled run with ``compile`` on. ``tracker``: where metrics go besides
+    of stopping the run. ``compile``: ``torch.compile`` the model's repeated blocks in place (the
+    whole model when it has none; :mod:`sld.compilation`); the first steps then include the
+    compilation, and a time budget counts it; resume a compiled run with ``compile`` on. ``tracker``: where metrics go besides
     ``metrics.jsonl`` (``auto``: TensorBoard in ``<output_dir>/tensorboard`` when installed).
     ``profile_steps``: profile that many steps after a short warm-up and write the summary to
     ``<output_dir>/profile.txt``. ``peak_tflops``: the device's peak for the MFU (None: the
@@ -404,7 +406,7 @@ def fit(
         raise ValueError(f"the training set is empty ({len(dataset)} items)")
     pretrained = model.pretrained_parameters() if hasattr(model, "pretrained_parameters") else ()
     if loop.compile:
-        model = torch.compile(model)
+        model = compile_model(model)
     fused = optim.fused if optim.fused is not None else accelerator.device.type == "cuda"
     if fused:
         model.to(accelerator.device)  # the fused kernel's device check sees the parameters where they train
@@ -538,7 +540,7 @@ def fit(
         was_training = unwrapped.training
         unwrapped.eval()
         evaluated_at = round(elapsed(), 2)  # the model's age, not counting this evaluation
-        with torch.no_grad():
+        with torch.no_grad(), eager():  # compiled blocks run eagerly: no graphs for generation's shapes
             scores = evaluate_fn(unwrapped, state.step)
         unwrapped.train(was_training)
         if ema is not None:
@@ -713,7 +715,7 @@ def fit(
         f"; {state.skipped_steps} steps skipped (non-finite)" if state.skipped_steps else "",
     )
     return FitResult(
-        model=_unwrap(accelerator, model),
+        model=uncompile(_unwrap(accelerator, model)),  # plain modules for what follows (generation)
         ema=ema,
         state=state,
         accelerator=accelerator,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from tiny_models import randomize_zero_init, tiny_dit
+from torch import nn
 
 from sld.errors import UserError
 from sld.models.denoiser import QKNorm, SegmentDiT
@@ -150,7 +150,6 @@ def test_user_errors_name_the_key():
         tiny_dit(width=30, heads=4)
     with pytest.raises(UserError, match="depth"):
         tiny_dit(depth=0)
-
 
 
 def test_qk_norm_keeps_the_fused_kernel_in_bf16_and_trains_its_weight(monkeypatch):

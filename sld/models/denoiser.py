@@ -163,7 +163,7 @@ class SegmentDiTBlock(nn.Module):
         long_skip: bool,
     ) -> None:
         super().__init__()
-        # U-ViT: concat(hidden, skip) -> Linear, before the block.
+        # U-ViT: concat(hidden, skip) -> Linear, before the block (called by SegmentDiT.forward).
         self.skip_linear = nn.Linear(2 * width, width) if long_skip else None
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.self_attn = Attention(width, heads, qk_norm=qk_norm, dropout=dropout)
@@ -188,11 +188,12 @@ class SegmentDiTBlock(nn.Module):
         latent_key_mask: torch.Tensor,
         context: torch.Tensor,
         context_key_mask: torch.Tensor,
-        skip: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, S*N, W), cond (B, W), latent_key_mask (B, S*N), context (B, T', W), context_key_mask (B, T')."""
-        if self.skip_linear is not None:
-            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        """x (B, S*N, W), cond (B, W), latent_key_mask (B, S*N), context (B, T', W), context_key_mask (B, T').
+
+        The U-ViT skip (``skip_linear``) is applied by ``SegmentDiT.forward`` before the block, so
+        every block runs the same code (one compiled graph serves all of them: ``sld.compilation``).
+        """
         shift_sa, scale_sa, gate_sa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(cond).chunk(
             6, dim=-1
         )
@@ -489,11 +490,12 @@ class SegmentDiT(ModelMixin, ConfigMixin):
         skips: list[torch.Tensor] = []
         num_skips = cfg.depth // 2
         for i, block in enumerate(self.blocks):
-            skip = skips.pop() if block.skip_linear is not None else None
+            if block.skip_linear is not None:  # U-ViT: concat(hidden, skip) -> Linear, before the block
+                h = block.skip_linear(torch.cat([h, skips.pop()], dim=-1))
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                h = self._gradient_checkpointing_func(block, h, cond, latent_keys, ctx_w, ctx_mask, skip)
+                h = self._gradient_checkpointing_func(block, h, cond, latent_keys, ctx_w, ctx_mask)
             else:
-                h = block(h, cond, latent_keys, ctx_w, ctx_mask, skip)
+                h = block(h, cond, latent_keys, ctx_w, ctx_mask)
             if i < num_skips:
                 skips.append(h)
 

@@ -1,0 +1,75 @@
+"""``loop.compile``: ``torch.compile`` the repeated blocks of a model (regional compilation).
+
+A transformer is mostly one block repeated: the denoiser's 12 DiT blocks, SmolLM2's 30 decoder
+layers, MiniLM's 6 encoder layers. Compiling the whole model traces and compiles every block
+again, and once more per variant (training and ``no_grad`` forwards, the first change of a sequence
+length): on 2 CPU cores a 12-block tiny denoiser spent 157 + 172 + 156 + 149 s compiling its first
+four steps whole, against 42 + 13 + 25 s for its blocks (2026-12-03). Compiling each block in place
+(``nn.Module.compile``) compiles the block's code once per variant and reuses the graph for every
+block of the same shape, since the parameters are graph inputs, not constants. The fusion that
+matters (norms, modulations, activations, residual adds between two matrix products) happens inside
+the blocks; what stays eager around them (embeddings, heads, losses) is a few kernels.
+
+Evaluation inside ``fit`` runs under ``eager()``: generation calls the blocks with other shapes and
+without gradients (key/value caches, one token at a time), each a new graph to compile, for a few
+calls. ``uncompile`` turns the blocks back into plain modules once training is done.
+
+``repeated_blocks`` finds the blocks: the members of every ``nn.ModuleList`` (outermost ones only)
+whose members are two or more modules of one class. A model without such a list is compiled whole.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["compile_model", "eager", "repeated_blocks", "uncompile"]
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The members of ``model``'s outermost ``nn.ModuleList``s made of >= 2 modules of one class."""
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.ModuleList) and len(child) >= 2 and len({type(m) for m in child}) == 1:
+                found.extend(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return found
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """Compile ``model``'s repeated blocks in place and return ``model``; a model without repeated
+    blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``)."""
+    blocks = repeated_blocks(model)
+    if not blocks:
+        logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
+        return torch.compile(model)
+    for block in blocks:
+        block.compile()
+    kinds = sorted({type(b).__name__ for b in blocks})
+    logger.info(
+        "compiling %d repeated blocks (%s) of %s", len(blocks), ", ".join(kinds), type(model).__name__
+    )
+    return model
+
+
+def uncompile(model: nn.Module) -> nn.Module:
+    """Undo ``compile_model``: the plain model, its blocks no longer compiled."""
+    model = getattr(model, "_orig_mod", model)
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+    return model
+
+
+def eager():
+    """A context in which compiled code runs eagerly (``torch.compiler.set_stance("force_eager")``)."""
+    return torch.compiler.set_stance("force_eager")

@@ -1,0 +1,90 @@
+"""sld.compilation: which blocks are compiled, and compiled blocks train like eager ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import randomize_zero_init, save_tiny_causal_lm, tiny_dit
+from torch import nn
+
+from sld.compilation import compile_model, eager, repeated_blocks, uncompile
+from sld.models.baseline import BaselineConfig, BaselineModel
+
+
+class Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])  # repeated, but inside a block
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Inner(), Inner(), Inner()])
+        self.heads = nn.ModuleList([nn.Linear(2, 2), nn.ReLU()])  # two classes: not a repeated block
+        self.single = nn.ModuleList([nn.Linear(2, 2)])  # one member: nothing to share
+
+
+def test_repeated_blocks_are_the_outermost_lists_of_one_class():
+    model = Mixed()
+    assert repeated_blocks(model) == list(model.blocks)
+    dit = tiny_dit(depth=4)
+    assert repeated_blocks(dit) == list(dit.blocks)
+    assert repeated_blocks(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))) == []
+
+
+def test_a_causal_lm_baseline_compiles_its_decoder_layers(tmp_path):
+    lm = save_tiny_causal_lm(tmp_path / "lm")
+    model = BaselineModel.from_config(BaselineConfig(encoder="decoder", decoder_name_or_path=lm))
+    blocks = repeated_blocks(model)
+    assert blocks and {type(b).__name__ for b in blocks} == {"LlamaDecoderLayer"}
+    assert len(blocks) == model.lm.config.num_hidden_layers
+
+
+def test_a_model_without_repeated_blocks_is_compiled_whole():
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    compiled = compile_model(model)
+    assert compiled is not model and compiled._orig_mod is model
+    assert uncompile(compiled) is model
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_eager_outputs_and_gradients():
+    """A 2-block denoiser with its blocks compiled in place (inductor on the CPU): the same outputs
+    and gradients as eager, the same module and state dict, and plain again after ``uncompile``."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_dit(depth=2)
+    randomize_zero_init(model)
+    gen = torch.Generator().manual_seed(0)
+    b, s, n, d = 2, 3, 4, 8
+    inputs = (
+        torch.randn(b, s, n, d, generator=gen),
+        torch.rand(b, generator=gen),
+        torch.randn(b, 5, 16, generator=gen),
+    )
+
+    def run(m: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        m.zero_grad()
+        out = m(*inputs)
+        out.pow(2).sum().backward()
+        return out.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    expected, expected_grads = run(model)
+    keys = set(model.state_dict())
+    counters.clear()
+    assert compile_model(model) is model  # in place: no wrapper, the same state-dict keys
+    assert set(model.state_dict()) == keys
+    got, grads = run(model)
+    assert counters["frames"]["ok"] >= 1  # compiled for real
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert len(grads) == len(expected_grads) > 10
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    counters.clear()
+    with eager():
+        torch.testing.assert_close(run(model)[0], expected, rtol=1e-4, atol=1e-5)
+    assert not counters["frames"]  # nothing traced under eager()
+    assert all(block._compiled_call_impl is not None for block in model.blocks)
+    uncompile(model)
+    assert all(block._compiled_call_impl is None for block in model.blocks)
