@@ -32,7 +32,8 @@
 #          full loss and conversion only)
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
-#          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
+#          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
+#          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: the eager denoiser with BEFORE_CODE too): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
 #          a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower;
 #          TRAINERS_AR_ARGS: more overrides for the AR runs, e.g. data.group_by_length=true)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
@@ -386,7 +387,9 @@ fi
 if has trainers; then
     # each trainer alone: the denoiser at the paper's size (context from the cached MiniLM, the ablation's
     # contrastive autoencoder or the ROC SLD one) at DENOISER_BATCHES, then the ROC AR baseline at
-    # AR_BATCHES; once per value of TRAINERS_COMPILE (loop.compile; "false true" measures both)
+    # AR_BATCHES; once per value of TRAINERS_COMPILE (loop.compile; "false true" measures both), the
+    # compiled runs for TP_MINUTES_COMPILED (their first steps compile). TRAINERS_BEFORE=1 with
+    # BEFORE_CODE: the eager denoiser with that older code too (denoiser_<batch>_before).
     ae=$ROC/ablation/noise_robust_contrastive
     [ -d $RUNS/roc/sld_autoencoder ] && ae=$RUNS/roc/sld_autoencoder
     if [ ! -f $ae/autoencoder_config.json ]; then
@@ -396,27 +399,42 @@ if has trainers; then
         train_ae trainers ae_timing configs/autoencoder_roc_smollm2.yaml 256 "${CHOSEN_ARGS[@]}" loop.max_steps=20 \
             loop.eval_every=100000 data.num_valid_segments=8
     fi
+    here=$(pwd)
+    # train_denoiser NAME CODE_DIR COMPILE BATCH MINUTES: one timed denoiser run with the code in CODE_DIR
+    train_denoiser() {
+        local name=$1 code=$2 compile=$3 batch=$4 minutes=$5
+        log "trainers: denoiser 768 x 12, batch $batch, compile $compile, $minutes min alone ($name, code in $code)"
+        (cd "$code" && PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-diffusion \
+            -c "$here/configs/diffusion_roc_continuation.yaml" autoencoder="$(realpath $ae)" \
+            data.segmented_dir="$(realpath $ROC/segmented_continuation)" output_dir="$(realpath -m $ROC/trainers/$name)" \
+            denoiser.width=768 denoiser.depth=12 denoiser.heads=12 loop.batch_size=$batch loop.max_minutes=$minutes \
+            loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 loop.save_every=100000 \
+            loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log")
+        cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
+        cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+    }
     for compile in ${TRAINERS_COMPILE:-false}; do
         suffix=""
-        [ "$compile" = true ] && suffix=_compiled
-        for batch in ${DENOISER_BATCHES:-256 1024}; do
-            name=denoiser_$batch$suffix
-            log "trainers: denoiser 768 x 12, batch $batch, compile $compile, $TP_MINUTES min alone"
-            "${SLD[@]}" train-diffusion -c configs/diffusion_roc_continuation.yaml autoencoder=$ae \
-                data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/$name \
-                denoiser.width=768 denoiser.depth=12 denoiser.heads=12 loop.batch_size=$batch loop.max_minutes=$TP_MINUTES \
-                loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 loop.save_every=100000 \
-                loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log"
-            cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
-            cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+        minutes=$TP_MINUTES
+        if [ "$compile" = true ]; then suffix=_compiled; minutes=${TP_MINUTES_COMPILED:-$TP_MINUTES}; fi
+        # an empty DENOISER_BATCHES / AR_BATCHES runs none of that trainer
+        for batch in ${DENOISER_BATCHES-256 1024}; do
+            if [ "$compile" = false ] && [ "${TRAINERS_BEFORE:-0}" = 1 ]; then
+                if [ -n "${BEFORE_CODE:-}" ]; then
+                    train_denoiser denoiser_${batch}_before "$(realpath "$BEFORE_CODE")" false $batch $minutes
+                else
+                    log "trainers: TRAINERS_BEFORE=1 but BEFORE_CODE is not set; no 'before' run"
+                fi
+            fi
+            train_denoiser denoiser_$batch$suffix "$here" $compile $batch $minutes
         done
-        ar_batches=${AR_BATCHES:-64}
-        [ "$compile" = true ] && ar_batches=${AR_BATCHES_COMPILED:-$ar_batches}
+        ar_batches=${AR_BATCHES-64}
+        [ "$compile" = true ] && ar_batches=${AR_BATCHES_COMPILED-$ar_batches}
         for batch in $ar_batches; do
             name=ar_$batch$suffix
-            log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $TP_MINUTES min alone"
+            log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $minutes min alone"
             "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
-                data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/$name loop.max_minutes=$TP_MINUTES \
+                data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/$name loop.max_minutes=$minutes \
                 loop.batch_size=$batch loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 \
                 loop.save_every=100000 loop.log_every=20 ${TRAINERS_AR_ARGS:-} "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log"
             cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true

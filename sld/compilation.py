@@ -3,8 +3,7 @@
 A transformer is mostly one block repeated: the denoiser's 12 DiT blocks, SmolLM2's 30 decoder
 layers, MiniLM's 6 encoder layers. Compiling the whole model traces and compiles every block
 again, and once more per variant (training and ``no_grad`` forwards, the first change of a sequence
-length): on 2 CPU cores a 12-block tiny denoiser spent 157 + 172 + 156 + 149 s compiling its first
-four steps whole, against 42 + 13 + 25 s for its blocks (2026-12-03). Compiling each block in place
+length); ``examples/compile_time.py`` times both (figures in ``docs/results.md``). Compiling each block in place
 (``nn.Module.compile``) compiles the block's code once per variant and reuses the graph for every
 block of the same shape, since the parameters are graph inputs, not constants. The fusion that
 matters (norms, modulations, activations, residual adds between two matrix products) happens inside

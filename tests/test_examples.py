@@ -59,3 +59,15 @@ def test_step_memory_prints_the_same_loss_for_full_and_chunked_logits(tmp_path, 
         full.split("conversion loss ")[1].split(",")[0] == chunked.split("conversion loss ")[1].split(",")[0]
     )
     assert "peak memory grew" in chunked
+
+
+def test_compile_time_prints_every_step_of_a_mode(capsys):
+    import argparse
+
+    example = load_example("compile_time")
+    args = argparse.Namespace(width=16, depth=2, heads=2, batch=2, device="cpu")
+    example.run_one("eager", args)  # the compiled modes take minutes; their code path is the same
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(example.STEPS) + 1
+    assert lines[0].startswith("eager  step 0 (context 7, self-conditioning False):")
+    assert lines[-1].startswith("eager  total ")
