@@ -251,10 +251,10 @@ class ContextCache:
         width = encoder.context_dim
         # (total, C): every kept text's states, end to end; a zero row at the end pads gathers
         self.flat = torch.cat([*rows, torch.zeros(1, width, dtype=storage_dtype, device=self.storage_device)])
-        starts = [0] * len(self.lengths)
-        for i in range(1, len(starts)):
-            starts[i] = starts[i - 1] + self.lengths[i - 1]
-        self.starts_t = torch.tensor(starts, dtype=torch.long, device=self.storage_device)  # (n,)
+        self.starts = [0] * len(self.lengths)  # where each kept text's states begin in flat
+        for i in range(1, len(self.starts)):
+            self.starts[i] = self.starts[i - 1] + self.lengths[i - 1]
+        self.starts_t = torch.tensor(self.starts, dtype=torch.long, device=self.storage_device)  # (n,)
         self.lengths_t = torch.tensor(self.lengths, dtype=torch.long, device=self.storage_device)  # (n,)
 
     def __len__(self) -> int:
@@ -271,8 +271,7 @@ class ContextCache:
     def states_of(self, text: str) -> torch.Tensor:
         """The kept (T_i, C) states of one cached text, in the storage dtype."""
         i = self.row[text]
-        start = sum(self.lengths[:i])
-        return self.flat[start : start + self.lengths[i]]
+        return self.flat[self.starts[i] : self.starts[i] + self.lengths[i]]
 
     def encode(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sources -> states (B, T, C) and mask (B, T) on the encoder's device and dtype, as
