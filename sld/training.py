@@ -20,8 +20,9 @@ items/s, tokens/s (with ``tokens_in_batch``), the achieved model TFLOP/s and the
 (:mod:`sld.throughput`: FLOPs counted on the first micro-batch, divided by the device's peak);
 rows go to ``metrics.jsonl`` and to an Accelerate tracker (TensorBoard when installed).
 ``loop.profile_steps`` writes a torch.profiler summary of a few steps to ``profile.txt``;
-``loop.compile`` compiles the model's repeated blocks (:mod:`sld.compilation`). The same code runs on a CPU, one GPU,
-or several GPUs under ``accelerate launch``: it never branches on the device count.
+``loop.compile`` compiles the model's repeated blocks (:mod:`sld.compilation`). The same code runs
+on a CPU, one GPU, or several GPUs under ``accelerate launch``: it never branches on the device
+count.
 
 Several processes: ``loop.batch_size`` is per process, so the global batch is
 ``batch_size x grad_accum_steps x num_processes`` items; each process reads its own share of the
@@ -127,9 +128,9 @@ class LoopConfig:
     ``skip_nonfinite_steps``: skip (and count) steps with a NaN/inf loss term or gradient instead
     of stopping the run. ``compile``: ``torch.compile`` the model's repeated blocks in place (the
     whole model when it has none; :mod:`sld.compilation`); the first steps then include the
-    compilation, and a time budget counts it; resume a compiled run with ``compile`` on. ``tracker``: where metrics go besides
-    ``metrics.jsonl`` (``auto``: TensorBoard in ``<output_dir>/tensorboard`` when installed).
-    ``profile_steps``: profile that many steps after a short warm-up and write the summary to
+    compilation, and a time budget counts it; resume a compiled run with ``compile`` on.
+    ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
+    ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a short warm-up and write the summary to
     ``<output_dir>/profile.txt``. ``peak_tflops``: the device's peak for the MFU (None: the
     datasheet bf16 figure of known GPUs, see :mod:`sld.throughput`).
     """

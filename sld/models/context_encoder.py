@@ -234,7 +234,7 @@ class ContextCache:
         self.encoder = encoder
         self.storage_dtype = storage_dtype
         self.storage_device = torch.device(storage_device) if storage_device is not None else encoder.device
-        self.row: dict[str, int] = {}  # text -> its index in offsets / lengths
+        self.row: dict[str, int] = {}  # text -> its index in starts / lengths
         self.lengths: list[int] = []  # tokens of each kept text (host side: no device sync per batch)
         rows: list[torch.Tensor] = []
         unique = sorted({t for t in texts if t is not None}, key=len)
