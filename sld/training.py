@@ -130,9 +130,10 @@ class LoopConfig:
     whole model when it has none; :mod:`sld.compilation`); the first steps then include the
     compilation, and a time budget counts it; resume a compiled run with ``compile`` on.
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
-    ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a short warm-up and write the summary to
-    ``<output_dir>/profile.txt``. ``peak_tflops``: the device's peak for the MFU (None: the
-    datasheet bf16 figure of known GPUs, see :mod:`sld.throughput`).
+    ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a
+    short warm-up and write the summary to ``<output_dir>/profile.txt``. ``peak_tflops``: the
+    device's peak for the MFU (None: the datasheet bf16 figure of known GPUs, see
+    :mod:`sld.throughput`).
     """
 
     max_steps: int = 10000
