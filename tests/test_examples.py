@@ -65,9 +65,11 @@ def test_compile_time_prints_every_step_of_a_mode(capsys):
     import argparse
 
     example = load_example("compile_time")
-    args = argparse.Namespace(width=16, depth=2, heads=2, batch=2, device="cpu")
-    example.run_one("eager", args)  # the compiled modes take minutes; their code path is the same
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(example.STEPS) + 1
-    assert lines[0].startswith("eager  step 0 (context 7, self-conditioning False):")
-    assert lines[-1].startswith("eager  total ")
+    for model in ("denoiser", "causal-lm"):
+        args = argparse.Namespace(model=model, width=16, depth=2, heads=2, batch=2, device="cpu", steady=2)
+        example.run_one("eager", args)  # the compiled modes take minutes; their code path is the same
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == len(example.STEPS) + 2
+        assert lines[0].startswith("eager  step 0 (context 7, self-conditioning False):")
+        assert lines[-2].startswith("eager  total ")
+        assert lines[-1].startswith("eager  then ") and lines[-1].endswith("ms per step (2 steps)")
