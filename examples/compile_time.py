@@ -48,7 +48,7 @@ def build(args: argparse.Namespace, device: torch.device):
 
         def lm_step(run, length: int, self_cond: bool) -> None:
             ids = torch.randint(0, 512, (args.batch, 4 * length), device=device)
-            run(input_ids=ids, labels=ids).loss.backward()
+            run(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as the AR trainer
 
         return model, lm_step
 

@@ -13,6 +13,13 @@ Evaluation inside ``fit`` runs under ``eager()``: generation calls the blocks wi
 without gradients (key/value caches, one token at a time), each a new graph to compile, for a few
 calls. ``uncompile`` turns the blocks back into plain modules once training is done.
 
+A block whose code reads one of its own integer attributes (a layer index, as a causal LM's
+attention does when it writes a key/value cache, which the SmolLM2 autoencoder's kv conditioning
+does in training) gets a graph of its own per block, since dynamo treats such integers as
+constants. torch's default of 8 graphs per function would then run every block past the eighth
+eagerly, with only a warning; ``compile_model`` raises that limit to 4 graphs per block, so such a
+model compiles every block (at the whole model's compile time) rather than running most of it eagerly.
+
 ``repeated_blocks`` finds the blocks: the members of every ``nn.ModuleList`` (outermost ones only)
 whose members are two or more modules of one class. A model without such a list is compiled whole.
 """
@@ -44,15 +51,23 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def compile_model(model: nn.Module) -> nn.Module:
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     """Compile ``model``'s repeated blocks in place and return ``model``; a model without repeated
-    blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``)."""
+    blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``). ``backend``:
+    ``torch.compile``'s (``"eager"`` traces without generating kernels: tests)."""
     blocks = repeated_blocks(model)
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
-        return torch.compile(model)
+        return torch.compile(model, backend=backend)
+    # four variants per block (training and no_grad forwards, static and dynamic shapes), and every
+    # block its own graph at worst (see the module's docstring)
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 4 * len(blocks))
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, 8 * len(blocks)
+    )
     for block in blocks:
-        block.compile()
+        block.compile(backend=backend)
     kinds = sorted({type(b).__name__ for b in blocks})
     logger.info(
         "compiling %d repeated blocks (%s) of %s", len(blocks), ", ".join(kinds), type(model).__name__
