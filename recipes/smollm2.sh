@@ -33,8 +33,8 @@
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
 #          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
-#          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: the eager denoiser with BEFORE_CODE too): items/s, tokens/s and MFU from their summaries (TRAINERS_PROFILE=20:
-#          a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower;
+#          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: the eager denoiser with BEFORE_CODE too): items/s,
+#          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower;
 #          TRAINERS_AR_ARGS: more overrides for the AR runs, e.g. data.group_by_length=true)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
