@@ -34,8 +34,10 @@
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
 #          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
 #          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: the eager denoiser with BEFORE_CODE too): items/s,
-#          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20 steps of each, profile.txt; the rates of a profiled run are lower;
-#          TRAINERS_AR_ARGS: more overrides for the AR runs, e.g. data.group_by_length=true)
+#          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
+#          steps of each, profile.txt; a profiled run's rates are not usable: the profiled steps are slow
+#          and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
+#          data.group_by_length=true)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
 # BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only.
