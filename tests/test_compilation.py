@@ -113,20 +113,22 @@ class IndexedStack(nn.Module):
         return x
 
 
-def test_blocks_specialised_one_by_one_are_all_compiled(monkeypatch):
+def test_blocks_specialised_one_by_one_are_all_compiled():
     """12 blocks that each need a graph of their own: torch's default limit of 8 graphs would leave
     the last four eager (a warning only); compile_model raises the limit so all 12 compile."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # torch's default, whatever ran before
-    torch._dynamo.reset()
-    counters.clear()
-    model = IndexedStack(12)
-    x = torch.randn(2, 4)
-    with torch.no_grad():
-        expected = model(x)
-        compile_model(model, backend="eager")  # dynamo's graphs without kernels: seconds, not minutes
-        got = model(x)
-    assert counters["frames"]["ok"] == 12  # one graph per block, none left eager
-    torch.testing.assert_close(got, expected)
+    # torch's default, whatever ran before; config.patch restores it (monkeypatch's undo deletes the
+    # attribute, which hides it from torch's config module for the rest of the process)
+    with torch._dynamo.config.patch(recompile_limit=8):
+        torch._dynamo.reset()
+        counters.clear()
+        model = IndexedStack(12)
+        x = torch.randn(2, 4)
+        with torch.no_grad():
+            expected = model(x)
+            compile_model(model, backend="eager")  # dynamo's graphs without kernels: seconds, not minutes
+            got = model(x)
+        assert counters["frames"]["ok"] == 12  # one graph per block, none left eager
+        torch.testing.assert_close(got, expected)
