@@ -497,13 +497,12 @@ def fit(
     peak = loop.peak_tflops or device_peak_tflops(accelerator.device)
     if peak:
         peak *= accelerator.num_processes  # the rates are global: against the peak of all devices
-    # FLOPs are counted on one micro-batch of a run from scratch only: FlopCounterMode changes the
-    # rounding of the step it watches (by ~1e-7, measured), and a resumed run must repeat the
+    # FLOPs are counted on the first micro-batch of a run from scratch only: FlopCounterMode changes
+    # the rounding of the step it watches (by ~1e-7, measured), and a resumed run must repeat the
     # uninterrupted run's arithmetic exactly; resumed runs take the count from the checkpoint. A
-    # compiled model is counted on its second micro-batch: torch.compile never compiles a module
-    # whose first call runs under a dispatch mode (measured with torch 2.13).
+    # compiled model's counted micro-batch runs eagerly (FlopCount says why).
     fresh_run = state.step == 0 and state.batches_in_epoch == 0 and state.epoch == 0
-    count_flops_at = (1 if loop.compile else 0) if fresh_run else -1
+    count_flops_at = 0 if fresh_run else -1
     micro_batches_seen = 0
     last_loss: float | None = None
 
@@ -621,7 +620,7 @@ def fit(
             else loader
         )
         for batch in batches:
-            counter = FlopCount() if micro_batches_seen == count_flops_at else nullcontext()
+            counter = FlopCount(loop.compile) if micro_batches_seen == count_flops_at else nullcontext()
             micro_batches_seen += 1
             with accelerator.accumulate(model):
                 try:

@@ -270,3 +270,61 @@ def test_new_loop_settings_are_validated():
     for bad in (dict(profile_steps=-1), dict(peak_tflops=0.0), dict(max_minutes=0), dict(keep_checkpoints=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             LoopConfig(**bad)
+
+
+class Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 16)
+
+    def forward(self, h):
+        return h + torch.nn.functional.gelu(self.linear(h))
+
+
+class TwoBlocks(torch.nn.Module):
+    """SmallNet with its hidden layers as repeated blocks (what ``loop.compile`` compiles)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(4, 16)
+        self.blocks = torch.nn.ModuleList(Block() for _ in range(2))
+        self.out = torch.nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h)
+
+
+def test_compiled_blocks_run_compiled_on_every_step_after_the_flop_count(tmp_path, monkeypatch):
+    """The FLOP count of a compiled run once ran its micro-batch under FlopCounterMode after the first
+    compile, and dynamo then ran every block eagerly for the rest of the run (H200 runs labelled
+    'compiled' were eager). A backend that counts its graph calls shows every step is compiled."""
+    import sld.training as training
+    from sld.compilation import compile_model
+
+    calls = {"graphs": 0}
+
+    def counting_backend(graph_module, example_inputs):
+        def run(*args):
+            calls["graphs"] += 1
+            return graph_module.forward(*args)
+
+        return run
+
+    monkeypatch.setattr(training, "compile_model", lambda model: compile_model(model, backend=counting_backend))
+    torch._dynamo.reset()
+    steps = 5
+    fit(
+        TwoBlocks(),
+        IndexDataset(30),
+        collate,
+        net_loss,
+        tmp_path / "run",
+        OptimConfig(lr=1e-2, warmup_steps=0),
+        loop_config(max_steps=steps, batch_size=6, compile=True),
+    )
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["train/tflops_per_second"] > 0  # the FLOPs are still counted
+    assert calls["graphs"] >= 2 * (steps - 1)  # both blocks, compiled, on every step but the counted one
