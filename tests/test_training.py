@@ -313,7 +313,9 @@ def test_compiled_blocks_run_compiled_on_every_step_after_the_flop_count(tmp_pat
 
         return run
 
-    monkeypatch.setattr(training, "compile_model", lambda model: compile_model(model, backend=counting_backend))
+    monkeypatch.setattr(
+        training, "compile_model", lambda model: compile_model(model, backend=counting_backend)
+    )
     torch._dynamo.reset()
     steps = 5
     fit(
