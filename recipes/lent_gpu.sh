@@ -8,8 +8,9 @@
 #   .carry/before/     optional: an older sld/ + stages/ (git archive) for before/after measurements
 # One call per carried folder set, each started while the machine is still warm:
 #   bash recipes/lent_gpu.sh setup                  # every call: store what this call carried
-#   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...] && bash recipes/lent_gpu.sh wait 450
-#                                                   # last carry call: launch it and follow it
+#   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...] [then VAR=value ...] && bash recipes/lent_gpu.sh wait 450
+#                                                   # last carry call: launch it and follow it (each
+#                                                   # "then" starts one more run of the recipe after the last)
 #   bash recipes/lent_gpu.sh wait 570               # later calls: follow it; $OUT/results.tgz at the end
 # Send each call as soon as the previous one returns: the machine is given back 30 s after a call, and
 # a later call finds a bare machine (`wait` then says so and exits at once). Even a call sent at once
@@ -65,11 +66,27 @@ start)
     shift
     rm -rf $ROOT/sld && mkdir -p $ROOT/sld $RESULTS && cp -r . $ROOT/sld/
     rm -rf $ROOT/sld/.carry $ROOT/sld/.whl
-    (cd $ROOT/sld && . $env_file && env "$@" setsid nohup bash "$recipe" > $RESULTS/recipe.log 2>&1 &)
+    # the job: one recipe run per group of VAR=value arguments, groups separated by "then", one
+    # after the other (each run's own "] done" line is not the end: the job's last line is)
+    job=$ROOT/job.sh
+    {
+        echo "cd $ROOT/sld && . $env_file"
+        run=()
+        for arg in "$@" then; do
+            if [ "$arg" = then ]; then
+                printf 'env'; printf ' %q' "${run[@]}"; printf ' bash %q\n' "$recipe"
+                run=()
+            else
+                run+=("$arg")
+            fi
+        done
+        echo "echo '[lent_gpu] job done'"
+    } > $job
+    (setsid nohup bash $job > $RESULTS/recipe.log 2>&1 &)
     echo "started $recipe $* (log: $RESULTS/recipe.log)"
     ;;
 wait)
-    # Done when the recipe's log has its "] done" line. (Not a pid: seen on 2026-12-02, a job started
+    # Done when the log has the job's last line. (Not a pid: seen on 2026-12-02, a job started
     # in one call was still running, GPU at 100%, while `kill -0 <its pid>` failed in the next call.)
     limit=${1:-570}
     waited=0
@@ -79,7 +96,7 @@ wait)
         echo "no recipe has run on this machine (no $RESULTS/recipe.log): the earlier one was given back"
         exit 3
     fi
-    finished() { grep -q '\] done' $RESULTS/recipe.log 2>/dev/null; }
+    finished() { grep -q '^\[lent_gpu\] job done' $RESULTS/recipe.log 2>/dev/null; }
     while ! finished && [ $waited -lt "$limit" ]; do
         sleep 10
         waited=$((waited + 10))
