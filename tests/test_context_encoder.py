@@ -144,6 +144,32 @@ def test_cache_matches_the_encoder_and_encodes_unknown_texts(minilm):
     assert empty.shape == (1, 0, 384) and empty_mask.shape == (1, 0)
 
 
+def test_a_fixed_length_cache_pads_every_batch_to_the_longest_kept_text(minilm):
+    """``fixed_length`` (compiled training): one shape for every batch, the same states and mask up to
+    the padding, and the same denoiser output (padded keys are masked)."""
+    known = ["A short source.", "a much longer source text that will certainly be cut", "mid one"]
+    plain = ContextCache(minilm, known, storage_dtype=torch.float32, progress=False)
+    fixed = ContextCache(minilm, known, storage_dtype=torch.float32, progress=False, fixed_length=True)
+    assert fixed.longest == max(plain.lengths) == 12
+    batch = [known[0], None, known[2]]
+    states, mask = plain.encode(batch)
+    padded, padded_mask = fixed.encode(batch)
+    assert states.shape[1] < 12 and padded.shape == (3, 12, 384) and padded_mask.shape == (3, 12)
+    width = states.shape[1]
+    assert torch.equal(padded_mask[:, :width], mask) and not padded_mask[:, width:].any()
+    assert torch.equal(padded[:, :width], states) and not padded[:, width:].any()
+    torch.manual_seed(0)
+    dit = SegmentDiT(latent_dim=8, num_latents=2, max_segments=2, context_dim=384, width=32, depth=2, heads=4)
+    torch.nn.init.normal_(dit.final_layer.proj.weight, std=0.1)  # zero-initialised: make the output vary
+    for block in dit.blocks:
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.1)
+    x, t = torch.randn(3, 2, 2, 8), torch.rand(3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            dit(x, t, padded, padded_mask), dit(x, t, states, mask), rtol=1e-5, atol=1e-6
+        )
+
+
 def test_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="context encoder"):
         ContextEncoder.from_pretrained(tmp_path / "nope")

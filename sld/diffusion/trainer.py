@@ -100,7 +100,9 @@ class DiffusionTrainingConfig:
     ``cache_latents`` keeps the documents' latents in ``output_dir/latent_cache`` (encoded once per
     autoencoder and data). ``cache_context`` encodes every training source once with the frozen
     context encoder and keeps the states in memory (float16, about T x C x 2 bytes per document):
-    much faster on a CPU, where re-encoding the sources costs more than the denoiser step.
+    much faster on a CPU, where re-encoding the sources costs more than the denoiser step. With
+    ``loop.compile`` the cached states of every batch are padded to the longest source (one shape,
+    one compiled graph; ``ContextCache``'s ``fixed_length``).
 
     Every evaluation (``loop.eval_every``) reports the validation diffusion loss; generating samples
     (``samples/step_N.jsonl`` with ROUGE-L, distinct-2, count accuracy) costs far more, so it runs
@@ -193,12 +195,18 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
     sources: ContextEncoder | ContextCache = context_encoder
     if cfg.cache_context:
         started = time.perf_counter()
-        sources = ContextCache(context_encoder, [d.source for d in [*train_docs, *valid_docs]])
+        # compiled: one context length for every batch (one graph, no recompiles for new lengths)
+        sources = ContextCache(
+            context_encoder, [d.source for d in [*train_docs, *valid_docs]], fixed_length=cfg.loop.compile
+        )
         logger.info(
-            "encoded %d distinct sources once in %.1f s (%.0f MB kept)",
+            "encoded %d distinct sources once in %.1f s (%.0f MB kept)%s",
             len(sources),
             time.perf_counter() - started,
             sources.num_bytes / 2**20,
+            f"; every batch padded to the longest, {sources.longest} tokens (loop.compile)"
+            if sources.fixed_length
+            else "",
         )
     valid_batches = fixed_batches(valid_set, cfg.max_segments)
     pipeline_config = PipelineConfig(
