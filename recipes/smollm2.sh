@@ -394,9 +394,9 @@ if has trainers; then
     # BEFORE_CODE: the eager denoiser with that older code too (denoiser_<batch>_before).
     ae=$ROC/ablation/noise_robust_contrastive
     [ -d $RUNS/roc/sld_autoencoder ] && ae=$RUNS/roc/sld_autoencoder
-    if [ ! -f $ae/autoencoder_config.json ]; then
+    [ -f $ae/autoencoder_config.json ] || ae=$ROC/trainers/ae_timing
+    if [ -n "${DENOISER_BATCHES-256 1024}" ] && [ ! -f $ae/autoencoder_config.json ]; then
         # none trained on this machine: a 20-step one (the denoiser's speed does not depend on its weights)
-        ae=$ROC/trainers/ae_timing
         log "trainers: no ROC autoencoder; a 20-step one for timing ($ae)"
         train_ae trainers ae_timing configs/autoencoder_roc_smollm2.yaml 256 "${CHOSEN_ARGS[@]}" loop.max_steps=20 \
             loop.eval_every=100000 data.num_valid_segments=8
