@@ -70,6 +70,7 @@ class FlopCount:
     def __init__(self, run_eagerly: bool = False) -> None:
         self.total: int | None = None
         self.run_eagerly = run_eagerly
+        self.adjustment = 0.0
         self._contexts: ExitStack | None = None
         self._mode: FlopCounterMode | None = None
 
@@ -78,14 +79,36 @@ class FlopCount:
         if self.run_eagerly:
             self._contexts.enter_context(torch.compiler.set_stance("force_eager"))
         self._mode = self._contexts.enter_context(FlopCounterMode(display=False))
+        _active.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         assert self._contexts is not None
+        _active.remove(self)
         self._contexts.__exit__(*exc)
         assert self._mode is not None
-        self.total = int(self._mode.get_total_flops())
+        self.total = int(self._mode.get_total_flops() + self.adjustment)
         self._contexts = None
+
+    def region(self) -> FlopCounterMode:
+        """A nested counter: ``with counter.region() as part: ...``, then ``part.get_total_flops()``
+        is what ran inside it (the enclosing count includes it too)."""
+        return FlopCounterMode(display=False)
+
+    def adjust(self, flops: float) -> None:
+        """Add ``flops`` (may be negative) to the total: code whose work differs from step to step
+        replaces what the counted micro-batch ran by its expectation (the denoiser's
+        self-conditioning pass, run on a random share of the steps)."""
+        self.adjustment += flops
+
+
+_active: list[FlopCount] = []
+
+
+def active_flop_count() -> FlopCount | None:
+    """The ``FlopCount`` counting right now (innermost), or None: code that runs a random share of
+    the steps can then correct the count (``FlopCount.adjust``) at no cost when nothing counts."""
+    return _active[-1] if _active else None
 
 
 def raised_by_flop_counter(err: BaseException) -> bool:
@@ -107,4 +130,4 @@ def mfu(flops_per_unit: float, units_per_second: float, peak_tflops: float) -> f
     return flops_per_unit * units_per_second / (peak_tflops * 1e12)
 
 
-__all__ = ["PEAK_BF16_TFLOPS", "FlopCount", "count_flops", "device_peak_tflops", "mfu"]
+__all__ = ["PEAK_BF16_TFLOPS", "FlopCount", "active_flop_count", "count_flops", "device_peak_tflops", "mfu"]

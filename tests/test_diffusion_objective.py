@@ -244,3 +244,36 @@ def test_autoencoder_decoder_trains_the_prediction_not_the_autoencoder(tmp_path)
     assert all(p.grad is None for p in autoencoder.parameters())
     exact_mse, exact_ce = decode(target, target, labels)
     assert exact_mse.item() == 0.0 and exact_ce < ce
+
+
+def test_a_counted_step_holds_the_self_conditioning_pass_at_its_expected_share():
+    """fit counts the FLOPs of one micro-batch; whether that micro-batch ran the self-conditioning
+    pass is a coin flip, so the objective replaces the coin's outcome by its expectation: the count
+    is then the same whichever way the coin fell, halfway between never and always."""
+    from sld.throughput import FlopCount
+
+    model = tiny_dit()
+    x0, sm, c, cm, k = batch()
+
+    def counted(prob: float, seed: int) -> tuple[int, bool]:
+        diffusion = LatentDiffusion(DiffusionConfig(self_conditioning_prob=prob))
+        with FlopCount() as counter:
+            losses = diffusion.training_losses(
+                model, x0, sm, c, cm, k, generator=torch.Generator().manual_seed(seed)
+            )
+            losses["loss"].backward()
+        return counter.total, bool(losses["self_conditioned"])
+
+    never, _ = counted(0.0, 0)
+    always, ran = counted(1.0, 0)
+    assert ran and always > never
+    outcomes = {}
+    for seed in range(40):
+        total, ran = counted(0.5, seed)
+        outcomes.setdefault(ran, total)
+        if len(outcomes) == 2:
+            break
+    assert set(outcomes) == {True, False}  # both sides of the coin were counted
+    halfway = (never + always) / 2
+    for total in outcomes.values():
+        assert total == pytest.approx(halfway, rel=0.01)  # the count head (not in the first pass) aside

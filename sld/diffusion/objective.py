@@ -20,6 +20,7 @@ reference code's defect), so each term really trains what it should:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, Protocol
@@ -31,6 +32,7 @@ from torch import nn
 from sld.distributed import global_mean, micro_batch
 from sld.errors import UserError
 from sld.shapes import fold_segments
+from sld.throughput import active_flop_count
 
 __all__ = [
     "DiffusionConfig",
@@ -321,14 +323,31 @@ class LatentDiffusion:
         # Drawn on the CPU (when no generator fixes the device) so the decision costs no device sync.
         coin = _draw(torch.rand, generator, torch.device("cpu"), ()).item()
         use_self_cond = coin < cfg.self_conditioning_prob and _self_conditioning(model)
+        # While fit counts this micro-batch's FLOPs, both forward passes are counted on their own too,
+        # so that the count holds the self-conditioning pass's expected share, not this coin's outcome.
+        counter = active_flop_count()
+        self_cond_flops = 0
         if use_self_cond:
-            with torch.no_grad():
+            with torch.no_grad(), counter.region() if counter else nullcontext() as part:
                 first = model(x_t, time, context, context_mask, segment_mask, None, drop_context)
                 self_cond = self.predict_x0(first, x_t, t).detach()
+            self_cond_flops = part.get_total_flops() if counter else 0
 
-        output, count_logits = model(
-            x_t, time, context, context_mask, segment_mask, self_cond, drop_context, return_count_logits=True
-        )
+        with counter.region() if counter else nullcontext() as part:
+            output, count_logits = model(
+                x_t,
+                time,
+                context,
+                context_mask,
+                segment_mask,
+                self_cond,
+                drop_context,
+                return_count_logits=True,
+            )
+        if counter:
+            # one pass of the same shapes (its count head aside, a few FLOPs) on a share p of the steps
+            share = cfg.self_conditioning_prob if _self_conditioning(model) else 0.0
+            counter.adjust(share * part.get_total_flops() - self_cond_flops)
 
         # L2 per segment over (N, D), averaged over real segments only.
         target = self.target(x0, noise, t)
