@@ -5,7 +5,9 @@ micro-batch of every run (``loss_fn`` + backward, the real training step, not an
 :class:`torch.utils.flop_counter.FlopCounterMode`, which adds up the FLOPs of every matrix multiply,
 convolution and attention kernel from the actual tensor shapes (2 FLOPs per multiply-add; the
 forward, the backward and any frozen encoder the step runs are all included; element-wise ops,
-norms, softmax and the optimizer update are not, as usual for MFU). Then::
+norms, softmax and the optimizer update are not, as usual for MFU). Work that runs on a random
+share of the steps is counted at that share, whether the counted micro-batch ran it or not (the
+denoiser's self-conditioning pass: ``FlopCount.region`` and ``FlopCount.adjust``). Then::
 
     flops_per_unit = counted FLOPs / units in that micro-batch      (unit: token, item or micro-batch)
     achieved FLOP/s = flops_per_unit x units per second             (per process, over a log interval)
