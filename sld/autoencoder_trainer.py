@@ -15,6 +15,7 @@ import json
 import logging
 import random
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset
 
 from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
 from sld.checkpointing import INIT_DIR, resumable_init_dir
+from sld.compilation import retained_graphs
 from sld.config import save_config
 from sld.data.collate import (
     PairDataset,
@@ -218,19 +220,24 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
             (output_dir / RECONSTRUCTIONS_FILE).write_text("".join(json.dumps(e) + "\n" for e in examples))
         return scores
 
-    result = fit(
-        model,
-        dataset,
-        SegmentCollator.from_autoencoder(model),
-        loss_fn,
-        output_dir,
-        cfg.optim,
-        cfg.loop,
-        evaluate_fn=evaluate if valid_segments else None,
-        items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
-        tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
-        lengths=[row_length(dataset[i]) for i in range(len(dataset))] if cfg.data.group_by_length else None,
-    )
+    # the adversarial term differentiates the conversion loss's graph twice (sld.compilation says why)
+    double_backward = cfg.loop.compile and cfg.losses.uses_adversarial
+    with retained_graphs() if double_backward else nullcontext():
+        result = fit(
+            model,
+            dataset,
+            SegmentCollator.from_autoencoder(model),
+            loss_fn,
+            output_dir,
+            cfg.optim,
+            cfg.loop,
+            evaluate_fn=evaluate if valid_segments else None,
+            items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
+            tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
+            lengths=[row_length(dataset[i]) for i in range(len(dataset))]
+            if cfg.data.group_by_length
+            else None,
+        )
     if not result.accelerator.is_main_process:
         return TrainedAutoencoder(output_dir, None)
     result.model.save_pretrained(output_dir)

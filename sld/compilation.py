@@ -29,11 +29,12 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch._functorch.config  # not imported by `import torch`: retained_graphs patches it
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["compile_model", "eager", "repeated_blocks", "uncompile"]
+__all__ = ["compile_model", "eager", "repeated_blocks", "retained_graphs", "uncompile"]
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -82,6 +83,20 @@ def uncompile(model: nn.Module) -> nn.Module:
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
     return model
+
+
+def retained_graphs():
+    """A context in which compiled backward functions may run twice on one graph.
+
+    The autoencoder's adversarial term takes the latents' gradient from the conversion loss's graph
+    (``retain_graph=True``) before the loss's own backward. A backward compiled with donated buffers
+    (torch's default) refuses that: "This backward function was compiled with non-empty donated
+    buffers which requires create_graph=False and retain_graph=False" (seen in a compiled CPU run of
+    the quickstart autoencoder). Inside this context backward functions are compiled without them
+    (``torch._functorch.config.donated_buffer=False``): a little more memory, the same arithmetic.
+    Compilation happens at the first calls, so the whole training run goes inside.
+    """
+    return torch._functorch.config.patch(donated_buffer=False)
 
 
 def eager():

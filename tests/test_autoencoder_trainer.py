@@ -95,3 +95,41 @@ def test_train_autoencoder_returns_the_folder_and_summary(tmp_path, capsys):
     assert (trained.output_dir / "reconstructions.jsonl").is_file() and (trained.output_dir / "init").is_dir()
     assert isinstance(SegmentAutoencoder.from_pretrained(trained.output_dir), SegmentAutoencoder)
     assert TrainedAutoencoder(trained.output_dir, None).summary_lines() == []
+
+
+@pytest.mark.parametrize("variant", ["noise_robust", "vanilla"])
+def test_a_compiled_run_with_the_adversarial_term_trains_inside_retained_graphs(
+    tmp_path, monkeypatch, variant
+):
+    """The adversarial term differentiates the conversion loss's graph twice, which compiled backward
+    functions allow only without donated buffers (``sld.compilation.retained_graphs``)."""
+    import contextlib
+
+    import sld.autoencoder_trainer as trainer
+    import sld.training as training
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(trainer, "retained_graphs", recording)
+    monkeypatch.setattr(training, "compile_model", lambda model: model)  # the wiring, not inductor's time
+    bert = tiny_models.save_tiny_bert(tmp_path / "bert", num_layers=1, max_positions=64)
+    cfg = load_config(
+        AutoencoderTrainingConfig,
+        CONFIGS / "autoencoder_tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'ae'}",
+            f"data.segmented_dir={write_stage1(tmp_path / 'seg', STORIES * 4)}",
+            f"model.encoder={bert}",
+            f"losses.variant={variant}",
+            "loop.compile=true",
+            "loop.max_steps=1",
+            "loop.eval_every=1",
+        ],
+    )
+    train_autoencoder(cfg)
+    assert entered == ([True] if variant == "noise_robust" else [])

@@ -132,3 +132,15 @@ def test_blocks_specialised_one_by_one_are_all_compiled():
             got = model(x)
         assert counters["frames"]["ok"] == 12  # one graph per block, none left eager
         torch.testing.assert_close(got, expected)
+
+
+def test_retained_graphs_compiles_backward_functions_without_donated_buffers():
+    """The compiled quickstart autoencoder failed at its first step ("This backward function was
+    compiled with non-empty donated buffers which requires ... retain_graph=False"): its adversarial
+    term differentiates one graph twice. Inside ``retained_graphs`` torch compiles without them."""
+    from sld.compilation import retained_graphs
+
+    assert torch._functorch.config.donated_buffer
+    with retained_graphs():
+        assert not torch._functorch.config.donated_buffer
+    assert torch._functorch.config.donated_buffer
