@@ -71,19 +71,23 @@ def test_training_rows_mix_pairs_in_or_ask_for_them(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_autoencoder_returns_the_folder_and_summary(tmp_path, capsys):
+def tiny_training_config(tmp_path: Path, *overrides: str) -> AutoencoderTrainingConfig:
+    """``autoencoder_tiny.yaml`` on a tiny BERT and 12 stories in ``tmp_path``, with ``overrides``."""
     bert = tiny_models.save_tiny_bert(tmp_path / "bert", num_layers=1, max_positions=64)
-    cfg = load_config(
+    return load_config(
         AutoencoderTrainingConfig,
         CONFIGS / "autoencoder_tiny.yaml",
         [
             f"output_dir={tmp_path / 'ae'}",
             f"data.segmented_dir={write_stage1(tmp_path / 'seg', STORIES * 4)}",
             f"model.encoder={bert}",
-            "loop.max_steps=2",
-            "loop.eval_every=2",
+            *overrides,
         ],
     )
+
+
+def test_train_autoencoder_returns_the_folder_and_summary(tmp_path, capsys):
+    cfg = tiny_training_config(tmp_path, "loop.max_steps=2", "loop.eval_every=2")
     trained = train_autoencoder(cfg)
     assert isinstance(trained, TrainedAutoencoder) and trained.output_dir == tmp_path / "ae"
     assert "saved to" not in capsys.readouterr().out  # the stage prints the summary, not the library
@@ -117,19 +121,8 @@ def test_a_compiled_run_with_the_adversarial_term_trains_inside_retained_graphs(
 
     monkeypatch.setattr(trainer, "retained_graphs", recording)
     monkeypatch.setattr(training, "compile_model", lambda model: model)  # the wiring, not inductor's time
-    bert = tiny_models.save_tiny_bert(tmp_path / "bert", num_layers=1, max_positions=64)
-    cfg = load_config(
-        AutoencoderTrainingConfig,
-        CONFIGS / "autoencoder_tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'ae'}",
-            f"data.segmented_dir={write_stage1(tmp_path / 'seg', STORIES * 4)}",
-            f"model.encoder={bert}",
-            f"losses.variant={variant}",
-            "loop.compile=true",
-            "loop.max_steps=1",
-            "loop.eval_every=1",
-        ],
+    cfg = tiny_training_config(
+        tmp_path, f"losses.variant={variant}", "loop.compile=true", "loop.max_steps=1", "loop.eval_every=1"
     )
     train_autoencoder(cfg)
     assert entered == ([True] if variant == "noise_robust" else [])

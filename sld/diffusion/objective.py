@@ -326,14 +326,15 @@ class LatentDiffusion:
         # While fit counts this micro-batch's FLOPs, both forward passes are counted on their own too,
         # so that the count holds the self-conditioning pass's expected share, not this coin's outcome.
         counter = active_flop_count()
+        region = counter.region if counter else nullcontext
         self_cond_flops = 0
         if use_self_cond:
-            with torch.no_grad(), counter.region() if counter else nullcontext() as part:
+            with torch.no_grad(), region() as part:
                 first = model(x_t, time, context, context_mask, segment_mask, None, drop_context)
                 self_cond = self.predict_x0(first, x_t, t).detach()
             self_cond_flops = part.get_total_flops() if counter else 0
 
-        with counter.region() if counter else nullcontext() as part:
+        with region() as part:
             output, count_logits = model(
                 x_t,
                 time,

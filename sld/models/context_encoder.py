@@ -222,8 +222,9 @@ class ContextCache:
         storage_device: where the kept states live; None = the encoder's device.
         fixed_length: every batch of kept texts comes padded (mask False) to the longest kept text,
             so the states' shape never changes: a compiled model then keeps one graph instead of
-            recompiling for dynamic lengths (``loop.compile``; on an H200 the 768 x 12 denoiser's
-            recompiles for new lengths took 10-25 s each). Costs cross-attention work on the padding.
+            recompiling for dynamic lengths (``loop.compile``; on an H200 the 768 x 12 denoiser
+            recompiling for new lengths made 3 steps in a 60-s budget: docs/results.md, seventh
+            session). Costs cross-attention work on the padding.
     """
 
     def __init__(
