@@ -76,6 +76,28 @@ def test_the_compiled_step_traces_as_one_graph(baseline, monkeypatch):
     assert original(baseline.lm, True).compiled
 
 
+def test_prompts_of_new_lengths_reuse_the_compiled_step(folders, monkeypatch):
+    """At batch 1 every prompt length once traced the first step anew (its first token a strided column
+    of the prompt; dynamo guards on strides): 6 graphs for 4 prompts in 2 cache buckets."""
+    from torch._dynamo.utils import counters
+
+    from sld.models import static_decoding
+
+    config = BaselineConfig(
+        encoder="decoder", decoder_name_or_path=folders[1], max_source_tokens=64, max_target_tokens=24
+    )
+    torch.manual_seed(0)
+    model = BaselineModel.from_config(config).eval()
+    original = static_decoding.stepper_for
+    monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
+    sources = ["Anna walked her dog.", "Lucy went to the old market in town today.", "Sam fixed it.",
+               "Tom rode his bike to the lake and back."]
+    counters.clear()
+    model.generate_texts(sources, batch_size=1, max_new_tokens=12, static_cache=True)
+    buckets = len(original(model.lm, True).caches)
+    assert counters["stats"]["unique_graphs"] == buckets
+
+
 def test_an_encoder_decoder_segment_decoder_refuses_static_cache(folders):
     model = tiny_models.tiny_autoencoder(folders[0], seed=0).eval()
     z = model.encode_texts(["Tom baked a cake."])
