@@ -29,13 +29,15 @@ from sld.diffusion.sampling import SchedulerName, choose_num_segments, make_sche
 from sld.errors import UserError
 from sld.mbr import mbr_select
 from sld.models.autoencoder import SegmentAutoencoder
-from sld.models.context_encoder import ContextEncoder
+from sld.models.context_encoder import ContextEncoder, pad_context
 from sld.models.denoiser import SegmentDiT
 from sld.shapes import fold_segments
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_CONFIG = "pipeline_config.json"
+# With static_cache the source context is padded to a multiple of this many positions (few shapes)
+CONTEXT_BUCKET = 32
 
 
 @dataclass
@@ -191,7 +193,8 @@ class SLDPipeline:
         documents per denoising batch (candidates included). ``max_new_tokens`` / ``min_new_tokens``
         bound every decoded segment (None = the autoencoder's saved budget; 0 = no minimum).
         ``static_cache``: decode segments from a static KV cache, the token step as a CUDA graph on a
-        GPU (a causal-LM decoder only; ``sld.models.static_decoding``).
+        GPU (a causal-LM decoder only; ``sld.models.static_decoding``), and run the denoiser's steps
+        as CUDA graphs too (``graphed_denoiser``; the context padded to a multiple of ``CONTEXT_BUCKET``).
         """
         cfg = self.config
         steps = num_inference_steps or cfg.num_inference_steps
@@ -268,6 +271,9 @@ class SLDPipeline:
         started = time.perf_counter()
         context, context_mask = self.context_encoder.encode(sources)
         context, context_mask = context.to(device, self.denoiser.dtype), context_mask.to(device)
+        static = decode_options["static_cache"]
+        if static:  # a few context lengths, so that the denoiser's CUDA graphs are reused
+            context, context_mask = pad_context(context, context_mask, CONTEXT_BUCKET)
         if forced_counts is not None:
             counts = torch.tensor(forced_counts, device=device).clamp(1, self.max_segments)
         else:
@@ -291,6 +297,7 @@ class SLDPipeline:
             guidance_scale=guidance,
             generator=generator,
             renormalize=self.autoencoder.normalize_latents,
+            graphed=static,
         )  # (B, S', N, D)
         _synchronize(device)
         decode_started = time.perf_counter()

@@ -47,7 +47,8 @@ class Config:
     num_beams: int | None = None
     no_repeat_ngram_size: int | None = None
     max_new_tokens: int | None = None
-    static_cache: bool = False  # causal-LM decoders: static KV cache, the token step as a CUDA graph on a GPU
+    # causal-LM decoders: static KV cache; on a GPU the token step (and SLD's denoiser step) as CUDA graphs
+    static_cache: bool = False
 
 
 def run(cfg: Config) -> list[dict]:

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from sld.errors import UserError
-from sld.models.context_encoder import ContextCache, ContextEncoder, default_context_encoder_path
+from sld.models.context_encoder import ContextCache, ContextEncoder, default_context_encoder_path, pad_context
 from sld.models.denoiser import SegmentDiT
 
 
@@ -168,6 +168,19 @@ def test_a_fixed_length_cache_pads_every_batch_to_the_longest_kept_text(minilm):
         torch.testing.assert_close(
             dit(x, t, padded, padded_mask), dit(x, t, states, mask), rtol=1e-5, atol=1e-6
         )
+
+
+def test_pad_context_rounds_the_length_up_with_masked_zeros():
+    states, mask = torch.randn(2, 5, 4), torch.tensor([[True] * 5, [True, True, False, False, False]])
+    padded, padded_mask = pad_context(states, mask, 8)
+    assert padded.shape == (2, 8, 4) and padded_mask.shape == (2, 8)
+    assert torch.equal(padded[:, :5], states) and not padded[:, 5:].any()
+    assert torch.equal(padded_mask[:, :5], mask) and not padded_mask[:, 5:].any()
+    assert pad_context(padded, padded_mask, 8)[0] is padded  # already a multiple: unchanged
+    empty = pad_context(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), 8)
+    assert empty[0].shape == (2, 0, 4)  # no source at all stays empty (the null context)
+    with pytest.raises(ValueError, match="multiple"):
+        pad_context(states, mask, 0)
 
 
 def test_missing_model_is_a_user_error(tmp_path):

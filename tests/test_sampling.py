@@ -312,3 +312,33 @@ def test_no_cuda_synchronisation_in_the_step_loop(name):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert seen == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("guidance_scale", [2.0, 1.0])
+def test_a_graphed_denoiser_samples_what_the_eager_one_does_from_one_graph_per_shape(guidance_scale):
+    """``graphed=True`` (CUDA graphs on a GPU; on a CPU dynamo traces with the eager backend and
+    ``fullgraph=True``, so a graph break fails here): the same latents, and graphs only for new shapes."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_dit()
+    c, cm = context()
+    kwargs = dict(num_segments=torch.tensor([3, 2, 1]), num_inference_steps=4, guidance_scale=guidance_scale)
+    eager = sample_latents(
+        model, make_scheduler("dpm++"), c, cm, generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    counters.clear()
+    graphed = sample_latents(
+        model,
+        make_scheduler("dpm++"),
+        c,
+        cm,
+        generator=torch.Generator().manual_seed(0),
+        graphed=True,
+        **kwargs,
+    )
+    torch.testing.assert_close(graphed, eager)
+    assert (
+        counters["stats"]["unique_graphs"] == 2
+    )  # the first step without self-conditioning input, the others
+    sample_latents(model, make_scheduler("ddim"), c, cm, graphed=True, **kwargs)  # same shapes, new noise
+    assert counters["stats"]["unique_graphs"] == 2

@@ -90,8 +90,12 @@ def test_prompts_of_new_lengths_reuse_the_compiled_step(folders, monkeypatch):
     model = BaselineModel.from_config(config).eval()
     original = static_decoding.stepper_for
     monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
-    sources = ["Anna walked her dog.", "Lucy went to the old market in town today.", "Sam fixed it.",
-               "Tom rode his bike to the lake and back."]
+    sources = [
+        "Anna walked her dog.",
+        "Lucy went to the old market in town today.",
+        "Sam fixed it.",
+        "Tom rode his bike to the lake and back.",
+    ]
     counters.clear()
     model.generate_texts(sources, batch_size=1, max_new_tokens=12, static_cache=True)
     buckets = len(original(model.lm, True).caches)

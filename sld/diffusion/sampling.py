@@ -16,6 +16,7 @@ for the host, and every step has the same shapes (friendly to ``torch.compile`` 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -44,6 +45,7 @@ __all__ = [
     "TrajectoryRecorder",
     "choose_num_segments",
     "forward_noise",
+    "graphed_denoiser",
     "host_timesteps",
     "make_scheduler",
     "sample_latents",
@@ -202,6 +204,31 @@ def host_timesteps(scheduler: SchedulerMixin, num_inference_steps: int) -> list[
     return [int(t) for t in scheduler.timesteps.tolist()]
 
 
+# Compiled graphs kept per denoiser: one per (batch, segments, context length, self-conditioning) met
+GRAPHED_RECOMPILE_LIMIT = 64
+_GRAPHED: weakref.WeakKeyDictionary[SegmentDiT, Callable[..., torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def graphed_denoiser(model: SegmentDiT) -> Callable[..., torch.Tensor]:
+    """``model``'s forward for sampling with ``graphed=True``: on CUDA replayed as a CUDA graph.
+
+    ``torch.compile(backend="cudagraphs", fullgraph=True, dynamic=False)``, as the static decoder's
+    token step (``sld.models.static_decoding``): dynamo traces the forward once per input shape, then
+    every sampling step is one replay of the recorded kernels instead of a few hundred launches from
+    Python (the step of a small denoiser at a small batch is launch-bound). On a CPU it traces with
+    the ``eager`` backend, so tests check that the forward traces as one graph. A graph's output
+    buffer is reused by its next replay: callers copy what they keep. One callable per model (weak).
+    """
+    step = _GRAPHED.get(model)
+    if step is None:
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, GRAPHED_RECOMPILE_LIMIT)
+        backend = "cudagraphs" if model.device.type == "cuda" else "eager"
+        step = torch.compile(model.forward, backend=backend, fullgraph=True, dynamic=False)
+        _GRAPHED[model] = step
+    return step
+
+
 def _renormalize(latents: torch.Tensor) -> torch.Tensor:
     """Re-project every latent vector (last dim D) to norm sqrt(D), as the autoencoder emits them."""
     return F.normalize(latents, dim=-1) * math.sqrt(latents.shape[-1])
@@ -223,6 +250,7 @@ def sample_latents(
     latents: torch.Tensor | None = None,
     callback: Callable[[SamplingStep], None] | None = None,
     progress: bool = False,
+    graphed: bool = False,
 ) -> torch.Tensor:
     """Generate (B, S, N, D) segment latents by running the reverse diffusion process.
 
@@ -243,6 +271,8 @@ def sample_latents(
         latents: (B, S, N, D) initial noise x_T; drawn from ``generator`` when None.
         callback: called with a ``SamplingStep`` after every step (see ``TrajectoryRecorder``).
         progress: show a tqdm progress bar.
+        graphed: run the denoiser through ``graphed_denoiser`` (a CUDA graph per input shape on a
+            GPU; pays for many batches of one shape, so pad the context to a few lengths).
 
     Returns:
         (B, S, N, D) latents, zero on padded segments.
@@ -300,6 +330,7 @@ def sample_latents(
         )
 
     timesteps = host_timesteps(scheduler, num_inference_steps)
+    forward = graphed_denoiser(model) if graphed else model
     was_training = model.training
     model.eval()
     x0_pred = None
@@ -312,7 +343,7 @@ def sample_latents(
             if guided:
                 x_in, time = torch.cat([x_in, x_in]), torch.cat([time, time])
                 self_cond = None if self_cond is None else torch.cat([self_cond, self_cond])
-            out = model(
+            raw = forward(
                 x_in.to(dtype),
                 time,
                 model_context,
@@ -320,7 +351,10 @@ def sample_latents(
                 model_segment_mask,
                 None if self_cond is None else self_cond.to(dtype),
                 drop,
-            ).float()
+            )
+            out = raw.float()
+            if graphed and out is raw:  # a graph's output is overwritten by its next replay
+                out = raw.clone()
             if guided:
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)

@@ -84,7 +84,8 @@ class LengthScalingConfig:
     (the AR decoder's when no SLD model is given). ``growth_from``: latency growth is reported from
     this segment count to the largest (the issue's target: from 5 to 20). ``static_cache``: both
     systems decode from a static KV cache with the token step as a CUDA graph
-    (``sld.models.static_decoding``; causal-LM decoders only).
+    (``sld.models.static_decoding``; causal-LM decoders only), and SLD's denoiser steps are CUDA
+    graphs too (``sld.diffusion.sampling.graphed_denoiser``).
     """
 
     segment_counts: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
@@ -325,7 +326,8 @@ def length_scaling_markdown(report: dict[str, Any]) -> str:
         "- timing only: texts are not scored; median of the timed runs after one warm-up call",
         "- decoding: "
         + (
-            "static KV cache, token step replayed as a CUDA graph on a GPU (static_cache=true)"
+            "static KV cache, token step (and SLD's denoiser step) replayed as a CUDA graph on a GPU "
+            "(static_cache=true)"
             if report.get("static_cache")
             else "dynamic KV cache, finished rows leave the batch"
         ),

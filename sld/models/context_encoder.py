@@ -29,7 +29,7 @@ from transformers.models.auto.modeling_auto import (
 from sld.errors import UserError
 from sld.pretrained import minilm_path, resolve_pretrained
 
-__all__ = ["CONFIG_NAME", "ContextCache", "ContextEncoder", "default_context_encoder_path"]
+__all__ = ["CONFIG_NAME", "ContextCache", "ContextEncoder", "default_context_encoder_path", "pad_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,20 @@ class ContextEncoder(nn.Module):
     def forward(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as ``encode``."""
         return self.encode(texts)
+
+
+def pad_context(states: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad states (B, T, C) and mask (B, T) with zeros / False to T rounded up to ``multiple``.
+
+    Masked positions are never attended to, so the denoiser's output does not change; what changes
+    is that batches of sources of different lengths share a few shapes (compiled graphs).
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    extra = -states.shape[1] % multiple
+    if extra == 0:
+        return states, mask
+    return torch.nn.functional.pad(states, (0, 0, 0, extra)), torch.nn.functional.pad(mask, (0, extra))
 
 
 class ContextCache:
