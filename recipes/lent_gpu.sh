@@ -58,10 +58,26 @@ EOF
     ls $ROOT/carry $ROOT/models
 }
 
+# missing: what an earlier `setup` call should have left on this machine and did not (one per line).
+# A call answered "no device machine could be started" does not stop the calls sent after it: they
+# start a fresh machine that lacks that call's carry (2026-12-03: the recipe then failed at once for
+# want of nltk, and 3.5 device minutes went).
+missing() {
+    [ -d $ROOT/site/nltk ] && [ -d $ROOT/site/diffusers ] || echo "wheels (.whl)"
+    [ -d $ROOT/models/smollm2 ] || echo "the exported LM (.carry/parts/1 and .carry/parts/2)"
+    [ -d $ROOT/carry/data ] || echo "data (.carry/data)"
+    [ -d $ROOT/carry/minilm ] || echo "MiniLM (.carry/minilm)"
+}
+
 case "$cmd" in
 setup) setup ;;
 start)
     setup
+    if [ -n "$(missing)" ] && [ "${LENT_FORCE:-0}" != 1 ]; then
+        echo "not started: this machine lacks $(missing | paste -sd ';' -) (a fresh machine? run the" \
+            "setup calls again; LENT_FORCE=1 starts anyway)" >&2
+        exit 4
+    fi
     recipe=$1
     shift
     rm -rf $ROOT/sld && mkdir -p $ROOT/sld $RESULTS && cp -r . $ROOT/sld/
