@@ -70,7 +70,6 @@ def test_training_rows_mix_pairs_in_or_ask_for_them(tmp_path):
         training_rows(cfg, STORIES)
 
 
-@pytest.mark.slow
 def tiny_training_config(tmp_path: Path, *overrides: str) -> AutoencoderTrainingConfig:
     """``autoencoder_tiny.yaml`` on a tiny BERT and 12 stories in ``tmp_path``, with ``overrides``."""
     bert = tiny_models.save_tiny_bert(tmp_path / "bert", num_layers=1, max_positions=64)
@@ -86,6 +85,7 @@ def tiny_training_config(tmp_path: Path, *overrides: str) -> AutoencoderTraining
     )
 
 
+@pytest.mark.slow
 def test_train_autoencoder_returns_the_folder_and_summary(tmp_path, capsys):
     cfg = tiny_training_config(tmp_path, "loop.max_steps=2", "loop.eval_every=2")
     trained = train_autoencoder(cfg)
