@@ -314,13 +314,13 @@ if has bench; then
         sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
         "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
         length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 \
-        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | grep -v " INFO " | tail -60
+        "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | tee "$OUT/roc_bench.log" | grep -v " INFO " | tail -60
     if [ -d $RUNS/dialogsum/sld_diffusion ]; then
         log "bench: DialogSum fewest steps"
         "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=steps input=$DS/segmented/valid.jsonl \
             sld_model=$RUNS/dialogsum/sld_diffusion baseline_model=null output_dir="$OUT/dialogsum_benchmark" \
             "${GEN[dialogsum]}" steps.num_documents=256 "steps.counts=[5,10,25]" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} \
-            2>&1 | quiet | grep -v " INFO " | tail -20
+            2>&1 | quiet | tee "$OUT/dialogsum_bench.log" | grep -v " INFO " | tail -20
     fi
 fi
 if has decode; then

@@ -38,7 +38,7 @@ from sld.eval.runner import (
     weights_mib,
 )
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
-from sld.eval.timing import device_description
+from sld.eval.timing import cuda_graph_skips, device_description
 
 MODES = ("speed", "steps", "length_scaling")
 
@@ -123,6 +123,8 @@ def run(cfg: Config) -> dict[str, Any]:
                 f"- not run (a static cache needs a causal-LM segment decoder): SLD {', '.join(skipped)}"
             )
         timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {'yes' if cfg.warmup else 'no'}"
+        if device.type == "cuda":
+            timing += f"\n{graph_skips_line()}"
         extra = dict(device=device_text, dtype=cfg.dtype, weights_mib=weights, decoding_rules=rules.to_dict())
         extra["config"] = config_to_dict(cfg)
         title = f"SLD vs AR on {device_text}" if cfg.plot else None
@@ -142,10 +144,19 @@ def run(cfg: Config) -> dict[str, Any]:
     if "length_scaling" in modes:
         report = run_length_scaling(cfg.length_scaling, pipe, baseline, device, cfg.guidance_scale, cfg.seed)
         report["device"] = device_text
-        print(write_length_scaling_report(report, output_dir, header[:3]))
+        lines = header[:3] + ([graph_skips_line()] if device.type == "cuda" else [])
+        print(write_length_scaling_report(report, output_dir, lines))
         results["length_scaling"] = report
     print(f"benchmark ({', '.join(modes)}) written to {output_dir}")
     return results
+
+
+def graph_skips_line() -> str:
+    """The report line that says whether the static-cache settings really ran as CUDA graphs."""
+    return (
+        f"- CUDA graphs: torch ran {cuda_graph_skips()} compiled function(s) of this run without them "
+        "(its cudagraph_skips counter; 0 = every static-cache step was replayed as a graph)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -139,3 +139,16 @@ def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     return f"{device.type} ({torch.get_num_threads()} threads, torch {torch.__version__})"
+
+
+def cuda_graph_skips() -> int:
+    """How many compiled functions torch has run without CUDA graphs in this process so far.
+
+    torch's ``cudagraph_skips`` counter: the ``cudagraphs`` backend of the static-cache token step and
+    the graphed denoiser falls back to running its traced graph kernel by kernel (with a log warning)
+    when a graph cannot be recorded, e.g. on mutated inputs or CPU tensors. A benchmark reports it so
+    that "static" rows say whether they were replayed as graphs.
+    """
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
