@@ -40,7 +40,8 @@
 #          data.group_by_length=true)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
-# BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only.
+# BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only; the ROC
+# one profiles a throughput batch of each system at 5 segments (BENCH_PROFILE= turns that off).
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
@@ -92,7 +93,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
     SMOKE_BENCH+=(steps.num_documents=4 "steps.counts=[2]" "steps.reference={scheduler: ddpm, steps: 4}"
                   steps.batch_size=4 "length_scaling.segment_counts=[1,2]" length_scaling.latency_repeats=1
                   length_scaling.throughput_repeats=1 length_scaling.throughput_batch_size=2
-                  "length_scaling.sampler={scheduler: dpm++, steps: 2}" length_scaling.growth_from=1)
+                  "length_scaling.sampler={scheduler: dpm++, steps: 2}" length_scaling.growth_from=1
+                  length_scaling.profile_segments=2)
 else
     SMOKE_LM=(); SMOKE_AR2=()
 fi
@@ -313,7 +315,7 @@ if has bench; then
     "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \
         sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
         "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
-        length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 \
+        length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 ${BENCH_PROFILE-length_scaling.profile_segments=5} \
         "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | tee "$OUT/roc_bench.log" | grep -v " INFO " | tail -60
     if [ -d $RUNS/dialogsum/sld_diffusion ]; then
         log "bench: DialogSum fewest steps"

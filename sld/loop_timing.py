@@ -109,21 +109,28 @@ class StepProfiler:
         self.profiler.stop()
         profiled = self.seen - PROFILE_WARMUP_STEPS
         seconds = time.perf_counter() - self.started
-        averages = self.profiler.key_averages()
-        parts = [
+        header = (
             f"torch.profiler summary of {profiled} optimizer steps after {PROFILE_WARMUP_STEPS} warm-up steps "
             f"on {self.device} ({seconds / max(1, profiled) * 1000:.1f} ms per step with the profiler on).\n"
             "sld.loss_fn / sld.backward / sld.optimizer are the phases of a step; "
             "'enumerate(DataLoader)' rows are data loading.\n"
-        ]
-        if self.device.type == "cuda":
-            parts.append("\nTop operators by self CUDA time:\n")
-            parts.append(averages.table(sort_by="self_device_time_total", row_limit=30))
-        parts.append("\nTop operators by self CPU time:\n")
-        parts.append(averages.table(sort_by="self_cpu_time_total", row_limit=30))
-        self.path.write_text("\n".join(parts) + "\n")
+        )
+        self.path.write_text(profile_tables(self.profiler, self.device, header))
         self.profiler = None
         logger.info("profile of %d steps written to %s", profiled, self.path)
 
 
-__all__ = ["PROFILE_FILE", "PROFILE_WARMUP_STEPS", "StepProfiler", "TimeBudget"]
+def profile_tables(profiler: Any, device: torch.device, header: str, rows: int = 30) -> str:
+    """A stopped ``torch.profiler.profile``'s summary: ``header``, then the top ``rows`` operators and
+    ranges by self CUDA time (on a GPU) and by self CPU time."""
+    averages = profiler.key_averages()
+    parts = [header]
+    if device.type == "cuda":
+        parts.append("\nTop operators by self CUDA time:\n")
+        parts.append(averages.table(sort_by="self_device_time_total", row_limit=rows))
+    parts.append("\nTop operators by self CPU time:\n")
+    parts.append(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+    return "\n".join(parts) + "\n"
+
+
+__all__ = ["PROFILE_FILE", "PROFILE_WARMUP_STEPS", "StepProfiler", "TimeBudget", "profile_tables"]

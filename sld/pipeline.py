@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from sld.diffusion.sampling import SchedulerName, choose_num_segments, make_scheduler, sample_latents
@@ -269,17 +270,19 @@ class SLDPipeline:
     ) -> tuple[list[str], list[list[str]], list[torch.Tensor]]:
         device = self.device
         started = time.perf_counter()
-        context, context_mask = self.context_encoder.encode(sources)
-        context, context_mask = context.to(device, self.denoiser.dtype), context_mask.to(device)
-        static = decode_options["static_cache"]
-        if static:  # a few context lengths, so that the denoiser's CUDA graphs are reused
-            context, context_mask = pad_context(context, context_mask, CONTEXT_BUCKET)
-        if forced_counts is not None:
-            counts = torch.tensor(forced_counts, device=device).clamp(1, self.max_segments)
-        else:
-            logits = self.denoiser.predict_num_segments(context, context_mask)
-            counts = choose_num_segments(logits, count_mode, generator)
-        _synchronize(device)
+        # the record_function ranges name the phases in a torch.profiler summary (sld.eval.timing.profile_call)
+        with record_function("sld.context"):
+            context, context_mask = self.context_encoder.encode(sources)
+            context, context_mask = context.to(device, self.denoiser.dtype), context_mask.to(device)
+            static = decode_options["static_cache"]
+            if static:  # a few context lengths, so that the denoiser's CUDA graphs are reused
+                context, context_mask = pad_context(context, context_mask, CONTEXT_BUCKET)
+            if forced_counts is not None:
+                counts = torch.tensor(forced_counts, device=device).clamp(1, self.max_segments)
+            else:
+                logits = self.denoiser.predict_num_segments(context, context_mask)
+                counts = choose_num_segments(logits, count_mode, generator)
+            _synchronize(device)
         denoise_started = time.perf_counter()
         timings["context"] += denoise_started - started
 
@@ -287,26 +290,28 @@ class SLDPipeline:
         # batch): padded slots are masked out of the denoiser's attention, so they only cost time.
         slots = int(counts.max())
         segment_mask = torch.arange(slots, device=device)[None, :] < counts[:, None]  # (B, S')
-        z = sample_latents(
-            self.denoiser,
-            noise_scheduler,
-            context,
-            context_mask,
-            segment_mask=segment_mask,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
-            renormalize=self.autoencoder.normalize_latents,
-            graphed=static,
-        )  # (B, S', N, D)
-        _synchronize(device)
+        with record_function("sld.denoise"):
+            z = sample_latents(
+                self.denoiser,
+                noise_scheduler,
+                context,
+                context_mask,
+                segment_mask=segment_mask,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                renormalize=self.autoencoder.normalize_latents,
+                graphed=static,
+            )  # (B, S', N, D)
+            _synchronize(device)
         decode_started = time.perf_counter()
         timings["denoise"] += decode_started - denoise_started
 
         # Only real segments are decoded: (B, S') mask -> (B', N, D), all documents in one batch.
         real = fold_segments(z)[fold_segments(segment_mask)].to(self.autoencoder.dtype)
-        decoded = self.autoencoder.decode_latents(real, **decode_options)
-        _synchronize(device)
+        with record_function("sld.decode"):
+            decoded = self.autoencoder.decode_latents(real, **decode_options)
+            _synchronize(device)
         timings["decode"] += time.perf_counter() - decode_started
 
         texts, segments, latents = [], [], []

@@ -142,7 +142,9 @@ def run(cfg: Config) -> dict[str, Any]:
         print(write_steps_report(report, output_dir, header))
         results["steps"] = report
     if "length_scaling" in modes:
-        report = run_length_scaling(cfg.length_scaling, pipe, baseline, device, cfg.guidance_scale, cfg.seed)
+        report = run_length_scaling(
+            cfg.length_scaling, pipe, baseline, device, cfg.guidance_scale, cfg.seed, profile_dir=output_dir
+        )
         report["device"] = device_text
         lines = header[:3] + ([graph_skips_line()] if device.type == "cuda" else [])
         print(write_length_scaling_report(report, output_dir, lines))

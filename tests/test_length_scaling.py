@@ -165,12 +165,10 @@ def test_run_length_scaling_with_one_system(tiny):
         LengthScalingConfig(segment_counts=[0])
 
 
-def test_forced_lengths_with_causal_lm_decoders(tmp_path, monkeypatch):
-    """The same guarantee with the causal-LM decode loop (rows never finish: exactly T / S x T tokens)."""
+def causal_systems(tmp_path):
+    """An SLD pipeline with a tiny causal-LM segment decoder and an AR baseline on the same LM."""
     from tiny_models import save_tiny_bert, save_tiny_causal_lm, tiny_causal_autoencoder
 
-    import sld.models.autoencoder as autoencoder_module
-    import sld.models.baseline as baseline_module
     from sld.models.baseline import BaselineConfig
     from sld.models.context_encoder import ContextEncoder
     from sld.models.denoiser import SegmentDiT
@@ -187,6 +185,15 @@ def test_forced_lengths_with_causal_lm_decoders(tmp_path, monkeypatch):
         BaselineConfig(encoder="decoder", decoder_name_or_path=lm, max_target_tokens=32)
     )
     assert autoencoder.is_causal and baseline.is_causal
+    return pipe, denoiser, baseline
+
+
+def test_forced_lengths_with_causal_lm_decoders(tmp_path, monkeypatch):
+    """The same guarantee with the causal-LM decode loop (rows never finish: exactly T / S x T tokens)."""
+    import sld.models.autoencoder as autoencoder_module
+    import sld.models.baseline as baseline_module
+
+    pipe, denoiser, baseline = causal_systems(tmp_path)
 
     shapes = {}
     for name, module in (("SLD", autoencoder_module), ("AR", baseline_module)):
@@ -202,3 +209,30 @@ def test_forced_lengths_with_causal_lm_decoders(tmp_path, monkeypatch):
     assert len(sld_forced_length_fn(pipe, denoiser, sources, 3, 4, SamplerSetting("ddim", 2))()) == 2
     assert len(ar_forced_length_fn(baseline, sources, 3 * 4)()) == 2
     assert shapes == {"SLD": (2 * 3, 4), "AR": (2, 3 * 4)}  # the causal loop returns the new tokens only
+
+
+def test_static_cache_cells_can_be_profiled(tmp_path):
+    """``profile_segments``: one throughput batch of each system under torch.profiler, its phases named
+    (the static cache runs the graphed denoiser and the static token loop; on a CPU without graphs)."""
+    pipe, _, baseline = causal_systems(tmp_path)
+    cfg = LengthScalingConfig(
+        segment_counts=[1, 2],
+        tokens_per_segment=3,
+        throughput_batch_size=2,
+        latency_repeats=1,
+        throughput_repeats=1,
+        growth_from=1,
+        static_cache=True,
+        profile_segments=2,
+        sampler=SamplerSetting("dpm++", 2),
+    )
+    report = run_length_scaling(cfg, pipe, baseline, torch.device("cpu"), profile_dir=tmp_path)
+    assert set(report["profiles"]) == {SLD, AR}
+    sld_profile = (tmp_path / "profile_sld.txt").read_text()
+    assert "2 segments of 3 tokens, batch 2" in sld_profile
+    assert all(
+        name in sld_profile for name in ("sld.context", "sld.denoise", "sld.decode", "sld.token_steps")
+    )
+    assert "sld.token_steps" in (tmp_path / "profile_ar.txt").read_text()
+    with pytest.raises(ValueError, match="profile_segments"):
+        LengthScalingConfig(segment_counts=[1, 2], profile_segments=5)

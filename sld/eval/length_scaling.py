@@ -37,12 +37,13 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from torch.profiler import record_function
 
 from sld.data.synthetic import generate_stories
 from sld.diffusion.sampling import make_scheduler, sample_latents
 from sld.eval.benchmark import AR, SLD, SamplerSetting
 from sld.eval.decoding_rules import token_lengths
-from sld.eval.timing import median, timed_runs
+from sld.eval.timing import median, profile_call, timed_runs
 from sld.models.denoiser import SegmentDiT
 from sld.shapes import fold_segments
 from sld.viz.figures import new_figure, save_figure
@@ -85,7 +86,9 @@ class LengthScalingConfig:
     this segment count to the largest (the issue's target: from 5 to 20). ``static_cache``: both
     systems decode from a static KV cache with the token step as a CUDA graph
     (``sld.models.static_decoding``; causal-LM decoders only), and SLD's denoiser steps are CUDA
-    graphs too (``sld.diffusion.sampling.graphed_denoiser``).
+    graphs too (``sld.diffusion.sampling.graphed_denoiser``). ``profile_segments``: after timing that
+    segment count, one throughput batch of each system runs under torch.profiler (``profile_sld.txt``,
+    ``profile_ar.txt`` beside the report; see ``sld.eval.timing.profile_call``).
     """
 
     segment_counts: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
@@ -97,6 +100,7 @@ class LengthScalingConfig:
     sampler: SamplerSetting = field(default_factory=_default_sampler)
     growth_from: int = 5
     static_cache: bool = False
+    profile_segments: int | None = None
 
     def __post_init__(self) -> None:
         if not self.segment_counts or any(s < 1 for s in self.segment_counts):
@@ -107,6 +111,11 @@ class LengthScalingConfig:
             raise ValueError("length_scaling batch sizes must be >= 1")
         if min(self.latency_repeats, self.throughput_repeats) < 1:
             raise ValueError("length_scaling repeats must be >= 1")
+        if self.profile_segments is not None and self.profile_segments not in self.segment_counts:
+            raise ValueError(
+                f"length_scaling.profile_segments={self.profile_segments} is not one of "
+                f"segment_counts {self.segment_counts}"
+            )
 
 
 def synthetic_sources(n: int, seed: int = 0) -> list[str]:
@@ -162,26 +171,30 @@ def sld_forced_length_fn(
     @torch.no_grad()
     def run() -> list[str]:
         generator = torch.Generator(device=device).manual_seed(seed)
-        context, context_mask = pipe.context_encoder.encode(sources)
-        z = sample_latents(
-            denoiser,
-            scheduler,
-            context.to(device, denoiser.dtype),
-            context_mask.to(device),
-            segment_mask=torch.ones(b, s, dtype=torch.bool, device=device),
-            num_inference_steps=sampler.steps,
-            guidance_scale=guidance,
-            generator=generator,
-            renormalize=autoencoder.normalize_latents,
-        )  # (B, S, N, D)
-        segments = autoencoder.decode_latents(
-            fold_segments(z).to(autoencoder.dtype),
-            max_new_tokens=t,
-            min_new_tokens=t,
-            num_beams=1,
-            no_repeat_ngram_size=0,
-            static_cache=static_cache,
-        )
+        with record_function("sld.context"):  # the pipeline's phases, named for profile_call
+            context, context_mask = pipe.context_encoder.encode(sources)
+        with record_function("sld.denoise"):
+            z = sample_latents(
+                denoiser,
+                scheduler,
+                context.to(device, denoiser.dtype),
+                context_mask.to(device),
+                segment_mask=torch.ones(b, s, dtype=torch.bool, device=device),
+                num_inference_steps=sampler.steps,
+                guidance_scale=guidance,
+                generator=generator,
+                renormalize=autoencoder.normalize_latents,
+                graphed=static_cache,
+            )  # (B, S, N, D)
+        with record_function("sld.decode"):
+            segments = autoencoder.decode_latents(
+                fold_segments(z).to(autoencoder.dtype),
+                max_new_tokens=t,
+                min_new_tokens=t,
+                num_beams=1,
+                no_repeat_ngram_size=0,
+                static_cache=static_cache,
+            )
         return [" ".join(segments[i * s : (i + 1) * s]) for i in range(b)]
 
     return run
@@ -250,8 +263,12 @@ def run_length_scaling(
     device: torch.device,
     guidance_scale: float | None = None,
     seed: int = 0,
+    profile_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Time both systems (either may be None) at every segment count; returns the JSON-ready report."""
+    """Time both systems (either may be None) at every segment count; returns the JSON-ready report.
+
+    With ``cfg.profile_segments`` and ``profile_dir``, the profiles of one throughput batch of each
+    system at that count go to ``profile_dir`` (their paths under the report's ``profiles``)."""
     if pipe is None and baseline is None:
         raise ValueError("length scaling needs an SLD pipeline or an AR baseline")
     sld_tokenizer = pipe.autoencoder.decoder_tokenizer if pipe is not None else None
@@ -266,17 +283,24 @@ def run_length_scaling(
     if pipe is not None:
         denoiser, sld_weights = denoiser_for_segments(pipe.denoiser, max(cfg.segment_counts), seed)
     rows = []
+    profiles: dict[str, str] = {}
     for s in sorted(cfg.segment_counts):
         for kind, batch_size, repeats in cells:
             batch = sources[:batch_size]
+            fns = {}
             if pipe is not None:
-                fn = sld_forced_length_fn(
+                fns[SLD] = sld_forced_length_fn(
                     pipe, denoiser, batch, s, t, cfg.sampler, guidance_scale, seed, cfg.static_cache
                 )
-                rows.append(_cell(SLD, kind, fn, s, s * t, batch_size, repeats, device, sld_tokenizer))
+                rows.append(_cell(SLD, kind, fns[SLD], s, s * t, batch_size, repeats, device, sld_tokenizer))
             if baseline is not None:
-                fn = ar_forced_length_fn(baseline, batch, s * t, cfg.static_cache)
-                rows.append(_cell(AR, kind, fn, s, s * t, batch_size, repeats, device, ar_tokenizer))
+                fns[AR] = ar_forced_length_fn(baseline, batch, s * t, cfg.static_cache)
+                rows.append(_cell(AR, kind, fns[AR], s, s * t, batch_size, repeats, device, ar_tokenizer))
+            if kind == THROUGHPUT and s == cfg.profile_segments and profile_dir is not None:
+                for system, fn in fns.items():  # warmed up by their timed runs
+                    path = Path(profile_dir) / f"profile_{system.lower()}.txt"
+                    title = f"{system}, {s} segments of {t} tokens, batch {batch_size}"
+                    profiles[system] = str(profile_call(fn, device, path, title))
     return {
         "tokens_per_segment": t,
         "sources": "first sentences of seeded synthetic stories (sld.data.synthetic)",
@@ -287,6 +311,7 @@ def run_length_scaling(
         "static_cache": cfg.static_cache,
         "rows": rows,
         "growth": growth(rows, cfg.growth_from),
+        "profiles": profiles,
     }
 
 
@@ -339,6 +364,8 @@ def length_scaling_markdown(report: dict[str, Any]) -> str:
             f"- {system} from {g['from_segments']} to {g['to_segments']} segments: latency {lat}, "
             f"throughput {thr}"
         )
+    for system, path in report.get("profiles", {}).items():
+        lines.append(f"- {system}: torch.profiler summary of one throughput batch in {path}")
     lines += ["", "| system | segments | tokens/doc | measure | batch | s (median) | docs/s | tokens/s |"]
     lines.append("|---|---|---|---|---|---|---|---|")
     for r in report["rows"]:

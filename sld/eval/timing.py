@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,9 +27,11 @@ __all__ = [
     "MEMORY_PEAK_RSS",
     "MEMORY_RSS_DELTA",
     "MemoryMonitor",
+    "cuda_graph_skips",
     "device_description",
     "median",
     "parameter_mib",
+    "profile_call",
     "synchronize",
     "timed_runs",
 ]
@@ -152,3 +155,27 @@ def cuda_graph_skips() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["inductor"]["cudagraph_skips"])
+
+
+def profile_call(fn: Callable[[], Any], device: torch.device, path: str | Path, title: str) -> Path:
+    """Run ``fn`` once under torch.profiler (CPU, and CUDA on a GPU) and write the summary tables to
+    ``path``: where one call's time goes, by operator and by the ``sld.*`` ranges of generation
+    (``sld.context``, ``sld.denoise``, ``sld.decode``, ``sld.token_steps``). Warm ``fn`` up first."""
+    from sld.loop_timing import profile_tables
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as profiler:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    path = Path(path)
+    header = (
+        f"torch.profiler summary of one call: {title} on {device} ({seconds:.3f} s with the profiler on).\n"
+    )
+    path.write_text(profile_tables(profiler, device, header))
+    return path

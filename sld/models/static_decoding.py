@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from transformers.cache_utils import DynamicCache, StaticCache
 
 from sld.models.causal_lm import attention_geometry, cache_argument
@@ -178,17 +179,18 @@ def decode_static(
     position = torch.empty(batch, dtype=positions.dtype, device=device).copy_(positions)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     written = 0
-    for step in range(steps):
-        logits = stepper.step(static, current[:, None], position[:, None], mask).clone()  # (B, V)
-        generated = out[:, :step] if settings.no_repeat_ngram_size > 0 else None
-        token = next_tokens(logits, generated, step, eos_id, settings, generator)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        out[:, step] = token
-        written = step + 1
-        finished = finished | (token == eos_id)
-        current, position = token, position + 1
-        if (step + 1) % settings.check_every == 0 and bool(finished.all()):  # the loop's only host sync
-            break
+    with record_function("sld.token_steps"):  # a range in torch.profiler summaries
+        for step in range(steps):
+            logits = stepper.step(static, current[:, None], position[:, None], mask).clone()  # (B, V)
+            generated = out[:, :step] if settings.no_repeat_ngram_size > 0 else None
+            token = next_tokens(logits, generated, step, eos_id, settings, generator)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            out[:, step] = token
+            written = step + 1
+            finished = finished | (token == eos_id)
+            current, position = token, position + 1
+            if (step + 1) % settings.check_every == 0 and bool(finished.all()):  # the only host sync
+                break
     return out[:, :written]
 
 
