@@ -20,6 +20,12 @@ constants. torch's default of 8 graphs per function would then run every block p
 eagerly, with only a warning; ``compile_model`` raises that limit to 4 graphs per block, so such a
 model compiles every block (at the whole model's compile time) rather than running most of it eagerly.
 
+Inductor's coalescing analysis (``triton.coalesce_tiling_analysis``, on by default) is switched off
+for these blocks: it does not support dynamic shapes, which a block gets once it meets a second
+sequence length, yet it runs on them, and in torch 2.11 an assertion in it
+(``tiling_utils.get_pw_red_splits``) stopped the compiled SmolLM2 autoencoder at its first step on
+an H200 (its Perceiver layer, at the contrastive positives' length; docs/results.md, 2026-12-03).
+
 ``repeated_blocks`` finds the blocks: the members of every ``nn.ModuleList`` (outermost ones only)
 whose members are two or more modules of one class. A model without such a list is compiled whole.
 """
@@ -34,7 +40,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["compile_model", "eager", "repeated_blocks", "retained_graphs", "uncompile"]
+__all__ = ["INDUCTOR_OPTIONS", "compile_model", "eager", "repeated_blocks", "retained_graphs", "uncompile"]
+
+# Inductor settings of every compiled block (see the module docstring)
+INDUCTOR_OPTIONS = {"triton.coalesce_tiling_analysis": False}
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -57,9 +66,10 @@ def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``). ``backend``:
     ``torch.compile``'s (``"eager"`` traces without generating kernels: tests)."""
     blocks = repeated_blocks(model)
+    options = {"options": dict(INDUCTOR_OPTIONS)} if backend == "inductor" else {}
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
-        return torch.compile(model, backend=backend)
+        return torch.compile(model, backend=backend, **options)
     # four variants per block (training and no_grad forwards, static and dynamic shapes), and every
     # block its own graph at worst (see the module's docstring)
     dynamo_config = torch._dynamo.config
@@ -68,7 +78,7 @@ def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
         dynamo_config.accumulated_recompile_limit, 8 * len(blocks)
     )
     for block in blocks:
-        block.compile(backend=backend)
+        block.compile(backend=backend, **options)
     kinds = sorted({type(b).__name__ for b in blocks})
     logger.info(
         "compiling %d repeated blocks (%s) of %s", len(blocks), ", ".join(kinds), type(model).__name__

@@ -48,6 +48,19 @@ def test_a_model_without_repeated_blocks_is_compiled_whole():
     assert uncompile(compiled) is model
 
 
+def test_inductor_compiles_the_blocks_without_its_coalescing_analysis(monkeypatch):
+    """The analysis fails on dynamic shapes (the compiled autoencoder's first step on an H200);
+    the blocks are compiled with it off, and only Inductor takes the option."""
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    model = tiny_dit(depth=2)
+    compile_model(model)
+    assert calls == [{"backend": "inductor", "options": {"triton.coalesce_tiling_analysis": False}}] * 2
+    calls.clear()
+    compile_model(model, backend="eager")
+    assert calls == [{"backend": "eager"}] * 2
+
+
 @pytest.mark.slow
 def test_compiled_blocks_give_the_eager_outputs_and_gradients():
     """A 2-block denoiser with its blocks compiled in place (inductor on the CPU): the same outputs
