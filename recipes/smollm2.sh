@@ -23,7 +23,7 @@
 #          fewest steps on DialogSum too (`mode=steps`)
 #   throughput  today's from-scratch ROC autoencoder profile alone on the GPU for TP_MINUTES, with
 #          the code in BEFORE_CODE (a folder holding an older sld/ and stages/) and with this code
-#          (length-grouped batches)
+#          (length-grouped batches); THROUGHPUT_COMPILE=true: this code compiled too (after_compiled)
 #   decode  static KV cache + CUDA-graph token step against the default dynamic decoding: `sld benchmark
 #          mode=length_scaling` both ways on the same models (ROC SLD if trained, else DialogSum; the ROC
 #          AR baseline, or a 20-step one when there is none: timing does not depend on the weights)
@@ -349,7 +349,9 @@ if has throughput; then
     here=$(pwd)
     pairs=$(realpath "$(data_file roc/pairs_train)")
     segmented=$(realpath $ROC/segmented_all)
-    for variant in before after; do
+    variants=(before after)
+    [ "${THROUGHPUT_COMPILE:-false}" != false ] && variants+=(after_compiled)
+    for variant in "${variants[@]}"; do
         code=$here
         extra=(data.group_by_length=true)   # no profiler in the timed run (loop.profile_steps=20 for a profile)
         if [ $variant = before ]; then
@@ -357,6 +359,7 @@ if has throughput; then
             code=$(realpath "$BEFORE_CODE")
             extra=()
         fi
+        [ $variant = after_compiled ] && extra+=(loop.compile=true)
         log "throughput $variant ($code)"
         (cd "$code" && PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-autoencoder -c "$here/configs/autoencoder_roc.yaml" \
             data.segmented_dir="$segmented" data.pairs_train="$pairs" \
