@@ -342,3 +342,19 @@ def test_a_graphed_denoiser_samples_what_the_eager_one_does_from_one_graph_per_s
     )  # the first step without self-conditioning input, the others
     sample_latents(model, make_scheduler("ddim"), c, cm, graphed=True, **kwargs)  # same shapes, new noise
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_the_graphed_denoiser_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    model = tiny_dit()
+    c, cm = context()
+    sample_latents(
+        model, make_scheduler("ddim"), c, cm, num_segments=torch.tensor([1, 2, 3]), num_inference_steps=2,
+        graphed=True,
+    )  # fmt: skip
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

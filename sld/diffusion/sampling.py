@@ -15,8 +15,8 @@ for the host, and every step has the same shapes (friendly to ``torch.compile`` 
 
 from __future__ import annotations
 
+import functools
 import math
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -204,9 +204,13 @@ def host_timesteps(scheduler: SchedulerMixin, num_inference_steps: int) -> list[
     return [int(t) for t in scheduler.timesteps.tolist()]
 
 
-# Compiled graphs kept per denoiser: one per (batch, segments, context length, self-conditioning) met
+# Compiled graphs kept: one per (denoiser, batch, segments, context length, self-conditioning) met
 GRAPHED_RECOMPILE_LIMIT = 64
-_GRAPHED: weakref.WeakKeyDictionary[SegmentDiT, Callable[..., torch.Tensor]] = weakref.WeakKeyDictionary()
+_GRAPHED: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _denoiser_forward(model: SegmentDiT, *args: torch.Tensor | None) -> torch.Tensor:
+    return model(*args)
 
 
 def graphed_denoiser(model: SegmentDiT) -> Callable[..., torch.Tensor]:
@@ -217,16 +221,17 @@ def graphed_denoiser(model: SegmentDiT) -> Callable[..., torch.Tensor]:
     every sampling step is one replay of the recorded kernels instead of a few hundred launches from
     Python (the step of a small denoiser at a small batch is launch-bound). On a CPU it traces with
     the ``eager`` backend, so tests check that the forward traces as one graph. A graph's output
-    buffer is reused by its next replay: callers copy what they keep. One callable per model (weak).
+    buffer is reused by its next replay: callers copy what they keep. One compiled function serves
+    every denoiser (the model is its argument), so none is kept alive by it.
     """
-    step = _GRAPHED.get(model)
+    backend = "cudagraphs" if model.device.type == "cuda" else "eager"
+    step = _GRAPHED.get(backend)
     if step is None:
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, GRAPHED_RECOMPILE_LIMIT)
-        backend = "cudagraphs" if model.device.type == "cuda" else "eager"
-        step = torch.compile(model.forward, backend=backend, fullgraph=True, dynamic=False)
-        _GRAPHED[model] = step
-    return step
+        step = torch.compile(_denoiser_forward, backend=backend, fullgraph=True, dynamic=False)
+        _GRAPHED[backend] = step
+    return functools.partial(step, model)
 
 
 def _renormalize(latents: torch.Tensor) -> torch.Tensor:
