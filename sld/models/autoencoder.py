@@ -487,8 +487,8 @@ class SegmentAutoencoder(nn.Module):
         inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
         memory = self.memory(z)
         if self.is_causal:
-            cache, offset = self.latent_conditioning.prefill(self.lm, memory)
-            return teacher_forced_logits(self.lm, cache, offset, inputs)
+            with self.latent_conditioning.teacher_forcing(self.lm, memory) as (cache, offset):
+                return teacher_forced_logits(self.lm, cache, offset, inputs)
         out = self.lm(
             encoder_outputs=BaseModelOutput(last_hidden_state=memory),
             decoder_input_ids=inputs,
@@ -510,8 +510,8 @@ class SegmentAutoencoder(nn.Module):
         if head is None:
             return conversion_loss(self.reconstruction_logits(z, labels, decoder_inputs), labels)
         inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
-        cache, offset = self.latent_conditioning.prefill(self.lm, self.memory(z))
-        hidden = teacher_forced_hidden(self.lm, cache, offset, inputs)  # (B', L, d)
+        with self.latent_conditioning.teacher_forcing(self.lm, self.memory(z)) as (cache, offset):
+            hidden = teacher_forced_hidden(self.lm, cache, offset, inputs)  # (B', L, d)
         targets = labels != IGNORE_INDEX
         total = chunked_token_nll(hidden[targets], head.weight, head.bias, labels[targets])
         return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target

@@ -16,15 +16,18 @@ together (``docs/design.md`` says which one the profiles use and the measurement
   embeddings before the text (positions 0..N-1; the text starts at N).
 
 The conditioned LM reads the text after a start token (the tokenizer's bos, else its eos) and is
-trained to write the segment followed by eos. Conditioning is expressed as a prefilled KV cache, so
-teacher forcing (``teacher_forced_logits``) and decoding (``sld.models.causal_decoding``) share one
-code path.
+trained to write the segment followed by eos. For decoding (``sld.models.causal_decoding``) the
+conditioning is a prefilled KV cache; teacher forcing (``teacher_forced_logits``) goes through
+``LatentConditioning.teacher_forcing``, which gives ``"kv"`` memory to the attention layers directly
+(``sld.models.memory_attention``) and the other modes the same prefilled cache.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -33,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.cache_utils import DynamicCache
 
 from sld.config import ConfigError
+from sld.models.memory_attention import attention_layers, memory_attention
 from sld.pretrained import ModelLocation
 
 logger = logging.getLogger(__name__)
@@ -113,8 +117,11 @@ def cache_argument(lm: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def lm_forward(lm: nn.Module, cache: DynamicCache, **kwargs: Any) -> Any:
-    """``lm(...)`` with ``cache`` passed under the keyword this transformers version uses."""
+def lm_forward(lm: nn.Module, cache: DynamicCache | None, **kwargs: Any) -> Any:
+    """``lm(...)`` with ``cache`` passed under the keyword this transformers version uses (None: no
+    cache at all, as inside ``memory_attention``)."""
+    if cache is None:
+        return lm(use_cache=False, **kwargs)
     return lm(**{cache_argument(lm): cache}, use_cache=True, **kwargs)
 
 
@@ -194,6 +201,25 @@ class LatentConditioning(nn.Module):
         kv = self.to_kv(memory).view(b, n, self.num_layers, 2, self.num_kv_heads, self.head_dim)
         return kv.permute(2, 3, 0, 4, 1, 5)
 
+    @contextmanager
+    def teacher_forcing(
+        self, lm: PreTrainedModel, memory: torch.Tensor
+    ) -> Iterator[tuple[DynamicCache | None, int]]:
+        """The LM conditioned on memory (B', N, d) for one teacher-forced forward inside the block:
+        yields ``(cache, offset)`` for ``teacher_forced_logits`` / ``teacher_forced_hidden``.
+
+        ``"kv"`` alone: no cache; each attention layer reads its memory directly
+        (``sld.models.memory_attention``: the same attention, and one compiled graph for all
+        layers). Otherwise, or for an LM whose attention modules are not one per ``layer_idx``, the
+        prefilled cache of ``prefill``.
+        """
+        layers = attention_layers(lm, self.num_layers) if self.mode == "kv" else None
+        if layers is None:
+            yield self.prefill(lm, memory)
+            return
+        with memory_attention(layers, self.memory_keys_values(memory)):
+            yield None, 0
+
     def prefill(self, lm: PreTrainedModel, memory: torch.Tensor) -> tuple[DynamicCache, int]:
         """The conditioned cache for memory (B', N, d) and the position the text starts at (0 or N).
 
@@ -213,9 +239,10 @@ class LatentConditioning(nn.Module):
 
 
 def teacher_forced_logits(
-    lm: PreTrainedModel, cache: DynamicCache, offset: int, input_ids: torch.Tensor
+    lm: PreTrainedModel, cache: DynamicCache | None, offset: int, input_ids: torch.Tensor
 ) -> torch.Tensor:
-    """Logits (B', L, V) of the LM reading ``input_ids`` (B', L) at positions offset.. after ``cache``.
+    """Logits (B', L, V) of the LM reading ``input_ids`` (B', L) at positions offset.. after ``cache``
+    (None inside ``LatentConditioning.teacher_forcing``'s memory attention).
 
     ``input_ids`` are right-padded; a pad sits after every real token of its row, so causal attention
     keeps pads out of the real positions' logits (their own logits are ignored by the -100 labels).
@@ -242,7 +269,7 @@ def plain_output_head(lm: PreTrainedModel) -> nn.Linear | None:
 
 
 def teacher_forced_hidden(
-    lm: PreTrainedModel, cache: DynamicCache, offset: int, input_ids: torch.Tensor
+    lm: PreTrainedModel, cache: DynamicCache | None, offset: int, input_ids: torch.Tensor
 ) -> torch.Tensor:
     """Last hidden states (B', L, d) of the LM body reading ``input_ids`` (B', L) after ``cache``.
 
@@ -252,8 +279,7 @@ def teacher_forced_hidden(
     body = lm.base_model
     b, length = input_ids.shape
     positions = offset + torch.arange(length, device=input_ids.device).expand(b, length)
-    out = body(**{cache_argument(body): cache}, use_cache=True, input_ids=input_ids, position_ids=positions)
-    return out.last_hidden_state
+    return lm_forward(body, cache, input_ids=input_ids, position_ids=positions).last_hidden_state
 
 
 def shift_in_start(
