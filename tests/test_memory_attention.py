@@ -95,3 +95,21 @@ def test_every_layer_shares_one_compiled_graph(tmp_path, monkeypatch):
     assert compiled_graphs(tmp_path, 4) == compiled_graphs(tmp_path, 2)
     monkeypatch.setattr(causal_lm, "attention_layers", lambda lm, n: None)
     assert compiled_graphs(tmp_path / "cache", 4) > compiled_graphs(tmp_path / "cache", 2)
+
+
+def test_only_plain_attention_models_use_it(tmp_path):
+    """An LM whose attention has extras (sliding windows, soft-capping, sinks) keeps the cache path,
+    and a keyword the function does not implement is an error, not a silent difference."""
+    from sld.models.memory_attention import memory_attention_forward
+
+    model = autoencoder(tmp_path)
+    assert attention_layers(model.lm, 2) is not None
+    model.lm.config.model_type = "gemma2"
+    assert attention_layers(model.lm, 2) is None
+    layer = torch.nn.Module()
+    setattr(layer, MEMORY_ATTRIBUTE, (torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)))
+    q, k = torch.zeros(1, 2, 3, 4), torch.zeros(1, 1, 3, 4)
+    out, _ = memory_attention_forward(layer, q, k, k, None)
+    assert out.shape == (1, 3, 2, 4)
+    with pytest.raises(NotImplementedError, match="softcap"):
+        memory_attention_forward(layer, q, k, k, None, softcap=30.0)

@@ -30,10 +30,21 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 
-__all__ = ["MEMORY_ATTENTION", "attention_layers", "memory_attention", "memory_attention_forward"]
+__all__ = [
+    "MEMORY_ATTENTION",
+    "PLAIN_ATTENTION_MODELS",
+    "attention_layers",
+    "memory_attention",
+    "memory_attention_forward",
+]
 
 MEMORY_ATTENTION = "sld_latent_memory"
 MEMORY_ATTRIBUTE = "sld_latent_memory"
+# Architectures whose attention is plain scaled dot-product attention (no sliding window, logit
+# soft-capping or attention sinks), for which the function below is exact; others use the cache.
+PLAIN_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+# Attention keywords this function does not implement (an error if a model passes one)
+UNSUPPORTED = ("sliding_window", "softcap", "s_aux")
 
 
 def memory_attention_forward(
@@ -52,20 +63,20 @@ def memory_attention_forward(
     transformers built for this implementation (none: it is not a known one) is not used; the one
     here lets token i see every memory slot and tokens 0..i. Returns (B', L, H, E) and no weights.
     """
+    for name in UNSUPPORTED:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"latent memory attention does not implement {name}")
     memory_keys, memory_values = getattr(module, MEMORY_ATTRIBUTE)
     n, length = memory_keys.shape[2], query.shape[2]
     key = torch.cat([memory_keys, key], dim=2)  # (B', K, N + L, E)
     value = torch.cat([memory_values, value], dim=2)
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # each key/value head serves `groups` consecutive query heads (transformers' repeat_kv)
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     visible = torch.ones(length, n + length, dtype=torch.bool, device=query.device).tril(diagonal=n)
     out = F.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=visible,
-        dropout_p=dropout,
-        scale=scaling,
-        enable_gqa=key.shape[1] != query.shape[1],
-    )
+        query, key, value, attn_mask=visible, dropout_p=dropout, scale=scaling
+    )  # (B', H, L, E)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -74,7 +85,10 @@ AttentionInterface.register(MEMORY_ATTENTION, memory_attention_forward)
 
 def attention_layers(lm: nn.Module, num_layers: int) -> list[nn.Module] | None:
     """The LM's ``num_layers`` attention modules in layer order (modules with a ``layer_idx`` and a
-    ``config``, one per index 0..num_layers-1), or None when the LM is not laid out that way."""
+    ``config``, one per index 0..num_layers-1), or None when the LM is not laid out that way or is not
+    one of ``PLAIN_ATTENTION_MODELS``."""
+    if getattr(getattr(lm, "config", None), "model_type", None) not in PLAIN_ATTENTION_MODELS:
+        return None
     found = {}
     for module in lm.modules():
         index = getattr(module, "layer_idx", None)
