@@ -210,8 +210,8 @@ class LatentConditioning(nn.Module):
 
         ``"kv"`` alone: no cache; each attention layer reads its memory directly
         (``sld.models.memory_attention``: the same attention, and one compiled graph for all
-        layers). Otherwise, or for an LM whose attention modules are not one per ``layer_idx``, the
-        prefilled cache of ``prefill``.
+        layers). Otherwise, or for an LM that is not a plain-attention architecture with one attention
+        module per ``layer_idx`` (``attention_layers``), the prefilled cache of ``prefill``.
         """
         layers = attention_layers(lm, self.num_layers) if self.mode == "kv" else None
         if layers is None:
