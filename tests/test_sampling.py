@@ -15,6 +15,7 @@ from sld.diffusion.sampling import (
     TrajectoryRecorder,
     choose_num_segments,
     forward_noise,
+    graphed_denoiser,
     host_timesteps,
     make_scheduler,
     sample_latents,
@@ -314,10 +315,27 @@ def test_no_cuda_synchronisation_in_the_step_loop(name):
     assert seen == [0, 1, 2, 3, 4]
 
 
+@pytest.fixture
+def traced_on_cpu(monkeypatch):
+    """``graphed=True`` traced on the CPU too (dynamo's eager backend, ``fullgraph=True``: a graph
+    break fails), as it is replayed on a GPU."""
+    import sld.diffusion.sampling as sampling
+
+    original = sampling.graphed_denoiser
+    monkeypatch.setattr(sampling, "graphed_denoiser", lambda model: original(model, trace_on_cpu=True))
+
+
+def test_on_a_cpu_the_graphed_denoiser_is_the_model_itself():
+    model = tiny_dit()
+    assert graphed_denoiser(model) is model
+    assert graphed_denoiser(model, trace_on_cpu=True) is not model
+
+
 @pytest.mark.parametrize("guidance_scale", [2.0, 1.0])
-def test_a_graphed_denoiser_samples_what_the_eager_one_does_from_one_graph_per_shape(guidance_scale):
-    """``graphed=True`` (CUDA graphs on a GPU; on a CPU dynamo traces with the eager backend and
-    ``fullgraph=True``, so a graph break fails here): the same latents, and graphs only for new shapes."""
+def test_a_graphed_denoiser_samples_what_the_eager_one_does_from_one_graph_per_shape(
+    guidance_scale, traced_on_cpu
+):
+    """``graphed=True``: the same latents, and graphs only for new shapes."""
     from torch._dynamo.utils import counters
 
     model = tiny_dit()
@@ -344,7 +362,7 @@ def test_a_graphed_denoiser_samples_what_the_eager_one_does_from_one_graph_per_s
     assert counters["stats"]["unique_graphs"] == 2
 
 
-def test_the_graphed_denoiser_does_not_keep_its_model_alive():
+def test_the_graphed_denoiser_does_not_keep_its_model_alive(traced_on_cpu):
     import gc
     import weakref
 

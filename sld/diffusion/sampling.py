@@ -213,17 +213,20 @@ def _denoiser_forward(model: SegmentDiT, *args: torch.Tensor | None) -> torch.Te
     return model(*args)
 
 
-def graphed_denoiser(model: SegmentDiT) -> Callable[..., torch.Tensor]:
+def graphed_denoiser(model: SegmentDiT, trace_on_cpu: bool = False) -> Callable[..., torch.Tensor]:
     """``model``'s forward for sampling with ``graphed=True``: on CUDA replayed as a CUDA graph.
 
     ``torch.compile(backend="cudagraphs", fullgraph=True, dynamic=False)``, as the static decoder's
     token step (``sld.models.static_decoding``): dynamo traces the forward once per input shape, then
     every sampling step is one replay of the recorded kernels instead of a few hundred launches from
-    Python (the step of a small denoiser at a small batch is launch-bound). On a CPU it traces with
-    the ``eager`` backend, so tests check that the forward traces as one graph. A graph's output
-    buffer is reused by its next replay: callers copy what they keep. One compiled function serves
-    every denoiser (the model is its argument), so none is kept alive by it.
+    Python (the step of a small denoiser at a small batch is launch-bound). A graph's output buffer is
+    reused by its next replay: callers copy what they keep. On a CPU there is nothing to replay and
+    ``model`` itself is returned; ``trace_on_cpu`` traces it with the ``eager`` backend instead (tests:
+    a graph break then fails). One compiled function serves every denoiser (the model is its
+    argument), so none is kept alive by it.
     """
+    if model.device.type != "cuda" and not trace_on_cpu:
+        return model
     backend = "cudagraphs" if model.device.type == "cuda" else "eager"
     step = _GRAPHED.get(backend)
     if step is None:
@@ -277,7 +280,8 @@ def sample_latents(
         callback: called with a ``SamplingStep`` after every step (see ``TrajectoryRecorder``).
         progress: show a tqdm progress bar.
         graphed: run the denoiser through ``graphed_denoiser`` (a CUDA graph per input shape on a
-            GPU; pays for many batches of one shape, so pad the context to a few lengths).
+            GPU, the plain model on a CPU; pays for many batches of one shape, so pad the context to
+            a few lengths).
 
     Returns:
         (B, S, N, D) latents, zero on padded segments.
@@ -336,6 +340,7 @@ def sample_latents(
 
     timesteps = host_timesteps(scheduler, num_inference_steps)
     forward = graphed_denoiser(model) if graphed else model
+    replayed = forward is not model  # its outputs are overwritten by its next replay
     was_training = model.training
     model.eval()
     x0_pred = None
@@ -358,7 +363,7 @@ def sample_latents(
                 drop,
             )
             out = raw.float()
-            if graphed and out is raw:  # a graph's output is overwritten by its next replay
+            if replayed and out is raw:
                 out = raw.clone()
             if guided:
                 cond, uncond = out.chunk(2)
