@@ -73,3 +73,23 @@ def test_compile_time_prints_every_step_of_a_mode(capsys):
         assert lines[0].startswith("eager  step 0 (context 7, self-conditioning False):")
         assert lines[-2].startswith("eager  total ")
         assert lines[-1].startswith("eager  then ") and lines[-1].endswith("ms per step (2 steps)")
+
+
+def test_graph_replay_overhead_runs_both_backends_on_a_cpu(capsys):
+    """A smoke test of the GPU example (on a CPU neither backend records a graph): every case runs with
+    both backends and their outputs agree."""
+    results = load_example("graph_replay_overhead").main(
+        [
+            "--device=cpu",
+            "--layers=1",
+            "--rows",
+            "2",
+            "--tokens=3",
+            "--denoiser-batch=2",
+            "--calls=1",
+            "--repeats=1",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert len(results) == 3 and all(len(by_backend) == 2 for by_backend in results.values())
+    assert printed.count("| True |") == 6 and "| False |" not in printed

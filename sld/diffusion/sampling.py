@@ -36,6 +36,7 @@ from sld.diffusion.objective import (
     x0_from_prediction,
 )
 from sld.errors import UserError
+from sld.models.cuda_graphs import replay_backend
 from sld.models.denoiser import SegmentDiT
 
 __all__ = [
@@ -216,24 +217,27 @@ def _denoiser_forward(model: SegmentDiT, *args: torch.Tensor | None) -> torch.Te
 def graphed_denoiser(model: SegmentDiT, trace_on_cpu: bool = False) -> Callable[..., torch.Tensor]:
     """``model``'s forward for sampling with ``graphed=True``: on CUDA replayed as a CUDA graph.
 
-    ``torch.compile(backend="cudagraphs", fullgraph=True, dynamic=False)``, as the static decoder's
-    token step (``sld.models.static_decoding``): dynamo traces the forward once per input shape, then
-    every sampling step is one replay of the recorded kernels instead of a few hundred launches from
-    Python (the step of a small denoiser at a small batch is launch-bound). A graph's output buffer is
-    reused by its next replay: callers copy what they keep. On a CPU there is nothing to replay and
-    ``model`` itself is returned; ``trace_on_cpu`` traces it with the ``eager`` backend instead (tests:
-    a graph break then fails). One compiled function serves every denoiser (the model is its
-    argument), so none is kept alive by it.
+    ``torch.compile(backend=static_graphs, fullgraph=True, dynamic=False)``, as the static decoder's
+    token step (``sld.models.static_decoding``, ``sld.models.cuda_graphs``): dynamo traces the forward
+    once per input shape, then every sampling step is one replay of the recorded kernels, with the
+    weights in place, instead of a few hundred launches from Python (the step of a small denoiser at a
+    small batch is launch-bound). A graph's output buffer is reused by its next replay: callers copy
+    what they keep. On a CPU there is nothing to replay and ``model`` itself is returned;
+    ``trace_on_cpu`` traces it with the ``eager`` backend instead (tests: a graph break then fails).
+    One compiled function per device type serves every denoiser (the model is its argument), so none
+    is kept alive by it.
     """
     if model.device.type != "cuda" and not trace_on_cpu:
         return model
-    backend = "cudagraphs" if model.device.type == "cuda" else "eager"
-    step = _GRAPHED.get(backend)
+    kind = model.device.type
+    step = _GRAPHED.get(kind)
     if step is None:
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, GRAPHED_RECOMPILE_LIMIT)
-        step = torch.compile(_denoiser_forward, backend=backend, fullgraph=True, dynamic=False)
-        _GRAPHED[backend] = step
+        step = torch.compile(
+            _denoiser_forward, backend=replay_backend(model.device), fullgraph=True, dynamic=False
+        )
+        _GRAPHED[kind] = step
     return functools.partial(step, model)
 
 

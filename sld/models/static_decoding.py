@@ -5,10 +5,11 @@ rows from it: every step has new shapes, so each of the LM's layers launches its
 For a small LM at a small batch that launch work, not the GPU, sets the speed of a decode step.
 Here the cache is a preallocated ``StaticCache`` (lengths rounded up to ``LENGTH_BUCKET``), the batch
 keeps its size (finished rows write padding until every row has stopped), and on CUDA the step
-``(ids, positions, mask) -> logits`` goes through ``torch.compile(backend="cudagraphs",
-fullgraph=True)``: dynamo traces it once per (batch, cache length), then every token is one replay of
-the recorded kernels. No Inductor code generation (minutes for a 30-layer LM), and a graph break (a
-host sync inside the step) is an error instead of a silent slow path.
+``(ids, positions, mask) -> logits`` goes through ``torch.compile(backend=static_graphs,
+fullgraph=True)`` (``sld.models.cuda_graphs``): dynamo traces it once per (batch, cache length), then
+every token is one replay of the recorded kernels, the LM's weights and the cache used in place. No
+Inductor code generation (minutes for a 30-layer LM), and a graph break (a host sync inside the step)
+is an error instead of a silent slow path.
 
 What it costs: a trace of a few seconds per new shape, and finished rows keep computing; so it pays
 for many batches of similar shape (a benchmark, a large generation run), not for one short call.
@@ -29,6 +30,7 @@ from torch.profiler import record_function
 from transformers.cache_utils import DynamicCache, StaticCache
 
 from sld.models.causal_lm import attention_geometry, cache_argument
+from sld.models.cuda_graphs import replay_backend
 
 if TYPE_CHECKING:
     from sld.models.causal_decoding import DecodeSettings
@@ -58,10 +60,11 @@ class StaticStepper:
         if compile_step:
             dynamo = torch._dynamo.config
             dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
-            # "cudagraphs": dynamo traces the step once per shape (seconds) and replays it as a CUDA
-            # graph with the eager kernels; no Inductor code generation (minutes for a 30-layer LM).
-            # fullgraph: a graph break (a host sync in the step) is an error, not a slow path.
-            backend = "cudagraphs" if lm_device(lm).type == "cuda" else "eager"
+            # static_graphs: dynamo traces the step once per shape (seconds) and replays it as a CUDA
+            # graph with the eager kernels, weights and cache in place; no Inductor code generation
+            # (minutes for a 30-layer LM). fullgraph: a graph break (a host sync in the step) is an
+            # error, not a slow path.
+            backend = replay_backend(lm_device(lm))
             self.step = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False)
 
     @property

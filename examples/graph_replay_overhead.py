@@ -1,0 +1,176 @@
+"""CUDA-graph replays with torch's "cudagraphs" backend against sld's static_graphs, in one run (a GPU).
+
+    python examples/graph_replay_overhead.py             # a random LM of SmolLM2-135M's shape
+    python examples/graph_replay_overhead.py --lm PATH   # a saved causal LM (random weights time the same)
+
+Times, for each backend (``sld.models.cuda_graphs``), after warm-up calls that trace and record:
+- the static-cache one-token step of the LM (``StaticStepper.step``) at each --rows, alone;
+- a whole static decode (``decode_static``: --tokens greedy tokens after a 16-token prompt, no eos);
+- one forward of a denoiser of the ROC profile's size (512 wide, 8 blocks, 4 segments of 16 x 64
+  latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch.
+Prints the median wall time of --repeats runs (each --calls calls, synchronised), the CPU time the
+calling thread spent per call, and the ratio stock / static_graphs. Outputs of the two backends are
+compared too (they run the same kernels, so they should agree to the bit). ``--device cpu`` runs the
+same code without graphs (a smoke test: the timings then mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicCache
+
+from sld.diffusion import sampling
+from sld.models import cuda_graphs, static_decoding
+from sld.models.causal_decoding import DecodeSettings
+from sld.models.denoiser import SegmentDiT
+
+# SmolLM2-135M-Instruct's shape (its config.json)
+SMOLLM2_SHAPE = dict(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+    tie_word_embeddings=True, rms_norm_eps=1e-5,
+)  # fmt: skip
+BACKENDS = {"cudagraphs (torch)": "cudagraphs", "static_graphs (sld)": cuda_graphs.static_graphs}
+
+
+def use_backend(backend) -> None:
+    """Make sld's static decoding and graphed denoiser compile with ``backend`` from now on."""
+    torch._dynamo.reset()
+    static_decoding._STEPPERS.clear()
+    sampling._GRAPHED.clear()
+    static_decoding.replay_backend = lambda device: backend
+    sampling.replay_backend = lambda device: backend
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], calls: int, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """(median wall ms per call, median CPU ms per call of this thread)."""
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(calls):
+            fn()
+        cpu = time.thread_time() - cpu
+        synchronize()
+        walls.append((time.perf_counter() - wall) * 1000 / calls)
+        cpus.append(cpu * 1000 / calls)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def token_step_case(lm, rows: int, cache_len: int) -> Callable[[], torch.Tensor]:
+    stepper = static_decoding.stepper_for(lm, compile_step=True)
+    cache = stepper.cache(rows, cache_len, lm.dtype, lm.device)
+    ids = torch.zeros(rows, 1, dtype=torch.long, device=lm.device)
+    positions = torch.full((rows, 1), cache_len // 2, dtype=torch.long, device=lm.device)
+    mask = torch.ones(rows, cache.layers[0].max_cache_len, dtype=torch.long, device=lm.device)
+    return lambda: stepper.step(cache, ids, positions, mask)
+
+
+def decode_case(lm, rows: int, tokens: int) -> Callable[[], torch.Tensor]:
+    gen = torch.Generator(device=lm.device).manual_seed(0)
+    prompt = torch.randint(0, lm.config.vocab_size, (rows, 16), device=lm.device, generator=gen)
+    settings = DecodeSettings(max_new_tokens=tokens, static_cache=True)
+
+    def run() -> torch.Tensor:
+        cache = DynamicCache()
+        with torch.no_grad():
+            logits = lm(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+        first = logits.argmax(-1)
+        positions = torch.full((rows,), 16, dtype=torch.long, device=lm.device)
+        return static_decoding.decode_static(lm, cache, first, positions, -1, 0, settings, compile_step=True)
+
+    return run
+
+
+def denoiser_case(model: SegmentDiT, batch: int) -> Callable[[], torch.Tensor]:
+    cfg = model.config
+    gen = torch.Generator(device=model.device).manual_seed(0)
+    shape = (batch, cfg.max_segments, cfg.num_latents, cfg.latent_dim)
+    latents = torch.randn(shape, device=model.device, generator=gen, dtype=model.dtype)
+    t = torch.full((batch,), 500, device=model.device)
+    context = torch.randn(batch, 64, cfg.context_dim, device=model.device, generator=gen, dtype=model.dtype)
+    context_mask = torch.ones(batch, 64, dtype=torch.bool, device=model.device)
+    segment_mask = torch.ones(batch, cfg.max_segments, dtype=torch.bool, device=model.device)
+    forward = sampling.graphed_denoiser(model)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return forward(latents, t, context, context_mask, segment_mask)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lm", help="a causal LM folder (default: random weights of SmolLM2-135M's shape)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[4, 64, 320])
+    parser.add_argument("--cache-len", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--denoiser-batch", type=int, default=64)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only as a smoke test (no graphs)")
+    parser.add_argument("--layers", type=int, help="LM and denoiser depth (default: SmolLM2's 30, 8)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("this measures CUDA-graph replays: it needs a GPU (--device cpu: a smoke test)")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    if args.lm:
+        lm = AutoModelForCausalLM.from_pretrained(args.lm, dtype=dtype).to(device).eval()
+    else:
+        shape = dict(SMOLLM2_SHAPE, num_hidden_layers=args.layers or SMOLLM2_SHAPE["num_hidden_layers"])
+        lm = LlamaForCausalLM(LlamaConfig(**shape)).to(device=device, dtype=dtype).eval()
+    denoiser = SegmentDiT(
+        latent_dim=64, num_latents=16, max_segments=4, width=512, depth=args.layers or 8, heads=8
+    )
+    with torch.no_grad():  # zero-initialised parts (adaLN-Zero, output) made random: outputs not all 0
+        for parameter in denoiser.parameters():
+            if torch.count_nonzero(parameter) == 0:
+                parameter.normal_(std=0.02)
+    denoiser = denoiser.to(device=device, dtype=dtype).eval()
+    cases = {f"token step, {rows} rows": (lambda rows=rows: token_step_case(lm, rows, args.cache_len), 1)
+             for rows in args.rows}  # fmt: skip
+    cases[f"decode {args.tokens} tokens, 64 rows"] = (lambda: decode_case(lm, 64, args.tokens), args.tokens)
+    cases[f"denoiser forward, batch {args.denoiser_batch}"] = (
+        lambda: denoiser_case(denoiser, args.denoiser_batch),
+        1,
+    )
+    results: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in cases}
+    outputs: dict[str, dict[str, torch.Tensor]] = {name: {} for name in cases}
+    for label, backend in BACKENDS.items():
+        use_backend(backend)
+        for name, (make, _) in cases.items():
+            fn = make()
+            results[name][label] = timed(fn, args.calls if "decode" not in name else 2, args.repeats)
+            outputs[name][label] = fn().detach().clone()
+    skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (no graphs: timings mean nothing)"
+    print(f"device: {name} (torch {torch.__version__}); graphs skipped: {skips}")
+    print("| case | backend | ms per call | CPU ms per call | stock / static_graphs | outputs equal |")
+    print("|---|---|---|---|---|---|")
+    stock_label, ours_label = list(BACKENDS)
+    for name, by_backend in results.items():
+        same = torch.equal(outputs[name][stock_label], outputs[name][ours_label])
+        for label, (wall, cpu) in by_backend.items():
+            ratio = f"{by_backend[stock_label][0] / wall:.2f}x" if label == ours_label else "1.00x"
+            print(f"| {name} | {label} | {wall:.3f} | {cpu:.3f} | {ratio} | {same} |")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""A ``torch.compile`` backend that replays a graph as a CUDA graph with the model's weights in place.
+
+torch's own backend ``"cudagraphs"`` keeps only the arguments that AOTAutograd lifts (parameters of
+modules dynamo did not inline) at fixed addresses. Dynamo now always inlines ``nn.Module`` calls, so a
+module's parameters are plain graph inputs to it, and every replay copies every parameter into the
+graph's own buffers. It also functionalises writes into its inputs: a ``StaticCache``'s keys and values
+were copied out whole by the graph and back by the caller at every token. On an H200 (2026-12-03,
+profile of one SLD batch of 64 documents, SmolLM2) that was about 340 copies and 4.5 ms of CPU time per
+replay of the one-token step, more than the step's GPU time.
+
+``static_graphs`` is the same recipe with what Inductor's own CUDA graphs (``mode="reduce-overhead"``)
+treat as static: AOTAutograd's fixed arguments plus its ``static_input_indices`` (parameters, buffers
+and tensors given to ``torch._dynamo.mark_static_address``, as transformers' ``StaticCache`` does). Those
+are used where they are; writes into them stay inside the graph (``keep_inference_input_mutations``).
+Only the other inputs (token ids, positions, masks, latents) are copied at each replay. A graph that
+would write into a copied input, or has CPU tensors or ops CUDA graphs cannot hold, runs without a
+graph and bumps torch's ``cudagraph_skips`` counter, as the stock backend does (the benchmark reports
+it). If the weights move (another model through one compiled function), CUDA-graph trees record anew.
+
+Inference only (sampling and decoding run under ``torch.no_grad``); a graph that needs gradients runs
+eagerly. ``graph_plan`` is the static/mutated split itself, so a CPU test can check it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# torch's private helpers (those its own "cudagraphs" backend is built from) are imported where they
+# are used: importing sld stays as fast as before, and a torch that moved one fails at compile time,
+# naming it, not at import.
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """How one AOT inference graph is replayed.
+
+    static: indices of its inputs used in place (weights, static buffers).
+    mutated: indices of the inputs it writes into.
+    skip: why it runs without a CUDA graph, or None.
+    """
+
+    static: list[int]
+    mutated: set[int]
+    skip: str | None
+
+
+def static_input_indices(num_fixed: int) -> list[int]:
+    """AOTAutograd's fixed arguments plus the inputs it marked static (parameters, buffers, tensors
+    passed through ``torch._dynamo.mark_static_address``), as Inductor's CUDA graphs take them."""
+    indices = set(range(num_fixed))
+    context = torch._guards.TracingContext.try_get()
+    if context is not None and context.fw_metadata is not None:
+        indices.update(context.fw_metadata.static_input_indices)
+    return sorted(indices)
+
+
+def graph_plan(aot_model: torch.fx.GraphModule, num_aot_inputs: int, num_dynamo_inputs: int) -> GraphPlan:
+    """The static inputs, the written ones, and whether the graph can be replayed at all."""
+    from torch._dynamo.backends import cudagraphs as stock
+    from torch._inductor.cudagraph_utils import (
+        check_multiple_devices_or_any_cpu_nodes,
+        get_mutation_stack_trace,
+        get_placeholder_info,
+    )
+    from torch._inductor.utils import get_first_incompatible_cudagraph_node, num_fw_fixed_arguments
+
+    static = static_input_indices(num_fw_fixed_arguments(num_dynamo_inputs, num_aot_inputs))
+    mutated = stock.find_input_mutations(aot_model.graph)
+    skip = None
+    copied_and_written = mutated - set(static)
+    if copied_and_written:
+        placeholders = get_placeholder_info(aot_model.graph)
+        skip = get_mutation_stack_trace(placeholders, copied_and_written)
+    elif reason := check_multiple_devices_or_any_cpu_nodes(stock.get_device_node_mapping(aot_model)):
+        skip = reason
+    elif node := get_first_incompatible_cudagraph_node(aot_model):
+        skip = f"skipping cudagraphs due to incompatible op ({node.name})"
+    return GraphPlan(static=static, mutated=mutated, skip=skip)
+
+
+def _cuda_graph_runner(
+    interp: Runner, aot_model: torch.fx.GraphModule, aot_inputs: list[Any], plan: GraphPlan
+) -> Runner:
+    from torch._dynamo.backends import cudagraphs as stock
+    from torch._inductor.cudagraph_trees import cudagraphify_impl
+    from torch._inductor.cudagraph_utils import get_placeholder_info
+
+    return cudagraphify_impl(
+        interp,
+        aot_inputs,
+        plan.static,
+        device_index=stock.get_device_index(aot_model),
+        is_backward=False,
+        is_inference=True,
+        stack_traces=stock.get_stack_traces(aot_model),
+        placeholders=get_placeholder_info(aot_model.graph),
+        mutated_input_idxs=plan.mutated,
+    )
+
+
+def static_graphs_backend(
+    runner: Callable[[Runner, torch.fx.GraphModule, list[Any], GraphPlan], Runner] = _cuda_graph_runner,
+    inspect: Callable[[torch.fx.GraphModule, GraphPlan], None] | None = None,
+) -> Callable[[torch.fx.GraphModule, Sequence[Any]], Any]:
+    """A ``torch.compile`` backend; ``runner`` turns (eager interpreter, AOT graph, inputs, plan) into
+    what runs (default: a CUDA graph); ``inspect`` sees (dynamo's graph, plan) of every graph, even
+    one that runs without a CUDA graph (tests: on a CPU every graph does).
+    """
+
+    def backend(dynamo_model: torch.fx.GraphModule, dynamo_inputs: Sequence[Any]) -> Any:
+        from torch._dynamo.backends.common import aot_autograd
+        from torch._dynamo.backends.debugging import boxed_nop
+        from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+        num_dynamo_inputs = len(dynamo_inputs)
+
+        def inference(aot_model: torch.fx.GraphModule, aot_inputs: list[Any]) -> Runner:
+            interp = boxed_nop(aot_model, aot_inputs)
+            plan = graph_plan(aot_model, len(aot_inputs), num_dynamo_inputs)
+            if inspect is not None:
+                inspect(dynamo_model, plan)
+            if plan.skip is not None:
+                log_cudagraph_skip_and_bump_counter(f"static_graphs: {plan.skip}")
+                return interp
+            out = runner(interp, aot_model, aot_inputs, plan)
+            out._boxed_call = True
+            return out
+
+        def training(aot_model: torch.fx.GraphModule, aot_inputs: list[Any]) -> Runner:
+            log_cudagraph_skip_and_bump_counter("static_graphs: a graph that needs gradients runs eagerly")
+            return boxed_nop(aot_model, aot_inputs)
+
+        compile_with_aot = aot_autograd(
+            fw_compiler=training,
+            inference_compiler=inference,
+            keep_inference_input_mutations=True,
+        )
+        return compile_with_aot(dynamo_model, dynamo_inputs)
+
+    return backend
+
+
+# the backend sld's static decoding and graphed denoiser compile with on a GPU
+static_graphs = static_graphs_backend()
+
+
+def replay_backend(device: torch.device) -> str | Callable[..., Any]:
+    """``static_graphs`` on CUDA; on other devices dynamo's ``"eager"`` backend (the traced graph runs
+    as it is: a graph break is still an error under ``fullgraph``)."""
+    return static_graphs if device.type == "cuda" else "eager"

@@ -1,0 +1,117 @@
+"""``static_graphs``: which inputs a replay uses in place and which it copies.
+
+A CPU cannot record CUDA graphs, so every graph here runs its traced kernels eagerly (after the
+backend's checks); what is tested is the plan a GPU would replay with (the ``inspect`` hook), and that
+the graph, with writes into the static cache kept inside it, decodes and samples what eager code does.
+"""
+
+import pytest
+import tiny_models
+import torch
+
+from sld.diffusion import sampling
+from sld.models import cuda_graphs, static_decoding
+from sld.models.baseline import BaselineConfig, BaselineModel
+
+SOURCES = ["Anna walked her dog.", None, "Lucy", "Sam fixed the old bike today and then he rode it home."]
+
+
+def placeholder_names(graph_module: torch.fx.GraphModule) -> list[str]:
+    return [node.name for node in graph_module.graph.find_nodes(op="placeholder")]
+
+
+@pytest.fixture
+def recorded_plans(monkeypatch):
+    """Compile every traced step with ``static_graphs`` on the CPU; yield the (names, plan) of each."""
+    plans = []
+    backend = cuda_graphs.static_graphs_backend(
+        inspect=lambda graph_module, plan: plans.append((placeholder_names(graph_module), plan))
+    )
+    monkeypatch.setattr(static_decoding, "replay_backend", lambda device: backend)
+    monkeypatch.setattr(sampling, "replay_backend", lambda device: backend)
+    monkeypatch.setattr(sampling, "_GRAPHED", {})
+    graphed = sampling.graphed_denoiser
+    monkeypatch.setattr(sampling, "graphed_denoiser", lambda model: graphed(model, trace_on_cpu=True))
+    return plans
+
+
+def test_the_token_step_uses_weights_and_cache_in_place_and_copies_only_its_inputs(
+    tmp_path, monkeypatch, recorded_plans
+):
+    config = BaselineConfig(
+        encoder="decoder",
+        decoder_name_or_path=tiny_models.save_tiny_causal_lm(tmp_path / "lm"),
+        max_source_tokens=16,
+        max_target_tokens=24,
+    )
+    torch.manual_seed(0)
+    model = BaselineModel.from_config(config).eval()
+    original = static_decoding.stepper_for
+    monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
+    dynamic = model.generate_texts(SOURCES, batch_size=4, max_new_tokens=12)
+    static = model.generate_texts(SOURCES, batch_size=4, max_new_tokens=12, static_cache=True)
+    assert static == dynamic and len(set(dynamic)) > 1
+    assert recorded_plans
+    for names, plan in recorded_plans:
+        static_names = {names[i] for i in plan.static}
+        copied = set(names) - static_names
+        weights = {n for n in names if "_parameters_" in n or "_buffers_" in n}
+        cache = {n for n in names if "cache_layers" in n}
+        assert weights and cache
+        assert weights <= static_names and cache <= static_names
+        assert copied == {n for n in names if n.split("_")[1] in ("ids", "positions", "mask")}
+        # the step writes into the cache (keys and values of every layer), in place
+        written = {names[i] for i in plan.mutated}
+        assert {n for n in cache if n.endswith(("_keys", "_values"))} <= written <= static_names
+        assert plan.skip is not None and "cpu device" in plan.skip  # and nothing else stops a GPU
+
+
+def test_the_graphed_denoiser_uses_its_weights_in_place(recorded_plans):
+    model = tiny_models.tiny_dit()
+    tiny_models.randomize_zero_init(model)
+    gen = torch.Generator().manual_seed(0)
+    context = torch.randn(3, 5, model.config.context_dim, generator=gen)
+    context_mask = torch.ones(3, 5, dtype=torch.bool)
+    context_mask[1, 2:] = False
+    kwargs = dict(num_segments=torch.tensor([3, 2, 1]), num_inference_steps=3)
+
+    def sample(graphed: bool) -> torch.Tensor:
+        scheduler = sampling.make_scheduler("dpm++")
+        generator = torch.Generator().manual_seed(1)
+        return sampling.sample_latents(
+            model, scheduler, context, context_mask, generator=generator, graphed=graphed, **kwargs
+        )
+
+    eager = sample(graphed=False)
+    torch.testing.assert_close(sample(graphed=True), eager)
+    assert recorded_plans
+    for names, plan in recorded_plans:
+        weights = {i for i, n in enumerate(names) if "_parameters_" in n or "_buffers_" in n}
+        assert len(weights) > len(list(model.parameters())) / 2  # those the forward uses
+        # the weights in place; the noisy latents, the timesteps and the context copied
+        assert set(plan.static) == weights and len(names) > len(weights)
+        assert not plan.mutated
+
+
+def test_a_graph_that_writes_into_a_copied_input_runs_without_one():
+    """Only static inputs may be written by a replay (a copy-in buffer would lose the write)."""
+    from torch._dynamo.utils import counters
+
+    plans = []
+    backend = cuda_graphs.static_graphs_backend(inspect=lambda graph_module, plan: plans.append(plan))
+
+    def add_into(x: torch.Tensor) -> torch.Tensor:
+        return x.add_(1)
+
+    step = torch.compile(add_into, backend=backend, fullgraph=True)
+    before = counters["inductor"]["cudagraph_skips"]
+    x = torch.zeros(3)
+    step(x)
+    assert torch.equal(x, torch.ones(3))  # the write reached the caller's tensor
+    assert "mutated inputs" in plans[0].skip
+    assert counters["inductor"]["cudagraph_skips"] == before + 1
+
+
+def test_replay_backend_is_eager_off_cuda():
+    assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
+    assert cuda_graphs.replay_backend(torch.device("cuda", 0)) is cuda_graphs.static_graphs
