@@ -8,15 +8,18 @@ Times, for each backend (``sld.models.cuda_graphs``), after warm-up calls that t
 - a whole static decode (``decode_static``: --tokens greedy tokens after a 16-token prompt, no eos);
 - one forward of a denoiser of the ROC profile's size (512 wide, 8 blocks, 4 segments of 16 x 64
   latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch.
-Prints the median wall time of --repeats runs (each --calls calls, synchronised), the CPU time the
-calling thread spent per call, and the ratio stock / static_graphs. Outputs of the two backends are
-compared too (they run the same kernels, so they should agree to the bit). ``--device cpu`` runs the
+Prints a row per case as it is measured (an out-of-memory case is a row too): the median wall time of
+--repeats runs (each --calls calls, synchronised), the CPU time the calling thread spent per call, the
+peak memory, torch's cudagraph_skips count, and whether the output equals the first backend's (the
+same kernels run, so they should agree to the bit); then the ratio torch's backend / static_graphs.
+2026-12-03: the first H200 run of this (with both backends) ran out of memory before printing. ``--device cpu`` runs the
 same code without graphs (a smoke test: the timings then mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -36,16 +39,17 @@ SMOLLM2_SHAPE = dict(
     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
     tie_word_embeddings=True, rms_norm_eps=1e-5,
 )  # fmt: skip
-BACKENDS = {"cudagraphs (torch)": "cudagraphs", "static_graphs (sld)": cuda_graphs.static_graphs}
+BACKENDS = {"cudagraphs (torch)": "cudagraphs", "static_graphs (sld)": "static"}  # $SLD_GRAPH_BACKEND
 
 
-def use_backend(backend) -> None:
-    """Make sld's static decoding and graphed denoiser compile with ``backend`` from now on."""
+def use_backend(choice: str) -> None:
+    """Make sld's static decoding and graphed denoiser compile with ``choice`` from now on."""
+    os.environ[cuda_graphs.GRAPH_BACKEND_ENV] = choice
     torch._dynamo.reset()
     static_decoding._STEPPERS.clear()
     sampling._GRAPHED.clear()
-    static_decoding.replay_backend = lambda device: backend
-    sampling.replay_backend = lambda device: backend
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def synchronize() -> None:
@@ -123,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda", help="cuda; cpu only as a smoke test (no graphs)")
+    parser.add_argument(
+        "--backends", nargs="+", choices=list(BACKENDS.values()), default=list(BACKENDS.values())
+    )
     parser.add_argument("--layers", type=int, help="LM and denoiser depth (default: SmolLM2's 30, 8)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -143,32 +150,47 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
             if torch.count_nonzero(parameter) == 0:
                 parameter.normal_(std=0.02)
     denoiser = denoiser.to(device=device, dtype=dtype).eval()
-    cases = {f"token step, {rows} rows": (lambda rows=rows: token_step_case(lm, rows, args.cache_len), 1)
+    cases = {f"token step, {rows} rows": (lambda rows=rows: token_step_case(lm, rows, args.cache_len))
              for rows in args.rows}  # fmt: skip
-    cases[f"decode {args.tokens} tokens, 64 rows"] = (lambda: decode_case(lm, 64, args.tokens), args.tokens)
-    cases[f"denoiser forward, batch {args.denoiser_batch}"] = (
-        lambda: denoiser_case(denoiser, args.denoiser_batch),
-        1,
+    cases[f"decode {args.tokens} tokens, 64 rows"] = lambda: decode_case(lm, 64, args.tokens)
+    cases[f"denoiser forward, batch {args.denoiser_batch}"] = lambda: denoiser_case(
+        denoiser, args.denoiser_batch
     )
-    results: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in cases}
-    outputs: dict[str, dict[str, torch.Tensor]] = {name: {} for name in cases}
-    for label, backend in BACKENDS.items():
-        use_backend(backend)
-        for name, (make, _) in cases.items():
-            fn = make()
-            results[name][label] = timed(fn, args.calls if "decode" not in name else 2, args.repeats)
-            outputs[name][label] = fn().detach().clone()
-    skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (no graphs: timings mean nothing)"
-    print(f"device: {name} (torch {torch.__version__}); graphs skipped: {skips}")
-    print("| case | backend | ms per call | CPU ms per call | stock / static_graphs | outputs equal |")
-    print("|---|---|---|---|---|---|")
-    stock_label, ours_label = list(BACKENDS)
+    print(f"device: {name} (torch {torch.__version__})", flush=True)
+    print("| case | backend | ms per call | CPU ms per call | peak GiB | graphs skipped | outputs equal |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    results: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in cases}
+    outputs: dict[str, torch.Tensor] = {}
+    counters = torch._dynamo.utils.counters["inductor"]
+    for label, choice in BACKENDS.items():
+        if choice not in args.backends:
+            continue
+        use_backend(choice)
+        for name, make in cases.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            skips = counters["cudagraph_skips"]
+            try:  # one row per case as it is measured: a failure keeps the rows before it
+                fn = make()
+                results[name][label] = timed(fn, args.calls if "decode" not in name else 2, args.repeats)
+                out = fn().detach().clone()
+            except torch.OutOfMemoryError as error:
+                print(f"| {name} | {label} | out of memory: {str(error).splitlines()[0]} |", flush=True)
+                fn = None
+                continue
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+            same = torch.equal(outputs[name], out) if name in outputs else "(first)"
+            outputs.setdefault(name, out)
+            wall, cpu = results[name][label]
+            skipped = counters["cudagraph_skips"] - skips
+            print(
+                f"| {name} | {label} | {wall:.3f} | {cpu:.3f} | {peak:.1f} | {skipped} | {same} |", flush=True
+            )
     for name, by_backend in results.items():
-        same = torch.equal(outputs[name][stock_label], outputs[name][ours_label])
-        for label, (wall, cpu) in by_backend.items():
-            ratio = f"{by_backend[stock_label][0] / wall:.2f}x" if label == ours_label else "1.00x"
-            print(f"| {name} | {label} | {wall:.3f} | {cpu:.3f} | {ratio} | {same} |")
+        if len(by_backend) == 2:
+            (stock_wall, _), (ours_wall, _) = by_backend.values()
+            print(f"{name}: torch's cudagraphs / static_graphs = {stock_wall / ours_wall:.2f}x")
     return results
 
 

@@ -112,6 +112,16 @@ def test_a_graph_that_writes_into_a_copied_input_runs_without_one():
     assert counters["inductor"]["cudagraph_skips"] == before + 1
 
 
-def test_replay_backend_is_eager_off_cuda():
+def test_replay_backend_is_eager_off_cuda_and_chosen_by_the_environment_on_cuda(monkeypatch):
+    from sld.errors import UserError
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("SLD_GRAPH_BACKEND", raising=False)
     assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
-    assert cuda_graphs.replay_backend(torch.device("cuda", 0)) is cuda_graphs.static_graphs
+    assert cuda_graphs.replay_backend(cuda) == "cudagraphs"
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "static")
+    assert cuda_graphs.replay_backend(cuda) is cuda_graphs.static_graphs
+    assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "inductor")
+    with pytest.raises(UserError, match="SLD_GRAPH_BACKEND='inductor'"):
+        cuda_graphs.replay_backend(cuda)

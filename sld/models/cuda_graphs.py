@@ -3,10 +3,11 @@
 torch's own backend ``"cudagraphs"`` keeps only the arguments that AOTAutograd lifts (parameters of
 modules dynamo did not inline) at fixed addresses. Dynamo now always inlines ``nn.Module`` calls, so a
 module's parameters are plain graph inputs to it, and every replay copies every parameter into the
-graph's own buffers. It also functionalises writes into its inputs: a ``StaticCache``'s keys and values
-were copied out whole by the graph and back by the caller at every token. On an H200 (2026-12-03,
-profile of one SLD batch of 64 documents, SmolLM2) that was about 340 copies and 4.5 ms of CPU time per
-replay of the one-token step, more than the step's GPU time.
+graph's own buffers. It also has AOTAutograd functionalise writes into its inputs, so a ``StaticCache``
+update becomes a new whole cache tensor that the caller copies back. On an H200 (2026-12-03, torch
+profile of one SLD batch of 64 documents with SmolLM2, 320 decoder rows) a replay of the one-token step
+cost about 340 copies and 4.5 ms of CPU time (``aten::_foreach_copy_``), against about 5.8 ms of GPU
+time for the step.
 
 ``static_graphs`` is the same recipe with what Inductor's own CUDA graphs (``mode="reduce-overhead"``)
 treat as static: AOTAutograd's fixed arguments plus its ``static_input_indices`` (parameters, buffers
@@ -17,6 +18,11 @@ would write into a copied input, or has CPU tensors or ops CUDA graphs cannot ho
 graph and bumps torch's ``cudagraph_skips`` counter, as the stock backend does (the benchmark reports
 it). If the weights move (another model through one compiled function), CUDA-graph trees record anew.
 
+Status: opt-in (``SLD_GRAPH_BACKEND=static``; ``replay_backend``). Tested on a CPU (the plan, and
+equal outputs with the graphs' writes kept inside); its first GPU run ran out of memory before printing
+a figure (``examples/graph_replay_overhead.py``, which times both backends), so torch's backend stays
+the default until that is understood.
+
 Inference only (sampling and decoding run under ``torch.no_grad``); a graph that needs gradients runs
 eagerly. ``graph_plan`` is the static/mutated split itself, so a CPU test can check it.
 """
@@ -24,11 +30,14 @@ eagerly. ``graph_plan`` is the static/mutated split itself, so a CPU test can ch
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sld.errors import UserError
 
 # torch's private helpers (those its own "cudagraphs" backend is built from) are imported where they
 # are used: importing sld stays as fast as before, and a torch that moved one fails at compile time,
@@ -149,11 +158,27 @@ def static_graphs_backend(
     return backend
 
 
-# the backend sld's static decoding and graphed denoiser compile with on a GPU
+# the backend sld's static decoding and graphed denoiser compile with on a GPU when chosen
 static_graphs = static_graphs_backend()
+
+# SLD_GRAPH_BACKEND: "cudagraphs" (torch's backend; the default) or "static" (static_graphs)
+GRAPH_BACKEND_ENV = "SLD_GRAPH_BACKEND"
+GRAPH_BACKENDS = ("cudagraphs", "static")
 
 
 def replay_backend(device: torch.device) -> str | Callable[..., Any]:
-    """``static_graphs`` on CUDA; on other devices dynamo's ``"eager"`` backend (the traced graph runs
-    as it is: a graph break is still an error under ``fullgraph``)."""
-    return static_graphs if device.type == "cuda" else "eager"
+    """The backend of sld's CUDA-graph replays on ``device``.
+
+    On CUDA, ``$SLD_GRAPH_BACKEND``: torch's ``"cudagraphs"`` (the default: the backend every GPU
+    figure in docs/results.md was measured with) or ``"static"`` (``static_graphs``, weights and
+    static cache in place; CPU-tested, its first H200 run (2026-12-03) ran the card out of memory in
+    ``examples/graph_replay_overhead.py`` before printing, cause not yet known, so it is opt-in until
+    measured). Elsewhere dynamo's ``"eager"`` backend (the traced graph runs as it is: a graph break
+    is still an error under ``fullgraph``).
+    """
+    if device.type != "cuda":
+        return "eager"
+    choice = os.environ.get(GRAPH_BACKEND_ENV, "cudagraphs")
+    if choice not in GRAPH_BACKENDS:
+        raise UserError(f"{GRAPH_BACKEND_ENV}={choice!r}: expected one of {', '.join(GRAPH_BACKENDS)}")
+    return static_graphs if choice == "static" else "cudagraphs"
