@@ -60,3 +60,18 @@ def test_attention_shapes_and_head_check():
 def test_normalize_to_sphere():
     z = normalize_to_sphere(torch.randn(4, 3, 9))
     torch.testing.assert_close(z.norm(dim=-1), torch.full((4, 3), 3.0))
+
+
+def test_compiled_layers_share_one_graph():
+    """Every layer receives latents of one layout (the first one's are a contiguous copy of the
+    expanded queries): compiled block-wise (``loop.compile``), the layers trace one graph, not one for
+    the first layer's stride-0 input and another for the rest (seen in the autoencoder's recompile log)."""
+    from torch._dynamo.utils import counters
+
+    from sld.compilation import compile_model, uncompile
+
+    model = compile_model(_compressor(depth=3), backend="eager")
+    counters.clear()
+    model(torch.randn(3, 7, 24), torch.ones(3, 7, dtype=torch.long))
+    assert counters["stats"]["unique_graphs"] == 1
+    uncompile(model)

@@ -175,7 +175,9 @@ class PerceiverCompressor(nn.Module):
     ) -> torch.Tensor:
         """Token states (B', L, d_in) with mask (B', L) (1 = real token) -> latents z (B', N, D)."""
         tokens = self.proj_in(hidden_states)  # (B', L, D)
-        latents = self.latents.unsqueeze(0).expand(tokens.shape[0], -1, -1)  # (B', N, D)
+        # a contiguous copy (B' x N x D, small): every layer then sees latents of one stride, so a
+        # compiled layer (``loop.compile``) keeps one graph instead of one for the expanded first input
+        latents = self.latents.unsqueeze(0).expand(tokens.shape[0], -1, -1).contiguous()  # (B', N, D)
         for layer in self.layers:
             latents = layer(tokens, latents, attention_mask)
         latents = self.norm_out(latents)
