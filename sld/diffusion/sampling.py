@@ -217,12 +217,11 @@ def _denoiser_forward(model: SegmentDiT, *args: torch.Tensor | None) -> torch.Te
 def graphed_denoiser(model: SegmentDiT, trace_on_cpu: bool = False) -> Callable[..., torch.Tensor]:
     """``model``'s forward for sampling with ``graphed=True``: on CUDA replayed as a CUDA graph.
 
-    ``torch.compile(backend=static_graphs, fullgraph=True, dynamic=False)``, as the static decoder's
-    token step (``sld.models.static_decoding``, ``sld.models.cuda_graphs``): dynamo traces the forward
-    once per input shape, then every sampling step is one replay of the recorded kernels, with the
-    weights in place, instead of a few hundred launches from Python (the step of a small denoiser at a
-    small batch is launch-bound). A graph's output buffer is reused by its next replay: callers copy
-    what they keep. On a CPU there is nothing to replay and ``model`` itself is returned;
+    ``torch.compile(fullgraph=True, dynamic=False)`` with the backend of the static decoder's token
+    step (``sld.models.cuda_graphs.replay_backend``): dynamo traces the forward once per input shape,
+    then every sampling step is one replay of the recorded kernels instead of a few hundred launches
+    from Python (the step of a small denoiser at a small batch is launch-bound). A graph's output
+    buffer is reused by its next replay: callers copy what they keep. On a CPU there is nothing to replay and ``model`` itself is returned;
     ``trace_on_cpu`` traces it with the ``eager`` backend instead (tests: a graph break then fails).
     One compiled function per device type serves every denoiser (the model is its argument), so none
     is kept alive by it.

@@ -147,9 +147,9 @@ def device_description(device: torch.device) -> str:
 def cuda_graph_skips() -> int:
     """How many compiled functions torch has run without CUDA graphs in this process so far.
 
-    torch's ``cudagraph_skips`` counter: the ``static_graphs`` backend (``sld.models.cuda_graphs``) of
-    the static-cache token step and the graphed denoiser, like torch's ``cudagraphs``, falls back to
-    running its traced graph kernel by kernel (with a log warning) when a graph cannot be recorded,
+    torch's ``cudagraph_skips`` counter: the CUDA-graph backend of the static-cache token step and the
+    graphed denoiser (``sld.models.cuda_graphs.replay_backend``: torch's ``cudagraphs`` or sld's
+    ``static_graphs``) falls back to running its traced graph kernel by kernel (with a log warning) when a graph cannot be recorded,
     e.g. on writes into a copied input or CPU tensors. A benchmark reports it so
     that "static" rows say whether they were replayed as graphs.
     """

@@ -29,7 +29,6 @@ eagerly. ``graph_plan`` is the static/mutated split itself, so a CPU test can ch
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,8 +41,6 @@ from sld.errors import UserError
 # torch's private helpers (those its own "cudagraphs" backend is built from) are imported where they
 # are used: importing sld stays as fast as before, and a torch that moved one fails at compile time,
 # naming it, not at import.
-
-log = logging.getLogger(__name__)
 
 Runner = Callable[..., Any]
 

@@ -5,9 +5,10 @@ rows from it: every step has new shapes, so each of the LM's layers launches its
 For a small LM at a small batch that launch work, not the GPU, sets the speed of a decode step.
 Here the cache is a preallocated ``StaticCache`` (lengths rounded up to ``LENGTH_BUCKET``), the batch
 keeps its size (finished rows write padding until every row has stopped), and on CUDA the step
-``(ids, positions, mask) -> logits`` goes through ``torch.compile(backend=static_graphs,
-fullgraph=True)`` (``sld.models.cuda_graphs``): dynamo traces it once per (batch, cache length), then
-every token is one replay of the recorded kernels, the LM's weights and the cache used in place. No
+``(ids, positions, mask) -> logits`` goes through ``torch.compile(backend=..., fullgraph=True)`` with
+the CUDA-graph backend ``sld.models.cuda_graphs.replay_backend`` picks (torch's ``"cudagraphs"``, or
+``static_graphs``, the weights and the cache used in place, with ``SLD_GRAPH_BACKEND=static``): dynamo
+traces it once per (batch, cache length), then every token is one replay of the recorded kernels. No
 Inductor code generation (minutes for a 30-layer LM), and a graph break (a host sync inside the step)
 is an error instead of a silent slow path.
 
@@ -60,8 +61,8 @@ class StaticStepper:
         if compile_step:
             dynamo = torch._dynamo.config
             dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
-            # static_graphs: dynamo traces the step once per shape (seconds) and replays it as a CUDA
-            # graph with the eager kernels, weights and cache in place; no Inductor code generation
+            # a CUDA-graph backend (replay_backend): dynamo traces the step once per shape (seconds)
+            # and replays it as a CUDA graph of the eager kernels; no Inductor code generation
             # (minutes for a 30-layer LM). fullgraph: a graph break (a host sync in the step) is an
             # error, not a slow path.
             backend = replay_backend(lm_device(lm))
