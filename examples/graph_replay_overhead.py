@@ -12,7 +12,10 @@ Prints a row per case as it is measured (an out-of-memory case is a row too): th
 --repeats runs (each --calls calls, synchronised), the CPU time the calling thread spent per call, the
 peak memory, torch's cudagraph_skips count, and whether the output equals the first backend's (the
 same kernels run, so they should agree to the bit); then the ratio torch's backend / static_graphs.
-2026-12-03: the first H200 run of this (with both backends) ran out of memory before printing. ``--device cpu`` runs the
+2026-12-03: the first H200 run of this ran out of memory before printing: its token-step case ran
+without ``torch.no_grad`` (decoding itself runs under it), so every step was traced for training and
+kept its activations (on a CPU the same mistake grew the process from 7 to 23 GB between 10 and 100
+calls per case). Fixed; the LM and denoiser are also frozen (``requires_grad_(False)``). ``--device cpu`` runs the
 same code without graphs (a smoke test: the timings then mean nothing).
 """
 
@@ -80,7 +83,12 @@ def token_step_case(lm, rows: int, cache_len: int) -> Callable[[], torch.Tensor]
     ids = torch.zeros(rows, 1, dtype=torch.long, device=lm.device)
     positions = torch.full((rows, 1), cache_len // 2, dtype=torch.long, device=lm.device)
     mask = torch.ones(rows, cache.layers[0].max_cache_len, dtype=torch.long, device=lm.device)
-    return lambda: stepper.step(cache, ids, positions, mask)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():  # as decode_static: a step traced with gradients keeps its activations
+            return stepper.step(cache, ids, positions, mask)
+
+    return run
 
 
 def decode_case(lm, rows: int, tokens: int) -> Callable[[], torch.Tensor]:
@@ -142,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     else:
         shape = dict(SMOLLM2_SHAPE, num_hidden_layers=args.layers or SMOLLM2_SHAPE["num_hidden_layers"])
         lm = LlamaForCausalLM(LlamaConfig(**shape)).to(device=device, dtype=dtype).eval()
+    lm.requires_grad_(False)
     denoiser = SegmentDiT(
         latent_dim=64, num_latents=16, max_segments=4, width=512, depth=args.layers or 8, heads=8
     )
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
         for parameter in denoiser.parameters():
             if torch.count_nonzero(parameter) == 0:
                 parameter.normal_(std=0.02)
-    denoiser = denoiser.to(device=device, dtype=dtype).eval()
+    denoiser = denoiser.to(device=device, dtype=dtype).eval().requires_grad_(False)
     cases = {f"token step, {rows} rows": (lambda rows=rows: token_step_case(lm, rows, args.cache_len))
              for rows in args.rows}  # fmt: skip
     cases[f"decode {args.tokens} tokens, 64 rows"] = lambda: decode_case(lm, 64, args.tokens)

@@ -19,9 +19,10 @@ graph and bumps torch's ``cudagraph_skips`` counter, as the stock backend does (
 it). If the weights move (another model through one compiled function), CUDA-graph trees record anew.
 
 Status: opt-in (``SLD_GRAPH_BACKEND=static``; ``replay_backend``). Tested on a CPU (the plan, and
-equal outputs with the graphs' writes kept inside); its first GPU run ran out of memory before printing
-a figure (``examples/graph_replay_overhead.py``, which times both backends), so torch's backend stays
-the default until that is understood.
+equal outputs with the graphs' writes kept inside), not yet on a GPU: its first GPU run
+(``examples/graph_replay_overhead.py``, which times both backends) ran out of memory because that
+example's token step ran with gradients on (fixed), before it printed a figure. torch's backend stays
+the default until this one is measured.
 
 Inference only (sampling and decoding run under ``torch.no_grad``); a graph that needs gradients runs
 eagerly. ``graph_plan`` is the static/mutated split itself, so a CPU test can check it.
@@ -168,9 +169,7 @@ def replay_backend(device: torch.device) -> str | Callable[..., Any]:
 
     On CUDA, ``$SLD_GRAPH_BACKEND``: torch's ``"cudagraphs"`` (the default: the backend every GPU
     figure in docs/results.md was measured with) or ``"static"`` (``static_graphs``, weights and
-    static cache in place; CPU-tested, its first H200 run (2026-12-03) ran the card out of memory in
-    ``examples/graph_replay_overhead.py`` before printing, cause not yet known, so it is opt-in until
-    measured). Elsewhere dynamo's ``"eager"`` backend (the traced graph runs as it is: a graph break
+    static cache in place; CPU-tested, opt-in until measured on a GPU). Elsewhere dynamo's ``"eager"`` backend (the traced graph runs as it is: a graph break
     is still an error under ``fullgraph``).
     """
     if device.type != "cuda":
