@@ -41,7 +41,8 @@
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
 # BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only; the ROC
-# one profiles a throughput batch of each system at 5 segments (BENCH_PROFILE= turns that off).
+# one profiles a throughput batch of each system at 5 segments (BENCH_PROFILE= turns that off);
+# BENCH_STATIC_GRAPHS=1 runs the ROC speed table again with SLD_GRAPH_BACKEND=static (same models).
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
@@ -318,6 +319,16 @@ if has bench; then
         "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
         length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 ${BENCH_PROFILE-length_scaling.profile_segments=5} \
         "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | tee "$OUT/roc_bench.log" | grep -v " INFO " | tail -60
+    if [ "${BENCH_STATIC_GRAPHS:-0}" = 1 ] && [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ]; then
+        # the speed table once more, the same models and settings, with sld's static_graphs backend
+        # (weights and static cache used in place; sld/models/cuda_graphs.py) instead of torch's
+        log "bench: ROC speed with SLD_GRAPH_BACKEND=static"
+        SLD_GRAPH_BACKEND=static "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=speed \
+            input=$ROC/segmented_continuation/valid.jsonl sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar \
+            output_dir="$OUT/roc_benchmark_static_graphs" "batch_sizes=[1,64]" max_batches=4 \
+            "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet \
+            | tee "$OUT/roc_bench_static_graphs.log" | grep -v " INFO " | tail -30
+    fi
     if [ -d $RUNS/dialogsum/sld_diffusion ]; then
         log "bench: DialogSum fewest steps"
         "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=steps input=$DS/segmented/valid.jsonl \

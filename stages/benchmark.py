@@ -15,6 +15,7 @@ Both systems decode under the same rules (sld/eval/decoding_rules.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from sld.eval.runner import (
 )
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
 from sld.eval.timing import cuda_graph_skips, device_description
+from sld.models.cuda_graphs import GRAPH_BACKEND_ENV
 
 MODES = ("speed", "steps", "length_scaling")
 
@@ -154,10 +156,13 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def graph_skips_line() -> str:
-    """The report line that says whether the static-cache settings really ran as CUDA graphs."""
+    """The report line that says which backend recorded the static-cache settings' CUDA graphs and
+    whether they really ran as graphs."""
+    backend = os.environ.get(GRAPH_BACKEND_ENV, "cudagraphs")
     return (
-        f"- CUDA graphs: torch ran {cuda_graph_skips()} compiled function(s) of this run without them "
-        "(its cudagraph_skips counter; 0 = every static-cache step was replayed as a graph)"
+        f"- CUDA graphs ({GRAPH_BACKEND_ENV}={backend}): torch ran {cuda_graph_skips()} compiled "
+        "function(s) of this run without them (its cudagraph_skips counter; 0 = every static-cache "
+        "step was replayed as a graph)"
     )
 
 

@@ -299,3 +299,12 @@ def test_benchmark_user_errors(tmp_path, capsys):
     assert "mode=steps needs sld_model" in capsys.readouterr().err
     assert benchmark.main([*argv, "mode=fast"]) == 2
     assert "mode" in capsys.readouterr().err
+
+
+def test_the_graphs_line_names_the_backend(monkeypatch):
+    from stages.benchmark import graph_skips_line
+
+    monkeypatch.delenv("SLD_GRAPH_BACKEND", raising=False)
+    assert "(SLD_GRAPH_BACKEND=cudagraphs)" in graph_skips_line()
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "static")
+    assert "(SLD_GRAPH_BACKEND=static)" in graph_skips_line()
