@@ -15,8 +15,10 @@ same kernels run, so they should agree to the bit); then the ratio torch's backe
 2026-12-03: the first H200 run of this ran out of memory before printing: its token-step case ran
 without ``torch.no_grad`` (decoding itself runs under it), so every step was traced for training and
 kept its activations (on a CPU the same mistake grew the process from 7 to 23 GB between 10 and 100
-calls per case). Fixed; the LM and denoiser are also frozen (``requires_grad_(False)``). ``--device cpu`` runs the
-same code without graphs (a smoke test: the timings then mean nothing).
+calls per case). Fixed; the LM and denoiser are also frozen (``requires_grad_(False)``).
+``--device cpu`` runs the same code without graphs (a smoke test: the timings then mean nothing).
+Each token-step call writes one more position of its static cache, so --cache-len must exceed the
+calls of a case (3 warm-ups + --calls x --repeats + 1).
 """
 
 from __future__ import annotations
@@ -140,6 +142,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     )
     parser.add_argument("--layers", type=int, help="LM and denoiser depth (default: SmolLM2's 30, 8)")
     args = parser.parse_args(argv)
+    step_calls = 3 + args.calls * args.repeats + 1
+    if step_calls > args.cache_len:
+        parser.error(
+            f"a token-step case writes {step_calls} cache positions: --cache-len must be at least that"
+        )
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this measures CUDA-graph replays: it needs a GPU (--device cpu: a smoke test)")
