@@ -179,30 +179,38 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     results: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in cases}
     outputs: dict[str, torch.Tensor] = {}
     counters = torch._dynamo.utils.counters["inductor"]
-    for label, choice in BACKENDS.items():
-        if choice not in args.backends:
-            continue
-        use_backend(choice)
-        for name, make in cases.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            skips = counters["cudagraph_skips"]
-            try:  # one row per case as it is measured: a failure keeps the rows before it
-                fn = make()
-                results[name][label] = timed(fn, args.calls if "decode" not in name else 2, args.repeats)
-                out = fn().detach().clone()
-            except torch.OutOfMemoryError as error:
-                print(f"| {name} | {label} | out of memory: {str(error).splitlines()[0]} |", flush=True)
-                fn = None
+    previous = os.environ.get(cuda_graphs.GRAPH_BACKEND_ENV)
+    try:
+        for label, choice in BACKENDS.items():
+            if choice not in args.backends:
                 continue
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-            same = torch.equal(outputs[name], out) if name in outputs else "(first)"
-            outputs.setdefault(name, out)
-            wall, cpu = results[name][label]
-            skipped = counters["cudagraph_skips"] - skips
-            print(
-                f"| {name} | {label} | {wall:.3f} | {cpu:.3f} | {peak:.1f} | {skipped} | {same} |", flush=True
-            )
+            use_backend(choice)
+            for name, make in cases.items():
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                skips = counters["cudagraph_skips"]
+                try:  # one row per case as it is measured: a failure keeps the rows before it
+                    fn = make()
+                    results[name][label] = timed(fn, args.calls if "decode" not in name else 2, args.repeats)
+                    out = fn().detach().clone()
+                except torch.OutOfMemoryError as error:
+                    print(f"| {name} | {label} | out of memory: {str(error).splitlines()[0]} |", flush=True)
+                    fn = None
+                    continue
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+                same = torch.equal(outputs[name], out) if name in outputs else "(first)"
+                outputs.setdefault(name, out)
+                wall, cpu = results[name][label]
+                skipped = counters["cudagraph_skips"] - skips
+                print(
+                    f"| {name} | {label} | {wall:.3f} | {cpu:.3f} | {peak:.1f} | {skipped} | {same} |",
+                    flush=True,
+                )
+    finally:  # the caller's choice back (the example also runs in-process, from the tests)
+        if previous is None:
+            os.environ.pop(cuda_graphs.GRAPH_BACKEND_ENV, None)
+        else:
+            os.environ[cuda_graphs.GRAPH_BACKEND_ENV] = previous
     for name, by_backend in results.items():
         if len(by_backend) == 2:
             (stock_wall, _), (ours_wall, _) = by_backend.values()

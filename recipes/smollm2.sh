@@ -313,20 +313,20 @@ if has report; then
 fi
 
 if has bench; then
+    # the ROC models and the speed table's settings, shared by both ROC benchmark calls
+    ROC_BENCH=(input=$ROC/segmented_continuation/valid.jsonl sld_model=$RUNS/roc/sld_diffusion
+               baseline_model=$RUNS/roc/ar "batch_sizes=[1,64]" max_batches=4)
     [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ] && log "bench: ROC speed, fewest steps, length scaling" && \
-    "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all input=$ROC/segmented_continuation/valid.jsonl \
-        sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar output_dir="$OUT/roc_benchmark" \
-        "batch_sizes=[1,64]" max_batches=4 steps.num_documents=256 "steps.counts=[5,10,25]" \
+    "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all "${ROC_BENCH[@]}" output_dir="$OUT/roc_benchmark" \
+        steps.num_documents=256 "steps.counts=[5,10,25]" \
         length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 ${BENCH_PROFILE-length_scaling.profile_segments=5} \
         "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | tee "$OUT/roc_bench.log" | grep -v " INFO " | tail -60
     if [ "${BENCH_STATIC_GRAPHS:-0}" = 1 ] && [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ]; then
         # the speed table once more, the same models and settings, with sld's static_graphs backend
         # (weights and static cache used in place; sld/models/cuda_graphs.py) instead of torch's
         log "bench: ROC speed with SLD_GRAPH_BACKEND=static"
-        SLD_GRAPH_BACKEND=static "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=speed \
-            input=$ROC/segmented_continuation/valid.jsonl sld_model=$RUNS/roc/sld_diffusion baseline_model=$RUNS/roc/ar \
-            output_dir="$OUT/roc_benchmark_static_graphs" "batch_sizes=[1,64]" max_batches=4 \
-            "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet \
+        SLD_GRAPH_BACKEND=static "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=speed "${ROC_BENCH[@]}" \
+            output_dir="$OUT/roc_benchmark_static_graphs" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet \
             | tee "$OUT/roc_bench_static_graphs.log" | grep -v " INFO " | tail -30
     fi
     if [ -d $RUNS/dialogsum/sld_diffusion ]; then

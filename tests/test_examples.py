@@ -2,6 +2,7 @@
 generate stories and summaries from the saved pipeline (the plotting examples run in test_viz.py)."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,10 @@ def test_compile_time_prints_every_step_of_a_mode(capsys):
         assert lines[-1].startswith("eager  then ") and lines[-1].endswith("ms per step (2 steps)")
 
 
-def test_graph_replay_overhead_runs_both_backends_on_a_cpu(capsys):
+def test_graph_replay_overhead_runs_both_backends_on_a_cpu(capsys, monkeypatch):
     """A smoke test of the GPU example (on a CPU both settings trace with dynamo's eager backend): every
     case runs under both settings, a row each, and the second's outputs equal the first's."""
+    monkeypatch.delenv("SLD_GRAPH_BACKEND", raising=False)
     results = load_example("graph_replay_overhead").main(
         [
             "--device=cpu",
@@ -94,3 +96,4 @@ def test_graph_replay_overhead_runs_both_backends_on_a_cpu(capsys):
     assert len(results) == 3 and all(len(by_backend) == 2 for by_backend in results.values())
     assert printed.count("| (first) |") == 3 and printed.count("| True |") == 3
     assert "| False |" not in printed and printed.count("static_graphs = ") == 3
+    assert "SLD_GRAPH_BACKEND" not in os.environ  # the example leaves the caller's choice as it was
