@@ -40,7 +40,7 @@ from sld.eval.runner import (
 )
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
 from sld.eval.timing import cuda_graph_skips, device_description
-from sld.models.cuda_graphs import GRAPH_BACKEND_ENV
+from sld.models.cuda_graphs import DEFAULT_GRAPH_BACKEND, GRAPH_BACKEND_ENV
 
 MODES = ("speed", "steps", "length_scaling")
 
@@ -158,7 +158,7 @@ def run(cfg: Config) -> dict[str, Any]:
 def graph_skips_line() -> str:
     """The report line that says which backend recorded the static-cache settings' CUDA graphs and
     whether they really ran as graphs."""
-    backend = os.environ.get(GRAPH_BACKEND_ENV, "cudagraphs")
+    backend = os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND)
     return (
         f"- CUDA graphs ({GRAPH_BACKEND_ENV}={backend}): torch ran {cuda_graph_skips()} compiled "
         "function(s) of this run without them (its cudagraph_skips counter; 0 = every static-cache "

@@ -305,6 +305,6 @@ def test_the_graphs_line_names_the_backend(monkeypatch):
     from stages.benchmark import graph_skips_line
 
     monkeypatch.delenv("SLD_GRAPH_BACKEND", raising=False)
-    assert "(SLD_GRAPH_BACKEND=cudagraphs)" in graph_skips_line()
-    monkeypatch.setenv("SLD_GRAPH_BACKEND", "static")
     assert "(SLD_GRAPH_BACKEND=static)" in graph_skips_line()
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "cudagraphs")
+    assert "(SLD_GRAPH_BACKEND=cudagraphs)" in graph_skips_line()

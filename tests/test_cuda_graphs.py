@@ -118,9 +118,9 @@ def test_replay_backend_is_eager_off_cuda_and_chosen_by_the_environment_on_cuda(
     cuda = torch.device("cuda", 0)
     monkeypatch.delenv("SLD_GRAPH_BACKEND", raising=False)
     assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
-    assert cuda_graphs.replay_backend(cuda) == "cudagraphs"
-    monkeypatch.setenv("SLD_GRAPH_BACKEND", "static")
     assert cuda_graphs.replay_backend(cuda) is cuda_graphs.static_graphs
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "cudagraphs")
+    assert cuda_graphs.replay_backend(cuda) == "cudagraphs"
     assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
     monkeypatch.setenv("SLD_GRAPH_BACKEND", "inductor")
     with pytest.raises(UserError, match="SLD_GRAPH_BACKEND='inductor'"):

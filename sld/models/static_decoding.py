@@ -6,8 +6,8 @@ For a small LM at a small batch that launch work, not the GPU, sets the speed of
 Here the cache is a preallocated ``StaticCache`` (lengths rounded up to ``LENGTH_BUCKET``), the batch
 keeps its size (finished rows write padding until every row has stopped), and on CUDA the step
 ``(ids, positions, mask) -> logits`` goes through ``torch.compile(backend=..., fullgraph=True)`` with
-the CUDA-graph backend ``sld.models.cuda_graphs.replay_backend`` picks (torch's ``"cudagraphs"``, or
-``static_graphs``, the weights and the cache used in place, with ``SLD_GRAPH_BACKEND=static``): dynamo
+the CUDA-graph backend ``sld.models.cuda_graphs.replay_backend`` picks (``static_graphs``, the weights
+and the cache used in place, or torch's ``"cudagraphs"`` with ``SLD_GRAPH_BACKEND=cudagraphs``): dynamo
 traces it once per (batch, cache length), then every token is one replay of the recorded kernels. No
 Inductor code generation (minutes for a 30-layer LM), and a graph break (a host sync inside the step)
 is an error instead of a silent slow path.
