@@ -1,17 +1,21 @@
-"""CUDA-graph replays with torch's "cudagraphs" backend against sld's static_graphs, in one run (a GPU).
+"""sld's CUDA-graph backends side by side in one run (a GPU): static_graphs, torch's "cudagraphs", Inductor's.
 
     python examples/graph_replay_overhead.py             # a random LM of SmolLM2-135M's shape
     python examples/graph_replay_overhead.py --lm PATH   # a saved causal LM (random weights time the same)
 
-Times, for each backend (``sld.models.cuda_graphs``), after warm-up calls that trace and record:
+Times, for each backend of ``sld.models.cuda_graphs`` (``--backends``: ``static``, sld's default;
+``cudagraphs``, torch's, which copies every weight at each replay; ``inductor``, Inductor's fused kernels
+in its own CUDA graphs), after warm-up calls that trace, compile and record:
 - the static-cache one-token step of the LM (``StaticStepper.step``) at each --rows, alone;
 - a whole static decode (``decode_static``: --tokens greedy tokens after a 16-token prompt, no eos);
 - one forward of a denoiser of the ROC profile's size (512 wide, 8 blocks, 4 segments of 16 x 64
   latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch.
-Prints a row per case as it is measured (an out-of-memory case is a row too): the median wall time of
---repeats runs (each --calls calls, synchronised), the CPU time the calling thread spent per call, the
-peak memory, torch's cudagraph_skips count, and whether the output equals the first backend's (the
-same kernels run, so they should agree to the bit); then the ratio torch's backend / static_graphs.
+Prints a row per case as it is measured (a case that fails, out of memory or otherwise, is a row too):
+the seconds of the first call (trace, compile, record), the median wall time of --repeats runs (each
+--calls calls, synchronised), the CPU time the calling thread spent per call, the peak memory, torch's
+cudagraph_skips count, and whether the output equals the first backend's (static_graphs and torch's
+run the same kernels and agree to the bit; Inductor's fused kernels may differ in the last bits, so
+for it the largest absolute difference is printed too); then each backend's time / static_graphs'.
 2026-12-03: the first H200 run of this ran out of memory before printing: its token-step case ran
 without ``torch.no_grad`` (decoding itself runs under it), so every step was traced for training and
 kept its activations (on a CPU the same mistake grew the process from 7 to 23 GB between 10 and 100
@@ -44,7 +48,12 @@ SMOLLM2_SHAPE = dict(
     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
     tie_word_embeddings=True, rms_norm_eps=1e-5,
 )  # fmt: skip
-BACKENDS = {"cudagraphs (torch)": "cudagraphs", "static_graphs (sld)": "static"}  # $SLD_GRAPH_BACKEND
+# label -> $SLD_GRAPH_BACKEND; static_graphs first: the ratios are taken against it
+BACKENDS = {
+    "static_graphs (sld)": "static",
+    "cudagraphs (torch)": "cudagraphs",
+    "inductor + its graphs": "inductor",
+}
 
 
 def use_backend(choice: str) -> None:
@@ -62,9 +71,13 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], calls: int, repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """(median wall ms per call, median CPU ms per call of this thread)."""
-    for _ in range(warmup):
+def timed(fn: Callable[[], object], calls: int, repeats: int, warmup: int = 3) -> tuple[float, float, float]:
+    """(seconds of the first call, median wall ms per call, median CPU ms per call of this thread)."""
+    first = time.perf_counter()
+    fn()
+    synchronize()
+    first = time.perf_counter() - first
+    for _ in range(warmup - 1):
         fn()
     synchronize()
     walls, cpus = [], []
@@ -76,7 +89,7 @@ def timed(fn: Callable[[], object], calls: int, repeats: int, warmup: int = 3) -
         synchronize()
         walls.append((time.perf_counter() - wall) * 1000 / calls)
         cpus.append(cpu * 1000 / calls)
-    return statistics.median(walls), statistics.median(cpus)
+    return first, statistics.median(walls), statistics.median(cpus)
 
 
 def token_step_case(lm, rows: int, cache_len: int) -> Callable[[], torch.Tensor]:
@@ -127,7 +140,7 @@ def denoiser_case(model: SegmentDiT, batch: int) -> Callable[[], torch.Tensor]:
     return run
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, float, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", help="a causal LM folder (default: random weights of SmolLM2-135M's shape)")
     parser.add_argument("--rows", type=int, nargs="+", default=[4, 64, 320])
@@ -174,9 +187,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     )
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (no graphs: timings mean nothing)"
     print(f"device: {name} (torch {torch.__version__})", flush=True)
-    print("| case | backend | ms per call | CPU ms per call | peak GiB | graphs skipped | outputs equal |")
-    print("|---|---|---|---|---|---|---|", flush=True)
-    results: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in cases}
+    print(
+        "| case | backend | first call s | ms per call | CPU ms per call | peak GiB | graphs skipped "
+        "| outputs equal (max abs diff) |"
+    )
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    results: dict[str, dict[str, tuple[float, float, float]]] = {name: {} for name in cases}
     outputs: dict[str, torch.Tensor] = {}
     counters = torch._dynamo.utils.counters["inductor"]
     previous = os.environ.get(cuda_graphs.GRAPH_BACKEND_ENV)
@@ -193,17 +209,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
                     fn = make()
                     results[name][label] = timed(fn, args.calls if "decode" not in name else 2, args.repeats)
                     out = fn().detach().clone()
-                except torch.OutOfMemoryError as error:
-                    print(f"| {name} | {label} | out of memory: {str(error).splitlines()[0]} |", flush=True)
+                except Exception as error:  # noqa: BLE001 - out of memory, or a backend that cannot
+                    first_line = (str(error).splitlines() or [""])[0][:200]
+                    print(f"| {name} | {label} | failed: {type(error).__name__}: {first_line} |", flush=True)
+                    results[name].pop(label, None)
                     fn = None
                     continue
                 peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-                same = torch.equal(outputs[name], out) if name in outputs else "(first)"
+                same = compare(outputs[name], out) if name in outputs else "(first)"
                 outputs.setdefault(name, out)
-                wall, cpu = results[name][label]
+                first, wall, cpu = results[name][label]
                 skipped = counters["cudagraph_skips"] - skips
                 print(
-                    f"| {name} | {label} | {wall:.3f} | {cpu:.3f} | {peak:.1f} | {skipped} | {same} |",
+                    f"| {name} | {label} | {first:.1f} | {wall:.3f} | {cpu:.3f} | {peak:.1f} | {skipped} | {same} |",
                     flush=True,
                 )
     finally:  # the caller's choice back (the example also runs in-process, from the tests)
@@ -211,11 +229,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
             os.environ.pop(cuda_graphs.GRAPH_BACKEND_ENV, None)
         else:
             os.environ[cuda_graphs.GRAPH_BACKEND_ENV] = previous
+    reference = next(iter(BACKENDS))
     for name, by_backend in results.items():
-        if len(by_backend) == 2:
-            (stock_wall, _), (ours_wall, _) = by_backend.values()
-            print(f"{name}: torch's cudagraphs / static_graphs = {stock_wall / ours_wall:.2f}x")
+        if reference not in by_backend:
+            continue
+        ours_wall = by_backend[reference][1]
+        for label, (_, wall, _) in by_backend.items():
+            if label != reference:
+                print(f"{name}: {label} / {reference} = {wall / ours_wall:.2f}x")
     return results
+
+
+def compare(expected: torch.Tensor, got: torch.Tensor) -> str:
+    """`True`, or `False (largest absolute difference)` for tensors of one shape."""
+    if torch.equal(expected, got):
+        return "True"
+    if expected.shape != got.shape:
+        return f"False (shapes {tuple(expected.shape)} / {tuple(got.shape)})"
+    diff = (expected.float() - got.float()).abs().max().item()
+    return f"False ({diff:.3g})"
 
 
 if __name__ == "__main__":

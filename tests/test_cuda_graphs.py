@@ -66,6 +66,34 @@ def test_the_token_step_uses_weights_and_cache_in_place_and_copies_only_its_inpu
         assert plan.skip is not None and "cpu device" in plan.skip  # and nothing else stops a GPU
 
 
+def test_the_token_step_through_inductor_decodes_as_the_eager_step(tmp_path, monkeypatch):
+    """``inductor_graphs`` compiles the real static-cache step (its writes into the cache included):
+    on the CPU Inductor generates C++ kernels and leaves CUDA graphs out, and the greedy texts are the
+    dynamic loop's."""
+    config = BaselineConfig(
+        encoder="decoder",
+        decoder_name_or_path=tiny_models.save_tiny_causal_lm(tmp_path / "lm"),
+        max_source_tokens=16,
+        max_target_tokens=24,
+    )
+    torch.manual_seed(0)
+    model = BaselineModel.from_config(config).eval()
+    compiled = []
+
+    def backend(graph_module, example_inputs):
+        compiled.append(graph_module)
+        return cuda_graphs.inductor_graphs(graph_module, example_inputs)
+
+    monkeypatch.setattr(static_decoding, "replay_backend", lambda device: backend)
+    original = static_decoding.stepper_for
+    monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
+    monkeypatch.setattr(static_decoding, "_STEPPERS", type(static_decoding._STEPPERS)())
+    dynamic = model.generate_texts(SOURCES, batch_size=4, max_new_tokens=12)
+    static = model.generate_texts(SOURCES, batch_size=4, max_new_tokens=12, static_cache=True)
+    assert compiled, "the step never went through the backend"
+    assert static == dynamic and len(set(dynamic)) > 1
+
+
 def test_the_graphed_denoiser_uses_its_weights_in_place(recorded_plans):
     model = tiny_models.tiny_dit()
     tiny_models.randomize_zero_init(model)
@@ -123,5 +151,8 @@ def test_replay_backend_is_eager_off_cuda_and_chosen_by_the_environment_on_cuda(
     assert cuda_graphs.replay_backend(cuda) == "cudagraphs"
     assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
     monkeypatch.setenv("SLD_GRAPH_BACKEND", "inductor")
-    with pytest.raises(UserError, match="SLD_GRAPH_BACKEND='inductor'"):
+    assert cuda_graphs.replay_backend(cuda) is cuda_graphs.inductor_graphs
+    assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "aot_eager")
+    with pytest.raises(UserError, match="SLD_GRAPH_BACKEND='aot_eager'"):
         cuda_graphs.replay_backend(cuda)

@@ -160,9 +160,27 @@ def static_graphs_backend(
 # the backend sld's static decoding and graphed denoiser compile with on a GPU when chosen
 static_graphs = static_graphs_backend()
 
-# SLD_GRAPH_BACKEND: "static" (static_graphs; the default) or "cudagraphs" (torch's backend)
+
+def inductor_graphs(graph_module: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+    """Inductor's generated (fused) kernels, replayed by Inductor's own CUDA-graph trees: what
+    ``torch.compile(mode="reduce-overhead")`` does, as a backend callable.
+
+    Those trees also keep parameters and ``mark_static_address`` tensors in place. The difference
+    from ``static_graphs``: fewer, fused kernels per replay (a step of many small kernels is bound by
+    their count on the GPU once the host copies are gone), against minutes of code generation per
+    new shape for a 30-layer LM, and outputs that may differ in the last bits (other kernels).
+    Opt-in (``SLD_GRAPH_BACKEND=inductor``) until measured on a GPU
+    (``examples/graph_replay_overhead.py`` times it beside the two others, first call included).
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(graph_module, list(example_inputs), config_patches={"triton.cudagraphs": True})
+
+
+# SLD_GRAPH_BACKEND: "static" (static_graphs; the default), "cudagraphs" (torch's backend) or
+# "inductor" (inductor_graphs; opt-in)
 GRAPH_BACKEND_ENV = "SLD_GRAPH_BACKEND"
-GRAPH_BACKENDS = ("static", "cudagraphs")
+GRAPH_BACKENDS = ("static", "cudagraphs", "inductor")
 DEFAULT_GRAPH_BACKEND = "static"
 
 
@@ -170,14 +188,15 @@ def replay_backend(device: torch.device) -> str | Callable[..., Any]:
     """The backend of sld's CUDA-graph replays on ``device``.
 
     On CUDA, ``$SLD_GRAPH_BACKEND``: ``"static"`` (``static_graphs``, weights and static cache used in
-    place; the default since 2026-12-03) or torch's ``"cudagraphs"`` (every weight copied at each
-    replay; the backend of the GPU figures in docs/results.md before the tenth H200 session). Elsewhere dynamo's
-    ``"eager"`` backend (the traced graph runs as it is: a graph break is still an error under
-    ``fullgraph``).
+    place; the default since 2026-12-03), torch's ``"cudagraphs"`` (every weight copied at each
+    replay; the backend of the GPU figures in docs/results.md before the tenth H200 session) or
+    ``"inductor"`` (``inductor_graphs``: fused kernels in Inductor's CUDA graphs; opt-in, unmeasured).
+    Elsewhere dynamo's ``"eager"`` backend (the traced graph runs as it is: a graph break is still an
+    error under ``fullgraph``).
     """
     if device.type != "cuda":
         return "eager"
     choice = os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND)
     if choice not in GRAPH_BACKENDS:
         raise UserError(f"{GRAPH_BACKEND_ENV}={choice!r}: expected one of {', '.join(GRAPH_BACKENDS)}")
-    return static_graphs if choice == "static" else "cudagraphs"
+    return {"static": static_graphs, "cudagraphs": "cudagraphs", "inductor": inductor_graphs}[choice]
