@@ -21,6 +21,10 @@
 # wait in its call must be shorter (`start ... && wait 540` was killed
 # on 2026-12-02 and its output lost; the job itself kept running). On 2026-12-03, after two `setup`
 # calls, `start` took 2 s (`start ... && wait 450` returned after 451.8 s); `wait 480` leaves room.
+# Machines are also taken back in the middle of a call ("taken back for other work": 2026-12-03, three
+# calls, after 23 s, about 200 s and about 310 s of device time), and the run on it is lost with its
+# results. Short waits (`start ... && wait 200`, then `wait 200` ...) bring results.tgz back at every
+# call, so a take-back loses at most the last call's stretch; each call must still follow within 30 s.
 # `setup` installs the wheels into /root/site, copies data and MiniLM to /root/carry, joins the GGUF
 # parts once all are there and exports the LM to a plain transformers folder (loads in a second).
 # `start` copies the tree to /root/sld (later calls re-send the tree; the job must not read it
