@@ -5,7 +5,9 @@
 
 Times, for each backend of ``sld.models.cuda_graphs`` (``--backends``: ``static``, sld's default;
 ``cudagraphs``, torch's, which copies every weight at each replay; ``inductor``, Inductor's fused kernels
-in its own CUDA graphs), after warm-up calls that trace, compile and record:
+in its own CUDA graphs), with grouped-head attention as transformers runs it under dynamo (the cache's
+key/value heads repeated for their query heads) and/or packed (``--packed-gqa``; ``SLD_PACKED_GQA=1``,
+``sld.models.packed_gqa``), after warm-up calls that trace, compile and record:
 - the static-cache one-token step of the LM (``StaticStepper.step``) at each --rows, alone;
 - a whole static decode (``decode_static``: --tokens greedy tokens after a 16-token prompt, no eos);
 - one forward of a denoiser of the ROC profile's size (512 wide, 8 blocks, 4 segments of 16 x 64
@@ -13,9 +15,10 @@ in its own CUDA graphs), after warm-up calls that trace, compile and record:
 Prints a row per case as it is measured (a case that fails, out of memory or otherwise, is a row too):
 the seconds of the first call (trace, compile, record), the median wall time of --repeats runs (each
 --calls calls, synchronised), the CPU time the calling thread spent per call, the peak memory, torch's
-cudagraph_skips count, and whether the output equals the first backend's (static_graphs and torch's
-run the same kernels and agree to the bit; Inductor's fused kernels may differ in the last bits, so
-for it the largest absolute difference is printed too); then each backend's time / static_graphs'.
+cudagraph_skips count, and whether the output equals the first setting's (static_graphs and torch's
+run the same kernels and agree to the bit; Inductor's fused kernels and the packed attention may
+differ in the last bits, so the largest absolute difference is printed too); then each setting's time
+over the first setting's. The denoiser has no grouped heads: it runs once per backend.
 2026-12-03: the first H200 run of this ran out of memory before printing: its token-step case ran
 without ``torch.no_grad`` (decoding itself runs under it), so every step was traced for training and
 kept its activations (on a CPU the same mistake grew the process from 7 to 23 GB between 10 and 100
@@ -38,7 +41,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
 from sld.diffusion import sampling
-from sld.models import cuda_graphs, static_decoding
+from sld.models import cuda_graphs, packed_gqa, static_decoding
 from sld.models.causal_decoding import DecodeSettings
 from sld.models.denoiser import SegmentDiT
 
@@ -56,9 +59,11 @@ BACKENDS = {
 }
 
 
-def use_backend(choice: str) -> None:
-    """Make sld's static decoding and graphed denoiser compile with ``choice`` from now on."""
+def use_backend(choice: str, packed: bool) -> None:
+    """Make sld's static decoding and graphed denoiser compile with ``choice`` from now on, the
+    one-token attention packed or not."""
     os.environ[cuda_graphs.GRAPH_BACKEND_ENV] = choice
+    os.environ[packed_gqa.PACKED_GQA_ENV] = "1" if packed else "0"
     torch._dynamo.reset()
     static_decoding._STEPPERS.clear()
     sampling._GRAPHED.clear()
@@ -100,7 +105,9 @@ def token_step_case(lm, rows: int, cache_len: int) -> Callable[[], torch.Tensor]
     mask = torch.ones(rows, cache.layers[0].max_cache_len, dtype=torch.long, device=lm.device)
 
     def run() -> torch.Tensor:
-        with torch.no_grad():  # as decode_static: a step traced with gradients keeps its activations
+        # as decode_static: no_grad (a step traced with gradients keeps its activations), and the
+        # attention packed when SLD_PACKED_GQA=1
+        with torch.no_grad(), packed_gqa.packed_gqa(lm):
             return stepper.step(cache, ids, positions, mask)
 
     return run
@@ -153,6 +160,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     parser.add_argument(
         "--backends", nargs="+", choices=list(BACKENDS.values()), default=list(BACKENDS.values())
     )
+    parser.add_argument(
+        "--packed-gqa",
+        choices=["off", "on", "both"],
+        default="off",
+        help="the LM cases with the grouped-head attention packed (SLD_PACKED_GQA=1), not, or both",
+    )
     parser.add_argument("--layers", type=int, help="LM and denoiser depth (default: SmolLM2's 30, 8)")
     args = parser.parse_args(argv)
     step_calls = 3 + args.calls * args.repeats + 1
@@ -195,13 +208,22 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     results: dict[str, dict[str, tuple[float, float, float]]] = {name: {} for name in cases}
     outputs: dict[str, torch.Tensor] = {}
     counters = torch._dynamo.utils.counters["inductor"]
-    previous = os.environ.get(cuda_graphs.GRAPH_BACKEND_ENV)
+    packings = {"off": [False], "on": [True], "both": [False, True]}[args.packed_gqa]
+    variants = [
+        (f"{label}, packed GQA" if packed else label, choice, packed)
+        for label, choice in BACKENDS.items()
+        if choice in args.backends
+        for packed in packings
+    ]
+    previous = {
+        name: os.environ.get(name) for name in (cuda_graphs.GRAPH_BACKEND_ENV, packed_gqa.PACKED_GQA_ENV)
+    }
     try:
-        for label, choice in BACKENDS.items():
-            if choice not in args.backends:
-                continue
-            use_backend(choice)
+        for label, choice, packed in variants:
+            use_backend(choice, packed)
             for name, make in cases.items():
+                if name.startswith("denoiser") and packed and False in packings:
+                    continue  # no grouped heads: the same as the unpacked row
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 skips = counters["cudagraph_skips"]
@@ -224,19 +246,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
                     f"| {name} | {label} | {first:.1f} | {wall:.3f} | {cpu:.3f} | {peak:.1f} | {skipped} | {same} |",
                     flush=True,
                 )
-    finally:  # the caller's choice back (the example also runs in-process, from the tests)
-        if previous is None:
-            os.environ.pop(cuda_graphs.GRAPH_BACKEND_ENV, None)
-        else:
-            os.environ[cuda_graphs.GRAPH_BACKEND_ENV] = previous
-    reference = next(iter(BACKENDS))
-    for name, by_backend in results.items():
-        if reference not in by_backend:
+    finally:  # the caller's choices back (the example also runs in-process, from the tests)
+        for variable, value in previous.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
+    for name, by_variant in results.items():
+        if not by_variant:
             continue
-        ours_wall = by_backend[reference][1]
-        for label, (_, wall, _) in by_backend.items():
+        reference, (_, reference_wall, _) = next(iter(by_variant.items()))
+        for label, (_, wall, _) in by_variant.items():
             if label != reference:
-                print(f"{name}: {label} / {reference} = {wall / ours_wall:.2f}x")
+                print(f"{name}: {label} / {reference} = {wall / reference_wall:.2f}x")
     return results
 
 

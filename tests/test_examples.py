@@ -76,10 +76,12 @@ def test_compile_time_prints_every_step_of_a_mode(capsys):
         assert lines[-1].startswith("eager  then ") and lines[-1].endswith("ms per step (2 steps)")
 
 
-def test_graph_replay_overhead_runs_every_backend_on_a_cpu(capsys, monkeypatch):
-    """A smoke test of the GPU example (on a CPU every setting traces with dynamo's eager backend): every
-    case runs under the three settings, a row each, and the later ones' outputs equal the first's."""
+def test_graph_replay_overhead_runs_every_setting_on_a_cpu(capsys, monkeypatch):
+    """A smoke test of the GPU example (on a CPU every backend traces with dynamo's eager backend): the
+    LM cases run under the three backends with and without packed attention, the denoiser under the
+    three backends, a row each, and the later rows' outputs equal the first's."""
     monkeypatch.delenv("SLD_GRAPH_BACKEND", raising=False)
+    monkeypatch.delenv("SLD_PACKED_GQA", raising=False)
     results = load_example("graph_replay_overhead").main(
         [
             "--device=cpu",
@@ -90,11 +92,14 @@ def test_graph_replay_overhead_runs_every_backend_on_a_cpu(capsys, monkeypatch):
             "--denoiser-batch=2",
             "--calls=1",
             "--repeats=1",
+            "--packed-gqa=both",
         ]
     )
     printed = capsys.readouterr().out
-    assert len(results) == 3 and all(len(by_backend) == 3 for by_backend in results.values())
-    assert printed.count("| (first) |") == 3 and printed.count("| True |") == 6
+    assert [len(by_variant) for by_variant in results.values()] == [6, 6, 3]
+    assert printed.count("| (first) |") == 3 and printed.count("| True |") == 12
+    assert printed.count("packed GQA | ") == 6  # the token step and the decode, for each backend
     assert "False" not in printed and "failed" not in printed
-    assert printed.count(" / static_graphs (sld) = ") == 6
-    assert "SLD_GRAPH_BACKEND" not in os.environ  # the example leaves the caller's choice as it was
+    assert printed.count(" / static_graphs (sld) = ") == 12
+    assert "SLD_GRAPH_BACKEND" not in os.environ  # the example leaves the caller's choices as they were
+    assert "SLD_PACKED_GQA" not in os.environ

@@ -32,6 +32,7 @@ from transformers.cache_utils import DynamicCache, StaticCache
 
 from sld.models.causal_lm import attention_geometry, cache_argument
 from sld.models.cuda_graphs import replay_backend
+from sld.models.packed_gqa import packed_gqa
 
 if TYPE_CHECKING:
     from sld.models.causal_decoding import DecodeSettings
@@ -183,7 +184,8 @@ def decode_static(
     position = torch.empty(batch, dtype=positions.dtype, device=device).copy_(positions)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     written = 0
-    with record_function("sld.token_steps"):  # a range in torch.profiler summaries
+    # a range in torch.profiler summaries; grouped-head attention packed when SLD_PACKED_GQA=1
+    with record_function("sld.token_steps"), packed_gqa(lm):
         for step in range(steps):
             logits = stepper.step(static, current[:, None], position[:, None], mask).clone()  # (B, V)
             generated = out[:, :step] if settings.no_repeat_ngram_size > 0 else None
