@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface, PretrainedConfig
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
@@ -96,10 +96,10 @@ def packed_gqa(lm: nn.Module) -> Iterator[bool]:
     if os.environ.get(PACKED_GQA_ENV, "0") != "1" or not packed_gqa_applies(lm):
         yield False
         return
-    configs = {
+    configs = {  # the model configs its modules hold (a transformers config has the attribute)
         id(m.config): m.config
         for m in lm.modules()
-        if isinstance(getattr(m, "config", None), PretrainedConfig)
+        if hasattr(getattr(m, "config", None), "_attn_implementation")
     }
     previous = {key: config._attn_implementation for key, config in configs.items()}
     try:
