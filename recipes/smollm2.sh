@@ -42,8 +42,8 @@
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
 # BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only; the ROC
 # one profiles a throughput batch of each system at 5 segments (BENCH_PROFILE= turns that off);
-# BENCH_TORCH_GRAPHS=1 runs the ROC speed table again with torch's CUDA-graph backend (SLD_GRAPH_BACKEND=cudagraphs;
-# the first call uses sld's static_graphs, the default), on the same models.
+# BENCH_AGAIN="VAR=value ..." runs the ROC speed table again on the same models with those variables set
+# (an A/B of a decoding switch: SLD_GRAPH_BACKEND=cudagraphs, SLD_PACKED_GQA=1, ...) into roc_benchmark_again.
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow
@@ -322,13 +322,13 @@ if has bench; then
         steps.num_documents=256 "steps.counts=[5,10,25]" \
         length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 ${BENCH_PROFILE-length_scaling.profile_segments=5} \
         "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | tee "$OUT/roc_bench.log" | grep -v " INFO " | tail -60
-    if [ "${BENCH_TORCH_GRAPHS:-0}" = 1 ] && [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ]; then
-        # the speed table once more, the same models and settings, with torch's "cudagraphs" backend
-        # (every weight copied at each replay) instead of sld's static_graphs (sld/models/cuda_graphs.py)
-        log "bench: ROC speed with SLD_GRAPH_BACKEND=cudagraphs"
-        SLD_GRAPH_BACKEND=cudagraphs "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=speed "${ROC_BENCH[@]}" \
-            output_dir="$OUT/roc_benchmark_torch_graphs" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet \
-            | tee "$OUT/roc_bench_torch_graphs.log" | grep -v " INFO " | tail -30
+    if [ -n "${BENCH_AGAIN:-}" ] && [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ]; then
+        # the speed table once more, the same models and settings, with BENCH_AGAIN's variables
+        log "bench: ROC speed again with $BENCH_AGAIN"
+        # shellcheck disable=SC2086
+        env $BENCH_AGAIN "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=speed "${ROC_BENCH[@]}" \
+            output_dir="$OUT/roc_benchmark_again" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet \
+            | tee "$OUT/roc_bench_again.log" | grep -v " INFO " | tail -30
     fi
     if [ -d $RUNS/dialogsum/sld_diffusion ]; then
         log "bench: DialogSum fewest steps"

@@ -65,7 +65,8 @@ def test_the_switch_is_off_unless_asked_and_sets_every_config_back(monkeypatch):
         assert not on
 
 
-def test_a_static_decode_with_packed_attention_writes_the_dynamic_decode_s_texts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("static_cache", [False, True])
+def test_decoding_with_packed_attention_writes_the_same_texts(tmp_path, monkeypatch, static_cache):
     config = BaselineConfig(
         encoder="decoder",
         decoder_name_or_path=tiny_models.save_tiny_causal_lm(tmp_path / "lm"),
@@ -75,7 +76,7 @@ def test_a_static_decode_with_packed_attention_writes_the_dynamic_decode_s_texts
     torch.manual_seed(0)
     model = BaselineModel.from_config(config).eval()
     sources = ["Anna walked her dog.", "Lucy", "Sam fixed the old bike today and then he rode it home."]
-    dynamic = model.generate_texts(sources, batch_size=3, max_new_tokens=12)
+    expected = model.generate_texts(sources, batch_size=3, max_new_tokens=12)  # dynamic, not packed
     packed_calls = []
 
     def spy(module, query, *args, **kwargs):
@@ -88,8 +89,8 @@ def test_a_static_decode_with_packed_attention_writes_the_dynamic_decode_s_texts
         original = static_decoding.stepper_for  # the step traced by dynamo (eager backend on a CPU)
         monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
         monkeypatch.setattr(static_decoding, "_STEPPERS", type(static_decoding._STEPPERS)())
-        static = model.generate_texts(sources, batch_size=3, max_new_tokens=12, static_cache=True)
+        got = model.generate_texts(sources, batch_size=3, max_new_tokens=12, static_cache=static_cache)
     finally:
         AttentionInterface.register(packed_gqa.PACKED_GQA, packed_gqa.packed_gqa_forward)
     assert packed_calls and set(packed_calls) == {1}  # only the one-token steps ran through it
-    assert static == dynamic and len(set(dynamic)) > 1
+    assert got == expected and len(set(expected)) > 1

@@ -24,6 +24,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from sld.models.causal_lm import lm_forward
+from sld.models.packed_gqa import packed_gqa
 
 
 @dataclass
@@ -155,34 +156,40 @@ def decode(
     prefix_len = 0 if attention_mask is None else attention_mask.shape[1]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     written = 0
-    for step in range(steps):
-        kwargs = {}
-        if mask is not None:
-            kwargs["attention_mask"] = mask[:, : prefix_len + step + 1]
-        logits = lm_forward(
-            lm, cache, input_ids=current[:, None], position_ids=position[:, None], logits_to_keep=1, **kwargs
-        ).logits[:, -1, :]
-        generated = out[rows, :step] if settings.no_repeat_ngram_size > 0 else None
-        token = next_tokens(logits, generated, step, eos_id, settings, generator)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        out[rows, step] = token
-        written = step + 1
-        finished = finished | (token == eos_id)
-        current, position = token, position + 1
-        if (step + 1) % settings.check_every == 0 or step + 1 == steps:
-            alive = (~finished).nonzero().squeeze(1)  # the loop's only host sync
-            if alive.numel() == 0:
-                break
-            if alive.numel() < finished.numel():
-                cache.batch_select_indices(alive)
-                rows, current, position, finished = (
-                    rows[alive],
-                    current[alive],
-                    position[alive],
-                    finished[alive],
-                )
-                if mask is not None:
-                    mask = mask[alive]
+    with packed_gqa(lm):  # grouped-head attention packed when SLD_PACKED_GQA=1 (sld.models.packed_gqa)
+        for step in range(steps):
+            kwargs = {}
+            if mask is not None:
+                kwargs["attention_mask"] = mask[:, : prefix_len + step + 1]
+            logits = lm_forward(
+                lm,
+                cache,
+                input_ids=current[:, None],
+                position_ids=position[:, None],
+                logits_to_keep=1,
+                **kwargs,
+            ).logits[:, -1, :]
+            generated = out[rows, :step] if settings.no_repeat_ngram_size > 0 else None
+            token = next_tokens(logits, generated, step, eos_id, settings, generator)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            out[rows, step] = token
+            written = step + 1
+            finished = finished | (token == eos_id)
+            current, position = token, position + 1
+            if (step + 1) % settings.check_every == 0 or step + 1 == steps:
+                alive = (~finished).nonzero().squeeze(1)  # the loop's only host sync
+                if alive.numel() == 0:
+                    break
+                if alive.numel() < finished.numel():
+                    cache.batch_select_indices(alive)
+                    rows, current, position, finished = (
+                        rows[alive],
+                        current[alive],
+                        position[alive],
+                        finished[alive],
+                    )
+                    if mask is not None:
+                        mask = mask[alive]
     return out[:, :written]
 
 

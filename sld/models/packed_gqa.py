@@ -13,10 +13,13 @@ keys and values, and the result is reshaped back. The same mathematics (transfor
 for its own eager decoding, "pack_gqa", but not under dynamo); on the CPU the outputs equal the
 repeating path's to float32 rounding, and greedy decodes are the same (tests).
 
-Opt-in until measured on a GPU: ``packed_gqa(lm)`` turns it on for a block of decoding when
-``$SLD_PACKED_GQA`` is ``1`` and ``lm`` is a plain-attention causal LM with grouped heads whose
-attention implementation is SDPA. Anything else (more than one query token, a mask with its own
-heads) goes to transformers' SDPA function unchanged.
+transformers 5.17 (the H200 machines' version) repeats the heads whenever a mask is given, compiled or
+not, so the dynamic decode loop (``sld.models.causal_decoding.decode``) copies them too.
+
+Opt-in until measured on a GPU: both decode loops run their token steps inside ``packed_gqa(lm)``,
+which turns it on when ``$SLD_PACKED_GQA`` is ``1`` and ``lm`` is a plain-attention causal LM with
+grouped heads whose attention implementation is SDPA. Anything else (more than one query token, a
+mask with its own heads) goes to transformers' SDPA function unchanged.
 
 Shapes: B rows, H query heads, K key/value heads, G = H / K, L cached positions, E head width.
 """
