@@ -41,6 +41,7 @@ from sld.eval.runner import (
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
 from sld.eval.timing import cuda_graph_skips, device_description
 from sld.models.cuda_graphs import DEFAULT_GRAPH_BACKEND, GRAPH_BACKEND_ENV
+from sld.models.packed_gqa import PACKED_GQA_ENV
 
 MODES = ("speed", "steps", "length_scaling")
 
@@ -125,6 +126,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 f"- not run (a static cache needs a causal-LM segment decoder): SLD {', '.join(skipped)}"
             )
         timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {'yes' if cfg.warmup else 'no'}"
+        timing += f"\n{attention_line()}"
         if device.type == "cuda":
             timing += f"\n{graph_skips_line()}"
         extra = dict(device=device_text, dtype=cfg.dtype, weights_mib=weights, decoding_rules=rules.to_dict())
@@ -148,11 +150,18 @@ def run(cfg: Config) -> dict[str, Any]:
             cfg.length_scaling, pipe, baseline, device, cfg.guidance_scale, cfg.seed, profile_dir=output_dir
         )
         report["device"] = device_text
-        lines = header[:3] + ([graph_skips_line()] if device.type == "cuda" else [])
+        lines = header[:3] + [attention_line()] + ([graph_skips_line()] if device.type == "cuda" else [])
         print(write_length_scaling_report(report, output_dir, lines))
         results["length_scaling"] = report
     print(f"benchmark ({', '.join(modes)}) written to {output_dir}")
     return results
+
+
+def attention_line() -> str:
+    """The report line that says how causal-LM decoders attended over grouped key/value heads."""
+    packed = os.environ.get(PACKED_GQA_ENV, "0") == "1"
+    how = "packed (sld.models.packed_gqa)" if packed else "transformers' SDPA (heads repeated under a mask)"
+    return f"- one-token attention over grouped key/value heads ({PACKED_GQA_ENV}={int(packed)}): {how}"
 
 
 def graph_skips_line() -> str:

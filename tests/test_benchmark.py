@@ -301,6 +301,15 @@ def test_benchmark_user_errors(tmp_path, capsys):
     assert "mode" in capsys.readouterr().err
 
 
+def test_the_attention_line_says_whether_grouped_heads_were_packed(monkeypatch):
+    from stages.benchmark import attention_line
+
+    monkeypatch.delenv("SLD_PACKED_GQA", raising=False)
+    assert "(SLD_PACKED_GQA=0): transformers' SDPA" in attention_line()
+    monkeypatch.setenv("SLD_PACKED_GQA", "1")
+    assert "(SLD_PACKED_GQA=1): packed" in attention_line()
+
+
 def test_the_graphs_line_names_the_backend(monkeypatch):
     from stages.benchmark import graph_skips_line
 
