@@ -65,6 +65,10 @@ class AutoencoderDataConfig:
     decoder-token length this percentile of the training segments fits in.
     ``cache_encoder_states``: run the frozen encoder once over every training text before training
     and read its states from that cache at every step (``sld.models.encoder_cache``).
+    ``num_train_eval_segments``: also reconstruct that many training segments (a fixed sample) at every
+    evaluation, as ``eval/train_bleu`` and ``eval/train_exact_match``: far above ``eval/bleu``, the
+    autoencoder recalls the sentences it trained on rather than encoding new ones; close to it, it has
+    not fitted its training data yet either.
     """
 
     segmented_dir: str = "runs/segmented"
@@ -78,6 +82,7 @@ class AutoencoderDataConfig:
     group_by_length: bool = False
     decode_budget_percentile: float = 99.0
     cache_encoder_states: bool = False
+    num_train_eval_segments: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
@@ -172,6 +177,13 @@ def validation_segments(cfg: AutoencoderDataConfig) -> list[str]:
     return segments[: cfg.num_valid_segments]
 
 
+def training_eval_segments(train_docs: Sequence[Sequence[str]], count: int) -> list[str]:
+    """``count`` non-empty training segments, shuffled with a fixed seed (another than validation's)."""
+    segments = [s for doc in train_docs for s in doc if s.strip()]
+    random.Random(1).shuffle(segments)
+    return segments[:count]
+
+
 def reconstruction_scores(
     model: SegmentAutoencoder, segments: Sequence[str], eval_cfg: ReconstructionEvalConfig
 ) -> tuple[dict[str, float], list[str]]:
@@ -195,6 +207,7 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
 
     train_docs = load_segments(cfg.data, cfg.data.train_split)
     valid_segments = validation_segments(cfg.data)
+    train_eval_segments = training_eval_segments(train_docs, cfg.data.num_train_eval_segments)
     set_seed(cfg.loop.seed)  # the new parts' initialisation is reproducible
     model = build_model(cfg, train_docs, output_dir)
     dataset = training_rows(cfg, train_docs)
@@ -218,6 +231,9 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
         examples = [{"reference": r, "reconstruction": o} for r, o in zip(valid_segments[:20], outputs[:20])]
         if is_main_process():
             (output_dir / RECONSTRUCTIONS_FILE).write_text("".join(json.dumps(e) + "\n" for e in examples))
+        if train_eval_segments:
+            train_scores, _ = reconstruction_scores(module, train_eval_segments, cfg.eval)
+            scores.update({f"train_{name}": value for name, value in train_scores.items()})
         return scores
 
     # the adversarial term differentiates the conversion loss's graph twice (sld.compilation says why)
@@ -256,6 +272,7 @@ __all__ = [
     "build_model",
     "load_segments",
     "reconstruction_scores",
+    "training_eval_segments",
     "train_autoencoder",
     "training_rows",
     "validation_segments",

@@ -14,6 +14,7 @@ from sld.autoencoder_trainer import (
     TrainedAutoencoder,
     load_segments,
     train_autoencoder,
+    training_eval_segments,
     training_rows,
     validation_segments,
 )
@@ -52,6 +53,13 @@ def test_segments_come_from_every_folder_and_validation_is_a_fixed_sample(tmp_pa
         load_segments(cfg, "test")
 
 
+def test_the_training_sample_scored_is_fixed_and_made_of_training_segments():
+    picked = training_eval_segments([*STORIES, [" "]], 4)
+    assert len(picked) == 4 and picked == training_eval_segments([*STORIES, [" "]], 4)
+    assert set(picked) <= {s for doc in STORIES for s in doc}  # blank segments are never scored
+    assert training_eval_segments(STORIES, 0) == []
+
+
 def test_training_rows_mix_pairs_in_or_ask_for_them(tmp_path):
     cfg = AutoencoderTrainingConfig(data=AutoencoderDataConfig(segmented_dir=str(write_stage1(tmp_path))))
     cfg.losses.contrastive_positives = "dropout"
@@ -87,12 +95,15 @@ def tiny_training_config(tmp_path: Path, *overrides: str) -> AutoencoderTraining
 
 @pytest.mark.slow
 def test_train_autoencoder_returns_the_folder_and_summary(tmp_path, capsys):
-    cfg = tiny_training_config(tmp_path, "loop.max_steps=2", "loop.eval_every=2")
+    cfg = tiny_training_config(
+        tmp_path, "loop.max_steps=2", "loop.eval_every=2", "data.num_train_eval_segments=3"
+    )
     trained = train_autoencoder(cfg)
     assert isinstance(trained, TrainedAutoencoder) and trained.output_dir == tmp_path / "ae"
     assert "saved to" not in capsys.readouterr().out  # the stage prints the summary, not the library
     summary = json.loads((trained.output_dir / "summary.json").read_text())
     assert summary == trained.summary and summary["steps"] == 2 and "eval/bleu" in summary
+    assert "eval/train_bleu" in summary and "eval/train_exact_match" in summary
     assert list(summary)[:3] == ["steps", "stopped_by", "train_seconds"]
     lines = trained.summary_lines()
     assert lines[0] == f"autoencoder saved to {trained.output_dir}" and lines[1].startswith("  steps=2, ")
