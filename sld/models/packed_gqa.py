@@ -4,8 +4,8 @@ SmolLM2 has 9 query heads and 3 key/value heads. transformers' SDPA attention, t
 static-cache token step is compiled, ``sld.models.static_decoding``) and given a padding mask, repeats
 each key/value head for its query heads (``repeat_kv``) before the kernel: every layer, every token,
 the whole static cache is copied three times over, B x 9 x cache length x 64 values for keys and as
-many for values. For the SLD segment decoder at 320 rows that is about 1.4 GB written per token step
-(30 layers), for a step whose weights are 0.27 GB.
+many for values. By that arithmetic, the SLD segment decoder at 320 rows over a 64-position bf16 cache
+writes about 1.4 GB of copies per token step (30 layers), for a step whose weights are 0.27 GB.
 
 With one query token the copy is not needed: the G query heads of one key/value head become G query
 rows of that head, (B, H, 1, E) -> (B, K, G, E), one SDPA call attends them all to the K heads' own
