@@ -11,25 +11,12 @@ import torch
 
 from sld.diffusion import sampling
 from sld.models import cuda_graphs, static_decoding
-from sld.models.baseline import BaselineConfig, BaselineModel
 
 SOURCES = ["Anna walked her dog.", None, "Lucy", "Sam fixed the old bike today and then he rode it home."]
 
 
 def placeholder_names(graph_module: torch.fx.GraphModule) -> list[str]:
     return [node.name for node in graph_module.graph.find_nodes(op="placeholder")]
-
-
-def tiny_prefix_lm(tmp_path) -> BaselineModel:
-    """A seeded prefix-LM baseline over a tiny random causal LM (greedy texts differ per source)."""
-    config = BaselineConfig(
-        encoder="decoder",
-        decoder_name_or_path=tiny_models.save_tiny_causal_lm(tmp_path / "lm"),
-        max_source_tokens=16,
-        max_target_tokens=24,
-    )
-    torch.manual_seed(0)
-    return BaselineModel.from_config(config).eval()
 
 
 @pytest.fixture
@@ -50,7 +37,7 @@ def recorded_plans(monkeypatch):
 def test_the_token_step_uses_weights_and_cache_in_place_and_copies_only_its_inputs(
     tmp_path, monkeypatch, recorded_plans
 ):
-    model = tiny_prefix_lm(tmp_path)
+    model = tiny_models.tiny_prefix_lm(tmp_path / "lm")
     original = static_decoding.stepper_for
     monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
     dynamic = model.generate_texts(SOURCES, batch_size=4, max_new_tokens=12)
@@ -75,7 +62,7 @@ def test_the_token_step_through_inductor_decodes_as_the_eager_step(tmp_path, mon
     """``inductor_graphs`` compiles the real static-cache step (its writes into the cache included):
     on the CPU Inductor generates C++ kernels and leaves CUDA graphs out, and the greedy texts are the
     dynamic loop's."""
-    model = tiny_prefix_lm(tmp_path)
+    model = tiny_models.tiny_prefix_lm(tmp_path / "lm")
     compiled = []
 
     def backend(graph_module, example_inputs):

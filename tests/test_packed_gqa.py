@@ -8,7 +8,6 @@ from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from sld.models import packed_gqa, static_decoding
-from sld.models.baseline import BaselineConfig, BaselineModel
 
 
 class Attention(torch.nn.Module):
@@ -67,14 +66,7 @@ def test_the_switch_is_off_unless_asked_and_sets_every_config_back(monkeypatch):
 
 @pytest.mark.parametrize("static_cache", [False, True])
 def test_decoding_with_packed_attention_writes_the_same_texts(tmp_path, monkeypatch, static_cache):
-    config = BaselineConfig(
-        encoder="decoder",
-        decoder_name_or_path=tiny_models.save_tiny_causal_lm(tmp_path / "lm"),
-        max_source_tokens=16,
-        max_target_tokens=24,
-    )
-    torch.manual_seed(0)
-    model = BaselineModel.from_config(config).eval()
+    model = tiny_models.tiny_prefix_lm(tmp_path / "lm")
     sources = ["Anna walked her dog.", "Lucy", "Sam fixed the old bike today and then he rode it home."]
     expected = model.generate_texts(sources, batch_size=3, max_new_tokens=12)  # dynamic, not packed
     packed_calls = []

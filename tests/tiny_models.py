@@ -270,6 +270,19 @@ def tiny_baseline(bert: str) -> BaselineModel:
     return BaselineModel.from_config(config, CORPUS).eval()
 
 
+def tiny_prefix_lm(folder: Path) -> BaselineModel:
+    """A seeded prefix-LM AR baseline over ``save_tiny_causal_lm(folder)`` (GQA; greedy texts differ
+    per source)."""
+    config = BaselineConfig(
+        encoder="decoder",
+        decoder_name_or_path=save_tiny_causal_lm(folder),
+        max_source_tokens=16,
+        max_target_tokens=24,
+    )
+    torch.manual_seed(0)
+    return BaselineModel.from_config(config).eval()
+
+
 def segmented_synthetic_stories(root: Path, **corpus: int) -> tuple[dict, Path]:
     """A synthetic corpus in ``root/data`` (``write_synthetic_corpus`` with ``corpus``) and its titled
     stories segmented into ``root/segmented`` (title -> story, at most 3 sentences).
