@@ -9,8 +9,8 @@ writes about 1.4 GB of copies per token step (30 layers), for a step whose weigh
 
 With one query token the copy is not needed: the G query heads of one key/value head become G query
 rows of that head, (B, H, 1, E) -> (B, K, G, E), one SDPA call attends them all to the K heads' own
-keys and values, and the result is reshaped back. The same mathematics (transformers does the same
-for its own eager decoding, "pack_gqa", but not under dynamo); on the CPU the outputs equal the
+keys and values, and the result is reshaped back. The same mathematics (transformers 5.25 does the
+same in its eager decoding, "pack_gqa", but not under dynamo); on the CPU the outputs equal the
 repeating path's to float32 rounding, and greedy decodes are the same (tests).
 
 transformers 5.17 (the H200 machines' version) repeats the heads whenever a mask is given, compiled or
