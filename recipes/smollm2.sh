@@ -131,11 +131,12 @@ declare -A SETTINGS=(
     [kv_frozen]="model.latent_conditioning=kv optim.pretrained_lr_scale=0 losses.word_dropout=0"
     [kv_word_dropout]="model.latent_conditioning=kv losses.word_dropout=0.3"
     [prefix]="model.latent_conditioning=prefix losses.word_dropout=0"
+    [kv_wide]="model.latent_conditioning=kv losses.word_dropout=0.3 model.compressor_width=512 model.compressor_heads=8 model.compressor_positions=true"
 )
 SWEEP=${SWEEP:-kv kv_word_dropout prefix}
 # memory shares of the card (see the header): SmolLM2 autoencoders at batch 256 (a prefix adds 16
 # positions to every row), the from-scratch T5 at batch 1,024, the AR baselines
-declare -A SHARE=([kv]=0.2 [kv_frozen]=0.2 [kv_word_dropout]=0.2 [prefix]=0.25 [scratch]=0.27 [ar]=0.2)
+declare -A SHARE=([kv]=0.2 [kv_frozen]=0.2 [kv_word_dropout]=0.2 [kv_wide]=0.2 [prefix]=0.25 [scratch]=0.27 [ar]=0.2)
 EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
 ABL_EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$ABL_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
 

@@ -176,6 +176,13 @@ def test_round_trip_lm_encoder(tmp_path):
     assert not loaded.training
 
 
+def test_round_trip_wide_positioned_compressor(tmp_path):
+    model = build(compressor_width=32, compressor_positions=True)
+    assert model.compressor.width == 32 and model.compressor.positions.shape == (24, 32)
+    assert model.encode(**model.tokenize_for_encoder(TEXTS)).shape == (3, 4, 16)
+    assert_round_trip(model, tmp_path / "ae")
+
+
 def test_local_bert_encoder_and_folder_alone(tmp_path):
     bert = save_tiny_bert(tmp_path / "bert")
     model = build(encoder=bert)
@@ -268,3 +275,5 @@ def test_user_errors(tmp_path):
         SegmentAutoencoder.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="divisible"):
         tiny_config(latent_dim=10)
+    with pytest.raises(ValueError, match="compressor_width 30 must be divisible"):
+        tiny_config(compressor_width=30)

@@ -75,3 +75,23 @@ def test_compiled_layers_share_one_graph():
     model(torch.randn(3, 7, 24), torch.ones(3, 7, dtype=torch.long))
     assert counters["stats"]["unique_graphs"] == 1
     uncompile(model)
+
+
+def test_a_wider_resampler_emits_latents_of_the_latent_width():
+    model = _compressor(width=32, num_heads=2)
+    assert model.layers[0].attn.head_dim == 16 and model.latents.shape == (5, 32)
+    z = model(torch.randn(3, 7, 24), torch.ones(3, 7, dtype=torch.long))
+    assert z.shape == (3, 5, 16)
+    torch.testing.assert_close(z.norm(dim=-1), torch.full((3, 5), math.sqrt(16)))
+
+
+def test_token_positions_make_the_latents_depend_on_word_order():
+    h = torch.randn(1, 6, 24)
+    swapped = h[:, [1, 0, 2, 3, 4, 5]]
+    # without positions, attention over the tokens is blind to their order
+    plain = _compressor()
+    torch.testing.assert_close(plain(h), plain(swapped), atol=1e-5, rtol=1e-5)
+    positioned = _compressor(max_tokens=8)
+    assert not torch.allclose(positioned(h), positioned(swapped), atol=1e-4)
+    with pytest.raises(ValueError, match="positions for 8"):
+        positioned(torch.randn(1, 9, 24))

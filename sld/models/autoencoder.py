@@ -116,7 +116,13 @@ class AutoencoderConfig:
         decoder_vocab_size: vocabulary size of the trained decoder tokenizer.
         num_latents: N, latents per segment.
         latent_dim: D, width of each latent.
-        compressor_layers, compressor_heads: Perceiver depth and heads (D must divide by the heads).
+        compressor_layers, compressor_heads: Perceiver depth and heads (its width must divide by the heads).
+        compressor_width: width W of the Perceiver's queries, attention and FFN, mapped down to D at
+            its end (LD4LG's resampler is wide, with 64-wide heads); None = D, the narrow resampler
+            of the first profiles (16-wide heads at D=64, 4 heads).
+        compressor_positions: add learned token positions (up to ``max_segment_tokens``) to the
+            Perceiver's token inputs (LD4LG does); False = the latents see word order only through the
+            encoder's contextual states.
         reconstructor_layers: pre-LN transformer layers between the latents and the decoder.
         reconstructor_heads: None = d_dec // 64 (64-wide heads).
         ff_mult: FFN width multiple in compressor and reconstructor.
@@ -137,6 +143,8 @@ class AutoencoderConfig:
     latent_dim: int = 64
     compressor_layers: int = 3
     compressor_heads: int = 4
+    compressor_width: int | None = None
+    compressor_positions: bool = False
     reconstructor_layers: int = 3
     reconstructor_heads: int | None = None
     ff_mult: int = 4
@@ -151,10 +159,12 @@ class AutoencoderConfig:
         for name in ("compressor_layers", "reconstructor_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.latent_dim % self.compressor_heads:
-            raise ValueError(
-                f"latent_dim {self.latent_dim} must be divisible by compressor_heads {self.compressor_heads}"
-            )
+        if self.compressor_width is not None and self.compressor_width < 1:
+            raise ValueError(f"compressor_width must be >= 1 or null, got {self.compressor_width}")
+        width = self.compressor_width or self.latent_dim
+        if width % self.compressor_heads:
+            name = "compressor_width" if self.compressor_width else "latent_dim"
+            raise ValueError(f"{name} {width} must be divisible by compressor_heads {self.compressor_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.encoder:
@@ -288,6 +298,8 @@ class SegmentAutoencoder(nn.Module):
             ff_mult=config.ff_mult,
             dropout=config.dropout,
             normalize_latents=config.normalize_latents,
+            width=config.compressor_width,
+            max_tokens=config.max_segment_tokens if config.compressor_positions else None,
         )
         heads = config.reconstructor_heads or max(1, d_dec // 64)
         if d_dec % heads:

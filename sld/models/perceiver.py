@@ -7,7 +7,13 @@ read the segment and let the latents exchange information. Attention uses qk-nor
 queries and keys per head), which keeps the attention logits bounded when the latents are later
 re-scaled to the sphere of radius sqrt(D).
 
-Shapes: B' segments (``B*S`` folded), L tokens per segment, N latents, D latent width.
+The resampler may work wider than the latents it emits (``width`` W > D, as LD4LG's, whose attention
+has 64-wide heads whatever the latent width): its queries, attention and FFN run at W and one linear
+map takes the result down to D. Token positions can be added to the projected token states
+(``max_tokens``): without them the latents learn word order only from what the encoder's contextual
+states carry.
+
+Shapes: B' segments (``B*S`` folded), L tokens per segment, N latents, W resampler width, D latent width.
 
 ``Attention`` and ``FeedForward`` are also used by the autoencoder's reconstructor.
 """
@@ -139,9 +145,12 @@ class PerceiverCompressor(nn.Module):
     Args:
         input_dim: width of the encoder's token states (d_enc).
         num_latents: N, number of learned queries = latents per segment.
-        latent_dim: D, width of the queries and of each output latent.
+        latent_dim: D, width of each output latent.
         depth: number of resampler layers (paper: 3).
-        num_heads: attention heads; ``latent_dim`` must be divisible by it.
+        num_heads: attention heads; the resampler width must be divisible by it.
+        width: W, width of the queries, attention and FFN; None = ``latent_dim`` (no output map).
+        max_tokens: None = no token positions; else learned positions for up to this many tokens
+            are added to the projected token states (longer inputs raise).
         ff_mult: FFN hidden width as a multiple of D.
         dropout: dropout in attention and FFN (gives the two "views" of SimCSE-style positives).
         normalize_latents: l2-normalise each output latent and scale it to norm sqrt(D), so that every
@@ -158,29 +167,40 @@ class PerceiverCompressor(nn.Module):
         ff_mult: int = 4,
         dropout: float = 0.0,
         normalize_latents: bool = True,
+        width: int | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        width = latent_dim if width is None else width
         self.num_latents = num_latents
         self.latent_dim = latent_dim
+        self.width = width
         self.normalize_latents = normalize_latents
-        self.proj_in = nn.Linear(input_dim, latent_dim)
-        self.latents = nn.Parameter(torch.randn(num_latents, latent_dim) * 0.02)
-        self.layers = nn.ModuleList(
-            PerceiverLayer(latent_dim, num_heads, ff_mult, dropout) for _ in range(depth)
-        )
-        self.norm_out = nn.LayerNorm(latent_dim)
+        self.proj_in = nn.Linear(input_dim, width)
+        self.positions = nn.Parameter(torch.randn(max_tokens, width) * 0.02) if max_tokens else None
+        self.latents = nn.Parameter(torch.randn(num_latents, width) * 0.02)
+        self.layers = nn.ModuleList(PerceiverLayer(width, num_heads, ff_mult, dropout) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width)
+        self.proj_out = nn.Linear(width, latent_dim) if width != latent_dim else nn.Identity()
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Token states (B', L, d_in) with mask (B', L) (1 = real token) -> latents z (B', N, D)."""
-        tokens = self.proj_in(hidden_states)  # (B', L, D)
+        tokens = self.proj_in(hidden_states)  # (B', L, W)
+        if self.positions is not None:
+            length = tokens.shape[1]
+            if length > self.positions.shape[0]:
+                raise ValueError(
+                    f"{length} tokens per segment, but the compressor has positions for {self.positions.shape[0]}"
+                )
+            tokens = tokens + self.positions[:length]
         # a contiguous copy (B' x N x D, small): every layer then sees latents of one stride, so a
         # compiled layer (``loop.compile``) keeps one graph instead of one for the expanded first input
-        latents = self.latents.unsqueeze(0).expand(tokens.shape[0], -1, -1).contiguous()  # (B', N, D)
+        latents = self.latents.unsqueeze(0).expand(tokens.shape[0], -1, -1).contiguous()  # (B', N, W)
         for layer in self.layers:
             latents = layer(tokens, latents, attention_mask)
-        latents = self.norm_out(latents)
+        latents = self.proj_out(self.norm_out(latents))  # (B', N, D)
         if self.normalize_latents:
             latents = normalize_to_sphere(latents)
         return latents
