@@ -43,7 +43,7 @@
 # BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only; the ROC
 # one profiles a throughput batch of each system at 5 segments (BENCH_PROFILE= turns that off);
 # BENCH_AGAIN="VAR=value ..." runs the ROC speed table again on the same models with those variables set
-# (an A/B of a decoding switch: SLD_GRAPH_BACKEND=cudagraphs, SLD_PACKED_GQA=1, ...) into roc_benchmark_again.
+# (an A/B of a decoding switch: SLD_GRAPH_BACKEND=cudagraphs, SLD_PACKED_GQA=0, ...) into roc_benchmark_again.
 # Phases run in this order (most important first), so a session that runs out of time loses the last.
 # Runs that share the GPU get a memory share each (SLD_CUDA_MEMORY_FRACTION, sld.backends): without
 # it every process keeps its own peak cached and the sum ran the card out of memory. The shares follow

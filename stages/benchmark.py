@@ -41,7 +41,7 @@ from sld.eval.runner import (
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
 from sld.eval.timing import cuda_graph_skips, device_description
 from sld.models.cuda_graphs import DEFAULT_GRAPH_BACKEND, GRAPH_BACKEND_ENV
-from sld.models.packed_gqa import PACKED_GQA_ENV
+from sld.models.packed_gqa import PACKED_GQA_ENV, packed_gqa_enabled
 
 MODES = ("speed", "steps", "length_scaling")
 
@@ -159,7 +159,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def attention_line() -> str:
     """The report line that says how causal-LM decoders attended over grouped key/value heads."""
-    packed = os.environ.get(PACKED_GQA_ENV, "0") == "1"
+    packed = packed_gqa_enabled()
     how = "packed (sld.models.packed_gqa)" if packed else "transformers' SDPA (heads repeated under a mask)"
     return f"- one-token attention over grouped key/value heads ({PACKED_GQA_ENV}={int(packed)}): {how}"
 

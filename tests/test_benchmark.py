@@ -304,9 +304,9 @@ def test_benchmark_user_errors(tmp_path, capsys):
 def test_the_attention_line_says_whether_grouped_heads_were_packed(monkeypatch):
     from stages.benchmark import attention_line
 
-    monkeypatch.delenv("SLD_PACKED_GQA", raising=False)
+    monkeypatch.setenv("SLD_PACKED_GQA", "0")
     assert "(SLD_PACKED_GQA=0): transformers' SDPA" in attention_line()
-    monkeypatch.setenv("SLD_PACKED_GQA", "1")
+    monkeypatch.delenv("SLD_PACKED_GQA")
     assert "(SLD_PACKED_GQA=1): packed" in attention_line()
 
 

@@ -50,12 +50,12 @@ def tiny_llama(kv_heads: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def test_the_switch_is_off_unless_asked_and_sets_every_config_back(monkeypatch):
+def test_the_switch_is_on_unless_turned_off_and_sets_every_config_back(monkeypatch):
     lm = tiny_llama(kv_heads=2)
-    monkeypatch.delenv(packed_gqa.PACKED_GQA_ENV, raising=False)
+    monkeypatch.setenv(packed_gqa.PACKED_GQA_ENV, "0")
     with packed_gqa.packed_gqa(lm) as on:
         assert not on and lm.config._attn_implementation == "sdpa"
-    monkeypatch.setenv(packed_gqa.PACKED_GQA_ENV, "1")
+    monkeypatch.delenv(packed_gqa.PACKED_GQA_ENV)
     with packed_gqa.packed_gqa(lm) as on:
         assert on and lm.config._attn_implementation == packed_gqa.PACKED_GQA
         assert lm.model.layers[1].self_attn.config._attn_implementation == packed_gqa.PACKED_GQA
@@ -68,6 +68,7 @@ def test_the_switch_is_off_unless_asked_and_sets_every_config_back(monkeypatch):
 def test_decoding_with_packed_attention_writes_the_same_texts(tmp_path, monkeypatch, static_cache):
     model = tiny_models.tiny_prefix_lm(tmp_path / "lm")
     sources = ["Anna walked her dog.", "Lucy", "Sam fixed the old bike today and then he rode it home."]
+    monkeypatch.setenv(packed_gqa.PACKED_GQA_ENV, "0")
     expected = model.generate_texts(sources, batch_size=3, max_new_tokens=12)  # dynamic, not packed
     packed_calls = []
 
@@ -75,7 +76,7 @@ def test_decoding_with_packed_attention_writes_the_same_texts(tmp_path, monkeypa
         packed_calls.append(query.shape[2])
         return packed_gqa.packed_gqa_forward(module, query, *args, **kwargs)
 
-    monkeypatch.setenv(packed_gqa.PACKED_GQA_ENV, "1")
+    monkeypatch.delenv(packed_gqa.PACKED_GQA_ENV)  # the default: packed
     AttentionInterface.register(packed_gqa.PACKED_GQA, spy)
     try:
         original = static_decoding.stepper_for  # the step traced by dynamo (eager backend on a CPU)

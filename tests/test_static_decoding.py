@@ -10,7 +10,7 @@ import torch
 
 from sld.errors import UserError
 from sld.models.baseline import BaselineConfig, BaselineModel
-from sld.models.static_decoding import stepper_for
+from sld.models.static_decoding import row_bucket, stepper_for
 
 SOURCES = ["Anna walked her dog.", None, "Lucy", "Sam fixed the old bike today and then he rode it home."]
 
@@ -100,6 +100,51 @@ def test_prompts_of_new_lengths_reuse_the_compiled_step(folders, monkeypatch):
     model.generate_texts(sources, batch_size=1, max_new_tokens=12, static_cache=True)
     buckets = len(original(model.lm, True).caches)
     assert counters["stats"]["unique_graphs"] == buckets
+
+
+def test_row_buckets():
+    assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 33, 64, 65, 256, 257)] == [
+        1,
+        2,
+        4,
+        8,
+        8,
+        64,
+        64,
+        128,
+        256,
+        320,
+    ]
+
+
+def test_segment_batches_of_nearby_sizes_share_one_compiled_step(folders, monkeypatch):
+    """SLD decodes all segments of a batch of documents at once, and their number changes from batch
+    to batch; rounded up to one row bucket (8 here) they reuse one graph and decode what the dynamic
+    loop decodes."""
+    from torch._dynamo.utils import counters
+
+    from sld.models import static_decoding
+
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=1, conditioning="kv")
+    original = static_decoding.stepper_for
+    monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
+    texts = [
+        "Tom baked a cake.",
+        "Lucy lost her keys.",
+        "Oil rose.",
+        "Sam ran.",
+        "It rained.",
+        "Al sang.",
+        "Bo hid.",
+    ]
+    z = model.encode_texts(texts)
+    z = z + 0.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+    counters.clear()
+    for rows in (5, 6, 7):
+        static = model.decode_latents(z[:rows], max_new_tokens=8, static_cache=True)
+        assert static == model.decode_latents(z[:rows], max_new_tokens=8)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert [key[0] for key in original(model.lm, True).caches] == [8]
 
 
 def test_an_encoder_decoder_segment_decoder_refuses_static_cache(folders):

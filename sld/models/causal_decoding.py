@@ -156,7 +156,7 @@ def decode(
     prefix_len = 0 if attention_mask is None else attention_mask.shape[1]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     written = 0
-    with packed_gqa(lm):  # grouped-head attention packed when SLD_PACKED_GQA=1 (sld.models.packed_gqa)
+    with packed_gqa(lm):  # grouped-head attention packed unless SLD_PACKED_GQA=0 (sld.models.packed_gqa)
         for step in range(steps):
             kwargs = {}
             if mask is not None:

@@ -1,4 +1,4 @@
-"""One-token attention over grouped key/value heads without copying the cache (``SLD_PACKED_GQA=1``).
+"""One-token attention over grouped key/value heads without copying the cache (on unless ``SLD_PACKED_GQA=0``).
 
 SmolLM2 has 9 query heads and 3 key/value heads. transformers' SDPA attention, traced by dynamo (the
 static-cache token step is compiled, ``sld.models.static_decoding``) and given a padding mask, repeats
@@ -16,9 +16,12 @@ repeating path's to float32 rounding, and greedy decodes are the same (tests).
 transformers 5.17 (the H200 machines' version) repeats the heads whenever a mask is given, compiled or
 not, so the dynamic decode loop (``sld.models.causal_decoding.decode``) copies them too.
 
-Opt-in until measured on a GPU: both decode loops run their token steps inside ``packed_gqa(lm)``,
-which turns it on when ``$SLD_PACKED_GQA`` is ``1`` and ``lm`` is a plain-attention causal LM with
-grouped heads whose attention implementation is SDPA. Anything else (more than one query token, a
+The default since its H200 measurement (2026-12-03, ``docs/results.md``): a static token step of
+SmolLM2 took 0.99x / 0.85x / 0.58x the time at 4 / 64 / 320 rows, with the same outputs
+(``examples/graph_replay_overhead.py``), and ``sld benchmark`` at batch 64 ran AR greedy static at 1.27x
+and SLD's dynamic decode at 1.49x the documents/s. Both decode loops run their token steps inside
+``packed_gqa(lm)``, which turns it on unless ``$SLD_PACKED_GQA`` is ``0``, when ``lm`` is a
+plain-attention causal LM with grouped heads whose attention implementation is SDPA. Anything else (more than one query token, a
 mask with its own heads) goes to transformers' SDPA function unchanged.
 
 Shapes: B rows, H query heads, K key/value heads, G = H / K, L cached positions, E head width.
@@ -40,7 +43,14 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 from sld.models.memory_attention import PLAIN_ATTENTION_MODELS
 
-__all__ = ["PACKED_GQA", "PACKED_GQA_ENV", "packed_gqa", "packed_gqa_applies", "packed_gqa_forward"]
+__all__ = [
+    "PACKED_GQA",
+    "PACKED_GQA_ENV",
+    "packed_gqa",
+    "packed_gqa_applies",
+    "packed_gqa_enabled",
+    "packed_gqa_forward",
+]
 
 PACKED_GQA = "sld_packed_gqa"
 PACKED_GQA_ENV = "SLD_PACKED_GQA"
@@ -81,6 +91,11 @@ AttentionInterface.register(PACKED_GQA, packed_gqa_forward)
 AttentionMaskInterface.register(PACKED_GQA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
+def packed_gqa_enabled() -> bool:
+    """Whether ``$SLD_PACKED_GQA`` asks for packing: anything but ``0`` (unset = on)."""
+    return os.environ.get(PACKED_GQA_ENV, "1") != "0"
+
+
 def packed_gqa_applies(lm: nn.Module) -> bool:
     """Whether ``lm`` is a plain-attention causal LM with grouped key/value heads, on SDPA."""
     config = getattr(lm, "config", None)
@@ -94,9 +109,10 @@ def packed_gqa_applies(lm: nn.Module) -> bool:
 @contextmanager
 def packed_gqa(lm: nn.Module) -> Iterator[bool]:
     """Within the block, ``lm``'s attention runs through ``packed_gqa_forward`` when
-    ``$SLD_PACKED_GQA`` is ``1`` and ``packed_gqa_applies(lm)``; yields whether it does. The
+    ``$SLD_PACKED_GQA`` is not ``0`` (the default: on) and ``packed_gqa_applies(lm)``; yields whether
+    it does. The
     attention implementation of every config the LM's modules hold is set back afterwards."""
-    if os.environ.get(PACKED_GQA_ENV, "0") != "1" or not packed_gqa_applies(lm):
+    if not packed_gqa_enabled() or not packed_gqa_applies(lm):
         yield False
         return
     configs = {  # the model configs its modules hold (a transformers config has the attribute)
