@@ -103,18 +103,8 @@ def test_prompts_of_new_lengths_reuse_the_compiled_step(folders, monkeypatch):
 
 
 def test_row_buckets():
-    assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 33, 64, 65, 256, 257)] == [
-        1,
-        2,
-        4,
-        8,
-        8,
-        64,
-        64,
-        128,
-        256,
-        320,
-    ]
+    buckets = {1: 1, 2: 2, 3: 4, 5: 8, 8: 8, 33: 64, 64: 64, 65: 128, 256: 256, 257: 320}
+    assert {rows: row_bucket(rows) for rows in buckets} == buckets
 
 
 def test_segment_batches_of_nearby_sizes_share_one_compiled_step(folders, monkeypatch):
@@ -128,15 +118,7 @@ def test_segment_batches_of_nearby_sizes_share_one_compiled_step(folders, monkey
     model = tiny_models.tiny_causal_autoencoder(*folders, seed=1, conditioning="kv")
     original = static_decoding.stepper_for
     monkeypatch.setattr(static_decoding, "stepper_for", lambda lm, compile_step: original(lm, True))
-    texts = [
-        "Tom baked a cake.",
-        "Lucy lost her keys.",
-        "Oil rose.",
-        "Sam ran.",
-        "It rained.",
-        "Al sang.",
-        "Bo hid.",
-    ]
+    texts = "Tom baked a cake.|Lucy lost her keys.|Oil rose.|Sam ran.|It rained.|Al sang.|Bo hid.".split("|")
     z = model.encode_texts(texts)
     z = z + 0.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
     counters.clear()
