@@ -10,6 +10,10 @@ key/value heads repeated for their query heads) and/or packed (``--packed-gqa``;
 ``sld.models.packed_gqa``), after warm-up calls that trace, compile and record:
 - the static-cache one-token step of the LM (``StaticStepper.step``) at each --rows, alone;
 - a whole static decode (``decode_static``: --tokens greedy tokens after a 16-token prompt, no eos);
+- with --vary-rows: a whole static decode at 256 rows, then one whose row count changes at every call
+  (241, 242, ..., 272 in turn, as SLD's segment rows change from batch to batch); with the row buckets of
+  ``sld.models.static_decoding`` both run graphs traced once (256 and 320 rows), so the second costs
+  about what 320 rows cost, not a trace per call;
 - one forward of a denoiser of the ROC profile's size (512 wide, 8 blocks, 4 segments of 16 x 64
   latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch.
 Prints a row per case as it is measured (a case that fails, out of memory or otherwise, is a row too):
@@ -113,12 +117,17 @@ def token_step_case(lm, rows: int, cache_len: int) -> Callable[[], torch.Tensor]
     return run
 
 
-def decode_case(lm, rows: int, tokens: int) -> Callable[[], torch.Tensor]:
+def decode_case(lm, rows: int | range, tokens: int) -> Callable[[], torch.Tensor]:
+    """A static decode of ``rows`` rows; a range: the next count of it at every call, in turn."""
+    counts = rows if isinstance(rows, range) else range(rows, rows + 1)
     gen = torch.Generator(device=lm.device).manual_seed(0)
-    prompt = torch.randint(0, lm.config.vocab_size, (rows, 16), device=lm.device, generator=gen)
+    prompts = torch.randint(0, lm.config.vocab_size, (max(counts), 16), device=lm.device, generator=gen)
     settings = DecodeSettings(max_new_tokens=tokens, static_cache=True)
+    calls = iter(range(1 << 62))
 
     def run() -> torch.Tensor:
+        rows = counts[next(calls) % len(counts)]
+        prompt = prompts[:rows]
         cache = DynamicCache()
         with torch.no_grad():
             logits = lm(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1]
@@ -155,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--denoiser-batch", type=int, default=64)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument(
+        "--vary-rows", action="store_true", help="also decode at 256 rows, and at a new row count every call"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda", help="cuda; cpu only as a smoke test (no graphs)")
     parser.add_argument(
@@ -195,6 +207,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     cases = {f"token step, {rows} rows": (lambda rows=rows: token_step_case(lm, rows, args.cache_len))
              for rows in args.rows}  # fmt: skip
     cases[f"decode {args.tokens} tokens, 64 rows"] = lambda: decode_case(lm, 64, args.tokens)
+    if args.vary_rows:
+        cases[f"decode {args.tokens} tokens, 256 rows"] = lambda: decode_case(lm, 256, args.tokens)
+        cases[f"decode {args.tokens} tokens, 241-272 rows in turn"] = lambda: decode_case(
+            lm, range(241, 273), args.tokens
+        )
     cases[f"denoiser forward, batch {args.denoiser_batch}"] = lambda: denoiser_case(
         denoiser, args.denoiser_batch
     )
@@ -229,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
                 skips = counters["cudagraph_skips"]
                 try:  # one row per case as it is measured: a failure keeps the rows before it
                     fn = make()
-                    results[name][label] = timed(fn, args.calls if "decode" not in name else 2, args.repeats)
+                    calls = args.calls if "decode" not in name else 8 if "in turn" in name else 2
+                    results[name][label] = timed(fn, calls, args.repeats)
                     out = fn().detach().clone()
                 except Exception as error:  # noqa: BLE001 - out of memory, or a backend that cannot
                     first_line = (str(error).splitlines() or [""])[0][:200]
