@@ -6,7 +6,10 @@
 #          with the LM at 0.1 x lr; kv with word dropout 0.3; a 16-embedding prefix) under one step/time
 #          cap, and today's from-scratch T5 decoder over the same minutes; the setting with the best
 #          validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting). (kv with the LM frozen
-#          lost to kv on 2026-12-02: BLEU 3.66 vs 6.40 at step 300; SWEEP="kv kv_frozen" runs it again.)
+#          lost to kv on 2026-12-02: BLEU 3.66 vs 6.40 at step 300; SWEEP="kv kv_frozen" runs it again.
+#          kv_wide: a 512-wide Perceiver with token positions, lost in the ablation of 2026-12-03;
+#          kv_encoder: MiniLM fine-tuned at the LM's learning rate; kv_scratch_encoder: a new 4-layer
+#          BERT over SmolLM2's own tokens (its embeddings copied from the LM's); neither run on a GPU yet.)
 #   main   per task of TASKS (default "roc dialogsum"; ROC continuation, DialogSum), all at once: SLD
 #          (autoencoder AE_MINUTES, then diffusion DM_MINUTES, then the 500 validation inputs) and the
 #          AR baseline (a prefix LM on the same LM, AE_MINUTES + DM_MINUTES of training, then the same
@@ -132,11 +135,13 @@ declare -A SETTINGS=(
     [kv_word_dropout]="model.latent_conditioning=kv losses.word_dropout=0.3"
     [prefix]="model.latent_conditioning=prefix losses.word_dropout=0"
     [kv_wide]="model.latent_conditioning=kv losses.word_dropout=0.3 model.compressor_width=512 model.compressor_heads=8 model.compressor_positions=true"
+    [kv_encoder]="model.latent_conditioning=kv losses.word_dropout=0.3 model.freeze_encoder=false"
+    [kv_scratch_encoder]="model.latent_conditioning=kv losses.word_dropout=0.3 model.encoder=scratch"
 )
 SWEEP=${SWEEP:-kv kv_word_dropout prefix}
 # memory shares of the card (see the header): SmolLM2 autoencoders at batch 256 (a prefix adds 16
 # positions to every row), the from-scratch T5 at batch 1,024, the AR baselines
-declare -A SHARE=([kv]=0.2 [kv_frozen]=0.2 [kv_word_dropout]=0.2 [kv_wide]=0.2 [prefix]=0.25 [scratch]=0.27 [ar]=0.2)
+declare -A SHARE=([kv]=0.2 [kv_frozen]=0.2 [kv_word_dropout]=0.2 [kv_wide]=0.2 [kv_encoder]=0.22 [kv_scratch_encoder]=0.25 [prefix]=0.25 [scratch]=0.27 [ar]=0.2)
 EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$SWEEP_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
 ABL_EQUAL=(loop.max_steps=$ABL_STEPS loop.max_minutes=$ABL_MINUTES loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)))
 

@@ -237,6 +237,47 @@ def test_pretrained_decoder(tmp_path, family, encoder):
     assert_round_trip(model, tmp_path / "ae")
 
 
+def test_scratch_encoder_over_the_causal_lm_tokens(tmp_path):
+    """encoder: scratch: a new BERT on the decoder's tokenizer, its token embeddings a copy of the LM's,
+    trained at the full learning rate (not counted with the pretrained parameters), saved and reloaded."""
+    lm_dir = tiny_models.save_tiny_causal_lm(tmp_path / "lm")
+    config = tiny_config(
+        encoder="scratch",
+        encoder_config={"num_hidden_layers": 1},
+        decoder_name_or_path=lm_dir,
+        max_segment_tokens=16,
+    )
+    torch.manual_seed(0)
+    model = SegmentAutoencoder.from_config(config)
+    bert = model.text_encoder
+    assert bert.config.num_hidden_layers == 1 and bert.config.hidden_size == model.decoder_dim
+    assert model.encoder_tokenizer is model.decoder_tokenizer and not model.encoder_frozen
+    torch.testing.assert_close(bert.get_input_embeddings().weight, model.lm.get_input_embeddings().weight)
+    assert bert.get_input_embeddings().weight is not model.lm.get_input_embeddings().weight
+    pretrained = {id(p) for p in model.pretrained_parameters()}
+    assert pretrained and not any(id(p) in pretrained for p in bert.parameters())
+    batch = batch_for(model)
+    loss = model.reconstruction_loss(
+        model.encode(batch["input_ids"], batch["attention_mask"]), batch["labels"]
+    )
+    loss.backward()
+    assert bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path / "ae")
+    loaded = SegmentAutoencoder.from_pretrained(tmp_path / "ae")
+    z = model.encode_texts(TEXTS)
+    assert torch.equal(z, loaded.encode_texts(TEXTS))
+    assert model.decode_latents(z, 6) == loaded.decode_latents(z, 6)
+
+
+def test_scratch_encoder_errors():
+    with pytest.raises(ValueError, match="encoder_config sets up encoder: scratch"):
+        tiny_config(encoder_config={"num_hidden_layers": 1})
+    with pytest.raises(ValueError, match="cannot be frozen"):
+        tiny_config(encoder="scratch", freeze_encoder=True)
+    with pytest.raises(ConfigError, match="encoder_config.bogus"):
+        SegmentAutoencoder.from_config(tiny_config(encoder="scratch", encoder_config={"bogus": 1}), CORPUS)
+
+
 def test_minilm_encoder(tmp_path):
     model = build(encoder="minilm")
     assert model.encoder_frozen and not any(p.requires_grad for p in model.text_encoder.parameters())

@@ -5,8 +5,9 @@ SLD (Zhu et al. 2025, section 3.2), after LD4LG (Lovelace et al. 2023). Per segm
     tokens --encoder--> h (B', L, d_enc) --compressor--> z (B', N, D)
            --reconstructor--> memory (B', N, d_dec) --seq2seq decoder (cross-attends to memory)--> tokens
 
-* encoder: a pretrained BERT-style model (offline default: the packaged all-MiniLM-L6-v2, frozen), or
-  ``"decoder"``: the encoder stack of the seq2seq LM itself (the paper fine-tunes Flan-T5's).
+* encoder: a pretrained BERT-style model (offline default: the packaged all-MiniLM-L6-v2, frozen),
+  ``"decoder"``: the encoder stack of the seq2seq LM itself (the paper fine-tunes Flan-T5's), or
+  ``"scratch"``: a new BERT over the decoder's own tokens, its token embeddings copied from the LM's.
 * compressor: ``PerceiverCompressor``; each latent is re-scaled to norm sqrt(D).
 * reconstructor: Linear D -> d_dec, learned positions, pre-LN transformer layers.
 * decoder, one of two kinds:
@@ -25,7 +26,8 @@ A saved folder holds everything needed to rebuild the model without network acce
 
     autoencoder_config.json   AutoencoderConfig (architecture)
     model.safetensors         all weights (tied tensors stored once), loaded strictly
-    encoder/                  encoder HF config + its tokenizer (tokenizer only for encoder="decoder")
+    encoder/                  encoder HF config + its tokenizer (tokenizer only for encoder="decoder";
+                              for encoder="scratch" the tokenizer is the decoder's)
     decoder/                  decoder LM HF config + generation config + its tokenizer
 """
 
@@ -69,6 +71,7 @@ from sld.models.causal_lm import (
 from sld.models.encoder_cache import EncoderStateCache
 from sld.models.parts import (
     DECODER_ENCODER,
+    SCRATCH_ENCODER,
     build_model_parts,
     check_decoder_tokenizer,
     config_from_dict,
@@ -96,7 +99,11 @@ class AutoencoderConfig:
 
     Attributes:
         encoder: ``"minilm"`` (packaged all-MiniLM-L6-v2), a hub name or local folder of a BERT-style
-            ``AutoModel``, or ``"decoder"`` (the encoder stack of the decoder LM).
+            ``AutoModel``, ``"decoder"`` (the encoder stack of the decoder LM), or ``"scratch"``: a new
+            BERT encoder over the decoder tokenizer's tokens (``sld.models.parts.scratch_encoder``: as
+            wide as the decoder, its token embeddings copied from the decoder LM's), trained at the full
+            learning rate.
+        encoder_config: ``BertConfig`` settings of the ``"scratch"`` encoder (e.g. ``num_hidden_layers``).
         freeze_encoder: keep the encoder's weights fixed (and its dropout off). None = True for
             ``"minilm"``, False otherwise.
         decoder_name_or_path: a pretrained LM with its own tokenizer: an ``AutoModelForSeq2SeqLM`` or an
@@ -132,6 +139,7 @@ class AutoencoderConfig:
     """
 
     encoder: str = MINILM
+    encoder_config: dict[str, Any] = field(default_factory=dict)
     freeze_encoder: bool | None = None
     decoder_name_or_path: str | None = None
     decoder_gguf_file: str | None = None
@@ -168,7 +176,11 @@ class AutoencoderConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.encoder:
-            raise ValueError("encoder must be 'minilm', 'decoder', a hub name or a folder")
+            raise ValueError("encoder must be 'minilm', 'decoder', 'scratch', a hub name or a folder")
+        if self.encoder_config and self.encoder != SCRATCH_ENCODER:
+            raise ValueError(f"encoder_config sets up encoder: scratch; encoder is {self.encoder!r}")
+        if self.encoder == SCRATCH_ENCODER and self.freeze_encoder:
+            raise ValueError("encoder: scratch is new and untrained; it cannot be frozen (freeze_encoder)")
         if self.latent_conditioning not in ("kv", "prefix", "kv+prefix"):
             raise ValueError(
                 f"latent_conditioning must be kv, prefix or kv+prefix, got {self.latent_conditioning!r}"
@@ -346,6 +358,8 @@ class SegmentAutoencoder(nn.Module):
             corpus_texts=corpus_texts,
             owner="SegmentAutoencoder.from_config",
             decoder_gguf_file=config.decoder_gguf_file,
+            encoder_config=config.encoder_config,
+            max_segment_tokens=config.max_segment_tokens,
         )
         return cls(config, lm, decoder_tokenizer, encoder, encoder_tokenizer)
 
@@ -422,7 +436,11 @@ class SegmentAutoencoder(nn.Module):
         found: list[nn.Parameter] = []
         if self.config.decoder_name_or_path is not None:
             found += [p for p in self.lm.parameters() if p.requires_grad]
-        if self.text_encoder is not None and not self.encoder_frozen:
+        if (
+            self.text_encoder is not None
+            and not self.encoder_frozen
+            and self.config.encoder != SCRATCH_ENCODER
+        ):
             found += [p for p in self.text_encoder.parameters() if p.requires_grad]
         unique = {id(p): p for p in found}
         return list(unique.values())

@@ -29,6 +29,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    BertConfig,
+    BertModel,
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -43,6 +45,7 @@ from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
 C = TypeVar("C")
 
 DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
+SCRATCH_ENCODER = "scratch"  # a BERT encoder trained from scratch on the decoder's tokens
 
 WEIGHTS_NAME = "model.safetensors"
 ENCODER_DIR = "encoder"
@@ -101,6 +104,45 @@ def load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return encoder, tokenizer
 
 
+def scratch_encoder(
+    settings: dict[str, Any], tokenizer: PreTrainedTokenizerBase, lm: PreTrainedModel, max_tokens: int
+) -> PreTrainedModel:
+    """A bidirectional BERT encoder (``encoder: scratch``) over the decoder tokenizer's tokens, new.
+
+    ``settings`` are ``BertConfig`` keys; by default it is as wide as the decoder LM with 64-wide heads,
+    4 layers and a 4x FFN. When its width and vocabulary match the LM's, its token embeddings start as a
+    copy of the LM's input embeddings (a pretrained LM's token identities, cased, in the decoder's own
+    tokenization), then train with the rest of it.
+    """
+    width = hidden_size(lm.config)
+    defaults = BertConfig()
+    for key in settings:
+        if not hasattr(defaults, key):
+            raise ConfigError(f"encoder_config.{key}: not a setting of BertConfig")
+    merged = dict(
+        hidden_size=width,
+        num_hidden_layers=4,
+        num_attention_heads=max(1, width // 64),
+        intermediate_size=4 * width,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+    merged.update(settings)
+    merged.update(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, max_position_embeddings=max_tokens
+    )
+    try:
+        encoder = BertModel(BertConfig(**merged))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"encoder_config: {err}") from err
+    source = lm.get_input_embeddings().weight
+    target = encoder.get_input_embeddings().weight
+    if source.shape == target.shape:
+        with torch.no_grad():
+            target.copy_(source)
+    return encoder
+
+
 def decoder_lm_config(
     decoder_config: dict[str, Any], tokenizer: PreTrainedTokenizerBase, uses_own_encoder: bool
 ) -> Any:
@@ -154,6 +196,8 @@ def build_model_parts(
     decoder_tokenizer: PreTrainedTokenizerBase | None = None,
     owner: str = "the model",
     decoder_gguf_file: str | None = None,
+    encoder_config: dict[str, Any] | None = None,
+    max_segment_tokens: int = 512,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreTrainedModel | None, PreTrainedTokenizerBase | None]:
     """New parts: ``(lm, decoder_tokenizer, encoder, encoder_tokenizer)``, pretrained ones loaded.
 
@@ -161,8 +205,10 @@ def build_model_parts(
     ``decoder_tokenizer`` is given): a seq2seq LM, or a causal LM (also ``"smollm2"`` or a GGUF file,
     ``decoder_gguf_file`` naming the file inside a folder); or it is a seq2seq LM built from
     ``decoder_config`` with ``decoder_tokenizer`` or a tokenizer trained on ``corpus_texts``.
-    ``encoder`` is ``"minilm"``, a hub name or folder of a BERT-style model, or ``"decoder"`` (the LM's
-    own encoder: encoder and its tokenizer are None). ``owner`` names the caller in errors.
+    ``encoder`` is ``"minilm"``, a hub name or folder of a BERT-style model, ``"decoder"`` (the LM's
+    own encoder: encoder and its tokenizer are None), or ``"scratch"`` (``scratch_encoder`` with
+    ``encoder_config``, positions for ``max_segment_tokens``; its tokenizer is the decoder's).
+    ``owner`` names the caller in errors.
     """
     uses_own_encoder = encoder == DECODER_ENCODER
     if decoder_name_or_path is not None:
@@ -182,7 +228,13 @@ def build_model_parts(
             )
         lm = AutoModelForSeq2SeqLM.from_config(decoder_lm_config(decoder_config, tokenizer, uses_own_encoder))
     sync_generation_ids(lm, tokenizer)
-    text_encoder, encoder_tokenizer = (None, None) if uses_own_encoder else load_encoder(encoder)
+    if uses_own_encoder:
+        text_encoder, encoder_tokenizer = None, None
+    elif encoder == SCRATCH_ENCODER:
+        text_encoder = scratch_encoder(encoder_config or {}, tokenizer, lm, max_segment_tokens)
+        encoder_tokenizer = tokenizer
+    else:
+        text_encoder, encoder_tokenizer = load_encoder(encoder)
     return lm, tokenizer, text_encoder, encoder_tokenizer
 
 
@@ -353,6 +405,7 @@ def sync_generation_ids(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 __all__ = [
     "DECODER_DIR",
     "DECODER_ENCODER",
+    "SCRATCH_ENCODER",
     "ENCODER_DIR",
     "WEIGHTS_NAME",
     "build_model_parts",
