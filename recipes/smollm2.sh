@@ -8,7 +8,7 @@
 #          validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting). (kv with the LM frozen
 #          lost to kv on 2026-12-02: BLEU 3.66 vs 6.40 at step 300; SWEEP="kv kv_frozen" runs it again.
 #          kv_wide: a 512-wide Perceiver with token positions, lost in the ablation of 2026-12-03;
-#          kv_encoder: MiniLM fine-tuned at the LM's learning rate; kv_scratch_encoder: a new 4-layer
+#          kv_encoder: MiniLM fine-tuned at the LM's learning rate; kv_scratch_encoder: a new 2-layer
 #          BERT over SmolLM2's own tokens (its embeddings copied from the LM's); neither run on a GPU yet.)
 #   main   per task of TASKS (default "roc dialogsum"; ROC continuation, DialogSum), all at once: SLD
 #          (autoencoder AE_MINUTES, then diffusion DM_MINUTES, then the 500 validation inputs) and the
