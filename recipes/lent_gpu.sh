@@ -63,11 +63,10 @@ EOF
 }
 
 # missing: what an earlier `setup` call should have left on this machine and did not (one per line).
-# (2026-12-03, eleventh session: the first call of the session got that answer, cost 91 s of the
-# budget, and the same call sent again at once got a machine.)
 # A call answered "no device machine could be started" does not stop the calls sent after it: they
 # start a fresh machine that lacks that call's carry (2026-12-03: the recipe then failed at once for
-# want of nltk, and 3.5 device minutes went).
+# want of nltk, and 3.5 device minutes went). Send such a call again: in the eleventh session the
+# first call got that answer (91 s of the budget went) and the same call sent again at once got a machine.
 missing() {
     [ -d $ROOT/site/nltk ] && [ -d $ROOT/site/diffusers ] || echo "wheels (.whl)"
     [ -d $ROOT/models/smollm2 ] || echo "the exported LM (.carry/parts/1 and .carry/parts/2)"
