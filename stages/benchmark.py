@@ -125,7 +125,8 @@ def run(cfg: Config) -> dict[str, Any]:
             header.append(
                 f"- not run (a static cache needs a causal-LM segment decoder): SLD {', '.join(skipped)}"
             )
-        timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {'yes' if cfg.warmup else 'no'}"
+        warmup = "an untimed pass over its documents" if cfg.warmup else "none"
+        timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {warmup}"
         timing += f"\n{attention_line()}"
         if device.type == "cuda":
             timing += f"\n{graph_skips_line()}"

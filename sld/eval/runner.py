@@ -3,8 +3,8 @@
 ``load_models`` opens the SLD pipeline and / or the AR baseline of a benchmark; ``sld_generate_fn``
 and ``ar_generate_fn`` wrap them as ``GenerateFn`` (sources -> texts and SLD's time split) with the
 run's ``DecodingRules``; ``measure`` times one (system, setting, batch size) cell
-(``sld.eval.timing``: a warm-up batch, then ``repeats`` timed runs between device synchronisations)
-and scores its texts; ``run_speed`` measures every cell of ``mode=speed``; ``predictions_writer``
+(an untimed warm-up pass over all its documents, then ``repeats`` timed runs between device
+synchronisations, ``sld.eval.timing``) and scores its texts; ``run_speed`` measures every cell of ``mode=speed``; ``predictions_writer``
 saves each cell's texts in the format ``sld evaluate`` reads.
 """
 
@@ -110,12 +110,15 @@ def measure(
 ) -> tuple[Measurement, list[str]]:
     """Time ``generate_fn`` over all ``sources`` (it batches them by ``batch_size`` itself).
 
-    A warm-up call on the first batch runs untimed; then ``repeats`` timed calls, each between two
-    device synchronisations. Quality is scored on the texts of the last call. Returns the
-    measurement and those texts.
+    A warm-up call over all ``sources`` runs untimed, so that every batch shape the timed calls meet
+    has been traced and recorded (a static-cache decode traces once per row bucket, and SLD's row
+    count changes with each batch's segments: on an H200 a bucket first met inside a timed call
+    cost it about 13 s; the warm-up was once the first batch only). Then ``repeats`` timed calls,
+    each between two device synchronisations. Quality is scored on the texts of the last call.
+    Returns the measurement and those texts.
     """
     if warmup:
-        generate_fn(sources[:batch_size])
+        generate_fn(sources)
     parts: list[dict[str, float]] = []
     texts: list[str] = []
 
