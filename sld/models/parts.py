@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from sld.pretrained import resolve_language_model, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
 
 C = TypeVar("C")
+logger = logging.getLogger(__name__)
 
 DECODER_ENCODER = "decoder"  # use the encoder stack of the seq2seq decoder LM
 SCRATCH_ENCODER = "scratch"  # a BERT encoder trained from scratch on the decoder's tokens
@@ -141,6 +143,13 @@ def scratch_encoder(
     if source.shape == target.shape:
         with torch.no_grad():
             target.copy_(source)
+        logger.info("scratch encoder: token embeddings copied from the decoder LM %s", tuple(source.shape))
+    else:
+        logger.info(
+            "scratch encoder: token embeddings %s start random (the decoder LM's are %s)",
+            tuple(target.shape),
+            tuple(source.shape),
+        )
     return encoder
 
 
