@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     parser.add_argument(
         "--packed-gqa",
         choices=["off", "on", "both"],
-        default="off",
-        help="the LM cases with the grouped-head attention packed (SLD_PACKED_GQA=1), not, or both",
+        default="on",
+        help="the LM cases with the grouped-head attention packed (SLD_PACKED_GQA=1, sld's default), "
+        "not, or both",
     )
     parser.add_argument("--layers", type=int, help="LM and denoiser depth (default: SmolLM2's 30, 8)")
     args = parser.parse_args(argv)
