@@ -35,6 +35,7 @@ calls of a case (3 warm-ups + --calls x --repeats + 1).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -123,7 +124,7 @@ def decode_case(lm, rows: int | range, tokens: int) -> Callable[[], torch.Tensor
     gen = torch.Generator(device=lm.device).manual_seed(0)
     prompts = torch.randint(0, lm.config.vocab_size, (max(counts), 16), device=lm.device, generator=gen)
     settings = DecodeSettings(max_new_tokens=tokens, static_cache=True)
-    calls = iter(range(1 << 62))
+    calls = itertools.count()
 
     def run() -> torch.Tensor:
         rows = counts[next(calls) % len(counts)]

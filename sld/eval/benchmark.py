@@ -4,8 +4,8 @@ For every batch size the AR baseline runs each decoding setting (greedy, beam se
 sampling setting (scheduler, steps), on the same first documents of a stage-1 split, under the same
 decoding rules (``sld.eval.decoding_rules``: one repetition control, one token-budget principle).
 ``measure`` times one cell (an untimed warm-up pass over its documents, then ``repeats`` timed runs
-between device synchronisations, ``sld.eval.timing``), records SLD's context / denoise / decode split, peak memory and the
-texts, which are scored (ROUGE-L, distinct-2, distinct outputs).
+between device synchronisations, ``sld.eval.timing``), records SLD's context / denoise / decode split,
+peak memory and the texts, which are scored (ROUGE-L, distinct-2, distinct outputs).
 
 **The speed ratio** of every row is taken against one AR setting per batch size, the *AR reference*:
 the fastest AR setting whose ROUGE-L is within ``tolerance`` (1 point) of the best AR setting's.

@@ -4,8 +4,8 @@
 and ``ar_generate_fn`` wrap them as ``GenerateFn`` (sources -> texts and SLD's time split) with the
 run's ``DecodingRules``; ``measure`` times one (system, setting, batch size) cell
 (an untimed warm-up pass over all its documents, then ``repeats`` timed runs between device
-synchronisations, ``sld.eval.timing``) and scores its texts; ``run_speed`` measures every cell of ``mode=speed``; ``predictions_writer``
-saves each cell's texts in the format ``sld evaluate`` reads.
+synchronisations, ``sld.eval.timing``) and scores its texts; ``run_speed`` measures every cell of
+``mode=speed``; ``predictions_writer`` saves each cell's texts in the format ``sld evaluate`` reads.
 """
 
 from __future__ import annotations

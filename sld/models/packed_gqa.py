@@ -21,8 +21,8 @@ SmolLM2 took 0.99x / 0.85x / 0.58x the time at 4 / 64 / 320 rows, with the same 
 (``examples/graph_replay_overhead.py``), and ``sld benchmark`` at batch 64 ran AR greedy static at 1.27x
 and SLD's dynamic decode at 1.49x the documents/s. Both decode loops run their token steps inside
 ``packed_gqa(lm)``, which turns it on unless ``$SLD_PACKED_GQA`` is ``0``, when ``lm`` is a
-plain-attention causal LM with grouped heads whose attention implementation is SDPA. Anything else (more than one query token, a
-mask with its own heads) goes to transformers' SDPA function unchanged.
+plain-attention causal LM with grouped heads whose attention implementation is SDPA. Anything else
+(more than one query token, a mask with its own heads) goes to transformers' SDPA function unchanged.
 
 Shapes: B rows, H query heads, K key/value heads, G = H / K, L cached positions, E head width.
 """

@@ -186,9 +186,8 @@ def decode_static(
 
     device = first_ids.device
     batch, steps = first_ids.shape[0], settings.max_new_tokens
-    out = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
     if batch == 0:
-        return out
+        return torch.full((0, steps), pad_id, dtype=torch.long, device=device)
     if compile_step is None:
         compile_step = device.type == "cuda"
     stepper = stepper_for(lm, compile_step)
@@ -208,12 +207,12 @@ def decode_static(
     position = positions[:1].repeat(rows)
     position[:batch] = positions
     finished = torch.arange(rows, device=device) >= batch  # (R,) the extra rows are done from the start
-    out = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)
+    out = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)  # (R, T)
     written = 0
     # a range in torch.profiler summaries; grouped-head attention packed unless SLD_PACKED_GQA=0
     with record_function("sld.token_steps"), packed_gqa(lm):
         for step in range(steps):
-            logits = stepper.step(static, current[:, None], position[:, None], mask).clone()  # (B, V)
+            logits = stepper.step(static, current[:, None], position[:, None], mask).clone()  # (R, V)
             generated = out[:, :step] if settings.no_repeat_ngram_size > 0 else None
             token = next_tokens(logits, generated, step, eos_id, settings, generator)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
