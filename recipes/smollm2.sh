@@ -8,8 +8,9 @@
 #          validation BLEU goes to `main` and `ablation` ($OUT/chosen_setting). (kv with the LM frozen
 #          lost to kv on 2026-12-02: BLEU 3.66 vs 6.40 at step 300; SWEEP="kv kv_frozen" runs it again.
 #          kv_wide: a 512-wide Perceiver with token positions, lost in the ablation of 2026-12-03;
-#          kv_encoder: MiniLM fine-tuned at the LM's learning rate; kv_scratch_encoder: a new 2-layer
-#          BERT over SmolLM2's own tokens (its embeddings copied from the LM's); neither run on a GPU yet.)
+#          kv_encoder: MiniLM fine-tuned at the LM's learning rate (not run on a GPU yet);
+#          kv_scratch_encoder: a new 2-layer BERT over SmolLM2's own tokens (its embeddings copied from the
+#          LM's), lost to kv_word_dropout on 2026-12-03: BLEU 2.84 vs 10.01 after about 570 steps.)
 #   main   per task of TASKS (default "roc dialogsum"; ROC continuation, DialogSum), all at once: SLD
 #          (autoencoder AE_MINUTES, then diffusion DM_MINUTES, then the 500 validation inputs) and the
 #          AR baseline (a prefix LM on the same LM, AE_MINUTES + DM_MINUTES of training, then the same
