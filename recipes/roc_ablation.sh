@@ -15,6 +15,7 @@
 #   ABL_STEPS=300 ABL_MINUTES=2.8 bash recipes/roc_ablation.sh   # the same step count for every variant
 #   AE_ARGS="loop.compile=true" bash recipes/roc_ablation.sh      # compiled: 1.39x the segments/s after
 #                                                                 # about 70 s of compiling (H200)
+#   ABL_TOGETHER=1 bash recipes/roc_ablation.sh           # the three variants at once, a memory share each
 #   PHASES="report figures" bash recipes/roc_ablation.sh  # redraw from the runs already in $RUNS/roc
 # Phases, in order: seg, variants, report, figures, trajectory (PHASES picks; default all).
 # ABL_MINUTES only guards a slow machine: a variant stopped by it is not at the equal step count, and
@@ -36,21 +37,36 @@ if has seg; then
         splits.valid="$(data_file roc/valid)" output_dir=$R/segmented_continuation > "$OUT/roc_segment_continuation.log" 2>&1
 fi
 
+# train_variant VARIANT: one autoencoder of the ablation, its summary and metrics copied to $OUT
+train_variant() {
+    local variant=$1
+    # shellcheck disable=SC2086
+    "${SLD[@]}" train-autoencoder -c configs/ablation_roc_$variant.yaml data.segmented_dir=$R/segmented_all \
+        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$R/ablation/$variant \
+        loop.max_steps=$ABL_STEPS loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)) \
+        loop.save_every=$ABL_STEPS loop.max_minutes=$ABL_MINUTES "${SMOKE_AE[@]}" ${AE_ARGS:-} \
+        2>&1 | quiet > "$OUT/roc_ablation_$variant.log"
+    cp $R/ablation/$variant/summary.json "$OUT/roc_ablation_${variant}_summary.json"
+    cp $R/ablation/$variant/metrics.jsonl "$OUT/roc_ablation_${variant}_metrics.jsonl"
+}
 if has variants; then
+    if [ "${ABL_TOGETHER:-0}" = 1 ]; then
+        # all three at once, each with a third of the card's memory (the profile peaked at 36.6 GiB at
+        # batch 1,024 alone on an H200, 2026-12-03): its steps are launch-bound, so the three overlap
+        log "autoencoders ${VARIANTS[*]} at once: $ABL_STEPS steps each (cap $ABL_MINUTES min)"
+        for variant in "${VARIANTS[@]}"; do SLD_CUDA_MEMORY_FRACTION=0.32 train_variant $variant & done
+        wait
+    else
+        for variant in "${VARIANTS[@]}"; do
+            log "autoencoder $variant: $ABL_STEPS steps (cap $ABL_MINUTES min)"
+            train_variant $variant
+        done
+    fi
     for variant in "${VARIANTS[@]}"; do
-        log "autoencoder $variant: $ABL_STEPS steps (cap $ABL_MINUTES min)"
-        # shellcheck disable=SC2086
-        "${SLD[@]}" train-autoencoder -c configs/ablation_roc_$variant.yaml data.segmented_dir=$R/segmented_all \
-            data.pairs_train="$(data_file roc/pairs_train)" output_dir=$R/ablation/$variant \
-            loop.max_steps=$ABL_STEPS loop.eval_every=$((ABL_STEPS / 4 > 0 ? ABL_STEPS / 4 : 1)) \
-            loop.save_every=$ABL_STEPS loop.max_minutes=$ABL_MINUTES "${SMOKE_AE[@]}" ${AE_ARGS:-} \
-            2>&1 | quiet > "$OUT/roc_ablation_$variant.log"
-        cp $R/ablation/$variant/summary.json "$OUT/roc_ablation_${variant}_summary.json"
-        cp $R/ablation/$variant/metrics.jsonl "$OUT/roc_ablation_${variant}_metrics.jsonl"
         python3 - "$R/ablation/$variant/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-print(f"  steps {s['steps']} ({s['stopped_by']}), validation BLEU {s.get('eval/bleu', float('nan')):.2f}, "
+print(f"  {sys.argv[1]}: steps {s['steps']} ({s['stopped_by']}), validation BLEU {s.get('eval/bleu', float('nan')):.2f}, "
       f"{s.get('train/items_per_second', float('nan')):.0f} segments/s")
 if s["stopped_by"] != "max_steps":  # the variants are only comparable at an equal step count
     print(f"WARNING {sys.argv[1]}: stopped by {s['stopped_by']} at step {s['steps']}, not at max_steps")
