@@ -23,7 +23,7 @@
 . "$(dirname "$0")/common.sh"
 R=$RUNS/roc
 ABL_STEPS=${ABL_STEPS:-1000}
-ABL_MINUTES=${ABL_MINUTES:-6}
+ABL_MINUTES=${ABL_MINUTES:-$([ "${ABL_TOGETHER:-0}" = 1 ] && echo 10 || echo 6)}   # at once, each runs slower
 DM_MINUTES=${DM_MINUTES:-2}
 FIGURES=$OUT/roc_ablation_figures
 VARIANTS=(vanilla noise_robust contrastive)
