@@ -12,6 +12,8 @@
 #                                                   # last carry call: launch it and follow it (each
 #                                                   # "then" starts one more run of the recipe after the last)
 #   bash recipes/lent_gpu.sh wait 570               # later calls: follow it; $OUT/results.tgz at the end
+# A recipe without the LM (recipes/roc_ablation.sh) needs one call: carrying .whl, .carry/data and
+# .carry/minilm, `bash recipes/lent_gpu.sh start recipes/roc_ablation.sh ABL_TOGETHER=1 && bash recipes/lent_gpu.sh wait 200`.
 # Send each call as soon as the previous one returns: the machine is given back 30 s after a call, and
 # a later call finds a bare machine (`wait` then says so and exits at once). Even a call sent at once
 # can miss (2026-12-03: the `wait` after a 450-s `start` call found a bare machine, and the six runs
@@ -67,9 +69,13 @@ EOF
 # start a fresh machine that lacks that call's carry (2026-12-03: the recipe then failed at once for
 # want of nltk, and 3.5 device minutes went). Send such a call again: in the eleventh session the
 # first call got that answer (91 s of the budget went) and the same call sent again at once got a machine.
+# missing RECIPE: only recipes/smollm2.sh needs the LM (recipes/roc_ablation.sh, for one, does not:
+# its whole carry, .whl + .carry/data + .carry/minilm, fits one call).
 missing() {
     [ -d $ROOT/site/nltk ] && [ -d $ROOT/site/diffusers ] || echo "wheels (.whl)"
-    [ -d $ROOT/models/smollm2 ] || echo "the exported LM (.carry/parts/1 and .carry/parts/2)"
+    if [[ $(basename "$1") == smollm2* ]] && [ ! -d $ROOT/models/smollm2 ]; then
+        echo "the exported LM (.carry/parts/1 and .carry/parts/2)"
+    fi
     [ -d $ROOT/carry/data ] || echo "data (.carry/data)"
     [ -d $ROOT/carry/minilm ] || echo "MiniLM (.carry/minilm)"
 }
@@ -78,12 +84,12 @@ case "$cmd" in
 setup) setup ;;
 start)
     setup
-    if [ -n "$(missing)" ] && [ "${LENT_FORCE:-0}" != 1 ]; then
-        echo "not started: this machine lacks $(missing | paste -sd ';' -) (a fresh machine? run the" \
+    recipe=$1
+    if [ -n "$(missing "$recipe")" ] && [ "${LENT_FORCE:-0}" != 1 ]; then
+        echo "not started: this machine lacks $(missing "$recipe" | paste -sd ';' -) (a fresh machine? run the" \
             "setup calls again; LENT_FORCE=1 starts anyway)" >&2
         exit 4
     fi
-    recipe=$1
     shift
     rm -rf $ROOT/sld && mkdir -p $ROOT/sld $RESULTS && cp -r . $ROOT/sld/
     rm -rf $ROOT/sld/.carry $ROOT/sld/.whl
