@@ -15,7 +15,11 @@ key/value heads repeated for their query heads) and/or packed (``--packed-gqa``;
   ``sld.models.static_decoding`` both run graphs traced once (256 and 320 rows), so the second costs
   about what 320 rows cost, not a trace per call;
 - one forward of a denoiser of the ROC profile's size (512 wide, 8 blocks, 4 segments of 16 x 64
-  latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch.
+  latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch;
+- ten DPM-Solver++ steps with guidance 2 (``sample_latents(graphed=True)``) with that denoiser at
+  --denoiser-batch, the scheduler's own step after the denoiser's graph (``SLD_FUSED_SAMPLER=0``) and
+  each step as one graph (``SLD_FUSED_SAMPLER=1``, ``sld.diffusion.linear_steps``); their ratio is
+  printed per backend at the end.
 Prints a row per case as it is measured (a case that fails, out of memory or otherwise, is a row too):
 the seconds of the first call (trace, compile, record), the median wall time of --repeats runs (each
 --calls calls, synchronised), the CPU time the calling thread spent per call, the peak memory, torch's
@@ -157,6 +161,34 @@ def denoiser_case(model: SegmentDiT, batch: int) -> Callable[[], torch.Tensor]:
     return run
 
 
+def sampling_case(model: SegmentDiT, batch: int, fused: bool) -> Callable[[], torch.Tensor]:
+    """Ten DPM-Solver++ steps (guidance 2) of ``model`` on a random context, fused or not."""
+    cfg = model.config
+    gen = torch.Generator(device=model.device).manual_seed(0)
+    context = torch.randn(batch, 64, cfg.context_dim, device=model.device, generator=gen, dtype=model.dtype)
+    context_mask = torch.ones(batch, 64, dtype=torch.bool, device=model.device)
+    counts = torch.full((batch,), cfg.max_segments, device=model.device)
+    scheduler = sampling.make_scheduler("dpm++")
+
+    def run() -> torch.Tensor:
+        previous = os.environ.get(sampling.FUSED_SAMPLER_ENV)
+        os.environ[sampling.FUSED_SAMPLER_ENV] = "1" if fused else "0"
+        try:
+            with torch.no_grad():
+                return sampling.sample_latents(
+                    model, scheduler, context, context_mask, num_segments=counts, num_inference_steps=10,
+                    guidance_scale=2.0, generator=torch.Generator(device=model.device).manual_seed(0),
+                    graphed=True,
+                )  # fmt: skip
+        finally:
+            if previous is None:
+                os.environ.pop(sampling.FUSED_SAMPLER_ENV, None)
+            else:
+                os.environ[sampling.FUSED_SAMPLER_ENV] = previous
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, float, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", help="a causal LM folder (default: random weights of SmolLM2-135M's shape)")
@@ -217,6 +249,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     cases[f"denoiser forward, batch {args.denoiser_batch}"] = lambda: denoiser_case(
         denoiser, args.denoiser_batch
     )
+    for fused, how in ((False, "scheduler step"), (True, "fused step")):
+        cases[f"dpm++ 10 steps, batch {args.denoiser_batch}, {how}"] = lambda fused=fused: sampling_case(
+            denoiser, args.denoiser_batch, fused
+        )
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (no graphs: timings mean nothing)"
     print(f"device: {name} (torch {torch.__version__})", flush=True)
     print(
@@ -241,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
         for label, choice, packed in variants:
             use_backend(choice, packed)
             for name, make in cases.items():
-                if name.startswith("denoiser") and packed and False in packings:
+                if name.startswith(("denoiser", "dpm++")) and packed and False in packings:
                     continue  # no grouped heads: the same as the unpacked row
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -249,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
                 try:  # one row per case as it is measured: a failure keeps the rows before it
                     fn = make()
                     calls = args.calls if "decode" not in name else 8 if "in turn" in name else 2
+                    calls = 4 if name.startswith("dpm++") else calls
                     results[name][label] = timed(fn, calls, args.repeats)
                     out = fn().detach().clone()
                 except Exception as error:  # noqa: BLE001 - out of memory, or a backend that cannot
@@ -279,6 +316,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
         for label, (_, wall, _) in by_variant.items():
             if label != reference:
                 print(f"{name}: {label} / {reference} = {wall / reference_wall:.2f}x")
+    sampler = [name for name in results if name.startswith("dpm++")]
+    for label in results[sampler[0]]:
+        if all(label in results[name] for name in sampler):
+            plain, fused = (results[name][label][1] for name in sampler)
+            print(f"dpm++ 10 steps, {label}: fused step / scheduler step = {fused / plain:.2f}x")
     return results
 
 

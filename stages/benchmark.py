@@ -25,6 +25,7 @@ import torch
 
 from sld.cli import run_stage
 from sld.config import config_to_dict, save_config
+from sld.diffusion.sampling import FUSED_SAMPLER_ENV, fused_sampler_enabled
 from sld.errors import UserError
 from sld.eval.benchmark import SpeedConfig, benchmark_rows, write_speed_report
 from sld.eval.decoding_rules import BudgetRule, resolve_decoding_rules
@@ -127,7 +128,7 @@ def run(cfg: Config) -> dict[str, Any]:
             )
         warmup = "an untimed pass over its documents" if cfg.warmup else "none"
         timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {warmup}"
-        timing += f"\n{attention_line()}"
+        timing += f"\n{attention_line()}\n{sampler_line()}"
         if device.type == "cuda":
             timing += f"\n{graph_skips_line()}"
         extra = dict(device=device_text, dtype=cfg.dtype, weights_mib=weights, decoding_rules=rules.to_dict())
@@ -151,7 +152,8 @@ def run(cfg: Config) -> dict[str, Any]:
             cfg.length_scaling, pipe, baseline, device, cfg.guidance_scale, cfg.seed, profile_dir=output_dir
         )
         report["device"] = device_text
-        lines = header[:3] + [attention_line()] + ([graph_skips_line()] if device.type == "cuda" else [])
+        lines = header[:3] + [attention_line(), sampler_line()]
+        lines += [graph_skips_line()] if device.type == "cuda" else []
         print(write_length_scaling_report(report, output_dir, lines))
         results["length_scaling"] = report
     print(f"benchmark ({', '.join(modes)}) written to {output_dir}")
@@ -163,6 +165,18 @@ def attention_line() -> str:
     packed = packed_gqa_enabled()
     how = "packed (sld.models.packed_gqa)" if packed else "transformers' SDPA (heads repeated under a mask)"
     return f"- one-token attention over grouped key/value heads ({PACKED_GQA_ENV}={int(packed)}): {how}"
+
+
+def sampler_line() -> str:
+    """The report line that says whether static-cache SLD settings ran each DDIM / DPM-Solver++ step
+    as one fused graph (``sld.diffusion.linear_steps``) or the scheduler's own step after the graph."""
+    fused = fused_sampler_enabled()
+    how = (
+        "one graph a step (denoiser, guidance, the scheduler's update as a linear map)"
+        if fused
+        else "the scheduler's own step, eagerly, after the denoiser's graph"
+    )
+    return f"- DDIM / DPM-Solver++ steps of static-cache settings ({FUSED_SAMPLER_ENV}={int(fused)}): {how}"
 
 
 def graph_skips_line() -> str:

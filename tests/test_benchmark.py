@@ -310,6 +310,15 @@ def test_the_attention_line_says_whether_grouped_heads_were_packed(monkeypatch):
     assert "(SLD_PACKED_GQA=1): packed" in attention_line()
 
 
+def test_the_sampler_line_says_whether_steps_were_fused(monkeypatch):
+    from stages.benchmark import sampler_line
+
+    monkeypatch.delenv("SLD_FUSED_SAMPLER", raising=False)
+    assert "(SLD_FUSED_SAMPLER=0): the scheduler's own step" in sampler_line()
+    monkeypatch.setenv("SLD_FUSED_SAMPLER", "1")
+    assert "(SLD_FUSED_SAMPLER=1): one graph a step" in sampler_line()
+
+
 def test_the_graphs_line_names_the_backend(monkeypatch):
     from stages.benchmark import graph_skips_line
 

@@ -78,8 +78,9 @@ def test_compile_time_prints_every_step_of_a_mode(capsys):
 
 def test_graph_replay_overhead_runs_every_setting_on_a_cpu(capsys, monkeypatch):
     """A smoke test of the GPU example (on a CPU every backend traces with dynamo's eager backend): the
-    LM cases run under the three backends with and without packed attention, the denoiser under the
-    three backends, a row each, and the later rows' outputs equal the first's."""
+    LM cases run under the three backends with and without packed attention, the denoiser and the
+    sampling loop (unfused, fused) under the three backends, a row each, and the later rows' outputs
+    equal the first's."""
     monkeypatch.delenv("SLD_GRAPH_BACKEND", raising=False)
     monkeypatch.delenv("SLD_PACKED_GQA", raising=False)
     results = load_example("graph_replay_overhead").main(
@@ -96,10 +97,13 @@ def test_graph_replay_overhead_runs_every_setting_on_a_cpu(capsys, monkeypatch):
         ]
     )
     printed = capsys.readouterr().out
-    assert [len(by_variant) for by_variant in results.values()] == [6, 6, 3]
-    assert printed.count("| (first) |") == 3 and printed.count("| True |") == 12
+    # token step, decode, denoiser forward, ten sampling steps unfused and fused
+    assert [len(by_variant) for by_variant in results.values()] == [6, 6, 3, 3, 3]
+    assert printed.count("| (first) |") == 5 and printed.count("| True |") == 16
     assert printed.count("packed GQA | ") == 6  # the token step and the decode, for each backend
     assert "False" not in printed and "failed" not in printed
-    assert printed.count(" / static_graphs (sld) = ") == 12
+    assert printed.count(" / static_graphs (sld) = ") == 16
+    assert printed.count(": fused step / scheduler step = ") == 3  # one per backend
+    assert "SLD_FUSED_SAMPLER" not in os.environ
     assert "SLD_GRAPH_BACKEND" not in os.environ  # the example leaves the caller's choices as they were
     assert "SLD_PACKED_GQA" not in os.environ

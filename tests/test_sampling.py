@@ -323,6 +323,20 @@ def traced_on_cpu(monkeypatch):
 
     original = sampling.graphed_denoiser
     monkeypatch.setattr(sampling, "graphed_denoiser", lambda model: original(model, trace_on_cpu=True))
+    fused = sampling.fused_sampling_step
+    monkeypatch.setattr(sampling, "fused_sampling_step", lambda model: fused(model, trace_on_cpu=True))
+
+
+@pytest.fixture
+def unfused(monkeypatch):
+    """The scheduler's own step after the graphed forward (``SLD_FUSED_SAMPLER=0``, the default)."""
+    monkeypatch.setenv("SLD_FUSED_SAMPLER", "0")
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """Each linear scheduler step as one graph (``SLD_FUSED_SAMPLER=1``)."""
+    monkeypatch.setenv("SLD_FUSED_SAMPLER", "1")
 
 
 def test_on_a_cpu_the_graphed_denoiser_is_the_model_itself():
@@ -333,9 +347,9 @@ def test_on_a_cpu_the_graphed_denoiser_is_the_model_itself():
 
 @pytest.mark.parametrize("guidance_scale", [2.0, 1.0])
 def test_a_graphed_denoiser_samples_what_the_eager_one_does_from_one_graph_per_shape(
-    guidance_scale, traced_on_cpu
+    guidance_scale, traced_on_cpu, unfused
 ):
-    """``graphed=True``: the same latents, and graphs only for new shapes."""
+    """``graphed=True``, fused step off: the same latents, and graphs only for new shapes."""
     from torch._dynamo.utils import counters
 
     model = tiny_dit()
@@ -376,3 +390,66 @@ def test_the_graphed_denoiser_does_not_keep_its_model_alive(traced_on_cpu):
     del model
     gc.collect()
     assert alive() is None
+
+
+@pytest.mark.parametrize("scheduler_name", ["dpm++", "ddim"])
+@pytest.mark.parametrize("guidance_scale", [2.0, 1.0])
+def test_the_fused_step_samples_what_the_eager_loop_does_from_one_graph_per_shape(
+    scheduler_name, guidance_scale, traced_on_cpu, fused
+):
+    """``graphed=True`` with a linear scheduler: the whole step (denoiser, guidance, the scheduler's
+    update as its linear map, re-projection) traced as one graph, the same latents and trajectory as
+    the scheduler's own eager loop; two graphs (first step without self-conditioning, the others)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_dit()
+    c, cm = context()
+    kwargs = dict(num_segments=torch.tensor([3, 2, 1]), num_inference_steps=5, guidance_scale=guidance_scale)
+    eager_steps, fused_steps = TrajectoryRecorder(), TrajectoryRecorder()
+    eager = sample_latents(
+        model, make_scheduler(scheduler_name), c, cm, generator=torch.Generator().manual_seed(0),
+        callback=eager_steps, **kwargs,
+    )  # fmt: skip
+    torch._dynamo.reset()  # graphs of earlier tests with these shapes would be reused
+    counters.clear()
+    result = sample_latents(
+        model, make_scheduler(scheduler_name), c, cm, generator=torch.Generator().manual_seed(0),
+        graphed=True, callback=fused_steps, **kwargs,
+    )  # fmt: skip
+    torch.testing.assert_close(result, eager, rtol=1e-4, atol=1e-4)
+    for what in ("sample", "x0_pred", "prev_sample"):
+        torch.testing.assert_close(fused_steps.stack(what), eager_steps.stack(what), rtol=1e-4, atol=1e-4)
+    assert fused_steps.timesteps == eager_steps.timesteps
+    assert counters["stats"]["unique_graphs"] == 2
+    sample_latents(model, make_scheduler(scheduler_name), c, cm, graphed=True, **kwargs)  # new noise
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_ddpm_keeps_the_scheduler_step_when_graphed(traced_on_cpu, fused):
+    """DDPM adds noise: not a linear map, so ``graphed=True`` keeps its own step (same latents)."""
+    model = tiny_dit()
+    c, cm = context()
+    kwargs = dict(num_segments=torch.tensor([3, 2, 1]), num_inference_steps=3, guidance_scale=2.0)
+    eager = sample_latents(
+        model, make_scheduler("ddpm"), c, cm, generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    graphed = sample_latents(
+        model,
+        make_scheduler("ddpm"),
+        c,
+        cm,
+        generator=torch.Generator().manual_seed(0),
+        graphed=True,
+        **kwargs,
+    )
+    torch.testing.assert_close(graphed, eager)
+
+
+def test_a_bad_fused_sampler_switch_is_named(monkeypatch):
+    model = tiny_dit()
+    c, cm = context()
+    monkeypatch.setenv("SLD_FUSED_SAMPLER", "yes")
+    with pytest.raises(UserError, match="SLD_FUSED_SAMPLER"):
+        sample_latents(
+            model, make_scheduler("ddim"), c, cm, num_segments=torch.tensor([1, 1, 1]), graphed=True
+        )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,6 +29,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from sld.diffusion.linear_steps import coefficient_table, linear_steps
 from sld.diffusion.objective import (
     PREDICTION_TYPES,
     PredictionType,
@@ -240,6 +242,96 @@ def graphed_denoiser(model: SegmentDiT, trace_on_cpu: bool = False) -> Callable[
     return functools.partial(step, model)
 
 
+# SLD_FUSED_SAMPLER=1 runs each DDIM / DPM-Solver++ step of a graphed sampling loop as one graph
+# (``fused_sampling_step``); opt-in until measured on a GPU (tested against the eager loop on the CPU)
+FUSED_SAMPLER_ENV = "SLD_FUSED_SAMPLER"
+_FUSED: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+
+def _fused_step(
+    model: SegmentDiT,
+    x: torch.Tensor,
+    history: tuple[torch.Tensor, ...],
+    self_cond: torch.Tensor | None,
+    row: torch.Tensor,
+    context: torch.Tensor | None,
+    context_mask: torch.Tensor | None,
+    segment_mask: torch.Tensor,
+    drop: torch.Tensor | None,
+    real: torch.Tensor,
+    *,
+    guidance_scale: float,
+    prediction_type: PredictionType,
+    renormalize: bool,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One whole sampling step of a linear scheduler (``sld.diffusion.linear_steps``).
+
+    Args:
+        x: (B, S, N, D) float32 current sample; history: the scheduler's H earlier kept outputs,
+            each like x, oldest first; self_cond: (B, S, N, D) the previous x0 estimate or None.
+        row: (7 + H,) this step's row of ``coefficient_table``.
+        context, context_mask, segment_mask, drop: the denoiser's inputs, already doubled for
+            guidance (2B rows) when ``guidance_scale != 1``; real: (B, S, 1, 1) float segment mask.
+
+    Returns:
+        prev: (B, S, N, D) the next sample; kept: the output the scheduler keeps for later steps;
+        x0_pred: the clean-latent estimate (zero on padded segments).
+    """
+    b = x.shape[0]
+    x_in, time = row[0] * x, row[1].expand(b)
+    guided = guidance_scale != 1.0
+    if guided:
+        x_in, time = torch.cat([x_in, x_in]), torch.cat([time, time])
+        self_cond = None if self_cond is None else torch.cat([self_cond, self_cond])
+    out = model(
+        x_in.to(dtype),
+        time,
+        context,
+        context_mask,
+        segment_mask,
+        None if self_cond is None else self_cond.to(dtype),
+        drop,
+    ).float()
+    if guided:
+        cond, uncond = out.chunk(2)
+        out = uncond + guidance_scale * (cond - uncond)
+    x0_pred = x0_from_prediction(out, x, row[2].expand(b), prediction_type) * real
+    prev = row[3] * x + row[4] * out
+    for j, earlier in enumerate(history):
+        prev = prev + row[7 + j] * earlier
+    kept = row[5] * x + row[6] * out
+    if renormalize:
+        prev = _renormalize(prev)
+    return prev * real, kept, x0_pred
+
+
+def fused_sampling_step(
+    model: SegmentDiT, trace_on_cpu: bool = False
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``_fused_step`` for ``model``, compiled like ``graphed_denoiser`` (a CUDA graph per input shape
+    on a GPU, replayed once a step; its outputs are overwritten by the next replay). On a CPU the
+    plain function, unless ``trace_on_cpu`` (dynamo's eager backend, tests)."""
+    if model.device.type != "cuda" and not trace_on_cpu:
+        return functools.partial(_fused_step, model)
+    kind = model.device.type
+    step = _FUSED.get(kind)
+    if step is None:
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, GRAPHED_RECOMPILE_LIMIT)
+        step = torch.compile(_fused_step, backend=replay_backend(model.device), fullgraph=True, dynamic=False)
+        _FUSED[kind] = step
+    return functools.partial(step, model)
+
+
+def fused_sampler_enabled() -> bool:
+    """True when ``$SLD_FUSED_SAMPLER`` is "1" (default "0": off)."""
+    value = os.environ.get(FUSED_SAMPLER_ENV, "0").strip()
+    if value not in ("0", "1"):
+        raise UserError(f"{FUSED_SAMPLER_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def _renormalize(latents: torch.Tensor) -> torch.Tensor:
     """Re-project every latent vector (last dim D) to norm sqrt(D), as the autoencoder emits them."""
     return F.normalize(latents, dim=-1) * math.sqrt(latents.shape[-1])
@@ -284,7 +376,8 @@ def sample_latents(
         progress: show a tqdm progress bar.
         graphed: run the denoiser through ``graphed_denoiser`` (a CUDA graph per input shape on a
             GPU, the plain model on a CPU; pays for many batches of one shape, so pad the context to
-            a few lengths).
+            a few lengths). With a linear scheduler (DDIM, DPM-Solver++; ``linear_steps``) the whole
+            step, update included, is one graph with ``SLD_FUSED_SAMPLER=1`` (``fused_sampling_step``).
 
     Returns:
         (B, S, N, D) latents, zero on padded segments.
@@ -342,10 +435,28 @@ def sample_latents(
         )
 
     timesteps = host_timesteps(scheduler, num_inference_steps)
-    forward = graphed_denoiser(model) if graphed else model
-    replayed = forward is not model  # its outputs are overwritten by its next replay
+    linear = linear_steps(scheduler, timesteps) if graphed and fused_sampler_enabled() else None
     was_training = model.training
     model.eval()
+    if linear is not None:
+        try:
+            return _sample_fused(
+                model,
+                latents,
+                linear,
+                coefficient_table(linear, num_train_timesteps, scheduler.alphas_cumprod, device),
+                (model_context, model_context_mask, model_segment_mask, drop, real),
+                guidance_scale=guidance_scale,
+                prediction_type=prediction_type,
+                renormalize=renormalize,
+                self_conditioning=self_conditioning,
+                callback=callback,
+                progress=progress,
+            )
+        finally:
+            model.train(was_training)
+    forward = graphed_denoiser(model) if graphed else model
+    replayed = forward is not model  # its outputs are overwritten by its next replay
     x0_pred = None
     try:
         # No host reads of device tensors in here: t is a Python int (see the module docstring).
@@ -384,4 +495,55 @@ def sample_latents(
             latents = prev
     finally:
         model.train(was_training)
+    return latents
+
+
+def _sample_fused(
+    model: SegmentDiT,
+    latents: torch.Tensor,
+    steps: list,
+    table: torch.Tensor,
+    model_inputs: tuple,
+    *,
+    guidance_scale: float,
+    prediction_type: PredictionType,
+    renormalize: bool,
+    self_conditioning: bool,
+    callback: Callable[[SamplingStep], None] | None,
+    progress: bool,
+) -> torch.Tensor:
+    """``sample_latents``' loop with ``fused_sampling_step``: (B, S, N, D) latents x_T -> x_0.
+
+    ``table`` is ``coefficient_table(steps, ...)`` (K, 7 + H); ``model_inputs`` the denoiser's
+    (context, context_mask, segment_mask, drop, real) as ``sample_latents`` prepared them.
+    """
+    context, context_mask, segment_mask, drop, real = model_inputs
+    step_fn = fused_sampling_step(model)
+    replayed = model.device.type == "cuda"  # graph outputs are overwritten by the next replay
+    slots = table.shape[1] - 7
+    history = tuple(torch.zeros_like(latents) for _ in range(slots))
+    x0_pred = None
+    for index, step in enumerate(tqdm(steps, disable=not progress, desc="sampling", leave=False)):
+        prev, kept, estimate = step_fn(
+            latents,
+            history,
+            x0_pred if self_conditioning else None,
+            table[index],
+            context,
+            context_mask,
+            segment_mask,
+            drop,
+            real,
+            guidance_scale=float(guidance_scale),
+            prediction_type=prediction_type,
+            renormalize=renormalize,
+            dtype=model.dtype,
+        )
+        if replayed:
+            prev, kept, estimate = prev.clone(), kept.clone(), estimate.clone()
+        history = (*history[1:], kept) if slots else ()
+        x0_pred = estimate
+        if callback is not None:
+            callback(SamplingStep(index, step.timestep, latents, x0_pred, prev))
+        latents = prev
     return latents
