@@ -248,6 +248,43 @@ FUSED_SAMPLER_ENV = "SLD_FUSED_SAMPLER"
 _FUSED: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 
 
+def _guided_output(
+    forward: Callable[..., torch.Tensor],
+    x_in: torch.Tensor,
+    time: torch.Tensor,
+    self_cond: torch.Tensor | None,
+    model_inputs: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None],
+    guidance_scale: float,
+    dtype: torch.dtype,
+    copy_output: bool = False,
+) -> torch.Tensor:
+    """The denoiser's float32 (B, S, N, D) output for (B, ...) inputs, with classifier-free guidance:
+    at ``guidance_scale != 1`` the inputs are doubled, as ``model_inputs`` (context, context_mask,
+    segment_mask, drop) already are, and uncond + w (cond - uncond) is returned. ``copy_output``: a
+    float32 output is copied (a graph replay overwrites its output buffer)."""
+    guided = guidance_scale != 1.0
+    if guided:
+        x_in, time = torch.cat([x_in, x_in]), torch.cat([time, time])
+        self_cond = None if self_cond is None else torch.cat([self_cond, self_cond])
+    context, context_mask, segment_mask, drop = model_inputs
+    raw = forward(
+        x_in.to(dtype),
+        time,
+        context,
+        context_mask,
+        segment_mask,
+        None if self_cond is None else self_cond.to(dtype),
+        drop,
+    )
+    out = raw.float()
+    if copy_output and out is raw:
+        out = raw.clone()
+    if guided:
+        cond, uncond = out.chunk(2)
+        out = uncond + guidance_scale * (cond - uncond)
+    return out
+
+
 def _fused_step(
     model: SegmentDiT,
     x: torch.Tensor,
@@ -279,23 +316,8 @@ def _fused_step(
         x0_pred: the clean-latent estimate (zero on padded segments).
     """
     b = x.shape[0]
-    x_in, time = row[0] * x, row[1].expand(b)
-    guided = guidance_scale != 1.0
-    if guided:
-        x_in, time = torch.cat([x_in, x_in]), torch.cat([time, time])
-        self_cond = None if self_cond is None else torch.cat([self_cond, self_cond])
-    out = model(
-        x_in.to(dtype),
-        time,
-        context,
-        context_mask,
-        segment_mask,
-        None if self_cond is None else self_cond.to(dtype),
-        drop,
-    ).float()
-    if guided:
-        cond, uncond = out.chunk(2)
-        out = uncond + guidance_scale * (cond - uncond)
+    model_inputs = (context, context_mask, segment_mask, drop)
+    out = _guided_output(model, row[0] * x, row[1].expand(b), self_cond, model_inputs, guidance_scale, dtype)
     x0_pred = x0_from_prediction(out, x, row[2].expand(b), prediction_type) * real
     prev = row[3] * x + row[4] * out
     for j, earlier in enumerate(history):
@@ -461,27 +483,16 @@ def sample_latents(
     try:
         # No host reads of device tensors in here: t is a Python int (see the module docstring).
         for index, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", leave=False)):
-            x_in = scheduler.scale_model_input(latents, t)
-            self_cond = x0_pred if self_conditioning else None
-            time = torch.full((b,), t / num_train_timesteps, device=device)
-            if guided:
-                x_in, time = torch.cat([x_in, x_in]), torch.cat([time, time])
-                self_cond = None if self_cond is None else torch.cat([self_cond, self_cond])
-            raw = forward(
-                x_in.to(dtype),
-                time,
-                model_context,
-                model_context_mask,
-                model_segment_mask,
-                None if self_cond is None else self_cond.to(dtype),
-                drop,
+            out = _guided_output(
+                forward,
+                scheduler.scale_model_input(latents, t),
+                torch.full((b,), t / num_train_timesteps, device=device),
+                x0_pred if self_conditioning else None,
+                (model_context, model_context_mask, model_segment_mask, drop),
+                guidance_scale,
+                dtype,
+                copy_output=replayed,
             )
-            out = raw.float()
-            if replayed and out is raw:
-                out = raw.clone()
-            if guided:
-                cond, uncond = out.chunk(2)
-                out = uncond + guidance_scale * (cond - uncond)
 
             alpha_bar = alphas_cumprod[t].expand(b)
             x0_pred = x0_from_prediction(out, latents, alpha_bar, prediction_type) * real
