@@ -29,7 +29,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from sld.diffusion.linear_steps import coefficient_table, linear_steps
+from sld.diffusion.linear_steps import LinearStep, coefficient_table, linear_steps
 from sld.diffusion.objective import (
     PREDICTION_TYPES,
     PredictionType,
@@ -512,9 +512,9 @@ def sample_latents(
 def _sample_fused(
     model: SegmentDiT,
     latents: torch.Tensor,
-    steps: list,
+    steps: list[LinearStep],
     table: torch.Tensor,
-    model_inputs: tuple,
+    model_inputs: tuple[torch.Tensor | None, ...],
     *,
     guidance_scale: float,
     prediction_type: PredictionType,
