@@ -10,7 +10,7 @@
 #   * a denoiser on the contrastive autoencoder (ROC continuation, DM_MINUTES) and the denoising
 #     trajectory of one continuation through the latent space.
 # Figures: $OUT/roc_ablation_figures; report: $OUT/roc_ablation_report; summaries and logs: $OUT.
-#   bash recipes/roc_ablation.sh                          # 1,000 steps a variant; about 15 minutes on an H200
+#   bash recipes/roc_ablation.sh                          # 1,000 steps a variant; 15-20 minutes on an H200 (estimated)
 #   SMOKE=1 bash recipes/roc_ablation.sh                  # a minute on a CPU, to check the recipe
 #   ABL_STEPS=300 ABL_MINUTES=2.8 bash recipes/roc_ablation.sh   # the same step count for every variant
 #   AE_ARGS="loop.compile=true" bash recipes/roc_ablation.sh      # compiled: 1.39x the segments/s after
