@@ -284,8 +284,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
                 skips = counters["cudagraph_skips"]
                 try:  # one row per case as it is measured: a failure keeps the rows before it
                     fn = make()
-                    calls = args.calls if "decode" not in name else 8 if "in turn" in name else 2
-                    calls = 4 if name.startswith("dpm++") else calls
+                    calls = (
+                        4 if name.startswith("dpm++")
+                        else 8 if "in turn" in name
+                        else 2 if "decode" in name
+                        else args.calls
+                    )  # fmt: skip
                     results[name][label] = timed(fn, calls, args.repeats)
                     out = fn().detach().clone()
                 except Exception as error:  # noqa: BLE001 - out of memory, or a backend that cannot
