@@ -101,7 +101,8 @@ start)
         run=()
         for arg in "$@" then; do
             if [ "$arg" = then ]; then
-                printf 'env'; printf ' %q' "${run[@]}"; printf ' bash %q\n' "$recipe"
+                # one %q per argument (printf ' %q' with no argument at all would print '' and run it)
+                printf 'env'; for var in "${run[@]}"; do printf ' %q' "$var"; done; printf ' bash %q\n' "$recipe"
                 run=()
             else
                 run+=("$arg")

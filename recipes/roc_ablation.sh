@@ -10,12 +10,15 @@
 #   * a denoiser on the contrastive autoencoder (ROC continuation, DM_MINUTES) and the denoising
 #     trajectory of one continuation through the latent space.
 # Figures: $OUT/roc_ablation_figures; report: $OUT/roc_ablation_report; summaries and logs: $OUT.
-#   bash recipes/roc_ablation.sh                          # 1,000 steps a variant; 15-20 minutes on an H200 (estimated)
+#   bash recipes/roc_ablation.sh                          # 1,000 steps a variant: 14 minutes on an H200 to the
+#                                                         # latent map (2026-12-04), then the denoiser's DM_MINUTES
 #   SMOKE=1 bash recipes/roc_ablation.sh                  # a minute on a CPU, to check the recipe
 #   ABL_STEPS=300 ABL_MINUTES=2.8 bash recipes/roc_ablation.sh   # the same step count for every variant
 #   AE_ARGS="loop.compile=true" bash recipes/roc_ablation.sh      # compiled: 1.39x the segments/s after
 #                                                                 # about 70 s of compiling (H200)
-#   ABL_TOGETHER=1 bash recipes/roc_ablation.sh           # the three variants at once, a memory share each
+#   ABL_TOGETHER=1 bash recipes/roc_ablation.sh           # the three variants at once, a third of the card each:
+#                   only for profiles that fit it (the default ROC profile's adversarial variants peak at
+#                   72.6 GiB at batch 1,024 and ran out of memory on an H200; vanilla alone 38.9 GiB)
 #   PHASES="report figures" bash recipes/roc_ablation.sh  # redraw from the runs already in $RUNS/roc
 # Phases, in order: seg, variants, report, figures, trajectory (PHASES picks; default all).
 # ABL_MINUTES only guards a slow machine: a variant stopped by it is not at the equal step count, and
@@ -51,8 +54,8 @@ train_variant() {
 }
 if has variants; then
     if [ "${ABL_TOGETHER:-0}" = 1 ]; then
-        # all three at once, each with a third of the card's memory (the profile peaked at 36.6 GiB at
-        # batch 1,024 alone on an H200, 2026-12-03): its steps are launch-bound, so the three overlap
+        # all three at once, each with a third of the card's memory: for a profile whose steps are
+        # launch-bound and fit a third of the card (not the default one: see the header)
         log "autoencoders ${VARIANTS[*]} at once: $ABL_STEPS steps each (cap $ABL_MINUTES min)"
         for variant in "${VARIANTS[@]}"; do SLD_CUDA_MEMORY_FRACTION=0.32 train_variant $variant & done
         wait

@@ -1,8 +1,10 @@
 """The GPU recipes' shell: every recipe parses, and fit_or_halve (recipes/common.sh) retries a run
-that ran out of GPU memory at half the micro-batch with twice the accumulation, and nothing else."""
+that ran out of GPU memory at half the micro-batch with twice the accumulation, and nothing else;
+lent_gpu.sh runs a recipe once per group of VAR=value arguments."""
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,33 @@ def test_only_one_retry_and_other_failures_are_not_retried(tmp_path):
     assert rc == 1 and "loop.batch_size=32 loop.grad_accum_steps=2" in log.read_text()
     rc, stdout, log = run_fit_or_halve(tmp_path, 4, 1, "broken")
     assert rc == 1 and "again at" not in stdout and "ValueError" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ((), ["ran: -"]),  # no VAR=value at all (2026-12-04: the job ran `env ''` and nothing else)
+        (("A=1",), ["ran: 1"]),
+        (("A=1", "then", "A=two words"), ["ran: 1", "ran: two words"]),
+    ],
+    ids=["no-vars", "one-var", "two-runs"],
+)
+def test_lent_gpu_start_runs_the_recipe_once_per_group(tmp_path, args, expected):
+    """`lent_gpu.sh start RECIPE [VAR=value ...] [then ...]` runs RECIPE once per group, with its vars."""
+    tree = tmp_path / "tree"
+    (tree / "recipes").mkdir(parents=True)
+    for name in ("lent_gpu.sh", "carry_parts.sh"):
+        shutil.copy(RECIPES / name, tree / "recipes" / name)
+    (tree / "recipes" / "fake.sh").write_text('echo "ran: ${A:--}"\n')
+    root = tmp_path / "root"
+    env = {"PATH": "/usr/bin:/bin", "LENT_ROOT": str(root), "LENT_FORCE": "1", "HOME": str(tmp_path)}
+    lent = [BASH, "recipes/lent_gpu.sh"]
+    subprocess.run(
+        [*lent, "start", "recipes/fake.sh", *args], cwd=tree, env=env, check=True, capture_output=True
+    )
+    time.sleep(1)  # the job runs detached; `wait` checks every 10 s after its first look
+    out = subprocess.run([*lent, "wait", "30"], cwd=tree, env=env, check=True, capture_output=True, text=True)
+    assert "FINISHED" in out.stdout
+    log = (root / "results" / "recipe.log").read_text().splitlines()
+    assert [line for line in log if line.startswith("ran:")] == expected
+    assert log[-1] == "[lent_gpu] job done"

@@ -14,7 +14,7 @@ basis vectors (coordinate 0 carries x, 1 carries m, 2 + j carries h_j, so one ca
 coefficient) and checks the map on random inputs. A scheduler whose step is not such a map (DDPM's
 added noise, clipping, thresholding) fails the check and ``linear_steps`` returns None.
 
-With ``graphed=True`` and ``SLD_FUSED_SAMPLER=1`` (opt-in until measured on a GPU),
+With ``graphed=True`` and ``SLD_FUSED_SAMPLER=1`` (opt-in: no faster on an H200 at batch 64),
 ``sample_latents`` uses the coefficients to run a whole sampling step (denoiser, guidance, update,
 re-projection) as one compiled function: one CUDA-graph replay a step instead of the graph of the
 denoiser followed by the scheduler's few dozen eager launches.
