@@ -40,6 +40,7 @@ from transformers import (
 from sld.config import ConfigError
 from sld.errors import UserError
 from sld.models.causal_lm import is_causal_config, load_causal_lm, prepare_tokenizer
+from sld.models.t5_fast import maybe_fuse_t5_elementwise
 from sld.pretrained import resolve_language_model, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
 
@@ -237,6 +238,7 @@ def build_model_parts(
                 f"pass corpus_texts (or a decoder_tokenizer) to {owner}"
             )
         lm = AutoModelForSeq2SeqLM.from_config(decoder_lm_config(decoder_config, tokenizer, uses_own_encoder))
+    maybe_fuse_t5_elementwise(lm)  # T5's feed-forward and norm kernels (sld.models.t5_fast); others unchanged
     sync_generation_ids(lm, tokenizer)
     if uses_own_encoder:
         text_encoder, encoder_tokenizer = None, None
@@ -307,6 +309,7 @@ def load_model_parts(folder: Path, uses_own_encoder: bool) -> tuple[Any, Any, An
     lm_config = AutoConfig.from_pretrained(decoder_dir)
     causal = is_causal_config(lm_config)
     lm = (AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM).from_config(lm_config)
+    maybe_fuse_t5_elementwise(lm)
     if (decoder_dir / "generation_config.json").is_file():
         lm.generation_config = GenerationConfig.from_pretrained(decoder_dir)
     decoder_tokenizer = AutoTokenizer.from_pretrained(decoder_dir)

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Before/after of the from-scratch ROC autoencoder's step on one GPU (issue 13): today's ROC profile
+# (configs/autoencoder_roc.yaml, or TP_CONFIG) alone on the card for TP_MINUTES per variant, one
+# variant after the other, then a table of segments/s, MFU, peak memory and validation BLEU from their
+# summaries. Needs no LM: its whole carry on a lent machine is .whl + .carry/data + .carry/minilm, e.g.
+#   bash recipes/lent_gpu.sh start recipes/ae_throughput.sh TP_MINUTES=1 && bash recipes/lent_gpu.sh wait 400
+# TP_VARIANTS: space-separated NAME=SETTINGS, SETTINGS comma-separated; a setting with an upper-case
+# name before its `=` is an environment variable, any other is a config override. Default:
+#   transformers_t5=SLD_FUSE_T5=0          transformers' own T5 modules (the code before sld.models.t5_fast)
+#   fused=                                 this code's defaults
+#   fused_cached=data.cache_encoder_states=true   the frozen MiniLM run once over every training text
+#   fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true
+# TP_ARGS: overrides for every variant (e.g. losses.variant=vanilla, loop.batch_size=512).
+#   SMOKE=1 bash recipes/ae_throughput.sh          # seconds on a CPU, to check the recipe
+# segments/s and MFU: each summary.json's mean of the last logged rows (the first rows include warm-up;
+# every row is in the metrics.jsonl copied to $OUT); no profiler runs in these timed runs.
+. "$(dirname "$0")/common.sh"
+R=$RUNS/roc
+TP_MINUTES=${TP_MINUTES:-1}
+TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
+TP_VARIANTS=${TP_VARIANTS:-transformers_t5=SLD_FUSE_T5=0 fused= fused_cached=data.cache_encoder_states=true fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true}
+
+if [ ! -f $R/segmented_all/train.jsonl ]; then
+    log "segment ROC: all sentences"
+    "${SLD[@]}" segment -c configs/segment_roc_unconditional.yaml splits.train="$(data_file roc/train)" \
+        splits.valid="$(data_file roc/valid)" output_dir=$R/segmented_all > "$OUT/roc_segment_all.log" 2>&1
+fi
+
+names=()
+for variant in $TP_VARIANTS; do
+    name=${variant%%=*}
+    settings=${variant#*=}
+    envs=()
+    overrides=()
+    IFS=, read -r -a parts <<< "$settings"
+    for part in "${parts[@]}"; do
+        if [[ $part =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$part"); else overrides+=("$part"); fi
+    done
+    log "throughput $name: ${envs[*]:-} ${overrides[*]:-} (${TP_MINUTES} min)"
+    rm -rf "$R/throughput_$name"
+    # shellcheck disable=SC2086
+    env "${envs[@]}" "${SLD[@]}" train-autoencoder -c "$TP_CONFIG" data.segmented_dir=$R/segmented_all \
+        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$R/throughput_$name \
+        loop.max_minutes=$TP_MINUTES loop.max_steps=1000000 loop.eval_every=1000000 loop.save_every=1000000 \
+        data.num_valid_segments=200 "${overrides[@]}" ${TP_ARGS:-} "${SMOKE_AE[@]}" \
+        2>&1 | quiet > "$OUT/throughput_$name.log" || { tail -5 "$OUT/throughput_$name.log"; continue; }
+    cp $R/throughput_$name/summary.json "$OUT/throughput_${name}_summary.json"
+    cp $R/throughput_$name/metrics.jsonl "$OUT/throughput_${name}_metrics.jsonl"
+    names+=("$name")
+done
+
+python3 - "$OUT" "${names[@]}" <<'PY' | tee "$OUT/throughput_table.md"
+import json, sys
+from pathlib import Path
+
+out, names = Path(sys.argv[1]), sys.argv[2:]
+print("| variant | steps | train s | segments/s | x the first | MFU | peak GiB | validation BLEU |")
+print("|---|---|---|---|---|---|---|---|")
+first = None
+for name in names:
+    s = json.loads((out / f"throughput_{name}_summary.json").read_text())
+    rate = s.get("train/items_per_second", float("nan"))
+    first = rate if first is None else first
+    print(f"| {name} | {s['steps']} | {s['train_seconds']:.1f} | {rate:,.0f} | {rate / first:.2f}x | "
+          f"{100 * s.get('train/mfu', float('nan')):.2f}% | {s.get('train/peak_memory_gib', float('nan')):.1f} | "
+          f"{s.get('eval/bleu', float('nan')):.2f} |")
+PY
+log "done"

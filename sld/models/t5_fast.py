@@ -1,0 +1,109 @@
+"""T5's feed-forward blocks and norms with fewer elementwise kernels: same weights, same outputs.
+
+A step of the from-scratch ROC autoencoder (a 6-layer T5 decoder, batch 1,024, bf16 autocast) spent
+most of its GPU time in elementwise kernels, not in matrix products (H200 profile,
+docs/results.md, thirteenth session: ``aten::mul`` 20 ms, ``aten::copy_`` 17 ms, ``aten::mm`` 10.5 ms
+of 88 ms). On the CPU, the largest ones were on the feed-forward block's (B', L, d_ff) tensors:
+transformers' T5
+
+* computes the tanh GELU of T5 v1.1 (``gelu_new``) as seven separate elementwise operations
+  (pow, mul, add, mul, tanh, add, mul), each with its own backward;
+* casts the block's (B', L, d_ff) activations to the output projection's float32 weight dtype before
+  it, which under autocast the projection casts straight back to bfloat16 (two full copies
+  forward, two backward, for the same values);
+* computes its RMS norm (``T5LayerNorm``) in five elementwise kernels.
+
+``fuse_t5_elementwise(lm)`` swaps, in place, ``gelu_new`` for torch's fused ``gelu(approximate=
+"tanh")`` (the same formula; float rounding differs by about 1e-7 relative), the feed-forward
+blocks' class for one that skips the cast while autocast is on (without autocast it casts exactly
+as transformers does: a float16 model keeps ``wo`` in float32), and ``T5LayerNorm`` for
+``torch.nn.functional.rms_norm`` with the same weight and epsilon when its weight is float32. No
+parameter, buffer or state-dict key changes, so checkpoints load either way. Other model types are
+left as they are.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense, T5LayerNorm
+
+from sld.errors import UserError
+
+__all__ = ["FUSE_T5_ENV", "fuse_t5_elementwise", "maybe_fuse_t5_elementwise"]
+
+# SLD_FUSE_T5=0 keeps transformers' own T5 modules (for before/after measurements); default 1
+FUSE_T5_ENV = "SLD_FUSE_T5"
+
+
+def _to_projection_dtype(hidden: torch.Tensor, wo: nn.Linear) -> torch.Tensor:
+    """transformers' cast before ``wo``, skipped under autocast (which casts the input itself)."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        return hidden
+    if hidden.dtype != wo.weight.dtype and wo.weight.dtype != torch.int8:
+        return hidden.to(wo.weight.dtype)
+    return hidden
+
+
+class FusedT5DenseActDense(T5DenseActDense):
+    """``T5DenseActDense`` (B', L, d_model) -> (B', L, d_model) without the autocast round trip."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(self.act(self.wi(hidden_states)))
+        return self.wo(_to_projection_dtype(hidden, self.wo))
+
+
+class FusedT5DenseGatedActDense(T5DenseGatedActDense):
+    """``T5DenseGatedActDense`` (B', L, d_model) -> (B', L, d_model) without the autocast round trip."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states))
+        return self.wo(_to_projection_dtype(hidden, self.wo))
+
+
+class FusedT5LayerNorm(T5LayerNorm):
+    """``T5LayerNorm`` (..., d) -> (..., d) as one ``rms_norm`` in float32 when its weight is float32."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype != torch.float32:
+            return super().forward(hidden_states)
+        return F.rms_norm(
+            hidden_states.to(torch.float32), self.weight.shape, self.weight, self.variance_epsilon
+        )
+
+
+_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
+    T5DenseActDense: FusedT5DenseActDense,
+    T5DenseGatedActDense: FusedT5DenseGatedActDense,
+    T5LayerNorm: FusedT5LayerNorm,
+}
+
+
+def fuse_t5_elementwise(model: nn.Module) -> int:
+    """Swap ``model``'s T5 feed-forward blocks, their ``gelu_new`` and its T5 norms in place (see the
+    module docstring); returns how many modules changed (0 for a model without T5 parts)."""
+    changed = 0
+    for module in model.modules():
+        swap = _SWAPS.get(type(module))
+        if swap is not None:
+            module.__class__ = swap
+            changed += 1
+        if (
+            isinstance(module, (T5DenseActDense, T5DenseGatedActDense))
+            and type(module.act) is NewGELUActivation
+        ):
+            module.act = GELUTanh()
+            changed += 1
+    return changed
+
+
+def maybe_fuse_t5_elementwise(model: nn.Module) -> int:
+    """``fuse_t5_elementwise(model)`` unless ``$SLD_FUSE_T5`` is "0" (default "1"); returns its count."""
+    value = os.environ.get(FUSE_T5_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise UserError(f"{FUSE_T5_ENV} must be 0 or 1, got {value!r}")
+    return fuse_t5_elementwise(model) if value == "1" else 0
