@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from tiny_models import save_tiny_bert, tiny_autoencoder
+from tiny_models import save_tiny_bert, save_tiny_causal_lm, tiny_autoencoder
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, T5Config
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
@@ -151,19 +151,9 @@ def test_state_dict_keys_are_unchanged_and_a_state_dict_loads_across():
     plain.load_state_dict(fast.state_dict(), strict=True)
 
 
-def test_other_models_are_left_alone():
-    config = BartConfig(
-        vocab_size=100,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=32,
-    )
-    assert fuse_t5_elementwise(AutoModelForSeq2SeqLM.from_config(config)) == 0
+def test_other_models_are_left_alone(tmp_path):
+    lm = AutoModelForCausalLM.from_pretrained(save_tiny_causal_lm(tmp_path / "llama"))
+    assert fuse_t5_elementwise(lm) == 0
 
 
 def test_the_switch(monkeypatch):
