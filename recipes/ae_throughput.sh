@@ -3,22 +3,24 @@
 # (configs/autoencoder_roc.yaml, or TP_CONFIG) alone on the card for TP_MINUTES per variant, one
 # variant after the other, then a table of segments/s, MFU, peak memory and validation BLEU from their
 # summaries. Needs no LM: its whole carry on a lent machine is .whl + .carry/data + .carry/minilm, e.g.
-#   bash recipes/lent_gpu.sh start recipes/ae_throughput.sh TP_MINUTES=1 && bash recipes/lent_gpu.sh wait 400
+#   bash recipes/lent_gpu.sh start recipes/ae_throughput.sh TP_MINUTES=1.5 && bash recipes/lent_gpu.sh wait 400
 # TP_VARIANTS: space-separated NAME=SETTINGS, SETTINGS comma-separated; a setting with an upper-case
 # name before its `=` is an environment variable, any other is a config override. Default:
 #   transformers_t5=SLD_FUSE_T5=0          transformers' own T5 modules (the code before sld.models.t5_fast)
 #   fused=                                 this code's defaults
 #   fused_cached=data.cache_encoder_states=true   the frozen MiniLM run once over every training text
 #   fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true
+#   fused_cached_grouped_compiled=...,loop.compile=true   the same compiled (about 70 s of compiling on
+#                                          an H200 in the twelfth session, inside its TP_MINUTES)
 # TP_ARGS: overrides for every variant (e.g. losses.variant=vanilla, loop.batch_size=512).
 #   SMOKE=1 bash recipes/ae_throughput.sh          # seconds on a CPU, to check the recipe
 # segments/s and MFU: each summary.json's mean of the last logged rows (the first rows include warm-up;
 # every row is in the metrics.jsonl copied to $OUT); no profiler runs in these timed runs.
 . "$(dirname "$0")/common.sh"
 R=$RUNS/roc
-TP_MINUTES=${TP_MINUTES:-1}
+TP_MINUTES=${TP_MINUTES:-1.5}
 TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
-TP_VARIANTS=${TP_VARIANTS:-transformers_t5=SLD_FUSE_T5=0 fused= fused_cached=data.cache_encoder_states=true fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true}
+TP_VARIANTS=${TP_VARIANTS:-transformers_t5=SLD_FUSE_T5=0 fused= fused_cached=data.cache_encoder_states=true fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true fused_cached_grouped_compiled=data.cache_encoder_states=true,data.group_by_length=true,loop.compile=true}
 
 if [ ! -f $R/segmented_all/train.jsonl ]; then
     log "segment ROC: all sentences"
