@@ -6,8 +6,8 @@ docs/results.md, thirteenth session: ``aten::mul`` 20 ms, ``aten::copy_`` 17 ms,
 of 88 ms). On the CPU, the largest ones were on the feed-forward block's (B', L, d_ff) tensors:
 transformers' T5
 
-* computes the tanh GELU of T5 v1.1 (``gelu_new``) as seven separate elementwise operations
-  (pow, mul, add, mul, tanh, add, mul), each with its own backward;
+* computes the tanh GELU of T5 v1.1 (``gelu_new``) as eight separate elementwise operations
+  (a pow, four muls, two adds, a tanh), each with its own backward;
 * casts the block's (B', L, d_ff) activations to the output projection's float32 weight dtype before
   it, which under autocast the projection casts straight back to bfloat16 (two full copies
   forward, two backward, for the same values);
