@@ -115,6 +115,18 @@ def test_the_autocast_round_trip_of_the_feed_forward_activations_is_gone():
     assert after > 0
 
 
+def test_a_norm_output_is_cast_to_bf16_once_not_once_per_linear_reading_it():
+    lm = tiny_t5()
+    with _Casts(32) as before:  # d_model = 32
+        logits_and_grads(lm, autocast=True)
+    fuse_t5_elementwise(lm)
+    with _Casts(32) as after:
+        logits_and_grads(lm, autocast=True)
+    # per layer the self-attention's norm fed 3 casts (query, key, value) and the feed-forward's 2
+    # (wi_0, wi_1): now 1 each; the same again in the backward pass; 2 layers
+    assert after.count == before.count - 2 * (2 + 1) * 2
+
+
 def test_without_autocast_a_float16_model_with_a_float32_wo_still_casts():
     """transformers keeps T5's ``wo`` in float32 for half-precision checkpoints: that path keeps working."""
     lm = tiny_t5()

@@ -1,4 +1,4 @@
-"""T5's feed-forward blocks and norms with fewer elementwise kernels: same weights, same outputs.
+"""T5's feed-forward blocks and norms with fewer elementwise kernels: same weights, same outputs up to rounding.
 
 A step of the from-scratch ROC autoencoder (a 6-layer T5 decoder, batch 1,024, bf16 autocast) spent
 most of its GPU time in elementwise kernels, not in matrix products (H200 profile,
@@ -11,13 +11,16 @@ transformers' T5
 * casts the block's (B', L, d_ff) activations to the output projection's float32 weight dtype before
   it, which under autocast the projection casts straight back to bfloat16 (two full copies
   forward, two backward, for the same values);
-* computes its RMS norm (``T5LayerNorm``) in five elementwise kernels.
+* computes its RMS norm (``T5LayerNorm``) in five elementwise kernels, in float32, and every linear
+  layer reading the norm's output casts it to bfloat16 again (query, key and value: three copies).
 
 ``fuse_t5_elementwise(lm)`` swaps, in place, ``gelu_new`` for torch's fused ``gelu(approximate=
 "tanh")`` (the same formula; float rounding differs by about 1e-7 relative), the feed-forward
 blocks' class for one that skips the cast while autocast is on (without autocast it casts exactly
 as transformers does: a float16 model keeps ``wo`` in float32), and ``T5LayerNorm`` for
-``torch.nn.functional.rms_norm`` with the same weight and epsilon when its weight is float32. No
+``torch.nn.functional.rms_norm`` with the same weight and epsilon when its weight is float32, cast
+once to the autocast dtype under autocast (the values the linear layers would have cast; their
+input gradients are then summed in bfloat16 before the cast back, not in float32 after it). No
 parameter, buffer or state-dict key changes, so checkpoints load either way. Other model types are
 left as they are.
 """
@@ -66,14 +69,22 @@ class FusedT5DenseGatedActDense(T5DenseGatedActDense):
 
 
 class FusedT5LayerNorm(T5LayerNorm):
-    """``T5LayerNorm`` (..., d) -> (..., d) as one ``rms_norm`` in float32 when its weight is float32."""
+    """``T5LayerNorm`` (..., d) -> (..., d) as one ``rms_norm`` in float32 when its weight is float32.
+
+    Under autocast the result is cast to the autocast dtype once, here: every reader of a T5 norm's
+    output is a linear layer (query / key / value, the feed-forward block's input projections, the
+    LM head after the decoder's final norm), which autocast would otherwise cast to it again, each
+    its own copy of the same values (three a self-attention block, two a gated feed-forward block).
+    """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.weight.dtype != torch.float32:
             return super().forward(hidden_states)
-        return F.rms_norm(
+        out = F.rms_norm(
             hidden_states.to(torch.float32), self.weight.shape, self.weight, self.variance_epsilon
         )
+        device = hidden_states.device.type
+        return out.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else out
 
 
 _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
