@@ -1,6 +1,7 @@
 """sld.models.t5_fast: T5's feed-forward blocks and norms with fewer kernels give transformers' outputs
 and gradients, skip the autocast cast round trip of the (B', L, d_ff) activations, keep every
-state-dict key, and reach the autoencoder's decoder (built and loaded)."""
+state-dict key, and reach the autoencoder's decoder (built and loaded); the autoencoder's T5 loss on
+the target positions alone equals the loss on all logits."""
 
 import copy
 
@@ -13,6 +14,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from sld.errors import UserError
+from sld.losses import conversion_loss
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.t5_fast import (
     FUSE_T5_ENV,
@@ -20,7 +22,9 @@ from sld.models.t5_fast import (
     FusedT5LayerNorm,
     fuse_t5_elementwise,
     maybe_fuse_t5_elementwise,
+    t5_output_head,
 )
+from sld.tokenization import IGNORE_INDEX
 
 D_FF = 96
 
@@ -188,3 +192,29 @@ def test_the_autoencoder_decoder_is_fused_when_built_and_when_loaded(tmp_path):
     model.save_pretrained(tmp_path / "ae")
     loaded = SegmentAutoencoder.from_pretrained(tmp_path / "ae")
     assert FusedT5DenseGatedActDense in {type(m) for m in loaded.lm.modules()}
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_the_t5_loss_on_target_positions_only_equals_the_loss_on_all_logits(tmp_path, scaled):
+    model = tiny_autoencoder(save_tiny_bert(tmp_path / "bert"), seed=0).float()
+    model.lm.config.scale_decoder_outputs = scaled  # read at every forward, by both paths
+    assert t5_output_head(model.lm)[1] == (model.lm.model_dim**-0.5 if scaled else 1.0)
+    torch.manual_seed(2)
+    z = torch.randn(4, model.config.num_latents, model.config.latent_dim, requires_grad=True)
+    labels = torch.randint(3, 50, (4, 6))
+    labels[0, 4:] = IGNORE_INDEX  # padded positions: no loss
+    labels[2, 1:] = IGNORE_INDEX
+    expected = conversion_loss(model.reconstruction_logits(z, labels), labels)
+    (expected_grad,) = torch.autograd.grad(expected, z)
+    got = model.reconstruction_loss(z, labels)
+    (grad,) = torch.autograd.grad(got, z)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_no_output_head_split_for_other_models_or_older_configs(tmp_path):
+    llama = AutoModelForCausalLM.from_pretrained(save_tiny_causal_lm(tmp_path / "llama"))
+    assert t5_output_head(llama) is None
+    lm = tiny_t5()
+    del lm.config.scale_decoder_outputs  # a transformers version without the setting
+    assert t5_output_head(lm) is None
