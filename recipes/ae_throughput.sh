@@ -5,8 +5,11 @@
 # summaries. Needs no LM: its whole carry on a lent machine is .whl + .carry/data + .carry/minilm, e.g.
 #   bash recipes/lent_gpu.sh start recipes/ae_throughput.sh TP_MINUTES=1.5 && bash recipes/lent_gpu.sh wait 400
 # TP_VARIANTS: space-separated NAME=SETTINGS, SETTINGS comma-separated; a setting with an upper-case
-# name before its `=` is an environment variable, any other is a config override. Default:
-#   transformers_t5=SLD_FUSE_T5=0          transformers' own T5 modules (the code before sld.models.t5_fast)
+# name before its `=` is an environment variable, any other is a config override. The variant named
+# `before` runs the code in BEFORE_CODE (a folder with an older sld/ and stages/, e.g. `mkdir -p
+# .carry/before && git archive 2e0215d sld stages | tar -x -C .carry/before`, which lent_gpu.sh
+# carries and exports) with this tree's config. Default (`before=` first when BEFORE_CODE is set):
+#   transformers_t5=SLD_FUSE_T5=0          transformers' own T5 modules (the target-only T5 loss stays on)
 #   fused=                                 this code's defaults
 #   fused_cached=data.cache_encoder_states=true   the frozen MiniLM run once over every training text
 #   fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true
@@ -20,7 +23,7 @@
 R=$RUNS/roc
 TP_MINUTES=${TP_MINUTES:-1.5}
 TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
-TP_VARIANTS=${TP_VARIANTS:-transformers_t5=SLD_FUSE_T5=0 fused= fused_cached=data.cache_encoder_states=true fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true fused_cached_grouped_compiled=data.cache_encoder_states=true,data.group_by_length=true,loop.compile=true}
+TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }transformers_t5=SLD_FUSE_T5=0 fused= fused_cached=data.cache_encoder_states=true fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true fused_cached_grouped_compiled=data.cache_encoder_states=true,data.group_by_length=true,loop.compile=true}
 
 if [ ! -f $R/segmented_all/train.jsonl ]; then
     log "segment ROC: all sentences"
@@ -28,6 +31,10 @@ if [ ! -f $R/segmented_all/train.jsonl ]; then
         splits.valid="$(data_file roc/valid)" output_dir=$R/segmented_all > "$OUT/roc_segment_all.log" 2>&1
 fi
 
+here=$(pwd)
+runs=$(realpath -m "$R")
+pairs=$(realpath "$(data_file roc/pairs_train)")
+OUT=$(realpath -m "$OUT")
 names=()
 for variant in $TP_VARIANTS; do
     name=${variant%%=*}
@@ -38,14 +45,20 @@ for variant in $TP_VARIANTS; do
     for part in "${parts[@]}"; do
         if [[ $part =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$part"); else overrides+=("$part"); fi
     done
-    log "throughput $name: ${envs[*]:-} ${overrides[*]:-} (${TP_MINUTES} min)"
+    code=$here
+    if [ "$name" = before ]; then
+        [ -n "${BEFORE_CODE:-}" ] || { log "throughput before: BEFORE_CODE is not set, skipped"; continue; }
+        code=$(realpath "$BEFORE_CODE")
+    fi
+    log "throughput $name: ${envs[*]:-} ${overrides[*]:-} (${TP_MINUTES} min, code in $code)"
     rm -rf "$R/throughput_$name"
     # shellcheck disable=SC2086
-    env "${envs[@]}" "${SLD[@]}" train-autoencoder -c "$TP_CONFIG" data.segmented_dir=$R/segmented_all \
-        data.pairs_train="$(data_file roc/pairs_train)" output_dir=$R/throughput_$name \
+    (cd "$code" && env "${envs[@]}" PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-autoencoder \
+        -c "$here/$TP_CONFIG" data.segmented_dir="$runs/segmented_all" \
+        data.pairs_train="$pairs" output_dir="$runs/throughput_$name" \
         loop.max_minutes=$TP_MINUTES loop.max_steps=1000000 loop.eval_every=1000000 loop.save_every=1000000 \
         data.num_valid_segments=200 "${overrides[@]}" ${TP_ARGS:-} "${SMOKE_AE[@]}" \
-        2>&1 | quiet > "$OUT/throughput_$name.log" || { tail -5 "$OUT/throughput_$name.log"; continue; }
+        2>&1 | quiet > "$OUT/throughput_$name.log") || { tail -5 "$OUT/throughput_$name.log"; continue; }
     cp $R/throughput_$name/summary.json "$OUT/throughput_${name}_summary.json"
     cp $R/throughput_$name/metrics.jsonl "$OUT/throughput_${name}_metrics.jsonl"
     names+=("$name")
