@@ -55,12 +55,13 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from sld.config import ConfigError
+from sld.distributed import global_mean
 from sld.errors import UserError
-from sld.losses import conversion_loss
+from sld.losses import chunked_token_nll, conversion_loss
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
 from sld.models.causal_decoding import DecodeSettings, decode
-from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
+from sld.models.causal_lm import is_causal_config, lm_forward, plain_output_head, start_token_id
 from sld.models.parts import (
     DECODER_DIR,
     DECODER_ENCODER,
@@ -76,6 +77,7 @@ from sld.models.parts import (
     save_model_parts,
     shift_labels_right,
 )
+from sld.models.t5_fast import t5_output_head
 from sld.pretrained import MINILM
 from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
@@ -174,8 +176,7 @@ def baseline_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str,
     Goes through ``model(...)`` (not a method) so that a ``DistributedDataParallel`` wrapper from
     ``accelerate`` sees the forward pass and synchronises gradients.
     """
-    logits = model(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (B, L, V)
-    return {"loss": conversion_loss(logits, batch["labels"])}
+    return {"loss": model(batch["input_ids"], batch["attention_mask"], batch["labels"], return_loss=True)}
 
 
 class BaselineCollator:
@@ -419,6 +420,10 @@ class BaselineModel(nn.Module):
 
     # --------------------------------------------------------------------------------------- forward
 
+    def _decoder_start_id(self) -> int:
+        start = self.lm.config.decoder_start_token_id
+        return self.lm.generation_config.decoder_start_token_id if start is None else start
+
     def memory(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Source ids (B, T) and mask (B, T) -> decoder memory (B, T, d_dec); no graph through a frozen encoder."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
@@ -427,13 +432,20 @@ class BaselineModel(nn.Module):
         return self.proj(hidden.to(self.dtype))
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        return_loss: bool = False,
     ) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) for targets ``labels`` (B, L) given source ids (B, T).
 
         A causal-LM baseline reads a prefix-LM batch (``PrefixLMCollator``): logits (B, L', V) of the
-        last L' columns, aligned with ``labels`` (B, L').
+        last L' columns, aligned with ``labels`` (B, L'). ``return_loss``: the mean target-token
+        cross-entropy instead (a scalar; ``target_loss``).
         """
+        if return_loss:
+            return self.target_loss(input_ids, attention_mask, labels)
         if self.is_causal:
             positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
             return self.lm(
@@ -443,16 +455,49 @@ class BaselineModel(nn.Module):
                 use_cache=False,
                 logits_to_keep=labels.shape[1],
             ).logits
-        start = self.lm.config.decoder_start_token_id
-        if start is None:
-            start = self.lm.generation_config.decoder_start_token_id
         out = self.lm(
             encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
             attention_mask=attention_mask,
-            decoder_input_ids=shift_labels_right(labels, start, self.lm.config.pad_token_id),
+            decoder_input_ids=shift_labels_right(
+                labels, self._decoder_start_id(), self.lm.config.pad_token_id
+            ),
             use_cache=False,
         )
         return out.logits
+
+    def target_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the target tokens of ``labels`` (B, L) (a mean over the global batch
+        inside ``fit``), equal to ``conversion_loss(self(input_ids, attention_mask, labels), labels)``.
+
+        When the LM's logits are a plain projection of its last hidden states (a causal LM's head,
+        ``sld.models.causal_lm.plain_output_head``; T5's, ``sld.models.t5_fast.t5_output_head``) only
+        the target positions are projected, a chunk of tokens at a time (``chunked_token_nll``): the
+        (B, L, V) logits of every position, float32 for the loss (SmolLM2: V = 49,152), never exist.
+        """
+        targets = labels != IGNORE_INDEX
+        if self.is_causal:
+            head, scale = plain_output_head(self.lm), 1.0
+            if head is None:
+                return conversion_loss(self(input_ids, attention_mask, labels), labels)
+            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
+            hidden = self.lm.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+            ).last_hidden_state[:, -labels.shape[1] :]  # (B, L', d)
+        else:
+            t5 = t5_output_head(self.lm)
+            if t5 is None:
+                return conversion_loss(self(input_ids, attention_mask, labels), labels)
+            head, scale = t5
+            hidden = self.lm.get_decoder()(
+                input_ids=shift_labels_right(labels, self._decoder_start_id(), self.lm.config.pad_token_id),
+                encoder_hidden_states=self.memory(input_ids, attention_mask),
+                encoder_attention_mask=attention_mask,
+                use_cache=False,
+            ).last_hidden_state  # (B, L, d)
+        total = chunked_token_nll(hidden[targets] * scale, head.weight, head.bias, labels[targets])
+        return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{"loss"}``: mean token cross-entropy of the target given the source (a scalar with a graph)."""
