@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_models import baseline_loss_and_grads
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from sld.data.segmented import SegmentedDocument, write_segmented
 from sld.errors import UserError
-from sld.losses import conversion_loss
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
 from sld.models.baseline import BaselineConfig, BaselineModel
 
@@ -282,21 +282,13 @@ def test_train_baseline_missing_data_is_a_user_error(tmp_path, capsys):
     assert "train.jsonl" in capsys.readouterr().err
 
 
-def _loss_and_grads(model: BaselineModel, batch: dict, from_logits: bool) -> tuple[torch.Tensor, list]:
-    model.zero_grad()
-    args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-    loss = conversion_loss(model(*args), batch["labels"]) if from_logits else model(*args, return_loss=True)
-    loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-
 def test_the_loss_on_target_positions_equals_the_loss_on_all_logits(bert_dir):
     """T5 decoder: ``return_loss`` projects only the target positions (``t5_output_head``)."""
     model = build(bert_dir).eval()  # no dropout: both passes see the same network
     batch = batch_for(model)
     assert (batch["labels"] == -100).any()  # padded positions, which the loss skips
-    expected, expected_grads = _loss_and_grads(model, batch, from_logits=True)
-    got, grads = _loss_and_grads(model, batch, from_logits=False)
+    expected, expected_grads = baseline_loss_and_grads(model, batch, from_logits=True)
+    got, grads = baseline_loss_and_grads(model, batch, from_logits=False)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
     assert len(grads) == len(expected_grads) > 0
     for grad, expected_grad in zip(grads, expected_grads, strict=True):

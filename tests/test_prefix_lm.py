@@ -4,7 +4,6 @@ import pytest
 import tiny_models
 import torch
 
-from sld.losses import conversion_loss
 from sld.models.baseline import BaselineConfig, BaselineModel, baseline_loss
 
 PAIRS = [
@@ -77,17 +76,8 @@ def test_batched_greedy_decode_equals_one_row_at_a_time(model):
 def test_the_loss_on_target_positions_has_the_gradients_of_the_loss_on_all_logits(model):
     """``return_loss`` projects only the target positions through the LM's head (chunked)."""
     batch = model.collator()(PAIRS)
-    args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-    grads = []
-    for loss_of in (
-        lambda: conversion_loss(model(*args), batch["labels"]),
-        lambda: model(*args, return_loss=True),
-    ):
-        model.zero_grad()
-        loss = loss_of()
-        loss.backward()
-        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
-    (expected, expected_grads), (got, got_grads) = grads
+    expected, expected_grads = tiny_models.baseline_loss_and_grads(model, batch, from_logits=True)
+    got, got_grads = tiny_models.baseline_loss_and_grads(model, batch, from_logits=False)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
     assert len(got_grads) == len(expected_grads) > 0
     for grad, expected_grad in zip(got_grads, expected_grads, strict=True):

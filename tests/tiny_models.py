@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
+from sld.losses import conversion_loss
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
 from sld.models.baseline import BaselineConfig, BaselineModel
 from sld.models.context_encoder import ContextEncoder
@@ -328,3 +329,15 @@ def write_stage_inputs(root: Path, bert_dropout: bool = True) -> dict:
     autoencoder = root / "autoencoder"
     tiny_autoencoder(bert, seed=0).save_pretrained(autoencoder)
     return {"bert": bert, "segmented": seg, "autoencoder": autoencoder}
+
+
+def baseline_loss_and_grads(
+    model: BaselineModel, batch: dict, from_logits: bool
+) -> tuple[torch.Tensor, list]:
+    """A baseline's loss on ``batch`` and its parameters' gradients: from its full logits
+    (``conversion_loss``) or from ``return_loss=True`` (target positions only)."""
+    model.zero_grad()
+    args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+    loss = conversion_loss(model(*args), batch["labels"]) if from_logits else model(*args, return_loss=True)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]

@@ -61,7 +61,6 @@ from sld.models.causal_lm import (
     Conditioning,
     LatentConditioning,
     is_causal_config,
-    plain_output_head,
     shift_in_start,
     start_token_id,
     teacher_forced_hidden,
@@ -83,9 +82,9 @@ from sld.models.parts import (
     read_config_json,
     save_model_parts,
     shift_labels_right,
+    split_output_head,
 )
 from sld.models.perceiver import Attention, FeedForward, PerceiverCompressor
-from sld.models.t5_fast import t5_output_head
 from sld.pretrained import MINILM
 from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
@@ -535,29 +534,24 @@ class SegmentAutoencoder(nn.Module):
         Equal to ``conversion_loss(reconstruction_logits(z, labels, decoder_inputs), labels)`` (a mean
         over the global batch inside ``fit``). A causal LM with a plain output head projects only the
         target positions, a chunk of tokens at a time (``sld.losses.chunked_token_nll``): its (B', L, V)
-        logits, the largest tensors of a training step, are never held. A T5 decoder
-        (``sld.models.t5_fast.t5_output_head``) projects only the target positions too, at once.
+        logits, the largest tensors of a training step, are never held; so does a T5 decoder
+        (``sld.models.parts.split_output_head``).
         """
         inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
-        targets = labels != IGNORE_INDEX
+        split = split_output_head(self.lm)
+        if split is None:
+            return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
+        head, scale = split
         if self.is_causal:
-            head = plain_output_head(self.lm)
-            if head is None:
-                return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
             with self.latent_conditioning.teacher_forcing(self.lm, self.memory(z)) as (cache, offset):
                 hidden = teacher_forced_hidden(self.lm, cache, offset, inputs)  # (B', L, d)
-            total = chunked_token_nll(hidden[targets], head.weight, head.bias, labels[targets])
-            return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target
-        t5 = t5_output_head(self.lm)
-        if t5 is None:
-            return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
-        head, scale = t5
-        hidden = self.lm.get_decoder()(
-            input_ids=inputs, encoder_hidden_states=self.memory(z), use_cache=False
-        ).last_hidden_state  # (B', L, d)
-        logits = head(hidden[targets] * scale)  # (T, V): the target positions only
-        total = F.cross_entropy(logits.float(), labels[targets], reduction="sum")
-        return global_mean(total + hidden.sum() * 0.0, targets.sum())
+        else:
+            hidden = self.lm.get_decoder()(
+                input_ids=inputs, encoder_hidden_states=self.memory(z), use_cache=False
+            ).last_hidden_state  # (B', L, d)
+        targets = labels != IGNORE_INDEX
+        total = chunked_token_nll(hidden[targets] * scale, head.weight, head.bias, labels[targets])
+        return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target
 
     def reconstruction_nll(
         self, z: torch.Tensor, labels: torch.Tensor, reduction: Literal["none", "mean", "sum"] = "none"

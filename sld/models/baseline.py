@@ -61,7 +61,7 @@ from sld.losses import chunked_token_nll, conversion_loss
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
 from sld.models.causal_decoding import DecodeSettings, decode
-from sld.models.causal_lm import is_causal_config, lm_forward, plain_output_head, start_token_id
+from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
 from sld.models.parts import (
     DECODER_DIR,
     DECODER_ENCODER,
@@ -76,8 +76,8 @@ from sld.models.parts import (
     read_config_json,
     save_model_parts,
     shift_labels_right,
+    split_output_head,
 )
-from sld.models.t5_fast import t5_output_head
 from sld.pretrained import MINILM
 from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
@@ -471,31 +471,28 @@ class BaselineModel(nn.Module):
         """Mean cross-entropy of the target tokens of ``labels`` (B, L) (a mean over the global batch
         inside ``fit``), equal to ``conversion_loss(self(input_ids, attention_mask, labels), labels)``.
 
-        When the LM's logits are a plain projection of its last hidden states (a causal LM's head,
-        ``sld.models.causal_lm.plain_output_head``; T5's, ``sld.models.t5_fast.t5_output_head``) only
-        the target positions are projected, a chunk of tokens at a time (``chunked_token_nll``): the
-        (B, L, V) logits of every position, float32 for the loss (SmolLM2: V = 49,152), never exist.
+        When the LM's logits are a plain projection of its last hidden states
+        (``sld.models.parts.split_output_head``: a causal LM's head, T5's) only the target positions
+        are projected, a chunk of tokens at a time (``chunked_token_nll``): the (B, L, V) logits of
+        every position, float32 for the loss (SmolLM2: V = 49,152), never exist.
         """
-        targets = labels != IGNORE_INDEX
+        split = split_output_head(self.lm)
+        if split is None:
+            return conversion_loss(self(input_ids, attention_mask, labels), labels)
+        head, scale = split
         if self.is_causal:
-            head, scale = plain_output_head(self.lm), 1.0
-            if head is None:
-                return conversion_loss(self(input_ids, attention_mask, labels), labels)
             positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
             hidden = self.lm.base_model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
             ).last_hidden_state[:, -labels.shape[1] :]  # (B, L', d)
         else:
-            t5 = t5_output_head(self.lm)
-            if t5 is None:
-                return conversion_loss(self(input_ids, attention_mask, labels), labels)
-            head, scale = t5
             hidden = self.lm.get_decoder()(
                 input_ids=shift_labels_right(labels, self._decoder_start_id(), self.lm.config.pad_token_id),
                 encoder_hidden_states=self.memory(input_ids, attention_mask),
                 encoder_attention_mask=attention_mask,
                 use_cache=False,
             ).last_hidden_state  # (B, L, d)
+        targets = labels != IGNORE_INDEX
         total = chunked_token_nll(hidden[targets] * scale, head.weight, head.bias, labels[targets])
         return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target
 

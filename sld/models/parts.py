@@ -39,8 +39,8 @@ from transformers import (
 
 from sld.config import ConfigError
 from sld.errors import UserError
-from sld.models.causal_lm import is_causal_config, load_causal_lm, prepare_tokenizer
-from sld.models.t5_fast import maybe_fuse_t5_elementwise
+from sld.models.causal_lm import is_causal_config, load_causal_lm, plain_output_head, prepare_tokenizer
+from sld.models.t5_fast import maybe_fuse_t5_elementwise, t5_output_head
 from sld.pretrained import resolve_language_model, resolve_pretrained
 from sld.tokenization import IGNORE_INDEX, train_decoder_tokenizer
 
@@ -272,6 +272,19 @@ def load_pretrained_lm(
     return lm, tokenizer
 
 
+def split_output_head(lm: PreTrainedModel) -> tuple[nn.Linear, float] | None:
+    """``(head, scale)`` with the LM's logits = ``head(scale * its last hidden states)``, or None.
+
+    A causal LM's plain head (``sld.models.causal_lm.plain_output_head``, scale 1) or T5's
+    (``sld.models.t5_fast.t5_output_head``): a loss can then project only the target positions
+    (``sld.losses.chunked_token_nll``). None: the logits must come from the LM's own forward.
+    """
+    if is_causal_config(lm.config):
+        head = plain_output_head(lm)
+        return None if head is None else (head, 1.0)
+    return t5_output_head(lm)
+
+
 def freeze_unused_parameters(
     lm: PreTrainedModel, text_encoder: torch.nn.Module | None, uses_lm_encoder: bool, freeze_encoder: bool
 ) -> None:
@@ -435,5 +448,6 @@ __all__ = [
     "load_model_parts",
     "save_model_parts",
     "shift_labels_right",
+    "split_output_head",
     "sync_generation_ids",
 ]

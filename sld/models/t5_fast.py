@@ -128,9 +128,9 @@ def maybe_fuse_t5_elementwise(model: nn.Module) -> int:
 def t5_output_head(lm: nn.Module) -> tuple[nn.Linear, float] | None:
     """``(head, scale)`` with T5's logits = ``head(scale * decoder last hidden state)``, or None.
 
-    A loss can then project only the target positions (``SegmentAutoencoder.reconstruction_loss``):
-    the (B', L, V) float32 logits, their log-softmax forward and backward, took about a quarter of a
-    CPU step of the ROC profile (batch 128, V = 8,192), padded positions included. None for other
+    A loss can then project only the target positions (``SegmentAutoencoder.reconstruction_loss``,
+    ``BaselineModel.target_loss``): no float32 logits of padded positions, nor their log-softmax
+    forward and backward. None for other
     models, and for transformers versions without T5's ``scale_decoder_outputs`` setting (their
     scaling followed ``tie_word_embeddings``): those keep the LM's own forward.
     """
