@@ -6,11 +6,14 @@
 #   .carry/data/       roc/*.jsonl and dialogsum/*.jsonl.gz     .carry/minilm/  an fp16 MiniLM copy
 #   .whl/              wheels of diffusers, nltk, rouge-score, gguf, importlib_metadata
 #   .carry/before/     optional: an older sld/ + stages/ (git archive) for before/after measurements
+#   .carry/lm_shapes/  optional, instead of parts: SmolLM2's config + tokenizer.json.gz (from `sld export-lm`),
+#                      built with random weights there: for timing runs only (tens of KB to carry, not 100 MB)
 # One call per carried folder set, each started while the machine is still warm:
 #   bash recipes/lent_gpu.sh setup                  # every call: store what this call carried
-#   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...] [then VAR=value ...] && bash recipes/lent_gpu.sh wait 450
+#   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...] [then [OTHER.sh] VAR=value ...] && bash recipes/lent_gpu.sh wait 450
 #                                                   # last carry call: launch it and follow it (each
-#                                                   # "then" starts one more run of the recipe after the last)
+#                                                   # "then" starts one more run of the recipe after the last,
+#                                                   # or of OTHER.sh when the group names one)
 #   bash recipes/lent_gpu.sh wait 570               # later calls: follow it; $OUT/results.tgz at the end
 # A recipe without the LM (recipes/roc_ablation.sh) needs one call: carrying .whl, .carry/data and
 # .carry/minilm, `bash recipes/lent_gpu.sh start recipes/roc_ablation.sh ABL_TOGETHER=1 && bash recipes/lent_gpu.sh wait 200`.
@@ -53,6 +56,27 @@ setup() {
         PYTHONPATH=$ROOT/site:$PWD python3 -m sld.cli export-lm name=$ROOT/models/$gguf output_dir=$ROOT/models/smollm2 \
             2>&1 | grep -v "Converting\|Loading\|Writing" || true
     fi
+    # .carry/lm_shapes: SmolLM2's config and tokenizer (tokenizer.json gzipped) without its weights, for
+    # timing runs that do not depend on them (the AR baseline's step, the denoiser's): the LM is built with
+    # random weights of the same shapes, and the folder says so (TIMING_ONLY_RANDOM_WEIGHTS).
+    if [ ! -d $ROOT/models/smollm2 ] && [ -d .carry/lm_shapes ]; then
+        rm -rf $ROOT/models/smollm2.tmp && cp -r .carry/lm_shapes $ROOT/models/smollm2.tmp
+        [ -f $ROOT/models/smollm2.tmp/tokenizer.json.gz ] && gunzip $ROOT/models/smollm2.tmp/tokenizer.json.gz
+        PYTHONPATH=$ROOT/site python3 - $ROOT/models/smollm2.tmp <<'PY'
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+folder = Path(sys.argv[1])
+torch.manual_seed(0)
+AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).save_pretrained(folder)
+(folder / "TIMING_ONLY_RANDOM_WEIGHTS").write_text("random weights of SmolLM2's shapes: for timing runs only\n")
+print(f"timing-only LM with random weights in {folder}")
+PY
+        mv $ROOT/models/smollm2.tmp $ROOT/models/smollm2
+    fi
     cat > $env_file <<EOF
 export PYTHONPATH=$ROOT/site:$ROOT/sld
 export SLD_MINILM_PATH=$ROOT/carry/minilm SLD_SMOLLM2_PATH=$ROOT/models/smollm2
@@ -69,13 +93,17 @@ EOF
 # start a fresh machine that lacks that call's carry (2026-12-03: the recipe then failed at once for
 # want of nltk, and 3.5 device minutes went). Send such a call again: in the eleventh session the
 # first call got that answer (91 s of the budget went) and the same call sent again at once got a machine.
-# missing RECIPE: only recipes/smollm2.sh needs the LM (recipes/roc_ablation.sh, for one, does not:
+# missing RECIPE [ARGS...]: only recipes/smollm2.sh (first or in a later group) needs the LM (recipes/roc_ablation.sh, for one, does not:
 # its whole carry, .whl + .carry/data + .carry/minilm, fits one call).
 missing() {
     [ -d $ROOT/site/nltk ] && [ -d $ROOT/site/diffusers ] || echo "wheels (.whl)"
-    if [[ $(basename "$1") == smollm2* ]] && [ ! -d $ROOT/models/smollm2 ]; then
-        echo "the exported LM (.carry/parts/1 and .carry/parts/2)"
-    fi
+    local arg
+    for arg in "$@"; do   # the recipe and the start call's other arguments (a later group's recipe)
+        if [[ $(basename "$arg") == smollm2*.sh ]] && [ ! -d $ROOT/models/smollm2 ]; then
+            echo "the exported LM (.carry/parts/1 and .carry/parts/2, or .carry/lm_shapes for timing)"
+            break
+        fi
+    done
     [ -d $ROOT/carry/data ] || echo "data (.carry/data)"
     [ -d $ROOT/carry/minilm ] || echo "MiniLM (.carry/minilm)"
 }
@@ -85,8 +113,8 @@ setup) setup ;;
 start)
     setup
     recipe=$1
-    if [ -n "$(missing "$recipe")" ] && [ "${LENT_FORCE:-0}" != 1 ]; then
-        echo "not started: this machine lacks $(missing "$recipe" | paste -sd ';' -) (a fresh machine? run the" \
+    if [ -n "$(missing "$@")" ] && [ "${LENT_FORCE:-0}" != 1 ]; then
+        echo "not started: this machine lacks $(missing "$@" | paste -sd ';' -) (a fresh machine? run the" \
             "setup calls again; LENT_FORCE=1 starts anyway)" >&2
         exit 4
     fi
@@ -99,11 +127,15 @@ start)
     {
         echo "cd $ROOT/sld && . $env_file"
         run=()
+        group_recipe=$recipe
         for arg in "$@" then; do
             if [ "$arg" = then ]; then
                 # one %q per argument (printf ' %q' with no argument at all would print '' and run it)
-                printf 'env'; for var in "${run[@]}"; do printf ' %q' "$var"; done; printf ' bash %q\n' "$recipe"
+                printf 'env'; for var in "${run[@]}"; do printf ' %q' "$var"; done; printf ' bash %q\n' "$group_recipe"
                 run=()
+                group_recipe=$recipe
+            elif [[ $arg == *.sh ]]; then
+                group_recipe=$arg   # "then recipes/other.sh VAR=value": this group runs another recipe
             else
                 run+=("$arg")
             fi

@@ -37,7 +37,7 @@
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
 #          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
-#          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: the eager denoiser with BEFORE_CODE too): items/s,
+#          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: the eager denoiser and every AR run with BEFORE_CODE too): items/s,
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
 #          steps of each, profile.txt; a profiled run's rates are not usable: the profiled steps are slow
 #          and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
@@ -416,7 +416,7 @@ if has trainers; then
     # contrastive autoencoder or the ROC SLD one) at DENOISER_BATCHES, then the ROC AR baseline at
     # AR_BATCHES; once per value of TRAINERS_COMPILE (loop.compile; "false true" measures both), the
     # compiled runs for TP_MINUTES_COMPILED (their first steps compile). TRAINERS_BEFORE=1 with
-    # BEFORE_CODE: the eager denoiser with that older code too (denoiser_<batch>_before).
+    # BEFORE_CODE: the eager denoiser and each AR run with that older code too (<name>_before).
     ae=$ROC/ablation/noise_robust_contrastive
     [ -d $RUNS/roc/sld_autoencoder ] && ae=$RUNS/roc/sld_autoencoder
     [ -f $ae/autoencoder_config.json ] || ae=$ROC/trainers/ae_timing
@@ -440,6 +440,20 @@ if has trainers; then
         cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
         cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
     }
+    # train_ar NAME CODE_DIR COMPILE BATCH MINUTES: one timed run of the ROC AR baseline (SmolLM2)
+    train_ar() {
+        local name=$1 code=$2 compile=$3 batch=$4 minutes=$5
+        log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $minutes min alone ($name, code in $code)"
+        # shellcheck disable=SC2086
+        (cd "$code" && PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-baseline \
+            -c "$here/configs/baseline_roc_continuation_smollm2.yaml" match_autoencoder=null \
+            data.segmented_dir="$(realpath $ROC/segmented_continuation)" output_dir="$(realpath -m $ROC/trainers/$name)" \
+            loop.max_minutes=$minutes loop.batch_size=$batch loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} \
+            loop.eval_every=100000 loop.save_every=100000 loop.log_every=20 ${TRAINERS_AR_ARGS:-} "${SMOKE_AR2[@]}" \
+            2>&1 | quiet > "$OUT/trainers_$name.log")
+        cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
+        cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+    }
     for compile in ${TRAINERS_COMPILE:-false}; do
         suffix=""
         minutes=$TP_MINUTES
@@ -458,14 +472,10 @@ if has trainers; then
         ar_batches=${AR_BATCHES-64}
         [ "$compile" = true ] && ar_batches=${AR_BATCHES_COMPILED-$ar_batches}
         for batch in $ar_batches; do
-            name=ar_$batch$suffix
-            log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $minutes min alone"
-            "${SLD[@]}" train-baseline -c configs/baseline_roc_continuation_smollm2.yaml match_autoencoder=null \
-                data.segmented_dir=$ROC/segmented_continuation output_dir=$ROC/trainers/$name loop.max_minutes=$minutes \
-                loop.batch_size=$batch loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 \
-                loop.save_every=100000 loop.log_every=20 ${TRAINERS_AR_ARGS:-} "${SMOKE_AR2[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log"
-            cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
-            cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+            if [ "${TRAINERS_BEFORE:-0}" = 1 ] && [ -n "${BEFORE_CODE:-}" ]; then
+                train_ar ar_$batch${suffix}_before "$(realpath "$BEFORE_CODE")" $compile $batch $minutes
+            fi
+            train_ar ar_$batch$suffix "$here" $compile $batch $minutes
         done
     done
     for f in "$OUT"/trainers_*_summary.json; do

@@ -75,8 +75,9 @@ def test_only_one_retry_and_other_failures_are_not_retried(tmp_path):
         ((), ["ran: -"]),  # no VAR=value at all (2026-12-04: the job ran `env ''` and nothing else)
         (("A=1",), ["ran: 1"]),
         (("A=1", "then", "A=two words"), ["ran: 1", "ran: two words"]),
+        (("A=1", "then", "recipes/other.sh", "A=2", "then", "A=3"), ["ran: 1", "other: 2", "ran: 3"]),
     ],
-    ids=["no-vars", "one-var", "two-runs"],
+    ids=["no-vars", "one-var", "two-runs", "other-recipe-in-a-group"],
 )
 def test_lent_gpu_start_runs_the_recipe_once_per_group(tmp_path, args, expected):
     """`lent_gpu.sh start RECIPE [VAR=value ...] [then ...]` runs RECIPE once per group, with its vars."""
@@ -85,6 +86,7 @@ def test_lent_gpu_start_runs_the_recipe_once_per_group(tmp_path, args, expected)
     for name in ("lent_gpu.sh", "carry_parts.sh"):
         shutil.copy(RECIPES / name, tree / "recipes" / name)
     (tree / "recipes" / "fake.sh").write_text('echo "ran: ${A:--}"\n')
+    (tree / "recipes" / "other.sh").write_text('echo "other: ${A:--}"\n')
     root = tmp_path / "root"
     env = {"PATH": "/usr/bin:/bin", "LENT_ROOT": str(root), "LENT_FORCE": "1", "HOME": str(tmp_path)}
     lent = [BASH, "recipes/lent_gpu.sh"]
@@ -95,5 +97,5 @@ def test_lent_gpu_start_runs_the_recipe_once_per_group(tmp_path, args, expected)
     out = subprocess.run([*lent, "wait", "30"], cwd=tree, env=env, check=True, capture_output=True, text=True)
     assert "FINISHED" in out.stdout
     log = (root / "results" / "recipe.log").read_text().splitlines()
-    assert [line for line in log if line.startswith("ran:")] == expected
+    assert [line for line in log if line.startswith(("ran:", "other:"))] == expected
     assert log[-1] == "[lent_gpu] job done"
