@@ -181,13 +181,14 @@ def compute_autoencoder_losses(
     z = _encode(model, batch)  # (B', N, D)
     z_in = gaussian_latent_noise(z, cfg.noise_std) if training and cfg.uses_noise else z
     inputs = model.decoder_inputs(labels, cfg.word_dropout if training else 0.0)
-    conversion = model.reconstruction_loss(z_in, labels, inputs)
+    targets = batch.get("target_index")  # (T,) flat target positions from the collator, or None
+    conversion = model.reconstruction_loss(z_in, labels, inputs, targets)
     zero = conversion.new_zeros(())
 
     adversarial = zero
     if cfg.uses_adversarial:
         r = adversarial_direction(_latent_gradient(model, z_in, labels, conversion), cfg.adversarial_epsilon)
-        adversarial = model.reconstruction_loss(z_in + r, labels, inputs)
+        adversarial = model.reconstruction_loss(z_in + r, labels, inputs, targets)
 
     contrastive = zero
     if cfg.uses_contrastive:

@@ -14,17 +14,26 @@
   memory of their own peak cached, and the sum of the peaks ran the card out of memory (the first H200
   session of ``recipes/smollm2.sh``). Under a cap the caching allocator frees cached blocks and retries
   before it fails.
+* ``SLD_SYNC_DEBUG=warn`` (or ``error``) makes every host sync inside a training step a warning (an
+  error) with its source line, through ``torch.cuda.set_sync_debug_mode``: a step that makes the host
+  wait for the GPU stops the host from queueing the next kernels while the GPU works, which on the
+  H200 left a launch-bound step's GPU idle part of the time (docs/results.md, 2026-12-04). Evaluation,
+  logging steps and checkpoints are outside the guarded region.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 logger = logging.getLogger(__name__)
 
 CUDNN_ATTENTION_ENV = "SLD_CUDNN_ATTENTION"
 MEMORY_FRACTION_ENV = "SLD_CUDA_MEMORY_FRACTION"
+SYNC_DEBUG_ENV = "SLD_SYNC_DEBUG"
+SYNC_DEBUG_MODES = ("warn", "error")
 
 
 def configure_attention(cudnn: bool | None = None) -> bool:
@@ -83,3 +92,32 @@ __all__ = [
     "configure_memory_share",
     "memory_fraction_from_env",
 ]
+
+
+def sync_debug_mode() -> str | None:
+    """``SLD_SYNC_DEBUG``'s mode (``"warn"`` or ``"error"``), or None when unset or ``0``."""
+    from sld.errors import UserError
+
+    raw = os.environ.get(SYNC_DEBUG_ENV, "").strip().lower()
+    if raw in ("", "0"):
+        return None
+    if raw not in SYNC_DEBUG_MODES:
+        raise UserError(f"{SYNC_DEBUG_ENV}={raw!r}: expected warn, error or 0")
+    return raw
+
+
+@contextlib.contextmanager
+def guarded_step(mode: str | None, device_type: str) -> Iterator[None]:
+    """Inside: host syncs on ``device_type`` "cuda" warn or raise (``torch.cuda.set_sync_debug_mode``)
+    when ``mode`` is set; otherwise (or on another device) nothing changes."""
+    import torch
+
+    if mode is None or device_type != "cuda":
+        yield
+        return
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)

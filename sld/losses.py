@@ -61,6 +61,43 @@ def chunked_token_nll(
     return total
 
 
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices (T,) int64 of the target tokens of ``labels`` (B, L): every label but IGNORE_INDEX.
+
+    The collators call this on the host, where the batch is built, and send the indices with the
+    batch (``target_index``): the same selection on the device has a data-dependent size, which makes
+    the host wait for the device (a sync per loss call, and the step's kernels stop queueing ahead).
+    """
+    return (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
+
+
+def target_token_nll(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: torch.nn.Linear,
+    scale: float = 1.0,
+    target_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens of ``labels`` (B, L) under logits ``head(scale * hidden)``
+    for hidden states (B, L, d), projecting the target positions only (``chunked_token_nll``).
+
+    ``target_index``: ``target_positions(labels)`` computed on the host (a batch's ``target_index``);
+    None computes it here, one host sync. The mean runs over the global batch inside ``fit``
+    (``global_mean``); with no target at all the result is 0 with a graph.
+    """
+    if hidden.shape[:2] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} does not match labels {tuple(labels.shape)}")
+    if target_index is None:
+        target_index = target_positions(labels)
+    rows = hidden.flatten(0, 1).index_select(0, target_index)  # (T, d)
+    total = chunked_token_nll(
+        rows * scale, head.weight, head.bias, labels.flatten().index_select(0, target_index)
+    )
+    if target_index.numel() == 0:  # known on the host: no sync
+        total = total + hidden.sum() * 0.0
+    return global_mean(total, (labels != IGNORE_INDEX).sum())
+
+
 def _chunk_nll(
     hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:

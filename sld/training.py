@@ -56,7 +56,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gath
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sld.backends import configure_attention
+from sld.backends import SYNC_DEBUG_ENV, configure_attention, guarded_step, sync_debug_mode
 from sld.checkpointing import (
     CHECKPOINT_PATTERN,
     CheckpointError,
@@ -281,7 +281,12 @@ def make_accelerator(output_dir: str | Path, loop: LoopConfig) -> Accelerator:
             project_dir=str(output_dir), logging_dir=str(Path(output_dir) / TENSORBOARD_DIR)
         ),
         # data_seed: the shuffled order is the same on every process (each reads its own share)
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=loop.seed),
+        # non_blocking: batches (pinned by the DataLoader on a GPU) go to the device without the
+        # host waiting. A copy from pageable memory waits for the stream to drain first: every step
+        # then began with the GPU idle while the host queued the step's first kernels.
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=loop.seed, non_blocking=True
+        ),
     )
 
 
@@ -400,6 +405,7 @@ def fit(
         drop_last=len(dataset) >= loop.batch_size,
         collate_fn=collate_fn,
         num_workers=loop.num_workers,
+        pin_memory=accelerator.device.type == "cuda",  # page-locked: the copy to the GPU is asynchronous
         # always a generator of its own: a new iterator then never draws from the global RNG, so a
         # resumed run (which starts a new iterator mid-epoch) keeps the RNG stream of the original
         generator=torch.Generator().manual_seed(loop.seed),
@@ -588,6 +594,9 @@ def fit(
     configure_attention()  # cuDNN attention off unless SLD_CUDNN_ATTENTION=1 (sld.backends says why)
 
     micro_in_step = 0  # micro-batches of the optimizer step being accumulated
+    sync_debug = sync_debug_mode()  # SLD_SYNC_DEBUG: host syncs inside a step warn or raise
+    if sync_debug is not None:
+        logger.info("%s=%s: host syncs inside training steps %s", SYNC_DEBUG_ENV, sync_debug, sync_debug)
 
     def forward_backward(batch: Any, counter: Any) -> tuple[dict[str, Any], list[str], torch.Tensor]:
         """One micro-batch's loss terms and backward pass (inside ``counter`` when FLOPs are counted)."""
@@ -622,7 +631,7 @@ def fit(
         for batch in batches:
             counter = FlopCount(loop.compile) if micro_batches_seen == count_flops_at else nullcontext()
             micro_batches_seen += 1
-            with accelerator.accumulate(model):
+            with guarded_step(sync_debug, accelerator.device.type), accelerator.accumulate(model):
                 try:
                     terms, names, values = forward_backward(batch, counter)
                 except Exception as err:

@@ -88,6 +88,27 @@ def test_every_term_is_present(variant):
     torch.testing.assert_close(terms["loss"], expected)
 
 
+def test_a_collated_batch_sends_its_target_positions_so_the_loss_does_not_search_them(monkeypatch):
+    """The loss selects target tokens with the collator's host-built ``target_index``: searching the
+    labels on the device instead (``target_positions``) would be a host sync per loss call."""
+    import sld.losses
+
+    model = build().train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    cfg = AutoencoderLossConfig(variant="noise_robust", noise_std=0.0)
+    torch.manual_seed(1)
+    searched = autoencoder_losses(model, {k: v for k, v in batch.items() if k != "target_index"}, cfg)
+
+    def no_search(labels):
+        raise AssertionError("target positions searched on the device")
+
+    monkeypatch.setattr(sld.losses, "target_positions", no_search)
+    torch.manual_seed(1)
+    given = autoencoder_losses(model, batch, cfg)
+    for name in ("conversion", "adversarial", "loss"):
+        torch.testing.assert_close(given[name], searched[name])
+
+
 def test_every_trainable_parameter_gets_a_gradient(bert_dir):
     model = build(encoder=bert_dir, freeze_encoder=False, dropout=0.1).train()
     batch = SegmentCollator.from_autoencoder(model)(ROWS)

@@ -8,7 +8,9 @@ from sld.backends import (
     MEMORY_FRACTION_ENV,
     configure_attention,
     configure_memory_share,
+    guarded_step,
     memory_fraction_from_env,
+    sync_debug_mode,
 )
 from sld.errors import UserError
 
@@ -54,3 +56,27 @@ def test_a_bad_share_is_a_one_line_stage_error(monkeypatch, capsys, tmp_path):
     )
     assert code == 2
     assert MEMORY_FRACTION_ENV in capsys.readouterr().err
+
+
+def test_sync_debug_mode_is_read_and_checked(monkeypatch):
+    monkeypatch.delenv("SLD_SYNC_DEBUG", raising=False)
+    assert sync_debug_mode() is None
+    for raw, expected in (("0", None), ("warn", "warn"), (" ERROR ", "error")):
+        monkeypatch.setenv("SLD_SYNC_DEBUG", raw)
+        assert sync_debug_mode() == expected
+    monkeypatch.setenv("SLD_SYNC_DEBUG", "1")
+    with pytest.raises(UserError, match="SLD_SYNC_DEBUG='1': expected warn, error or 0"):
+        sync_debug_mode()
+
+
+def test_guarded_step_sets_and_restores_the_cuda_sync_mode(monkeypatch):
+    """On a CUDA device the mode holds inside the step only; elsewhere nothing is touched."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", calls.append)
+    with guarded_step("error", "cuda"):
+        assert calls == ["error"]
+    assert calls == ["error", 0]
+    with guarded_step("warn", "cpu"), guarded_step(None, "cuda"):
+        pass
+    assert calls == ["error", 0]

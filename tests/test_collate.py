@@ -39,7 +39,10 @@ def collator() -> SegmentCollator:
 
 def test_segment_rows(collator):
     batch = collator(["The cat sat on the mat.", "Hi", ""])
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "target_index"}
+    # the loss's target positions, found on the host: flat indices of every label but -100
+    flat = batch["labels"].flatten()
+    assert torch.equal(batch["target_index"], torch.arange(flat.numel())[flat != IGNORE_INDEX])
     assert batch["input_ids"].shape == batch["attention_mask"].shape
     assert batch["input_ids"].shape[0] == batch["labels"].shape[0] == 3
     assert batch["input_ids"].shape[1] <= 16 and batch["labels"].shape[1] <= 16

@@ -101,3 +101,28 @@ def test_chunked_token_nll_equals_the_full_cross_entropy_with_the_same_gradients
             assert torch.allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="chunk_tokens"):
         chunked_token_nll(hidden, head.weight, None, targets, chunk_tokens=0)
+
+
+def test_target_token_nll_equals_the_loss_on_all_logits_with_or_without_host_indices():
+    from sld.losses import target_positions, target_token_nll
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 8, requires_grad=True)  # (B, L, d)
+    head = torch.nn.Linear(8, 40)
+    labels = torch.randint(0, 40, (3, 5))
+    labels[0, 3:] = -100
+    labels[2, 1] = -100  # a target after a skipped position: the index is flat, not a prefix
+    expected = conversion_loss(head(2.0 * hidden), labels)
+    expected_grads = torch.autograd.grad(expected, [hidden, head.weight])
+    index = target_positions(labels)
+    assert index.tolist() == [i for i, label in enumerate(labels.flatten().tolist()) if label != -100]
+    for given in (None, index):
+        got = target_token_nll(hidden, labels, head, scale=2.0, target_index=given)
+        torch.testing.assert_close(got, expected)
+        for grad, expected_grad in zip(torch.autograd.grad(got, [hidden, head.weight]), expected_grads):
+            torch.testing.assert_close(grad, expected_grad)
+    none = torch.full_like(labels, -100)
+    zero = target_token_nll(hidden, none, head, target_index=target_positions(none))
+    assert zero.item() == 0.0 and zero.requires_grad
+    with pytest.raises(ValueError, match="does not match labels"):
+        target_token_nll(hidden, labels[:, :4], head)

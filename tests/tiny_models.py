@@ -338,6 +338,10 @@ def baseline_loss_and_grads(
     (``conversion_loss``) or from ``return_loss=True`` (target positions only)."""
     model.zero_grad()
     args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-    loss = conversion_loss(model(*args), batch["labels"]) if from_logits else model(*args, return_loss=True)
+    if from_logits:
+        loss = conversion_loss(model(*args), batch["labels"])
+    else:  # the collator's host-built target positions, as in training
+        assert "target_index" in batch
+        loss = model(*args, return_loss=True, target_index=batch["target_index"])
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]

@@ -6,6 +6,8 @@ negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of r
 
     input_ids, attention_mask          (B', L)  encoder inputs of every row
     labels                             (B', L') decoder targets, eos included, -100 at padding
+    target_index                       (T,)     flat positions of the labels' T target tokens (the
+                                       loss selects them without a host sync: sld.losses.target_positions)
     positive_index                     (P,)     rows that have a paraphrase
     positive_input_ids, ..._mask       (P, L)   encoder inputs of those paraphrases (row order)
     negative_input_ids, ..._mask       (Q, L)   encoder inputs of every hard negative in the batch
@@ -33,6 +35,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sld.data.records import iter_jsonl_numbered
 from sld.errors import DataError
+from sld.losses import target_positions
 from sld.tokenization import decoder_labels, encoder_inputs
 
 Row = str | Mapping[str, str]
@@ -102,6 +105,7 @@ class SegmentCollator:
 
         batch = self._encode(texts)
         batch["labels"] = decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)
+        batch["target_index"] = target_positions(batch["labels"])
         if positives:
             pos = self._encode(positives)
             batch["positive_index"] = torch.tensor(positive_index, dtype=torch.long)

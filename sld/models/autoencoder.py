@@ -53,9 +53,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
 from sld.config import ConfigError
-from sld.distributed import global_mean
 from sld.errors import UserError
-from sld.losses import chunked_token_nll, conversion_loss
+from sld.losses import conversion_loss, target_token_nll
 from sld.models.causal_decoding import DecodeSettings, decode
 from sld.models.causal_lm import (
     Conditioning,
@@ -527,7 +526,11 @@ class SegmentAutoencoder(nn.Module):
         return out.logits
 
     def reconstruction_loss(
-        self, z: torch.Tensor, labels: torch.Tensor, decoder_inputs: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        decoder_inputs: torch.Tensor | None = None,
+        target_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The conversion loss: mean token cross-entropy of ``labels`` (B', L) given latents z (B', N, D).
 
@@ -535,7 +538,9 @@ class SegmentAutoencoder(nn.Module):
         over the global batch inside ``fit``). A causal LM with a plain output head projects only the
         target positions, a chunk of tokens at a time (``sld.losses.chunked_token_nll``): its (B', L, V)
         logits, the largest tensors of a training step, are never held; so does a T5 decoder
-        (``sld.models.parts.split_output_head``).
+        (``sld.models.parts.split_output_head``). ``target_index``: the batch's flat target positions
+        (``sld.losses.target_positions``, built by the collator on the host); None finds them on the
+        device, a host sync.
         """
         inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
         split = split_output_head(self.lm)
@@ -549,9 +554,7 @@ class SegmentAutoencoder(nn.Module):
             hidden = self.lm.get_decoder()(
                 input_ids=inputs, encoder_hidden_states=self.memory(z), use_cache=False
             ).last_hidden_state  # (B', L, d)
-        targets = labels != IGNORE_INDEX
-        total = chunked_token_nll(hidden[targets] * scale, head.weight, head.bias, labels[targets])
-        return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target
+        return target_token_nll(hidden, labels, head, scale, target_index)
 
     def reconstruction_nll(
         self, z: torch.Tensor, labels: torch.Tensor, reduction: Literal["none", "mean", "sum"] = "none"

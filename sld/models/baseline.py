@@ -55,9 +55,8 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from sld.config import ConfigError
-from sld.distributed import global_mean
 from sld.errors import UserError
-from sld.losses import chunked_token_nll, conversion_loss
+from sld.losses import conversion_loss, target_positions, target_token_nll
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
 from sld.models.causal_decoding import DecodeSettings, decode
@@ -176,14 +175,22 @@ def baseline_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str,
     Goes through ``model(...)`` (not a method) so that a ``DistributedDataParallel`` wrapper from
     ``accelerate`` sees the forward pass and synchronises gradients.
     """
-    return {"loss": model(batch["input_ids"], batch["attention_mask"], batch["labels"], return_loss=True)}
+    loss = model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        return_loss=True,
+        target_index=batch.get("target_index"),
+    )
+    return {"loss": loss}
 
 
 class BaselineCollator:
     """Picklable collate function: ``(source, target)`` pairs -> a training batch.
 
     ``None`` sources become empty strings. Batch keys: ``input_ids``, ``attention_mask`` (B, T)
-    encoder inputs of the sources, ``labels`` (B, L) decoder targets (eos included, -100 at pads).
+    encoder inputs of the sources, ``labels`` (B, L) decoder targets (eos included, -100 at pads),
+    ``target_index`` (T,) their flat target positions (``sld.losses.target_positions``).
     """
 
     def __init__(
@@ -213,10 +220,8 @@ class BaselineCollator:
     def __call__(self, pairs: Sequence[tuple[str | None, str]]) -> dict[str, torch.Tensor]:
         sources = [source for source, _ in pairs]
         targets = [target for _, target in pairs]
-        return {
-            **self.sources(sources),
-            "labels": decoder_labels(self.decoder_tokenizer, targets, self.max_target_tokens),
-        }
+        labels = decoder_labels(self.decoder_tokenizer, targets, self.max_target_tokens)
+        return {**self.sources(sources), "labels": labels, "target_index": target_positions(labels)}
 
 
 class PrefixLMCollator:
@@ -229,7 +234,7 @@ class PrefixLMCollator:
     (``logits_to_keep``), not for the source, which is most of a dialogue. ``None`` sources are
     empty. Batch keys: ``input_ids``, ``attention_mask`` (B, W) left-padded, W = max(T + 1 + L);
     ``labels`` (B, L_max + 1): label j is the token after column W - (L_max + 1) + j, -100 where that
-    column still reads the source (or padding).
+    column still reads the source (or padding); ``target_index`` (T,) the labels' flat target positions.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_tokens: int, max_target_tokens: int):
@@ -280,7 +285,12 @@ class PrefixLMCollator:
             ids[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
             labels[i, kept - len(target) - 1 :] = torch.tensor(target + [eos])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "target_index": target_positions(labels),
+        }
 
 
 class BaselineModel(nn.Module):
@@ -437,15 +447,16 @@ class BaselineModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         return_loss: bool = False,
+        target_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) for targets ``labels`` (B, L) given source ids (B, T).
 
         A causal-LM baseline reads a prefix-LM batch (``PrefixLMCollator``): logits (B, L', V) of the
         last L' columns, aligned with ``labels`` (B, L'). ``return_loss``: the mean target-token
-        cross-entropy instead (a scalar; ``target_loss``).
+        cross-entropy instead (a scalar; ``target_loss``, with the batch's ``target_index``).
         """
         if return_loss:
-            return self.target_loss(input_ids, attention_mask, labels)
+            return self.target_loss(input_ids, attention_mask, labels, target_index)
         if self.is_causal:
             positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
             return self.lm(
@@ -466,7 +477,11 @@ class BaselineModel(nn.Module):
         return out.logits
 
     def target_loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        target_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy of the target tokens of ``labels`` (B, L) (a mean over the global batch
         inside ``fit``), equal to ``conversion_loss(self(input_ids, attention_mask, labels), labels)``.
@@ -474,7 +489,9 @@ class BaselineModel(nn.Module):
         When the LM's logits are a plain projection of its last hidden states
         (``sld.models.parts.split_output_head``: a causal LM's head, T5's) only the target positions
         are projected, a chunk of tokens at a time (``chunked_token_nll``): the (B, L, V) logits of
-        every position, float32 for the loss (SmolLM2: V = 49,152), never exist.
+        every position, float32 for the loss (SmolLM2: V = 49,152), never exist. ``target_index``: the
+        batch's flat target positions from the collator (``sld.losses.target_positions``); None finds
+        them on the device (a host sync).
         """
         split = split_output_head(self.lm)
         if split is None:
@@ -492,9 +509,7 @@ class BaselineModel(nn.Module):
                 encoder_attention_mask=attention_mask,
                 use_cache=False,
             ).last_hidden_state  # (B, L, d)
-        targets = labels != IGNORE_INDEX
-        total = chunked_token_nll(hidden[targets] * scale, head.weight, head.bias, labels[targets])
-        return global_mean(total + hidden.sum() * 0.0, targets.sum())  # 0 with a graph if no target
+        return target_token_nll(hidden, labels, head, scale, target_index)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{"loss"}``: mean token cross-entropy of the target given the source (a scalar with a graph)."""
