@@ -16,6 +16,9 @@
 #   fused_cached_grouped_compiled=...,loop.compile=true   the same compiled (about 70 s of compiling on
 #                                          an H200 in the twelfth session, inside its TP_MINUTES)
 # TP_ARGS: overrides for every variant (e.g. losses.variant=vanilla, loop.batch_size=512).
+# TP_MAX_STEPS: loop.max_steps of every variant (default: the config's, whose cosine decay spans it; a
+#   run of 1,000,000 steps kept the rate at its peak, and a 3-minute run diverged at step ~1,300 on
+#   2026-12-04). A variant that reaches max_steps stops before its TP_MINUTES.
 #   SMOKE=1 bash recipes/ae_throughput.sh          # seconds on a CPU, to check the recipe
 # segments/s and MFU: each summary.json's mean of the last logged rows (the first rows include warm-up;
 # every row is in the metrics.jsonl copied to $OUT); no profiler runs in these timed runs.
@@ -56,7 +59,7 @@ for variant in $TP_VARIANTS; do
     (cd "$code" && env "${envs[@]}" PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-autoencoder \
         -c "$here/$TP_CONFIG" data.segmented_dir="$runs/segmented_all" \
         data.pairs_train="$pairs" output_dir="$runs/throughput_$name" \
-        loop.max_minutes=$TP_MINUTES loop.max_steps=1000000 loop.eval_every=1000000 loop.save_every=1000000 \
+        loop.max_minutes=$TP_MINUTES ${TP_MAX_STEPS:+loop.max_steps=$TP_MAX_STEPS} loop.eval_every=1000000 loop.save_every=1000000 \
         data.num_valid_segments=200 "${overrides[@]}" ${TP_ARGS:-} "${SMOKE_AE[@]}" \
         2>&1 | quiet > "$OUT/throughput_$name.log") || { tail -5 "$OUT/throughput_$name.log"; continue; }
     cp $R/throughput_$name/summary.json "$OUT/throughput_${name}_summary.json"

@@ -217,6 +217,35 @@ def lr_lambda(step: int, optim: OptimConfig, total_steps: int) -> float:
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * decay
 
 
+# A time-budgeted run that stops with its learning rate above this share of the peak never decayed.
+UNDECAYED_LR_SHARE = 0.5
+
+
+def warn_if_schedule_undecayed(step: int, optim: OptimConfig, max_steps: int) -> bool:
+    """Warn (and return True) when a run stopped by its time budget at ``step`` with the schedule's
+    learning rate still above ``UNDECAYED_LR_SHARE`` of its peak.
+
+    The decay spans ``loop.max_steps``; a time budget that ends long before it leaves the whole run
+    near the peak rate. On the H200 (2026-12-04) the ROC autoencoder at 1e-3, cosine over 20,000 steps,
+    diverged at step ~1,300 of a 3-minute run (gradient norm 0.85 -> 130, loss 0.76 -> 7.5).
+    """
+    if optim.schedule == "constant" or step >= max_steps:
+        return False
+    share = lr_lambda(step, optim, max_steps)
+    if share <= UNDECAYED_LR_SHARE:
+        return False
+    logger.warning(
+        "the time budget ended at step %d with the learning rate at %.0f%% of its peak: the %s decay "
+        "spans loop.max_steps=%d. To anneal within the budget, set loop.max_steps to about %d",
+        step,
+        100 * share,
+        optim.schedule,
+        max_steps,
+        step,
+    )
+    return True
+
+
 def group_lr_lambdas(
     optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int
 ) -> list[Callable[[int], float]]:
@@ -724,6 +753,8 @@ def fit(
         elapsed(),
         f"; {state.skipped_steps} steps skipped (non-finite)" if state.skipped_steps else "",
     )
+    if stopped_by == "max_minutes":
+        warn_if_schedule_undecayed(state.step, optim, loop.max_steps)
     return FitResult(
         model=uncompile(_unwrap(accelerator, model)),  # plain modules for what follows (generation)
         ema=ema,
@@ -747,4 +778,5 @@ __all__ = [
     "lr_lambda",
     "make_accelerator",
     "truncate_metrics",
+    "warn_if_schedule_undecayed",
 ]

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 import sld.training as training
-from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints, lr_lambda
+from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints, lr_lambda, warn_if_schedule_undecayed
 
 
 class IndexDataset(Dataset):
@@ -330,3 +330,13 @@ def test_compiled_blocks_run_compiled_on_every_step_after_the_flop_count(tmp_pat
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(rows[-1])["train/tflops_per_second"] > 0  # the FLOPs are still counted
     assert calls["graphs"] >= 2 * (steps - 1)  # both blocks, compiled, on every step but the counted one
+
+
+def test_a_time_budget_that_ends_before_the_decay_is_reported(caplog):
+    """Cosine over 20,000 steps, stopped by the clock at 1,500: the rate never left its peak."""
+    optim = OptimConfig(lr=1e-3, warmup_steps=100, schedule="cosine")
+    with caplog.at_level("WARNING", logger="sld.training"):
+        assert warn_if_schedule_undecayed(1500, optim, 20000)
+    assert "set loop.max_steps to about 1500" in caplog.text and "99% of its peak" in caplog.text
+    assert not warn_if_schedule_undecayed(1500, optim, 2000)  # decayed to 7%: fine
+    assert not warn_if_schedule_undecayed(1500, OptimConfig(schedule="constant"), 20000)
