@@ -33,10 +33,13 @@ whose members are two or more modules of one class. A model without such a list 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 import torch._functorch.config  # not imported by `import torch`: retained_graphs patches it
 from torch import nn
+
+from sld.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +64,25 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+def compile_model(
+    model: nn.Module, backend: str = "inductor", only: Sequence[str] | None = None
+) -> nn.Module:
     """Compile ``model``'s repeated blocks in place and return ``model``; a model without repeated
     blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``). ``backend``:
-    ``torch.compile``'s (``"eager"`` traces without generating kernels: tests)."""
+    ``torch.compile``'s (``"eager"`` traces without generating kernels: tests). ``only``: the class
+    names of the blocks to compile (``loop.compile_blocks``), e.g. the blocks whose shapes never change
+    (the reconstructor's ``TransformerBlock``) and not those that meet a new sequence length at every
+    length-grouped batch (``T5Block``); None compiles them all."""
     blocks = repeated_blocks(model)
+    if only is not None:
+        found = sorted({type(b).__name__ for b in blocks})
+        unknown = sorted(set(only) - set(found))
+        if unknown or not only:
+            raise ConfigError(
+                f"loop.compile_blocks={list(only)}: {type(model).__name__}'s repeated blocks are "
+                f"{found or 'none'}" + (f"; no block is a {', '.join(unknown)}" if unknown else "")
+            )
+        blocks = [b for b in blocks if type(b).__name__ in only]
     options = {"options": dict(INDUCTOR_OPTIONS)} if backend == "inductor" else {}
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)

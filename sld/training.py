@@ -129,6 +129,8 @@ class LoopConfig:
     of stopping the run. ``compile``: ``torch.compile`` the model's repeated blocks in place (the
     whole model when it has none; :mod:`sld.compilation`); the first steps then include the
     compilation, and a time budget counts it; resume a compiled run with ``compile`` on.
+    ``compile_blocks``: with ``compile``, only the repeated blocks of these classes (e.g.
+    ``[TransformerBlock, PerceiverLayer]``); None: all of them.
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
     ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a
     short warm-up and write the summary to ``<output_dir>/profile.txt``. ``peak_tflops``: the
@@ -151,6 +153,7 @@ class LoopConfig:
     progress: bool = True
     skip_nonfinite_steps: bool = False
     compile: bool = False
+    compile_blocks: list[str] | None = None
     tracker: Literal["none", "tensorboard", "auto"] = "auto"
     profile_steps: int = 0
     peak_tflops: float | None = None
@@ -443,7 +446,7 @@ def fit(
         raise ValueError(f"the training set is empty ({len(dataset)} items)")
     pretrained = model.pretrained_parameters() if hasattr(model, "pretrained_parameters") else ()
     if loop.compile:
-        model = compile_model(model)
+        model = compile_model(model, only=loop.compile_blocks)
     fused = optim.fused if optim.fused is not None else accelerator.device.type == "cuda"
     if fused:
         model.to(accelerator.device)  # the fused kernel's device check sees the parameters where they train

@@ -41,6 +41,26 @@ def test_a_causal_lm_baseline_compiles_its_decoder_layers(tmp_path):
     assert len(blocks) == model.lm.config.num_hidden_layers
 
 
+class TwoKinds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.ModuleList([Inner(), Inner()])
+        self.decoder = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+
+
+def test_compile_blocks_compiles_only_the_named_classes():
+    from sld.config import ConfigError
+
+    model = compile_model(TwoKinds(), backend="eager", only=["Inner"])
+    assert all(block._compiled_call_impl is not None for block in model.encoder)
+    assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in model.decoder)
+    with pytest.raises(
+        ConfigError, match=r"repeated blocks are \['Inner', 'Linear'\]; no block is a T5Block"
+    ):
+        compile_model(TwoKinds(), backend="eager", only=["T5Block"])
+    uncompile(model)
+
+
 def test_a_model_without_repeated_blocks_is_compiled_whole():
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
     compiled = compile_model(model)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from sld.models.perceiver import Attention, PerceiverCompressor, normalize_to_sphere
+from sld.errors import UserError
+from sld.models.perceiver import Attention, PerceiverCompressor, QKLayerNorm, normalize_to_sphere
 
 
 def _compressor(**kw) -> PerceiverCompressor:
@@ -95,3 +96,41 @@ def test_token_positions_make_the_latents_depend_on_word_order():
     assert not torch.allclose(positioned(h), positioned(swapped), atol=1e-4)
     with pytest.raises(ValueError, match="positions for 8"):
         positioned(torch.randn(1, 9, 24))
+
+
+def test_qk_layer_norm_is_a_layer_norm_that_keeps_bf16_under_autocast():
+    torch.manual_seed(0)
+    plain = torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-0.5, 0.5)
+    norm = QKLayerNorm(16)
+    norm.load_state_dict(plain.state_dict())  # the same parameters and names: old checkpoints load
+    x = torch.randn(4, 3, 16)
+    torch.testing.assert_close(norm(x), plain(x), atol=0, rtol=0)  # float32: nn.LayerNorm exactly
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x.bfloat16())  # (CUDA's autocast would run nn.LayerNorm in float32 here)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), plain(x), atol=0.05, rtol=0.02)  # to bf16 rounding
+    out.float().pow(2).sum().backward()
+    assert norm.weight.grad.dtype == torch.float32 and norm.weight.grad.abs().sum() > 0
+    assert norm.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["math", "efficient", "flash"])
+def test_short_attention_backends_give_the_same_attention(monkeypatch, backend):
+    """SLD_SHORT_ATTENTION restricts the kernels of the compressor's attention, not its result
+    (on the CPU every choice falls back to the math kernel, or runs the CPU flash kernel)."""
+    torch.manual_seed(0)
+    attention = Attention(16, 4).eval()
+    x, context = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    monkeypatch.delenv("SLD_SHORT_ATTENTION", raising=False)
+    expected = attention(x, context, mask)
+    monkeypatch.setenv("SLD_SHORT_ATTENTION", backend)
+    torch.testing.assert_close(attention(x, context, mask), expected, atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("SLD_SHORT_ATTENTION", "fastest")
+    with pytest.raises(
+        UserError, match="SLD_SHORT_ATTENTION='fastest': expected default, flash, efficient or math"
+    ):
+        attention(x, context, mask)

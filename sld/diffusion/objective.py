@@ -377,7 +377,8 @@ class LatentDiffusion:
 
         losses["loss"] = loss
         losses["count_accuracy"] = (count_logits.argmax(-1) == labels).float().mean().detach()
-        losses["self_conditioned"] = torch.tensor(float(use_self_cond), device=device)
+        # a fill on the device: torch.tensor(value, device=...) copies from the host and waits for it
+        losses["self_conditioned"] = torch.full((), float(use_self_cond), device=device)
         return losses
 
 

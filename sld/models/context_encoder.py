@@ -311,7 +311,12 @@ class ContextCache:
         if length == 0:
             empty = torch.zeros(len(texts), 0, width, device=device, dtype=dtype)
             return empty, torch.zeros(empty.shape[:2], dtype=torch.bool, device=device)
-        index = torch.tensor(rows, dtype=torch.long).to(self.storage_device, non_blocking=True)  # (B,)
+        index = torch.tensor(rows, dtype=torch.long)  # (B,)
+        if self.storage_device.type == "cuda":
+            # from page-locked memory the copy is asynchronous; from pageable memory the host may wait
+            # for the GPU's queue to drain first (a sync at every denoiser training step)
+            index = index.pin_memory()
+        index = index.to(self.storage_device, non_blocking=True)
         present = index >= 0
         safe = index.clamp_min(0)
         lengths = torch.where(present, self.lengths_t[safe], 0)  # (B,)

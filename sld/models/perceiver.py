@@ -26,6 +26,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sld.backends import short_attention_backends
+
+
+class QKLayerNorm(nn.LayerNorm):
+    """LayerNorm of queries or keys (..., Dh) computed in their own dtype under mixed precision.
+
+    Autocast runs ``layer_norm`` in float32: a bf16 query was cast up for the norm and its float32
+    output cast down again for ``scaled_dot_product_attention``, forward and backward (four casts per
+    norm, two norms per attention, every compressor and reconstructor layer: part of the casts that
+    led the H200 profile of the autoencoder's step on 2026-12-04). Here the norm runs on the bf16 input
+    (the CUDA kernel accumulates in float32) with the weight and bias cast to that dtype; the
+    parameters, their names and a float32 forward are those of ``nn.LayerNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
 
 class Attention(nn.Module):
     """Multi-head attention with optional qk-norm; self-attention when ``context`` is None.
@@ -60,8 +80,8 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
-        self.q_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
+        self.q_norm = QKLayerNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = QKLayerNorm(head_dim) if qk_norm else nn.Identity()
         self.to_out = nn.Linear(inner, dim)
         self.out_dropout = nn.Dropout(dropout)
 
@@ -89,9 +109,10 @@ class Attention(nn.Module):
             mask = key_padding_mask.bool()[
                 :, None, None, :
             ]  # (B', 1, 1, K), broadcast over heads and queries
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        with short_attention_backends():  # SLD_SHORT_ATTENTION: which kernels (sld.backends)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         out = out.transpose(1, 2).flatten(-2)  # (B', Q, H*Dh)
         return self.out_dropout(self.to_out(out))
 
@@ -211,4 +232,11 @@ def normalize_to_sphere(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.normalize(z, dim=-1, eps=eps) * math.sqrt(z.shape[-1])
 
 
-__all__ = ["Attention", "FeedForward", "PerceiverCompressor", "PerceiverLayer", "normalize_to_sphere"]
+__all__ = [
+    "Attention",
+    "FeedForward",
+    "PerceiverCompressor",
+    "PerceiverLayer",
+    "QKLayerNorm",
+    "normalize_to_sphere",
+]
