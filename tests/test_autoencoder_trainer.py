@@ -131,7 +131,9 @@ def test_a_compiled_run_with_the_adversarial_term_trains_inside_retained_graphs(
         yield
 
     monkeypatch.setattr(trainer, "retained_graphs", recording)
-    monkeypatch.setattr(training, "compile_model", lambda model: model)  # the wiring, not inductor's time
+    monkeypatch.setattr(
+        training, "compile_model", lambda model, only=None: model
+    )  # the wiring, not inductor's time
     cfg = tiny_training_config(
         tmp_path, f"losses.variant={variant}", "loop.compile=true", "loop.max_steps=1", "loop.eval_every=1"
     )

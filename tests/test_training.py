@@ -314,7 +314,9 @@ def test_compiled_blocks_run_compiled_on_every_step_after_the_flop_count(tmp_pat
         return run
 
     monkeypatch.setattr(
-        training, "compile_model", lambda model: compile_model(model, backend=counting_backend)
+        training,
+        "compile_model",
+        lambda model, only=None: compile_model(model, backend=counting_backend, only=only),
     )
     torch._dynamo.reset()
     steps = 5
