@@ -9,24 +9,27 @@
 # `before` runs the code in BEFORE_CODE (a folder with an older sld/ and stages/, e.g. `mkdir -p
 # .carry/before && git archive 2e0215d sld stages | tar -x -C .carry/before`, which lent_gpu.sh
 # carries and exports) with this tree's config. Default (`before=` first when BEFORE_CODE is set):
-#   transformers_t5=SLD_FUSE_T5=0          transformers' own T5 modules (the target-only T5 loss stays on)
-#   fused=                                 this code's defaults
-#   fused_cached=data.cache_encoder_states=true   the frozen MiniLM run once over every training text
-#   fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true
-#   fused_cached_grouped_compiled=...,loop.compile=true   the same compiled (about 70 s of compiling on
-#                                          an H200 in the twelfth session, inside its TP_MINUTES)
+#   after=                                 this code, the config's defaults (encoder cache, length grouping)
+#   efficient_attention=SLD_SHORT_ATTENTION=efficient   the compressor's and reconstructor's attention
+#   math_attention=SLD_SHORT_ATTENTION=math             through these kernels (sld.backends)
+#   compiled_reconstructor=loop.compile=true,loop.compile_blocks=[TransformerBlock]   only the blocks
+#                                          whose shapes never change (one class: a comma splits settings)
+#   ungrouped=data.group_by_length=false   the cache without length grouping (grouped batches learned
+#                                          less per step in the first minute on 2026-12-04)
+# A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
+# fourteenth session's variants (t5_fast, the cache, grouping, compile) are in docs/results.md.
 # TP_ARGS: overrides for every variant (e.g. losses.variant=vanilla, loop.batch_size=512).
 # TP_MAX_STEPS: loop.max_steps of every variant (default: the config's, whose cosine decay spans it; a
 #   run of 1,000,000 steps kept the rate at its peak, and a 3-minute run diverged at step ~1,300 on
 #   2026-12-04). A variant that reaches max_steps stops before its TP_MINUTES.
-#   SMOKE=1 bash recipes/ae_throughput.sh          # seconds on a CPU, to check the recipe
+#   SMOKE=1 bash recipes/ae_throughput.sh          # a few steps a variant on a CPU (about a minute each: the cache encodes ROC), to check the recipe
 # segments/s and MFU: each summary.json's mean of the last logged rows (the first rows include warm-up;
 # every row is in the metrics.jsonl copied to $OUT); no profiler runs in these timed runs.
 . "$(dirname "$0")/common.sh"
 R=$RUNS/roc
 TP_MINUTES=${TP_MINUTES:-1.5}
 TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
-TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }transformers_t5=SLD_FUSE_T5=0 fused= fused_cached=data.cache_encoder_states=true fused_cached_grouped=data.cache_encoder_states=true,data.group_by_length=true fused_cached_grouped_compiled=data.cache_encoder_states=true,data.group_by_length=true,loop.compile=true}
+TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= efficient_attention=SLD_SHORT_ATTENTION=efficient math_attention=SLD_SHORT_ATTENTION=math compiled_reconstructor=loop.compile=true,loop.compile_blocks=[TransformerBlock] ungrouped=data.group_by_length=false}
 
 if [ ! -f $R/segmented_all/train.jsonl ]; then
     log "segment ROC: all sentences"
