@@ -60,7 +60,7 @@ from sld.losses import conversion_loss, target_positions, target_token_nll
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
 from sld.models.causal_decoding import DecodeSettings, decode
-from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
+from sld.models.causal_lm import causal_padding_mask, is_causal_config, lm_forward, start_token_id
 from sld.models.parts import (
     DECODER_DIR,
     DECODER_ENCODER,
@@ -500,7 +500,10 @@ class BaselineModel(nn.Module):
         if self.is_causal:
             positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
             hidden = self.lm.base_model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+                input_ids=input_ids,
+                attention_mask=causal_padding_mask(self.lm, attention_mask),  # no host sync
+                position_ids=positions,
+                use_cache=False,
             ).last_hidden_state[:, -labels.shape[1] :]  # (B, L', d)
         else:
             hidden = self.lm.get_decoder()(
