@@ -10,7 +10,7 @@ SLD (Zhu et al. 2025, section 3.2)::
   conversion loss again at z + r. The direction is a constant; the loss at z + r trains the decoder,
   the reconstructor, the compressor and a trainable encoder. (The reference code never ran this term.)
 * contrastive (supervised SimCSE): mean-pooled, l2-normalised latents; anchor = segment, positive =
-  its paraphrase, negatives = the other positives of the batch plus every hard negative.
+  its paraphrase, negatives = the batch's other distinct positives plus every hard negative.
 
 The three variants are the ablations of the paper's robustness figure: ``vanilla`` (conversion
 only), ``noise_robust`` (+ Gaussian noise + adversarial), ``noise_robust_contrastive`` (+ contrastive).
@@ -133,11 +133,13 @@ def _contrastive(
     cfg: AutoencoderLossConfig,
 ) -> torch.Tensor | None:
     """The InfoNCE term, or None when the batch holds no anchor (``pairs`` mode, no pair in the batch)."""
+    targets = None
     if cfg.contrastive_positives == "pairs":
         if "positive_index" not in batch:
             return None
         anchor = z[batch["positive_index"]]  # (P, N, D), clean latents of the rows that have a paraphrase
-        positive = _encode(model, batch, "positive_")
+        positive = _encode(model, batch, "positive_")  # (P', N, D): each distinct paraphrase once
+        targets = batch.get("positive_target")  # (P,) each anchor's among the P'
     else:
         anchor = z
         # A second pass draws new dropout masks: a slightly different view of the same segment.
@@ -145,7 +147,7 @@ def _contrastive(
     negative = None
     if "negative_input_ids" in batch:
         negative = _encode(model, batch, "negative_")
-    return info_nce(anchor, positive, negative, temperature=cfg.temperature)
+    return info_nce(anchor, positive, negative, temperature=cfg.temperature, targets=targets)
 
 
 def autoencoder_losses(

@@ -161,7 +161,19 @@ def training_rows(cfg: AutoencoderTrainingConfig, train_docs: Sequence[Sequence[
     negatives = load_text_lines(cfg.data.negatives_file) if cfg.data.negatives_file else None
     dataset: Dataset = SegmentDataset(train_docs, negative_pool=negatives, seed=cfg.loop.seed)
     if cfg.data.pairs_train:
-        return PairMixDataset(dataset, PairDataset.from_jsonl(cfg.data.pairs_train), cfg.data.pair_fraction)
+        pairs = PairDataset.from_jsonl(cfg.data.pairs_train)
+        mixed = PairMixDataset(dataset, pairs, cfg.data.pair_fraction)
+        copies = (len(mixed) - len(dataset)) / max(1, len(pairs))
+        if cfg.data.group_by_length and copies >= 2:
+            logger.warning(
+                "data.group_by_length with %d pairs for %d pair rows an epoch: each pair comes %.0f times, "
+                "and length-grouped batches put its copies together (one positive per distinct pair, so "
+                "a batch holds few: 24 of about 266 pair rows on ROC). data.group_by_length=false mixes them",
+                len(pairs),
+                len(mixed) - len(dataset),
+                copies,
+            )
+        return mixed
     if cfg.losses.uses_contrastive and cfg.losses.contrastive_positives == "pairs":
         raise DataError(
             "losses.contrastive_positives=pairs needs data.pairs_train (a JSONL of sentence/paraphrase/negative); "

@@ -123,29 +123,39 @@ def info_nce(
     positive: torch.Tensor,
     negative: torch.Tensor | None = None,
     temperature: float = 0.05,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Supervised SimCSE / InfoNCE loss (Gao et al. 2021), a scalar.
 
-    Every anchor i must pick its own positive i among all P positives (the other P-1 are in-batch
+    Every anchor i must pick its own positive among all P' positives (the others are in-batch
     negatives) and all Q hard negatives, by cosine similarity / ``temperature``::
 
-        loss = mean_i -log( exp(s(a_i, p_i)/t) / (sum_j exp(s(a_i, p_j)/t) + sum_k exp(s(a_i, n_k)/t)) )
+        loss = mean_i -log( exp(s(a_i, p_t(i))/t) / (sum_j exp(s(a_i, p_j)/t) + sum_k exp(s(a_i, n_k)/t)) )
 
     Args:
         anchor: (P, N, D) latents (mean-pooled here) or (P, D) vectors.
-        positive: same shape as ``anchor``: paraphrases, or a second dropout view.
+        positive: (P', N, D) or (P', D): paraphrases, or a second dropout view.
         negative: optional (Q, N, D) or (Q, D) hard negatives (out-of-domain segments), shared by all anchors.
         temperature: softmax temperature (paper: 0.05).
+        targets: (P,) anchor i's positive t(i) among the P' (anchors that share a paraphrase share it:
+            each distinct positive once, so that no copy of its own positive is a negative). None:
+            positive i is anchor i's (P' = P).
     """
-    if anchor.shape != positive.shape:
+    if targets is None and anchor.shape != positive.shape:
         raise ValueError(f"anchor {tuple(anchor.shape)} and positive {tuple(positive.shape)} differ in shape")
+    if targets is not None and (targets.shape != anchor.shape[:1] or anchor.shape[1:] != positive.shape[1:]):
+        raise ValueError(
+            f"targets {tuple(targets.shape)} must hold one positive per anchor {tuple(anchor.shape)} "
+            f"among positives {tuple(positive.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     a, p = _pooled_unit(anchor), _pooled_unit(positive)
-    logits = a @ p.T  # (P, P) cosine similarities, the diagonal holds the positives
+    logits = a @ p.T  # (P, P') cosine similarities
     if negative is not None and negative.shape[0] > 0:
-        logits = torch.cat([logits, a @ _pooled_unit(negative).T], dim=1)  # (P, P+Q)
-    targets = torch.arange(a.shape[0], device=a.device)
+        logits = torch.cat([logits, a @ _pooled_unit(negative).T], dim=1)  # (P, P'+Q)
+    if targets is None:
+        targets = torch.arange(a.shape[0], device=a.device)  # the diagonal holds the positives
     return F.cross_entropy(logits / temperature, targets)
 
 

@@ -60,7 +60,7 @@ def test_the_training_sample_scored_is_fixed_and_made_of_training_segments():
     assert training_eval_segments(STORIES, 0) == []
 
 
-def test_training_rows_mix_pairs_in_or_ask_for_them(tmp_path):
+def test_training_rows_mix_pairs_in_or_ask_for_them(tmp_path, caplog):
     cfg = AutoencoderTrainingConfig(data=AutoencoderDataConfig(segmented_dir=str(write_stage1(tmp_path))))
     cfg.losses.contrastive_positives = "dropout"
     assert isinstance(training_rows(cfg, STORIES), SegmentDataset)
@@ -72,6 +72,10 @@ def test_training_rows_mix_pairs_in_or_ask_for_them(tmp_path):
         "sentence": "A dog ran.",
         "paraphrase": "A dog was running.",
     }
+    cfg.data.group_by_length = True  # one pair for 8 pair rows: grouped batches would gather the copies
+    with caplog.at_level("WARNING", logger="sld.train_autoencoder"):
+        training_rows(cfg, STORIES)
+    assert "each pair comes 8 times" in caplog.text and "data.group_by_length=false" in caplog.text
     cfg.data.pairs_train, cfg.losses.contrastive_positives = None, "pairs"
     assert cfg.losses.uses_contrastive  # the default weight is 0.2
     with pytest.raises(DataError, match="contrastive_positives=pairs needs data.pairs_train"):

@@ -69,6 +69,20 @@ def test_pair_rows_and_mixed_batch(collator):
     assert batch["labels"][1, : expected.shape[0]].tolist() == expected.tolist()
 
 
+def test_repeated_pairs_are_encoded_once_and_no_copy_is_a_negative(collator):
+    """A pair repeated in a batch (a small pair file, length-grouped batches) gives one positive and
+    one negative per distinct text; every copy's anchor points at the one positive."""
+    pair = {"sentence": "The cat sat.", "paraphrase": "A cat was sitting.", "negative": "Stocks fell."}
+    other = {"sentence": "Dogs run.", "paraphrase": "The dogs are running.", "negative": "Stocks fell."}
+    batch = collator([pair, "A plain segment.", other, dict(pair)])
+    assert batch["positive_index"].tolist() == [0, 2, 3]
+    assert batch["positive_target"].tolist() == [0, 1, 0]
+    assert batch["positive_input_ids"].shape[0] == 2 and batch["negative_input_ids"].shape[0] == 1
+    alone = collator([{"sentence": "Dogs run.", "paraphrase": "The dogs are running."}])
+    width = alone["positive_input_ids"].shape[1]
+    assert batch["positive_input_ids"][1, :width].tolist() == alone["positive_input_ids"][0].tolist()
+
+
 def test_collator_is_picklable(collator):
     clone = pickle.loads(pickle.dumps(collator))
     a, b = collator(["The cat sat."]), clone(["The cat sat."])

@@ -107,3 +107,21 @@ def test_graph_replay_overhead_runs_every_setting_on_a_cpu(capsys, monkeypatch):
     assert "SLD_FUSED_SAMPLER" not in os.environ
     assert "SLD_GRAPH_BACKEND" not in os.environ  # the example leaves the caller's choices as they were
     assert "SLD_PACKED_GQA" not in os.environ
+
+
+def test_pair_copies_per_batch_counts_distinct_paraphrases():
+    """A repeated pair file: length-grouped batches hold the copies of few pairs, shuffled ones many."""
+
+    from sld.data.collate import PairDataset, PairMixDataset, SegmentDataset
+    from sld.data.length_grouping import LengthGroupedSampler
+
+    example = load_example("pair_copies_per_batch")
+    segments = [[f"Segment number {i} " + "x" * (i % 40)] for i in range(300)]
+    pairs = PairDataset([{"sentence": f"Pair {k}" + "y" * k, "paraphrase": f"Para {k}"} for k in range(10)])
+    dataset = PairMixDataset(SegmentDataset(segments), pairs, 0.25)  # 100 pair rows: 10 copies a pair
+    grouped = LengthGroupedSampler([len(str(dataset[i])) for i in range(len(dataset))], 40).batches()[:5]
+    rows, distinct = example.pair_counts(dataset, grouped)
+    assert distinct < rows  # copies of a pair share a batch
+    order = list(range(len(dataset)))
+    rows, distinct = example.pair_counts(dataset, [order[:40], order[40:80]])
+    assert (rows, distinct) == (10.0, 10.0)  # consecutive rows: every 4th a pair row, all different

@@ -49,6 +49,24 @@ def test_info_nce_matches_hand_computation():
     torch.testing.assert_close(info_nce(anchor, positive, temperature=t), expected_nn)
 
 
+def test_info_nce_with_targets_lets_anchors_share_one_positive():
+    """Two anchors with the same paraphrase point at one positive: the loss of the deduplicated batch,
+    not one where each is pushed away from a copy of its own positive."""
+    torch.manual_seed(0)
+    anchor, positive, negative = torch.randn(3, 5), torch.randn(2, 5), torch.randn(2, 5)
+    targets = torch.tensor([0, 1, 0])
+    got = info_nce(anchor, positive, negative, temperature=0.1, targets=targets)
+    a = torch.nn.functional.normalize(anchor, dim=-1)
+    candidates = torch.nn.functional.normalize(torch.cat([positive, negative]), dim=-1)
+    sims = a @ candidates.T / 0.1
+    expected = -(sims[torch.arange(3), targets] - sims.logsumexp(1)).mean()
+    torch.testing.assert_close(got, expected)
+    duplicated = info_nce(anchor, positive[targets], negative, temperature=0.1)  # a copy per anchor
+    assert duplicated > got  # the copy of anchor 0's positive counted as its negative
+    with pytest.raises(ValueError, match="one positive per anchor"):
+        info_nce(anchor, positive, negative, targets=torch.tensor([0, 1]))
+
+
 def test_info_nce_pools_latents():
     torch.manual_seed(0)
     a, p, n = torch.randn(3, 4, 6), torch.randn(3, 4, 6), torch.randn(2, 4, 6)

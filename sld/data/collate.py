@@ -9,13 +9,20 @@ negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of r
     target_index                       (T,)     flat positions of the labels' T target tokens (the
                                        loss selects them without a host sync: sld.losses.target_positions)
     positive_index                     (P,)     rows that have a paraphrase
-    positive_input_ids, ..._mask       (P, L)   encoder inputs of those paraphrases (row order)
-    negative_input_ids, ..._mask       (Q, L)   encoder inputs of every hard negative in the batch
+    positive_input_ids, ..._mask       (P', L)  encoder inputs of the batch's P' distinct paraphrases
+                                       (first-appearance order)
+    positive_target                    (P,)     each of those rows' paraphrase among the P'
+    negative_input_ids, ..._mask       (Q, L)   encoder inputs of the batch's Q distinct hard negatives
     encoder_index, positive_/negative_encoder_index   (B',) / (P,) / (Q,)  rows of the model's
                                        encoder-state cache (only with ``text_index``)
 
 The positive/negative keys are present only when some row has one. Hard negatives are not tied to
 their row: in supervised SimCSE every anchor is contrasted with every negative of the batch.
+Paraphrases and negatives are encoded once per distinct text: a pair file smaller than its share of
+the rows repeats each pair (ROC: 500 pairs for about 9,000 pair rows an epoch, each about 18 times),
+length-grouped batches put the copies of a pair together (equal lengths), and a copy of an anchor's
+own paraphrase counted as an in-batch negative held the contrastive loss near log(copies) on the
+H200 (2.56 against 0.32 ungrouped, 2026-12-04).
 
 The two datasets feed it: ``SegmentDataset`` (all segments of the stage-1 documents, optionally each
 with a negative drawn from an out-of-domain pool) and ``PairDataset`` (paraphrase pairs);
@@ -90,8 +97,9 @@ class SegmentCollator:
             raise ValueError("cannot collate an empty batch")
         texts: list[str] = []
         positive_index: list[int] = []
-        positives: list[str] = []
-        negatives: list[str] = []
+        positive_target: list[int] = []
+        positives: dict[str, int] = {}  # each distinct paraphrase once: a copy would be a false negative
+        negatives: dict[str, None] = {}  # each distinct hard negative once
         for i, row in enumerate(rows):
             if isinstance(row, str):
                 texts.append(row)
@@ -99,22 +107,23 @@ class SegmentCollator:
             texts.append(row["sentence"])
             if row.get("paraphrase"):
                 positive_index.append(i)
-                positives.append(row["paraphrase"])
+                positive_target.append(positives.setdefault(row["paraphrase"], len(positives)))
             if row.get("negative"):
-                negatives.append(row["negative"])
+                negatives[row["negative"]] = None
 
         batch = self._encode(texts)
         batch["labels"] = decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)
         batch["target_index"] = target_positions(batch["labels"])
         if positives:
-            pos = self._encode(positives)
+            pos = self._encode(list(positives))
             batch["positive_index"] = torch.tensor(positive_index, dtype=torch.long)
+            batch["positive_target"] = torch.tensor(positive_target, dtype=torch.long)
             batch["positive_input_ids"] = pos["input_ids"]
             batch["positive_attention_mask"] = pos["attention_mask"]
             if "encoder_index" in pos:
                 batch["positive_encoder_index"] = pos["encoder_index"]
         if negatives:
-            neg = self._encode(negatives)
+            neg = self._encode(list(negatives))
             batch["negative_input_ids"] = neg["input_ids"]
             batch["negative_attention_mask"] = neg["attention_mask"]
             if "encoder_index" in neg:
