@@ -136,8 +136,8 @@ declare -A SETTINGS=(
     [kv_word_dropout]="model.latent_conditioning=kv losses.word_dropout=0.3"
     [prefix]="model.latent_conditioning=prefix losses.word_dropout=0"
     [kv_wide]="model.latent_conditioning=kv losses.word_dropout=0.3 model.compressor_width=512 model.compressor_heads=8 model.compressor_positions=true"
-    [kv_encoder]="model.latent_conditioning=kv losses.word_dropout=0.3 model.freeze_encoder=false"
-    [kv_scratch_encoder]="model.latent_conditioning=kv losses.word_dropout=0.3 model.encoder=scratch"
+    [kv_encoder]="model.latent_conditioning=kv losses.word_dropout=0.3 model.freeze_encoder=false data.cache_encoder_states=false"
+    [kv_scratch_encoder]="model.latent_conditioning=kv losses.word_dropout=0.3 model.encoder=scratch data.cache_encoder_states=false"
 )
 SWEEP=${SWEEP:-kv kv_word_dropout prefix}
 # memory shares of the card (see the header): SmolLM2 autoencoders at batch 256 (a prefix adds 16

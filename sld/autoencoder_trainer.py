@@ -114,6 +114,13 @@ class AutoencoderTrainingConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: ReconstructionEvalConfig = field(default_factory=ReconstructionEvalConfig)
 
+    def __post_init__(self) -> None:
+        if self.data.cache_encoder_states and not self.model.encoder_frozen:
+            raise ValueError(
+                "data.cache_encoder_states needs a frozen encoder, but model.freeze_encoder is false (the "
+                f"encoder {self.model.encoder!r} trains, so its states change): set data.cache_encoder_states=false"
+            )
+
 
 @dataclass
 class TrainedAutoencoder(TrainedRun):
