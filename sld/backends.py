@@ -14,7 +14,7 @@
   memory of their own peak cached, and the sum of the peaks ran the card out of memory (the first H200
   session of ``recipes/smollm2.sh``). Under a cap the caching allocator frees cached blocks and retries
   before it fails.
-* ``SLD_SHORT_ATTENTION=efficient`` (or ``math``) picks the attention kernels of the compressor's and
+* ``SLD_SHORT_ATTENTION=efficient`` (or ``math``, ``flash``) picks the attention kernels of the compressor's and
   the reconstructor's attention (``sld.models.perceiver.Attention``: 16 latents attending to a
   segment's few dozen tokens, or to each other). Unset, torch picks: flash attention where no mask
   is given, whose backward took 0.77 ms per call on 1,024 x 8 heads of 16 latents in the H200 profile
@@ -92,15 +92,6 @@ def configure_memory_share() -> float | None:
     return share
 
 
-__all__ = [
-    "CUDNN_ATTENTION_ENV",
-    "MEMORY_FRACTION_ENV",
-    "configure_attention",
-    "configure_memory_share",
-    "memory_fraction_from_env",
-]
-
-
 def sync_debug_mode() -> str | None:
     """``SLD_SYNC_DEBUG``'s mode (``"warn"`` or ``"error"``), or None when unset or ``0``."""
     from sld.errors import UserError
@@ -148,3 +139,17 @@ def short_attention_backends() -> contextlib.AbstractContextManager[None]:
     if raw not in chosen:
         raise UserError(f"{SHORT_ATTENTION_ENV}={raw!r}: expected default, flash, efficient or math")
     return sdpa_kernel([chosen[raw], SDPBackend.MATH] if raw != "math" else [SDPBackend.MATH])
+
+
+__all__ = [
+    "CUDNN_ATTENTION_ENV",
+    "MEMORY_FRACTION_ENV",
+    "SHORT_ATTENTION_ENV",
+    "SYNC_DEBUG_ENV",
+    "configure_attention",
+    "configure_memory_share",
+    "guarded_step",
+    "memory_fraction_from_env",
+    "short_attention_backends",
+    "sync_debug_mode",
+]

@@ -13,7 +13,7 @@ negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of r
                                        (first-appearance order)
     positive_target                    (P,)     each of those rows' paraphrase among the P'
     negative_input_ids, ..._mask       (Q, L)   encoder inputs of the batch's Q distinct hard negatives
-    encoder_index, positive_/negative_encoder_index   (B',) / (P,) / (Q,)  rows of the model's
+    encoder_index, positive_/negative_encoder_index   (B',) / (P',) / (Q,)  rows of the model's
                                        encoder-state cache (only with ``text_index``)
 
 The positive/negative keys are present only when some row has one. Hard negatives are not tied to
