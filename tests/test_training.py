@@ -7,7 +7,15 @@ import torch
 from torch.utils.data import Dataset
 
 import sld.training as training
-from sld.training import LoopConfig, OptimConfig, fit, list_checkpoints, lr_lambda, warn_if_schedule_undecayed
+from sld.training import (
+    LoopConfig,
+    OptimConfig,
+    fit,
+    list_checkpoints,
+    lr_lambda,
+    make_accelerator,
+    warn_if_schedule_undecayed,
+)
 
 
 class IndexDataset(Dataset):
@@ -342,3 +350,10 @@ def test_a_time_budget_that_ends_before_the_decay_is_reported(caplog):
     assert "set loop.max_steps to about 1500" in caplog.text and "99% of its peak" in caplog.text
     assert not warn_if_schedule_undecayed(1500, optim, 2000)  # decayed to 7%: fine
     assert not warn_if_schedule_undecayed(1500, OptimConfig(schedule="constant"), 20000)
+
+
+def test_batches_reach_the_device_without_the_host_waiting(tmp_path):
+    """accelerate copies each batch with non_blocking (fit pins the DataLoader's memory on a GPU):
+    a copy from pageable memory would wait for the GPU's queue to drain at every step."""
+    accelerator = make_accelerator(tmp_path, LoopConfig(tracker="none"))
+    assert accelerator.dataloader_config.non_blocking
