@@ -239,7 +239,7 @@ def warn_if_schedule_undecayed(step: int, optim: OptimConfig, max_steps: int) ->
         return False
     logger.warning(
         "the time budget ended at step %d with the learning rate at %.0f%% of its peak: the %s decay "
-        "spans loop.max_steps=%d. To anneal within the budget, set loop.max_steps to about %d",
+        "spans loop.max_steps=%d; a loop.max_steps of about %d would end it within the budget",
         step,
         100 * share,
         optim.schedule,

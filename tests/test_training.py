@@ -347,7 +347,7 @@ def test_a_time_budget_that_ends_before_the_decay_is_reported(caplog):
     optim = OptimConfig(lr=1e-3, warmup_steps=100, schedule="cosine")
     with caplog.at_level("WARNING", logger="sld.training"):
         assert warn_if_schedule_undecayed(1500, optim, 20000)
-    assert "set loop.max_steps to about 1500" in caplog.text and "99% of its peak" in caplog.text
+    assert "a loop.max_steps of about 1500 would end it" in caplog.text and "99% of its peak" in caplog.text
     assert not warn_if_schedule_undecayed(1500, optim, 2000)  # decayed to 7%: fine
     assert not warn_if_schedule_undecayed(1500, OptimConfig(schedule="constant"), 20000)
 
