@@ -143,3 +143,20 @@ def test_a_compiled_run_with_the_adversarial_term_trains_inside_retained_graphs(
     )
     train_autoencoder(cfg)
     assert entered == ([True] if variant == "noise_robust" else [])
+
+
+def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():
+    from sld.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.cache_encoder_states needs a frozen encoder"):
+        load_config(
+            AutoencoderTrainingConfig,
+            CONFIGS / "autoencoder_roc.yaml",
+            ["model.freeze_encoder=false"],
+        )
+    cfg = load_config(
+        AutoencoderTrainingConfig,
+        CONFIGS / "autoencoder_roc.yaml",
+        ["model.freeze_encoder=false", "data.cache_encoder_states=false"],
+    )
+    assert not cfg.model.encoder_frozen

@@ -29,9 +29,7 @@ def shipped(prefix: str) -> list[Path]:
     ids=lambda value: value.name if isinstance(value, Path) else "",
 )
 def test_a_shipped_config_loads(path, cls):
-    cfg = load_config(cls, path)
-    if isinstance(cfg, AutoencoderTrainingConfig) and cfg.data.cache_encoder_states:
-        assert cfg.model.encoder_frozen
+    assert isinstance(load_config(cls, path), cls)
 
 
 def test_every_stage_has_shipped_configs():
