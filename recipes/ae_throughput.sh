@@ -24,7 +24,8 @@
 #   2026-12-04). A variant that reaches max_steps stops before its TP_MINUTES.
 #   SMOKE=1 bash recipes/ae_throughput.sh          # a few steps a variant on a CPU (about a minute each: the cache encodes ROC), to check the recipe
 # segments/s and MFU: each summary.json's mean of the last logged rows (the first rows include warm-up;
-# every row is in the metrics.jsonl copied to $OUT); no profiler runs in these timed runs.
+# every row is in the metrics.jsonl copied to $OUT); no profiler runs in these timed runs unless a variant
+# sets loop.profile_steps (its profile.txt comes back as throughput_<name>_profile.txt).
 . "$(dirname "$0")/common.sh"
 R=$RUNS/roc
 TP_MINUTES=${TP_MINUTES:-1.5}
@@ -67,6 +68,8 @@ for variant in $TP_VARIANTS; do
         2>&1 | quiet > "$OUT/throughput_$name.log") || { tail -5 "$OUT/throughput_$name.log"; continue; }
     cp $R/throughput_$name/summary.json "$OUT/throughput_${name}_summary.json"
     cp $R/throughput_$name/metrics.jsonl "$OUT/throughput_${name}_metrics.jsonl"
+    # a variant run with loop.profile_steps=N leaves its torch.profiler summary
+    [ -f $R/throughput_$name/profile.txt ] && cp $R/throughput_$name/profile.txt "$OUT/throughput_${name}_profile.txt"
     names+=("$name")
 done
 

@@ -41,6 +41,21 @@ def test_schedule_is_diffusers_cosine():
     assert alphas[0] > 0.999 and alphas[-1] < 1e-4 and bool((alphas[1:] < alphas[:-1]).all())
 
 
+def test_the_schedule_is_copied_to_a_device_once():
+    """A copy of the host table at every step was a host sync per call on a GPU: after the first
+    use on a device the losses never read the host table again."""
+    model = tiny_dit()
+    diffusion = LatentDiffusion(DiffusionConfig(self_conditioning_prob=1.0))
+    x0, sm, c, cm, k = batch()
+    t = torch.tensor([10, 400, 800, 999])
+    first = diffusion.training_losses(model, x0, sm, c, cm, k, t=t, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(diffusion.alpha_bar(t), vp_cosine_alphas_cumprod(1000)[t])
+    diffusion.alphas_cumprod = None  # any further read of the host table would fail
+    again = diffusion.training_losses(model, x0, sm, c, cm, k, t=t, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(again["loss"], first["loss"])
+    assert diffusion.alphas_cumprod_on("cpu") is diffusion.alphas_cumprod_on(torch.device("cpu"))
+
+
 def test_v_target_identity_and_diffusers_consistency():
     diffusion = LatentDiffusion()
     gen = torch.Generator().manual_seed(0)

@@ -224,12 +224,25 @@ class LatentDiffusion:
         self.prediction_type: PredictionType = self.config.prediction_type
         # Same name and values as the diffusers schedulers', so helpers accept either.
         self.alphas_cumprod = vp_cosine_alphas_cumprod(self.num_train_timesteps)
+        self._alphas_by_device: dict[torch.device, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- schedule
 
+    def alphas_cumprod_on(self, device: torch.device | str) -> torch.Tensor:
+        """(T,) float32 ``alphas_cumprod`` on ``device``, copied there once.
+
+        Copying the table at every call cost a host sync per call on a GPU (a copy from pageable
+        memory waits for the device's queue to drain): two or three a denoiser training step.
+        """
+        device = torch.device(device)
+        table = self._alphas_by_device.get(device)
+        if table is None:
+            table = self._alphas_by_device[device] = self.alphas_cumprod.to(device)
+        return table
+
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) integer timesteps -> (B,) float32 a_t on t's device."""
-        return self.alphas_cumprod.to(t.device)[t.long()]
+        return self.alphas_cumprod_on(t.device)[t.long()]
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) integer timesteps -> (B,) float time t / T in [0, 1), what the denoiser is given."""
