@@ -125,3 +125,48 @@ def test_pair_copies_per_batch_counts_distinct_paraphrases():
     order = list(range(len(dataset)))
     rows, distinct = example.pair_counts(dataset, [order[:40], order[40:80]])
     assert (rows, distinct) == (10.0, 10.0)  # consecutive rows: every 4th a pair row, all different
+
+
+def test_throughput_window_compares_the_same_steps(tmp_path, capsys):
+    import json
+
+    def run(name, rates):
+        path = tmp_path / f"throughput_{name}_metrics.jsonl"
+        rows = [
+            {"step": step, "train/items_per_second": rate, "train/contrastive": step / 1000}
+            for step, rate in rates
+        ]
+        rows.append({"step": 999, "eval/bleu": 1.0})  # an evaluation row has no rate
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    before = run("before", [(50, 1.0), (100, 100.0), (200, 300.0), (300, 5.0)])
+    after = run("after", [(100, 400.0), (200, 400.0), (250, 1.0)])
+    lines = load_example("throughput_window").main(
+        [str(before), str(after), "--steps", "100", "200", "--metric", "train/contrastive"]
+    )
+    assert lines[2] == "| throughput_before | 2 | 200 | 1.00x | 0.2 |"
+    assert lines[3] == "| throughput_after | 2 | 400 | 2.00x | 0.2 |"
+    assert capsys.readouterr().out.startswith("steps 100-200\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(SystemExit, match="bad.jsonl:2"):
+        load_example("throughput_window").main([str(bad)])
+
+
+@pytest.mark.slow
+def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
+    from sld.data.segmented import SegmentedDocument, write_segmented
+
+    segmented = tmp_path / "segmented"
+    stories = [["Tom lost his dog.", "He looked everywhere."], ["Anna baked a cake.", "It burned."]] * 8
+    docs = [SegmentedDocument(f"d{i}", None, story, len(story)) for i, story in enumerate(stories)]
+    write_segmented(segmented / "train.jsonl", docs)
+    write_segmented(segmented / "valid.jsonl", docs[:2])
+    lines = load_example("cast_census").main(
+        ["-c", str(ROOT / "configs" / "autoencoder_tiny.yaml"), f"data.segmented_dir={segmented}", "--rows=8"]
+    )
+    forward, backward = [line for line in lines if not line.startswith(" ")]
+    assert forward.startswith("forward: ") and backward.startswith("backward: ")
+    assert int(forward.split(", ")[1].split()[0]) > 0  # the linear layers' float32 weights at least
+    assert "torch.float32 -> torch.bfloat16" in "\n".join(lines)

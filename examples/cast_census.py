@@ -1,0 +1,114 @@
+"""Count the dtype casts of one autoencoder training step under bfloat16 autocast, on the CPU.
+
+    python examples/cast_census.py -c configs/autoencoder_roc.yaml data.segmented_dir=runs/roc/segmented_all \\
+        data.pairs_train=../shared/data/roc/pairs_train.jsonl [--rows 64] [--documents 400] [--top 12]
+
+On the H200 a step of the ROC profile spent a fifth of its GPU time in ``aten::copy_`` (casts between
+float32 and bfloat16: docs/results.md, fifteenth session). This builds the model of a training config
+(its encoder-state cache when the config has one), takes ``--rows`` training rows of its first
+``--documents`` documents, runs the step's losses under CPU autocast and their backward pass, and
+prints how many aten operations and casts (``_to_copy`` / ``copy_`` between dtypes) each pass made,
+the casts by (source dtype -> target dtype, shape), and for the most frequent shapes where in sld's
+code they were made. CPU autocast casts some operators otherwise than CUDA's (attention, for one), so
+the counts are a map of where to look, not the GPU's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+CASTS = (torch.ops.aten._to_copy, torch.ops.aten.copy_)
+
+
+class CastCensus(TorchDispatchMode):
+    """Counts every aten op, and every cast by (source dtype, target dtype, source shape) with the
+    sld source lines that made it (``where`` for the shapes in ``trace``)."""
+
+    def __init__(self, trace: set[tuple[int, ...]] = frozenset()) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+        self.casts: collections.Counter[tuple[str, str, tuple[int, ...]]] = collections.Counter()
+        self.where: collections.Counter[str] = collections.Counter()
+        self.trace = trace
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops[func.overloadpacket.__name__] += 1
+        if func.overloadpacket in CASTS:
+            source = args[0] if func.overloadpacket is torch.ops.aten._to_copy else args[1]
+            target = kwargs.get("dtype") if func.overloadpacket is torch.ops.aten._to_copy else args[0].dtype
+            if target is not None and target != source.dtype:
+                shape = tuple(source.shape)
+                self.casts[(str(source.dtype), str(target), shape)] += 1
+                if shape in self.trace:
+                    frames = [f for f in traceback.extract_stack() if "/sld/" in f.filename][-2:]
+                    made = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+                    self.where[made or "the autograd engine (no sld frame)"] += 1
+        return func(*args, **kwargs)
+
+
+def one_step(
+    config: str, overrides: list[str], rows: int, documents: int, trace: set[tuple[int, ...]] = frozenset()
+):
+    """(forward census, backward census) of one training step's losses of ``config``."""
+    from sld.autoencoder_objective import autoencoder_losses
+    from sld.autoencoder_trainer import AutoencoderTrainingConfig, build_model, load_segments, training_rows
+    from sld.config import load_config
+    from sld.data.collate import SegmentCollator
+    from sld.models.encoder_cache import EncoderStateCache, training_texts
+
+    cfg = load_config(AutoencoderTrainingConfig, config, overrides)
+    torch.manual_seed(0)
+    docs = load_segments(cfg.data, cfg.data.train_split)[:documents]
+    model = build_model(cfg, docs, Path(tempfile.mkdtemp(prefix="cast_census_"))).train()
+    dataset = training_rows(cfg, docs)
+    batch_rows = [dataset[i] for i in random.Random(0).sample(range(len(dataset)), min(rows, len(dataset)))]
+    if cfg.data.cache_encoder_states:
+        model.encoder_cache = EncoderStateCache.build(
+            model, training_texts(batch_rows), device=torch.device("cpu")
+        )
+    batch = SegmentCollator.from_autoencoder(model)(batch_rows)
+    with CastCensus(trace) as forward, torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = autoencoder_losses(model, batch, cfg.losses, training=True)
+    with CastCensus(trace) as backward:
+        terms["loss"].backward()
+    return forward, backward
+
+
+def report(name: str, census: CastCensus, top: int) -> list[str]:
+    lines = [f"{name}: {sum(census.ops.values())} aten ops, {sum(census.casts.values())} casts"]
+    for (source, target, shape), count in census.casts.most_common(top):
+        lines.append(f"  {count:5d} x {source} -> {target} {list(shape)}")
+    for where, count in census.where.most_common(top):
+        lines.append(f"  {count:5d} x made at {where}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", required=True, help="an autoencoder training config")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument(
+        "--documents", type=int, default=400, help="training documents to build the model from"
+    )
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args(argv)
+    forward, backward = one_step(args.config, args.overrides, args.rows, args.documents)
+    shapes = {shape for _, _, shape in (k for k, _ in forward.casts.most_common(3))}
+    forward, backward = one_step(args.config, args.overrides, args.rows, args.documents, trace=shapes)
+    lines = report("forward", forward, args.top) + report("backward", backward, args.top)
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Throughput of training runs over the same window of steps, from their ``metrics.jsonl`` (host only).
+
+    python examples/throughput_window.py --steps 100 250 results/throughput_*_metrics.jsonl
+
+A run's ``summary.json`` reports the mean of its last logged rows, which differ from run to run: a
+3-minute run ends on other rows than a 1-minute one, and a compiled run's first rows hold its
+compilation. Comparing the rows of one window of steps (after every run's warm-up) compares like with
+like. Prints a Markdown table: each file's name, its logged rows in the window, their mean items/s
+(segments/s, documents/s), the ratio to the first file, and every other logged ``train/`` metric named
+with ``--metric`` at the window's last row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+RATE = "train/items_per_second"
+
+
+def window_rows(path: Path, first: int, last: int) -> list[dict]:
+    """The logged training rows of ``path`` (JSON lines) whose step is in [first, last]."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{path}:{number}: not JSON ({error.msg})") from None
+        if RATE in row and first <= row.get("step", -1) <= last:
+            rows.append(row)
+    return rows
+
+
+def table(paths: list[Path], first: int, last: int, metrics: list[str]) -> list[str]:
+    """The Markdown lines of the comparison (see the module docstring)."""
+    lines = [
+        "| run | rows | items/s | x the first |" + "".join(f" {m} |" for m in metrics),
+        "|---|---|---|---|" + "---|" * len(metrics),
+    ]
+    reference = None
+    for path in paths:
+        rows = window_rows(path, first, last)
+        rate = sum(r[RATE] for r in rows) / len(rows) if rows else math.nan
+        reference = rate if reference is None else reference
+        name = path.name.removesuffix("_metrics.jsonl").removesuffix(".jsonl")
+        ratio = rate / reference if reference else math.nan
+        end = rows[-1] if rows else {}
+        values = "".join(f" {end[m]:.4g} |" if m in end else " - |" for m in metrics)
+        lines.append(f"| {name} | {len(rows)} | {rate:,.0f} | {ratio:.2f}x |{values}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "metrics", type=Path, nargs="+", help="metrics.jsonl files; the first is the reference"
+    )
+    parser.add_argument("--steps", type=int, nargs=2, default=(100, 400), metavar=("FIRST", "LAST"))
+    parser.add_argument(
+        "--metric", action="append", default=[], help="a train/ metric to show at the window's last row"
+    )
+    args = parser.parse_args(argv)
+    lines = table(args.metrics, *args.steps, args.metric)
+    print(f"steps {args.steps[0]}-{args.steps[1]}")
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
