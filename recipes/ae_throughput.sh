@@ -10,14 +10,11 @@
 # .carry/before && git archive 2e0215d sld stages | tar -x -C .carry/before`, which lent_gpu.sh
 # carries and exports) with this tree's config. Default (`before=` first when BEFORE_CODE is set):
 #   after=                                 this code, the config's defaults (encoder cache, not grouped)
-#   efficient_attention=SLD_SHORT_ATTENTION=efficient   the compressor's and reconstructor's attention
-#   math_attention=SLD_SHORT_ATTENTION=math             through these kernels (sld.backends)
-#   compiled_reconstructor=loop.compile=true,loop.compile_blocks=[TransformerBlock]   only the blocks
-#                                          whose shapes never change (one class: a comma splits settings)
-#   grouped=data.group_by_length=true      batches of similar length (faster on 2026-12-04, but they
-#                                          gather the copies of ROC's few pairs: not the config's default)
+#   compiled=loop.compile=true             the same with every repeated block compiled (not measured
+#                                          on ungrouped batches yet: their padded length barely changes)
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
-# fourteenth session's variants (t5_fast, the cache, grouping, compile) are in docs/results.md.
+# fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
+# kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
 # TP_ARGS: overrides for every variant (e.g. losses.variant=vanilla, loop.batch_size=512).
 # TP_MAX_STEPS: loop.max_steps of every variant (default: the config's, whose cosine decay spans it; a
 #   run of 1,000,000 steps kept the rate at its peak, and a 3-minute run diverged at step ~1,300 on
@@ -30,7 +27,7 @@
 R=$RUNS/roc
 TP_MINUTES=${TP_MINUTES:-1.5}
 TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
-TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= efficient_attention=SLD_SHORT_ATTENTION=efficient math_attention=SLD_SHORT_ATTENTION=math compiled_reconstructor=loop.compile=true,loop.compile_blocks=[TransformerBlock] grouped=data.group_by_length=true}
+TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= compiled=loop.compile=true}
 
 if [ ! -f $R/segmented_all/train.jsonl ]; then
     log "segment ROC: all sentences"
