@@ -48,10 +48,14 @@ def test_the_schedule_is_copied_to_a_device_once():
     diffusion = LatentDiffusion(DiffusionConfig(self_conditioning_prob=1.0))
     x0, sm, c, cm, k = batch()
     t = torch.tensor([10, 400, 800, 999])
-    first = diffusion.training_losses(model, x0, sm, c, cm, k, t=t, generator=torch.Generator().manual_seed(1))
+    first = diffusion.training_losses(
+        model, x0, sm, c, cm, k, t=t, generator=torch.Generator().manual_seed(1)
+    )
     torch.testing.assert_close(diffusion.alpha_bar(t), vp_cosine_alphas_cumprod(1000)[t])
     diffusion.alphas_cumprod = None  # any further read of the host table would fail
-    again = diffusion.training_losses(model, x0, sm, c, cm, k, t=t, generator=torch.Generator().manual_seed(1))
+    again = diffusion.training_losses(
+        model, x0, sm, c, cm, k, t=t, generator=torch.Generator().manual_seed(1)
+    )
     torch.testing.assert_close(again["loss"], first["loss"])
     assert diffusion.alphas_cumprod_on("cpu") is diffusion.alphas_cumprod_on(torch.device("cpu"))
 
