@@ -41,7 +41,7 @@ from sld.eval.runner import (
 )
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
 from sld.eval.timing import cuda_graph_skips, device_description
-from sld.models.cuda_graphs import DEFAULT_GRAPH_BACKEND, GRAPH_BACKEND_ENV
+from sld.models.cuda_graphs import DEFAULT_GRAPH_BACKEND, DENOISER_GRAPH_BACKEND_ENV, GRAPH_BACKEND_ENV
 from sld.models.packed_gqa import PACKED_GQA_ENV, packed_gqa_enabled
 
 MODES = ("speed", "steps", "length_scaling")
@@ -183,8 +183,10 @@ def graph_skips_line() -> str:
     """The report line that says which backend recorded the static-cache settings' CUDA graphs and
     whether they really ran as graphs."""
     backend = os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND)
+    denoiser = os.environ.get(DENOISER_GRAPH_BACKEND_ENV)
+    own = f", {DENOISER_GRAPH_BACKEND_ENV}={denoiser} for SLD's denoiser" if denoiser else ""
     return (
-        f"- CUDA graphs ({GRAPH_BACKEND_ENV}={backend}): torch ran {cuda_graph_skips()} compiled "
+        f"- CUDA graphs ({GRAPH_BACKEND_ENV}={backend}{own}): torch ran {cuda_graph_skips()} compiled "
         "function(s) of this run without them (its cudagraph_skips counter; 0 = every static-cache "
         "step was replayed as a graph)"
     )

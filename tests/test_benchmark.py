@@ -326,3 +326,8 @@ def test_the_graphs_line_names_the_backend(monkeypatch):
     assert "(SLD_GRAPH_BACKEND=static)" in graph_skips_line()
     monkeypatch.setenv("SLD_GRAPH_BACKEND", "cudagraphs")
     assert "(SLD_GRAPH_BACKEND=cudagraphs)" in graph_skips_line()
+    monkeypatch.setenv("SLD_DENOISER_GRAPH_BACKEND", "inductor")
+    assert (
+        "(SLD_GRAPH_BACKEND=cudagraphs, SLD_DENOISER_GRAPH_BACKEND=inductor for SLD's denoiser)"
+        in graph_skips_line()
+    )

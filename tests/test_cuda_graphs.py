@@ -27,7 +27,7 @@ def recorded_plans(monkeypatch):
         inspect=lambda graph_module, plan: plans.append((placeholder_names(graph_module), plan))
     )
     monkeypatch.setattr(static_decoding, "replay_backend", lambda device: backend)
-    monkeypatch.setattr(sampling, "replay_backend", lambda device: backend)
+    monkeypatch.setattr(sampling, "denoiser_replay_backend", lambda device: backend)
     monkeypatch.setattr(sampling, "_GRAPHED", {})
     graphed = sampling.graphed_denoiser
     monkeypatch.setattr(sampling, "graphed_denoiser", lambda model: graphed(model, trace_on_cpu=True))
@@ -141,3 +141,19 @@ def test_replay_backend_is_eager_off_cuda_and_chosen_by_the_environment_on_cuda(
     monkeypatch.setenv("SLD_GRAPH_BACKEND", "aot_eager")
     with pytest.raises(UserError, match="SLD_GRAPH_BACKEND='aot_eager'"):
         cuda_graphs.replay_backend(cuda)
+
+
+def test_the_denoiser_backend_follows_the_global_one_unless_its_own_is_set(monkeypatch):
+    from sld.errors import UserError
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("SLD_DENOISER_GRAPH_BACKEND", raising=False)
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "cudagraphs")
+    assert cuda_graphs.denoiser_replay_backend(cuda) == "cudagraphs"
+    monkeypatch.setenv("SLD_DENOISER_GRAPH_BACKEND", "inductor")
+    assert cuda_graphs.denoiser_replay_backend(cuda) is cuda_graphs.inductor_graphs
+    assert cuda_graphs.replay_backend(cuda) == "cudagraphs"  # the LM's token step keeps the global one
+    assert cuda_graphs.denoiser_replay_backend(torch.device("cpu")) == "eager"
+    monkeypatch.setenv("SLD_DENOISER_GRAPH_BACKEND", "fast")
+    with pytest.raises(UserError, match="SLD_DENOISER_GRAPH_BACKEND='fast'"):
+        cuda_graphs.denoiser_replay_backend(cuda)

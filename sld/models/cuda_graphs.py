@@ -184,7 +184,33 @@ GRAPH_BACKENDS = ("static", "cudagraphs", "inductor")
 DEFAULT_GRAPH_BACKEND = "static"
 
 
-def replay_backend(device: torch.device) -> str | Callable[..., Any]:
+# SLD_DENOISER_GRAPH_BACKEND: the same choices for SLD's denoiser graphs alone (graphed_denoiser and the
+# fused sampler step); unset, they follow SLD_GRAPH_BACKEND. A denoiser forward at batch 64 took 0.47x
+# the time with "inductor" on an H200 (docs/results.md, twelfth session), while the LM's token step
+# (both systems') keeps the default: an A/B of the denoising part of SLD's time alone.
+DENOISER_GRAPH_BACKEND_ENV = "SLD_DENOISER_GRAPH_BACKEND"
+
+
+def denoiser_replay_backend(device: torch.device) -> str | Callable[..., Any]:
+    """The backend of the denoiser's CUDA-graph replays on ``device``: ``$SLD_DENOISER_GRAPH_BACKEND``
+    when set (the choices of ``replay_backend``), else ``replay_backend(device)``'s."""
+    return replay_backend(
+        device, os.environ.get(DENOISER_GRAPH_BACKEND_ENV) or None, DENOISER_GRAPH_BACKEND_ENV
+    )
+
+
+def graph_backend_choice(choice: str | None = None, variable: str = GRAPH_BACKEND_ENV) -> str:
+    """The name of the backend ``replay_backend`` uses on CUDA: ``choice``, else ``$SLD_GRAPH_BACKEND``,
+    else the default; an unknown name is a ``UserError`` naming ``variable``."""
+    choice = choice or os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND)
+    if choice not in GRAPH_BACKENDS:
+        raise UserError(f"{variable}={choice!r}: expected one of {', '.join(GRAPH_BACKENDS)}")
+    return choice
+
+
+def replay_backend(
+    device: torch.device, choice: str | None = None, variable: str = GRAPH_BACKEND_ENV
+) -> str | Callable[..., Any]:
     """The backend of sld's CUDA-graph replays on ``device``.
 
     On CUDA, ``$SLD_GRAPH_BACKEND``: ``"static"`` (``static_graphs``, weights and static cache used in
@@ -192,11 +218,10 @@ def replay_backend(device: torch.device) -> str | Callable[..., Any]:
     replay; the backend of the GPU figures in docs/results.md before the tenth H200 session) or
     ``"inductor"`` (``inductor_graphs``: fused kernels in Inductor's CUDA graphs; opt-in, unmeasured).
     Elsewhere dynamo's ``"eager"`` backend (the traced graph runs as it is: a graph break is still an
-    error under ``fullgraph``).
+    error under ``fullgraph``). ``choice`` overrides the environment (``variable`` names where it came
+    from in an error).
     """
     if device.type != "cuda":
         return "eager"
-    choice = os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND)
-    if choice not in GRAPH_BACKENDS:
-        raise UserError(f"{GRAPH_BACKEND_ENV}={choice!r}: expected one of {', '.join(GRAPH_BACKENDS)}")
+    choice = graph_backend_choice(choice, variable)
     return {"static": static_graphs, "cudagraphs": "cudagraphs", "inductor": inductor_graphs}[choice]
