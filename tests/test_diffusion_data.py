@@ -15,6 +15,7 @@ from sld.diffusion.data import (
     cached_latents,
     encode_documents,
     fixed_batches,
+    gather_latents,
     latent_fingerprint,
     read_documents,
 )
@@ -80,6 +81,21 @@ def test_dataset_and_collator_shapes_masks_and_labels(autoencoder):
     batches = fixed_batches(dataset, max_segments=2, batch_size=2)
     assert [b["latents"].shape[0] for b in batches] == [2, 1]
     assert torch.equal(torch.cat([b["latents"] for b in batches]), latents.float())
+
+
+def test_index_only_batches_gather_the_same_latents_on_their_device(autoencoder):
+    latents, counts = encode_documents(autoencoder, DOCS, max_segments=2, batch_size=8)
+    carried = LatentCollator(None, 2)([LatentDocuments(DOCS, latents, counts)[i] for i in (2, 0)])
+    index_only = LatentDocuments(DOCS, latents, counts, index_only=True)
+    assert "latents" not in index_only[0] and index_only[2]["index"] == 2
+    batch = LatentCollator(None, 2)([index_only[i] for i in (2, 0)])
+    assert "latents" not in batch and batch["document_index"].tolist() == [2, 0]
+    assert torch.equal(batch["segment_mask"], carried["segment_mask"])
+    gathered = gather_latents(batch, latents)
+    assert gathered.dtype == torch.float32 and torch.equal(gathered, carried["latents"])
+    assert gather_latents(carried, None) is carried["latents"]
+    with pytest.raises(ValueError, match="latents_on_device"):
+        gather_latents(batch, None)
 
 
 def test_fingerprint_follows_weights_and_data(autoencoder_dir):

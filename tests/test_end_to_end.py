@@ -147,6 +147,30 @@ def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
         train_diffusion.run(load_config(train_diffusion.Config, None, ["sample_every=-1"]))
 
 
+def test_latents_on_the_device_train_as_latents_in_the_batches(trained, tmp_path):
+    root, seg = trained
+    losses = {}
+    for on_device in ("true", "false"):
+        out = tmp_path / f"dm_{on_device}"
+        cfg = load_config(
+            train_diffusion.Config,
+            CONFIGS / "diffusion_tiny.yaml",
+            [
+                f"output_dir={out}",
+                f"autoencoder={root / 'ae'}",
+                f"data.segmented_dir={seg}",
+                f"latents_on_device={on_device}",
+                "loop.max_steps=3",
+                "loop.log_every=1",
+                "sample_every=0",
+            ],
+        )
+        train_diffusion.run(cfg)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[on_device] = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses["true"]) == 3 and losses["true"] == losses["false"]
+
+
 def test_length_grouped_batches_with_a_sourceless_document(trained, tmp_path):
     root, seg = trained
     docs = [json.loads(line) for line in (seg / "train.jsonl").read_text().splitlines()]

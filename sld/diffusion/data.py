@@ -50,33 +50,57 @@ class LatentDocuments(Dataset):
         docs: stage-1 documents.
         latents: (num_docs, S, N, D) latents, zero on padded segments.
         counts: (num_docs,) real segments kept (<= S).
+        index_only: items carry their row (``index``) instead of their latents: the trainer keeps
+            ``latents`` on the device and gathers a batch's rows there (``gather_latents``), so the
+            loader's workers never copy latents and no batch of them crosses to the GPU.
     """
 
     def __init__(
-        self, docs: Sequence[SegmentedDocument], latents: torch.Tensor, counts: torch.Tensor
+        self,
+        docs: Sequence[SegmentedDocument],
+        latents: torch.Tensor,
+        counts: torch.Tensor,
+        index_only: bool = False,
     ) -> None:
         self.docs = list(docs)
         self.latents = latents
         self.counts = counts
+        self.index_only = index_only
 
     def __len__(self) -> int:
         return len(self.docs)
 
     def __getitem__(self, index: int) -> dict:
         doc = self.docs[index]
-        return {
-            "latents": self.latents[index],
+        item = {
+            "index": index,
             "count": int(self.counts[index]),
             "true_count": int(doc.num_segments),
             "source": doc.source,
             "segments": list(doc.segments[: self.latents.shape[1]]),
         }
+        if not self.index_only:
+            item["latents"] = self.latents[index]
+        return item
+
+
+def gather_latents(batch: dict, latents_on_device: torch.Tensor | None) -> torch.Tensor:
+    """A batch's (B, S, N, D) float32 latents: its own ``latents``, or, for a batch of an
+    ``index_only`` dataset, the rows ``document_index`` (B,) of ``latents_on_device`` (num_docs, S, N, D),
+    gathered on their device."""
+    if "latents" in batch:
+        return batch["latents"]
+    if latents_on_device is None:
+        raise ValueError("a batch of document indices needs the latents they index (latents_on_device)")
+    index = batch["document_index"].to(latents_on_device.device, non_blocking=True)
+    return latents_on_device[index].float()
 
 
 class LatentCollator:
-    """Batch dict: latents (B, S, N, D) float32, segment_mask (B, S), num_segments (B,), sources,
-    and decoder labels (B, S, L) of every segment (-100 on padding) for the post-diffusion CE
-    (only when an autoencoder is given)."""
+    """Batch dict: latents (B, S, N, D) float32 (or, from an ``index_only`` dataset, document_index
+    (B,) long: ``gather_latents``), segment_mask (B, S), num_segments (B,), sources, and decoder
+    labels (B, S, L) of every segment (-100 on padding) for the post-diffusion CE (only when an
+    autoencoder is given)."""
 
     def __init__(self, autoencoder: SegmentAutoencoder | None, max_segments: int) -> None:
         self.tokenizer = autoencoder.decoder_tokenizer if autoencoder is not None else None
@@ -86,11 +110,14 @@ class LatentCollator:
     def __call__(self, items: list[dict]) -> dict:
         counts = torch.tensor([it["count"] for it in items])
         batch = {
-            "latents": torch.stack([it["latents"] for it in items]).float(),
             "num_segments": counts,
             "segment_mask": torch.arange(self.max_segments)[None, :] < counts[:, None],
             "sources": [it["source"] for it in items],
         }
+        if "latents" in items[0]:
+            batch["latents"] = torch.stack([it["latents"] for it in items]).float()
+        else:
+            batch["document_index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
         if self.tokenizer is not None:
             texts = [
                 it["segments"][j] if j < it["count"] else "" for it in items for j in range(self.max_segments)
