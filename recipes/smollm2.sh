@@ -37,7 +37,7 @@
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
 #          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
-#          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: the eager denoiser and every AR run with BEFORE_CODE too): items/s,
+#          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: every denoiser and AR run with BEFORE_CODE too): items/s,
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
 #          steps of each, profile.txt; a profiled run's rates are not usable: the profiled steps are slow
 #          and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
@@ -416,7 +416,7 @@ if has trainers; then
     # contrastive autoencoder or the ROC SLD one) at DENOISER_BATCHES, then the ROC AR baseline at
     # AR_BATCHES; once per value of TRAINERS_COMPILE (loop.compile; "false true" measures both), the
     # compiled runs for TP_MINUTES_COMPILED (their first steps compile). TRAINERS_BEFORE=1 with
-    # BEFORE_CODE: the eager denoiser and each AR run with that older code too (<name>_before).
+    # BEFORE_CODE: each denoiser and AR run with that older code too (<name>_before).
     ae=$ROC/ablation/noise_robust_contrastive
     [ -d $RUNS/roc/sld_autoencoder ] && ae=$RUNS/roc/sld_autoencoder
     [ -f $ae/autoencoder_config.json ] || ae=$ROC/trainers/ae_timing
@@ -431,6 +431,8 @@ if has trainers; then
     train_denoiser() {
         local name=$1 code=$2 compile=$3 batch=$4 minutes=$5
         log "trainers: denoiser 768 x 12, batch $batch, compile $compile, $minutes min alone ($name, code in $code)"
+        # a timing run starts afresh: in a folder left by an earlier run it resumed and took no step (2026-12-04)
+        rm -rf "$ROC/trainers/$name"
         (cd "$code" && PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-diffusion \
             -c "$here/configs/diffusion_roc_continuation.yaml" autoencoder="$(realpath $ae)" \
             data.segmented_dir="$(realpath $ROC/segmented_continuation)" output_dir="$(realpath -m $ROC/trainers/$name)" \
@@ -444,6 +446,7 @@ if has trainers; then
     train_ar() {
         local name=$1 code=$2 compile=$3 batch=$4 minutes=$5
         log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $minutes min alone ($name, code in $code)"
+        rm -rf "$ROC/trainers/$name"
         # shellcheck disable=SC2086
         (cd "$code" && PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-baseline \
             -c "$here/configs/baseline_roc_continuation_smollm2.yaml" match_autoencoder=null \
@@ -460,9 +463,9 @@ if has trainers; then
         if [ "$compile" = true ]; then suffix=_compiled; minutes=${TP_MINUTES_COMPILED:-$TP_MINUTES}; fi
         # an empty DENOISER_BATCHES / AR_BATCHES runs none of that trainer
         for batch in ${DENOISER_BATCHES-256 1024}; do
-            if [ "$compile" = false ] && [ "${TRAINERS_BEFORE:-0}" = 1 ]; then
+            if [ "${TRAINERS_BEFORE:-0}" = 1 ]; then
                 if [ -n "${BEFORE_CODE:-}" ]; then
-                    train_denoiser denoiser_${batch}_before "$(realpath "$BEFORE_CODE")" false $batch $minutes
+                    train_denoiser denoiser_$batch${suffix}_before "$(realpath "$BEFORE_CODE")" $compile $batch $minutes
                 else
                     log "trainers: TRAINERS_BEFORE=1 but BEFORE_CODE is not set; no 'before' run"
                 fi
