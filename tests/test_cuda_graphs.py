@@ -157,3 +157,7 @@ def test_the_denoiser_backend_follows_the_global_one_unless_its_own_is_set(monke
     monkeypatch.setenv("SLD_DENOISER_GRAPH_BACKEND", "fast")
     with pytest.raises(UserError, match="SLD_DENOISER_GRAPH_BACKEND='fast'"):
         cuda_graphs.denoiser_replay_backend(cuda)
+    monkeypatch.delenv("SLD_DENOISER_GRAPH_BACKEND")
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "fast")  # an error names the variable the value came from
+    with pytest.raises(UserError, match="^SLD_GRAPH_BACKEND='fast'"):
+        cuda_graphs.denoiser_replay_backend(cuda)

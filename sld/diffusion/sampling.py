@@ -220,8 +220,8 @@ def graphed_denoiser(model: SegmentDiT, trace_on_cpu: bool = False) -> Callable[
     """``model``'s forward for sampling with ``graphed=True``: on CUDA replayed as a CUDA graph.
 
     ``torch.compile(fullgraph=True, dynamic=False)`` with the backend of the static decoder's token
-    step, or ``$SLD_DENOISER_GRAPH_BACKEND``'s (``sld.models.cuda_graphs.denoiser_replay_backend``): dynamo traces the forward once per input shape,
-    then every sampling step is one replay of the recorded kernels instead of a few hundred launches
+    step, or ``$SLD_DENOISER_GRAPH_BACKEND``'s (``sld.models.cuda_graphs.denoiser_replay_backend``):
+    dynamo traces the forward once per input shape, then every sampling step is one replay of the recorded kernels instead of a few hundred launches
     from Python (the step of a small denoiser at a small batch is launch-bound). A graph's output
     buffer is reused by its next replay: callers copy what they keep. On a CPU there is nothing to replay and ``model`` itself is returned;
     ``trace_on_cpu`` traces it with the ``eager`` backend instead (tests: a graph break then fails).

@@ -202,7 +202,8 @@ def denoiser_replay_backend(device: torch.device) -> str | Callable[..., Any]:
 def graph_backend_choice(choice: str | None = None, variable: str = GRAPH_BACKEND_ENV) -> str:
     """The name of the backend ``replay_backend`` uses on CUDA: ``choice``, else ``$SLD_GRAPH_BACKEND``,
     else the default; an unknown name is a ``UserError`` naming ``variable``."""
-    choice = choice or os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND)
+    if not choice:
+        choice, variable = os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND), GRAPH_BACKEND_ENV
     if choice not in GRAPH_BACKENDS:
         raise UserError(f"{variable}={choice!r}: expected one of {', '.join(GRAPH_BACKENDS)}")
     return choice
