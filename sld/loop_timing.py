@@ -115,16 +115,66 @@ class StepProfiler:
             "sld.loss_fn / sld.backward / sld.optimizer are the phases of a step; "
             "'enumerate(DataLoader)' rows are data loading.\n"
         )
-        self.path.write_text(profile_tables(self.profiler, self.device, header))
+        per_step = seconds / max(1, profiled) * 1000
+        self.path.write_text(
+            profile_tables(self.profiler, self.device, header, steps=profiled, wall_ms_per_step=per_step)
+        )
         self.profiler = None
         logger.info("profile of %d steps written to %s", profiled, self.path)
 
 
-def profile_tables(profiler: Any, device: torch.device, header: str, rows: int = 30) -> str:
-    """A stopped ``torch.profiler.profile``'s summary: ``header``, then the top ``rows`` operators and
-    ranges by self CUDA time (on a GPU) and by self CPU time."""
+# host-side calls that start a kernel, and those that make the host wait for the device
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
+HOST_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+DATA_LOADING = "enumerate(DataLoader)"
+
+
+def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]:
+    """Where a profiled step's time went, per step: the device's busy time (the self time of every
+    device event, as torch's table totals it) against the wall time, kernel launches, host syncs
+    (a sync inside a step keeps the host from queueing the next kernels while the device works) and
+    data loading. ``averages``: a profiler's ``key_averages()`` (events with ``key``, ``count``,
+    ``device_type``, ``self_device_time_total`` and ``cpu_time_total`` in microseconds)."""
+    from torch.autograd import DeviceType
+
+    steps = max(1, steps)
+    device_us = sum(e.self_device_time_total for e in averages if e.device_type != DeviceType.CPU)
+    launches = sum(e.count for e in averages if e.key in KERNEL_LAUNCHES)
+    syncs = [e for e in averages if e.key in HOST_SYNCS]
+    loading = [e for e in averages if e.key.startswith(DATA_LOADING)]
+    lines = [f"Per step: {wall_ms_per_step:.1f} ms of wall time with the profiler on"]
+    if device_us:
+        busy = device_us / 1000 / steps
+        lines.append(
+            f"  device busy {busy:.1f} ms ({busy / wall_ms_per_step:.0%} of the wall time; the rest the "
+            f"device waited on the host), {launches / steps:,.0f} kernel launches"
+        )
+    sync_ms = sum(e.cpu_time_total for e in syncs) / 1000 / steps
+    lines.append(
+        f"  host syncs: {sum(e.count for e in syncs) / steps:.1f} a step, {sync_ms:.1f} ms waiting"
+        + (" (" + ", ".join(f"{e.key} x{e.count}" for e in syncs) + ")" if syncs else "")
+    )
+    if loading:
+        load_ms = sum(e.cpu_time_total for e in loading) / 1000 / steps
+        lines.append(f"  data loading (next batch): {load_ms:.1f} ms")
+    return lines
+
+
+def profile_tables(
+    profiler: Any,
+    device: torch.device,
+    header: str,
+    rows: int = 30,
+    steps: int = 0,
+    wall_ms_per_step: float = 0.0,
+) -> str:
+    """A stopped ``torch.profiler.profile``'s summary: ``header``, the ``step_digest`` when ``steps``
+    is given, then the top ``rows`` operators and ranges by self CUDA time (on a GPU) and by self CPU
+    time."""
     averages = profiler.key_averages()
     parts = [header]
+    if steps:
+        parts.append("\n".join(step_digest(averages, steps, wall_ms_per_step)) + "\n")
     if device.type == "cuda":
         parts.append("\nTop operators by self CUDA time:\n")
         parts.append(averages.table(sort_by="self_device_time_total", row_limit=rows))
@@ -133,4 +183,11 @@ def profile_tables(profiler: Any, device: torch.device, header: str, rows: int =
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["PROFILE_FILE", "PROFILE_WARMUP_STEPS", "StepProfiler", "TimeBudget", "profile_tables"]
+__all__ = [
+    "PROFILE_FILE",
+    "PROFILE_WARMUP_STEPS",
+    "StepProfiler",
+    "TimeBudget",
+    "profile_tables",
+    "step_digest",
+]

@@ -75,6 +75,7 @@ def test_profile_steps_write_a_summary_table(tmp_path, caplog):
     assert "summary of 2 optimizer steps after 3 warm-up steps" in table
     assert "sld.loss_fn" in table and "sld.backward" in table and "sld.optimizer" in table
     assert "Self CPU" in table
+    assert "Per step: " in table and "host syncs: 0.0 a step" in table  # a CPU run: no device rows
     fit(
         Tiny(),
         IndexDataset(24),
@@ -85,3 +86,33 @@ def test_profile_steps_write_a_summary_table(tmp_path, caplog):
         loop_config(max_steps=2, profile_steps=2),
     )
     assert not (tmp_path / "b" / "profile.txt").exists() and "nothing profiled" in caplog.text
+
+
+def test_step_digest_sums_device_time_launches_syncs_and_loading_per_step():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from sld.loop_timing import step_digest
+
+    def event(key, count, device=DeviceType.CPU, device_us=0.0, cpu_us=0.0):
+        return SimpleNamespace(
+            key=key, count=count, device_type=device, self_device_time_total=device_us, cpu_time_total=cpu_us
+        )
+
+    events = [
+        event("aten::mm", 40, device_us=0.0, cpu_us=900.0),  # a CPU op: its kernels are the CUDA rows
+        event("ampere_sgemm", 40, DeviceType.CUDA, device_us=30_000.0),
+        event("void elementwise_kernel", 60, DeviceType.CUDA, device_us=10_000.0),
+        event("cudaLaunchKernel", 80, cpu_us=400.0),
+        event("cuLaunchKernelEx", 20, cpu_us=100.0),
+        event("cudaStreamSynchronize", 6, cpu_us=12_000.0),
+        event("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", 2, cpu_us=4_000.0),
+    ]
+    lines = step_digest(events, steps=2, wall_ms_per_step=40.0)
+    assert lines[0] == "Per step: 40.0 ms of wall time with the profiler on"
+    assert lines[1].startswith("  device busy 20.0 ms (50% of the wall time") and lines[1].endswith(
+        ", 50 kernel launches"
+    )
+    assert lines[2] == "  host syncs: 3.0 a step, 6.0 ms waiting (cudaStreamSynchronize x6)"
+    assert lines[3] == "  data loading (next batch): 2.0 ms"
