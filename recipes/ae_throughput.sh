@@ -15,6 +15,8 @@
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
 # kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
+# TP_WINDOW: the steps (FIRST LAST, default "100 250") over which examples/throughput_window.py compares
+#   every variant's logged rows after the table.
 # TP_ARGS: overrides for every variant (e.g. losses.variant=vanilla, loop.batch_size=512).
 # TP_MAX_STEPS: loop.max_steps of every variant (default: the config's, whose cosine decay spans it; a
 #   run of 1,000,000 steps kept the rate at its peak, and a 3-minute run diverged at step ~1,300 on
@@ -86,4 +88,12 @@ for name in names:
           f"{100 * s.get('train/mfu', float('nan')):.2f}% | {s.get('train/peak_memory_gib', float('nan')):.1f} | "
           f"{s.get('eval/bleu', float('nan')):.2f} |")
 PY
+# the same window of steps of every run (the summaries average each run's own last rows)
+if [ ${#names[@]} -gt 0 ]; then
+    metrics=()
+    for name in "${names[@]}"; do metrics+=("$OUT/throughput_${name}_metrics.jsonl"); done
+    # shellcheck disable=SC2086
+    python3 examples/throughput_window.py --steps ${TP_WINDOW:-100 250} --metric train/contrastive "${metrics[@]}" \
+        | tee -a "$OUT/throughput_table.md"
+fi
 log "done"

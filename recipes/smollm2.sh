@@ -441,6 +441,7 @@ if has trainers; then
             loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log")
         cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
         cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+        cp $ROC/trainers/$name/metrics.jsonl "$OUT/trainers_${name}_metrics.jsonl" 2>/dev/null || true
     }
     # train_ar NAME CODE_DIR COMPILE BATCH MINUTES: one timed run of the ROC AR baseline (SmolLM2)
     train_ar() {
@@ -456,6 +457,7 @@ if has trainers; then
             2>&1 | quiet > "$OUT/trainers_$name.log")
         cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
         cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
+        cp $ROC/trainers/$name/metrics.jsonl "$OUT/trainers_${name}_metrics.jsonl" 2>/dev/null || true
     }
     for compile in ${TRAINERS_COMPILE:-false}; do
         suffix=""

@@ -94,6 +94,18 @@ def test_both_systems_decode_under_the_same_rules():
     assert sld_call["guidance_scale"] == 2.5 and sld_call["seed"] == 7 and ar_call["num_beams"] == 4
 
 
+def test_a_sampler_with_its_own_guidance_overrides_the_runs():
+    rules = DecodingRules(no_repeat_ngram_size=3, sld_max_new_tokens=27, ar_max_new_tokens=120, rule="test")
+    pipe = RecordingPipe()
+    unguided = SamplerSetting("dpm++", 5, static_cache=True, guidance_scale=1.0)
+    assert unguided.label == "dpm++ 5 static w1" and SamplerSetting("dpm++", 5).label == "dpm++ 5"
+    sld_generate_fn(pipe, unguided, rules, 16, guidance_scale=2.5)(["a"])
+    sld_generate_fn(pipe, SamplerSetting("dpm++", 5), rules, 16, guidance_scale=2.5)(["a"])
+    assert [call["guidance_scale"] for call in pipe.calls] == [1.0, 2.5]
+    with pytest.raises(ValueError, match="guidance_scale"):
+        SamplerSetting("dpm++", 5, guidance_scale=-1.0)
+
+
 def test_predictions_writer(tmp_path):
     docs = [SegmentedDocument("d0", "src", ["A b.", "C d."], 2)]
     predictions_writer(tmp_path / "predictions")(SLD, "dpm++ 10", 64, docs, ["A b. C d."], ["out"])

@@ -163,14 +163,15 @@ def sld_generate_fn(
     num_beams: int | None = None,
     seed: int = 0,
 ) -> GenerateFn:
-    """SLD generation under the run's decoding rules (an ``SLDPipeline``; the same seed every call)."""
+    """SLD generation under the run's decoding rules (an ``SLDPipeline``; the same seed every call);
+    the sampler's own ``guidance_scale`` before the run's."""
 
     def generate(sources: Sequence[str | None]) -> tuple[list[str], dict[str, float]]:
         out = pipe(
             list(sources),
             num_inference_steps=sampler.steps,
             scheduler=sampler.scheduler,
-            guidance_scale=guidance_scale,
+            guidance_scale=sampler.guidance_scale if sampler.guidance_scale is not None else guidance_scale,
             num_beams=num_beams,
             no_repeat_ngram_size=rules.no_repeat_ngram_size,
             max_new_tokens=rules.sld_max_new_tokens,
