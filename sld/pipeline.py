@@ -272,9 +272,10 @@ class SLDPipeline:
         started = time.perf_counter()
         # the record_function ranges name the phases in a torch.profiler summary (sld.eval.timing.profile_call)
         with record_function("sld.context"):
-            context, context_mask = self.context_encoder.encode(sources)
-            context, context_mask = context.to(device, self.denoiser.dtype), context_mask.to(device)
             static = decode_options["static_cache"]
+            # static: the encoder a CUDA graph per bucketed length too (ContextEncoder.encode)
+            context, context_mask = self.context_encoder.encode(sources, CONTEXT_BUCKET if static else None)
+            context, context_mask = context.to(device, self.denoiser.dtype), context_mask.to(device)
             if static:  # a few context lengths, so that the denoiser's CUDA graphs are reused
                 context, context_mask = pad_context(context, context_mask, CONTEXT_BUCKET)
             if forced_counts is not None:

@@ -39,6 +39,36 @@ def test_default_encoder_shapes_masks_and_none_sources(minilm):
     assert empty.shape == (2, 0, 384) and empty_mask.shape == (2, 0)
 
 
+def test_a_graph_bucket_pads_to_its_multiple_and_keeps_the_states_of_real_tokens(minilm, monkeypatch):
+    from sld.models import context_encoder
+
+    graphed = context_encoder.graphed_encoder
+    traced = []
+
+    def traced_on_cpu(encoder):  # dynamo's eager backend on the CPU: a graph break would fail here
+        traced.append(encoder)
+        return graphed(encoder, trace_on_cpu=True)
+
+    monkeypatch.setattr(context_encoder, "graphed_encoder", traced_on_cpu)
+    texts = ["A short source.", None, "Another source, a little longer than the first."]
+    eager, eager_mask = minilm.encode(texts)
+    bucketed, mask = minilm.encode(texts, graph_bucket=8)
+    assert traced == [minilm.encoder]
+    assert (
+        bucketed.shape[1] % 8 == 0
+        and bucketed.shape[1] >= eager.shape[1]
+        and mask.shape == bucketed.shape[:2]
+    )
+    t = eager.shape[1]
+    assert torch.equal(mask[:, :t], eager_mask) and not mask[:, t:].any()
+    torch.testing.assert_close(bucketed[:, :t], eager, rtol=1e-4, atol=1e-5)
+    assert torch.count_nonzero(bucketed[:, t:]) == 0 and torch.count_nonzero(bucketed[1]) == 0
+    assert (
+        context_encoder.graphed_encoder is traced_on_cpu
+        and graphed(minilm.encoder) is context_encoder._encoder_states
+    )
+
+
 def test_frozen_and_feeds_the_denoiser(minilm):
     assert not any(p.requires_grad for p in minilm.parameters())
     minilm.train()

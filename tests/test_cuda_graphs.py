@@ -58,6 +58,35 @@ def test_the_token_step_uses_weights_and_cache_in_place_and_copies_only_its_inpu
         assert plan.skip is not None and "cpu device" in plan.skip  # and nothing else stops a GPU
 
 
+def test_the_context_encoder_graph_uses_its_weights_in_place_and_copies_only_the_tokens(monkeypatch):
+    """The encoder of SLD's sources as a graph (``ContextEncoder.encode(graph_bucket=...)``): traced
+    whole, its weights and buffers used where they are, only the token ids and mask copied."""
+    from sld.models import context_encoder
+
+    plans = []
+    backend = cuda_graphs.static_graphs_backend(
+        inspect=lambda graph_module, plan: plans.append((placeholder_names(graph_module), plan))
+    )
+    monkeypatch.setattr(context_encoder, "_GRAPHED_ENCODERS", {})
+    monkeypatch.setattr(cuda_graphs, "replay_backend", lambda device: backend)
+    graphed = context_encoder.graphed_encoder
+    monkeypatch.setattr(
+        context_encoder, "graphed_encoder", lambda encoder: graphed(encoder, trace_on_cpu=True)
+    )
+    encoder = context_encoder.ContextEncoder.from_pretrained(max_length=16)
+    eager, _ = encoder.encode(["A short source.", "A second one."])
+    states, _ = encoder.encode(["A short source.", "A second one."], graph_bucket=8)
+    torch.testing.assert_close(states[:, : eager.shape[1]], eager, rtol=1e-4, atol=1e-5)
+    assert len(plans) == 1
+    names, plan = plans[0]
+    static_names = {names[i] for i in plan.static}
+    assert {n for n in names if "_parameters_" in n} <= static_names
+    assert set(names) - static_names == {n for n in names if n.split("_")[1] in ("input", "attention")}
+    assert (
+        not plan.mutated and plan.skip is not None and "cpu device" in plan.skip
+    )  # nothing else stops a GPU
+
+
 def test_the_token_step_through_inductor_decodes_as_the_eager_step(tmp_path, monkeypatch):
     """``inductor_graphs`` compiles the real static-cache step (its writes into the cache included):
     on the CPU Inductor generates C++ kernels and leaves CUDA graphs out, and the greedy texts are the

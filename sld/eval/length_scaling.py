@@ -45,6 +45,7 @@ from sld.eval.benchmark import AR, SLD, SamplerSetting
 from sld.eval.decoding_rules import token_lengths
 from sld.eval.timing import median, profile_call, timed_runs
 from sld.models.denoiser import SegmentDiT
+from sld.pipeline import CONTEXT_BUCKET
 from sld.shapes import fold_segments
 from sld.viz.figures import new_figure, save_figure
 
@@ -174,7 +175,10 @@ def sld_forced_length_fn(
     def run() -> list[str]:
         generator = torch.Generator(device=device).manual_seed(seed)
         with record_function("sld.context"):  # the pipeline's phases, named for profile_call
-            context, context_mask = pipe.context_encoder.encode(sources)
+            # static: the encoder as a CUDA graph per bucketed length, as in the pipeline
+            context, context_mask = pipe.context_encoder.encode(
+                sources, CONTEXT_BUCKET if static_cache else None
+            )
         with record_function("sld.denoise"):
             z = sample_latents(
                 denoiser,

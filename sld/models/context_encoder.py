@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -29,7 +31,14 @@ from transformers.models.auto.modeling_auto import (
 from sld.errors import UserError
 from sld.pretrained import minilm_path, resolve_pretrained
 
-__all__ = ["CONFIG_NAME", "ContextCache", "ContextEncoder", "default_context_encoder_path", "pad_context"]
+__all__ = [
+    "CONFIG_NAME",
+    "ContextCache",
+    "ContextEncoder",
+    "default_context_encoder_path",
+    "graphed_encoder",
+    "pad_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +166,18 @@ class ContextEncoder(nn.Module):
     # ---------------------------------------------------------------- encoding
 
     @torch.no_grad()
-    def encode(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, texts: list[str | None], graph_bucket: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode source texts.
 
         Args:
             texts: B sources; ``None`` marks an example without a source (unconditional
                 generation): its row is all-masked, and the denoiser uses its null context there.
+            graph_bucket: on CUDA, pad the tokens to a multiple of this length and run the encoder as
+                a CUDA graph per (rows, length) shape (``graphed_encoder``: one replay instead of a
+                hundred-odd launches for a small encoder); None: eager, padded to the longest text.
+                Padded positions are masked, so the states of real tokens do not change.
 
         Returns:
             states: (B, T, C) last hidden states on the encoder's device and dtype (zeros on padding
@@ -182,15 +197,27 @@ class ContextEncoder(nn.Module):
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(self.device)
-        hidden = self.encoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state
-        mask_present = batch["attention_mask"].bool()
+        )
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        if graph_bucket is not None:  # by hand: the tokenizer's own needs max_length to be a multiple
+            extra = -ids.shape[1] % graph_bucket
+            ids = F.pad(ids, (0, extra), value=self.tokenizer.pad_token_id or 0)
+            attention = F.pad(attention, (0, extra), value=0)
+        cuda = self.device.type == "cuda"
+        # from page-locked memory the copies do not wait for the GPU's queue to drain
+        ids, attention = (
+            (t.pin_memory() if cuda else t).to(self.device, non_blocking=True) for t in (ids, attention)
+        )
+        run = graphed_encoder(self.encoder) if graph_bucket is not None else _encoder_states
+        hidden = run(self.encoder, ids, attention)
+        if graph_bucket is not None:
+            hidden = hidden.clone()  # a graph's output buffer is overwritten by its next replay
+        mask_present = attention.bool()
         hidden = hidden * mask_present[..., None].to(hidden.dtype)
         if len(present) == b:
             return hidden, mask_present
-        index = torch.tensor(present, device=self.device)
+        index = torch.tensor(present)
+        index = (index.pin_memory() if cuda else index).to(self.device, non_blocking=True)
         states = hidden.new_zeros(b, hidden.shape[1], hidden.shape[2]).index_copy(0, index, hidden)
         mask = mask_present.new_zeros(b, hidden.shape[1]).index_copy(0, index, mask_present)
         return states, mask
@@ -198,6 +225,36 @@ class ContextEncoder(nn.Module):
     def forward(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as ``encode``."""
         return self.encode(texts)
+
+
+def _encoder_states(
+    encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """(B, T) token ids and mask -> (B, T, C) last hidden states of a transformers encoder."""
+    return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+_GRAPHED_ENCODERS: dict[tuple[str, Any], Callable[..., torch.Tensor]] = {}
+
+
+def graphed_encoder(encoder: nn.Module, trace_on_cpu: bool = False) -> Callable[..., torch.Tensor]:
+    """``_encoder_states`` for ``encoder``'s device: on CUDA compiled with the backend of sld's CUDA-graph
+    replays (``sld.models.cuda_graphs.replay_backend``; ``fullgraph``, one graph per input shape, the
+    weights used in place); elsewhere the plain function, unless ``trace_on_cpu`` (dynamo's eager
+    backend: tests, where a graph break fails). One compiled function per device type and backend
+    serves every encoder (the module is its argument)."""
+    from sld.models.cuda_graphs import replay_backend
+
+    device = next(encoder.parameters()).device
+    if device.type != "cuda" and not trace_on_cpu:
+        return _encoder_states
+    backend = replay_backend(device)
+    key = (device.type, backend)
+    if key not in _GRAPHED_ENCODERS:
+        _GRAPHED_ENCODERS[key] = torch.compile(
+            _encoder_states, backend=backend, fullgraph=True, dynamic=False
+        )
+    return _GRAPHED_ENCODERS[key]
 
 
 def pad_context(states: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
