@@ -10,8 +10,9 @@
 # .carry/before && git archive 2e0215d sld stages | tar -x -C .carry/before`, which lent_gpu.sh
 # carries and exports) with this tree's config. Default (`before=` first when BEFORE_CODE is set):
 #   after=                                 this code, the config's defaults (encoder cache, not grouped)
-#   compiled=loop.compile=true             the same with every repeated block compiled (not measured
-#                                          on ungrouped batches yet: their padded length barely changes)
+#   compiled=loop.compile=true             the same with every repeated block compiled (not measured on
+#                                          ungrouped batches yet; their padded length still changes from
+#                                          batch to batch: a batch's longest sentence has 15-50 words)
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
 # kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
