@@ -12,7 +12,7 @@
 #   after=                                 this code, the config's defaults (encoder cache, not grouped)
 #   compiled=loop.compile=true             the same with every repeated block compiled (not measured on
 #                                          ungrouped batches yet; their padded length still changes from
-#                                          batch to batch: a batch's longest sentence has 15-50 words)
+#                                          batch to batch, set by its few longest sentences)
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
 # kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
