@@ -8,7 +8,7 @@ float32 and bfloat16: docs/results.md, fifteenth session). This builds the model
 (its encoder-state cache when the config has one), takes ``--rows`` training rows of its first
 ``--documents`` documents, runs the step's losses under CPU autocast and their backward pass, and
 prints how many aten operations and casts (``_to_copy`` / ``copy_`` between dtypes) each pass made,
-the casts by (source dtype -> target dtype, shape), and for the most frequent shapes where in sld's
+the casts by (source dtype -> target dtype, shape), and for the three most frequent where in sld's
 code they were made. CPU autocast casts some operators otherwise than CUDA's (attention, for one), so
 the counts are a map of where to look, not the GPU's own.
 """
@@ -28,16 +28,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 CASTS = (torch.ops.aten._to_copy, torch.ops.aten.copy_)
 
 
-class CastCensus(TorchDispatchMode):
-    """Counts every aten op, and every cast by (source dtype, target dtype, source shape) with the
-    sld source lines that made it (``where`` for the shapes in ``trace``)."""
+Cast = tuple[str, str, tuple[int, ...]]  # (source dtype, target dtype, source shape)
 
-    def __init__(self, trace: set[tuple[int, ...]] = frozenset()) -> None:
+
+class CastCensus(TorchDispatchMode):
+    """Counts every aten op, and every cast by ``Cast`` with the sld source lines that made it."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
-        self.casts: collections.Counter[tuple[str, str, tuple[int, ...]]] = collections.Counter()
-        self.where: collections.Counter[str] = collections.Counter()
-        self.trace = trace
+        self.casts: collections.Counter[Cast] = collections.Counter()
+        self.where: dict[Cast, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -46,18 +47,15 @@ class CastCensus(TorchDispatchMode):
             source = args[0] if func.overloadpacket is torch.ops.aten._to_copy else args[1]
             target = kwargs.get("dtype") if func.overloadpacket is torch.ops.aten._to_copy else args[0].dtype
             if target is not None and target != source.dtype:
-                shape = tuple(source.shape)
-                self.casts[(str(source.dtype), str(target), shape)] += 1
-                if shape in self.trace:
-                    frames = [f for f in traceback.extract_stack() if "/sld/" in f.filename][-2:]
-                    made = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
-                    self.where[made or "the autograd engine (no sld frame)"] += 1
+                cast = (str(source.dtype), str(target), tuple(source.shape))
+                self.casts[cast] += 1
+                frames = [f for f in traceback.extract_stack() if "/sld/" in f.filename][-2:]
+                made = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+                self.where[cast][made or "the autograd engine (no sld frame)"] += 1
         return func(*args, **kwargs)
 
 
-def one_step(
-    config: str, overrides: list[str], rows: int, documents: int, trace: set[tuple[int, ...]] = frozenset()
-):
+def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tuple[CastCensus, CastCensus]:
     """(forward census, backward census) of one training step's losses of ``config``."""
     from sld.autoencoder_objective import autoencoder_losses
     from sld.autoencoder_trainer import AutoencoderTrainingConfig, build_model, load_segments, training_rows
@@ -76,9 +74,9 @@ def one_step(
             model, training_texts(batch_rows), device=torch.device("cpu")
         )
     batch = SegmentCollator.from_autoencoder(model)(batch_rows)
-    with CastCensus(trace) as forward, torch.autocast("cpu", dtype=torch.bfloat16):
+    with CastCensus() as forward, torch.autocast("cpu", dtype=torch.bfloat16):
         terms = autoencoder_losses(model, batch, cfg.losses, training=True)
-    with CastCensus(trace) as backward:
+    with CastCensus() as backward:
         terms["loss"].backward()
     return forward, backward
 
@@ -87,7 +85,10 @@ def report(name: str, census: CastCensus, top: int) -> list[str]:
     lines = [f"{name}: {sum(census.ops.values())} aten ops, {sum(census.casts.values())} casts"]
     for (source, target, shape), count in census.casts.most_common(top):
         lines.append(f"  {count:5d} x {source} -> {target} {list(shape)}")
-    for where, count in census.where.most_common(top):
+    made: collections.Counter[str] = collections.Counter()
+    for cast, _ in census.casts.most_common(3):  # where the three most frequent kinds were made
+        made.update(census.where[cast])
+    for where, count in made.most_common(top):
         lines.append(f"  {count:5d} x made at {where}")
     return lines
 
@@ -103,8 +104,6 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args(argv)
     forward, backward = one_step(args.config, args.overrides, args.rows, args.documents)
-    shapes = {shape for _, _, shape in (k for k, _ in forward.casts.most_common(3))}
-    forward, backward = one_step(args.config, args.overrides, args.rows, args.documents, trace=shapes)
     lines = report("forward", forward, args.top) + report("backward", backward, args.top)
     print("\n".join(lines))
     return lines

@@ -13,26 +13,18 @@ with ``--metric`` at the window's last row.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
+
+from sld.errors import DataError
+from sld.run_log import read_metrics
 
 RATE = "train/items_per_second"
 
 
 def window_rows(path: Path, first: int, last: int) -> list[dict]:
-    """The logged training rows of ``path`` (JSON lines) whose step is in [first, last]."""
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"{path}:{number}: not JSON ({error.msg})") from None
-        if RATE in row and first <= row.get("step", -1) <= last:
-            rows.append(row)
-    return rows
+    """The logged training rows of a ``metrics.jsonl`` whose step is in [first, last]."""
+    return [row for row in read_metrics(path) if RATE in row and first <= row["step"] <= last]
 
 
 def table(paths: list[Path], first: int, last: int, metrics: list[str]) -> list[str]:
@@ -64,7 +56,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         "--metric", action="append", default=[], help="a train/ metric to show at the window's last row"
     )
     args = parser.parse_args(argv)
-    lines = table(args.metrics, *args.steps, args.metric)
+    try:
+        lines = table(args.metrics, *args.steps, args.metric)
+    except DataError as error:  # names the file and line
+        raise SystemExit(str(error)) from None
     print(f"steps {args.steps[0]}-{args.steps[1]}")
     print("\n".join(lines))
     return lines
