@@ -6,8 +6,9 @@ A run's ``summary.json`` reports the mean of its last logged rows, which differ 
 3-minute run ends on other rows than a 1-minute one, and a compiled run's first rows hold its
 compilation. Comparing the rows of one window of steps (after every run's warm-up) compares like with
 like. Prints a Markdown table: each file's name, its logged rows in the window, their mean items/s
-(segments/s, documents/s), the ratio to the first file, and every other logged ``train/`` metric named
-with ``--metric`` at the window's last row.
+(segments/s, documents/s), the ratio to the first file, their mean MFU (``train/mfu``, a percentage;
+"-" where a run logged none), and every other logged ``train/`` metric named with ``--metric`` at the
+window's last row.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sld.errors import DataError
 from sld.run_log import read_metrics
 
 RATE = "train/items_per_second"
+MFU = "train/mfu"
 
 
 def window_rows(path: Path, first: int, last: int) -> list[dict]:
@@ -30,8 +32,8 @@ def window_rows(path: Path, first: int, last: int) -> list[dict]:
 def table(paths: list[Path], first: int, last: int, metrics: list[str]) -> list[str]:
     """The Markdown lines of the comparison (see the module docstring)."""
     lines = [
-        "| run | rows | items/s | x the first |" + "".join(f" {m} |" for m in metrics),
-        "|---|---|---|---|" + "---|" * len(metrics),
+        "| run | rows | items/s | x the first | MFU |" + "".join(f" {m} |" for m in metrics),
+        "|---|---|---|---|---|" + "---|" * len(metrics),
     ]
     reference = None
     for path in paths:
@@ -40,9 +42,11 @@ def table(paths: list[Path], first: int, last: int, metrics: list[str]) -> list[
         reference = rate if reference is None else reference
         name = path.name.removesuffix("_metrics.jsonl").removesuffix(".jsonl")
         ratio = rate / reference if reference else math.nan
+        mfus = [r[MFU] for r in rows if MFU in r]
+        mfu = f"{100 * sum(mfus) / len(mfus):.2f}%" if mfus else "-"
         end = rows[-1] if rows else {}
         values = "".join(f" {end[m]:.4g} |" if m in end else " - |" for m in metrics)
-        lines.append(f"| {name} | {len(rows)} | {rate:,.0f} | {ratio:.2f}x |{values}")
+        lines.append(f"| {name} | {len(rows)} | {rate:,.0f} | {ratio:.2f}x | {mfu} |{values}")
     return lines
 
 

@@ -77,6 +77,12 @@ class StepProfiler:
         self.profiler: Any = None
         self.started = 0.0
 
+    @property
+    def pending(self) -> bool:
+        """True while steps the user asked to profile are still to run (the time budget waits for them:
+        a compiled run can spend its whole budget compiling, and a profile of no step is no answer)."""
+        return not self.done
+
     def phase(self, name: str) -> AbstractContextManager[Any]:
         """A named range in the profile (loss_fn, backward, optimizer) while profiling."""
         return torch.profiler.record_function(name) if self.profiler is not None else nullcontext()
@@ -108,6 +114,10 @@ class StepProfiler:
             torch.cuda.synchronize(self.device)
         self.profiler.stop()
         profiled = self.seen - PROFILE_WARMUP_STEPS
+        if profiled == 0:
+            self.profiler = None
+            logger.warning("the run ended right after the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS)
+            return
         seconds = time.perf_counter() - self.started
         header = (
             f"torch.profiler summary of {profiled} optimizer steps after {PROFILE_WARMUP_STEPS} warm-up steps "

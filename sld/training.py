@@ -133,7 +133,8 @@ class LoopConfig:
     ``[TransformerBlock, PerceiverLayer]``); None: all of them.
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
     ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a
-    short warm-up and write the summary to ``<output_dir>/profile.txt``. ``peak_tflops``: the
+    short warm-up and write the summary to ``<output_dir>/profile.txt`` (a time budget spent before
+    then, e.g. by compilation, stops the run only once they have run). ``peak_tflops``: the
     device's peak for the MFU (None: the datasheet bf16 figure of known GPUs, see
     :mod:`sld.throughput`).
     """
@@ -727,7 +728,7 @@ def fit(
                 checkpoint()
             if state.step >= loop.max_steps:
                 done = True
-            elif budget.exhausted(state.step):
+            elif not profiler.pending and budget.exhausted(state.step):
                 done, stopped_by = True, "max_minutes"
             if done:
                 break

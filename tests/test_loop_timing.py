@@ -88,6 +88,29 @@ def test_profile_steps_write_a_summary_table(tmp_path, caplog):
     assert not (tmp_path / "b" / "profile.txt").exists() and "nothing profiled" in caplog.text
 
 
+def test_a_time_budget_spent_before_the_profile_waits_for_its_steps(tmp_path, monkeypatch):
+    import time as time_module
+
+    clock = [0.0]
+
+    def slow_loss(model, batch):
+        clock[0] += 60.0  # every step (compilation, say) takes a whole minute: the budget's 0.5
+        return make_loss([])(model, batch)
+
+    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+    result = fit(
+        Tiny(),
+        IndexDataset(24),
+        collate,
+        slow_loss,
+        tmp_path,
+        OptimConfig(warmup_steps=0),
+        loop_config(max_steps=1000, max_minutes=0.5, profile_steps=2),
+    )
+    assert result.stopped_by == "max_minutes" and result.state.step == 5  # 3 warm-up + 2 profiled
+    assert "summary of 2 optimizer steps" in (tmp_path / "profile.txt").read_text()
+
+
 def test_step_digest_sums_device_time_launches_syncs_and_loading_per_step():
     from types import SimpleNamespace
 
