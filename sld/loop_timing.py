@@ -116,7 +116,9 @@ class StepProfiler:
         profiled = self.seen - PROFILE_WARMUP_STEPS
         if profiled == 0:
             self.profiler = None
-            logger.warning("the run ended right after the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS)
+            logger.warning(
+                "the run ended right after the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS
+            )
             return
         seconds = time.perf_counter() - self.started
         header = (
