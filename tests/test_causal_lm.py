@@ -11,7 +11,6 @@ from sld.models.causal_decoding import DecodeSettings, decode
 from sld.models.causal_lm import (
     LatentConditioning,
     attention_geometry,
-    causal_padding_mask,
     load_causal_lm,
     shift_in_start,
     start_token_id,
@@ -175,27 +174,3 @@ def test_gguf_file_loads_as_the_same_model_and_saved_autoencoders_need_no_gguf(
     reloaded = SegmentAutoencoder.from_pretrained(tmp_path / "ae")
     z = model.encode_texts([text])
     assert torch.equal(model.generate_ids(z, max_new_tokens=5), reloaded.generate_ids(z, max_new_tokens=5))
-
-
-def test_causal_padding_mask_is_the_mask_transformers_builds_without_its_host_check(tiny_lm):
-    """A left-padded batch: the LM's hidden states at real positions are those of its own mask."""
-    _, lm, _ = tiny_lm
-    attention_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    mask = causal_padding_mask(lm, attention_mask)
-    assert mask.shape == (2, 1, 5, 5) and mask.dtype == torch.bool
-    assert mask[0, 0].tolist()[3] == [False, False, True, True, False]  # no padding key, no future key
-    assert mask[1, 0].equal(torch.ones(5, 5, dtype=torch.bool).tril())
-    ids = torch.randint(3, 50, (2, 5))
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    with torch.no_grad():
-        ours = lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-        theirs = lm.base_model(
-            input_ids=ids, attention_mask=attention_mask, position_ids=positions
-        ).last_hidden_state
-    real = attention_mask.bool()
-    torch.testing.assert_close(ours[real], theirs[real])
-    lm.config._attn_implementation = "eager"  # masks of its own kind: the 2D mask goes through as given
-    try:
-        assert causal_padding_mask(lm, attention_mask) is attention_mask
-    finally:
-        lm.config._attn_implementation = "sdpa"

@@ -31,14 +31,36 @@ def one_row(model, source, target):
     return prompt, labels, logits
 
 
-def test_batch_is_left_padded_with_the_targets_in_the_last_columns(model):
+def test_batch_is_right_padded_with_each_label_under_the_column_that_predicts_it(model):
     batch = model.collator()(PAIRS)
     eos = model.decoder_tokenizer.eos_token_id
-    assert batch["attention_mask"][:, -1].all()  # every row ends at the last column
+    assert batch["attention_mask"][:, 0].all()  # every row starts at the first column
+    assert batch["labels"].shape == batch["input_ids"].shape
     for row, (source, target) in enumerate(PAIRS):
-        _, labels, _ = one_row(model, source, target)
+        prompt, labels, _ = one_row(model, source, target)
         kept = batch["labels"][row]
-        assert kept[kept != -100].tolist() == labels and kept[-1] == eos
+        assert kept[kept != -100].tolist() == labels
+        start = len(prompt) - 1  # the start token predicts the first target token
+        assert (kept[:start] == -100).all() and kept[start : start + len(labels)].tolist() == labels
+        assert batch["input_ids"][row, : len(prompt)].tolist() == prompt
+        assert batch["input_ids"][row, start + 1 : start + len(labels)].tolist() == labels[:-1]
+        assert kept[start + len(labels) - 1] == eos
+
+
+def test_training_attention_is_causal_sdpa_without_a_padding_mask(model, monkeypatch):
+    """No mask: SDPA may pick its causal flash kernel (a boolean mask forces the memory-efficient one)."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    assert model.lm.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with torch.no_grad():
+        baseline_loss(model, model.collator()(PAIRS))
+    assert calls and all(mask is None and causal for mask, causal in calls)
 
 
 def test_loss_equals_the_unpadded_rows(model):

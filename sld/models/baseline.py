@@ -60,7 +60,7 @@ from sld.losses import conversion_loss, target_positions, target_token_nll
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
 from sld.models.causal_decoding import DecodeSettings, decode
-from sld.models.causal_lm import causal_padding_mask, is_causal_config, lm_forward, start_token_id
+from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
 from sld.models.parts import (
     DECODER_DIR,
     DECODER_ENCODER,
@@ -229,12 +229,14 @@ class PrefixLMCollator:
 
     A row reads ``[s_1 .. s_T, start, y_1 .. y_L]`` (source tokens truncated to ``max_source_tokens``,
     target tokens to ``max_target_tokens - 1``) and must predict ``y_1 .. y_L, eos`` at its last
-    L + 1 positions. Rows are left-padded, so every row ends at the last column and the targets of
-    all rows sit in the last ``L_max + 1`` columns: the LM computes logits for those columns only
-    (``logits_to_keep``), not for the source, which is most of a dialogue. ``None`` sources are
-    empty. Batch keys: ``input_ids``, ``attention_mask`` (B, W) left-padded, W = max(T + 1 + L);
-    ``labels`` (B, L_max + 1): label j is the token after column W - (L_max + 1) + j, -100 where that
-    column still reads the source (or padding); ``target_index`` (T,) the labels' flat target positions.
+    L + 1 positions. Training rows are right-padded: every row starts at column 0, so a causal LM
+    reads them with no padding mask at all (its real tokens never look at the pads after them), its
+    positions are plain column numbers, and SDPA runs its causal flash kernel (a padding mask would
+    have sent it to the slower memory-efficient one). ``None`` sources are empty. Batch keys:
+    ``input_ids``, ``attention_mask`` (B, W) right-padded, W = max(T + 1 + L); ``labels`` (B, W):
+    label j is the token after column j where that token is a target token or eos, -100 elsewhere
+    (the source, the pads); ``target_index`` (T,) the labels' flat target positions. Generation
+    prompts (``sources``) are left-padded instead, so that every row's next token is the same column.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_tokens: int, max_target_tokens: int):
@@ -277,14 +279,15 @@ class PrefixLMCollator:
         eos = self.tokenizer.eos_token_id
         inputs = [p + t for p, t in zip(prompts, targets)]
         width = max(len(row) for row in inputs)
-        kept = max(len(t) for t in targets) + 1  # the columns that predict a target token or eos
         ids = torch.full((len(inputs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        labels = torch.full((len(inputs), kept), IGNORE_INDEX, dtype=torch.long)
-        for i, (row, target) in enumerate(zip(inputs, targets)):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-            labels[i, kept - len(target) - 1 :] = torch.tensor(target + [eos])
+        labels = torch.full((len(inputs), width), IGNORE_INDEX, dtype=torch.long)
+        for i, (prompt, target) in enumerate(zip(prompts, targets)):
+            row = prompt + target
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+            # the start token (the prompt's last column) predicts y_1, ..., the last y_L predicts eos
+            labels[i, len(prompt) - 1 : len(row)] = torch.tensor(target + [eos])
         return {
             "input_ids": ids,
             "attention_mask": mask,
@@ -451,21 +454,15 @@ class BaselineModel(nn.Module):
     ) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) for targets ``labels`` (B, L) given source ids (B, T).
 
-        A causal-LM baseline reads a prefix-LM batch (``PrefixLMCollator``): logits (B, L', V) of the
-        last L' columns, aligned with ``labels`` (B, L'). ``return_loss``: the mean target-token
-        cross-entropy instead (a scalar; ``target_loss``, with the batch's ``target_index``).
+        A causal-LM baseline reads a right-padded prefix-LM batch (``PrefixLMCollator``): logits
+        (B, W, V) of every column, aligned with ``labels`` (B, W); no padding mask (right padding needs none).
+        ``return_loss``: the mean target-token cross-entropy instead (a scalar; ``target_loss``, with
+        the batch's ``target_index``).
         """
         if return_loss:
             return self.target_loss(input_ids, attention_mask, labels, target_index)
         if self.is_causal:
-            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
-            return self.lm(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                use_cache=False,
-                logits_to_keep=labels.shape[1],
-            ).logits
+            return self.lm(input_ids=input_ids, use_cache=False).logits
         out = self.lm(
             encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
             attention_mask=attention_mask,
@@ -498,13 +495,9 @@ class BaselineModel(nn.Module):
             return conversion_loss(self(input_ids, attention_mask, labels), labels)
         head, scale = split
         if self.is_causal:
-            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
-            hidden = self.lm.base_model(
-                input_ids=input_ids,
-                attention_mask=causal_padding_mask(self.lm, attention_mask),  # no host sync
-                position_ids=positions,
-                use_cache=False,
-            ).last_hidden_state[:, -labels.shape[1] :]  # (B, L', d)
+            # right-padded rows (PrefixLMCollator): causal attention alone keeps the pads out of every
+            # real token's view, so no mask is built (SDPA's causal flash kernel; no host sync either)
+            hidden = self.lm.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, W, d)
         else:
             hidden = self.lm.get_decoder()(
                 input_ids=shift_labels_right(labels, self._decoder_start_id(), self.lm.config.pad_token_id),

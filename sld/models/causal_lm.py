@@ -268,22 +268,6 @@ def plain_output_head(lm: PreTrainedModel) -> nn.Linear | None:
     return head
 
 
-def causal_padding_mask(lm: PreTrainedModel, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The attention mask to hand ``lm`` for a padded batch read causally: ``attention_mask`` (B, W)
-    (1 = real token) as given, or, when the LM attends through SDPA, the (B, 1, W, W) boolean mask
-    transformers would build from it (query i reads key j when j <= i and key j is real).
-
-    Built here, the mask costs no host sync: transformers first checks whether the 2D mask is all
-    ones (to hand SDPA ``is_causal`` instead), and reading that check on the host waits for the GPU at
-    every forward. Other attention implementations expect masks of their own kind: they get the 2D one.
-    """
-    if getattr(lm.config, "_attn_implementation", None) != "sdpa":
-        return attention_mask
-    width = attention_mask.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=attention_mask.device).tril()  # (W, W)
-    return causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, W, W)
-
-
 def teacher_forced_hidden(
     lm: PreTrainedModel, cache: DynamicCache | None, offset: int, input_ids: torch.Tensor
 ) -> torch.Tensor:
