@@ -143,14 +143,19 @@ DATA_LOADING = "enumerate(DataLoader)"
 
 def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]:
     """Where a profiled step's time went, per step: the device's busy time (the self time of every
-    device event, as torch's table totals it) against the wall time, kernel launches, host syncs
-    (a sync inside a step keeps the host from queueing the next kernels while the device works) and
-    data loading. ``averages``: a profiler's ``key_averages()`` (events with ``key``, ``count``,
-    ``device_type``, ``self_device_time_total`` and ``cpu_time_total`` in microseconds)."""
+    device event but the ``record_function`` ranges, as torch's table totals it) against the wall
+    time, kernel launches, host syncs (a sync inside a step keeps the host from queueing the next
+    kernels while the device works) and data loading. ``averages``: a profiler's ``key_averages()`` (events with ``key``, ``count``,
+    ``device_type``, ``self_device_time_total``, ``is_user_annotation`` and ``cpu_time_total`` in
+    microseconds)."""
     from torch.autograd import DeviceType
 
     steps = max(1, steps)
-    device_us = sum(e.self_device_time_total for e in averages if e.device_type != DeviceType.CPU)
+    device_us = sum(  # kernels; not the record_function ranges drawn over them (as torch's own total)
+        e.self_device_time_total
+        for e in averages
+        if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)
+    )
     launches = sum(e.count for e in averages if e.key in KERNEL_LAUNCHES)
     syncs = [e for e in averages if e.key in HOST_SYNCS]
     loading = [e for e in averages if e.key.startswith(DATA_LOADING)]

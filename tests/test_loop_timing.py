@@ -118,15 +118,22 @@ def test_step_digest_sums_device_time_launches_syncs_and_loading_per_step():
 
     from sld.loop_timing import step_digest
 
-    def event(key, count, device=DeviceType.CPU, device_us=0.0, cpu_us=0.0):
+    def event(key, count, device=DeviceType.CPU, device_us=0.0, cpu_us=0.0, annotation=False):
         return SimpleNamespace(
-            key=key, count=count, device_type=device, self_device_time_total=device_us, cpu_time_total=cpu_us
+            key=key,
+            count=count,
+            device_type=device,
+            self_device_time_total=device_us,
+            cpu_time_total=cpu_us,
+            is_user_annotation=annotation,
         )
 
     events = [
         event("aten::mm", 40, device_us=0.0, cpu_us=900.0),  # a CPU op: its kernels are the CUDA rows
         event("ampere_sgemm", 40, DeviceType.CUDA, device_us=30_000.0),
         event("void elementwise_kernel", 60, DeviceType.CUDA, device_us=10_000.0),
+        # a record_function range on the device's timeline spans kernels already counted
+        event("sld.loss_fn", 2, DeviceType.CUDA, device_us=35_000.0, annotation=True),
         event("cudaLaunchKernel", 80, cpu_us=400.0),
         event("cuLaunchKernelEx", 20, cpu_us=100.0),
         event("cudaStreamSynchronize", 6, cpu_us=12_000.0),
