@@ -106,6 +106,28 @@ def test_a_sampler_with_its_own_guidance_overrides_the_runs():
         SamplerSetting("dpm++", 5, guidance_scale=-1.0)
 
 
+def test_a_sampler_with_its_own_denoiser_backend_runs_under_it(monkeypatch):
+    from sld.models import cuda_graphs
+
+    monkeypatch.setenv("SLD_DENOISER_GRAPH_BACKEND", "static")
+    rules = DecodingRules(no_repeat_ngram_size=3, sld_max_new_tokens=27, ar_max_new_tokens=120, rule="test")
+    seen = []
+
+    class BackendPipe(RecordingPipe):
+        def __call__(self, sources, **kwargs):
+            seen.append(cuda_graphs.denoiser_replay_backend(torch.device("cuda", 0)))
+            return super().__call__(sources, **kwargs)
+
+    pipe = BackendPipe()
+    fused = SamplerSetting("dpm++", 5, static_cache=True, denoiser_backend="inductor")
+    assert fused.label == "dpm++ 5 static inductor"
+    sld_generate_fn(pipe, fused, rules, 16)(["a"])
+    sld_generate_fn(pipe, SamplerSetting("dpm++", 5), rules, 16)(["a"])
+    assert seen == [cuda_graphs.inductor_graphs, cuda_graphs.static_graphs]  # then the environment's again
+    with pytest.raises(ValueError, match="denoiser_backend"):
+        SamplerSetting("dpm++", 5, denoiser_backend="fast")
+
+
 def test_predictions_writer(tmp_path):
     docs = [SegmentedDocument("d0", "src", ["A b.", "C d."], 2)]
     predictions_writer(tmp_path / "predictions")(SLD, "dpm++ 10", 64, docs, ["A b. C d."], ["out"])

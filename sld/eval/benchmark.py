@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from sld.diffusion.sampling import SchedulerName
 from sld.eval.metrics import distinct_n, num_distinct_outputs, rouge_scores
 from sld.eval.timing import MEMORY_NA
+from sld.models.cuda_graphs import GRAPH_BACKENDS
 from sld.viz.figures import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
@@ -70,23 +71,32 @@ class SamplerSetting:
     segments decode from a static KV cache (``sld.models.static_decoding``; causal-LM decoders), and
     its own classifier-free guidance weight (None: the run's ``guidance_scale``, else the pipeline's).
     At ``guidance_scale: 1`` a denoising step runs the denoiser over B rows instead of 2B (no
-    unconditional pass): a speed setting whose ROUGE-L column says what it costs."""
+    unconditional pass): a speed setting whose ROUGE-L column says what it costs.
+    ``denoiser_backend``: the CUDA-graph backend of the denoiser's replays in this setting alone (one of
+    ``sld.models.cuda_graphs.GRAPH_BACKENDS``; None: ``$SLD_DENOISER_GRAPH_BACKEND``, else the global
+    one): an A/B of the denoiser's kernels within one benchmark run, on the same models and AR rows."""
 
     scheduler: SchedulerName = "dpm++"
     steps: int = 25
     static_cache: bool = False
     guidance_scale: float | None = None
+    denoiser_backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.denoiser_backend is not None and self.denoiser_backend not in GRAPH_BACKENDS:
+            raise ValueError(
+                f"denoiser_backend must be one of {', '.join(GRAPH_BACKENDS)}, got {self.denoiser_backend!r}"
+            )
 
     @property
     def label(self) -> str:
         label = f"{self.scheduler} {self.steps}" + (" static" if self.static_cache else "")
-        return label if self.guidance_scale is None else f"{label} w{self.guidance_scale:g}"
+        label = label if self.guidance_scale is None else f"{label} w{self.guidance_scale:g}"
+        return label if self.denoiser_backend is None else f"{label} {self.denoiser_backend}"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from sld.eval.benchmark import (
 )
 from sld.eval.decoding_rules import DecodingRules
 from sld.eval.timing import MemoryMonitor, parameter_mib, timed_runs
+from sld.models.cuda_graphs import denoiser_graph_backend
 
 logger = logging.getLogger(__name__)
 
@@ -164,21 +165,25 @@ def sld_generate_fn(
     seed: int = 0,
 ) -> GenerateFn:
     """SLD generation under the run's decoding rules (an ``SLDPipeline``; the same seed every call);
-    the sampler's own ``guidance_scale`` before the run's."""
+    the sampler's own ``guidance_scale`` before the run's, its ``denoiser_backend`` for the denoiser's
+    graphs."""
 
     def generate(sources: Sequence[str | None]) -> tuple[list[str], dict[str, float]]:
-        out = pipe(
-            list(sources),
-            num_inference_steps=sampler.steps,
-            scheduler=sampler.scheduler,
-            guidance_scale=sampler.guidance_scale if sampler.guidance_scale is not None else guidance_scale,
-            num_beams=num_beams,
-            no_repeat_ngram_size=rules.no_repeat_ngram_size,
-            max_new_tokens=rules.sld_max_new_tokens,
-            seed=seed,
-            batch_size=batch_size,
-            static_cache=rules.static_cache or sampler.static_cache,
-        )
+        with denoiser_graph_backend(sampler.denoiser_backend):
+            out = pipe(
+                list(sources),
+                num_inference_steps=sampler.steps,
+                scheduler=sampler.scheduler,
+                guidance_scale=sampler.guidance_scale
+                if sampler.guidance_scale is not None
+                else guidance_scale,
+                num_beams=num_beams,
+                no_repeat_ngram_size=rules.no_repeat_ngram_size,
+                max_new_tokens=rules.sld_max_new_tokens,
+                seed=seed,
+                batch_size=batch_size,
+                static_cache=rules.static_cache or sampler.static_cache,
+            )
         return out.texts, dict(out.timings)
 
     return generate

@@ -31,8 +31,10 @@ eagerly. ``graph_plan`` is the static/mutated split itself, so a CPU test can ch
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,9 +193,31 @@ DEFAULT_GRAPH_BACKEND = "static"
 DENOISER_GRAPH_BACKEND_ENV = "SLD_DENOISER_GRAPH_BACKEND"
 
 
+# denoiser_graph_backend's choice inside its block (a benchmark sampler setting's own backend)
+_DENOISER_BACKEND: ContextVar[str | None] = ContextVar("sld_denoiser_graph_backend", default=None)
+
+
+@contextlib.contextmanager
+def denoiser_graph_backend(choice: str | None) -> Iterator[None]:
+    """Inside the block SLD's denoiser graphs use backend ``choice`` (one of ``GRAPH_BACKENDS``) before
+    ``$SLD_DENOISER_GRAPH_BACKEND``; None changes nothing. The LM's token step keeps its own."""
+    if choice is not None:
+        graph_backend_choice(choice, "denoiser_backend")
+    token = _DENOISER_BACKEND.set(choice) if choice is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _DENOISER_BACKEND.reset(token)
+
+
 def denoiser_replay_backend(device: torch.device) -> str | Callable[..., Any]:
-    """The backend of the denoiser's CUDA-graph replays on ``device``: ``$SLD_DENOISER_GRAPH_BACKEND``
-    when set (the choices of ``replay_backend``), else ``replay_backend(device)``'s."""
+    """The backend of the denoiser's CUDA-graph replays on ``device``: ``denoiser_graph_backend``'s
+    inside its block, else ``$SLD_DENOISER_GRAPH_BACKEND`` when set (the choices of ``replay_backend``),
+    else ``replay_backend(device)``'s."""
+    chosen = _DENOISER_BACKEND.get()
+    if chosen is not None:
+        return replay_backend(device, chosen, "denoiser_backend")
     return replay_backend(
         device, os.environ.get(DENOISER_GRAPH_BACKEND_ENV) or None, DENOISER_GRAPH_BACKEND_ENV
     )
