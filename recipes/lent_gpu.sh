@@ -21,7 +21,10 @@
 # a later call finds a bare machine (`wait` then says so and exits at once). Even a call sent at once
 # can miss (2026-12-03: the `wait` after a 450-s `start` call found a bare machine, and the six runs
 # of the recipe were lost), so put the phases that matter most into the first `start` call's wait
-# and treat every later call as a bonus. A call is killed at 600 s
+# and treat every later call as a bonus (2026-12-04: after two long calls, 474 s and 522 s, the next
+# `wait` found a bare machine both times, 62 s after the previous call returned; the short `setup`
+# calls between them followed in 7 s. Plan each job to finish inside its `start` call: about 500 s
+# of recipe after the setup calls). A call is killed at 600 s
 # and then returns nothing: `start` itself takes about a minute (wheels, copies, the LM export), so the
 # wait in its call must be shorter (`start ... && wait 540` was killed
 # on 2026-12-02 and its output lost; the job itself kept running). On 2026-12-03, after two `setup`
