@@ -32,7 +32,8 @@ fi
 # PHASES picks what a recipe runs (default: all of them); `has sld` tests for one.
 has() { [[ " ${PHASES:-all} " == *" $1 "* || " ${PHASES:-all} " == *" all "* ]]; }
 # quiet: drop per-checkpoint and weight-loading chatter from a stage's log
-quiet() { grep -v "accelerate.checkpointing\|Loading weights\|Writing model" || true; }
+# line-buffered: a log tee'd from it keeps every finished line when the run is cut short
+quiet() { grep --line-buffered -v "accelerate.checkpointing\|Loading weights\|Writing model" || true; }
 
 # The phases both SLD-vs-AR recipes share; NAME prefixes every file in $OUT.
 # run_baseline NAME CONFIG AUTOENCODER_DIR SEGMENTED_DIR RUN_DIR: train the AR baseline, then predict valid

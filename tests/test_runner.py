@@ -25,12 +25,13 @@ from sld.eval.runner import (
 from sld.eval.timing import MEMORY_NA, MEMORY_PEAK_RSS, MEMORY_RSS_DELTA
 
 
-def test_measure_warms_up_then_times_every_repeat():
+def test_measure_warms_up_then_times_every_repeat(caplog):
+    caplog.set_level("INFO", logger="sld.eval.runner")
     calls = []
 
     def fake_generate(sources):
         calls.append(len(sources))
-        return [f"text {s}" for s in sources], {"denoise": 0.01}
+        return [f"text {s}" for s in sources], {"context": 0.01, "denoise": 0.01, "decode": 0.02}
 
     sources = ["a", "b", "c", "d", "e"]
     result, texts = measure(
@@ -49,6 +50,9 @@ def test_measure_warms_up_then_times_every_repeat():
     assert len(result.seconds) == 2 and len(result.parts) == 2 and result.num_batches == 3
     assert result.quality["num_distinct_outputs"] == 5 and result.quality["ref_num_distinct"] == 5
     assert result.memory_measure in (MEMORY_PEAK_RSS, MEMORY_RSS_DELTA, MEMORY_NA)
+    line = caplog.records[-1].getMessage()  # the cell's row, logged as it ends
+    assert line.startswith("SLD ddim 2 batch 2: ") and "ROUGE-L " in line
+    assert line.endswith(", context 25% / denoise 25% / decode 50%")
 
 
 class RecordingPipe:

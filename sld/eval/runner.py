@@ -143,14 +143,21 @@ def measure(
         memory_measure=memory.measure,
         quality=quality_scores(texts, references),
     )
+    # one line per cell as it ends: a run cut short still leaves its finished rows in the log
+    shares = ""
+    if parts and sum(parts[-1].values()) > 0:
+        total = sum(parts[-1].values())
+        shares = ", " + " / ".join(f"{name} {100 * value / total:.0f}%" for name, value in parts[-1].items())
     logger.info(
-        "%s %s batch %d: %.2f docs/s (%.2f s for %d documents)",
+        "%s %s batch %d: %.2f docs/s (%.2f s for %d documents), ROUGE-L %.2f%s",
         system,
         setting,
         batch_size,
         len(sources) / max(statistics.median(seconds), 1e-12),
         statistics.median(seconds),
         len(sources),
+        result.quality["rougeL"],
+        shares,
     )
     return result, texts
 
