@@ -74,20 +74,24 @@ class StepProfiler:
         self.device = device
         self.done = steps == 0 or not enabled
         self.seen = 0
+        self.steps_taken = 0  # counted on every process, profiling or not (``pending``)
         self.profiler: Any = None
         self.started = 0.0
 
     @property
     def pending(self) -> bool:
         """True while steps the user asked to profile are still to run (the time budget waits for them:
-        a compiled run can spend its whole budget compiling, and a profile of no step is no answer)."""
-        return not self.done
+        a compiled run can spend its whole budget compiling, and a profile of no step is no answer).
+        Counted from the steps taken, so every process agrees, the ones that do not profile too (the
+        budget's check is a collective)."""
+        return self.steps > 0 and self.steps_taken < PROFILE_WARMUP_STEPS + self.steps
 
     def phase(self, name: str) -> AbstractContextManager[Any]:
         """A named range in the profile (loss_fn, backward, optimizer) while profiling."""
         return torch.profiler.record_function(name) if self.profiler is not None else nullcontext()
 
     def after_step(self) -> None:
+        self.steps_taken += 1
         if self.done:
             return
         self.seen += 1
@@ -145,9 +149,9 @@ def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]
     """Where a profiled step's time went, per step: the device's busy time (the self time of every
     device event but the ``record_function`` ranges, as torch's table totals it) against the wall
     time, kernel launches, host syncs (a sync inside a step keeps the host from queueing the next
-    kernels while the device works) and data loading. ``averages``: a profiler's ``key_averages()`` (events with ``key``, ``count``,
-    ``device_type``, ``self_device_time_total``, ``is_user_annotation`` and ``cpu_time_total`` in
-    microseconds)."""
+    kernels while the device works) and data loading. ``averages``: a profiler's ``key_averages()``
+    (events with ``key``, ``count``, ``device_type``, ``self_device_time_total``,
+    ``is_user_annotation`` and ``cpu_time_total`` in microseconds)."""
     from torch.autograd import DeviceType
 
     steps = max(1, steps)

@@ -111,6 +111,20 @@ def test_a_time_budget_spent_before_the_profile_waits_for_its_steps(tmp_path, mo
     assert "summary of 2 optimizer steps" in (tmp_path / "profile.txt").read_text()
 
 
+def test_every_process_agrees_on_a_pending_profile(tmp_path):
+    """A process that does not profile still waits the same steps: the budget's check is a collective."""
+    from sld.loop_timing import StepProfiler
+
+    main, other = (StepProfiler(2, tmp_path, enabled, torch.device("cpu")) for enabled in (True, False))
+    pending = []
+    for _ in range(6):
+        pending.append((main.pending, other.pending))
+        main.after_step()
+        other.after_step()
+    assert pending == [(True, True)] * 5 + [(False, False)]
+    assert not StepProfiler(0, tmp_path, True, torch.device("cpu")).pending
+
+
 def test_step_digest_sums_device_time_launches_syncs_and_loading_per_step():
     from types import SimpleNamespace
 
