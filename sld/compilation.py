@@ -7,7 +7,9 @@ length); ``examples/compile_time.py`` times both (figures in ``docs/results.md``
 (``nn.Module.compile``) compiles the block's code once per variant and reuses the graph for every
 block of the same shape, since the parameters are graph inputs, not constants. The fusion that
 matters (norms, modulations, activations, residual adds between two matrix products) happens inside
-the blocks; what stays eager around them (embeddings, heads, losses) is a few kernels.
+the blocks; what stays eager around them (embeddings, heads, most losses) is a few kernels. The
+token cross-entropy over a large vocabulary is the exception: it is compiled too (``compiled_losses``;
+the AR baseline's log-softmax, its backward and the float32 copies were 16% of its step on an H200).
 
 Evaluation inside ``fit`` runs under ``eager()``: generation calls the blocks with other shapes and
 without gradients (key/value caches, one token at a time), each a new graph to compile, for a few
@@ -32,8 +34,10 @@ whose members are two or more modules of one class. A model without such a list 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 import torch._functorch.config  # not imported by `import torch`: retained_graphs patches it
@@ -43,7 +47,16 @@ from sld.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INDUCTOR_OPTIONS", "compile_model", "eager", "repeated_blocks", "retained_graphs", "uncompile"]
+__all__ = [
+    "INDUCTOR_OPTIONS",
+    "compile_model",
+    "compiled_losses",
+    "eager",
+    "losses_compiled",
+    "repeated_blocks",
+    "retained_graphs",
+    "uncompile",
+]
 
 # Inductor settings of every compiled block (see the module docstring)
 INDUCTOR_OPTIONS = {"triton.coalesce_tiling_analysis": False}
@@ -129,3 +142,25 @@ def retained_graphs():
 def eager():
     """A context in which compiled code runs eagerly (``torch.compiler.set_stance("force_eager")``)."""
     return torch.compiler.set_stance("force_eager")
+
+
+# compiled_losses' switch: read by the loss functions that have a compiled form (sld.losses)
+_LOSSES_COMPILED: ContextVar[bool] = ContextVar("sld_losses_compiled", default=False)
+
+
+@contextlib.contextmanager
+def compiled_losses(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, loss functions with a compiled form use it (``fit`` enters it around
+    ``loss_fn`` when ``loop.compile`` is on): the token cross-entropy over a large vocabulary
+    (``sld.losses.chunked_token_nll``), whose float32 cast, log-softmax and their backward are
+    elementwise passes over (T, V) logits that Inductor fuses into one read of the bf16 logits."""
+    token = _LOSSES_COMPILED.set(enabled)
+    try:
+        yield
+    finally:
+        _LOSSES_COMPILED.reset(token)
+
+
+def losses_compiled() -> bool:
+    """Whether the caller runs inside ``compiled_losses()`` (enabled)."""
+    return _LOSSES_COMPILED.get()

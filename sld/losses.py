@@ -9,10 +9,14 @@ Shapes: B' segments, L tokens, V vocabulary, N latents, D latent width, P anchor
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sld.compilation import INDUCTOR_OPTIONS, losses_compiled
 from sld.distributed import global_mean, randn_like
 from sld.tokenization import IGNORE_INDEX
 
@@ -46,7 +50,9 @@ def chunked_token_nll(
     float32 and dropped, and recomputed in the backward pass (activation checkpointing). With a
     49k-token vocabulary (SmolLM2) the full logits of 256 segments of 64 tokens take 3.2 GB in float32
     per copy, and the autoencoder's two passes (conversion, adversarial) kept several copies alive:
-    over 40 GB per process on the H200 (2026-12-02). Returns a float32 scalar.
+    over 40 GB per process on the H200 (2026-12-02). Inside ``sld.compilation.compiled_losses`` (a
+    ``loop.compile`` run) a chunk is scored by its compiled form (dynamic shapes: one graph for every
+    chunk length). Returns a float32 scalar.
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(
@@ -54,10 +60,11 @@ def chunked_token_nll(
         )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    score = compiled_chunk_nll() if losses_compiled() else _chunk_nll
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         rows = slice(start, start + chunk_tokens)
-        total = total + checkpoint(_chunk_nll, hidden[rows], targets[rows], weight, bias, use_reentrant=False)
+        total = total + checkpoint(score, hidden[rows], targets[rows], weight, bias, use_reentrant=False)
     return total
 
 
@@ -102,6 +109,12 @@ def _chunk_nll(
     hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")
+
+
+@functools.cache
+def compiled_chunk_nll() -> Callable[..., torch.Tensor]:
+    """``_chunk_nll`` under ``torch.compile`` (dynamic shapes), made once per process at its first use."""
+    return torch.compile(_chunk_nll, dynamic=True, options=INDUCTOR_OPTIONS)
 
 
 def mean_pool_latents(z: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ from sld.checkpointing import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from sld.compilation import compile_model, eager, uncompile
+from sld.compilation import compile_model, compiled_losses, eager, uncompile
 from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
 from sld.distributed import MicroBatch, in_micro_batch
@@ -635,7 +635,7 @@ def fit(
         """One micro-batch's loss terms and backward pass (inside ``counter`` when FLOPs are counted)."""
         random = MicroBatch.for_micro_batch(loop.seed, state.step, micro_in_step)
         with counter:
-            with profiler.phase("sld.loss_fn"), in_micro_batch(random):
+            with profiler.phase("sld.loss_fn"), in_micro_batch(random), compiled_losses(loop.compile):
                 terms = loss_fn(model, batch)
             names, values = stack_terms(terms)
             guard.observe(names, values)

@@ -144,3 +144,27 @@ def test_target_token_nll_equals_the_loss_on_all_logits_with_or_without_host_ind
     assert zero.item() == 0.0 and zero.requires_grad
     with pytest.raises(ValueError, match="does not match labels"):
         target_token_nll(hidden, labels[:, :4], head)
+
+
+def test_chunked_token_nll_runs_compiled_inside_compiled_losses_with_the_same_values():
+    """``loop.compile`` scores the chunks with the compiled form (inductor on the CPU here)."""
+    from torch._dynamo.utils import counters
+
+    from sld.compilation import compiled_losses
+    from sld.losses import chunked_token_nll
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    states, targets = torch.randn(23, 16), torch.randint(0, 50, (23,))
+    results = []
+    for compiled in (False, True):
+        counters.clear()
+        hidden = states.clone().requires_grad_(True)
+        head.zero_grad()
+        with compiled_losses(compiled):
+            loss = chunked_token_nll(hidden, head.weight, head.bias, targets, chunk_tokens=10)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad, head.weight.grad.clone()))
+        assert (counters["frames"]["ok"] >= 1) == compiled  # compiled for real, and only when asked
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

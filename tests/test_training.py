@@ -252,15 +252,24 @@ def test_compiled_and_eager_training_give_the_same_losses(tmp_path):
     at most 1.1e-7, float32 rounding of fused kernels)."""
     from torch._dynamo.utils import counters
 
+    from sld.compilation import losses_compiled
+
     counters.clear()
     losses = {}
+    compiled_loss_calls = []
+
+    def recording_loss(model, batch):
+        compiled_loss_calls.append(losses_compiled())
+        return net_loss(model, batch)
+
     for compiled in (False, True):
         torch.manual_seed(0)
+        compiled_loss_calls.clear()
         result = fit(
             SmallNet(),
             IndexDataset(24),
             collate,
-            net_loss,
+            recording_loss,
             tmp_path / str(compiled),
             OptimConfig(lr=1e-2, warmup_steps=0),
             loop_config(max_steps=4, batch_size=6, compile=compiled),
@@ -269,6 +278,7 @@ def test_compiled_and_eager_training_give_the_same_losses(tmp_path):
         losses[compiled] = [json.loads(r)["train/loss"] for r in rows]
         assert json.loads(rows[-1])["train/tflops_per_second"] > 0  # FLOPs counted in both modes
         assert type(result.model) is SmallNet  # unwrapped from torch.compile
+        assert set(compiled_loss_calls) == {compiled}  # the loss's compiled forms with loop.compile only
     assert counters["frames"]["ok"] >= 1  # compiled for real (not silently run eagerly)
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     assert len(set(losses[False])) == 4  # the weights moved: four different losses
