@@ -9,7 +9,8 @@ block of the same shape, since the parameters are graph inputs, not constants. T
 matters (norms, modulations, activations, residual adds between two matrix products) happens inside
 the blocks; what stays eager around them (embeddings, heads, most losses) is a few kernels. The
 token cross-entropy over a large vocabulary is the exception: it is compiled too (``compiled_losses``;
-the AR baseline's log-softmax, its backward and the float32 copies were 16% of its step on an H200).
+in the AR baseline's step on an H200 its log-softmax and backward took 9.7% of the device time, and
+the float32 copies among the 6.5% of ``aten::copy_``).
 
 Evaluation inside ``fit`` runs under ``eager()``: generation calls the blocks with other shapes and
 without gradients (key/value caches, one token at a time), each a new graph to compile, for a few
