@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from sld.losses import adversarial_direction, gaussian_latent_noise, info_nce
 
@@ -180,21 +181,29 @@ def compute_autoencoder_losses(
 ) -> dict[str, torch.Tensor]:
     """The computation behind ``autoencoder_losses`` on the bare model (``SegmentAutoencoder.forward``)."""
     labels = batch["labels"]
-    z = _encode(model, batch)  # (B', N, D)
+    # named ranges in torch.profiler summaries (profile.txt lists their device time): where the
+    # forward part of a step goes (the adversarial term's latent gradient is a backward pass)
+    with record_function("sld.ae.encode"):
+        z = _encode(model, batch)  # (B', N, D)
     z_in = gaussian_latent_noise(z, cfg.noise_std) if training and cfg.uses_noise else z
     inputs = model.decoder_inputs(labels, cfg.word_dropout if training else 0.0)
     targets = batch.get("target_index")  # (T,) flat target positions from the collator, or None
-    conversion = model.reconstruction_loss(z_in, labels, inputs, targets)
+    with record_function("sld.ae.conversion"):
+        conversion = model.reconstruction_loss(z_in, labels, inputs, targets)
     zero = conversion.new_zeros(())
 
     adversarial = zero
     if cfg.uses_adversarial:
-        r = adversarial_direction(_latent_gradient(model, z_in, labels, conversion), cfg.adversarial_epsilon)
-        adversarial = model.reconstruction_loss(z_in + r, labels, inputs, targets)
+        with record_function("sld.ae.latent_gradient"):
+            grad = _latent_gradient(model, z_in, labels, conversion)
+        with record_function("sld.ae.adversarial"):
+            r = adversarial_direction(grad, cfg.adversarial_epsilon)
+            adversarial = model.reconstruction_loss(z_in + r, labels, inputs, targets)
 
     contrastive = zero
     if cfg.uses_contrastive:
-        term = _contrastive(model, batch, z, cfg)
+        with record_function("sld.ae.contrastive"):
+            term = _contrastive(model, batch, z, cfg)
         if term is not None:
             contrastive = term
 

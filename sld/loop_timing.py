@@ -178,6 +178,13 @@ def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]
     if loading:
         load_ms = sum(e.cpu_time_total for e in loading) / 1000 / steps
         lines.append(f"  data loading (next batch): {load_ms:.1f} ms")
+    ranges = sorted(
+        (e for e in averages if getattr(e, "is_user_annotation", False) and e.device_type != DeviceType.CPU),
+        key=lambda e: -e.self_device_time_total,
+    )
+    if ranges:  # record_function ranges on the device's timeline: the span of each, nested ones too
+        spans = ", ".join(f"{e.key} {e.self_device_time_total / 1000 / steps:.1f}" for e in ranges)
+        lines.append(f"  named ranges on the device, ms a step: {spans}")
     return lines
 
 

@@ -217,3 +217,14 @@ def test_config_validation():
         AutoencoderLossConfig(contrastive_positives="paraphrase")
     assert not AutoencoderLossConfig(variant="vanilla").uses_noise
     assert not AutoencoderLossConfig(variant="noise_robust").uses_contrastive
+
+
+def test_the_terms_run_in_named_profiler_ranges():
+    """profile.txt's digest lists these ranges: where an autoencoder step's forward time goes."""
+    model = build().train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        autoencoder_losses(model, batch, AutoencoderLossConfig(variant="noise_robust_contrastive"))
+    names = {event.key for event in prof.key_averages()}
+    expected = {"encode", "conversion", "latent_gradient", "adversarial", "contrastive"}
+    assert {f"sld.ae.{name}" for name in expected} <= names

@@ -296,3 +296,14 @@ def test_a_counted_step_holds_the_self_conditioning_pass_at_its_expected_share()
     halfway = (never + always) / 2
     for total in outcomes.values():
         assert total == pytest.approx(halfway, rel=0.01)  # the count head (not in the first pass) aside
+
+
+def test_the_passes_run_in_named_profiler_ranges():
+    """profile.txt's digest lists these ranges: the self-conditioning pass against the trained one."""
+    model = tiny_dit()
+    diffusion = LatentDiffusion(DiffusionConfig(self_conditioning_prob=1.0))
+    x0, sm, c, cm, k = batch()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        diffusion.training_losses(model, x0, sm, c, cm, k, generator=torch.Generator().manual_seed(5))
+    names = {event.key for event in prof.key_averages()}
+    assert {"sld.dm.self_conditioning", "sld.dm.denoiser"} <= names

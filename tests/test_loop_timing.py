@@ -160,3 +160,4 @@ def test_step_digest_sums_device_time_launches_syncs_and_loading_per_step():
     )
     assert lines[2] == "  host syncs: 3.0 a step, 6.0 ms waiting (cudaStreamSynchronize x6)"
     assert lines[3] == "  data loading (next batch): 2.0 ms"
+    assert lines[4] == "  named ranges on the device, ms a step: sld.loss_fn 17.5"

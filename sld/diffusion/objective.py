@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from sld.distributed import global_mean, micro_batch
 from sld.errors import UserError
@@ -342,12 +343,13 @@ class LatentDiffusion:
         region = counter.region if counter else nullcontext
         self_cond_flops = 0
         if use_self_cond:
-            with torch.no_grad(), region() as part:
+            # named ranges in torch.profiler summaries (profile.txt lists their device time)
+            with torch.no_grad(), region() as part, record_function("sld.dm.self_conditioning"):
                 first = model(x_t, time, context, context_mask, segment_mask, None, drop_context)
                 self_cond = self.predict_x0(first, x_t, t).detach()
             self_cond_flops = part.get_total_flops() if counter else 0
 
-        with region() as part:
+        with region() as part, record_function("sld.dm.denoiser"):
             output, count_logits = model(
                 x_t,
                 time,
