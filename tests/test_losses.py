@@ -168,3 +168,29 @@ def test_chunked_token_nll_runs_compiled_inside_compiled_losses_with_the_same_va
         assert (counters["frames"]["ok"] >= 1) == compiled  # compiled for real, and only when asked
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_token_nll_serves_the_adversarial_terms_double_backward():
+    """The autoencoder takes d loss / d z with the graph retained, then backpropagates the loss."""
+    from sld.compilation import compiled_losses, retained_graphs
+    from sld.losses import chunked_token_nll
+
+    torch.manual_seed(0)
+    head, proj = torch.nn.Linear(16, 50), torch.nn.Linear(8, 16)
+    latents, targets = torch.randn(23, 8), torch.randint(0, 50, (23,))
+    results = []
+    for compiled in (False, True):
+        head.zero_grad()
+        proj.zero_grad()
+        z = latents.clone().requires_grad_(True)
+        with retained_graphs(), compiled_losses(compiled):
+            loss = chunked_token_nll(proj(z), head.weight, head.bias, targets, chunk_tokens=10)
+            (grad,) = torch.autograd.grad(loss, z, retain_graph=True)
+            moved = z + 0.05 * grad / grad.norm()
+            adversarial = chunked_token_nll(proj(moved), head.weight, head.bias, targets, chunk_tokens=10)
+            (loss + adversarial).backward()
+        results.append(
+            (loss.detach(), adversarial.detach(), grad, head.weight.grad.clone(), proj.weight.grad)
+        )
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
