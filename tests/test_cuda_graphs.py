@@ -28,7 +28,7 @@ def recorded_plans(monkeypatch):
     )
     monkeypatch.setattr(static_decoding, "replay_backend", lambda device: backend)
     monkeypatch.setattr(sampling, "denoiser_replay_backend", lambda device: backend)
-    monkeypatch.setattr(sampling, "_GRAPHED", {})
+    monkeypatch.setattr(cuda_graphs, "_REPLAYED", {})
     graphed = sampling.graphed_denoiser
     monkeypatch.setattr(sampling, "graphed_denoiser", lambda model: graphed(model, trace_on_cpu=True))
     return plans
@@ -67,7 +67,7 @@ def test_the_context_encoder_graph_uses_its_weights_in_place_and_copies_only_the
     backend = cuda_graphs.static_graphs_backend(
         inspect=lambda graph_module, plan: plans.append((placeholder_names(graph_module), plan))
     )
-    monkeypatch.setattr(context_encoder, "_GRAPHED_ENCODERS", {})
+    monkeypatch.setattr(cuda_graphs, "_REPLAYED", {})
     monkeypatch.setattr(cuda_graphs, "replay_backend", lambda device: backend)
     graphed = context_encoder.graphed_encoder
     monkeypatch.setattr(

@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from sld.diffusion.objective import (
     x0_from_prediction,
 )
 from sld.errors import UserError
-from sld.models.cuda_graphs import denoiser_replay_backend
+from sld.models.cuda_graphs import denoiser_replay_backend, replayed
 from sld.models.denoiser import SegmentDiT
 
 __all__ = [
@@ -209,7 +209,6 @@ def host_timesteps(scheduler: SchedulerMixin, num_inference_steps: int) -> list[
 
 # Compiled graphs kept: one per (denoiser, batch, segments, context length, self-conditioning) met
 GRAPHED_RECOMPILE_LIMIT = 64
-_GRAPHED: dict[tuple[str, Any], Callable[..., torch.Tensor]] = {}
 
 
 def _denoiser_forward(model: SegmentDiT, *args: torch.Tensor | None) -> torch.Tensor:
@@ -219,26 +218,19 @@ def _denoiser_forward(model: SegmentDiT, *args: torch.Tensor | None) -> torch.Te
 def graphed_denoiser(model: SegmentDiT, trace_on_cpu: bool = False) -> Callable[..., torch.Tensor]:
     """``model``'s forward for sampling with ``graphed=True``: on CUDA replayed as a CUDA graph.
 
-    ``torch.compile(fullgraph=True, dynamic=False)`` with the backend of the static decoder's token
-    step, or ``$SLD_DENOISER_GRAPH_BACKEND``'s (``sld.models.cuda_graphs.denoiser_replay_backend``):
-    dynamo traces the forward once per input shape, then every sampling step is one replay of the recorded kernels instead of a few hundred launches
-    from Python (the step of a small denoiser at a small batch is launch-bound). A graph's output
-    buffer is reused by its next replay: callers copy what they keep. On a CPU there is nothing to replay and ``model`` itself is returned;
-    ``trace_on_cpu`` traces it with the ``eager`` backend instead (tests: a graph break then fails).
-    One compiled function per device type and backend (``SLD_DENOISER_GRAPH_BACKEND``, else
-    ``SLD_GRAPH_BACKEND``) serves every denoiser (the model is its argument), so none
-    is kept alive by it.
+    ``sld.models.cuda_graphs.replayed`` with the backend of the static decoder's token step, or
+    ``$SLD_DENOISER_GRAPH_BACKEND``'s (``denoiser_replay_backend``): dynamo traces the forward once
+    per input shape, then every sampling step is one replay of the recorded kernels instead of a few
+    hundred launches from Python (the step of a small denoiser at a small batch is launch-bound). A
+    graph's output buffer is reused by its next replay: callers copy what they keep. On a CPU there
+    is nothing to replay and ``model`` itself is returned; ``trace_on_cpu`` traces it with the
+    ``eager`` backend instead (tests: a graph break then fails). One compiled function per device
+    type and backend serves every denoiser (the model is its argument), so none is kept alive by it.
     """
     if model.device.type != "cuda" and not trace_on_cpu:
         return model
     backend = denoiser_replay_backend(model.device)
-    key = (model.device.type, backend)
-    step = _GRAPHED.get(key)
-    if step is None:
-        dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit, GRAPHED_RECOMPILE_LIMIT)
-        step = torch.compile(_denoiser_forward, backend=backend, fullgraph=True, dynamic=False)
-        _GRAPHED[key] = step
+    step = replayed(_denoiser_forward, model.device, backend, GRAPHED_RECOMPILE_LIMIT)
     return functools.partial(step, model)
 
 
@@ -246,7 +238,6 @@ def graphed_denoiser(model: SegmentDiT, trace_on_cpu: bool = False) -> Callable[
 # (``fused_sampling_step``); opt-in: on an H200 ten guided steps at batch 64 took 1.02x the time of the
 # scheduler's own step (docs/results.md, thirteenth session); tested against the eager loop on the CPU
 FUSED_SAMPLER_ENV = "SLD_FUSED_SAMPLER"
-_FUSED: dict[tuple[str, Any], Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
 
 
 def _guided_output(
@@ -338,13 +329,7 @@ def fused_sampling_step(
     if model.device.type != "cuda" and not trace_on_cpu:
         return functools.partial(_fused_step, model)
     backend = denoiser_replay_backend(model.device)
-    key = (model.device.type, backend)
-    step = _FUSED.get(key)
-    if step is None:
-        dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit, GRAPHED_RECOMPILE_LIMIT)
-        step = torch.compile(_fused_step, backend=backend, fullgraph=True, dynamic=False)
-        _FUSED[key] = step
+    step = replayed(_fused_step, model.device, backend, GRAPHED_RECOMPILE_LIMIT)
     return functools.partial(step, model)
 
 

@@ -16,7 +16,6 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -234,27 +233,18 @@ def _encoder_states(
     return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-_GRAPHED_ENCODERS: dict[tuple[str, Any], Callable[..., torch.Tensor]] = {}
-
-
 def graphed_encoder(encoder: nn.Module, trace_on_cpu: bool = False) -> Callable[..., torch.Tensor]:
-    """``_encoder_states`` for ``encoder``'s device: on CUDA compiled with the backend of sld's CUDA-graph
-    replays (``sld.models.cuda_graphs.replay_backend``; ``fullgraph``, one graph per input shape, the
+    """``_encoder_states`` for ``encoder``'s device: on CUDA replayed as a CUDA graph per input shape
+    (``sld.models.cuda_graphs.replayed`` with the backend of sld's replays, ``replay_backend``: the
     weights used in place); elsewhere the plain function, unless ``trace_on_cpu`` (dynamo's eager
     backend: tests, where a graph break fails). One compiled function per device type and backend
     serves every encoder (the module is its argument)."""
-    from sld.models.cuda_graphs import replay_backend
+    from sld.models.cuda_graphs import replay_backend, replayed
 
     device = next(encoder.parameters()).device
     if device.type != "cuda" and not trace_on_cpu:
         return _encoder_states
-    backend = replay_backend(device)
-    key = (device.type, backend)
-    if key not in _GRAPHED_ENCODERS:
-        _GRAPHED_ENCODERS[key] = torch.compile(
-            _encoder_states, backend=backend, fullgraph=True, dynamic=False
-        )
-    return _GRAPHED_ENCODERS[key]
+    return replayed(_encoder_states, device, replay_backend(device))
 
 
 def pad_context(states: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -250,3 +250,25 @@ def replay_backend(
         return "eager"
     choice = graph_backend_choice(choice, variable)
     return {"static": static_graphs, "cudagraphs": "cudagraphs", "inductor": inductor_graphs}[choice]
+
+
+# replayed's compiled functions: one per (function, device type, backend)
+_REPLAYED: dict[tuple[Callable[..., Any], str, Any], Callable[..., Any]] = {}
+
+
+def replayed(
+    fn: Callable[..., Any], device: torch.device, backend: Any, recompile_limit: int | None = None
+) -> Callable[..., Any]:
+    """``fn`` under ``torch.compile(backend=backend, fullgraph=True, dynamic=False)``: dynamo traces it
+    once per input shape and every later call replays the recorded graph (a graph break is an error).
+    Compiled once per (``fn``, device type, backend) and kept for the process; a module ``fn`` reads
+    is one of its arguments, so no model is kept alive here. ``recompile_limit``: raise dynamo's limit
+    of graphs per function to at least this (one graph per shape met)."""
+    key = (fn, device.type, backend)
+    step = _REPLAYED.get(key)
+    if step is None:
+        if recompile_limit is not None:
+            dynamo = torch._dynamo.config
+            dynamo.recompile_limit = max(dynamo.recompile_limit, recompile_limit)
+        step = _REPLAYED[key] = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)
+    return step
