@@ -155,11 +155,11 @@ def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]
     from torch.autograd import DeviceType
 
     steps = max(1, steps)
-    device_us = sum(  # kernels; not the record_function ranges drawn over them (as torch's own total)
-        e.self_device_time_total
-        for e in averages
-        if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)
-    )
+    on_device = [e for e in averages if e.device_type != DeviceType.CPU]
+    # record_function ranges drawn on the device's timeline span kernels counted on their own
+    ranges = [e for e in on_device if getattr(e, "is_user_annotation", False)]
+    kernels = [e for e in on_device if not getattr(e, "is_user_annotation", False)]
+    device_us = sum(e.self_device_time_total for e in kernels)
     launches = sum(e.count for e in averages if e.key in KERNEL_LAUNCHES)
     syncs = [e for e in averages if e.key in HOST_SYNCS]
     loading = [e for e in averages if e.key.startswith(DATA_LOADING)]
@@ -178,11 +178,8 @@ def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]
     if loading:
         load_ms = sum(e.cpu_time_total for e in loading) / 1000 / steps
         lines.append(f"  data loading (next batch): {load_ms:.1f} ms")
-    ranges = sorted(
-        (e for e in averages if getattr(e, "is_user_annotation", False) and e.device_type != DeviceType.CPU),
-        key=lambda e: -e.self_device_time_total,
-    )
-    if ranges:  # record_function ranges on the device's timeline: the span of each, nested ones too
+    if ranges:  # the span of each named range, nested ones too, longest first
+        ranges.sort(key=lambda e: -e.self_device_time_total)
         spans = ", ".join(f"{e.key} {e.self_device_time_total / 1000 / steps:.1f}" for e in ranges)
         lines.append(f"  named ranges on the device, ms a step: {spans}")
     return lines

@@ -92,6 +92,10 @@ class SamplerSetting:
                 f"denoiser_backend must be one of {', '.join(GRAPH_BACKENDS)}, got {self.denoiser_backend!r}"
             )
 
+    def guidance_or(self, default: float | None) -> float | None:
+        """The guidance weight this setting samples with: its own, else ``default`` (the run's)."""
+        return default if self.guidance_scale is None else self.guidance_scale
+
     @property
     def label(self) -> str:
         label = f"{self.scheduler} {self.steps}" + (" static" if self.static_cache else "")

@@ -163,9 +163,7 @@ def sld_forced_length_fn(
     """
     config = pipe.config
     scheduler = make_scheduler(sampler.scheduler, config.num_train_timesteps, config.prediction_type)
-    guidance = config.guidance_scale if guidance_scale is None else guidance_scale
-    if sampler.guidance_scale is not None:  # the sampler's own weight first, as in the speed table
-        guidance = sampler.guidance_scale
+    guidance = sampler.guidance_or(config.guidance_scale if guidance_scale is None else guidance_scale)
     autoencoder = pipe.autoencoder
     device = denoiser.device
     sources = list(sources)

@@ -181,9 +181,7 @@ def sld_generate_fn(
                 list(sources),
                 num_inference_steps=sampler.steps,
                 scheduler=sampler.scheduler,
-                guidance_scale=sampler.guidance_scale
-                if sampler.guidance_scale is not None
-                else guidance_scale,
+                guidance_scale=sampler.guidance_or(guidance_scale),
                 num_beams=num_beams,
                 no_repeat_ngram_size=rules.no_repeat_ngram_size,
                 max_new_tokens=rules.sld_max_new_tokens,
