@@ -75,7 +75,7 @@ def use_backend(choice: str, packed: bool) -> None:
     os.environ[packed_gqa.PACKED_GQA_ENV] = "1" if packed else "0"
     torch._dynamo.reset()
     static_decoding._STEPPERS.clear()
-    sampling._GRAPHED.clear()
+    cuda_graphs.clear_replays()  # the denoiser's and the fused sampler step's graphs
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

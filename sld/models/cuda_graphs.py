@@ -272,3 +272,9 @@ def replayed(
             dynamo.recompile_limit = max(dynamo.recompile_limit, recompile_limit)
         step = _REPLAYED[key] = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)
     return step
+
+
+def clear_replays() -> None:
+    """Forget every function ``replayed`` compiled (after ``torch._dynamo.reset()``: the next call
+    compiles anew, e.g. with another backend's settings)."""
+    _REPLAYED.clear()
