@@ -22,6 +22,12 @@ the device's datasheet looked up by ``torch.cuda.get_device_name()`` in :data:`P
 (e.g. H100 / H200 SXM: 989 TFLOP/s). It is the bf16 peak whatever ``loop.mixed_precision`` is, so an
 fp32 run shows how far it is from what the card could do. On a CPU or an unknown device MFU is not
 reported unless ``loop.peak_tflops`` is given; the achieved TFLOP/s always is.
+
+Attention with grouped key/value heads (GQA: SmolLM2's 9 query heads share 3 key/value heads) is
+counted as the kernels run it, every query head against its shared key/value head
+(:data:`GQA_ATTENTION_FORMULAS`): torch 2.11's formulas rejected such shapes, and the AR baseline's
+first step on an H200 (right-padded rows, SDPA's flash kernel with ``enable_gqa``) then reported no
+MFU at all (2026-12-04). Attention is counted whole even when causal, as torch does.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 # Datasheet dense bf16 tensor-core peaks (TFLOP/s, without sparsity), matched in this order as
@@ -59,6 +66,57 @@ def device_peak_tflops(device: torch.device | str) -> float | None:
     return None
 
 
+def _kv_heads_matched(query_shape, *kv_shapes) -> list[tuple[int, ...]]:
+    """Key/value shapes (B, H_kv, S, D) with H_kv raised to the query's H (B, H, S_q, D) when it
+    divides it (grouped-query attention: each key/value head serves H / H_kv query heads); other
+    shapes unchanged, for torch's own checks to reject."""
+    heads = query_shape[1]
+    return [
+        (s[0], heads, s[2], s[3]) if len(s) == 4 and s[1] and heads % s[1] == 0 else tuple(s) for s in kv_shapes
+    ]
+
+
+def _sdpa_forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one SDPA forward: query (B, H, S_q, D), key/value (B, H_kv, S_k, D), H_kv dividing H."""
+    key_shape, value_shape = _kv_heads_matched(query_shape, key_shape, value_shape)
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_backward_flops(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
+    """FLOPs of one SDPA backward (grad_out like the query), key/value heads as in the forward."""
+    key_shape, value_shape = _kv_heads_matched(query_shape, key_shape, value_shape)
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+_aten = torch.ops.aten
+# FlopCounterMode(custom_mapping=...) entries that replace torch's SDPA formulas (shape-level ops)
+GQA_ATTENTION_FORMULAS: dict[object, Callable[..., int]] = {
+    **dict.fromkeys(
+        (
+            _aten._scaled_dot_product_efficient_attention,
+            _aten._scaled_dot_product_flash_attention,
+            _aten._scaled_dot_product_cudnn_attention,
+        ),
+        _sdpa_forward_flops,
+    ),
+    **dict.fromkeys(
+        (
+            _aten._scaled_dot_product_efficient_attention_backward,
+            _aten._scaled_dot_product_flash_attention_backward,
+            _aten._scaled_dot_product_cudnn_attention_backward,
+        ),
+        _sdpa_backward_flops,
+    ),
+}
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    """torch's ``FlopCounterMode`` (no display) with sld's attention formulas (grouped key/value heads)."""
+    return FlopCounterMode(display=False, custom_mapping=GQA_ATTENTION_FORMULAS)
+
+
 class FlopCount:
     """Counts the FLOPs of what runs inside ``with FlopCount() as counter:``; ``counter.total`` afterwards.
 
@@ -80,7 +138,7 @@ class FlopCount:
         self._contexts = ExitStack()
         if self.run_eagerly:
             self._contexts.enter_context(torch.compiler.set_stance("force_eager"))
-        self._mode = self._contexts.enter_context(FlopCounterMode(display=False))
+        self._mode = self._contexts.enter_context(flop_counter_mode())
         _active.append(self)
         return self
 
@@ -95,7 +153,7 @@ class FlopCount:
     def region(self) -> FlopCounterMode:
         """A nested counter: ``with counter.region() as part: ...``, then ``part.get_total_flops()``
         is what ran inside it (the enclosing count includes it too)."""
-        return FlopCounterMode(display=False)
+        return flop_counter_mode()
 
     def adjust(self, flops: float) -> None:
         """Add ``flops`` (may be negative) to the total: code whose work differs from step to step

@@ -146,3 +146,34 @@ def test_a_flop_counter_failure_costs_the_mfu_not_the_run(tmp_path, monkeypatch,
     reference = train(tmp_path / "reference", peak_tflops=1e-6)
     for a, b in zip(result.model.parameters(), reference.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # counting changes rounding only
+
+
+def test_attention_with_grouped_key_value_heads_is_counted_per_query_head():
+    """SmolLM2's shapes (9 query heads over 3 key/value heads) under the flash kernel's op: torch
+    2.11's own formula raised on them and the AR baseline's run lost its MFU; counted here as every
+    query head attending over its shared key/value head (4 B H S_q S_k D forward)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    batch, heads, kv_heads, length, dim = 2, 9, 3, 16, 64
+    with FakeTensorMode():
+        q = torch.empty(batch, heads, length, dim, device="cuda", dtype=torch.bfloat16)
+        kv = torch.empty(batch, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16)
+        with throughput.flop_counter_mode() as mode:
+            torch.ops.aten._scaled_dot_product_flash_attention(q, kv, kv, is_causal=True)
+    assert mode.get_total_flops() == 4 * batch * heads * length * length * dim
+
+
+def test_grouped_attention_backward_counts_as_with_the_heads_repeated():
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    q = torch.empty(2, 9, 16, 64, device="meta")
+    kv = torch.empty(2, 3, 16, 64, device="meta")
+    backward = throughput.GQA_ATTENTION_FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_backward]
+    repeated = tuple(q.shape)
+    assert backward(q.shape, q.shape, kv.shape, kv.shape) == sdpa_backward_flop_count(
+        q.shape, q.shape, repeated, repeated
+    )
+    # heads that do not divide the query's are left for torch's check to reject
+    odd = torch.empty(2, 4, 16, 64, device="meta")
+    with pytest.raises(AssertionError):
+        backward(q.shape, q.shape, odd.shape, odd.shape)
