@@ -72,7 +72,8 @@ def _kv_heads_matched(query_shape, *kv_shapes) -> list[tuple[int, ...]]:
     shapes unchanged, for torch's own checks to reject."""
     heads = query_shape[1]
     return [
-        (s[0], heads, s[2], s[3]) if len(s) == 4 and s[1] and heads % s[1] == 0 else tuple(s) for s in kv_shapes
+        (s[0], heads, s[2], s[3]) if len(s) == 4 and s[1] and heads % s[1] == 0 else tuple(s)
+        for s in kv_shapes
     ]
 
 
