@@ -63,6 +63,20 @@ def test_training_attention_is_causal_sdpa_without_a_padding_mask(model, monkeyp
     assert calls and all(mask is None and causal for mask, causal in calls)
 
 
+def test_training_loss_runs_no_mask_code(model, monkeypatch):
+    """transformers' check for packed sequences reads the device on the host (a sync every step)."""
+    import transformers.masking_utils as masking_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("transformers' mask code ran in the training loss")
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", refuse)
+    monkeypatch.setattr(masking_utils, "_ignore_causal_mask_sdpa", refuse)
+    with torch.no_grad():
+        baseline_loss(model, model.collator()(PAIRS))
+    assert model.lm.config._attn_implementation == "sdpa"
+
+
 def test_loss_equals_the_unpadded_rows(model):
     with torch.no_grad():
         loss = baseline_loss(model, model.collator()(PAIRS))["loss"]

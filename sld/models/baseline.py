@@ -77,6 +77,7 @@ from sld.models.parts import (
     shift_labels_right,
     split_output_head,
 )
+from sld.models.unmasked_causal import unmasked_causal_attention
 from sld.pretrained import MINILM
 from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
 
@@ -462,7 +463,8 @@ class BaselineModel(nn.Module):
         if return_loss:
             return self.target_loss(input_ids, attention_mask, labels, target_index)
         if self.is_causal:
-            return self.lm(input_ids=input_ids, use_cache=False).logits
+            with unmasked_causal_attention(self.lm):
+                return self.lm(input_ids=input_ids, use_cache=False).logits
         out = self.lm(
             encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
             attention_mask=attention_mask,
@@ -496,8 +498,12 @@ class BaselineModel(nn.Module):
         head, scale = split
         if self.is_causal:
             # right-padded rows (PrefixLMCollator): causal attention alone keeps the pads out of every
-            # real token's view, so no mask is built (SDPA's causal flash kernel; no host sync either)
-            hidden = self.lm.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, W, d)
+            # real token's view, so no mask is built (SDPA's causal flash kernel), and transformers' mask
+            # code, which reads the device on the host when given no mask, does not run
+            with unmasked_causal_attention(self.lm):
+                hidden = self.lm.base_model(
+                    input_ids=input_ids, use_cache=False
+                ).last_hidden_state  # (B, W, d)
         else:
             hidden = self.lm.get_decoder()(
                 input_ids=shift_labels_right(labels, self._decoder_start_id(), self.lm.config.pad_token_id),
