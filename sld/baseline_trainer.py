@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,16 +115,25 @@ class TrainedBaseline(TrainedRun):
 
 
 class SourceTargetDataset(Dataset):
-    """Stage-1 documents as ``(source, target)`` pairs: the target is the plain joined text."""
+    """Stage-1 documents as ``(source, target)`` pairs: the target is the plain joined text.
 
-    def __init__(self, docs: Sequence[SegmentedDocument]) -> None:
+    ``tokenize``: a collator's ``tokenize`` (``PrefixLMCollator``), applied to every pair once here;
+    items are then its token rows, which that collator batches without the tokenizer.
+    """
+
+    def __init__(
+        self,
+        docs: Sequence[SegmentedDocument],
+        tokenize: Callable[[Sequence[tuple[str | None, str]]], list[Any]] | None = None,
+    ) -> None:
         self.pairs = [(doc.source, target_text(doc)) for doc in docs]
+        self.items: Sequence[Any] = self.pairs if tokenize is None else tokenize(self.pairs)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[str | None, str]:
-        return self.pairs[index]
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
 
     def lengths(self) -> list[int]:
         """Characters of source + target per pair: the proxy the length-grouped sampler sorts by."""
@@ -224,11 +233,12 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
         write_samples(output_dir / "samples" / f"step_{step}.jsonl", valid_docs, predictions)
         return scores
 
-    train_set = SourceTargetDataset(train_docs)
+    collate = model.collator()
+    train_set = SourceTargetDataset(train_docs, getattr(collate, "tokenize", None))
     result = fit(
         model,
         train_set,
-        model.collator(),
+        collate,
         baseline_loss,
         output_dir,
         cfg.optim,

@@ -127,6 +127,23 @@ def test_pair_copies_per_batch_counts_distinct_paraphrases():
     assert (rows, distinct) == (10.0, 10.0)  # consecutive rows: every 4th a pair row, all different
 
 
+def test_prefix_lm_collate_cost_times_both_paths(tmp_path, capsys):
+    import json
+
+    import tiny_models
+
+    folder = tiny_models.save_tiny_causal_lm(tmp_path / "lm")
+    documents = tmp_path / "docs.jsonl"
+    documents.write_text(
+        "".join(json.dumps({"text": f"Anna walked {i}. Tom baked a cake."}) + "\n" for i in range(6))
+    )
+    load_example("prefix_lm_collate_cost").main(
+        [str(folder), str(documents), "--batch", "4", "--repeats", "1"]
+    )
+    out = capsys.readouterr().out
+    assert "batch of 4 rows" in out and "from text pairs:" in out and "less host time" in out
+
+
 def test_throughput_window_compares_the_same_steps(tmp_path, capsys):
     import json
 

@@ -118,3 +118,28 @@ def test_the_loss_on_target_positions_has_the_gradients_of_the_loss_on_all_logit
     assert len(got_grads) == len(expected_grads) > 0
     for grad, expected_grad in zip(got_grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-4)
+
+
+def test_rows_tokenized_once_batch_as_the_text_pairs_do(model):
+    from sld.models.baseline import PrefixLMRow
+
+    collate = model.collator()
+    rows = collate.tokenize(PAIRS)
+    assert all(isinstance(row, PrefixLMRow) for row in rows)
+    from_rows, from_text = collate(rows), collate(PAIRS)
+    assert from_rows.keys() == from_text.keys()
+    for key in from_text:
+        assert torch.equal(from_rows[key], from_text[key]), key
+
+
+def test_the_trainer_dataset_holds_token_rows_for_a_causal_baseline(model):
+    from sld.baseline_trainer import SourceTargetDataset
+    from sld.data.segmented import SegmentedDocument
+    from sld.models.baseline import PrefixLMRow
+
+    docs = [
+        SegmentedDocument(id="a", source="Anna walked.", segments=["Tom baked.", "It rose."], num_segments=2)
+    ]
+    dataset = SourceTargetDataset(docs, model.collator().tokenize)
+    assert isinstance(dataset[0], PrefixLMRow) and dataset.pairs[0] == ("Anna walked.", "Tom baked. It rose.")
+    assert torch.equal(model.collator()([dataset[0]])["labels"], model.collator()(dataset.pairs)["labels"])

@@ -41,7 +41,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -269,7 +269,11 @@ class PrefixLMCollator:
             mask[i, width - len(row) :] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
-    def __call__(self, pairs: Sequence[tuple[str | None, str]]) -> dict[str, torch.Tensor]:
+    def tokenize(self, pairs: Sequence[tuple[str | None, str]]) -> list[PrefixLMRow]:
+        """``(source, target)`` pairs -> their token ids, once: a dataset of these rows (the trainer's)
+        spares the loader workers the tokenizer at every batch of every epoch (on an H200 the AR
+        baseline's step at batch 1,024 waited 74-90 ms a step for the next batch, tokenized in the
+        workers)."""
         prompts = self.prompts([source for source, _ in pairs])
         targets = self.tokenizer(
             [target for _, target in pairs],
@@ -277,24 +281,37 @@ class PrefixLMCollator:
             truncation=True,
             max_length=self.max_target_tokens - 1,
         )["input_ids"]
-        eos = self.tokenizer.eos_token_id
-        inputs = [p + t for p, t in zip(prompts, targets)]
-        width = max(len(row) for row in inputs)
-        ids = torch.full((len(inputs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        labels = torch.full((len(inputs), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (prompt, target) in enumerate(zip(prompts, targets)):
-            row = prompt + target
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        return [PrefixLMRow(prompt, target) for prompt, target in zip(prompts, targets)]
+
+    def __call__(self, pairs: Sequence[tuple[str | None, str] | PrefixLMRow]) -> dict[str, torch.Tensor]:
+        """Text pairs, or rows already tokenized by ``tokenize``, -> a training batch."""
+        rows = pairs if all(isinstance(p, PrefixLMRow) for p in pairs) else self.tokenize(pairs)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        width = max(len(row.prompt) + len(row.target) for row in rows)
+        ids, mask, labels = [], [], []
+        for prompt, target in rows:
+            used = len(prompt) + len(target)
+            ids.append(prompt + target + [pad] * (width - used))
+            mask.append([1] * used + [0] * (width - used))
             # the start token (the prompt's last column) predicts y_1, ..., the last y_L predicts eos
-            labels[i, len(prompt) - 1 : len(row)] = torch.tensor(target + [eos])
+            labels.append(
+                [IGNORE_INDEX] * (len(prompt) - 1) + target + [eos] + [IGNORE_INDEX] * (width - used)
+            )
+        labels = torch.tensor(labels, dtype=torch.long)
         return {
-            "input_ids": ids,
-            "attention_mask": mask,
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
             "labels": labels,
             "target_index": target_positions(labels),
         }
+
+
+class PrefixLMRow(NamedTuple):
+    """One prefix-LM training row's token ids: ``prompt`` (source tokens + the start token) and
+    ``target`` (its tokens, without eos)."""
+
+    prompt: list[int]
+    target: list[int]
 
 
 class BaselineModel(nn.Module):
@@ -642,5 +659,6 @@ __all__ = [
     "BaselineModel",
     "CONFIG_NAME",
     "PrefixLMCollator",
+    "PrefixLMRow",
     "baseline_loss",
 ]
