@@ -24,7 +24,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     SMOKE_GEN=(limit=6 num_inference_steps=2)
     SMOKE_AR=(loop.max_steps=3 loop.eval_every=3 loop.save_every=3 loop.batch_size=8 data.num_valid_documents=4
               loop.mixed_precision=no loop.num_workers=0)
-    SMOKE_BENCH=(num_documents=4 "batch_sizes=[2]" max_batches=1 dtype=float32 "samplers=[{scheduler: dpm++, steps: 2}]")
+    SMOKE_BENCH=(num_documents=4 "batch_sizes=[2]" max_batches=1 repeats=1 dtype=float32 "samplers=[{scheduler: dpm++, steps: 2}]")
     SMOKE_REPORT=(num_segments=16 "noise_levels=[0.5]")
 else
     SMOKE_AE=(); SMOKE_DM=(); SMOKE_GEN=(); SMOKE_AR=(); SMOKE_BENCH=(); SMOKE_REPORT=()

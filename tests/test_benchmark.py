@@ -142,6 +142,8 @@ def test_markdown_names_the_reference():
     assert "SLD" in sld_row and "dpm++ 10" in sld_row and "2.00x" in sld_row and "10 / 60 / 30" in sld_row
     assert "n/a" in lines[-1]  # no ratio at batch 8
     assert "8/8 (refs None)" in lines[2]
+    assert "| 20% |" in lines[2]  # greedy's three runs: (2.2 - 1.8) / 2.0
+    assert "| - |" in lines[3]  # beam 4: one run, no spread
     summary = reference_summary(rows, references, 1.0)
     assert "batch 4: **greedy**" in summary and "best AR setting (beam 4)" in summary
     assert "greedy 20.00" in summary and "beam 4 20.50" in summary

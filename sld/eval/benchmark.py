@@ -210,7 +210,7 @@ def summarize(m: Measurement) -> dict[str, Any]:
     """One table row from a measurement: throughput, latency, time split and quality (JSON-ready).
 
     Keys: ``system, setting, batch_size, num_documents, num_batches, steps, seconds (median),
-    seconds_min, seconds_max, docs_per_second, ms_per_document`` (amortised: 1000 / throughput),
+    seconds_min, seconds_max, timed_runs, docs_per_second, ms_per_document`` (amortised: 1000 / throughput),
     ``seconds_per_batch`` (what one user waits in a full batch), per part ``<part>_seconds`` and
     ``<part>_share`` (of the parts' sum), ``ms_per_step`` (SLD: denoise time of one sampling step of
     one batch), ``peak_memory_mib, memory_measure`` and every quality score.
@@ -227,6 +227,7 @@ def summarize(m: Measurement) -> dict[str, Any]:
         "seconds": timing["seconds"],
         "seconds_min": timing["seconds_min"],
         "seconds_max": timing["seconds_max"],
+        "timed_runs": len(m.seconds),
         "docs_per_second": m.num_documents / seconds,
         "ms_per_document": 1000.0 * seconds / max(m.num_documents, 1),
         "seconds_per_batch": seconds / max(m.num_batches, 1),
@@ -353,8 +354,16 @@ def _ratio(row: dict[str, Any]) -> str:
     return f"{ratio:.2f}x" + (" (ref)" if is_reference else "")
 
 
+def _spread(row: dict[str, Any]) -> str:
+    """How far the timed runs of a cell lay apart: (slowest - fastest) / median, in % ("-": one run)."""
+    low, high, middle = row.get("seconds_min"), row.get("seconds_max"), row.get("seconds")
+    if row.get("timed_runs", 1) < 2 or low is None or high is None or not middle:
+        return "-"
+    return f"{100 * (high - low) / middle:.0f}%"
+
+
 TABLE_HEADER = (
-    "| system | setting | batch | docs | docs/s | ms/doc | s/batch | x AR ref | "
+    "| system | setting | batch | docs | docs/s | spread | ms/doc | s/batch | x AR ref | "
     "ctx/denoise/decode % | ms/step | work MiB | ROUGE-L | distinct-2 | distinct outputs |"
 )
 
@@ -370,6 +379,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             str(r["batch_size"]),
             str(r["num_documents"]),
             _fmt(r["docs_per_second"], ".2f"),
+            _spread(r),
             _fmt(r["ms_per_document"], ".1f"),
             _fmt(r["seconds_per_batch"], ".3f"),
             _ratio(r),
@@ -447,7 +457,7 @@ def write_speed_report(
         f"- work MiB: peak memory of generation, {'; '.join(measures)}",
         reference_summary(rows, references, tolerance),
         "- ms/doc = wall time / documents; s/batch = wall time of one full batch; ms/step = denoising time "
-        "of one sampling step of one batch.",
+        "of one sampling step of one batch; spread = (slowest - fastest) / median of a cell's timed runs.",
         "",
         markdown_table(rows),
         "",
