@@ -41,7 +41,8 @@
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
 #          steps of each, profile.txt; a profiled run's rates are not usable: the profiled steps are slow
 #          and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
-#          data.group_by_length=true)
+#          data.group_by_length=true); then each run beside its before over the same steps
+#          (examples/throughput_window.py; TRAINERS_WINDOW="40 100000": the first and last step)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
 # BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only; the ROC
@@ -485,6 +486,16 @@ if has trainers; then
     done
     for f in "$OUT"/trainers_*_summary.json; do
         python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], {k: s[k] for k in s if k.startswith('train/') or k == 'steps'})" "$f" 2>/dev/null || true
+    done
+    # each run beside its 'before' over the same steps, past the compilation (TRAINERS_WINDOW: first last)
+    for f in "$OUT"/trainers_*_metrics.jsonl; do
+        case $f in *_before_metrics.jsonl) continue ;; esac
+        before=${f%_metrics.jsonl}_before_metrics.jsonl
+        runs=("$f")
+        [ -f "$before" ] && runs=("$before" "$f")
+        # shellcheck disable=SC2086
+        PYTHONPATH="$here:${PYTHONPATH:-}" python3 examples/throughput_window.py --steps ${TRAINERS_WINDOW:-40 100000} \
+            "${runs[@]}" 2>&1 || true
     done
 fi
 
