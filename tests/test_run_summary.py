@@ -57,3 +57,11 @@ def test_throughput_is_the_mean_of_the_last_rows_and_the_largest_peak():
         state=SimpleNamespace(step=70, elapsed_seconds=1.0), stopped_by="max_steps", history=history
     )
     assert training_summary(result)["train/items_per_second"] == 5.0
+
+
+def test_throughput_leaves_out_the_first_row_of_a_short_run():
+    """The first logged interval holds the warm-up (a compiled run's compilation): left out when
+    there is another row, used when it is all there is."""
+    two = [{"step": 20, "train/items_per_second": 829.0}, {"step": 40, "train/items_per_second": 6088.0}]
+    assert throughput_summary(two) == {"train/items_per_second": 6088.0}
+    assert throughput_summary(two[:1]) == {"train/items_per_second": 829.0}
