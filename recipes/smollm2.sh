@@ -428,6 +428,9 @@ if has trainers; then
             loop.eval_every=100000 data.num_valid_segments=8
     fi
     here=$(pwd)
+    # a profiled run also names the source line of every host sync inside its steps (once per line;
+    # 2026-12-04 this found transformers' packed-sequence check in the AR baseline's forward)
+    [ "${TRAINERS_PROFILE:-0}" != 0 ] && export SLD_SYNC_DEBUG=${SLD_SYNC_DEBUG:-warn}
     # train_denoiser NAME CODE_DIR COMPILE BATCH MINUTES: one timed denoiser run with the code in CODE_DIR
     train_denoiser() {
         local name=$1 code=$2 compile=$3 batch=$4 minutes=$5
