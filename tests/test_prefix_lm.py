@@ -143,3 +143,27 @@ def test_the_trainer_dataset_holds_token_rows_for_a_causal_baseline(model):
     dataset = SourceTargetDataset(docs, model.collator().tokenize)
     assert isinstance(dataset[0], PrefixLMRow) and dataset.pairs[0] == ("Anna walked.", "Tom baked. It rose.")
     assert torch.equal(model.collator()([dataset[0]])["labels"], model.collator()(dataset.pairs)["labels"])
+
+
+def test_compiled_decoder_layers_trace_the_unmasked_attention(tmp_path):
+    """Dynamo traces the LM's layers through the registered attention function (no graph break) and
+    the training loss is eager's."""
+    import tiny_models
+    from torch._dynamo.utils import counters
+
+    from sld.compilation import compile_model, uncompile
+
+    lm = tiny_models.save_tiny_causal_lm(tmp_path / "lm")
+    model = BaselineModel.from_config(
+        BaselineConfig(encoder="decoder", decoder_name_or_path=lm, max_source_tokens=12, max_target_tokens=40)
+    ).eval()
+    batch = model.collator()(PAIRS)
+    with torch.no_grad():
+        expected = baseline_loss(model, batch)["loss"]
+        torch._dynamo.reset()
+        counters.clear()
+        compile_model(model, backend="eager")
+        got = baseline_loss(model, batch)["loss"]
+    uncompile(model)
+    assert counters["frames"]["ok"] >= 1 and not counters["graph_break"]
+    torch.testing.assert_close(got, expected)
