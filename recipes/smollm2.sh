@@ -467,6 +467,8 @@ if has trainers; then
         suffix=""
         minutes=$TP_MINUTES
         if [ "$compile" = true ]; then suffix=_compiled; minutes=${TP_MINUTES_COMPILED:-$TP_MINUTES}; fi
+        # profiled runs keep their own files: a timed run of the same call is not overwritten
+        [ "${TRAINERS_PROFILE:-0}" != 0 ] && suffix=${suffix}_profiled
         # an empty DENOISER_BATCHES / AR_BATCHES runs none of that trainer
         for batch in ${DENOISER_BATCHES-256 1024}; do
             if [ "${TRAINERS_BEFORE:-0}" = 1 ]; then
