@@ -494,7 +494,7 @@ if has trainers; then
     done
     # each run beside its 'before' over the same steps, past the compilation (TRAINERS_WINDOW: first last)
     for f in "$OUT"/trainers_*_metrics.jsonl; do
-        case $f in *_before_metrics.jsonl) continue ;; esac
+        case $f in *_before_metrics.jsonl | */trainers_ae_timing_metrics.jsonl) continue ;; esac
         before=${f%_metrics.jsonl}_before_metrics.jsonl
         runs=("$f")
         [ -f "$before" ] && runs=("$before" "$f")
