@@ -238,6 +238,7 @@ class PrefixLMCollator:
     label j is the token after column j where that token is a target token or eos, -100 elsewhere
     (the source, the pads); ``target_index`` (T,) the labels' flat target positions. Generation
     prompts (``sources``) are left-padded instead, so that every row's next token is the same column.
+    Items may also be ``PrefixLMRow``s from ``tokenize`` (a training set tokenized once).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_tokens: int, max_target_tokens: int):
