@@ -198,3 +198,27 @@ def test_the_chunked_conversion_loss_equals_the_full_logits_loss(folders):
     assert torch.allclose(chunked, full, atol=1e-5)
     for a, b in zip(grads, full_grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("conditioning", ["kv", "prefix"])
+def test_the_decoder_passes_run_no_mask_code_that_reads_the_device(folders, conditioning, monkeypatch):
+    """transformers' mask code waits for the device when it checks a padding mask (``.all()``) or, with
+    no mask and no cache, the position ids for packed sequences: neither may run in the decoder's
+    training passes (a host sync per pass on a GPU; the frozen encoder's states come from the cache)."""
+    import transformers.masking_utils as masking_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("transformers' mask code read the device in a decoder pass")
+
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0, conditioning=conditioning).train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    z = model.encode(batch["input_ids"], batch["attention_mask"]).detach().requires_grad_(True)
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", refuse)
+    monkeypatch.setattr(masking_utils, "fast_all", refuse)
+    ids = batch["labels"].clamp(min=0)
+    for kwargs in ({"attention_mask": torch.ones_like(ids)}, {}):  # the patches do catch the LM's mask code
+        with pytest.raises(AssertionError, match="read the device"):
+            model.lm(input_ids=ids, use_cache=False, **kwargs)
+    loss = model.reconstruction_loss(z, batch["labels"], model.decoder_inputs(batch["labels"]))
+    (grad,) = torch.autograd.grad(loss, z)
+    assert grad.abs().sum() > 0
