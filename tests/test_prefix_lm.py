@@ -148,7 +148,6 @@ def test_the_trainer_dataset_holds_token_rows_for_a_causal_baseline(model):
 def test_compiled_decoder_layers_trace_the_unmasked_attention(tmp_path):
     """Dynamo traces the LM's layers through the registered attention function (no graph break) and
     the training loss is eager's."""
-    import tiny_models
     from torch._dynamo.utils import counters
 
     from sld.compilation import compile_model, uncompile
