@@ -295,16 +295,14 @@ def test_the_loss_on_target_positions_equals_the_loss_on_all_logits(bert_dir):
         torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: transformers reads the padding masks of the BERT encoder and of the T5 decoder's "
-    "cross-attention on the host (`padding_mask.all()`), a device sync each, every step; remove this "
-    "marker when the seq2seq baseline passes 4-D masks (docs/results.md, seventeenth session)",
-)
 def test_the_seq2seq_training_loss_runs_no_mask_code_that_reads_the_device(bert_dir, monkeypatch):
+    """Given 2-D padding masks, transformers asks on the host whether any key is padded (a device sync
+    per encoder and per cross-attention, every step); the 4-D masks of sld.models.padding_masks skip it."""
     import transformers.masking_utils as masking_utils
 
     model = build(bert_dir)
+    assert model.encoder.config._attn_implementation == "sdpa"
+    assert model.lm.get_decoder().config._attn_implementation == "sdpa"
     batch = batch_for(model)
     reads = []
     original = masking_utils._ignore_bidirectional_mask_sdpa
@@ -317,3 +315,25 @@ def test_the_seq2seq_training_loss_runs_no_mask_code_that_reads_the_device(bert_
     monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", recording)
     model.loss(batch)["loss"].backward()
     assert reads == []
+
+
+def test_the_4d_padding_masks_give_the_2d_masks_loss_and_gradients(bert_dir, monkeypatch):
+    import sld.models.baseline as baseline_module
+
+    model = build(bert_dir)
+    batch = batch_for(model)
+    assert not batch["attention_mask"].all()  # padded rows: the masks matter
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model.loss(batch)["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss, grads = loss_and_grads()
+    monkeypatch.setattr(baseline_module, "key_padding_mask", lambda mask, module: mask)
+    expected_loss, expected_grads = loss_and_grads()
+    torch.testing.assert_close(loss, expected_loss)
+    assert len(grads) == len(expected_grads) > 0
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)

@@ -67,6 +67,7 @@ from sld.models.causal_lm import (
     word_dropout,
 )
 from sld.models.encoder_cache import EncoderStateCache
+from sld.models.padding_masks import key_padding_mask
 from sld.models.parts import (
     DECODER_ENCODER,
     SCRATCH_ENCODER,
@@ -464,9 +465,12 @@ class SegmentAutoencoder(nn.Module):
     # --------------------------------------------------------------------------------------- forward
 
     def encoder_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids (B', L) -> encoder states (B', L, d_enc); no graph through a frozen encoder."""
+        """Token ids (B', L) -> encoder states (B', L, d_enc); no graph through a frozen encoder. An SDPA
+        encoder gets the 4-D mask (no host read of it, ``sld.models.padding_masks``)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            out = self.encoder(
+                input_ids=input_ids, attention_mask=key_padding_mask(attention_mask, self.encoder)
+            )
         return out.last_hidden_state
 
     def encode(

@@ -61,6 +61,7 @@ from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
 from sld.models.causal_decoding import DecodeSettings, decode
 from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
+from sld.models.padding_masks import key_padding_mask
 from sld.models.parts import (
     DECODER_DIR,
     DECODER_ENCODER,
@@ -459,7 +460,8 @@ class BaselineModel(nn.Module):
     def memory(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Source ids (B, T) and mask (B, T) -> decoder memory (B, T, d_dec); no graph through a frozen encoder."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = key_padding_mask(attention_mask, self.encoder)  # (B, 1, 1, T): no host read of the mask
+            hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
         # An encoder stored in another precision (e.g. an fp16 copy) still feeds the decoder's dtype.
         return self.proj(hidden.to(self.dtype))
 
@@ -485,7 +487,7 @@ class BaselineModel(nn.Module):
                 return self.lm(input_ids=input_ids, use_cache=False).logits
         out = self.lm(
             encoder_outputs=BaseModelOutput(last_hidden_state=self.memory(input_ids, attention_mask)),
-            attention_mask=attention_mask,
+            attention_mask=key_padding_mask(attention_mask, self.lm.get_decoder()),
             decoder_input_ids=shift_labels_right(
                 labels, self._decoder_start_id(), self.lm.config.pad_token_id
             ),
@@ -526,7 +528,7 @@ class BaselineModel(nn.Module):
             hidden = self.lm.get_decoder()(
                 input_ids=shift_labels_right(labels, self._decoder_start_id(), self.lm.config.pad_token_id),
                 encoder_hidden_states=self.memory(input_ids, attention_mask),
-                encoder_attention_mask=attention_mask,
+                encoder_attention_mask=key_padding_mask(attention_mask, self.lm.get_decoder()),
                 use_cache=False,
             ).last_hidden_state  # (B, L, d)
         return target_token_nll(hidden, labels, head, scale, target_index)

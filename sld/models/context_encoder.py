@@ -28,6 +28,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from sld.errors import UserError
+from sld.models.padding_masks import key_padding_mask
 from sld.pretrained import minilm_path, resolve_pretrained
 
 __all__ = [
@@ -229,8 +230,10 @@ class ContextEncoder(nn.Module):
 def _encoder_states(
     encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """(B, T) token ids and mask -> (B, T, C) last hidden states of a transformers encoder."""
-    return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    """(B, T) token ids and mask -> (B, T, C) last hidden states of a transformers encoder (its SDPA
+    attention given the 4-D mask: no host read of it, ``sld.models.padding_masks``)."""
+    mask = key_padding_mask(attention_mask, encoder)
+    return encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
 
 
 def graphed_encoder(encoder: nn.Module, trace_on_cpu: bool = False) -> Callable[..., torch.Tensor]:
