@@ -298,21 +298,13 @@ def test_the_loss_on_target_positions_equals_the_loss_on_all_logits(bert_dir):
 def test_the_seq2seq_training_loss_runs_no_mask_code_that_reads_the_device(bert_dir, monkeypatch):
     """Given 2-D padding masks, transformers asks on the host whether any key is padded (a device sync
     per encoder and per cross-attention, every step); the 4-D masks of sld.models.padding_masks skip it."""
-    import transformers.masking_utils as masking_utils
+    from tiny_models import record_padding_mask_reads
 
     model = build(bert_dir)
     assert model.encoder.config._attn_implementation == "sdpa"
     assert model.lm.get_decoder().config._attn_implementation == "sdpa"
     batch = batch_for(model)
-    reads = []
-    original = masking_utils._ignore_bidirectional_mask_sdpa
-
-    def recording(padding_mask, *args, **kwargs):
-        if padding_mask is not None:
-            reads.append(tuple(padding_mask.shape))
-        return original(padding_mask, *args, **kwargs)
-
-    monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", recording)
+    reads = record_padding_mask_reads(monkeypatch)
     model.loss(batch)["loss"].backward()
     assert reads == []
 

@@ -3,7 +3,6 @@
 import pytest
 import tiny_models
 import torch
-import transformers.masking_utils as masking_utils
 from transformers import AutoModel, AutoTokenizer
 
 from sld.models.padding_masks import key_padding_mask
@@ -35,15 +34,7 @@ def test_an_sdpa_encoder_gets_the_4d_boolean_mask_and_others_the_2d_one(bert_fol
 
 def test_the_encoder_states_equal_the_2d_masks_and_the_mask_is_not_read(bert_folder, monkeypatch):
     encoder, batch = encoder_and_batch(bert_folder, "sdpa")
-    reads = []
-    original = masking_utils._ignore_bidirectional_mask_sdpa
-
-    def recording(padding_mask, *args, **kwargs):
-        if padding_mask is not None:
-            reads.append(tuple(padding_mask.shape))
-        return original(padding_mask, *args, **kwargs)
-
-    monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", recording)
+    reads = tiny_models.record_padding_mask_reads(monkeypatch)
     with torch.no_grad():
         expected = encoder(**batch).last_hidden_state
         assert reads, "the 2-D mask should be read on the host (else this test proves nothing)"

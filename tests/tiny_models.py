@@ -345,3 +345,20 @@ def baseline_loss_and_grads(
         loss = model(*args, return_loss=True, target_index=batch["target_index"])
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def record_padding_mask_reads(monkeypatch) -> list[tuple[int, ...]]:
+    """A list that fills with the shape of every padding mask transformers' bidirectional mask code
+    reads on the host (``padding_mask.all()``: a device sync on a GPU) while ``monkeypatch`` is active."""
+    import transformers.masking_utils as masking_utils
+
+    reads: list[tuple[int, ...]] = []
+    original = masking_utils._ignore_bidirectional_mask_sdpa
+
+    def recording(padding_mask, *args, **kwargs):
+        if padding_mask is not None:
+            reads.append(tuple(padding_mask.shape))
+        return original(padding_mask, *args, **kwargs)
+
+    monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", recording)
+    return reads
