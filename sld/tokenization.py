@@ -127,23 +127,60 @@ def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max
 
     Every row ends with exactly one eos (the decoder must learn where a segment ends), kept inside
     ``max_length`` when the text is truncated: added by the tokenizer where it does so itself, else
-    appended here. Pads are found through the attention mask, not the pad id, so this is right even
-    where the pad id doubles as another token (T5 starts decoding from its pad id; causal LMs often pad
-    with eos).
+    appended here (``decoder_label_ids``). Pads are never label ids, so this is right even where the
+    pad id doubles as another token (T5 starts decoding from its pad id; causal LMs often pad with eos).
     """
+    return pad_labels(decoder_label_ids(tokenizer, texts, max_length), labels_padding_side(tokenizer))
+
+
+def decoder_label_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> list[list[int]]:
+    """Segments -> their unpadded decoder targets, one list of ids per text, each ending in one eos
+    within ``max_length`` (``decoder_labels`` before padding; a dataset can hold these, tokenized once)."""
     if appends_eos(tokenizer):
-        enc = encoder_inputs(tokenizer, texts, max_length)  # the same padded, truncated ids
-        labels = enc["input_ids"].clone()
-        labels[enc["attention_mask"] == 0] = IGNORE_INDEX
-        return labels
+        return tokenizer(list(texts), truncation=True, max_length=max_length, return_token_type_ids=False)[
+            "input_ids"
+        ]
     ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 1)[
         "input_ids"
     ]
-    rows = [row + [tokenizer.eos_token_id] for row in ids]
-    labels = torch.full((len(rows), max((len(r) for r in rows), default=0)), IGNORE_INDEX, dtype=torch.long)
-    for i, row in enumerate(rows):
-        labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return labels
+    return [row + [tokenizer.eos_token_id] for row in ids]
+
+
+def labels_padding_side(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Where ``decoder_labels`` pads: the tokenizer's side for tokenizers that add eos themselves (their
+    labels are the padded encoding), else the right."""
+    return tokenizer.padding_side if appends_eos(tokenizer) else "right"
+
+
+def pad_inputs(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Token id rows -> ``{"input_ids", "attention_mask"}`` (B', L), padded as ``encoder_inputs`` pads
+    (the tokenizer's pad id and side): the batch of texts tokenized once beforehand."""
+    width = max((len(row) for row in rows), default=0)
+    pad, right = tokenizer.pad_token_id, tokenizer.padding_side == "right"
+    ids, mask = [], []
+    for row in rows:
+        fill = width - len(row)
+        ids.append(list(row) + [pad] * fill if right else [pad] * fill + list(row))
+        mask.append([1] * len(row) + [0] * fill if right else [0] * fill + [1] * len(row))
+    shape = (len(rows), width)
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long).reshape(shape),
+        "attention_mask": torch.tensor(mask, dtype=torch.long).reshape(shape),
+    }
+
+
+def pad_labels(rows: Sequence[Sequence[int]], side: str = "right") -> torch.Tensor:
+    """Label rows -> (B', L) int64, ``IGNORE_INDEX`` where a row has ended (``side``: "right" or "left")."""
+    width = max((len(row) for row in rows), default=0)
+    padded = [
+        list(row) + [IGNORE_INDEX] * (width - len(row))
+        if side == "right"
+        else [IGNORE_INDEX] * (width - len(row)) + list(row)
+        for row in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long).reshape(len(rows), width)
 
 
 def token_budget(

@@ -248,7 +248,7 @@ def test_length_grouped_baseline_gives_the_sampler_source_plus_target_lengths(
     real_fit = baseline_trainer.fit
 
     def spying_fit(model, dataset, *args, **kwargs):
-        seen["lengths"], seen["pairs"] = kwargs["lengths"], list(dataset)
+        seen["lengths"], seen["pairs"] = kwargs["lengths"], dataset.pairs
         return real_fit(model, dataset, *args, **kwargs)
 
     monkeypatch.setattr(baseline_trainer, "fit", spying_fit)
@@ -329,3 +329,28 @@ def test_the_4d_padding_masks_give_the_2d_masks_loss_and_gradients(bert_dir, mon
     assert len(grads) == len(expected_grads) > 0
     for grad, expected in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_seq2seq_rows_tokenized_once_batch_as_the_text_pairs_do(bert_dir):
+    from sld.baseline_trainer import SourceTargetDataset
+    from sld.models.baseline import Seq2SeqRow
+
+    model = build(bert_dir)
+    collate = model.collator()
+    pairs = [(source, " ".join(segments)) for source, segments in STORIES] + [(None, "A lone target.")]
+    rows = collate.tokenize(pairs)
+    assert all(isinstance(row, Seq2SeqRow) for row in rows)
+    from_rows, from_text = collate(rows), collate(pairs)
+    assert from_rows.keys() == from_text.keys() == {"input_ids", "attention_mask", "labels", "target_index"}
+    for key in from_text:
+        assert torch.equal(from_rows[key], from_text[key]), key
+    # the old path, tokenizer padding, gives the same encoder inputs
+    reference = collate.sources([source for source, _ in pairs])
+    assert torch.equal(from_rows["input_ids"], reference["input_ids"])
+    assert torch.equal(from_rows["attention_mask"], reference["attention_mask"])
+    docs = [
+        SegmentedDocument(id=str(i), source=s, segments=seg, num_segments=len(seg))
+        for i, (s, seg) in enumerate(STORIES)
+    ]
+    dataset = SourceTargetDataset(docs, collate.tokenize)
+    assert isinstance(dataset[0], Seq2SeqRow)

@@ -80,7 +80,15 @@ from sld.models.parts import (
 )
 from sld.models.unmasked_causal import unmasked_causal_attention
 from sld.pretrained import MINILM
-from sld.tokenization import IGNORE_INDEX, decoder_labels, encoder_inputs, token_budget
+from sld.tokenization import (
+    IGNORE_INDEX,
+    decoder_label_ids,
+    encoder_inputs,
+    labels_padding_side,
+    pad_inputs,
+    pad_labels,
+    token_budget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +200,8 @@ class BaselineCollator:
 
     ``None`` sources become empty strings. Batch keys: ``input_ids``, ``attention_mask`` (B, T)
     encoder inputs of the sources, ``labels`` (B, L) decoder targets (eos included, -100 at pads),
-    ``target_index`` (T,) their flat target positions (``sld.losses.target_positions``).
+    ``target_index`` (T,) their flat target positions (``sld.losses.target_positions``). Items may
+    also be ``Seq2SeqRow``s from ``tokenize`` (a training set tokenized once).
     """
 
     def __init__(
@@ -219,11 +228,34 @@ class BaselineCollator:
         texts = ["" if s is None else s for s in sources]
         return encoder_inputs(self.encoder_tokenizer, texts, self.max_source_tokens)
 
-    def __call__(self, pairs: Sequence[tuple[str | None, str]]) -> dict[str, torch.Tensor]:
-        sources = [source for source, _ in pairs]
-        targets = [target for _, target in pairs]
-        labels = decoder_labels(self.decoder_tokenizer, targets, self.max_target_tokens)
-        return {**self.sources(sources), "labels": labels, "target_index": target_positions(labels)}
+    def tokenize(self, pairs: Sequence[tuple[str | None, str]]) -> list[Seq2SeqRow]:
+        """``(source, target)`` pairs -> their token ids, once (a training set's rows: the collator then
+        batches them without the tokenizers, see ``PrefixLMCollator.tokenize``)."""
+        texts = ["" if source is None else source for source, _ in pairs]
+        sources = self.encoder_tokenizer(
+            texts, truncation=True, max_length=self.max_source_tokens, return_token_type_ids=False
+        )["input_ids"]
+        targets = decoder_label_ids(self.decoder_tokenizer, [t for _, t in pairs], self.max_target_tokens)
+        return [Seq2SeqRow(source, target) for source, target in zip(sources, targets)]
+
+    def __call__(self, pairs: Sequence[tuple[str | None, str] | Seq2SeqRow]) -> dict[str, torch.Tensor]:
+        """Text pairs, or rows already tokenized by ``tokenize``, -> a training batch."""
+        rows = pairs if all(isinstance(p, Seq2SeqRow) for p in pairs) else self.tokenize(pairs)
+        encoded = pad_inputs(self.encoder_tokenizer, [row.source for row in rows])
+        labels = pad_labels([row.labels for row in rows], labels_padding_side(self.decoder_tokenizer))
+        return {
+            **encoded,
+            "labels": labels,
+            "target_index": target_positions(labels),
+        }
+
+
+class Seq2SeqRow(NamedTuple):
+    """One seq2seq training row's token ids: ``source`` (the encoder's, special tokens included) and
+    ``labels`` (the decoder's targets, eos included)."""
+
+    source: list[int]
+    labels: list[int]
 
 
 class PrefixLMCollator:
@@ -663,5 +695,6 @@ __all__ = [
     "CONFIG_NAME",
     "PrefixLMCollator",
     "PrefixLMRow",
+    "Seq2SeqRow",
     "baseline_loss",
 ]
