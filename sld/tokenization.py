@@ -130,7 +130,10 @@ def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max
     appended here (``decoder_label_ids``). Pads are never label ids, so this is right even where the
     pad id doubles as another token (T5 starts decoding from its pad id; causal LMs often pad with eos).
     """
-    return pad_labels(decoder_label_ids(tokenizer, texts, max_length), labels_padding_side(tokenizer))
+    adds_eos = appends_eos(tokenizer)  # probed once a call: the collators call this at every batch
+    return pad_labels(
+        _label_ids(tokenizer, texts, max_length, adds_eos), labels_padding_side(tokenizer, adds_eos)
+    )
 
 
 def decoder_label_ids(
@@ -138,7 +141,14 @@ def decoder_label_ids(
 ) -> list[list[int]]:
     """Segments -> their unpadded decoder targets, one list of ids per text, each ending in one eos
     within ``max_length`` (``decoder_labels`` before padding; a dataset can hold these, tokenized once)."""
-    if appends_eos(tokenizer):
+    return _label_ids(tokenizer, texts, max_length, appends_eos(tokenizer))
+
+
+def _label_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, adds_eos: bool
+) -> list[list[int]]:
+    """``decoder_label_ids`` for a tokenizer that does (``adds_eos``) or does not end texts with eos."""
+    if adds_eos:
         return tokenizer(list(texts), truncation=True, max_length=max_length, return_token_type_ids=False)[
             "input_ids"
         ]
@@ -148,10 +158,13 @@ def decoder_label_ids(
     return [row + [tokenizer.eos_token_id] for row in ids]
 
 
-def labels_padding_side(tokenizer: PreTrainedTokenizerBase) -> str:
+def labels_padding_side(tokenizer: PreTrainedTokenizerBase, adds_eos: bool | None = None) -> str:
     """Where ``decoder_labels`` pads: the tokenizer's side for tokenizers that add eos themselves (their
-    labels are the padded encoding), else the right."""
-    return tokenizer.padding_side if appends_eos(tokenizer) else "right"
+    labels are the padded encoding), else the right. ``adds_eos``: ``appends_eos(tokenizer)`` when the
+    caller has it (None probes the tokenizer)."""
+    if adds_eos is None:
+        adds_eos = appends_eos(tokenizer)
+    return tokenizer.padding_side if adds_eos else "right"
 
 
 def pad_inputs(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
