@@ -1,6 +1,7 @@
 """The shared training loop: one optimizer step per accumulated batch, LR schedule, resume."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from sld.training import (
     list_checkpoints,
     lr_lambda,
     make_accelerator,
+    training_loader,
     warn_if_schedule_undecayed,
 )
 
@@ -367,3 +369,65 @@ def test_batches_reach_the_device_without_the_host_waiting(tmp_path):
     a copy from pageable memory would wait for the GPU's queue to drain at every step."""
     accelerator = make_accelerator(tmp_path, LoopConfig(tracker="none"))
     assert accelerator.dataloader_config.non_blocking
+
+
+class WorkerPidDataset(Dataset):
+    """Items are (index, pid of the process that built them)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        return i, os.getpid()
+
+
+def test_loader_workers_persist_across_epochs():
+    """With workers, every epoch reuses the same worker processes: a fresh fork per epoch made the
+    GPU wait for the first batch of every epoch."""
+
+    def worker_pids(num_workers: int) -> set[int]:
+        loop = loop_config(batch_size=4, num_workers=num_workers)
+        loader = training_loader(WorkerPidDataset(), lambda items: items, loop, torch.device("cpu"))
+        return {pid for _ in range(3) for batch in loader for _, pid in batch}
+
+    assert worker_pids(0) == {os.getpid()}
+    pids = worker_pids(1)
+    assert len(pids) == 1 and os.getpid() not in pids  # one worker for all three epochs
+
+
+def test_persistent_workers_keep_the_data_order_and_resume(tmp_path):
+    """fit with a worker draws the batches of fit without one, across epochs and across a resume
+    (the order is seeded per epoch, not by the loader's iterator history)."""
+    constant = OptimConfig(warmup_steps=0, schedule="constant")
+
+    def run(folder: str, max_steps: int, num_workers: int, seen: list[int]) -> None:
+        fit(
+            Tiny(),
+            IndexDataset(10),
+            collate,
+            make_loss(seen),
+            tmp_path / folder,
+            constant,
+            loop_config(max_steps=max_steps, num_workers=num_workers),
+        )
+
+    in_process: list[int] = []
+    run("a", 12, 0, in_process)  # 5 steps an epoch: three epochs
+    with_worker: list[int] = []
+    run("b", 12, 1, with_worker)
+    assert with_worker == in_process
+    resumed: list[int] = []
+    run("c", 7, 1, resumed)
+    run("c", 12, 1, resumed)
+    assert resumed == in_process
+
+
+def test_loader_groups_by_length_and_checks_the_lengths():
+    loop = loop_config(batch_size=2)
+    with pytest.raises(ValueError, match="3 lengths for a dataset of 8"):
+        training_loader(WorkerPidDataset(), lambda items: items, loop, torch.device("cpu"), lengths=[1, 2, 3])
+    loader = training_loader(
+        WorkerPidDataset(), lambda items: items, loop, torch.device("cpu"), lengths=[1, 9, 1, 9, 1, 9, 1, 9]
+    )
+    for batch in loader:
+        assert len({i % 2 for i, _ in batch}) == 1  # odd items are long, even ones short
