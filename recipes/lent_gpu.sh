@@ -8,6 +8,7 @@
 #   .carry/before/     optional: an older sld/ + stages/ (git archive) for before/after measurements
 #   .carry/lm_shapes/  optional, instead of parts: SmolLM2's config + tokenizer.json.gz (from `sld export-lm`),
 #                      built with random weights there: for timing runs only (tens of KB to carry, not 100 MB)
+# A fresh checkout has none of these folders: `bash recipes/carry_build.sh [BEFORE_COMMIT]` builds them all.
 # One call per carried folder set, each started while the machine is still warm:
 #   bash recipes/lent_gpu.sh setup                  # every call: store what this call carried
 #   bash recipes/lent_gpu.sh start recipes/smollm2.sh [VAR=value ...] [then [OTHER.sh] VAR=value ...] && bash recipes/lent_gpu.sh wait 450
@@ -54,6 +55,13 @@ setup() {
     [ -d .carry/before ] && rm -rf $ROOT/carry/before && cp -r .carry/before $ROOT/carry/
     [ -d .carry/parts ] && CARRY_STORE=$ROOT/carry/parts bash recipes/carry_parts.sh store
     local gguf=SmolLM2-135M-Instruct.Q4_1.gguf
+    # the real weights replace a timing-only LM built by an earlier call from .carry/lm_shapes (ignored
+    # paths of an earlier call's tree stay on the machine, so a later call still has .carry/lm_shapes)
+    if [ -f $ROOT/models/smollm2/TIMING_ONLY_RANDOM_WEIGHTS ] && [ -f $ROOT/carry/parts/$gguf.part1 ] \
+        && [ -f $ROOT/carry/parts/$gguf.part2 ]; then
+        echo "replacing the timing-only LM with SmolLM2's weights"
+        rm -rf $ROOT/models/smollm2
+    fi
     if [ ! -d $ROOT/models/smollm2 ] && [ -f $ROOT/carry/parts/$gguf.part1 ] && [ -f $ROOT/carry/parts/$gguf.part2 ]; then
         CARRY_STORE=$ROOT/carry/parts bash recipes/carry_parts.sh join $gguf $ROOT/models
         PYTHONPATH=$ROOT/site:$PWD python3 -m sld.cli export-lm name=$ROOT/models/$gguf output_dir=$ROOT/models/smollm2 \

@@ -99,3 +99,25 @@ def test_lent_gpu_start_runs_the_recipe_once_per_group(tmp_path, args, expected)
     log = (root / "results" / "recipe.log").read_text().splitlines()
     assert [line for line in log if line.startswith(("ran:", "other:"))] == expected
     assert log[-1] == "[lent_gpu] job done"
+
+
+def test_lent_gpu_setup_replaces_a_timing_only_lm_once_the_real_parts_are_there(tmp_path):
+    """A call that brings the GGUF's last part joins it even where an earlier call built SmolLM2's shapes
+    with random weights (their folder stayed, and would otherwise have stood in for the real LM)."""
+    tree = tmp_path / "tree"
+    (tree / "recipes").mkdir(parents=True)
+    for name in ("lent_gpu.sh", "carry_parts.sh"):
+        shutil.copy(RECIPES / name, tree / "recipes" / name)
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(bytes(range(256)) * 6000)  # 1.5 MB: two parts of 1 MB
+    env = {"PATH": "/usr/bin:/bin", "LENT_ROOT": str(tmp_path / "root"), "HOME": str(tmp_path), "PART_MB": "1"}
+    subprocess.run([BASH, "recipes/carry_parts.sh", "split", str(gguf)], cwd=tree, env=env, check=True)
+    timing_only = tmp_path / "root" / "models" / "smollm2"
+    timing_only.mkdir(parents=True)
+    (timing_only / "TIMING_ONLY_RANDOM_WEIGHTS").write_text("random\n")
+    out = subprocess.run(
+        [BASH, "recipes/lent_gpu.sh", "setup"], cwd=tree, env=env, check=True, capture_output=True, text=True
+    )
+    assert "replacing the timing-only LM" in out.stdout
+    assert (tmp_path / "root" / "models" / gguf.name).read_bytes() == gguf.read_bytes()
+    assert not (timing_only / "TIMING_ONLY_RANDOM_WEIGHTS").exists()
