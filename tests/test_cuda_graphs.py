@@ -190,3 +190,42 @@ def test_the_denoiser_backend_follows_the_global_one_unless_its_own_is_set(monke
     monkeypatch.setenv("SLD_GRAPH_BACKEND", "fast")  # an error names the variable the value came from
     with pytest.raises(UserError, match="^SLD_GRAPH_BACKEND='fast'"):
         cuda_graphs.denoiser_replay_backend(cuda)
+
+
+def test_a_blocks_graph_backend_comes_before_the_environments(monkeypatch):
+    """``graph_backend`` (a benchmark setting's own backend) chooses every graph's backend inside its
+    block, the denoiser's too unless ``denoiser_graph_backend`` names its own; outside, the environment."""
+    from sld.errors import UserError
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "cudagraphs")
+    monkeypatch.setenv("SLD_DENOISER_GRAPH_BACKEND", "cudagraphs")
+    with cuda_graphs.graph_backend("inductor"):
+        assert cuda_graphs.graph_backend_choice() == "inductor"
+        assert cuda_graphs.replay_backend(cuda) is cuda_graphs.inductor_graphs
+        assert cuda_graphs.denoiser_replay_backend(cuda) is cuda_graphs.inductor_graphs
+        with cuda_graphs.denoiser_graph_backend("static"):
+            assert cuda_graphs.denoiser_replay_backend(cuda) is cuda_graphs.static_graphs
+            assert cuda_graphs.replay_backend(cuda) is cuda_graphs.inductor_graphs
+        assert cuda_graphs.replay_backend(torch.device("cpu")) == "eager"
+    with cuda_graphs.graph_backend(None):  # None changes nothing
+        assert cuda_graphs.replay_backend(cuda) == "cudagraphs"
+    assert cuda_graphs.denoiser_replay_backend(cuda) == "cudagraphs"
+    with pytest.raises(UserError, match="graph_backend='fast'"):
+        with cuda_graphs.graph_backend("fast"):
+            pass
+
+
+def test_each_graph_backend_keeps_its_own_token_stepper(tmp_path):
+    """Settings that alternate backends reuse their compiled steps instead of replacing one another's."""
+    model = tiny_models.tiny_prefix_lm(tmp_path / "lm")
+    lm = model.lm
+    with cuda_graphs.graph_backend("inductor"):
+        inductor = static_decoding.stepper_for(lm, True)
+    with cuda_graphs.graph_backend("static"):
+        static = static_decoding.stepper_for(lm, True)
+    assert inductor is not static and (inductor.backend_name, static.backend_name) == ("inductor", "static")
+    with cuda_graphs.graph_backend("inductor"):
+        assert static_decoding.stepper_for(lm, True) is inductor
+    eager = static_decoding.stepper_for(lm, False)
+    assert eager.backend_name is None and static_decoding.stepper_for(lm, False) is eager

@@ -110,7 +110,12 @@ def test_lent_gpu_setup_replaces_a_timing_only_lm_once_the_real_parts_are_there(
         shutil.copy(RECIPES / name, tree / "recipes" / name)
     gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     gguf.write_bytes(bytes(range(256)) * 6000)  # 1.5 MB: two parts of 1 MB
-    env = {"PATH": "/usr/bin:/bin", "LENT_ROOT": str(tmp_path / "root"), "HOME": str(tmp_path), "PART_MB": "1"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LENT_ROOT": str(tmp_path / "root"),
+        "HOME": str(tmp_path),
+        "PART_MB": "1",
+    }
     subprocess.run([BASH, "recipes/carry_parts.sh", "split", str(gguf)], cwd=tree, env=env, check=True)
     timing_only = tmp_path / "root" / "models" / "smollm2"
     timing_only.mkdir(parents=True)

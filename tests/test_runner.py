@@ -132,6 +132,44 @@ def test_a_sampler_with_its_own_denoiser_backend_runs_under_it(monkeypatch):
         SamplerSetting("dpm++", 5, denoiser_backend="fast")
 
 
+def test_settings_with_their_own_graph_backend_run_under_it(monkeypatch):
+    """A sampler's or an AR decoding's ``graph_backend`` chooses its graphs' backend (token step and
+    denoiser) for that setting alone, before the environment's; its label says which."""
+    from sld.eval.runner import ar_generate_fn
+    from sld.models import cuda_graphs
+
+    monkeypatch.setenv("SLD_GRAPH_BACKEND", "static")
+    monkeypatch.delenv("SLD_DENOISER_GRAPH_BACKEND", raising=False)
+    cuda = torch.device("cuda", 0)
+    rules = DecodingRules(no_repeat_ngram_size=3, sld_max_new_tokens=27, ar_max_new_tokens=120, rule="test")
+    seen = []
+
+    class BackendPipe(RecordingPipe):
+        def __call__(self, sources, **kwargs):
+            seen.append((cuda_graphs.replay_backend(cuda), cuda_graphs.denoiser_replay_backend(cuda)))
+            return super().__call__(sources, **kwargs)
+
+    class BackendBaseline:
+        def generate_texts(self, sources, **kwargs):
+            seen.append(cuda_graphs.replay_backend(cuda))
+            return ["x" for _ in sources]
+
+    fused = SamplerSetting("dpm++", 5, static_cache=True, guidance_scale=1.0, graph_backend="inductor")
+    assert fused.label == "dpm++ 5 static w1 [inductor]"
+    sld_generate_fn(BackendPipe(), fused, rules, 16)(["a"])
+    sld_generate_fn(BackendPipe(), SamplerSetting("dpm++", 5), rules, 16)(["a"])
+    inductor_ar = DecodingSetting("greedy static", static_cache=True, graph_backend="inductor")
+    assert inductor_ar.label == "greedy static [inductor]" and DecodingSetting("greedy").label == "greedy"
+    ar_generate_fn(BackendBaseline(), inductor_ar, rules, 16)(["a"])
+    ar_generate_fn(BackendBaseline(), DecodingSetting("greedy static", static_cache=True), rules, 16)(["a"])
+    inductor, static = cuda_graphs.inductor_graphs, cuda_graphs.static_graphs
+    assert seen == [(inductor, inductor), (static, static), inductor, static]
+    with pytest.raises(ValueError, match="graph_backend"):
+        DecodingSetting("greedy", graph_backend="fast")
+    with pytest.raises(ValueError, match="graph_backend"):
+        SamplerSetting("dpm++", 5, graph_backend="fast")
+
+
 def test_predictions_writer(tmp_path):
     docs = [SegmentedDocument("d0", "src", ["A b.", "C d."], 2)]
     predictions_writer(tmp_path / "predictions")(SLD, "dpm++ 10", 64, docs, ["A b. C d."], ["out"])

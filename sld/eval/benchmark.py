@@ -74,23 +74,25 @@ class SamplerSetting:
     unconditional pass): a speed setting whose ROUGE-L column says what it costs.
     ``denoiser_backend``: the CUDA-graph backend of the denoiser's replays in this setting alone (one of
     ``sld.models.cuda_graphs.GRAPH_BACKENDS``; None: ``$SLD_DENOISER_GRAPH_BACKEND``, else the global
-    one): an A/B of the denoiser's kernels within one benchmark run, on the same models and AR rows."""
+    one): an A/B of the denoiser's kernels within one benchmark run, on the same models and AR rows.
+    ``graph_backend``: the backend of every graph of this setting (the LM's token step, the context
+    encoder, the denoiser unless ``denoiser_backend`` is set), before the environment's; its label
+    ends in ``[backend]``."""
 
     scheduler: SchedulerName = "dpm++"
     steps: int = 25
     static_cache: bool = False
     guidance_scale: float | None = None
     denoiser_backend: str | None = None
+    graph_backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.denoiser_backend is not None and self.denoiser_backend not in GRAPH_BACKENDS:
-            raise ValueError(
-                f"denoiser_backend must be one of {', '.join(GRAPH_BACKENDS)}, got {self.denoiser_backend!r}"
-            )
+        _check_backend("denoiser_backend", self.denoiser_backend)
+        _check_backend("graph_backend", self.graph_backend)
 
     def guidance_or(self, default: float | None) -> float | None:
         """The guidance weight this setting samples with: its own, else ``default`` (the run's)."""
@@ -100,21 +102,35 @@ class SamplerSetting:
     def label(self) -> str:
         label = f"{self.scheduler} {self.steps}" + (" static" if self.static_cache else "")
         label = label if self.guidance_scale is None else f"{label} w{self.guidance_scale:g}"
-        return label if self.denoiser_backend is None else f"{label} {self.denoiser_backend}"
+        label = label if self.denoiser_backend is None else f"{label} {self.denoiser_backend}"
+        return label if self.graph_backend is None else f"{label} [{self.graph_backend}]"
 
 
 @dataclass(frozen=True)
 class DecodingSetting:
     """One AR decoding setting (``num_beams`` 1 = greedy; ``static_cache``: a static KV cache with the
-    token step as a CUDA graph, causal-LM baselines only); the repetition control is the run's, shared."""
+    token step as a CUDA graph, causal-LM baselines only); the repetition control is the run's, shared.
+    ``graph_backend``: the backend of that graph in this setting alone (as ``SamplerSetting``'s); its
+    label is ``name [backend]``."""
 
     name: str = "greedy"
     num_beams: int = 1
     static_cache: bool = False
+    graph_backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        _check_backend("graph_backend", self.graph_backend)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.graph_backend is None else f"{self.name} [{self.graph_backend}]"
+
+
+def _check_backend(key: str, backend: str | None) -> None:
+    if backend is not None and backend not in GRAPH_BACKENDS:
+        raise ValueError(f"{key} must be one of {', '.join(GRAPH_BACKENDS)}, got {backend!r}")
 
 
 def _default_samplers() -> list[SamplerSetting]:

@@ -33,7 +33,7 @@ from sld.eval.benchmark import (
 )
 from sld.eval.decoding_rules import DecodingRules
 from sld.eval.timing import MemoryMonitor, parameter_mib, timed_runs
-from sld.models.cuda_graphs import denoiser_graph_backend
+from sld.models.cuda_graphs import denoiser_graph_backend, graph_backend
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +172,11 @@ def sld_generate_fn(
     seed: int = 0,
 ) -> GenerateFn:
     """SLD generation under the run's decoding rules (an ``SLDPipeline``; the same seed every call);
-    the sampler's own ``guidance_scale`` before the run's, its ``denoiser_backend`` for the denoiser's
-    graphs."""
+    the sampler's own ``guidance_scale`` before the run's, its ``graph_backend`` for every graph and its
+    ``denoiser_backend`` for the denoiser's."""
 
     def generate(sources: Sequence[str | None]) -> tuple[list[str], dict[str, float]]:
-        with denoiser_graph_backend(sampler.denoiser_backend):
+        with graph_backend(sampler.graph_backend), denoiser_graph_backend(sampler.denoiser_backend):
             out = pipe(
                 list(sources),
                 num_inference_steps=sampler.steps,
@@ -197,17 +197,19 @@ def sld_generate_fn(
 def ar_generate_fn(
     baseline: Any, decoding: DecodingSetting, rules: DecodingRules, batch_size: int
 ) -> GenerateFn:
-    """AR generation under the run's decoding rules (a ``BaselineModel``)."""
+    """AR generation under the run's decoding rules (a ``BaselineModel``), its graphs under the setting's
+    ``graph_backend``."""
 
     def generate(sources: Sequence[str | None]) -> tuple[list[str], dict[str, float]]:
-        texts = baseline.generate_texts(
-            list(sources),
-            batch_size=batch_size,
-            num_beams=decoding.num_beams,
-            no_repeat_ngram_size=rules.no_repeat_ngram_size,
-            max_new_tokens=rules.ar_max_new_tokens,
-            static_cache=rules.static_cache or decoding.static_cache,
-        )
+        with graph_backend(decoding.graph_backend):
+            texts = baseline.generate_texts(
+                list(sources),
+                batch_size=batch_size,
+                num_beams=decoding.num_beams,
+                no_repeat_ngram_size=rules.no_repeat_ngram_size,
+                max_new_tokens=rules.ar_max_new_tokens,
+                static_cache=rules.static_cache or decoding.static_cache,
+            )
         return texts, {}
 
     return generate
@@ -219,8 +221,8 @@ def unavailable_decodings(baseline: Any, decodings: Sequence[DecodingSetting]) -
     if baseline is None:
         return []
     if getattr(baseline, "is_causal", False):
-        return [d.name for d in decodings if d.num_beams > 1]
-    return [d.name for d in decodings if d.static_cache]
+        return [d.label for d in decodings if d.num_beams > 1]
+    return [d.label for d in decodings if d.static_cache]
 
 
 def unavailable_samplers(pipe: Any, samplers: Sequence[SamplerSetting]) -> list[str]:
@@ -258,8 +260,10 @@ def run_speed(
         cells: list[tuple[str, str, GenerateFn, int | None]] = []
         if baseline is not None:
             skip = set(unavailable_decodings(baseline, cfg.decodings))
-            for decoding in (d for d in cfg.decodings if d.name not in skip):
-                cells.append((AR, decoding.name, ar_generate_fn(baseline, decoding, rules, batch_size), None))
+            for decoding in (d for d in cfg.decodings if d.label not in skip):
+                cells.append(
+                    (AR, decoding.label, ar_generate_fn(baseline, decoding, rules, batch_size), None)
+                )
         if pipe is not None:
             skip = set(unavailable_samplers(pipe, cfg.samplers))
             for sampler in (s for s in cfg.samplers if s.label not in skip):

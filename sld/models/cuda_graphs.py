@@ -195,6 +195,26 @@ DENOISER_GRAPH_BACKEND_ENV = "SLD_DENOISER_GRAPH_BACKEND"
 
 # denoiser_graph_backend's choice inside its block (a benchmark sampler setting's own backend)
 _DENOISER_BACKEND: ContextVar[str | None] = ContextVar("sld_denoiser_graph_backend", default=None)
+# graph_backend's choice inside its block: every graph's backend (a benchmark setting's own)
+_GRAPH_BACKEND: ContextVar[str | None] = ContextVar("sld_graph_backend", default=None)
+
+
+@contextlib.contextmanager
+def graph_backend(choice: str | None) -> Iterator[None]:
+    """Inside the block every CUDA-graph replay of sld (the LM's token step, the context encoder, and
+    the denoiser unless ``denoiser_graph_backend`` names its own) uses backend ``choice`` (one of
+    ``GRAPH_BACKENDS``) before ``$SLD_GRAPH_BACKEND`` and ``$SLD_DENOISER_GRAPH_BACKEND``; None changes
+    nothing. A benchmark setting's own backend: both token-step backends in one table, so that the AR
+    reference is the fastest of them (on an H200 Inductor's token step took both systems' documents/s
+    to 2.06-2.10x the static graphs': docs/results.md, eighteenth session)."""
+    if choice is not None:
+        graph_backend_choice(choice, "graph_backend")
+    token = _GRAPH_BACKEND.set(choice) if choice is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _GRAPH_BACKEND.reset(token)
 
 
 @contextlib.contextmanager
@@ -213,19 +233,24 @@ def denoiser_graph_backend(choice: str | None) -> Iterator[None]:
 
 def denoiser_replay_backend(device: torch.device) -> str | Callable[..., Any]:
     """The backend of the denoiser's CUDA-graph replays on ``device``: ``denoiser_graph_backend``'s
-    inside its block, else ``$SLD_DENOISER_GRAPH_BACKEND`` when set (the choices of ``replay_backend``),
-    else ``replay_backend(device)``'s."""
+    inside its block, else ``graph_backend``'s inside its block, else ``$SLD_DENOISER_GRAPH_BACKEND``
+    when set (the choices of ``replay_backend``), else ``replay_backend(device)``'s."""
     chosen = _DENOISER_BACKEND.get()
     if chosen is not None:
         return replay_backend(device, chosen, "denoiser_backend")
+    if _GRAPH_BACKEND.get() is not None:
+        return replay_backend(device)
     return replay_backend(
         device, os.environ.get(DENOISER_GRAPH_BACKEND_ENV) or None, DENOISER_GRAPH_BACKEND_ENV
     )
 
 
 def graph_backend_choice(choice: str | None = None, variable: str = GRAPH_BACKEND_ENV) -> str:
-    """The name of the backend ``replay_backend`` uses on CUDA: ``choice``, else ``$SLD_GRAPH_BACKEND``,
-    else the default; an unknown name is a ``UserError`` naming ``variable``."""
+    """The name of the backend ``replay_backend`` uses on CUDA: ``choice``, else ``graph_backend``'s
+    inside its block, else ``$SLD_GRAPH_BACKEND``, else the default; an unknown name is a ``UserError``
+    naming ``variable``."""
+    if not choice and _GRAPH_BACKEND.get() is not None:
+        choice, variable = _GRAPH_BACKEND.get(), "graph_backend"
     if not choice:
         choice, variable = os.environ.get(GRAPH_BACKEND_ENV, DEFAULT_GRAPH_BACKEND), GRAPH_BACKEND_ENV
     if choice not in GRAPH_BACKENDS:

@@ -36,7 +36,7 @@ from torch.profiler import record_function
 from transformers.cache_utils import DynamicCache, StaticCache
 
 from sld.models.causal_lm import attention_geometry, cache_argument
-from sld.models.cuda_graphs import replay_backend
+from sld.models.cuda_graphs import graph_backend_choice, replay_backend
 from sld.models.packed_gqa import packed_gqa
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ class StaticStepper:
         self.cache_keyword = cache_argument(lm)
         self.caches: dict[tuple, StaticCache] = {}
         self.compiled = compile_step
+        # the backend's name (graph_backend_choice) when compiled: a stepper per LM and backend
+        self.backend_name = graph_backend_choice() if compile_step else None
         self.step: StepFn = self._step
         if compile_step:
             dynamo = torch._dynamo.config
@@ -126,16 +128,22 @@ def lm_device(lm: nn.Module) -> torch.device:
     return next(lm.parameters()).device
 
 
-_STEPPERS: weakref.WeakKeyDictionary[nn.Module, StaticStepper] = weakref.WeakKeyDictionary()
+# LM -> its steppers by (compiled, backend name)
+_STEPPERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[bool, str | None], StaticStepper]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def stepper_for(lm: nn.Module, compile_step: bool) -> StaticStepper:
-    """The ``StaticStepper`` of ``lm`` (one per LM and compile setting, kept while the LM lives)."""
-    stepper = _STEPPERS.get(lm)
-    if stepper is None or stepper.compiled != compile_step:
-        stepper = StaticStepper(lm, compile_step)
-        _STEPPERS[lm] = stepper
-    return stepper
+    """The ``StaticStepper`` of ``lm`` for the compile setting and, compiled, the graph backend chosen
+    now (``sld.models.cuda_graphs.graph_backend_choice``): one per LM and such pair, each with its
+    compiled step and caches, kept while the LM lives (settings of a benchmark that alternate
+    backends reuse theirs instead of compiling again)."""
+    key = (compile_step, graph_backend_choice() if compile_step else None)
+    steppers = _STEPPERS.setdefault(lm, {})
+    if key not in steppers:
+        steppers[key] = StaticStepper(lm, compile_step)
+    return steppers[key]
 
 
 def prefilled_length(cache: DynamicCache) -> int:
