@@ -45,7 +45,9 @@
 #          (examples/throughput_window.py; TRAINERS_WINDOW="40 100000": the first and last step)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
-# BENCH_ARGS are overrides for every `sld benchmark` call, ROC_BENCH_ARGS for the ROC one only; the ROC
+# BENCH_ARGS are overrides for every `sld benchmark` call (split at spaces: JSON without them, a decoding named
+# greedy_static, e.g. 'decodings=[{"name":"greedy_static","static_cache":true,"graph_backend":"inductor"}]'),
+# ROC_BENCH_ARGS for the ROC one only; the ROC
 # one profiles a throughput batch of each system at 5 segments (BENCH_PROFILE= turns that off);
 # BENCH_AGAIN="VAR=value ..." runs the ROC speed table again on the same models with those variables set
 # (an A/B of a decoding switch: SLD_GRAPH_BACKEND=cudagraphs, SLD_PACKED_GQA=0, ...) into roc_benchmark_again.
