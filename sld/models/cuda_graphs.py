@@ -200,35 +200,35 @@ _GRAPH_BACKEND: ContextVar[str | None] = ContextVar("sld_graph_backend", default
 
 
 @contextlib.contextmanager
-def graph_backend(choice: str | None) -> Iterator[None]:
+def _chosen_backend(variable: ContextVar[str | None], choice: str | None, key: str) -> Iterator[None]:
+    """``variable`` holds ``choice`` inside the block (checked first: an unknown name is a ``UserError``
+    naming ``key``); None changes nothing."""
+    if choice is None:
+        yield
+        return
+    graph_backend_choice(choice, key)
+    token = variable.set(choice)
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
+def graph_backend(choice: str | None) -> contextlib.AbstractContextManager[None]:
     """Inside the block every CUDA-graph replay of sld (the LM's token step, the context encoder, and
     the denoiser unless ``denoiser_graph_backend`` names its own) uses backend ``choice`` (one of
     ``GRAPH_BACKENDS``) before ``$SLD_GRAPH_BACKEND`` and ``$SLD_DENOISER_GRAPH_BACKEND``; None changes
     nothing. A benchmark setting's own backend: both token-step backends in one table, so that the AR
     reference is the fastest of them (on an H200 Inductor's token step took both systems' documents/s
     to 2.06-2.10x the static graphs': docs/results.md, eighteenth session)."""
-    if choice is not None:
-        graph_backend_choice(choice, "graph_backend")
-    token = _GRAPH_BACKEND.set(choice) if choice is not None else None
-    try:
-        yield
-    finally:
-        if token is not None:
-            _GRAPH_BACKEND.reset(token)
+    return _chosen_backend(_GRAPH_BACKEND, choice, "graph_backend")
 
 
-@contextlib.contextmanager
-def denoiser_graph_backend(choice: str | None) -> Iterator[None]:
+def denoiser_graph_backend(choice: str | None) -> contextlib.AbstractContextManager[None]:
     """Inside the block SLD's denoiser graphs use backend ``choice`` (one of ``GRAPH_BACKENDS``) before
-    ``$SLD_DENOISER_GRAPH_BACKEND``; None changes nothing. The LM's token step keeps its own."""
-    if choice is not None:
-        graph_backend_choice(choice, "denoiser_backend")
-    token = _DENOISER_BACKEND.set(choice) if choice is not None else None
-    try:
-        yield
-    finally:
-        if token is not None:
-            _DENOISER_BACKEND.reset(token)
+    ``graph_backend``'s and ``$SLD_DENOISER_GRAPH_BACKEND``; None changes nothing. The LM's token step
+    keeps its own."""
+    return _chosen_backend(_DENOISER_BACKEND, choice, "denoiser_backend")
 
 
 def denoiser_replay_backend(device: torch.device) -> str | Callable[..., Any]:
