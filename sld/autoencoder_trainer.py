@@ -43,6 +43,7 @@ from sld.eval.metrics import bleu, exact_match_rate
 from sld.models.autoencoder import AutoencoderConfig, SegmentAutoencoder
 from sld.models.encoder_cache import EncoderStateCache, training_texts
 from sld.run_summary import TrainedRun, evaluation_rows, training_summary, write_summary
+from sld.throughput import real_position_fraction
 from sld.tokenization import IGNORE_INDEX
 from sld.training import LoopConfig, OptimConfig, fit
 
@@ -269,6 +270,10 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
             evaluate_fn=evaluate if valid_segments else None,
             items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
             tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
+            # the encoder's (or the cached states') and the decoder's positions
+            real_fraction_in_batch=lambda batch: real_position_fraction(
+                batch["attention_mask"], batch["labels"] != IGNORE_INDEX
+            ),
             lengths=[row_length(dataset[i]) for i in range(len(dataset))]
             if cfg.data.group_by_length
             else None,

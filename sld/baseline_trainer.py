@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 from transformers import AutoTokenizer
@@ -38,6 +39,7 @@ from sld.run_summary import (
     training_summary,
     write_summary,
 )
+from sld.throughput import real_position_fraction
 from sld.tokenization import IGNORE_INDEX
 from sld.training import LoopConfig, OptimConfig, fit
 
@@ -207,6 +209,15 @@ def write_samples(path: Path, docs: Sequence[SegmentedDocument], predictions: Se
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def baseline_real_fraction(model: BaselineModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The share of real tokens among the positions a training step of ``model`` computes on: the
+    prefix LM's rows (``attention_mask`` (B, W), source and target in one right-padded row), or an
+    encoder-decoder's sources (``attention_mask`` (B, T)) and targets (``labels`` (B, L)) together."""
+    if model.is_causal:  # PrefixLMCollator's rows
+        return real_position_fraction(batch["attention_mask"])
+    return real_position_fraction(batch["attention_mask"], batch["labels"] != IGNORE_INDEX)
+
+
 def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
     """Train (or resume) the AR baseline into ``cfg.output_dir`` and save it there."""
     output_dir = Path(cfg.output_dir)
@@ -246,6 +257,7 @@ def train_baseline(cfg: BaselineTrainingConfig) -> TrainedBaseline:
         evaluate_fn=evaluate if valid_docs else None,
         items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
         tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
+        real_fraction_in_batch=lambda batch: baseline_real_fraction(model, batch),
         lengths=train_set.lengths() if cfg.data.group_by_length else None,
     )
     if not result.accelerator.is_main_process:

@@ -14,8 +14,14 @@ denoiser's self-conditioning pass: ``FlopCount.region`` and ``FlopCount.adjust``
     MFU             = achieved FLOP/s / peak FLOP/s of one device
 
 The unit is a token when ``fit`` is given a token counter, else an item (segment, document), else
-a micro-batch. With a token counter that counts real (non-padding) tokens, the FLOPs spent on
-padding are not useful work and lower the MFU, which is what it should show.
+a micro-batch. FLOPs spent on padding are not model FLOPs: a trainer whose batches are padded gives
+``fit`` the share of real positions in a batch (``real_position_fraction``), and the counted FLOPs are
+scaled by it before the division, so padding lowers the MFU, as it should. Without that scaling the
+padded positions' FLOPs counted as useful work: the AR baseline's ROC batches of 1,024 are about 60%
+real tokens (right-padded to their longest row), so its MFU figures before 2026-12-04 (eighteenth
+session) were about 1.7x too high, and a length-grouped run (less padding, more documents/s) showed a
+lower MFU than an ungrouped one. The scaling is linear in positions: attention, quadratic in them, and
+heads that run on target positions only (the baselines' token cross-entropy) are slightly undercounted.
 
 The peak is ``loop.peak_tflops`` when set, else the dense (no sparsity) bf16 tensor-core figure of
 the device's datasheet looked up by ``torch.cuda.get_device_name()`` in :data:`PEAK_BF16_TFLOPS`
@@ -186,9 +192,27 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.total
 
 
+def real_position_fraction(*masks: torch.Tensor) -> torch.Tensor:
+    """The share of real positions over the sequences a step computes on: masks (any shape, True or
+    nonzero on real tokens, e.g. an attention mask (B, T) or ``labels != -100``), their real positions
+    summed over their sizes summed. A 0-d tensor on the masks' device (read once, at the counted batch)."""
+    if not masks:
+        raise ValueError("real_position_fraction needs at least one mask")
+    real = sum((mask != 0).sum() for mask in masks)
+    return real / sum(mask.numel() for mask in masks)
+
+
 def mfu(flops_per_unit: float, units_per_second: float, peak_tflops: float) -> float:
     """Model FLOPs utilisation: achieved FLOP/s over the peak FLOP/s (a fraction, not a percentage)."""
     return flops_per_unit * units_per_second / (peak_tflops * 1e12)
 
 
-__all__ = ["PEAK_BF16_TFLOPS", "FlopCount", "active_flop_count", "count_flops", "device_peak_tflops", "mfu"]
+__all__ = [
+    "PEAK_BF16_TFLOPS",
+    "FlopCount",
+    "active_flop_count",
+    "count_flops",
+    "device_peak_tflops",
+    "mfu",
+    "real_position_fraction",
+]

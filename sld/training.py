@@ -430,6 +430,7 @@ def fit(
     accelerator: Accelerator | None = None,
     lengths: Sequence[int] | None = None,
     tokens_in_batch: Callable[[Any], int | torch.Tensor] | None = None,
+    real_fraction_in_batch: Callable[[Any], float | torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``dataset`` until ``loop.max_steps`` optimizer steps or ``loop.max_minutes``.
 
@@ -443,6 +444,9 @@ def fit(
     ``tokens_in_batch(batch)`` (an int, or a tensor summed on the device) adds tokens/s and makes
     the MFU per token. ``lengths`` (one per dataset item) makes every batch hold items of similar
     length (:class:`~sld.data.length_grouping.LengthGroupedSampler`): less padding, faster steps.
+    ``real_fraction_in_batch(batch)``: the share of the positions the step computes on that are real
+    tokens, not padding (:func:`sld.throughput.real_position_fraction`); the counted FLOPs are scaled
+    by it, so that the MFU counts the work on real tokens only (padding is wasted work, not model FLOPs).
 
     Raises :class:`~sld.nonfinite.NonFiniteLossError` on a NaN/inf loss (unless
     ``loop.skip_nonfinite_steps``) and :class:`~sld.checkpointing.CheckpointError` when the
@@ -715,10 +719,15 @@ def fit(
                 unit = "tokens" if units is not None else "items" if items_in_batch else "micro_batches"
                 if units is None:
                     units = items_in_batch(batch) if items_in_batch else 1
-                state.flops_per_unit, state.flops_unit = counter.total / max(1.0, float(units)), unit
+                real = float(real_fraction_in_batch(batch)) if real_fraction_in_batch else 1.0
+                useful = counter.total * real  # the FLOPs on real tokens (the padding's are not model FLOPs)
+                state.flops_per_unit, state.flops_unit = useful / max(1.0, float(units)), unit
                 logger.info(
-                    "FLOPs of one micro-batch (forward + backward): %.4g (%.4g per %s)",
+                    "FLOPs of one micro-batch (forward + backward): %.4g, %.4g of them on real tokens "
+                    "(%.1f%% of the positions; the MFU counts those) (%.4g per %s)",
                     counter.total,
+                    useful,
+                    100 * real,
                     state.flops_per_unit,
                     unit.removesuffix("s").replace("_", "-"),
                 )

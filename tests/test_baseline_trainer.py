@@ -95,3 +95,26 @@ def test_train_baseline_returns_the_folder_and_summary(tmp_path):
     ).is_dir()
     assert trained.summary_lines()[1].endswith("/2")
     assert isinstance(BaselineModel.from_pretrained(trained.output_dir), BaselineModel)
+
+
+def test_the_real_fraction_counts_the_positions_each_model_kind_computes_on(tmp_path):
+    """The prefix LM's right-padded rows (source and target in one row); an encoder-decoder's sources
+    and targets, each padded on its own."""
+    from sld.baseline_trainer import baseline_real_fraction
+    from sld.tokenization import IGNORE_INDEX
+
+    pairs = [
+        ("Anna walked her dog.", "Tom baked a cake."),
+        (None, "Sam fixed the old bike today."),
+        ("Lucy", "Hi."),
+    ]
+    prefix_lm = tiny_models.tiny_prefix_lm(tmp_path / "lm")
+    batch = prefix_lm.collator()(pairs)
+    mask = batch["attention_mask"]
+    assert 0 < float(mask.float().mean()) < 1  # the shorter rows are padded
+    assert baseline_real_fraction(prefix_lm, batch).item() == pytest.approx(float(mask.float().mean()))
+    seq2seq = tiny_models.tiny_baseline(tiny_models.save_tiny_bert(tmp_path / "bert"))
+    batch = seq2seq.collator()(pairs)
+    real = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
+    expected = float(real) / (batch["attention_mask"].numel() + batch["labels"].numel())
+    assert baseline_real_fraction(seq2seq, batch).item() == pytest.approx(expected)

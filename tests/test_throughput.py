@@ -9,7 +9,7 @@ import torch
 from test_training import IndexDataset, collate, loop_config
 
 import sld.throughput as throughput
-from sld.throughput import count_flops, device_peak_tflops, mfu
+from sld.throughput import count_flops, device_peak_tflops, mfu, real_position_fraction
 from sld.training import OptimConfig, fit
 
 IN, HIDDEN, OUT = 12, 32, 8
@@ -111,6 +111,41 @@ def test_fit_logs_throughput_flops_and_mfu(tmp_path, monkeypatch):
     train(tmp_path / "cpu", 1)
     row = json.loads((tmp_path / "cpu" / "metrics.jsonl").read_text().splitlines()[0])
     assert "train/tflops_per_second" in row and "train/mfu" not in row
+
+
+def test_real_position_fraction_over_several_masks():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])  # 6 of 8 real
+    labels_real = torch.tensor([[True, False], [False, False]])  # 1 of 4 real
+    assert real_position_fraction(mask).item() == pytest.approx(6 / 8)
+    assert real_position_fraction(mask, labels_real).item() == pytest.approx(7 / 12)
+    with pytest.raises(ValueError):
+        real_position_fraction()
+
+
+def test_the_mfu_counts_the_flops_of_real_tokens_only(tmp_path):
+    """A batch that is a quarter padding: its counted FLOPs are scaled to the three quarters that are
+    real tokens, so the TFLOP/s and MFU are 0.75x those of the same run that claims no padding."""
+
+    def train(folder, **kwargs):
+        torch.manual_seed(0)
+        fit(
+            MLP(),
+            IndexDataset(40),
+            collate,
+            mlp_loss,
+            folder,
+            OptimConfig(warmup_steps=0),
+            loop_config(max_steps=1, batch_size=4, peak_tflops=1e-6),
+            items_in_batch=len,
+            **kwargs,
+        )
+        row = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+        assert row["train/mfu"] == pytest.approx(row["train/tflops_per_second"] / 1e-6)
+        return row["train/tflops_per_second"] / row["train/items_per_second"]  # 1e-12 x FLOPs per item
+
+    whole = train(tmp_path / "whole")
+    padded = train(tmp_path / "padded", real_fraction_in_batch=lambda batch: torch.tensor(0.75))
+    assert padded == pytest.approx(0.75 * whole)
 
 
 def test_a_flop_counter_failure_costs_the_mfu_not_the_run(tmp_path, monkeypatch, caplog):
