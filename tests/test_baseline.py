@@ -238,7 +238,7 @@ def test_train_baseline_then_generate_then_resume(bert_dir, tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
 
 
-def test_length_grouped_baseline_gives_the_sampler_source_plus_target_lengths(
+def test_length_grouped_baseline_gives_the_sampler_source_plus_target_token_lengths(
     bert_dir, tmp_path, monkeypatch
 ):
     import sld.baseline_trainer as baseline_trainer
@@ -248,7 +248,7 @@ def test_length_grouped_baseline_gives_the_sampler_source_plus_target_lengths(
     real_fit = baseline_trainer.fit
 
     def spying_fit(model, dataset, *args, **kwargs):
-        seen["lengths"], seen["pairs"] = kwargs["lengths"], dataset.pairs
+        seen["lengths"], seen["rows"] = kwargs["lengths"], [dataset[i] for i in range(len(dataset))]
         return real_fit(model, dataset, *args, **kwargs)
 
     monkeypatch.setattr(baseline_trainer, "fit", spying_fit)
@@ -271,7 +271,8 @@ def test_length_grouped_baseline_gives_the_sampler_source_plus_target_lengths(
     config_file = tmp_path / "baseline.yaml"
     config_file.write_text(yaml.safe_dump({"model": {"decoder_config": TINY_T5}}))
     assert train_baseline.main(["-c", str(config_file), *overrides]) == 0
-    assert seen["lengths"] == [len(source or "") + len(target) for source, target in seen["pairs"]]
+    # the rows are tokenized once (Seq2SeqRow): the sampler sorts them by their source + target tokens
+    assert seen["lengths"] == [len(row.source) + len(row.labels) for row in seen["rows"]]
     assert json.loads((tmp_path / "baseline" / "summary.json").read_text())["steps"] == 2
 
 

@@ -143,6 +143,11 @@ def test_the_trainer_dataset_holds_token_rows_for_a_causal_baseline(model):
     dataset = SourceTargetDataset(docs, model.collator().tokenize)
     assert isinstance(dataset[0], PrefixLMRow) and dataset.pairs[0] == ("Anna walked.", "Tom baked. It rose.")
     assert torch.equal(model.collator()([dataset[0]])["labels"], model.collator()(dataset.pairs)["labels"])
+    # the length-grouped sampler sorts token rows by their tokens: the row's width in a batch
+    batch = model.collator()([dataset[0]])
+    assert dataset.lengths() == [len(dataset[0].prompt) + len(dataset[0].target)]
+    assert batch["input_ids"].shape[1] == dataset.lengths()[0]
+    assert SourceTargetDataset(docs).lengths() == [len("Anna walked.") + len("Tom baked. It rose.")]
 
 
 def test_compiled_decoder_layers_trace_the_unmasked_attention(tmp_path):
