@@ -144,6 +144,25 @@ def test_prefix_lm_collate_cost_times_both_paths(tmp_path, capsys):
     assert "batch of 4 rows" in out and "from text pairs:" in out and "less host time" in out
 
 
+def test_padding_share_prints_a_share_per_batch_order(tmp_path, capsys):
+    import tiny_models
+
+    from sld.data.segmented import SegmentedDocument, write_segmented
+
+    folder = tiny_models.save_tiny_causal_lm(tmp_path / "lm")
+    words = ["Tom baked.", "It rose high in the warm oven all day long.", "Sam ate it."]
+    docs = [SegmentedDocument(f"d{i}", f"Anna walked {i}.", words[: 1 + i % 3], 1 + i % 3) for i in range(12)]
+    write_segmented(tmp_path / "seg" / "train.jsonl", docs)
+    load_example("padding_share").main(
+        [str(folder), str(tmp_path / "seg" / "train.jsonl"), "--batch-sizes", "4"]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("12 rows")
+    shares = [float(cell.rstrip("%")) for cell in out[-1].strip("| ").split(" | ")[1:]]
+    assert len(shares) == 3 and all(0 < share <= 100 for share in shares)
+    assert shares[2] >= shares[0]  # batches of similar token length hold less padding than random ones
+
+
 def test_throughput_window_compares_the_same_steps(tmp_path, capsys):
     import json
 
