@@ -22,6 +22,9 @@ about 60% real tokens (right-padded to their longest row; ``examples/padding_sha
 session) were about 1.7x too high, and a length-grouped run (less padding, more documents/s) showed a
 lower MFU than an ungrouped one. The scaling is linear in positions: attention, quadratic in them, and
 heads that run on target positions only (the baselines' token cross-entropy) are slightly undercounted.
+The denoiser's trainer passes no fraction: its padded positions are the empty segment slots of the
+few documents with fewer segments than the block holds, and the context tokens past a source's
+length, which only the context's key/value projection and the masked cross-attention see.
 
 The peak is ``loop.peak_tflops`` when set, else the dense (no sparsity) bf16 tensor-core figure of
 the device's datasheet looked up by ``torch.cuda.get_device_name()`` in :data:`PEAK_BF16_TFLOPS`
