@@ -18,10 +18,11 @@ a micro-batch. FLOPs spent on padding are not model FLOPs: a trainer whose batch
 ``fit`` the share of real positions in a batch (``real_position_fraction``), and the counted FLOPs are
 scaled by it before the division, so padding lowers the MFU, as it should. Without that scaling the
 padded positions' FLOPs counted as useful work: the AR baseline's random ROC batches of 1,024 are
-about 60% real tokens (right-padded to their longest row; ``examples/padding_share.py``), so its MFU figures before 2026-12-04 (eighteenth
-session) were about 1.7x too high, and a length-grouped run (less padding, more documents/s) showed a
-lower MFU than an ungrouped one. The scaling is linear in positions: attention, quadratic in them, and
-heads that run on target positions only (the baselines' token cross-entropy) are slightly undercounted.
+about 60% real tokens (right-padded to their longest row; ``examples/padding_share.py``), so its MFU
+figures before 2026-12-04 (eighteenth session) were about 1.7x too high, and a length-grouped run (less
+padding, more documents/s) showed a lower MFU than an ungrouped one. The scaling is linear in
+positions: attention, quadratic in them, is slightly overcounted, and heads that run on target
+positions only (the baselines' token cross-entropy, unpadded already) slightly undercounted.
 The denoiser's trainer passes no fraction: its padded positions are the empty segment slots of the
 few documents with fewer segments than the block holds, and the context tokens past a source's
 length, which only the context's key/value projection and the masked cross-attention see.
