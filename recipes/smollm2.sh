@@ -41,7 +41,8 @@
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
 #          steps of each, profile.txt; a profiled run's rates are not usable: the profiled steps are slow
 #          and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
-#          data.group_by_length=true); then each run beside its before over the same steps
+#          data.group_by_length=false; TRAINERS_BEFORE_AR_ARGS: for the AR 'before' runs only, after
+#          those); then each run beside its before over the same steps
 #          (examples/throughput_window.py; TRAINERS_WINDOW="40 100000": the first and last step)
 # TOGETHER="main ablation" runs those phases at once (each in its own process of this recipe) right
 # after `seg`; SYSTEMS="sld" leaves the AR baseline out of `main` (SYSTEMS_dialogsum="sld": of one task).
@@ -452,6 +453,7 @@ if has trainers; then
     # train_ar NAME CODE_DIR COMPILE BATCH MINUTES: one timed run of the ROC AR baseline (SmolLM2)
     train_ar() {
         local name=$1 code=$2 compile=$3 batch=$4 minutes=$5
+        shift 5   # more overrides for this run (TRAINERS_BEFORE_AR_ARGS for a 'before' run)
         log "trainers: ROC AR baseline (SmolLM2), batch $batch, compile $compile, $minutes min alone ($name, code in $code)"
         rm -rf "$ROC/trainers/$name"
         # shellcheck disable=SC2086
@@ -459,7 +461,7 @@ if has trainers; then
             -c "$here/configs/baseline_roc_continuation_smollm2.yaml" match_autoencoder=null \
             data.segmented_dir="$(realpath $ROC/segmented_continuation)" output_dir="$(realpath -m $ROC/trainers/$name)" \
             loop.max_minutes=$minutes loop.batch_size=$batch loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} \
-            loop.eval_every=100000 loop.save_every=100000 loop.log_every=20 ${TRAINERS_AR_ARGS:-} "${SMOKE_AR2[@]}" \
+            loop.eval_every=100000 loop.save_every=100000 loop.log_every=20 ${TRAINERS_AR_ARGS:-} "$@" "${SMOKE_AR2[@]}" \
             2>&1 | quiet > "$OUT/trainers_$name.log")
         cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
         cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
@@ -486,7 +488,9 @@ if has trainers; then
         [ "$compile" = true ] && ar_batches=${AR_BATCHES_COMPILED-$ar_batches}
         for batch in $ar_batches; do
             if [ "${TRAINERS_BEFORE:-0}" = 1 ] && [ -n "${BEFORE_CODE:-}" ]; then
-                train_ar ar_$batch${suffix}_before "$(realpath "$BEFORE_CODE")" $compile $batch $minutes
+                # shellcheck disable=SC2086
+                train_ar ar_$batch${suffix}_before "$(realpath "$BEFORE_CODE")" $compile $batch $minutes \
+                    ${TRAINERS_BEFORE_AR_ARGS:-}
             fi
             train_ar ar_$batch$suffix "$here" $compile $batch $minutes
         done
