@@ -23,9 +23,9 @@ figures before 2026-12-04 (eighteenth session) were about 1.7x too high, and a l
 padding, more documents/s) showed a lower MFU than an ungrouped one. The scaling is linear in
 positions: attention, quadratic in them, is slightly overcounted, and heads that run on target
 positions only (the baselines' token cross-entropy, unpadded already) slightly undercounted.
-The denoiser's trainer passes no fraction: its padded positions are the empty segment slots of the
-few documents with fewer segments than the block holds, and the context tokens past a source's
-length, which only the context's key/value projection and the masked cross-attention see.
+The denoiser's trainer gives the share of its segment slots that hold a segment
+(``sld.diffusion.data.segment_slot_fraction``); the context tokens past a source's length, which only
+the context's key/value projection and the masked cross-attention see, are not discounted.
 
 The peak is ``loop.peak_tflops`` when set, else the dense (no sparsity) bf16 tensor-core figure of
 the device's datasheet looked up by ``torch.cuda.get_device_name()`` in :data:`PEAK_BF16_TFLOPS`

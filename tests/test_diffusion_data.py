@@ -18,6 +18,7 @@ from sld.diffusion.data import (
     gather_latents,
     latent_fingerprint,
     read_documents,
+    segment_slot_fraction,
 )
 from sld.errors import DataError
 from sld.tokenization import IGNORE_INDEX
@@ -121,3 +122,13 @@ def test_cached_latents_are_written_once_and_reused(autoencoder, autoencoder_dir
     assert torch.equal(again[0], torch.ones_like(first[0]))  # read back, not encoded again
     fresh = cached_latents(autoencoder, autoencoder_dir, DOCS, 2, 4, accelerator, None, "valid")
     assert torch.equal(fresh[0], first[0]) and torch.equal(fresh[1], first[1])
+
+
+def test_segment_slot_fraction_is_the_share_of_real_segments():
+    """Two documents of one and three segments in a block of four slots: 4 of 8 slots hold a segment."""
+    collate = LatentCollator(None, max_segments=4)
+    items = [
+        {"index": i, "count": n, "true_count": n, "source": "s", "segments": ["a"] * n}
+        for i, n in enumerate((1, 3))
+    ]
+    assert segment_slot_fraction(collate(items)).item() == pytest.approx(4 / 8)

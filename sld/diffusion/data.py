@@ -24,6 +24,7 @@ from sld.data.segmented import SegmentedDocument, read_split
 from sld.errors import DataError
 from sld.models.autoencoder import SegmentAutoencoder
 from sld.models.parts import WEIGHTS_NAME
+from sld.throughput import real_position_fraction
 from sld.tokenization import decoder_labels
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,14 @@ class LatentCollator:
             labels = decoder_labels(self.tokenizer, texts, self.max_tokens)
             batch["segment_labels"] = labels.view(len(items), self.max_segments, -1)
         return batch
+
+
+def segment_slot_fraction(batch: dict) -> torch.Tensor:
+    """The share of a batch's segment slots that hold a real segment (``segment_mask`` (B, S)): the
+    denoiser computes on every slot of the (B, S, N, D) block, so the empty ones are padding
+    (``fit``'s ``real_fraction_in_batch``; the context tokens past a source's length, which only the
+    context's key/value projection and the masked cross-attention see, are not discounted)."""
+    return real_position_fraction(batch["segment_mask"])
 
 
 def fixed_batches(dataset: LatentDocuments, max_segments: int, batch_size: int = 64) -> list[dict]:

@@ -28,6 +28,7 @@ from sld.diffusion.data import (
     fixed_batches,
     gather_latents,
     read_documents,
+    segment_slot_fraction,
 )
 from sld.diffusion.objective import DiffusionConfig, LatentDiffusion, autoencoder_decoder
 from sld.diffusion.validation import validation_loss, write_samples
@@ -265,6 +266,7 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
         cfg.loop,
         evaluate_fn=evaluate,
         items_in_batch=lambda batch: int(batch["num_segments"].shape[0]),
+        real_fraction_in_batch=segment_slot_fraction,
         ema_decay=cfg.ema_decay,
         accelerator=accelerator,
         lengths=[len(doc.source or "") for doc in train_docs] if cfg.data.group_by_source_length else None,
