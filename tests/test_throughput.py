@@ -69,6 +69,22 @@ def mlp_loss(model, batch):
     return {"loss": model(x).square().mean()}
 
 
+def fit_mlp(folder, loop, **kwargs):
+    """``fit`` of a seeded MLP on 40 index items, throughput in items."""
+    torch.manual_seed(0)
+    return fit(
+        MLP(),
+        IndexDataset(40),
+        collate,
+        mlp_loss,
+        folder,
+        OptimConfig(warmup_steps=0),
+        loop,
+        items_in_batch=len,
+        **kwargs,
+    )
+
+
 def test_fit_logs_throughput_flops_and_mfu(tmp_path, monkeypatch):
     counted = []
     real = throughput.FlopCount.__exit__
@@ -80,16 +96,9 @@ def test_fit_logs_throughput_flops_and_mfu(tmp_path, monkeypatch):
     monkeypatch.setattr(throughput.FlopCount, "__exit__", recording_exit)
 
     def train(folder, max_steps, **loop):
-        torch.manual_seed(0)
-        return fit(
-            MLP(),
-            IndexDataset(40),
-            collate,
-            mlp_loss,
+        return fit_mlp(
             folder,
-            OptimConfig(warmup_steps=0),
             loop_config(max_steps=max_steps, batch_size=4, save_every=2, **loop),
-            items_in_batch=len,
             tokens_in_batch=lambda batch: torch.tensor(3 * len(batch)),  # say 3 tokens per item
         )
 
@@ -127,18 +136,7 @@ def test_the_mfu_counts_the_flops_of_real_tokens_only(tmp_path):
     real tokens, so the TFLOP/s and MFU are 0.75x those of the same run that claims no padding."""
 
     def train(folder, **kwargs):
-        torch.manual_seed(0)
-        fit(
-            MLP(),
-            IndexDataset(40),
-            collate,
-            mlp_loss,
-            folder,
-            OptimConfig(warmup_steps=0),
-            loop_config(max_steps=1, batch_size=4, peak_tflops=1e-6),
-            items_in_batch=len,
-            **kwargs,
-        )
+        fit_mlp(folder, loop_config(max_steps=1, batch_size=4, peak_tflops=1e-6), **kwargs)
         row = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
         assert row["train/mfu"] == pytest.approx(row["train/tflops_per_second"] / 1e-6)
         return row["train/tflops_per_second"] / row["train/items_per_second"]  # 1e-12 x FLOPs per item
@@ -160,17 +158,7 @@ def test_a_flop_counter_failure_costs_the_mfu_not_the_run(tmp_path, monkeypatch,
     monkeypatch.setitem(flop_counter.flop_registry, torch.ops.aten.addmm, broken)
 
     def train(folder, **loop):
-        torch.manual_seed(0)
-        return fit(
-            MLP(),
-            IndexDataset(40),
-            collate,
-            mlp_loss,
-            folder,
-            OptimConfig(warmup_steps=0),
-            loop_config(max_steps=3, batch_size=4, **loop),
-            items_in_batch=len,
-        )
+        return fit_mlp(folder, loop_config(max_steps=3, batch_size=4, **loop))
 
     with caplog.at_level("WARNING"):
         result = train(tmp_path / "broken", peak_tflops=1e-6)
