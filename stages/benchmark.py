@@ -186,7 +186,8 @@ def graph_skips_line() -> str:
     denoiser = os.environ.get(DENOISER_GRAPH_BACKEND_ENV)
     own = f", {DENOISER_GRAPH_BACKEND_ENV}={denoiser} for SLD's denoiser" if denoiser else ""
     return (
-        f"- CUDA graphs ({GRAPH_BACKEND_ENV}={backend}{own}): torch ran {cuda_graph_skips()} compiled "
+        f"- CUDA graphs ({GRAPH_BACKEND_ENV}={backend}{own}; a setting labelled [backend] used its own for "
+        f"all its graphs): torch ran {cuda_graph_skips()} compiled "
         "function(s) of this run without them (its cudagraph_skips counter; 0 = every static-cache "
         "step was replayed as a graph)"
     )
