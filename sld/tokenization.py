@@ -167,33 +167,31 @@ def labels_padding_side(tokenizer: PreTrainedTokenizerBase, adds_eos: bool | Non
     return tokenizer.padding_side if adds_eos else "right"
 
 
+def _padded(rows: Sequence[Sequence[int]], fill: int, side: str) -> torch.Tensor:
+    """Rows of ints -> (B', L) int64, each padded with ``fill`` on ``side`` ("right" or "left") to the longest."""
+    width = max((len(row) for row in rows), default=0)
+    padded = [
+        list(row) + [fill] * (width - len(row))
+        if side == "right"
+        else [fill] * (width - len(row)) + list(row)
+        for row in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long).reshape(len(rows), width)
+
+
 def pad_inputs(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """Token id rows -> ``{"input_ids", "attention_mask"}`` (B', L), padded as ``encoder_inputs`` pads
     (the tokenizer's pad id and side): the batch of texts tokenized once beforehand."""
-    width = max((len(row) for row in rows), default=0)
-    pad, right = tokenizer.pad_token_id, tokenizer.padding_side == "right"
-    ids, mask = [], []
-    for row in rows:
-        fill = width - len(row)
-        ids.append(list(row) + [pad] * fill if right else [pad] * fill + list(row))
-        mask.append([1] * len(row) + [0] * fill if right else [0] * fill + [1] * len(row))
-    shape = (len(rows), width)
+    side = tokenizer.padding_side
     return {
-        "input_ids": torch.tensor(ids, dtype=torch.long).reshape(shape),
-        "attention_mask": torch.tensor(mask, dtype=torch.long).reshape(shape),
+        "input_ids": _padded(rows, tokenizer.pad_token_id, side),
+        "attention_mask": _padded([[1] * len(row) for row in rows], 0, side),
     }
 
 
 def pad_labels(rows: Sequence[Sequence[int]], side: str = "right") -> torch.Tensor:
     """Label rows -> (B', L) int64, ``IGNORE_INDEX`` where a row has ended (``side``: "right" or "left")."""
-    width = max((len(row) for row in rows), default=0)
-    padded = [
-        list(row) + [IGNORE_INDEX] * (width - len(row))
-        if side == "right"
-        else [IGNORE_INDEX] * (width - len(row)) + list(row)
-        for row in rows
-    ]
-    return torch.tensor(padded, dtype=torch.long).reshape(len(rows), width)
+    return _padded(rows, IGNORE_INDEX, side)
 
 
 def token_budget(
