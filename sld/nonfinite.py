@@ -5,7 +5,7 @@ gradient norm are checked with ``torch.isfinite`` on the device. A step is *bad*
 any of its micro-batches, or the gradient norm, is NaN or inf on any process (the flag is
 all-reduced, so every process skips the same steps). A bad step never updates the weights:
 
-* with a fused optimizer (``fused=True``, the default on CUDA) the flag is handed to the fused
+* with a fused optimizer (``fused=True``, the default on CUDA and CPU) the flag is handed to the fused
   AdamW kernel as ``found_inf`` (the mechanism ``GradScaler`` uses): the kernel leaves weights,
   moments and the step count untouched, and the host never waits for the device;
 * otherwise the flag is read on the host before ``optimizer.step()`` (one sync per step; on a CPU,

@@ -27,7 +27,7 @@ from sld.cli import run_stage
 from sld.config import config_to_dict, save_config
 from sld.diffusion.sampling import FUSED_SAMPLER_ENV, fused_sampler_enabled
 from sld.errors import UserError
-from sld.eval.benchmark import SpeedConfig, benchmark_rows, write_speed_report
+from sld.eval.benchmark import SpeedConfig, benchmark_rows, token_step_mismatch, write_speed_report
 from sld.eval.decoding_rules import BudgetRule, resolve_decoding_rules
 from sld.eval.length_scaling import LengthScalingConfig, run_length_scaling, write_length_scaling_report
 from sld.eval.runner import (
@@ -41,7 +41,12 @@ from sld.eval.runner import (
 )
 from sld.eval.step_count import StepsConfig, run_steps, write_steps_report
 from sld.eval.timing import cuda_graph_skips, device_description
-from sld.models.cuda_graphs import DEFAULT_GRAPH_BACKEND, DENOISER_GRAPH_BACKEND_ENV, GRAPH_BACKEND_ENV
+from sld.models.cuda_graphs import (
+    DEFAULT_GRAPH_BACKEND,
+    DENOISER_GRAPH_BACKEND_ENV,
+    GRAPH_BACKEND_ENV,
+    graph_backend_choice,
+)
 from sld.models.packed_gqa import PACKED_GQA_ENV, packed_gqa_enabled
 
 MODES = ("speed", "steps", "length_scaling")
@@ -121,11 +126,20 @@ def run(cfg: Config) -> dict[str, Any]:
                 "- not run (beam search needs an encoder-decoder baseline, a static cache a causal-LM one): "
                 f"AR {', '.join(skipped)}"
             )
-        skipped = unavailable_samplers(pipe, cfg.samplers)
-        if skipped:
+        skipped_samplers = unavailable_samplers(pipe, cfg.samplers)
+        if skipped_samplers:
             header.append(
-                f"- not run (a static cache needs a causal-LM segment decoder): SLD {', '.join(skipped)}"
+                f"- not run (a static cache needs a causal-LM segment decoder): SLD {', '.join(skipped_samplers)}"
             )
+        if device.type == "cuda" and pipe is not None and baseline is not None:  # graphs run on CUDA only
+            mismatch = token_step_mismatch(
+                [s for s in cfg.samplers if s.label not in skipped_samplers],
+                [d for d in cfg.decodings if d.label not in skipped],
+                graph_backend_choice(),
+                rules.static_cache,
+            )
+            if mismatch:
+                header.append(mismatch)
         warmup = "an untimed pass over its documents" if cfg.warmup else "none"
         timing = f"- timed runs per cell: {cfg.repeats} (median), warm-up: {warmup}"
         timing += f"\n{attention_line()}\n{sampler_line()}"

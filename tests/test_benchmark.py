@@ -15,7 +15,9 @@ from sld.data.segmented import SegmentedDocument, write_segmented
 from sld.eval.benchmark import (
     AR,
     SLD,
+    DecodingSetting,
     Measurement,
+    SamplerSetting,
     add_speed_ratios,
     aggregate_timings,
     ar_quality_by_setting,
@@ -25,6 +27,8 @@ from sld.eval.benchmark import (
     plot_quality_vs_speed,
     reference_summary,
     summarize,
+    token_step,
+    token_step_mismatch,
     write_speed_report,
 )
 from sld.eval.timing import MEMORY_NA
@@ -334,3 +338,42 @@ def test_the_graphs_line_names_the_backend(monkeypatch):
         f"(SLD_GRAPH_BACKEND=cudagraphs, SLD_DENOISER_GRAPH_BACKEND=inductor for SLD's denoiser{own}"
         in graph_skips_line()
     )
+
+
+def test_an_sld_token_step_no_ar_setting_used_is_named():
+    samplers = [
+        SamplerSetting("dpm++", 5, static_cache=True, graph_backend="inductor"),
+        SamplerSetting("dpm++", 5, static_cache=True),
+    ]
+    decodings = [DecodingSetting("greedy_static", static_cache=True), DecodingSetting("greedy")]
+    line = token_step_mismatch(samplers, decodings, default_backend="static")
+    assert line is not None
+    assert "dpm++ 5 static [inductor]: inductor" in line and "AR: dynamic, static" in line
+    assert "dpm++ 5 static:" not in line  # on the static graphs, as the AR greedy_static row
+
+
+def test_token_steps_like_for_like_give_no_line():
+    samplers = [
+        SamplerSetting("dpm++", 5, static_cache=True, graph_backend="inductor"),
+        SamplerSetting("ddim", 5),
+    ]
+    decodings = [
+        DecodingSetting("greedy_static", static_cache=True, graph_backend="inductor"),
+        DecodingSetting("greedy"),
+    ]
+    assert token_step_mismatch(samplers, decodings, default_backend="static") is None
+    # the environment's backend is the default of the settings without their own
+    only_default = [SamplerSetting("dpm++", 5, static_cache=True)]
+    inductor_ar = [DecodingSetting("greedy_static", static_cache=True, graph_backend="inductor")]
+    assert token_step_mismatch(only_default, inductor_ar, default_backend="inductor") is None
+    assert token_step_mismatch(only_default, inductor_ar, default_backend="static") is not None
+    assert token_step_mismatch(samplers, [], default_backend="static") is None  # no AR rows: no ratio
+
+
+def test_the_run_wide_static_cache_puts_every_setting_on_its_graphs():
+    assert token_step(False, None, "static") == "dynamic"
+    assert token_step(True, None, "cudagraphs") == "cudagraphs"
+    samplers = [SamplerSetting("dpm++", 10)]
+    decodings = [DecodingSetting("greedy_static", static_cache=True)]
+    assert token_step_mismatch(samplers, decodings, "static") is not None  # dynamic against static
+    assert token_step_mismatch(samplers, decodings, "static", static_everywhere=True) is None

@@ -209,3 +209,15 @@ def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
     assert forward.startswith("forward: ") and backward.startswith("backward: ")
     assert int(forward.split(", ")[1].split()[0]) > 0  # the linear layers' float32 weights at least
     assert "torch.float32 -> torch.bfloat16" in "\n".join(lines)
+
+
+def test_adamw_step_time_times_every_variant(tmp_path, capsys):
+    from tiny_systems import save_tiny_systems
+
+    sld_dir, _ = save_tiny_systems(tmp_path)
+    lines = load_example("adamw_step_time").main(
+        [str(sld_dir / "autoencoder"), "--steps", "2", "--threads", "1"]
+    )
+    assert lines[0].endswith("threads") and int(lines[0].split()[0]) > 0
+    assert [line.split("  ")[0] for line in lines[1:]] == ["per-parameter loop", "foreach", "fused"]
+    assert all(float(line.split()[-4]) > 0 for line in lines[1:])  # "<ms> ms a step"

@@ -15,12 +15,23 @@ from sld.checkpointing import list_checkpoints
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def rank_logs(log_dir: Path) -> str:
+    """The tail of every process's stderr that torchrun wrote under ``log_dir`` (``--redirects``):
+    a failing run then shows the error of the process that failed first, not only rank 0's."""
+    parts = []
+    for path in sorted(log_dir.glob("*/attempt_*/*/stderr.log")):
+        parts.append(f"--- rank {path.parent.name} stderr (tail) ---\n{path.read_text()[-2500:]}")
+    return "\n".join(parts)
+
+
 def torchrun(output_dir: Path, max_steps: int) -> list[dict]:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    log_dir = output_dir.with_name(f"{output_dir.name}_logs_{max_steps}")  # beside the run, not in it
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--log-dir", str(log_dir), "--redirects", "3"]  # each process's output in its own file
     command += [str(ROOT / "tests" / "multiprocess_fit.py"), str(output_dir), str(max_steps)]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-2000:] + "\n" + rank_logs(log_dir)
     return [json.loads((output_dir / f"result_{rank}_{max_steps}.json").read_text()) for rank in (0, 1)]
 
 

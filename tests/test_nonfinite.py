@@ -1,6 +1,6 @@
 """NaN/inf loss terms and gradients: the run stops naming the step and the term, or skips and counts;
 a non-finite value never reaches the weights. Both paths: host check (plain AdamW) and on-device skip
-(fused AdamW ``found_inf``, the CUDA default, run here on the CPU)."""
+(fused AdamW ``found_inf``, the default on CUDA and CPU)."""
 
 from __future__ import annotations
 

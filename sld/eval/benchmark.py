@@ -58,6 +58,8 @@ __all__ = [
     "quality_scores",
     "reference_summary",
     "summarize",
+    "token_step",
+    "token_step_mismatch",
     "write_speed_report",
 ]
 
@@ -275,6 +277,48 @@ def ar_quality_by_setting(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         ):
             best_row[r["setting"]] = r
     return {setting: float(r["rougeL"]) for setting, r in best_row.items()}
+
+
+def token_step(static_cache: bool, graph_backend: str | None, default_backend: str) -> str:
+    """How a setting's tokens are stepped on a GPU: ``"dynamic"`` (transformers' ``generate`` on a
+    dynamic KV cache) or, on a static cache, the name of its CUDA-graph backend (its own, else
+    ``default_backend``, the run's ``$SLD_GRAPH_BACKEND``)."""
+    return (graph_backend or default_backend) if static_cache else "dynamic"
+
+
+def token_step_mismatch(
+    samplers: Sequence[SamplerSetting],
+    decodings: Sequence[DecodingSetting],
+    default_backend: str,
+    static_everywhere: bool = False,
+) -> str | None:
+    """A Markdown line naming the SLD settings whose token step no AR setting of the run used, or None.
+
+    Both systems decode with the same LM step, so a ratio is like for like only when the AR reference
+    steps its tokens the same way: on an H200 Inductor's token step doubled both systems' documents/s
+    (docs/results.md), so SLD on Inductor against AR on the static graphs overstates SLD by about 2x.
+    ``samplers`` / ``decodings``: the settings that ran; ``static_everywhere``: the run's
+    ``static_cache`` (every setting on the static cache).
+    """
+    ar_steps = {
+        token_step(d.static_cache or static_everywhere, d.graph_backend, default_backend) for d in decodings
+    }
+    if not ar_steps:
+        return None
+    unmatched = [
+        (s.label, step)
+        for s in samplers
+        if (step := token_step(s.static_cache or static_everywhere, s.graph_backend, default_backend))
+        not in ar_steps
+    ]
+    if not unmatched:
+        return None
+    named = "; ".join(f"{label}: {step}" for label, step in unmatched)
+    return (
+        f"- token steps not like for like: SLD {named}, a token step no AR setting of this run used "
+        f"(AR: {', '.join(sorted(ar_steps))}); their x AR ref compares different token steps (give the AR "
+        "decodings a setting with the same static_cache and graph_backend)"
+    )
 
 
 def choose_ar_reference(rows: Sequence[dict[str, Any]], tolerance: float = 1.0) -> dict[int, str]:
