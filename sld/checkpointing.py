@@ -122,7 +122,9 @@ def check_writable(output_dir: str | Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
-        probe.unlink()
+        # missing_ok: under torchrun the main process removes stale temporaries (this probe among
+        # them) while the other processes probe; the write was the test of writability
+        probe.unlink(missing_ok=True)
     except OSError as err:
         raise CheckpointError(f"cannot write checkpoints to {root}: {err.strerror or err}") from err
 

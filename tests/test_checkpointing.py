@@ -56,6 +56,24 @@ def test_temporary_folders_are_not_listed_and_are_removed_by_the_next_run(tmp_pa
     assert remove_stale_temporaries(tmp_path) == []
 
 
+def test_another_process_removing_stale_temporaries_does_not_fail_the_write_probe(tmp_path, monkeypatch):
+    """Under torchrun every process probes the checkpoint folder while the main process removes the
+    stale temporaries of an interrupted run: the main process may delete another's probe file between
+    its write and its unlink, and the probing process then stopped with "cannot write checkpoints" (the
+    likely cause of a two-process CI failure: the second process exited with code 1 while the first
+    waited at the barrier after this step). Writing the probe is the test; its removal must not fail."""
+    real_write = checkpointing.Path.write_bytes
+
+    def write_then_race(path, data):
+        written = real_write(path, data)
+        remove_stale_temporaries(tmp_path)  # the main process, in between
+        return written
+
+    monkeypatch.setattr(checkpointing.Path, "write_bytes", write_then_race)
+    checkpointing.check_writable(tmp_path)
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
 def test_old_checkpoints_are_pruned_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
     run(tmp_path, 4, keep_checkpoints=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_4"]
