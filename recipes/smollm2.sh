@@ -330,7 +330,7 @@ if has bench; then
                baseline_model=$RUNS/roc/ar "batch_sizes=[1,64]" max_batches=4)
     [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ] && log "bench: ROC speed, fewest steps, length scaling" && \
     "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=all "${ROC_BENCH[@]}" output_dir="$OUT/roc_benchmark" \
-        steps.num_documents=256 "steps.counts=[5,10,25]" \
+        steps.num_documents=256 "steps.counts=[3,5,10,25]" \
         length_scaling.latency_repeats=3 length_scaling.throughput_repeats=2 ${BENCH_PROFILE-length_scaling.profile_segments=5} \
         "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} ${ROC_BENCH_ARGS:-} 2>&1 | quiet | tee "$OUT/roc_bench.log" | grep -v " INFO " | tail -60
     if [ -n "${BENCH_AGAIN:-}" ] && [ -d $RUNS/roc/sld_diffusion ] && [ -d $RUNS/roc/ar ]; then
@@ -345,7 +345,7 @@ if has bench; then
         log "bench: DialogSum fewest steps"
         "${SLD[@]}" benchmark -c configs/benchmark.yaml mode=steps input=$DS/segmented/valid.jsonl \
             sld_model=$RUNS/dialogsum/sld_diffusion baseline_model=null output_dir="$OUT/dialogsum_benchmark" \
-            "${GEN[dialogsum]}" steps.num_documents=256 "steps.counts=[5,10,25]" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} \
+            "${GEN[dialogsum]}" steps.num_documents=256 "steps.counts=[3,5,10,25]" "${SMOKE_BENCH[@]}" ${BENCH_ARGS:-} \
             2>&1 | quiet | tee "$OUT/dialogsum_bench.log" | grep -v " INFO " | tail -20
     fi
 fi

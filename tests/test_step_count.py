@@ -12,7 +12,14 @@ import torch
 from sld.data.segmented import SegmentedDocument
 from sld.eval.benchmark import SamplerSetting
 from sld.eval.decoding_rules import DecodingRules
-from sld.eval.step_count import StepsConfig, fewest_steps, paired_difference, run_steps, write_steps_report
+from sld.eval.step_count import (
+    StepsConfig,
+    fewest_steps,
+    paired_difference,
+    run_steps,
+    steps_markdown,
+    write_steps_report,
+)
 from sld.pipeline import SLDOutput
 
 
@@ -102,6 +109,7 @@ def test_run_steps_on_a_stand_in_pipeline(tmp_path):
 
     markdown = write_steps_report(report, tmp_path, ["- header"])
     assert "**dpm++ 10**" in markdown and "- header" in markdown
+    assert "smallest count tried" not in markdown  # 5 steps were tried and fell short
     saved = json.loads((tmp_path / "steps.json").read_text())
     assert set(saved) == {"num_documents", "reference", "tolerance", "rows", "finding"}
     assert {"scheduler", "steps", "rougeL", "delta", "delta_se", "seconds", "docs_per_second"} <= set(
@@ -117,3 +125,26 @@ def test_steps_config_checks():
         StepsConfig(counts=[0, 5])
     with pytest.raises(ValueError):
         StepsConfig(tolerance=-1)
+
+
+def test_a_finding_at_the_smallest_count_tried_says_fewer_were_not_tried():
+    scored = [
+        {
+            "scheduler": "ddim",
+            "steps": n,
+            "rougeL": r,
+            "delta": r - 16.0,
+            "delta_se": 0.3,
+            "docs_per_second": 9.0,
+        }
+        for n, r in ((5, 16.5), (10, 16.4))
+    ]
+    report = {
+        "reference": {"scheduler": "ddpm", "steps": 250, "rougeL": 16.0, "docs_per_second": 1.0},
+        "num_documents": 4,
+        "tolerance": 1.0,
+        "rows": scored,
+        "finding": fewest_steps(scored, 16.0, 1.0),
+    }
+    markdown = steps_markdown(report)
+    assert "**ddim 5** (ROUGE-L 16.50) (the smallest count tried: fewer steps may be as good)" in markdown

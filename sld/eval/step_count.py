@@ -59,7 +59,7 @@ class StepsConfig:
     ``reference``, on the first ``num_documents`` documents, ``batch_size`` at a time."""
 
     schedulers: list[SchedulerName] = field(default_factory=lambda: ["dpm++", "ddim"])
-    counts: list[int] = field(default_factory=lambda: [5, 10, 15, 25, 50])
+    counts: list[int] = field(default_factory=lambda: [3, 5, 10, 15, 25, 50])
     reference: SamplerSetting = field(default_factory=_default_reference)
     tolerance: float = 1.0
     num_documents: int = 512
@@ -187,6 +187,8 @@ def steps_markdown(report: dict[str, Any]) -> str:
         if fewest
         else "**none** of the settings tried"
     )
+    if fewest and report["rows"] and fewest["steps"] == min(r["steps"] for r in report["rows"]):
+        headline += " (the smallest count tried: fewer steps may be as good)"
     per = ", ".join(f"{s}: {n if n is not None else 'none'}" for s, n in finding["per_scheduler"].items())
     lines = [
         f"- reference: {ref['scheduler']} {ref['steps']}, ROUGE-L {ref['rougeL']:.2f} on "
