@@ -473,7 +473,7 @@ def fit(
     pretrained = model.pretrained_parameters() if hasattr(model, "pretrained_parameters") else ()
     if loop.compile:
         model = compile_model(model, only=loop.compile_blocks)
-    # torch's fused AdamW exists for CUDA and CPU: on 2 CPU cores it took 0.39x the time of the
+    # torch's fused AdamW exists for CUDA and CPU: on 2 CPU cores it took 0.40x the time of the
     # per-parameter loop on the ROC autoencoder's 45M trainable parameters (docs/results.md)
     fused = optim.fused if optim.fused is not None else accelerator.device.type in ("cuda", "cpu")
     if fused:

@@ -99,6 +99,13 @@ def test_lr_schedule_advances_once_per_step(tmp_path):
     assert {"train/loss", "train/mse", "train/grad_norm"} <= set(rows[0])
 
 
+@pytest.mark.parametrize(("fused", "expected"), [(None, True), (False, False)])
+def test_adamw_is_fused_on_a_cpu_unless_asked_not_to(tmp_path, fused, expected):
+    optim = OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", fused=fused)
+    result = fit(Tiny(), IndexDataset(8), collate, make_loss([]), tmp_path, optim, loop_config(max_steps=2))
+    assert bool(result.accelerator._optimizers[0].param_groups[0]["fused"]) is expected
+
+
 def test_warmup_then_cosine_shape():
     optim = OptimConfig(warmup_steps=10, schedule="cosine")
     assert lr_lambda(0, optim, 110) == pytest.approx(0.1)
