@@ -171,7 +171,13 @@ def _build(
     A mapping given for a nested dataclass field updates that field's default instance, not the
     nested class's own defaults: ``quickstart.autoencoder`` defaults to a small model through its
     ``default_factory``, and ``autoencoder.loop.max_minutes=8`` must keep that model. Likewise
-    ``base`` (an instance of ``cls``) supplies every field that ``data`` does not set.
+    ``base`` (an instance of ``cls``) supplies every field that ``data`` does not set. Keys set one at
+    a time into a dict field (``autoencoder.model.decoder_config.dropout_rate=0.1``, a ``_Section``)
+    update the dict that ``base`` holds there when it differs from the class's own default (the
+    quickstart's small decoder keeps its other keys); a dict written whole (``decoder_config={...}`` or
+    a mapping in a file) replaces it, and the class's own default dicts are left to the class
+    (``AutoencoderConfig`` fills a T5 ``decoder_config``'s missing keys itself, and leaves another
+    family's alone).
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -183,6 +189,12 @@ def _build(
             raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {known})")
         default = _field_default(fields[name], base) if isinstance(value, Mapping) else None
         nested_base = default if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
+        if (
+            isinstance(value, _Section)
+            and isinstance(default, Mapping)
+            and default != _field_default(fields[name], None)
+        ):
+            value = _deep_merge(dict(default), value)
         kwargs[name] = _convert(value, hints[name], key, source, partial, nested_base)
     if partial:
         return kwargs  # type: ignore[return-value]
@@ -251,19 +263,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+class _Section(dict):
+    """A mapping made by dotted override keys (``a.b=1``), not written whole: where it lands on a dict
+    field it updates that field's default dict instead of replacing it (see ``_build``)."""
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` with every ``key.sub=value`` override set in it (sections the keys create are
+    ``_Section``s; a section that ``data`` already holds stays what it was)."""
     data = dict(data)
     for text in overrides:
         parts, value = parse_override(text)
         node = data
         for part in parts[:-1]:
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = {} if child is None else child
-                if not isinstance(child, dict):
-                    raise ConfigError(f"override '{text}': '{part}' is not a section")
-                node[part] = child
-            node[part] = dict(child)
+            if child is None:
+                child = _Section()
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+            node[part] = type(child)(child) if isinstance(child, _Section) else dict(child)
             node = node[part]
         node[parts[-1]] = value
     return data

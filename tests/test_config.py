@@ -136,7 +136,28 @@ def test_nested_override_updates_the_fields_default_not_the_class_defaults(tmp_p
     assert cfg.inner == Inner(size=9, name="small", extra={"a": 1})
     path = write(tmp_path, "outer.yaml", "inner: {name: file}\nmaybe: {name: m}\n")
     cfg = load_config(Outer, path, ["inner.extra={b: 2}"])
-    assert cfg.inner == Inner(size=8, name="file", extra={"b": 2})  # a dict value is replaced, not merged
+    assert cfg.inner == Inner(size=8, name="file", extra={"b": 2})  # a dict written whole replaces
+    # keys set one at a time update the dict of the field's default instance
+    assert load_config(Outer, None, ["inner.extra.b=2"]).inner.extra == {"a": 1, "b": 2}
+    assert load_config(Outer, path, ["inner.extra.b=2"]).inner.extra == {"a": 1, "b": 2}
     assert cfg.maybe == Inner(size=3, name="m")
     assert load_config(Outer, None, ["maybe=null"]).maybe is None
     assert Outer().inner.size == 8  # the default factory itself is untouched
+
+
+@dataclass
+class WithDefaultDict:
+    table: dict[str, int] = field(default_factory=lambda: {"x": 1})
+
+
+@dataclass
+class HoldsDefaultDict:
+    plain: WithDefaultDict = field(default_factory=WithDefaultDict)
+    custom: WithDefaultDict = field(default_factory=lambda: WithDefaultDict(table={"x": 5, "y": 6}))
+
+
+def test_a_class_default_dict_is_left_to_the_class_and_a_custom_one_is_updated():
+    cfg = load_config(HoldsDefaultDict, None, ["plain.table.z=3", "custom.table.z=3"])
+    assert cfg.plain.table == {"z": 3}  # as before: the class's own default is not merged in
+    assert cfg.custom.table == {"x": 5, "y": 6, "z": 3}
+    assert load_config(HoldsDefaultDict, None, ["custom.table={z: 3}"]).custom.table == {"z": 3}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_examples import load_example
 
 from sld.config import load_config, save_config
 from sld.quickstart import QuickstartConfig, run_quickstart
@@ -52,8 +53,15 @@ def test_defaults_are_the_cpu_budgets_and_round_trip_through_yaml(tmp_path):
     assert small.autoencoder.loop.max_minutes == 2 and small.autoencoder.loop.batch_size == 32
 
 
+def test_a_key_set_into_the_decoder_config_keeps_the_quickstarts_small_decoder():
+    cfg = load_config(QuickstartConfig, None, ["autoencoder.model.decoder_config.dropout_rate=0.1"])
+    decoder = cfg.autoencoder.model.decoder_config
+    assert decoder == {**QuickstartConfig().autoencoder.model.decoder_config, "dropout_rate": 0.1}
+    assert (decoder["d_model"], decoder["num_decoder_layers"]) == (256, 3)
+
+
 @pytest.mark.slow
-def test_run_quickstart_reports_through_echo(tmp_path, capsys):
+def test_run_quickstart_reports_through_echo(tmp_path, capsys, monkeypatch):
     cfg = load_config(QuickstartConfig, None, [f"output_dir={tmp_path}", *TINY])
     lines: list[str] = []
     result = run_quickstart(cfg, echo=lines.append)
@@ -74,3 +82,15 @@ def test_run_quickstart_reports_through_echo(tmp_path, capsys):
         set(result.topic_agreement) == {"stories", "dialogues"}
         and (tmp_path / "predictions_stories.jsonl").is_file()
     )
+    # examples/quickstart_topic_variants.py scores the finished folder again, with more seeds
+    example = load_example("quickstart_topic_variants")
+    monkeypatch.setattr(
+        "sys.argv",
+        ["x", str(tmp_path), str(tmp_path), "--saved-only", "--num-inputs", "2", "--seeds", "0", "1"],
+    )
+    capsys.readouterr()
+    example.main()
+    printed = capsys.readouterr().out.splitlines()
+    assert sum("seed 0, saved settings: generated" in line for line in printed) == 2
+    means = [line for line in printed if "mean generated agreement" in line]
+    assert len(means) == 2 and all(line.endswith("over 2 seeds") for line in means)
