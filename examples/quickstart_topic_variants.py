@@ -47,7 +47,7 @@ def main() -> None:
                 agreement.setdefault(name, []).append(scores["generated"]["agreement"])
                 print(
                     f"{root} seed {seed}, {name}: {format_topic_scores(scores)} "
-                    f"({len(inputs)} inputs, {time.perf_counter() - started:.0f} s)"
+                    f"({time.perf_counter() - started:.0f} s)"
                 )
         for name, values in agreement.items():
             print(

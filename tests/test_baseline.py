@@ -8,6 +8,7 @@ decoder with a tokenizer trained on a toy corpus.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,13 @@ def test_generate_texts_one_string_per_source(bert_dir):
     model = build(bert_dir).eval()
     texts = model.generate_texts(SOURCES, batch_size=2, max_new_tokens=5)
     assert len(texts) == len(SOURCES) and all(isinstance(t, str) for t in texts)
-    beams = model.generate_texts(SOURCES, batch_size=8, num_beams=2, no_repeat_ngram_size=2, max_new_tokens=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        beams = model.generate_texts(
+            SOURCES, batch_size=8, num_beams=2, no_repeat_ngram_size=2, max_new_tokens=5
+        )
     assert len(beams) == len(SOURCES)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]  # the cache's keyword
     assert model.generate_texts([None], max_new_tokens=3) == model.generate_texts([""], max_new_tokens=3)
     assert model.generate_texts([]) == []
     # the default length cap is the target length

@@ -59,6 +59,7 @@ from sld.models.causal_decoding import DecodeSettings, decode
 from sld.models.causal_lm import (
     Conditioning,
     LatentConditioning,
+    cache_argument,
     is_causal_config,
     shift_in_start,
     start_token_id,
@@ -662,8 +663,9 @@ class SegmentAutoencoder(nn.Module):
             encoder_outputs=BaseModelOutput(last_hidden_state=memory),
             attention_mask=memory_mask,
             # An explicit cache: the default one is sized from the LM's encoder depth, which is 0 for
-            # the from-scratch decoder (IndexError in cache_utils otherwise).
-            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            # the from-scratch decoder (IndexError in cache_utils otherwise). Passed under the keyword
+            # this transformers version takes (``cache``; ``past_key_values`` warns in 5.2x).
+            **{cache_argument(self.lm): EncoderDecoderCache(DynamicCache(), DynamicCache())},
             max_new_tokens=budget,
             num_beams=num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size,

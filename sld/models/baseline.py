@@ -60,7 +60,7 @@ from sld.losses import conversion_loss, target_positions, target_token_nll
 from sld.models.autoencoder import CONFIG_NAME as AUTOENCODER_CONFIG_NAME
 from sld.models.autoencoder import AutoencoderConfig
 from sld.models.causal_decoding import DecodeSettings, decode
-from sld.models.causal_lm import is_causal_config, lm_forward, start_token_id
+from sld.models.causal_lm import cache_argument, is_causal_config, lm_forward, start_token_id
 from sld.models.padding_masks import key_padding_mask
 from sld.models.parts import (
     DECODER_DIR,
@@ -602,7 +602,7 @@ class BaselineModel(nn.Module):
             attention_mask=attention_mask,
             # Explicit cache, as in SegmentAutoencoder: the default one is sized from the LM's encoder
             # depth, which is 0 for the from-scratch decoder.
-            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            **{cache_argument(self.lm): EncoderDecoderCache(DynamicCache(), DynamicCache())},
             use_cache=True,
             max_new_tokens=budget,
             num_beams=num_beams,
