@@ -121,6 +121,10 @@ def test_speed_ratios_against_the_reference_at_the_same_batch_size():
     assert ratios[(AR, "beam 4", 4)] == pytest.approx(0.5)
     assert ratios[(SLD, "dpm++ 10", 4)] == pytest.approx(2.0)  # 8 docs/s over greedy's 4 docs/s
     assert ratios[(SLD, "dpm++ 10", 8)] is None  # no AR row at batch 8
+    # the ceiling: 2.0x with its decode (30% of the batch time) the only time spent
+    ceilings = {r["batch_size"]: r.get("decode_only_vs_ar") for r in rows if r["system"] == SLD}
+    assert ceilings[4] == pytest.approx(2.0 / 0.3) and ceilings[8] is None
+    assert all("decode_only_vs_ar" not in r for r in rows if r["system"] == AR)
     assert all(r["ar_reference"] == ("greedy" if r["batch_size"] == 4 else None) for r in rows)
     # With a strict tolerance beam 4 (20.5) is the only comparable setting: every ratio halves.
     rows, references = benchmark_rows(fake_measurements(), tolerance=0.1)
@@ -143,7 +147,8 @@ def test_markdown_names_the_reference():
     assert "x AR ref" in lines[0]
     assert "1.00x (ref)" in lines[2] and "greedy" in lines[2]
     sld_row = lines[4]
-    assert "SLD" in sld_row and "dpm++ 10" in sld_row and "2.00x" in sld_row and "10 / 60 / 30" in sld_row
+    assert "SLD" in sld_row and "dpm++ 10" in sld_row and "2.00x (decode alone 6.67x)" in sld_row
+    assert "10 / 60 / 30" in sld_row
     assert "n/a" in lines[-1]  # no ratio at batch 8
     assert "8/8 (refs None)" in lines[2]
     assert "| 20% |" in lines[2]  # greedy's three runs: (2.2 - 1.8) / 2.0
