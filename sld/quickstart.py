@@ -74,9 +74,10 @@ def quick_autoencoder() -> AutoencoderTrainingConfig:
             compressor_layers=2,
             reconstructor_layers=2,
             max_segment_tokens=40,
-            # No dropout: drawing its random masks took a tenth of a CPU step, and in 7 minutes (about
-            # one pass over the corpus) there is nothing to overfit yet: 696 steps and BLEU 90.06
-            # against 595 and 79.56 with the default 0.1 (docs/results.md, twentieth session).
+            # No dropout: drawing its random masks took a tenth of a CPU step, and over 7 minutes (1.3-1.5
+            # passes over the rows) it learnt less per step too: 696 steps and BLEU 90.06 against 595
+            # and 79.56 with the default 0.1 (docs/results.md, twentieth session; the 12-minute
+            # configs/autoencoder_synthetic.yaml gained nothing from it and keeps it).
             dropout=0.0,
         ),
         data=AutoencoderDataConfig(num_valid_segments=200),
