@@ -281,7 +281,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 child = _Section()
             elif not isinstance(child, dict):
                 raise ConfigError(f"override '{text}': '{part}' is not a section")
-            node[part] = type(child)(child) if isinstance(child, _Section) else dict(child)
+            node[part] = type(child)(child)  # a copy: the caller's data is not changed
             node = node[part]
         node[parts[-1]] = value
     return data
