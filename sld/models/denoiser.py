@@ -35,6 +35,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from sld.errors import UserError
+from sld.models.key_mask_attention import key_mask_mode, key_masked_attention
 
 __all__ = ["SegmentDiT", "timestep_embedding"]
 
@@ -96,7 +97,8 @@ class Attention(nn.Module):
     """Multi-head attention through ``scaled_dot_product_attention`` with optional qk-norm.
 
     Self-attention when ``context_dim`` is None, cross-attention otherwise. ``key_mask`` (B, L_k)
-    is True for keys that may be attended to.
+    is True for keys that may be attended to; ``SLD_KEY_MASK_ATTENTION`` (read when the module is
+    built) says how the mask reaches the kernel (``sld.models.key_mask_attention``).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class Attention(nn.Module):
         self.norm_q = QKNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.norm_k = QKNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.to_out = nn.Linear(width, width)
+        self.key_mask_mode = key_mask_mode()  # SLD_KEY_MASK_ATTENTION: how the mask reaches the kernel
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, length, _ = x.shape
@@ -139,13 +142,8 @@ class Attention(nn.Module):
             q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         q, k, v = self._split(q), self._split(k), self._split(v)
         q, k = self.norm_q(q), self.norm_k(k)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=key_mask[:, None, None, :],
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        dropout = self.dropout if self.training else 0.0
+        out = key_masked_attention(q, k, v, key_mask, dropout, self.key_mask_mode)
         b, _, length, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, length, self.heads * self.head_dim))
 

@@ -1,0 +1,96 @@
+"""key_masked_attention: the bias column gives the masked call's outputs and gradients; the switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import randomize_zero_init, tiny_dit
+
+from sld.errors import UserError
+from sld.models.key_mask_attention import KEY_MASK_ATTENTION_ENV, key_mask_mode, key_masked_attention
+
+
+def qkv_and_mask(dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    b, h, l_q, l_k, d = 3, 2, 5, 7, 16
+    q, k, v = (torch.randn(b, h, n, d, generator=gen).to(dtype).requires_grad_() for n in (l_q, l_k, l_k))
+    key_mask = torch.ones(b, l_k, dtype=torch.bool)
+    key_mask[1, 4:] = False
+    key_mask[2, 1:] = False  # one key left
+    return q, k, v, key_mask
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_column_matches_the_masked_call_with_gradients(dtype, tol):
+    q, k, v, key_mask = qkv_and_mask(dtype)
+    results = []
+    for mode in ("mask", "column"):
+        out = key_masked_attention(q, k, v, key_mask, mode=mode)
+        grads = torch.autograd.grad((out.float() ** 2).sum(), (q, k, v))
+        results.append((out, grads))
+    (out_mask, grads_mask), (out_column, grads_column) = results
+    assert out_column.shape == out_mask.shape == q.shape
+    torch.testing.assert_close(out_column, out_mask, atol=tol, rtol=tol)
+    for got, want in zip(grads_column, grads_mask):
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    # the masked keys take no part: changing them changes nothing
+    k2 = torch.where(key_mask[:, None, :, None], k, torch.randn_like(k) * 100)
+    torch.testing.assert_close(key_masked_attention(q, k2, v, key_mask, mode="column"), out_column)
+
+
+def test_the_switch_reaches_the_denoiser(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 4, 8, generator=gen), torch.rand(2, generator=gen)
+    context, context_mask = (
+        torch.randn(2, 5, 16, generator=gen),
+        torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool(),
+    )
+    segment_mask = torch.tensor([[1, 1, 0], [1, 1, 1]]).bool()
+    outputs = {}
+    for mode in ("mask", "column"):
+        monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, mode)
+        torch.manual_seed(0)
+        model = tiny_dit()
+        randomize_zero_init(model)
+        assert {m.key_mask_mode for m in model.modules() if hasattr(m, "key_mask_mode")} == {mode}
+        outputs[mode] = model(x, t, context, context_mask, segment_mask)
+    assert torch.count_nonzero(outputs["mask"]) > 0
+    torch.testing.assert_close(outputs["column"], outputs["mask"], atol=1e-5, rtol=1e-5)
+
+
+def test_mode_from_the_environment(monkeypatch):
+    monkeypatch.delenv(KEY_MASK_ATTENTION_ENV, raising=False)
+    assert key_mask_mode() == "mask"
+    monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, "Column")
+    assert key_mask_mode() == "column"
+    monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, "flash")
+    with pytest.raises(UserError, match=KEY_MASK_ATTENTION_ENV):
+        key_mask_mode()
+    with pytest.raises(ValueError, match="unknown key-mask mode"):
+        key_masked_attention(
+            *qkv_and_mask(torch.float32)[:3], torch.ones(3, 7, dtype=torch.bool), mode="flash"
+        )
+
+
+def test_column_mode_compiles_to_the_masked_results(monkeypatch):
+    """The denoiser's blocks compiled (inductor on the CPU) with the bias column: the eager masked outputs."""
+    from sld.compilation import compile_model
+
+    gen = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 3, 4, 8, generator=gen), torch.rand(2, generator=gen)
+    context, context_mask = (
+        torch.randn(2, 5, 16, generator=gen),
+        torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]).bool(),
+    )
+    segment_mask = torch.tensor([[1, 0, 0], [1, 1, 1]]).bool()
+    models = {}
+    for mode in ("mask", "column"):
+        monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, mode)
+        torch.manual_seed(0)
+        models[mode] = tiny_dit(depth=2)
+        randomize_zero_init(models[mode])
+    expected = models["mask"](x, t, context, context_mask, segment_mask)
+    compiled = compile_model(models["column"])
+    torch.testing.assert_close(
+        compiled(x, t, context, context_mask, segment_mask), expected, atol=1e-5, rtol=1e-4
+    )
