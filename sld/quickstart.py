@@ -7,7 +7,7 @@
    ``sld.data.segment_corpus.segment_corpus``;
 3. trains one segment autoencoder on the segments of both (``sld.autoencoder_trainer``);
 4. trains one SegmentDiT on both tasks (``sld.diffusion.trainer``; the source tells them apart);
-5. generates ``num_scored`` validation stories and summaries (``predictions_<task>.jsonl``), shows
+5. generates ``num_scored[task]`` validation stories and summaries (``predictions_<task>.jsonl``), shows
    ``num_examples`` of each next to their inputs and references, and scores how well they keep to
    their input's topic (``sld.eval.topic_agreement``).
 
@@ -117,6 +117,16 @@ def quick_diffusion() -> DiffusionTrainingConfig:
 
 
 @dataclass
+class ScoredInputs:
+    """Validation inputs generated and scored per task. 256 stories: one 64-story figure moved by
+    +-0.05 between runs of equal models (docs/results.md, 2026-12-04), and 256 cost about 30 s more
+    than 64 on 2 cores; the dialogues' summaries score about 1.0 at 64 already."""
+
+    stories: int = 256
+    dialogues: int = 64
+
+
+@dataclass
 class QuickstartConfig:
     """``sld quickstart``: where everything goes, the seed of every stage, how many generated
     documents are shown and scored, and the settings of the corpus and the two trainings (their
@@ -125,7 +135,7 @@ class QuickstartConfig:
     output_dir: str = "runs/quickstart"
     seed: int = 0
     num_examples: int = 4
-    num_scored: int = 64
+    num_scored: ScoredInputs = field(default_factory=ScoredInputs)
     corpus: SyntheticCorpusConfig = field(default_factory=quick_corpus)
     autoencoder: AutoencoderTrainingConfig = field(default_factory=quick_autoencoder)
     diffusion: DiffusionTrainingConfig = field(default_factory=quick_diffusion)
@@ -205,7 +215,7 @@ def run_quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = print) -
     pipe = load_model(cfg.diffusion.output_dir, kinds=("pipeline",))
     shown, agreement = {}, {}
     for name in TASKS:
-        limit = max(cfg.num_examples, cfg.num_scored)
+        limit = max(cfg.num_examples, getattr(cfg.num_scored, name))
         inputs = read_generation_inputs(segmented[name] / "valid.jsonl", limit=limit)
         generated = generate_texts(pipe, [item.source for item in inputs], seed=cfg.seed, progress=True)
         rows = prediction_rows(inputs, generated)
@@ -236,6 +246,7 @@ def run_quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = print) -
 __all__ = [
     "QuickstartConfig",
     "QuickstartResult",
+    "ScoredInputs",
     "quick_autoencoder",
     "quick_corpus",
     "quick_diffusion",

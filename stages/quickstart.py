@@ -7,7 +7,7 @@
 2. segments the stories (title -> story) and the dialogue summaries (dialogue -> summary);
 3. trains one segment autoencoder on the segments of both;
 4. trains one SegmentDiT on both tasks (the source text tells them apart);
-5. generates ``num_scored`` validation stories and summaries, prints ``num_examples`` of each next
+5. generates ``num_scored`` validation stories and summaries (256 and 64), prints ``num_examples`` of each next
    to their inputs and references, and measures how well they keep to their input's topic
    (:mod:`sld.eval.topic_agreement`: each generated sentence is matched to its nearest training
    sentence, whose topic label should be the input's; the references and chance are printed too).

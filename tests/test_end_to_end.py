@@ -200,7 +200,8 @@ def test_quickstart_runs_on_a_tiny_budget_and_scores_topics(tmp_path, capsys):
     tiny = [
         f"output_dir={tmp_path}",
         "num_examples=2",
-        "num_scored=3",
+        "num_scored.stories=3",
+        "num_scored.dialogues=3",
         "corpus.stories_train=30",
         "corpus.stories_valid=3",
         "corpus.dialogues_train=30",

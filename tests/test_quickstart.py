@@ -7,12 +7,13 @@ import json
 import pytest
 from test_examples import load_example
 
-from sld.config import load_config, save_config
+from sld.config import ConfigError, load_config, save_config
 from sld.quickstart import QuickstartConfig, run_quickstart
 
 TINY = [
     "num_examples=1",
-    "num_scored=2",
+    "num_scored.stories=2",
+    "num_scored.dialogues=2",
     "corpus.stories_train=20",
     "corpus.stories_valid=2",
     "corpus.dialogues_train=20",
@@ -58,6 +59,14 @@ def test_a_key_set_into_the_decoder_config_keeps_the_quickstarts_small_decoder()
     decoder = cfg.autoencoder.model.decoder_config
     assert decoder == {**QuickstartConfig().autoencoder.model.decoder_config, "dropout_rate": 0.1}
     assert (decoder["d_model"], decoder["num_decoder_layers"]) == (256, 3)
+
+
+def test_scored_inputs_per_task():
+    assert (QuickstartConfig().num_scored.stories, QuickstartConfig().num_scored.dialogues) == (256, 64)
+    cfg = load_config(QuickstartConfig, None, ["num_scored.stories=32"])
+    assert (cfg.num_scored.stories, cfg.num_scored.dialogues) == (32, 64)
+    with pytest.raises(ConfigError, match="unknown key 'num_scored.storys'.*dialogues, stories"):
+        load_config(QuickstartConfig, None, ["num_scored.storys=32"])
 
 
 @pytest.mark.slow
