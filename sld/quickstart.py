@@ -77,7 +77,8 @@ def quick_autoencoder() -> AutoencoderTrainingConfig:
             # No dropout: drawing its random masks took a tenth of a CPU step, and over 7 minutes (1.3-1.5
             # passes over the rows) it learnt less per step too: 696 steps and BLEU 90.06 against 595
             # and 79.56 with the default 0.1 (docs/results.md, twentieth session; the 12-minute
-            # configs/autoencoder_synthetic.yaml gained nothing from it and keeps it).
+            # configs/autoencoder_synthetic.yaml gained nothing from it and keeps it; without it the
+            # ROC autoencoder on a GPU lost half its validation BLEU: twenty-first session).
             dropout=0.0,
         ),
         data=AutoencoderDataConfig(num_valid_segments=200),

@@ -38,24 +38,31 @@ def test_column_matches_the_masked_call_with_gradients(dtype, tol):
     torch.testing.assert_close(key_masked_attention(q, k2, v, key_mask, mode="column"), out_column)
 
 
-def test_the_switch_reaches_the_denoiser(monkeypatch):
+def denoisers_and_inputs(monkeypatch, depth: int = 1) -> tuple[dict, tuple]:
+    """The same tiny denoiser built under each mode, and inputs with padded context and segments."""
     gen = torch.Generator().manual_seed(0)
-    x, t = torch.randn(2, 3, 4, 8, generator=gen), torch.rand(2, generator=gen)
-    context, context_mask = (
-        torch.randn(2, 5, 16, generator=gen),
-        torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool(),
+    inputs = (
+        torch.randn(2, 3, 4, 8, generator=gen),  # x (B, S, N, D)
+        torch.rand(2, generator=gen),  # t (B,)
+        torch.randn(2, 5, 16, generator=gen),  # context (B, T, C)
+        torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]).bool(),  # context mask (B, T)
+        torch.tensor([[1, 0, 0], [1, 1, 1]]).bool(),  # segment mask (B, S)
     )
-    segment_mask = torch.tensor([[1, 1, 0], [1, 1, 1]]).bool()
-    outputs = {}
+    models = {}
     for mode in ("mask", "column"):
         monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, mode)
         torch.manual_seed(0)
-        model = tiny_dit()
-        randomize_zero_init(model)
-        assert {m.key_mask_mode for m in model.modules() if hasattr(m, "key_mask_mode")} == {mode}
-        outputs[mode] = model(x, t, context, context_mask, segment_mask)
-    assert torch.count_nonzero(outputs["mask"]) > 0
-    torch.testing.assert_close(outputs["column"], outputs["mask"], atol=1e-5, rtol=1e-5)
+        models[mode] = tiny_dit(depth=depth)
+        randomize_zero_init(models[mode])
+        assert {m.key_mask_mode for m in models[mode].modules() if hasattr(m, "key_mask_mode")} == {mode}
+    return models, inputs
+
+
+def test_the_switch_reaches_the_denoiser(monkeypatch):
+    models, inputs = denoisers_and_inputs(monkeypatch)
+    expected = models["mask"](*inputs)
+    assert torch.count_nonzero(expected) > 0
+    torch.testing.assert_close(models["column"](*inputs), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_mode_from_the_environment(monkeypatch):
@@ -76,21 +83,7 @@ def test_column_mode_compiles_to_the_masked_results(monkeypatch):
     """The denoiser's blocks compiled (inductor on the CPU) with the bias column: the eager masked outputs."""
     from sld.compilation import compile_model
 
-    gen = torch.Generator().manual_seed(1)
-    x, t = torch.randn(2, 3, 4, 8, generator=gen), torch.rand(2, generator=gen)
-    context, context_mask = (
-        torch.randn(2, 5, 16, generator=gen),
-        torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]).bool(),
-    )
-    segment_mask = torch.tensor([[1, 0, 0], [1, 1, 1]]).bool()
-    models = {}
-    for mode in ("mask", "column"):
-        monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, mode)
-        torch.manual_seed(0)
-        models[mode] = tiny_dit(depth=2)
-        randomize_zero_init(models[mode])
-    expected = models["mask"](x, t, context, context_mask, segment_mask)
+    models, inputs = denoisers_and_inputs(monkeypatch, depth=2)
+    expected = models["mask"](*inputs)
     compiled = compile_model(models["column"])
-    torch.testing.assert_close(
-        compiled(x, t, context, context_mask, segment_mask), expected, atol=1e-5, rtol=1e-4
-    )
+    torch.testing.assert_close(compiled(*inputs), expected, atol=1e-5, rtol=1e-4)
