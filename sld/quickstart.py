@@ -7,7 +7,7 @@
    ``sld.data.segment_corpus.segment_corpus``;
 3. trains one segment autoencoder on the segments of both (``sld.autoencoder_trainer``);
 4. trains one SegmentDiT on both tasks (``sld.diffusion.trainer``; the source tells them apart);
-5. generates ``num_scored[task]`` validation stories and summaries (``predictions_<task>.jsonl``), shows
+5. generates ``num_scored.<task>`` validation stories and summaries (``predictions_<task>.jsonl``), shows
    ``num_examples`` of each next to their inputs and references, and scores how well they keep to
    their input's topic (``sld.eval.topic_agreement``).
 

@@ -16,8 +16,8 @@ equals the masked call's to rounding, with gradients, for 12.5% more attention F
 ``SLD_KEY_MASK_ATTENTION=column`` selects it (``key_mask_mode``); unset or ``mask`` keeps the masked call.
 Measured once, it lost: the compiled 768 x 12 denoiser at batch 1,024 on an H200 made 5,071 documents/s
 with it against 6,019 masked (0.84x; docs/results.md, twenty-first session), so it is off by default.
-A row whose keys are all masked differs: the masked call returns NaN there, this one the mean of the
-values (sld's denoiser never builds such a row: a document keeps at least one key, and the context its
+A row whose keys are all masked differs: the masked call returns zeros there (torch 2.13 on the CPU),
+this one the mean of the values (sld's denoiser never builds such a row: a document keeps at least one key, and the context its
 null vectors).
 """
 
