@@ -8,7 +8,10 @@
 # name before its `=` is an environment variable, any other is a config override. The variant named
 # `before` runs the code in BEFORE_CODE (a folder with an older sld/ and stages/, e.g. `mkdir -p
 # .carry/before && git archive 2e0215d sld stages | tar -x -C .carry/before`, which lent_gpu.sh
-# carries and exports) with this tree's config. Default (`before=` first when BEFORE_CODE is set):
+# carries and exports) with this tree's config; so does every variant whose name starts with `before_`
+# (e.g. `before_prof=loop.profile_steps=10`: the before code profiled; every profiled variant's step
+# breakdown is printed side by side at the end, examples/step_breakdown.py). Default (`before=` first
+# when BEFORE_CODE is set):
 #   after=                                 this code, the config's defaults (encoder cache, not grouped)
 #   compiled=loop.compile=true             the same with every repeated block compiled (not measured on
 #                                          ungrouped batches yet; their padded length still changes from
@@ -53,7 +56,7 @@ for variant in $TP_VARIANTS; do
         if [[ $part =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$part"); else overrides+=("$part"); fi
     done
     code=$here
-    if [ "$name" = before ]; then
+    if [[ $name == before || $name == before_* ]]; then
         [ -n "${BEFORE_CODE:-}" ] || { log "throughput before: BEFORE_CODE is not set, skipped"; continue; }
         code=$(realpath "$BEFORE_CODE")
     fi
@@ -96,5 +99,13 @@ if [ ${#names[@]} -gt 0 ]; then
     # shellcheck disable=SC2086
     python3 examples/throughput_window.py --steps ${TP_WINDOW:-100 250} --metric train/contrastive "${metrics[@]}" \
         | tee -a "$OUT/throughput_table.md"
+fi
+# where the step's time went in every profiled variant (loop.profile_steps), side by side
+profiles=()
+for name in "${names[@]}"; do
+    [ -f "$OUT/throughput_${name}_profile.txt" ] && profiles+=("$OUT/throughput_${name}_profile.txt")
+done
+if [ ${#profiles[@]} -gt 0 ]; then
+    python3 examples/step_breakdown.py "${profiles[@]}" | tee -a "$OUT/throughput_table.md"
 fi
 log "done"

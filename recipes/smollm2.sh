@@ -40,8 +40,8 @@
 #          space-separated NAME=SETTINGS, e.g. column=SLD_KEY_MASK_ATTENTION=column; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
 #          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: every denoiser and AR run with BEFORE_CODE too): items/s,
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
-#          steps of each, profile.txt; a profiled run's rates are not usable: the profiled steps are slow
-#          and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
+#          steps of each, profile.txt, and all of them side by side by examples/step_breakdown.py; a
+#          profiled run's rates are not usable: the profiled steps are slow and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
 #          data.group_by_length=false; TRAINERS_BEFORE_AR_ARGS: for the AR 'before' runs only, after
 #          those); then each run beside its before over the same steps
 #          (examples/throughput_window.py; TRAINERS_WINDOW="40 100000": the first and last step)
@@ -521,6 +521,11 @@ if has trainers; then
         PYTHONPATH="$here:${PYTHONPATH:-}" python3 examples/throughput_window.py --steps ${TRAINERS_WINDOW:-40 100000} \
             "${runs[@]}" 2>&1 || true
     done
+    # where the step's time went in every profiled run (TRAINERS_PROFILE), side by side
+    profiles=("$OUT"/trainers_*_profile.txt)
+    if [ -f "${profiles[0]}" ]; then
+        PYTHONPATH="$here:${PYTHONPATH:-}" python3 examples/step_breakdown.py "${profiles[@]}" 2>&1 || true
+    fi
 fi
 
 log "done"

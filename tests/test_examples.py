@@ -3,6 +3,7 @@ generate stories and summaries from the saved pipeline (the plotting examples ru
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_example(name: str):
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -191,6 +193,47 @@ def test_throughput_window_compares_the_same_steps(tmp_path, capsys):
     bad.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(SystemExit, match="bad.jsonl:2"):
         load_example("throughput_window").main([str(bad)])
+
+
+# Excerpt (header, per-step digest, the CUDA table's first rows and totals) of a profile.txt that
+# `loop.profile_steps=20` wrote on an H200 (the paper-size denoiser, 2026-12-04)
+H200_PROFILE = "torch.profiler summary of 20 optimizer steps after 3 warm-up steps on cuda (264.9 ms per step with the profiler on).\nsld.loss_fn / sld.backward / sld.optimizer are the phases of a step; 'enumerate(DataLoader)' rows are data loading.\n\nPer step: 264.9 ms of wall time with the profiler on\n  device busy 159.9 ms (60% of the wall time; the rest the device waited on the host), 2,086 kernel launches\n  host syncs: 0.2 a step, 2.1 ms waiting (cudaStreamSynchronize x2, cudaDeviceSynchronize x2)\n  data loading (next batch): 22.0 ms\n  named ranges on the device, ms a step: sld.loss_fn 74.6, sld.dm.denoiser 49.0, sld.dm.self_conditioning 23.2, Optimizer.step#AdamW.step 1.5, sld.backward 0.0\n\n\nTop operators by self CUDA time:\n\n-------------------------------------------------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  \n                                                   Name    Self CPU %      Self CPU   CPU total %     CPU total  CPU time avg     Self CUDA   Self CUDA %    CUDA total  CUDA time avg    # of Calls  \n-------------------------------------------------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  \n                                            sld.loss_fn         0.00%       0.000us         0.00%       0.000us       0.000us        1.491s        46.62%        1.491s      74.560ms            20  \n                                        sld.dm.denoiser         0.00%       0.000us         0.00%       0.000us       0.000us     979.409ms        30.62%     979.409ms      48.970ms            20  \n                                               aten::mm         2.84%     132.808ms         4.74%     221.507ms      50.804us     840.828ms        26.29%     840.828ms     192.850us          4360  \n                                            aten::addmm         2.94%     137.501ms         4.29%     200.533ms      61.138us     656.476ms        20.52%     675.558ms     205.963us          3280  \n                               sld.dm.self_conditioning         0.00%       0.000us         0.00%       0.000us       0.000us     463.156ms        14.48%     463.156ms      46.316ms            10  \n                    aten::_efficient_attention_backward         0.27%      12.504ms         0.82%      38.439ms      80.081us     196.926ms         6.16%     196.926ms     410.262us           480  \n         nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN         0.00%       0.000us         0.00%       0.000us       0.000us     172.602ms         5.40%     172.602ms     278.390us           620  \n-------------------------------------------------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  ------------  \nSelf CPU time total: 4.676s\nSelf CUDA time total: 3.199s\n"
+
+
+def test_step_breakdown_reads_new_and_old_profiles(tmp_path, capsys):
+    step_breakdown = load_example("step_breakdown")
+    new = tmp_path / "after_profile.txt"
+    new.write_text(H200_PROFILE)
+    # an older code's summary: no per-step digest; the device time comes from the table's total
+    # (3.199 s over 20 steps)
+    old = tmp_path / "before_profile.txt"
+    old.write_text(
+        "\n".join(
+            line
+            for line in H200_PROFILE.splitlines()
+            if not line.startswith(("Per step", "  device", "  host", "  data", "  named"))
+        )
+    )
+    profile = step_breakdown.read_profile(new)
+    assert (profile.steps, profile.wall_ms, profile.busy_ms, profile.launches) == (20, 264.9, 159.9, 2086)
+    assert (profile.syncs, profile.loading_ms) == (0.2, 22.0)
+    names = [name for name, _ in profile.operators]
+    assert names == [
+        "aten::mm",
+        "aten::addmm",
+        "aten::_efficient_attention_backward",
+    ]  # ranges and kernels left out
+    assert profile.operators[0][1] == pytest.approx(840.828 / 20)
+    lines = step_breakdown.main([str(new), str(old), "--top", "2"])
+    assert lines[2] == (
+        "| after_profile | 20 | 264.9 | 159.9 (60%) | 2,086 | 0.2 | 22.0 | 47% | 6% | mm 42.0, addmm 32.8 |"
+    )
+    assert lines[3].startswith("| before_profile | 20 | 264.9 | 159.9 (60%) | - | - | - | 47% | 6% |")
+    assert capsys.readouterr().out.splitlines() == lines
+    with pytest.raises(SystemExit, match="not_a_profile.txt: not a profile.txt"):
+        bad = tmp_path / "not_a_profile.txt"
+        bad.write_text("hello\n")
+        step_breakdown.main([str(bad)])
 
 
 @pytest.mark.slow

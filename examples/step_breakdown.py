@@ -1,0 +1,154 @@
+"""Where a training step's time goes, several runs side by side, from their ``profile.txt`` (host only).
+
+    python examples/step_breakdown.py results/throughput_before_prof_profile.txt results/throughput_after_prof_profile.txt
+
+A run with ``loop.profile_steps=N`` writes a torch.profiler summary of N steps to ``profile.txt``
+(``sld.loop_timing``). This prints one Markdown row per file: the profiled steps, the wall time of a
+step with the profiler on, the device's busy time (and its share of the wall time), kernel launches,
+host syncs and data loading a step, and the matrix products' and attention kernels' share of the
+device time, then the largest ``aten`` operators by device time. Older codes' summaries lack the
+per-step digest; their device time then comes from the table's "Self CUDA time total" line and the
+columns they lack read "-". A profiled step is slower than an unprofiled one: compare profiles with
+profiles, and rates from timed runs (``examples/throughput_window.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sld.errors import DataError
+
+HEADER = re.compile(
+    r"torch\.profiler summary of (\d+) optimizer steps .*\(([\d.]+) ms per step with the profiler on\)"
+)
+BUSY = re.compile(r"device busy ([\d.]+) ms .*?, ([\d,]+) kernel launches")
+SYNCS = re.compile(r"host syncs: ([\d.]+) a step, ([\d.]+) ms waiting")
+LOADING = re.compile(r"data loading \(next batch\): ([\d.]+) ms")
+CUDA_TOTAL = re.compile(r"Self CUDA time total: ([\d.]+)(us|ms|s)\b")
+UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+TABLE_TITLE = "Top operators by self CUDA time:"
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_mm")
+
+
+@dataclass
+class StepProfile:
+    """The per-step figures of one ``profile.txt`` (None where the file does not give one)."""
+
+    steps: int
+    wall_ms: float
+    busy_ms: float | None = None
+    launches: float | None = None
+    syncs: float | None = None
+    loading_ms: float | None = None
+    # self device time per step of each aten operator of the CUDA table, largest first: (name, ms)
+    operators: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _duration_ms(text: str) -> float:
+    """'840.828ms', '1.491s', '997.000us' -> milliseconds."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(text)
+    return float(match.group(1)) * UNIT_MS[match.group(2)]
+
+
+def cuda_operators(text: str, steps: int) -> list[tuple[str, float]]:
+    """The ``aten::`` rows of the table sorted by self CUDA time: (name, self CUDA ms a step)."""
+    if TABLE_TITLE not in text:
+        return []
+    table = text.split(TABLE_TITLE, 1)[1]
+    lines = table.splitlines()
+    header = next((line for line in lines if "Self CUDA" in line and "Name" in line), None)
+    if header is None:
+        return []
+    column = re.split(r"\s{2,}", header.strip()).index("Self CUDA")
+    operators = []
+    for line in lines[lines.index(header) + 1 :]:
+        if line.startswith("Self CPU time total"):
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) < column + 1 or not cells[0].startswith("aten::"):
+            continue
+        try:
+            operators.append((cells[0], _duration_ms(cells[column]) / steps))
+        except ValueError:
+            continue
+    return operators
+
+
+def read_profile(path: Path) -> StepProfile:
+    """Parse a ``profile.txt`` written by ``loop.profile_steps``; DataError names a file that is not one."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+    header = HEADER.search(text)
+    if header is None:
+        raise DataError(
+            f"{path}: not a profile.txt of loop.profile_steps (no 'torch.profiler summary of N optimizer steps' line)"
+        )
+    steps, wall_ms = int(header.group(1)), float(header.group(2))
+    profile = StepProfile(steps=steps, wall_ms=wall_ms, operators=cuda_operators(text, steps))
+    if busy := BUSY.search(text):
+        profile.busy_ms, profile.launches = float(busy.group(1)), float(busy.group(2).replace(",", ""))
+    elif total := CUDA_TOTAL.search(text):
+        profile.busy_ms = float(total.group(1)) * UNIT_MS[total.group(2)] / steps
+    if syncs := SYNCS.search(text):
+        profile.syncs = float(syncs.group(1))
+    if loading := LOADING.search(text):
+        profile.loading_ms = float(loading.group(1))
+    return profile
+
+
+def _share(profile: StepProfile, names: tuple[str, ...] | str) -> str:
+    if not profile.busy_ms:
+        return "-"
+    picked = sum(
+        ms for name, ms in profile.operators if (name in names if isinstance(names, tuple) else names in name)
+    )
+    return f"{100 * picked / profile.busy_ms:.0f}%"
+
+
+def _number(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def table(paths: list[Path], top: int = 4) -> list[str]:
+    """The Markdown lines of the comparison (see the module docstring)."""
+    lines = [
+        "| run | steps | ms a step (profiler on) | device busy ms (share) | launches | host syncs | "
+        "data loading ms | matmul | attention | largest aten operators, ms a step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        p = read_profile(path)
+        busy = "-" if p.busy_ms is None else f"{p.busy_ms:.1f} ({p.busy_ms / p.wall_ms:.0%})"
+        largest = (
+            ", ".join(f"{name.removeprefix('aten::')} {ms:.1f}" for name, ms in p.operators[:top]) or "-"
+        )
+        lines.append(
+            f"| {path.name.removesuffix('.txt')} | {p.steps} | {p.wall_ms:.1f} | {busy} | {_number(p.launches, ',.0f')} | "
+            f"{_number(p.syncs, '.1f')} | {_number(p.loading_ms, '.1f')} | {_share(p, MATMULS)} | "
+            f"{_share(p, 'attention')} | {largest} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("profiles", nargs="+", type=Path, help="profile.txt files (loop.profile_steps)")
+    parser.add_argument("--top", type=int, default=4, help="largest aten operators to name per run")
+    args = parser.parse_args(argv)
+    try:
+        lines = table(args.profiles, args.top)
+    except DataError as error:  # names the file
+        raise SystemExit(str(error)) from None
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
