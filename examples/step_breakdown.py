@@ -6,7 +6,8 @@ A run with ``loop.profile_steps=N`` writes a torch.profiler summary of N steps t
 (``sld.loop_timing``). This prints one Markdown row per file: the profiled steps, the wall time of a
 step with the profiler on, the device's busy time (and its share of the wall time), kernel launches,
 host syncs and data loading a step, and the matrix products' and attention kernels' share of the
-device time, then the largest ``aten`` operators by device time. Older codes' summaries lack the
+device time, then the largest ``aten`` operators by device time (shares and operators from the rows
+of the summary's table, its 30 largest entries: a lower bound where smaller ones add up). Older codes' summaries lack the
 per-step digest; their device time then comes from the table's "Self CUDA time total" line and the
 columns they lack read "-". A profiled step is slower than an unprofiled one: compare profiles with
 profiles, and rates from timed runs (``examples/throughput_window.py``).
