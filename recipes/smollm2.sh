@@ -36,8 +36,7 @@
 #          full loss and conversion only)
 #   trainers  the denoiser at the paper's size (768 x 12) at DENOISER_BATCHES (256 1024) and the ROC AR
 #          baseline at AR_BATCHES (64), each alone for TP_MINUTES, with loop.compile at each value of
-#          TRAINERS_COMPILE (false; TRAINERS_DENOISER_VARIANTS: more denoiser runs of this code after each,
-#          space-separated NAME=SETTINGS, e.g. column=SLD_KEY_MASK_ATTENTION=column; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
+#          TRAINERS_COMPILE (false; AR_BATCHES_COMPILED: other AR batches for the compiled pass, which runs
 #          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: every denoiser and AR run with BEFORE_CODE too): items/s,
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
 #          steps of each, profile.txt, and all of them side by side by examples/step_breakdown.py; a
@@ -435,25 +434,20 @@ if has trainers; then
     # a profiled run also names the source line of every host sync inside its steps (once per line;
     # 2026-12-04 this found transformers' packed-sequence check in the AR baseline's forward)
     [ "${TRAINERS_PROFILE:-0}" != 0 ] && export SLD_SYNC_DEBUG=${SLD_SYNC_DEBUG:-warn}
-    # train_denoiser NAME CODE_DIR COMPILE BATCH MINUTES [SETTINGS]: one timed denoiser run with the code in
-    # CODE_DIR; SETTINGS: comma-separated, an upper-case NAME=value is an environment variable, any other a
-    # config override (a variant of TRAINERS_DENOISER_VARIANTS)
+    # train_denoiser NAME CODE_DIR COMPILE BATCH MINUTES: one timed denoiser run with the code in CODE_DIR
+    # (a variant under an environment switch: a `then` group of lent_gpu.sh with the variable and an OUT
+    # of its own, e.g. SLD_KEY_MASK_ATTENTION=column OUT=/root/results/column, docs/results.md 2026-12-05)
     train_denoiser() {
-        local name=$1 code=$2 compile=$3 batch=$4 minutes=$5 settings=${6:-}
-        local envs=() overrides=() parts=() part
-        IFS=, read -r -a parts <<< "$settings"
-        for part in "${parts[@]}"; do
-            if [[ $part =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$part"); else overrides+=("$part"); fi
-        done
-        log "trainers: denoiser 768 x 12, batch $batch, compile $compile, $minutes min alone ($name, code in $code${settings:+; $settings})"
+        local name=$1 code=$2 compile=$3 batch=$4 minutes=$5
+        log "trainers: denoiser 768 x 12, batch $batch, compile $compile, $minutes min alone ($name, code in $code)"
         # a timing run starts afresh: in a folder left by an earlier run it resumed and took no step (2026-12-04)
         rm -rf "$ROC/trainers/$name"
-        (cd "$code" && env "${envs[@]}" PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-diffusion \
+        (cd "$code" && PYTHONPATH="$code:${PYTHONPATH:-}" python3 -m sld.cli train-diffusion \
             -c "$here/configs/diffusion_roc_continuation.yaml" autoencoder="$(realpath $ae)" \
             data.segmented_dir="$(realpath $ROC/segmented_continuation)" output_dir="$(realpath -m $ROC/trainers/$name)" \
             denoiser.width=768 denoiser.depth=12 denoiser.heads=12 loop.batch_size=$batch loop.max_minutes=$minutes \
             loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 loop.save_every=100000 \
-            loop.log_every=20 "${overrides[@]}" "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log")
+            loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log")
         cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
         cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
         cp $ROC/trainers/$name/metrics.jsonl "$OUT/trainers_${name}_metrics.jsonl" 2>/dev/null || true
@@ -491,9 +485,6 @@ if has trainers; then
                 fi
             fi
             train_denoiser denoiser_$batch$suffix "$here" $compile $batch $minutes
-            for variant in ${TRAINERS_DENOISER_VARIANTS:-}; do
-                train_denoiser denoiser_$batch${suffix}_v_${variant%%=*} "$here" $compile $batch $minutes "${variant#*=}"
-            done
         done
         ar_batches=${AR_BATCHES-64}
         [ "$compile" = true ] && ar_batches=${AR_BATCHES_COMPILED-$ar_batches}
@@ -515,8 +506,6 @@ if has trainers; then
         before=${f%_metrics.jsonl}_before_metrics.jsonl
         runs=("$f")
         [ -f "$before" ] && runs=("$before" "$f")
-        # a variant beside the run of the same batch and compilation without it
-        case $f in *_v_*) runs=("${f%%_v_*}_metrics.jsonl" "$f") ;; esac
         # shellcheck disable=SC2086
         PYTHONPATH="$here:${PYTHONPATH:-}" python3 examples/throughput_window.py --steps ${TRAINERS_WINDOW:-40 100000} \
             "${runs[@]}" 2>&1 || true
