@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from sld.losses import adversarial_direction, gaussian_latent_noise, info_nce
+from sld.losses import adversarial_direction, adversarial_row_count, gaussian_latent_noise, info_nce
 
 if TYPE_CHECKING:  # the model's forward calls compute_autoencoder_losses: no runtime import cycle
     from sld.models.autoencoder import SegmentAutoencoder
@@ -58,6 +58,11 @@ class AutoencoderLossConfig:
             et al. 2016), so that a strong pretrained decoder cannot predict the text from its own
             prefix alone and has to read the latent. The same inputs serve the conversion and the
             adversarial terms.
+        adversarial_fraction: share of a batch's rows the adversarial term runs on (its first
+            ``sld.losses.adversarial_row_count`` rows; batches are shuffled, so a random subset). 1.0
+            (the paper's) runs it on every row. Below 1 its second decoder pass, forward and backward,
+            shrinks to that share; its latent gradient still comes from the conversion loss's graph
+            over every row. Training only: evaluation runs it on every row.
     """
 
     variant: Variant = "noise_robust_contrastive"
@@ -68,6 +73,7 @@ class AutoencoderLossConfig:
     noise_std: float = 0.05
     contrastive_positives: Literal["pairs", "dropout"] = "pairs"
     word_dropout: float = 0.0
+    adversarial_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.variant not in ("vanilla", "noise_robust", "noise_robust_contrastive"):
@@ -83,6 +89,8 @@ class AutoencoderLossConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.adversarial_fraction <= 1.0:
+            raise ValueError(f"adversarial_fraction must be in (0, 1], got {self.adversarial_fraction}")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout}")
 
@@ -117,6 +125,29 @@ def _latent_gradient(
         nll = model.reconstruction_nll(leaf, labels, reduction="sum")
         (grad,) = torch.autograd.grad(nll, leaf, create_graph=False)
     return grad
+
+
+def _adversarial_loss(
+    model: SegmentAutoencoder,
+    batch: Mapping[str, torch.Tensor],
+    cfg: AutoencoderLossConfig,
+    z: torch.Tensor,
+    grad: torch.Tensor,
+    labels: torch.Tensor,
+    inputs: torch.Tensor,
+    training: bool,
+) -> torch.Tensor:
+    """The conversion loss at z + r, r = epsilon * g / ||g|| (z, g: (B', N, D)), on every row or, in
+    training with ``adversarial_fraction`` < 1, on the first K = ``adversarial_row_count`` rows with the
+    collator's ``adversarial_target_index`` (their flat target positions; without it they are found on
+    the device, a host sync)."""
+    targets = batch.get("target_index")
+    if training and cfg.adversarial_fraction < 1.0:
+        rows = adversarial_row_count(labels.shape[0], cfg.adversarial_fraction)
+        z, grad, labels, inputs = z[:rows], grad[:rows], labels[:rows], inputs[:rows]
+        targets = batch.get("adversarial_target_index")
+    r = adversarial_direction(grad, cfg.adversarial_epsilon)
+    return model.reconstruction_loss(z + r, labels, inputs, targets)
 
 
 def _encode(model: SegmentAutoencoder, batch: Mapping[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
@@ -197,8 +228,7 @@ def compute_autoencoder_losses(
         with record_function("sld.ae.latent_gradient"):
             grad = _latent_gradient(model, z_in, labels, conversion)
         with record_function("sld.ae.adversarial"):
-            r = adversarial_direction(grad, cfg.adversarial_epsilon)
-            adversarial = model.reconstruction_loss(z_in + r, labels, inputs, targets)
+            adversarial = _adversarial_loss(model, batch, cfg, z_in, grad, labels, inputs, training)
 
     contrastive = zero
     if cfg.uses_contrastive:

@@ -262,7 +262,9 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
         result = fit(
             model,
             dataset,
-            SegmentCollator.from_autoencoder(model),
+            SegmentCollator.from_autoencoder(
+                model, cfg.losses.adversarial_fraction if cfg.losses.uses_adversarial else 1.0
+            ),
             loss_fn,
             output_dir,
             cfg.optim,

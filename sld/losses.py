@@ -10,6 +10,7 @@ Shapes: B' segments, L tokens, V vocabulary, N latents, D latent width, P anchor
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -181,6 +182,16 @@ def adversarial_direction(grad: torch.Tensor, epsilon: float, eps: float = 1e-12
     g = grad.detach()
     norm = g.flatten(1).norm(dim=1).clamp(min=eps).view(-1, *([1] * (g.dim() - 1)))
     return epsilon * g / norm
+
+
+def adversarial_row_count(rows: int, fraction: float) -> int:
+    """How many of a batch's ``rows`` the adversarial term runs on at ``losses.adversarial_fraction``:
+    the first ceil(fraction x rows), at least one. The collator (which builds their target positions on
+    the host) and the objective (which slices them) both call this, so they agree without a host sync.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"adversarial fraction must be in (0, 1], got {fraction}")
+    return max(1, min(rows, math.ceil(round(fraction * rows, 6))))  # round: 0.1 x 30 is 3.0000000000000004
 
 
 def gaussian_latent_noise(

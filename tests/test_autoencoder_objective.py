@@ -142,6 +142,35 @@ def test_adversarial_term_is_real_and_changes_the_gradient():
         assert not torch.allclose(g_on[name], g_off[name]), name
 
 
+def test_an_adversarial_fraction_runs_the_term_on_the_first_rows_only(monkeypatch):
+    """At ``adversarial_fraction`` 0.5 the term is the one a batch of the first 2 of the 4 rows gives
+    (the direction is normalised per row, so the rest of the batch does not change it); the collator
+    sends those rows' target positions, so nothing is searched on the device; evaluation keeps every row."""
+    import sld.losses
+
+    model = build().train()
+    half = AutoencoderLossConfig(variant="noise_robust", noise_std=0.0, adversarial_fraction=0.5)
+    full = AutoencoderLossConfig(variant="noise_robust", noise_std=0.0)
+    batch = SegmentCollator.from_autoencoder(model, adversarial_fraction=0.5)(ROWS)
+    torch.testing.assert_close(
+        batch["adversarial_target_index"], sld.losses.target_positions(batch["labels"][:2])
+    )
+    first_rows = autoencoder_losses(model, SegmentCollator.from_autoencoder(model)(ROWS[:2]), full)
+    every_row = autoencoder_losses(model, batch, full)
+
+    def no_search(labels):
+        raise AssertionError("target positions searched on the device")
+
+    monkeypatch.setattr(sld.losses, "target_positions", no_search)
+    terms = autoencoder_losses(model, batch, half)
+    torch.testing.assert_close(terms["adversarial"], first_rows["adversarial"])
+    assert not torch.allclose(terms["adversarial"], every_row["adversarial"])
+    torch.testing.assert_close(terms["conversion"], every_row["conversion"])  # every row still
+    evaluated = autoencoder_losses(model, batch, half, training=False)
+    torch.testing.assert_close(evaluated["adversarial"], every_row["adversarial"])
+    assert SegmentCollator.from_autoencoder(model)(ROWS).keys() == batch.keys() - {"adversarial_target_index"}
+
+
 def test_noise_only_in_training_and_eval_under_no_grad():
     model = build().eval()
     batch = SegmentCollator.from_autoencoder(model)(ROWS)
@@ -215,6 +244,9 @@ def test_config_validation():
         AutoencoderLossConfig(temperature=0)
     with pytest.raises(ValueError):
         AutoencoderLossConfig(contrastive_positives="paraphrase")
+    for fraction in (0.0, 1.01):
+        with pytest.raises(ValueError, match="adversarial_fraction"):
+            AutoencoderLossConfig(adversarial_fraction=fraction)
     assert not AutoencoderLossConfig(variant="vanilla").uses_noise
     assert not AutoencoderLossConfig(variant="noise_robust").uses_contrastive
 

@@ -160,3 +160,30 @@ def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():
         ["model.freeze_encoder=false", "data.cache_encoder_states=false"],
     )
     assert not cfg.model.encoder_frozen
+
+
+@pytest.mark.parametrize(("variant", "expected"), [("noise_robust", 0.5), ("vanilla", 1.0)])
+def test_the_adversarial_fraction_reaches_the_collator_when_the_term_runs(
+    tmp_path, monkeypatch, variant, expected
+):
+    """``losses.adversarial_fraction`` sizes the collator's ``adversarial_target_index``; a run without
+    the term builds none."""
+    import sld.autoencoder_trainer as trainer
+
+    built = []
+    real = trainer.SegmentCollator.from_autoencoder
+
+    def recording(model, adversarial_fraction=1.0):
+        built.append(adversarial_fraction)
+        return real(model, adversarial_fraction)
+
+    monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
+    cfg = tiny_training_config(
+        tmp_path,
+        f"losses.variant={variant}",
+        "losses.adversarial_fraction=0.5",
+        "loop.max_steps=2",
+        "loop.eval_every=100",
+    )
+    assert train_autoencoder(cfg).summary["steps"] == 2
+    assert built == [expected]

@@ -9,6 +9,7 @@ import torch
 
 from sld.losses import (
     adversarial_direction,
+    adversarial_row_count,
     conversion_loss,
     gaussian_latent_noise,
     info_nce,
@@ -92,6 +93,17 @@ def test_adversarial_direction_has_norm_epsilon_per_example():
     torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((4,), 0.05))
     torch.testing.assert_close(r / 0.05, g.detach() / g.detach().flatten(1).norm(dim=1).view(4, 1, 1))
     assert torch.equal(adversarial_direction(torch.zeros(2, 3), 0.1), torch.zeros(2, 3))
+
+
+def test_adversarial_row_count_rounds_up_and_keeps_at_least_one_row():
+    assert adversarial_row_count(1024, 0.25) == 256
+    assert adversarial_row_count(30, 0.1) == 3  # 0.1 x 30 is 3.0000000000000004 in floating point
+    assert adversarial_row_count(31, 0.1) == 4
+    assert adversarial_row_count(3, 0.1) == 1
+    assert adversarial_row_count(5, 1.0) == 5
+    for fraction in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="adversarial fraction"):
+            adversarial_row_count(8, fraction)
 
 
 def test_gaussian_latent_noise():

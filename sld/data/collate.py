@@ -8,6 +8,9 @@ negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of r
     labels                             (B', L') decoder targets, eos included, -100 at padding
     target_index                       (T,)     flat positions of the labels' T target tokens (the
                                        loss selects them without a host sync: sld.losses.target_positions)
+    adversarial_target_index           (T',)    with ``adversarial_fraction`` < 1 only: flat target positions of
+                                       the first K rows' labels, the rows the adversarial term runs on
+                                       (K = sld.losses.adversarial_row_count(B', fraction))
     positive_index                     (P,)     rows that have a paraphrase
     positive_input_ids, ..._mask       (P', L)  encoder inputs of the batch's P' distinct paraphrases
                                        (first-appearance order)
@@ -42,7 +45,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sld.data.records import iter_jsonl_numbered
 from sld.errors import DataError
-from sld.losses import target_positions
+from sld.losses import adversarial_row_count, target_positions
 from sld.tokenization import decoder_labels, encoder_inputs
 
 Row = str | Mapping[str, str]
@@ -57,6 +60,8 @@ class SegmentCollator:
         max_segment_tokens: L, truncation length on both sides.
         text_index: text -> its row in the model's ``encoder_cache`` (``sld.models.encoder_cache``);
             when given, every ``*input_ids`` key comes with ``*encoder_index`` (the rows' cache rows).
+        adversarial_fraction: ``losses.adversarial_fraction``; below 1 each batch also carries
+            ``adversarial_target_index`` (built here, on the host, so the loss needs no host sync).
     """
 
     def __init__(
@@ -65,14 +70,17 @@ class SegmentCollator:
         decoder_tokenizer: PreTrainedTokenizerBase,
         max_segment_tokens: int = 64,
         text_index: Mapping[str, int] | None = None,
+        adversarial_fraction: float = 1.0,
     ) -> None:
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
         self.max_segment_tokens = max_segment_tokens
         self.text_index = text_index
+        adversarial_row_count(1, adversarial_fraction)  # raises on a fraction outside (0, 1]
+        self.adversarial_fraction = adversarial_fraction
 
     @classmethod
-    def from_autoencoder(cls, model: Any) -> SegmentCollator:
+    def from_autoencoder(cls, model: Any, adversarial_fraction: float = 1.0) -> SegmentCollator:
         """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length (and its
         ``encoder_cache``, when it has one)."""
         cache = getattr(model, "encoder_cache", None)
@@ -81,6 +89,7 @@ class SegmentCollator:
             model.decoder_tokenizer,
             model.max_segment_tokens,
             cache.index if cache is not None else None,
+            adversarial_fraction,
         )
 
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -114,6 +123,9 @@ class SegmentCollator:
         batch = self._encode(texts)
         batch["labels"] = decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)
         batch["target_index"] = target_positions(batch["labels"])
+        if self.adversarial_fraction < 1.0:
+            rows = adversarial_row_count(len(texts), self.adversarial_fraction)
+            batch["adversarial_target_index"] = target_positions(batch["labels"][:rows])
         if positives:
             pos = self._encode(list(positives))
             batch["positive_index"] = torch.tensor(positive_index, dtype=torch.long)
