@@ -140,9 +140,15 @@ def _adversarial_loss(
     """The conversion loss at z + r, r = epsilon * g / ||g|| (z, g: (B', N, D)), on every row or, in
     training with ``adversarial_fraction`` < 1, on the first K = ``adversarial_row_count`` rows with the
     collator's ``adversarial_target_index`` (their flat target positions; without it they are found on
-    the device, a host sync)."""
+    the device, a host sync). With decoder buckets (``decoder_buckets`` in the batch) the rows are the
+    first ``adversarial_row_count`` of each bucket (the collator's ``adversarial_buckets``)."""
+    subset = training and cfg.adversarial_fraction < 1.0
+    if "decoder_buckets" in batch:
+        buckets = batch["adversarial_buckets"] if subset else batch["decoder_buckets"]
+        r = adversarial_direction(grad, cfg.adversarial_epsilon)
+        return model.reconstruction_loss(z + r, labels, inputs, buckets=buckets)
     targets = batch.get("target_index")
-    if training and cfg.adversarial_fraction < 1.0:
+    if subset:
         rows = adversarial_row_count(labels.shape[0], cfg.adversarial_fraction)
         z, grad, labels, inputs = z[:rows], grad[:rows], labels[:rows], inputs[:rows]
         targets = batch.get("adversarial_target_index")
@@ -220,7 +226,7 @@ def compute_autoencoder_losses(
     inputs = model.decoder_inputs(labels, cfg.word_dropout if training else 0.0)
     targets = batch.get("target_index")  # (T,) flat target positions from the collator, or None
     with record_function("sld.ae.conversion"):
-        conversion = model.reconstruction_loss(z_in, labels, inputs, targets)
+        conversion = model.reconstruction_loss(z_in, labels, inputs, targets, batch.get("decoder_buckets"))
     zero = conversion.new_zeros(())
 
     adversarial = zero

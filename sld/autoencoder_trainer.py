@@ -70,6 +70,10 @@ class AutoencoderDataConfig:
     evaluation, as ``eval/train_bleu`` and ``eval/train_exact_match``: far above ``eval/bleu``, the
     autoencoder recalls the sentences it trained on rather than encoding new ones; close to it, it has
     not fitted its training data yet either.
+    ``decoder_buckets``: above 1, the decoder passes of a training step run on at most that many
+    groups of the batch's rows of similar target length, each padded to its own longest target
+    (``sld.data.decoder_buckets``): the same losses with fewer padded positions computed, in more,
+    smaller decoder calls. 1 pads the whole batch to its longest target.
     """
 
     segmented_dir: str = "runs/segmented"
@@ -84,6 +88,7 @@ class AutoencoderDataConfig:
     decode_budget_percentile: float = 99.0
     cache_encoder_states: bool = False
     num_train_eval_segments: int = 0
+    decoder_buckets: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
@@ -92,6 +97,8 @@ class AutoencoderDataConfig:
             raise ValueError(
                 f"decode_budget_percentile must be in (0, 100], got {self.decode_budget_percentile}"
             )
+        if self.decoder_buckets < 1:
+            raise ValueError(f"decoder_buckets must be >= 1, got {self.decoder_buckets}")
 
 
 @dataclass
@@ -263,7 +270,9 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
             model,
             dataset,
             SegmentCollator.from_autoencoder(
-                model, cfg.losses.adversarial_fraction if cfg.losses.uses_adversarial else 1.0
+                model,
+                cfg.losses.adversarial_fraction if cfg.losses.uses_adversarial else 1.0,
+                cfg.data.decoder_buckets,
             ),
             loss_fn,
             output_dir,
@@ -272,9 +281,14 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
             evaluate_fn=evaluate if valid_segments else None,
             items_in_batch=lambda batch: int(batch["input_ids"].shape[0]),
             tokens_in_batch=lambda batch: (batch["labels"] != IGNORE_INDEX).sum(),
-            # the encoder's (or the cached states') and the decoder's positions
+            # the encoder's (or the cached states') and the decoder's positions (its buckets' with them)
             real_fraction_in_batch=lambda batch: real_position_fraction(
-                batch["attention_mask"], batch["labels"] != IGNORE_INDEX
+                batch["attention_mask"],
+                *(
+                    [b["labels"] != IGNORE_INDEX for b in batch["decoder_buckets"]]
+                    if "decoder_buckets" in batch
+                    else [batch["labels"] != IGNORE_INDEX]
+                ),
             ),
             lengths=[row_length(dataset[i]) for i in range(len(dataset))]
             if cfg.data.group_by_length

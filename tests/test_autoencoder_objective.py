@@ -171,6 +171,48 @@ def test_an_adversarial_fraction_runs_the_term_on_the_first_rows_only(monkeypatc
     assert SegmentCollator.from_autoencoder(model)(ROWS).keys() == batch.keys() - {"adversarial_target_index"}
 
 
+LONG_ROWS = [*ROWS, "Then the whole family walked slowly home along the river, talking about the long day."]
+
+
+def test_decoder_buckets_give_the_losses_and_gradients_of_one_padded_pass(monkeypatch):
+    """Rows grouped by length, each group cut to its longest target: every term and every gradient is
+    the one-pass value, with fewer decoder positions; the adversarial fraction keeps each bucket's
+    first rows; nothing is searched on the device."""
+    import sld.losses
+
+    model = build().train()  # no dropout, no noise below: the passes differ only in their padding
+    cfg = AutoencoderLossConfig(noise_std=0.0)
+    plain = SegmentCollator.from_autoencoder(model)(LONG_ROWS)
+    bucketed = SegmentCollator.from_autoencoder(model, decoder_buckets=2)(LONG_ROWS)
+    assert len(bucketed["decoder_buckets"]) == 2
+    assert sum(b["labels"].numel() for b in bucketed["decoder_buckets"]) < plain["labels"].numel()
+    one_pass = autoencoder_losses(model, plain, cfg)
+    g_one = grads(model, one_pass["loss"])
+
+    def no_search(labels):
+        raise AssertionError("target positions searched on the device")
+
+    monkeypatch.setattr(sld.losses, "target_positions", no_search)
+    terms = autoencoder_losses(model, bucketed, cfg)
+    for name in ("conversion", "adversarial", "contrastive", "loss"):
+        torch.testing.assert_close(terms[name], one_pass[name])
+    g_buckets = grads(model, terms["loss"])
+    assert g_buckets.keys() == g_one.keys()
+    for name in g_one:
+        torch.testing.assert_close(g_buckets[name], g_one[name], atol=1e-6, rtol=1e-4)
+
+    half = AutoencoderLossConfig(noise_std=0.0, adversarial_fraction=0.5)
+    halved = SegmentCollator.from_autoencoder(model, adversarial_fraction=0.5, decoder_buckets=2)(LONG_ROWS)
+    assert "adversarial_target_index" not in halved
+    kept = torch.cat([b["rows"] for b in halved["adversarial_buckets"]]).tolist()
+    monkeypatch.undo()
+    subset = SegmentCollator.from_autoencoder(model)([LONG_ROWS[i] for i in kept])
+    torch.testing.assert_close(
+        autoencoder_losses(model, halved, half)["adversarial"],
+        autoencoder_losses(model, subset, cfg)["adversarial"],
+    )
+
+
 def test_noise_only_in_training_and_eval_under_no_grad():
     model = build().eval()
     batch = SegmentCollator.from_autoencoder(model)(ROWS)

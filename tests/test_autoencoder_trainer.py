@@ -173,9 +173,9 @@ def test_the_adversarial_fraction_reaches_the_collator_when_the_term_runs(
     built = []
     real = trainer.SegmentCollator.from_autoencoder
 
-    def recording(model, adversarial_fraction=1.0):
+    def recording(model, adversarial_fraction=1.0, decoder_buckets=1):
         built.append(adversarial_fraction)
-        return real(model, adversarial_fraction)
+        return real(model, adversarial_fraction, decoder_buckets)
 
     monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
     cfg = tiny_training_config(
@@ -187,3 +187,37 @@ def test_the_adversarial_fraction_reaches_the_collator_when_the_term_runs(
     )
     assert train_autoencoder(cfg).summary["steps"] == 2
     assert built == [expected]
+
+
+def test_decoder_buckets_train_and_count_the_positions_they_compute(tmp_path, monkeypatch, caplog):
+    """``data.decoder_buckets`` reaches the collator; the run trains, and the logged share of real
+    positions (the MFU's) is over the bucketed decoder positions, above the one-pass share."""
+    import logging
+
+    import sld.autoencoder_trainer as trainer
+
+    sizes = []
+    real = trainer.SegmentCollator.from_autoencoder
+
+    def recording(model, adversarial_fraction=1.0, decoder_buckets=1):
+        sizes.append(decoder_buckets)
+        return real(model, adversarial_fraction, decoder_buckets)
+
+    monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
+    shares = []
+    for buckets in (1, 3):
+        caplog.clear()
+        cfg = tiny_training_config(
+            tmp_path / str(buckets),
+            f"data.decoder_buckets={buckets}",
+            "loop.max_steps=2",
+            "loop.eval_every=100",
+        )
+        with caplog.at_level(logging.INFO, logger="sld.training"):
+            assert train_autoencoder(cfg).summary["steps"] == 2
+        (line,) = [r.getMessage() for r in caplog.records if "of the positions" in r.getMessage()]
+        shares.append(float(line.split("on real tokens (")[1].split("%")[0]))
+    assert sizes == [1, 3]
+    assert shares[1] > shares[0]
+    with pytest.raises(ValueError, match="decoder_buckets"):
+        tiny_training_config(tmp_path / "bad", "data.decoder_buckets=0")

@@ -222,3 +222,27 @@ def test_the_decoder_passes_run_no_mask_code_that_reads_the_device(folders, cond
     loss = model.reconstruction_loss(z, batch["labels"], model.decoder_inputs(batch["labels"]))
     (grad,) = torch.autograd.grad(loss, z)
     assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("conditioning", ["kv", "prefix"])
+def test_decoder_buckets_give_a_causal_decoders_one_pass_losses(folders, conditioning):
+    """Length buckets on a causal-LM decoder (its latent prefix or key/value conditioning per bucket):
+    the terms and the gradients of one padded pass."""
+    rows = [*ROWS, "After the long storm the neighbours came out to clear the fallen branches together."]
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0, conditioning=conditioning).eval()
+    cfg = AutoencoderLossConfig(noise_std=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for buckets in (1, 2):
+        batch = SegmentCollator.from_autoencoder(model, decoder_buckets=buckets)(rows)
+        terms = autoencoder_losses(model, batch, cfg, training=True)
+        results.append((terms, torch.autograd.grad(terms["loss"], trainable, allow_unused=True)))
+    (one, g_one), (two, g_two) = results
+    assert len(SegmentCollator.from_autoencoder(model, decoder_buckets=2)(rows)["decoder_buckets"]) == 2
+    for name in ("conversion", "adversarial", "loss"):
+        torch.testing.assert_close(two[name], one[name])
+    assert sum(g is not None for g in g_one) > 10
+    for a, b in zip(g_two, g_one):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -254,6 +254,26 @@ def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
     assert "torch.float32 -> torch.bfloat16" in "\n".join(lines)
 
 
+def test_decoder_padding_prints_the_real_share_per_bucket_count(tmp_path, capsys):
+    from sld.data.segmented import SegmentedDocument, write_segmented
+
+    segmented = tmp_path / "segmented"
+    stories = [["Tom lost his dog.", "He looked everywhere for it until it was dark and cold outside."]] * 8
+    stories += [["Anna baked a cake.", "It burned."]] * 8
+    docs = [SegmentedDocument(f"d{i}", None, story, len(story)) for i, story in enumerate(stories)]
+    write_segmented(segmented / "train.jsonl", docs)
+    write_segmented(segmented / "valid.jsonl", docs[:2])
+    results = load_example("decoder_padding").main(
+        ["-c", str(ROOT / "configs" / "autoencoder_tiny.yaml"), f"data.segmented_dir={segmented}"]
+        + ["loop.batch_size=16", "--batches=3", "--max-buckets=3"]
+    )
+    assert [buckets for buckets, _, _ in results] == [1, 2, 3]
+    shares = [share for _, share, _ in results]
+    assert 0 < shares[0] < shares[1] <= shares[2] <= 1  # a long and a short length: two buckets pay
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(table) == 5  # header, rule, three rows
+
+
 def test_adamw_step_time_times_every_variant(tmp_path, capsys):
     from tiny_systems import save_tiny_systems
 

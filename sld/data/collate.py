@@ -18,6 +18,11 @@ negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of r
     negative_input_ids, ..._mask       (Q, L)   encoder inputs of the batch's Q distinct hard negatives
     encoder_index, positive_/negative_encoder_index   (B',) / (P',) / (Q,)  rows of the model's
                                        encoder-state cache (only with ``text_index``)
+    decoder_buckets                    with ``decoder_buckets`` > 1 only: a list of dicts (``rows``,
+                                       ``labels``, ``target_index``), the batch's rows grouped by
+                                       target length, each cut to its longest (sld.data.decoder_buckets)
+    adversarial_buckets                with both: the adversarial term's rows of each bucket (it then
+                                       replaces ``adversarial_target_index``)
 
 The positive/negative keys are present only when some row has one. Hard negatives are not tied to
 their row: in supervised SimCSE every anchor is contrasted with every negative of the batch.
@@ -43,6 +48,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from sld.data.decoder_buckets import adversarial_buckets, decoder_buckets
 from sld.data.records import iter_jsonl_numbered
 from sld.errors import DataError
 from sld.losses import adversarial_row_count, target_positions
@@ -62,6 +68,9 @@ class SegmentCollator:
             when given, every ``*input_ids`` key comes with ``*encoder_index`` (the rows' cache rows).
         adversarial_fraction: ``losses.adversarial_fraction``; below 1 each batch also carries
             ``adversarial_target_index`` (built here, on the host, so the loss needs no host sync).
+        decoder_buckets: ``data.decoder_buckets``; above 1 each batch also carries its rows grouped
+            into at most that many length buckets (``sld.data.decoder_buckets``), which the decoder
+            runs on one at a time, each padded to its own longest target only.
     """
 
     def __init__(
@@ -71,6 +80,7 @@ class SegmentCollator:
         max_segment_tokens: int = 64,
         text_index: Mapping[str, int] | None = None,
         adversarial_fraction: float = 1.0,
+        decoder_buckets: int = 1,
     ) -> None:
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
@@ -78,9 +88,14 @@ class SegmentCollator:
         self.text_index = text_index
         adversarial_row_count(1, adversarial_fraction)  # raises on a fraction outside (0, 1]
         self.adversarial_fraction = adversarial_fraction
+        if decoder_buckets < 1:
+            raise ValueError(f"decoder_buckets must be >= 1, got {decoder_buckets}")
+        self.decoder_buckets = decoder_buckets
 
     @classmethod
-    def from_autoencoder(cls, model: Any, adversarial_fraction: float = 1.0) -> SegmentCollator:
+    def from_autoencoder(
+        cls, model: Any, adversarial_fraction: float = 1.0, decoder_buckets: int = 1
+    ) -> SegmentCollator:
         """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length (and its
         ``encoder_cache``, when it has one)."""
         cache = getattr(model, "encoder_cache", None)
@@ -90,6 +105,7 @@ class SegmentCollator:
             model.max_segment_tokens,
             cache.index if cache is not None else None,
             adversarial_fraction,
+            decoder_buckets,
         )
 
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -101,7 +117,7 @@ class SegmentCollator:
                 raise DataError(f"a training text is missing from the encoder-state cache: {err}") from err
         return batch
 
-    def __call__(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[Row]) -> dict[str, Any]:
         if not rows:
             raise ValueError("cannot collate an empty batch")
         texts: list[str] = []
@@ -120,10 +136,15 @@ class SegmentCollator:
             if row.get("negative"):
                 negatives[row["negative"]] = None
 
-        batch = self._encode(texts)
+        batch: dict[str, Any] = self._encode(texts)
         batch["labels"] = decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)
         batch["target_index"] = target_positions(batch["labels"])
-        if self.adversarial_fraction < 1.0:
+        if self.decoder_buckets > 1:
+            buckets = decoder_buckets(batch["labels"], self.decoder_buckets)
+            batch["decoder_buckets"] = buckets
+            if self.adversarial_fraction < 1.0:
+                batch["adversarial_buckets"] = adversarial_buckets(buckets, self.adversarial_fraction)
+        elif self.adversarial_fraction < 1.0:
             rows = adversarial_row_count(len(texts), self.adversarial_fraction)
             batch["adversarial_target_index"] = target_positions(batch["labels"][:rows])
         if positives:

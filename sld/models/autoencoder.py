@@ -53,8 +53,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
 from sld.config import ConfigError
+from sld.data.decoder_buckets import Bucket
+from sld.distributed import global_mean
 from sld.errors import UserError
-from sld.losses import conversion_loss, target_token_nll
+from sld.losses import conversion_loss, target_token_nll, target_token_nll_sum
 from sld.models.causal_decoding import DecodeSettings, decode
 from sld.models.causal_lm import (
     Conditioning,
@@ -536,6 +538,7 @@ class SegmentAutoencoder(nn.Module):
         labels: torch.Tensor,
         decoder_inputs: torch.Tensor | None = None,
         target_index: torch.Tensor | None = None,
+        buckets: Sequence[Bucket] | None = None,
     ) -> torch.Tensor:
         """The conversion loss: mean token cross-entropy of ``labels`` (B', L) given latents z (B', N, D).
 
@@ -546,20 +549,38 @@ class SegmentAutoencoder(nn.Module):
         (``sld.models.parts.split_output_head``). ``target_index``: the batch's flat target positions
         (``sld.losses.target_positions``, built by the collator on the host); None finds them on the
         device, a host sync.
+
+        ``buckets`` (``sld.data.decoder_buckets``, from the collator): the decoder runs once per bucket,
+        on the bucket's rows cut to its longest target, and the loss is the mean over the buckets'
+        targets: the same tokens' losses as one pass over the padded batch when the buckets hold every
+        row; over a subset of the rows (the adversarial term's) it is that subset's mean. Ignored (one
+        pass over every row) by a decoder whose output head cannot be split off.
         """
         inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
         split = split_output_head(self.lm)
         if split is None:
             return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
         head, scale = split
+        if buckets is None:
+            hidden = self._decoder_hidden(z, inputs)  # (B', L, d)
+            return target_token_nll(hidden, labels, head, scale, target_index)
+        total = z.new_zeros((), dtype=torch.float32)
+        for bucket in buckets:
+            rows, cut = bucket["rows"], bucket["labels"]  # (n,), (n, L_b)
+            hidden = self._decoder_hidden(
+                z.index_select(0, rows), inputs.index_select(0, rows)[:, : cut.shape[1]]
+            )
+            total = total + target_token_nll_sum(hidden, cut, head, scale, bucket["target_index"])
+        return global_mean(total, sum((b["labels"] != IGNORE_INDEX).sum() for b in buckets))
+
+    def _decoder_hidden(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The decoder's last hidden states (B', L, d) for teacher-forced ``inputs`` (B', L) given z (B', N, D)."""
         if self.is_causal:
             with self.latent_conditioning.teacher_forcing(self.lm, self.memory(z)) as (cache, offset):
-                hidden = teacher_forced_hidden(self.lm, cache, offset, inputs)  # (B', L, d)
-        else:
-            hidden = self.lm.get_decoder()(
-                input_ids=inputs, encoder_hidden_states=self.memory(z), use_cache=False
-            ).last_hidden_state  # (B', L, d)
-        return target_token_nll(hidden, labels, head, scale, target_index)
+                return teacher_forced_hidden(self.lm, cache, offset, inputs)
+        return self.lm.get_decoder()(
+            input_ids=inputs, encoder_hidden_states=self.memory(z), use_cache=False
+        ).last_hidden_state
 
     def reconstruction_nll(
         self, z: torch.Tensor, labels: torch.Tensor, reduction: Literal["none", "mean", "sum"] = "none"

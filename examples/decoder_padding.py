@@ -1,0 +1,60 @@
+"""How much of the autoencoder's decoder passes is padding, with 1 to K length buckets.
+
+    python examples/decoder_padding.py -c configs/autoencoder_roc.yaml data.segmented_dir=runs/roc/segmented_all \\
+        data.pairs_train=../shared/data/roc/pairs_train.jsonl [--batches 20] [--max-buckets 4]
+
+Builds the config's training rows (segments and pair rows, as the trainer does), collates
+``--batches`` random batches of the config's ``loop.batch_size`` with ``SegmentCollator`` at
+``data.decoder_buckets`` = 1 .. ``--max-buckets`` (``sld.data.decoder_buckets``) and prints, per
+bucket count, the share of real target tokens among the decoder positions a pass computes, and those
+positions against one bucket's. The share is of the decoder's positions only (its FLOPs and
+elementwise work scale with them); the step's time also holds the encoder, the regularisers and, on a
+GPU, one round of kernel launches per bucket, which only a timed run measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+
+from sld.autoencoder_trainer import AutoencoderTrainingConfig, build_model, load_segments, training_rows
+from sld.config import load_config
+from sld.data.collate import SegmentCollator
+from sld.data.decoder_buckets import bucket_positions
+
+
+def main(argv: list[str] | None = None) -> list[tuple[int, float, int]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", required=True, help="an autoencoder training config")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--max-buckets", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    cfg = load_config(AutoencoderTrainingConfig, args.config, args.overrides)
+    docs = load_segments(cfg.data, cfg.data.train_split)
+    model = build_model(cfg, docs, Path(tempfile.mkdtemp(prefix="decoder_padding_")))
+    dataset = training_rows(cfg, docs)
+    size = min(cfg.loop.batch_size, len(dataset))
+    rng = random.Random(args.seed)
+    batches = [[dataset[i] for i in rng.sample(range(len(dataset)), size)] for _ in range(args.batches)]
+    print(f"{len(dataset)} training rows; {args.batches} random batches of {size}")
+    print("| decoder buckets | real share of the decoder positions | positions x one bucket's |")
+    print("|---|---|---|")
+    results = []
+    for buckets in range(1, args.max_buckets + 1):
+        collate = SegmentCollator.from_autoencoder(model, decoder_buckets=buckets)
+        real = computed = 0
+        for rows in batches:
+            batch = collate(rows)
+            counts = bucket_positions(batch.get("decoder_buckets", [batch]))
+            real, computed = real + counts[0], computed + counts[1]
+        results.append((buckets, real / computed, computed))
+        print(f"| {buckets} | {real / computed:.1%} | {computed / results[0][2]:.2f} |")
+    return results
+
+
+if __name__ == "__main__":
+    main()
