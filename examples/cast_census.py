@@ -7,7 +7,8 @@ On the H200 a step of the ROC profile spent a fifth of its GPU time in ``aten::c
 float32 and bfloat16: docs/results.md, fifteenth session). This builds the model of a training config
 (its encoder-state cache when the config has one), takes ``--rows`` training rows of its first
 ``--documents`` documents, runs the step's losses under CPU autocast and their backward pass, and
-prints how many aten operations and casts (``_to_copy`` / ``copy_`` between dtypes) each pass made,
+prints how many aten operations and casts (``_to_copy`` / ``copy_`` between dtypes) each pass made
+(the batch collated as the trainer collates it: ``losses.adversarial_fraction``, ``data.decoder_buckets``),
 the casts by (source dtype -> target dtype, shape), and for the three most frequent where in sld's
 code they were made. CPU autocast casts some operators otherwise than CUDA's (attention, for one), so
 the counts are a map of where to look, not the GPU's own.
@@ -73,7 +74,8 @@ def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tu
         model.encoder_cache = EncoderStateCache.build(
             model, training_texts(batch_rows), device=torch.device("cpu")
         )
-    batch = SegmentCollator.from_autoencoder(model)(batch_rows)
+    fraction = cfg.losses.adversarial_fraction if cfg.losses.uses_adversarial else 1.0
+    batch = SegmentCollator.from_autoencoder(model, fraction, cfg.data.decoder_buckets)(batch_rows)
     with CastCensus() as forward, torch.autocast("cpu", dtype=torch.bfloat16):
         terms = autoencoder_losses(model, batch, cfg.losses, training=True)
     with CastCensus() as backward:

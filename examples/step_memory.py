@@ -32,8 +32,8 @@ def one_step(mode: str, decoder: str, rows: int, pairs: str) -> None:
     config = AutoencoderConfig(encoder="minilm", decoder_name_or_path=decoder, num_latents=16, latent_dim=64)
     model = SegmentAutoencoder.from_config(config).train()
     if mode == "full":
-        model.reconstruction_loss = lambda z, labels, inputs=None, target_index=None: conversion_loss(
-            model.reconstruction_logits(z, labels, inputs), labels
+        model.reconstruction_loss = lambda z, labels, inputs=None, target_index=None, buckets=None: (
+            conversion_loss(model.reconstruction_logits(z, labels, inputs), labels)
         )
     with open(pairs, encoding="utf-8") as handle:
         texts = [json.loads(line)["sentence"] for line in handle][:rows]
