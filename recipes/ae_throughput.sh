@@ -16,6 +16,10 @@
 #   compiled=loop.compile=true             the same with every repeated block compiled (not measured on
 #                                          ungrouped batches yet; their padded length still changes from
 #                                          batch to batch, set by its few longest sentences)
+#   compiled_buckets=loop.compile=true,data.decoder_buckets=3
+#                                          the same with the decoder passes on 3 length buckets (a third
+#                                          of the decoder's positions at batch 1,024; eager, the buckets
+#                                          multiply the launches: docs/results.md, twenty-third session)
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
 # kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
@@ -33,7 +37,7 @@
 R=$RUNS/roc
 TP_MINUTES=${TP_MINUTES:-1.5}
 TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
-TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= compiled=loop.compile=true}
+TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= compiled=loop.compile=true compiled_buckets=loop.compile=true,data.decoder_buckets=3}
 
 if [ ! -f $R/segmented_all/train.jsonl ]; then
     log "segment ROC: all sentences"
