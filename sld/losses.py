@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,20 +80,26 @@ def target_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
 
 
-def target_token_nll_sum(
+def target_token_nll(
     hidden: torch.Tensor,
     labels: torch.Tensor,
     head: torch.nn.Linear,
     scale: float = 1.0,
     target_index: torch.Tensor | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
-    """Summed cross-entropy (float32 scalar) of the target tokens of ``labels`` (B, L) under logits
-    ``head(scale * hidden)`` for hidden states (B, L, d), projecting the target positions only
-    (``chunked_token_nll``). ``target_index``: ``target_positions(labels)`` computed on the host (a
-    batch's ``target_index``); None computes it here, one host sync. With no target at all the result
-    is 0 with a graph."""
+    """Cross-entropy of the target tokens of ``labels`` (B, L) under logits ``head(scale * hidden)`` for
+    hidden states (B, L, d), projecting the target positions only (``chunked_token_nll``).
+
+    ``target_index``: ``target_positions(labels)`` computed on the host (a batch's ``target_index``);
+    None computes it here, one host sync. ``reduction``: ``"mean"`` over the target tokens, of the
+    global batch inside ``fit`` (``global_mean``); ``"sum"``, a float32 sum (for callers that sum
+    several passes before one mean). With no target at all the result is 0 with a graph.
+    """
     if hidden.shape[:2] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} does not match labels {tuple(labels.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if target_index is None:
         target_index = target_positions(labels)
     rows = hidden.flatten(0, 1).index_select(0, target_index)  # (T, d)
@@ -101,19 +108,8 @@ def target_token_nll_sum(
     )
     if target_index.numel() == 0:  # known on the host: no sync
         total = total + hidden.sum() * 0.0
-    return total
-
-
-def target_token_nll(
-    hidden: torch.Tensor,
-    labels: torch.Tensor,
-    head: torch.nn.Linear,
-    scale: float = 1.0,
-    target_index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean cross-entropy of the target tokens of ``labels`` (B, L) (``target_token_nll_sum`` over their
-    count); the mean runs over the global batch inside ``fit`` (``global_mean``)."""
-    total = target_token_nll_sum(hidden, labels, head, scale, target_index)
+    if reduction == "sum":
+        return total
     return global_mean(total, (labels != IGNORE_INDEX).sum())
 
 

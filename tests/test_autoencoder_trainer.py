@@ -162,22 +162,28 @@ def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():
     assert not cfg.model.encoder_frozen
 
 
-@pytest.mark.parametrize(("variant", "expected"), [("noise_robust", 0.5), ("vanilla", 1.0)])
-def test_the_adversarial_fraction_reaches_the_collator_when_the_term_runs(
-    tmp_path, monkeypatch, variant, expected
-):
-    """``losses.adversarial_fraction`` sizes the collator's ``adversarial_target_index``; a run without
-    the term builds none."""
+@pytest.fixture
+def collators(monkeypatch) -> list[tuple[float, int]]:
+    """The (adversarial fraction, decoder buckets) of every collator the trainer builds."""
     import sld.autoencoder_trainer as trainer
 
-    built = []
+    built: list[tuple[float, int]] = []
     real = trainer.SegmentCollator.from_autoencoder
 
     def recording(model, adversarial_fraction=1.0, decoder_buckets=1):
-        built.append(adversarial_fraction)
+        built.append((adversarial_fraction, decoder_buckets))
         return real(model, adversarial_fraction, decoder_buckets)
 
     monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
+    return built
+
+
+@pytest.mark.parametrize(("variant", "expected"), [("noise_robust", 0.5), ("vanilla", 1.0)])
+def test_the_adversarial_fraction_reaches_the_collator_when_the_term_runs(
+    tmp_path, collators, variant, expected
+):
+    """``losses.adversarial_fraction`` sizes the collator's ``adversarial_target_index``; a run without
+    the term builds none."""
     cfg = tiny_training_config(
         tmp_path,
         f"losses.variant={variant}",
@@ -186,24 +192,14 @@ def test_the_adversarial_fraction_reaches_the_collator_when_the_term_runs(
         "loop.eval_every=100",
     )
     assert train_autoencoder(cfg).summary["steps"] == 2
-    assert built == [expected]
+    assert collators == [(expected, 1)]
 
 
-def test_decoder_buckets_train_and_count_the_positions_they_compute(tmp_path, monkeypatch, caplog):
+def test_decoder_buckets_train_and_count_the_positions_they_compute(tmp_path, collators, caplog):
     """``data.decoder_buckets`` reaches the collator; the run trains, and the logged share of real
     positions (the MFU's) is over the bucketed decoder positions, above the one-pass share."""
     import logging
 
-    import sld.autoencoder_trainer as trainer
-
-    sizes = []
-    real = trainer.SegmentCollator.from_autoencoder
-
-    def recording(model, adversarial_fraction=1.0, decoder_buckets=1):
-        sizes.append(decoder_buckets)
-        return real(model, adversarial_fraction, decoder_buckets)
-
-    monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
     shares = []
     for buckets in (1, 3):
         caplog.clear()
@@ -217,7 +213,7 @@ def test_decoder_buckets_train_and_count_the_positions_they_compute(tmp_path, mo
             assert train_autoencoder(cfg).summary["steps"] == 2
         (line,) = [r.getMessage() for r in caplog.records if "of the positions" in r.getMessage()]
         shares.append(float(line.split("on real tokens (")[1].split("%")[0]))
-    assert sizes == [1, 3]
+    assert [buckets for _, buckets in collators] == [1, 3]
     assert shares[1] > shares[0]
     with pytest.raises(ValueError, match="decoder_buckets"):
         tiny_training_config(tmp_path / "bad", "data.decoder_buckets=0")

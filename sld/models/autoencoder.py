@@ -56,7 +56,7 @@ from sld.config import ConfigError
 from sld.data.decoder_buckets import Bucket
 from sld.distributed import global_mean
 from sld.errors import UserError
-from sld.losses import conversion_loss, target_token_nll, target_token_nll_sum
+from sld.losses import conversion_loss, target_token_nll
 from sld.models.causal_decoding import DecodeSettings, decode
 from sld.models.causal_lm import (
     Conditioning,
@@ -570,7 +570,7 @@ class SegmentAutoencoder(nn.Module):
             hidden = self._decoder_hidden(
                 z.index_select(0, rows), inputs.index_select(0, rows)[:, : cut.shape[1]]
             )
-            total = total + target_token_nll_sum(hidden, cut, head, scale, bucket["target_index"])
+            total = total + target_token_nll(hidden, cut, head, scale, bucket["target_index"], "sum")
         return global_mean(total, sum((b["labels"] != IGNORE_INDEX).sum() for b in buckets))
 
     def _decoder_hidden(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
