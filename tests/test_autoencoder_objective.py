@@ -36,12 +36,19 @@ def save_tiny_bert(folder: Path) -> str:
     return tiny_models.save_tiny_bert(folder, max_positions=64)
 
 
-def build(encoder: str = "decoder", dropout: float = 0.0, **overrides) -> SegmentAutoencoder:
+T5 = dict(model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
+BART = dict(
+    model_type="bart", d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64,
+    max_position_embeddings=64, dropout=0.0,
+)  # fmt: skip
+
+
+def build(
+    encoder: str = "decoder", dropout: float = 0.0, decoder_config: dict | None = None, **overrides
+) -> SegmentAutoencoder:
     config = AutoencoderConfig(
         encoder=encoder,
-        decoder_config=dict(
-            model_type="t5", d_model=32, d_kv=8, d_ff=64, num_decoder_layers=2, num_heads=4, dropout_rate=0.0
-        ),
+        decoder_config=decoder_config or T5,
         decoder_vocab_size=300,
         num_latents=4,
         latent_dim=16,
@@ -174,13 +181,16 @@ def test_an_adversarial_fraction_runs_the_term_on_the_first_rows_only(monkeypatc
 LONG_ROWS = [*ROWS, "Then the whole family walked slowly home along the river, talking about the long day."]
 
 
-def test_decoder_buckets_give_the_losses_and_gradients_of_one_padded_pass(monkeypatch):
+@pytest.mark.parametrize("decoder", ["t5", "bart"])
+def test_decoder_buckets_give_the_losses_and_gradients_of_one_padded_pass(monkeypatch, decoder):
     """Rows grouped by length, each group cut to its longest target: every term and every gradient is
     the one-pass value, with fewer decoder positions; the adversarial fraction keeps each bucket's
-    first rows; nothing is searched on the device."""
+    first rows; nothing is searched on the device (a BART decoder, whose logits come from its own
+    forward, through the same buckets)."""
     import sld.losses
 
-    model = build().train()  # no dropout, no noise below: the passes differ only in their padding
+    # no dropout, no noise below: the passes differ only in their padding
+    model = build(decoder_config=T5 if decoder == "t5" else BART).train()
     cfg = AutoencoderLossConfig(noise_std=0.0)
     plain = SegmentCollator.from_autoencoder(model)(LONG_ROWS)
     bucketed = SegmentCollator.from_autoencoder(model, decoder_buckets=2)(LONG_ROWS)

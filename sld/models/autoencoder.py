@@ -553,24 +553,28 @@ class SegmentAutoencoder(nn.Module):
         ``buckets`` (``sld.data.decoder_buckets``, from the collator): the decoder runs once per bucket,
         on the bucket's rows cut to its longest target, and the loss is the mean over the buckets'
         targets: the same tokens' losses as one pass over the padded batch when the buckets hold every
-        row; over a subset of the rows (the adversarial term's) it is that subset's mean. Ignored (one
-        pass over every row) by a decoder whose output head cannot be split off.
+        row; over a subset of the rows (the adversarial term's) it is that subset's mean.
         """
         inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
         split = split_output_head(self.lm)
-        if split is None:
-            return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
-        head, scale = split
         if buckets is None:
+            if split is None:
+                return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
             hidden = self._decoder_hidden(z, inputs)  # (B', L, d)
-            return target_token_nll(hidden, labels, head, scale, target_index)
+            return target_token_nll(hidden, labels, split[0], split[1], target_index)
         total = z.new_zeros((), dtype=torch.float32)
         for bucket in buckets:
             rows, cut = bucket["rows"], bucket["labels"]  # (n,), (n, L_b)
-            hidden = self._decoder_hidden(
-                z.index_select(0, rows), inputs.index_select(0, rows)[:, : cut.shape[1]]
-            )
-            total = total + target_token_nll(hidden, cut, head, scale, bucket["target_index"], "sum")
+            z_rows, inputs_rows = z.index_select(0, rows), inputs.index_select(0, rows)[:, : cut.shape[1]]
+            if split is None:
+                logits = self.reconstruction_logits(z_rows, cut, inputs_rows)  # (n, L_b, V)
+                nll = F.cross_entropy(
+                    logits.flatten(0, 1).float(), cut.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+            else:
+                hidden = self._decoder_hidden(z_rows, inputs_rows)  # (n, L_b, d)
+                nll = target_token_nll(hidden, cut, split[0], split[1], bucket["target_index"], "sum")
+            total = total + nll
         return global_mean(total, sum((b["labels"] != IGNORE_INDEX).sum() for b in buckets))
 
     def _decoder_hidden(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
