@@ -223,6 +223,36 @@ def test_decoder_buckets_give_the_losses_and_gradients_of_one_padded_pass(monkey
     )
 
 
+@pytest.mark.parametrize("positives", ["pairs", "dropout"])
+def test_the_rows_paraphrases_and_negatives_are_encoded_in_one_compressor_call(bert_dir, positives):
+    """One compressor call for the batch's rows, its distinct paraphrases (or a second view of every
+    row) and its negatives, their lengths padded to the longest: the latents and the contrastive term
+    of separate calls (no dropout here, so the two views agree)."""
+    from sld.losses import info_nce
+
+    model = build(encoder=bert_dir).eval()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    assert batch["positive_attention_mask"].shape[1] != batch["attention_mask"].shape[1]  # padding is real
+    calls = []
+    model.compressor.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    cfg = AutoencoderLossConfig(noise_std=0.0, contrastive_positives=positives)
+    terms = autoencoder_losses(model, batch, cfg, training=False)
+    rows, paraphrases, negatives = (batch[f"{p}input_ids"].shape[0] for p in ("", "positive_", "negative_"))
+    assert calls == [rows + (paraphrases if positives == "pairs" else rows) + negatives]
+
+    def alone(prefix=""):
+        return model.encode(batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"])
+
+    z, negative = alone(), alone("negative_")
+    if positives == "pairs":
+        expected = info_nce(
+            z[batch["positive_index"]], alone("positive_"), negative, targets=batch["positive_target"]
+        )
+    else:
+        expected = info_nce(z, alone(), negative)
+    torch.testing.assert_close(terms["contrastive"], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_noise_only_in_training_and_eval_under_no_grad():
     model = build().eval()
     batch = SegmentCollator.from_autoencoder(model)(ROWS)

@@ -521,7 +521,10 @@ class SegmentAutoencoder(nn.Module):
         ``decoder_inputs`` (B', L) replaces the default ``decoder_inputs(labels)`` (e.g. with word dropout).
         """
         inputs = self.decoder_inputs(labels) if decoder_inputs is None else decoder_inputs
-        memory = self.memory(z)
+        return self._decoder_logits(self.memory(z), inputs)
+
+    def _decoder_logits(self, memory: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B', L, V) for ``inputs`` (B', L) given decoder memory (B', N, d_dec)."""
         if self.is_causal:
             with self.latent_conditioning.teacher_forcing(self.lm, memory) as (cache, offset):
                 return teacher_forced_logits(self.lm, cache, offset, inputs)
@@ -560,30 +563,34 @@ class SegmentAutoencoder(nn.Module):
         if buckets is None:
             if split is None:
                 return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
-            hidden = self._decoder_hidden(z, inputs)  # (B', L, d)
+            hidden = self._decoder_hidden(self.memory(z), inputs)  # (B', L, d)
             return target_token_nll(hidden, labels, split[0], split[1], target_index)
+        # the reconstructor once over the buckets' rows (it is per row), then each bucket's decoder pass
+        rows = torch.cat([bucket["rows"] for bucket in buckets])
+        memories = self.memory(z.index_select(0, rows)).split([len(b["rows"]) for b in buckets])
         total = z.new_zeros((), dtype=torch.float32)
-        for bucket in buckets:
-            rows, cut = bucket["rows"], bucket["labels"]  # (n,), (n, L_b)
-            z_rows, inputs_rows = z.index_select(0, rows), inputs.index_select(0, rows)[:, : cut.shape[1]]
+        for bucket, memory in zip(buckets, memories):
+            cut = bucket["labels"]  # (n, L_b)
+            bucket_inputs = inputs.index_select(0, bucket["rows"])[:, : cut.shape[1]]
             if split is None:
-                logits = self.reconstruction_logits(z_rows, cut, inputs_rows)  # (n, L_b, V)
+                logits = self._decoder_logits(memory, bucket_inputs)  # (n, L_b, V)
                 nll = F.cross_entropy(
                     logits.flatten(0, 1).float(), cut.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
                 )
             else:
-                hidden = self._decoder_hidden(z_rows, inputs_rows)  # (n, L_b, d)
+                hidden = self._decoder_hidden(memory, bucket_inputs)  # (n, L_b, d)
                 nll = target_token_nll(hidden, cut, split[0], split[1], bucket["target_index"], "sum")
             total = total + nll
         return global_mean(total, sum((b["labels"] != IGNORE_INDEX).sum() for b in buckets))
 
-    def _decoder_hidden(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """The decoder's last hidden states (B', L, d) for teacher-forced ``inputs`` (B', L) given z (B', N, D)."""
+    def _decoder_hidden(self, memory: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The decoder's last hidden states (B', L, d) for teacher-forced ``inputs`` (B', L) given its
+        memory (B', N, d_dec) (``memory(z)``)."""
         if self.is_causal:
-            with self.latent_conditioning.teacher_forcing(self.lm, self.memory(z)) as (cache, offset):
+            with self.latent_conditioning.teacher_forcing(self.lm, memory) as (cache, offset):
                 return teacher_forced_hidden(self.lm, cache, offset, inputs)
         return self.lm.get_decoder()(
-            input_ids=inputs, encoder_hidden_states=self.memory(z), use_cache=False
+            input_ids=inputs, encoder_hidden_states=memory, use_cache=False
         ).last_hidden_state
 
     def reconstruction_nll(
