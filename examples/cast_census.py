@@ -9,6 +9,8 @@ float32 and bfloat16: docs/results.md, fifteenth session). This builds the model
 ``--documents`` documents, runs the step's losses under CPU autocast and their backward pass, and
 prints how many aten operations and casts (``_to_copy`` / ``copy_`` between dtypes) each pass made
 (the batch collated as the trainer collates it: ``losses.adversarial_fraction``, ``data.decoder_buckets``),
+the forward's operations by part of the step (encoder and compressor, reconstructor, decoder passes,
+the adversarial term's latent gradient; calls of each),
 the casts by (source dtype -> target dtype, shape), and for the three most frequent where in sld's
 code they were made. CPU autocast casts some operators otherwise than CUDA's (attention, for one), so
 the counts are a map of where to look, not the GPU's own.
@@ -18,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import random
 import tempfile
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -37,6 +42,9 @@ class CastCensus(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
+        self.phases = ["rest"]  # the innermost phase running (``phase``), whose ops ``by_phase`` counts
+        self.by_phase: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
         self.ops: collections.Counter[str] = collections.Counter()
         self.casts: collections.Counter[Cast] = collections.Counter()
         self.where: dict[Cast, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -44,6 +52,7 @@ class CastCensus(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops[func.overloadpacket.__name__] += 1
+        self.by_phase[self.phases[-1]] += 1
         if func.overloadpacket in CASTS:
             source = args[0] if func.overloadpacket is torch.ops.aten._to_copy else args[1]
             target = kwargs.get("dtype") if func.overloadpacket is torch.ops.aten._to_copy else args[0].dtype
@@ -54,6 +63,42 @@ class CastCensus(TorchDispatchMode):
                 made = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
                 self.where[cast][made or "the autograd engine (no sld frame)"] += 1
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def phases(model: torch.nn.Module, census: CastCensus) -> Iterator[None]:
+    """Attribute the census's ops to the parts of the step: the encoder and compressor (``encode``),
+    the reconstructor (``memory``), the decoder passes, the adversarial term's latent gradient."""
+    import sld.autoencoder_objective as objective
+
+    def phase(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            census.calls[name] += 1
+            census.phases.append(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                census.phases.pop()
+
+        return counted
+
+    parts = {
+        "encode": "encode",
+        "memory": "reconstructor",
+        "_decoder_hidden": "decoder",
+        "_decoder_logits": "decoder",
+    }
+    parts = {method: name for method, name in parts.items() if hasattr(model, method)}  # older sld: fewer
+    for method, name in parts.items():
+        setattr(model, method, phase(name, getattr(model, method)))
+    latent_gradient = objective._latent_gradient
+    objective._latent_gradient = phase("latent gradient", latent_gradient)
+    try:
+        yield
+    finally:
+        objective._latent_gradient = latent_gradient
+        for method in parts:
+            delattr(model, method)  # the instance attributes set above: the class's methods again
 
 
 def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tuple[CastCensus, CastCensus]:
@@ -76,7 +121,8 @@ def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tu
         )
     fraction = cfg.losses.adversarial_fraction if cfg.losses.uses_adversarial else 1.0
     batch = SegmentCollator.from_autoencoder(model, fraction, cfg.data.decoder_buckets)(batch_rows)
-    with CastCensus() as forward, torch.autocast("cpu", dtype=torch.bfloat16):
+    forward = CastCensus()
+    with forward, phases(model, forward), torch.autocast("cpu", dtype=torch.bfloat16):
         terms = autoencoder_losses(model, batch, cfg.losses, training=True)
     with CastCensus() as backward:
         terms["loss"].backward()
@@ -85,6 +131,14 @@ def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tu
 
 def report(name: str, census: CastCensus, top: int) -> list[str]:
     lines = [f"{name}: {sum(census.ops.values())} aten ops, {sum(census.casts.values())} casts"]
+    if census.calls:
+        lines.append(
+            "  by part: "
+            + ", ".join(
+                f"{part} {count} ({census.calls[part]} calls)" if part in census.calls else f"{part} {count}"
+                for part, count in census.by_phase.most_common()
+            )
+        )
     for (source, target, shape), count in census.casts.most_common(top):
         lines.append(f"  {count:5d} x {source} -> {target} {list(shape)}")
     made: collections.Counter[str] = collections.Counter()
