@@ -3,6 +3,7 @@ generate stories and summaries from the saved pipeline (the plotting examples ru
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -253,7 +254,8 @@ def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
     assert int(forward.split(", ")[1].split()[0]) > 0  # the linear layers' float32 weights at least
     assert "torch.float32 -> torch.bfloat16" in "\n".join(lines)
     (parts,) = [line for line in lines if line.startswith("  by part: ")]  # the forward's, by part
-    assert "decoder" in parts and "encode 1" not in parts and "(1 calls)" in parts
+    assert "decoder" in parts
+    assert re.search(r"encode \d+ \(1 calls\)", parts)  # the rows and their second view: one call
 
 
 def test_decoder_padding_prints_the_real_share_per_bucket_count(tmp_path, capsys):
