@@ -187,9 +187,10 @@ def _encode_groups(
 ) -> list[torch.Tensor]:
     """Latents of several row groups (``<prefix>input_ids``) in one encoder/compressor call: one round
     of kernel launches for all of them (three separate calls were 931 aten operations forward on the
-    ROC profile, one is 327: ``examples/cast_census.py``). Each group's tokens and mask are right-padded to the longest
-    group's length, positions the compressor masks, so each group's latents are the ones a call of
-    its own gives (to float rounding; with dropout, other masks). Returns one (rows, N, D) per prefix."""
+    ROC profile, one is 327: ``examples/cast_census.py``). Each group's tokens and mask are
+    right-padded to the longest group's length, positions the compressor masks, so each group's
+    latents are the ones a call of its own gives (to float rounding; with dropout, other masks).
+    Returns one (rows, N, D) per prefix."""
     if len(prefixes) == 1:
         return [_encode(model, batch, prefixes[0])]
     masks = [batch[f"{prefix}attention_mask"] for prefix in prefixes]
