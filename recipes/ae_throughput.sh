@@ -17,8 +17,8 @@
 #                                          ungrouped batches yet; their padded length still changes from
 #                                          batch to batch, set by its few longest sentences)
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
-#                                          the same with the decoder passes on 3 length buckets (a third
-#                                          of the decoder's positions at batch 1,024; eager, the buckets
+#                                          the same with the decoder passes on 3 length buckets (0.44x
+#                                          the decoder's positions at batch 1,024; eager, the buckets
 #                                          multiply the launches: docs/results.md, twenty-third session)
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
