@@ -119,8 +119,10 @@ def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tu
         model.encoder_cache = EncoderStateCache.build(
             model, training_texts(batch_rows), device=torch.device("cpu")
         )
-    fraction = cfg.losses.adversarial_fraction if cfg.losses.uses_adversarial else 1.0
-    batch = SegmentCollator.from_autoencoder(model, fraction, cfg.data.decoder_buckets)(batch_rows)
+    collate = SegmentCollator.from_autoencoder(
+        model, cfg.losses.collated_adversarial_fraction, cfg.data.decoder_buckets
+    )
+    batch = collate(batch_rows)
     forward = CastCensus()
     with forward, phases(model, forward), torch.autocast("cpu", dtype=torch.bfloat16):
         terms = autoencoder_losses(model, batch, cfg.losses, training=True)

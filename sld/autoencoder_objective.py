@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from sld.data.decoder_buckets import adversarial_buckets
 from sld.losses import adversarial_direction, adversarial_row_count, gaussian_latent_noise, info_nce
 
 if TYPE_CHECKING:  # the model's forward calls compute_autoencoder_losses: no runtime import cycle
@@ -107,6 +108,12 @@ class AutoencoderLossConfig:
     def uses_contrastive(self) -> bool:
         return self.variant == "noise_robust_contrastive" and self.contrastive_weight > 0
 
+    @property
+    def collated_adversarial_fraction(self) -> float:
+        """The share of rows the collator prepares the adversarial term's targets for: 1.0 (nothing
+        extra) when the term does not run."""
+        return self.adversarial_fraction if self.uses_adversarial else 1.0
+
 
 def _latent_gradient(
     model: SegmentAutoencoder, z: torch.Tensor, labels: torch.Tensor, conversion: torch.Tensor
@@ -145,7 +152,11 @@ def _adversarial_loss(
     first ``adversarial_row_count`` of each bucket (the collator's ``adversarial_buckets``)."""
     subset = training and cfg.adversarial_fraction < 1.0
     if "decoder_buckets" in batch:
-        buckets = batch["adversarial_buckets"] if subset else batch["decoder_buckets"]
+        buckets = batch["decoder_buckets"]
+        if subset:  # without the collator's, their target positions are found on the device: a host sync
+            buckets = batch.get("adversarial_buckets") or adversarial_buckets(
+                buckets, cfg.adversarial_fraction
+            )
         r = adversarial_direction(grad, cfg.adversarial_epsilon)
         return model.reconstruction_loss(z + r, labels, inputs, buckets=buckets)
     targets = batch.get("target_index")

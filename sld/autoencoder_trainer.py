@@ -271,7 +271,7 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
             dataset,
             SegmentCollator.from_autoencoder(
                 model,
-                cfg.losses.adversarial_fraction if cfg.losses.uses_adversarial else 1.0,
+                cfg.losses.collated_adversarial_fraction,
                 cfg.data.decoder_buckets,
             ),
             loss_fn,
@@ -284,11 +284,7 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
             # the encoder's (or the cached states') and the decoder's positions (its buckets' with them)
             real_fraction_in_batch=lambda batch: real_position_fraction(
                 batch["attention_mask"],
-                *(
-                    [b["labels"] != IGNORE_INDEX for b in batch["decoder_buckets"]]
-                    if "decoder_buckets" in batch
-                    else [batch["labels"] != IGNORE_INDEX]
-                ),
+                *[b["labels"] != IGNORE_INDEX for b in batch.get("decoder_buckets", [batch])],
             ),
             lengths=[row_length(dataset[i]) for i in range(len(dataset))]
             if cfg.data.group_by_length
