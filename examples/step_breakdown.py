@@ -4,13 +4,20 @@
 
 A run with ``loop.profile_steps=N`` writes a torch.profiler summary of N steps to ``profile.txt``
 (``sld.loop_timing``). This prints one Markdown row per file: the profiled steps, the wall time of a
-step with the profiler on, the device's busy time (and its share of the wall time), kernel launches,
+step with the profiler on, the device's busy time (and its share of the wall time), its idle time
+between kernels with the host phase that had most of it (``sld.loop_timing.device_idle``), kernel launches,
 host syncs and data loading a step, and the matrix products' and attention kernels' share of the
 device time, then the largest ``aten`` operators by device time (shares and operators from the rows
 of the summary's table, its 30 largest entries: a lower bound where smaller ones add up). Older codes' summaries lack the
 per-step digest; their device time then comes from the table's "Self CUDA time total" line and the
 columns they lack read "-". A profiled step is slower than an unprofiled one: compare profiles with
 profiles, and rates from timed runs (``examples/throughput_window.py``).
+
+CUPTI's overhead records ("Command Buffer Full": the host blocked on a full launch queue) are listed
+among the device's events with a self CUDA time but are no device work. Summaries written before
+``sld.loop_timing`` left them out counted them in the device's busy time; for those the rows of the
+table named in ``sld.loop_timing.PROFILER_OVERHEADS`` are taken off here (the "overhead ms" column
+says how much, from either kind of file).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sld.errors import DataError
+from sld.loop_timing import OVERHEAD_NOTE, PROFILER_OVERHEADS
 
 HEADER = re.compile(
     r"torch\.profiler summary of (\d+) optimizer steps .*\(([\d.]+) ms per step with the profiler on\)"
@@ -29,6 +37,9 @@ HEADER = re.compile(
 BUSY = re.compile(r"device busy ([\d.]+) ms .*?, ([\d,]+) kernel launches")
 SYNCS = re.compile(r"host syncs: ([\d.]+) a step, ([\d.]+) ms waiting")
 LOADING = re.compile(r"data loading \(next batch\): ([\d.]+) ms")
+OVERHEAD = re.compile(r"([A-Za-z][\w ]*?) ([\d.]+) ms")
+IDLE = re.compile(r"device idle between kernels: ([\d.]+) ms a step, while the host was in (.*)")
+IDLE_PART = re.compile(r"(\S[^,]*?) ([\d.]+)(?:,|$)")
 CUDA_TOTAL = re.compile(r"Self CUDA time total: ([\d.]+)(us|ms|s)\b")
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 TABLE_TITLE = "Top operators by self CUDA time:"
@@ -45,6 +56,11 @@ class StepProfile:
     launches: float | None = None
     syncs: float | None = None
     loading_ms: float | None = None
+    # CUPTI overhead records' "self CUDA" time a step, not counted in busy_ms
+    overhead_ms: float = 0.0
+    # the device's idle time between kernels a step, and where the host was meanwhile: (phase, ms)
+    idle_ms: float | None = None
+    idle_parts: list[tuple[str, float]] = field(default_factory=list)
     # self device time per step of each aten operator of the CUDA table, largest first: (name, ms)
     operators: list[tuple[str, float]] = field(default_factory=list)
 
@@ -57,8 +73,11 @@ def _duration_ms(text: str) -> float:
     return float(match.group(1)) * UNIT_MS[match.group(2)]
 
 
-def cuda_operators(text: str, steps: int) -> list[tuple[str, float]]:
-    """The ``aten::`` rows of the table sorted by self CUDA time: (name, self CUDA ms a step)."""
+def cuda_operators(
+    text: str, steps: int, picks: Callable[[str], bool] = lambda name: name.startswith("aten::")
+) -> list[tuple[str, float]]:
+    """The rows of the table that ``picks`` (default: the ``aten::`` ones) in its order, by self CUDA
+    time: (name, self CUDA ms a step)."""
     if TABLE_TITLE not in text:
         return []
     table = text.split(TABLE_TITLE, 1)[1]
@@ -72,7 +91,7 @@ def cuda_operators(text: str, steps: int) -> list[tuple[str, float]]:
         if line.startswith("Self CPU time total"):
             break
         cells = re.split(r"\s{2,}", line.strip())
-        if len(cells) < column + 1 or not cells[0].startswith("aten::"):
+        if len(cells) < column + 1 or not picks(cells[0]):
             continue
         try:
             operators.append((cells[0], _duration_ms(cells[column]) / steps))
@@ -98,6 +117,19 @@ def read_profile(path: Path) -> StepProfile:
         profile.busy_ms, profile.launches = float(busy.group(1)), float(busy.group(2).replace(",", ""))
     elif total := CUDA_TOTAL.search(text):
         profile.busy_ms = float(total.group(1)) * UNIT_MS[total.group(2)] / steps
+    if OVERHEAD_NOTE in text:  # a digest that already left them out names them
+        note = text.split(OVERHEAD_NOTE, 1)[1].splitlines()[0]
+        profile.overhead_ms = sum(float(match.group(2)) for match in OVERHEAD.finditer(note))
+    else:
+        overheads = cuda_operators(text, steps, PROFILER_OVERHEADS.__contains__)
+        profile.overhead_ms = sum(ms for _, ms in overheads)
+        if profile.busy_ms is not None:
+            profile.busy_ms -= profile.overhead_ms
+    if idle := IDLE.search(text):
+        profile.idle_ms = float(idle.group(1))
+        profile.idle_parts = [
+            (part.group(1), float(part.group(2))) for part in IDLE_PART.finditer(idle.group(2))
+        ]
     if syncs := SYNCS.search(text):
         profile.syncs = float(syncs.group(1))
     if loading := LOADING.search(text):
@@ -113,6 +145,16 @@ def _share(profile: StepProfile, picks: Callable[[str], bool]) -> str:
     return f"{100 * picked / profile.busy_ms:.0f}%"
 
 
+def _idle(profile: StepProfile) -> str:
+    """The idle time and the host phase that had the largest part of it ("-" in older summaries)."""
+    if profile.idle_ms is None:
+        return "-"
+    if not profile.idle_parts:
+        return f"{profile.idle_ms:.1f}"
+    phase, ms = max(profile.idle_parts, key=lambda part: part[1])
+    return f"{profile.idle_ms:.1f} ({phase} {ms:.1f})"
+
+
 def _number(value: float | None, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
@@ -120,9 +162,10 @@ def _number(value: float | None, pattern: str) -> str:
 def table(paths: list[Path], top: int = 4) -> list[str]:
     """The Markdown lines of the comparison (see the module docstring)."""
     lines = [
-        "| run | steps | ms a step (profiler on) | device busy ms (share) | launches | host syncs | "
-        "data loading ms | matmul | attention | largest aten operators, ms a step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | steps | ms a step (profiler on) | device busy ms (share) | profiler overhead ms (left out) | "
+        "device idle ms (host mostly in) | launches | host syncs | data loading ms | matmul | attention | "
+        "largest aten operators, ms a step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         p = read_profile(path)
@@ -131,7 +174,8 @@ def table(paths: list[Path], top: int = 4) -> list[str]:
             ", ".join(f"{name.removeprefix('aten::')} {ms:.1f}" for name, ms in p.operators[:top]) or "-"
         )
         lines.append(
-            f"| {path.name.removesuffix('.txt')} | {p.steps} | {p.wall_ms:.1f} | {busy} | {_number(p.launches, ',.0f')} | "
+            f"| {path.name.removesuffix('.txt')} | {p.steps} | {p.wall_ms:.1f} | {busy} | {p.overhead_ms:.1f} | "
+            f"{_idle(p)} | {_number(p.launches, ',.0f')} | "
             f"{_number(p.syncs, '.1f')} | {_number(p.loading_ms, '.1f')} | {_share(p, MATMULS.__contains__)} | "
             f"{_share(p, lambda name: 'attention' in name)} | {largest} |"
         )
