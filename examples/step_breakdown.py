@@ -12,12 +12,6 @@ of the summary's table, its 30 largest entries: a lower bound where smaller ones
 per-step digest; their device time then comes from the table's "Self CUDA time total" line and the
 columns they lack read "-". A profiled step is slower than an unprofiled one: compare profiles with
 profiles, and rates from timed runs (``examples/throughput_window.py``).
-
-CUPTI's overhead records ("Command Buffer Full": the host blocked on a full launch queue) are listed
-among the device's events with a self CUDA time but are no device work. Summaries written before
-``sld.loop_timing`` left them out counted them in the device's busy time; for those the rows of the
-table named in ``sld.loop_timing.PROFILER_OVERHEADS`` are taken off here (the "overhead ms" column
-says how much, from either kind of file).
 """
 
 from __future__ import annotations
@@ -29,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sld.errors import DataError
-from sld.loop_timing import OVERHEAD_NOTE, PROFILER_OVERHEADS
 
 HEADER = re.compile(
     r"torch\.profiler summary of (\d+) optimizer steps .*\(([\d.]+) ms per step with the profiler on\)"
@@ -37,7 +30,6 @@ HEADER = re.compile(
 BUSY = re.compile(r"device busy ([\d.]+) ms .*?, ([\d,]+) kernel launches")
 SYNCS = re.compile(r"host syncs: ([\d.]+) a step, ([\d.]+) ms waiting")
 LOADING = re.compile(r"data loading \(next batch\): ([\d.]+) ms")
-OVERHEAD = re.compile(r"([A-Za-z][\w ]*?) ([\d.]+) ms")
 IDLE = re.compile(r"device idle between kernels: ([\d.]+) ms a step, while the host was in (.*)")
 IDLE_PART = re.compile(r"(\S[^,]*?) ([\d.]+)(?:,|$)")
 CUDA_TOTAL = re.compile(r"Self CUDA time total: ([\d.]+)(us|ms|s)\b")
@@ -56,8 +48,6 @@ class StepProfile:
     launches: float | None = None
     syncs: float | None = None
     loading_ms: float | None = None
-    # CUPTI overhead records' "self CUDA" time a step, not counted in busy_ms
-    overhead_ms: float = 0.0
     # the device's idle time between kernels a step, and where the host was meanwhile: (phase, ms)
     idle_ms: float | None = None
     idle_parts: list[tuple[str, float]] = field(default_factory=list)
@@ -73,11 +63,8 @@ def _duration_ms(text: str) -> float:
     return float(match.group(1)) * UNIT_MS[match.group(2)]
 
 
-def cuda_operators(
-    text: str, steps: int, picks: Callable[[str], bool] = lambda name: name.startswith("aten::")
-) -> list[tuple[str, float]]:
-    """The rows of the table that ``picks`` (default: the ``aten::`` ones) in its order, by self CUDA
-    time: (name, self CUDA ms a step)."""
+def cuda_operators(text: str, steps: int) -> list[tuple[str, float]]:
+    """The ``aten::`` rows of the table sorted by self CUDA time: (name, self CUDA ms a step)."""
     if TABLE_TITLE not in text:
         return []
     table = text.split(TABLE_TITLE, 1)[1]
@@ -91,7 +78,7 @@ def cuda_operators(
         if line.startswith("Self CPU time total"):
             break
         cells = re.split(r"\s{2,}", line.strip())
-        if len(cells) < column + 1 or not picks(cells[0]):
+        if len(cells) < column + 1 or not cells[0].startswith("aten::"):
             continue
         try:
             operators.append((cells[0], _duration_ms(cells[column]) / steps))
@@ -117,14 +104,6 @@ def read_profile(path: Path) -> StepProfile:
         profile.busy_ms, profile.launches = float(busy.group(1)), float(busy.group(2).replace(",", ""))
     elif total := CUDA_TOTAL.search(text):
         profile.busy_ms = float(total.group(1)) * UNIT_MS[total.group(2)] / steps
-    if OVERHEAD_NOTE in text:  # a digest that already left them out names them
-        note = text.split(OVERHEAD_NOTE, 1)[1].splitlines()[0]
-        profile.overhead_ms = sum(float(match.group(2)) for match in OVERHEAD.finditer(note))
-    else:
-        overheads = cuda_operators(text, steps, PROFILER_OVERHEADS.__contains__)
-        profile.overhead_ms = sum(ms for _, ms in overheads)
-        if profile.busy_ms is not None:
-            profile.busy_ms -= profile.overhead_ms
     if idle := IDLE.search(text):
         profile.idle_ms = float(idle.group(1))
         profile.idle_parts = [
@@ -162,10 +141,9 @@ def _number(value: float | None, pattern: str) -> str:
 def table(paths: list[Path], top: int = 4) -> list[str]:
     """The Markdown lines of the comparison (see the module docstring)."""
     lines = [
-        "| run | steps | ms a step (profiler on) | device busy ms (share) | profiler overhead ms (left out) | "
-        "device idle ms (host mostly in) | launches | host syncs | data loading ms | matmul | attention | "
-        "largest aten operators, ms a step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | steps | ms a step (profiler on) | device busy ms (share) | device idle ms (host mostly in) | "
+        "launches | host syncs | data loading ms | matmul | attention | largest aten operators, ms a step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         p = read_profile(path)
@@ -174,7 +152,7 @@ def table(paths: list[Path], top: int = 4) -> list[str]:
             ", ".join(f"{name.removeprefix('aten::')} {ms:.1f}" for name, ms in p.operators[:top]) or "-"
         )
         lines.append(
-            f"| {path.name.removesuffix('.txt')} | {p.steps} | {p.wall_ms:.1f} | {busy} | {p.overhead_ms:.1f} | "
+            f"| {path.name.removesuffix('.txt')} | {p.steps} | {p.wall_ms:.1f} | {busy} | "
             f"{_idle(p)} | {_number(p.launches, ',.0f')} | "
             f"{_number(p.syncs, '.1f')} | {_number(p.loading_ms, '.1f')} | {_share(p, MATMULS.__contains__)} | "
             f"{_share(p, lambda name: 'attention' in name)} | {largest} |"

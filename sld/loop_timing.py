@@ -116,6 +116,9 @@ class StepProfiler:
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        # the steps' wall time ends here: stopping the profiler processes its trace (seconds of host
+        # work on a GPU run, which counted into "ms per step" and the busy share until 2026-12-05)
+        seconds = time.perf_counter() - self.started
         self.profiler.stop()
         profiled = self.seen - PROFILE_WARMUP_STEPS
         if profiled == 0:
@@ -124,7 +127,6 @@ class StepProfiler:
                 "the run ended right after the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS
             )
             return
-        seconds = time.perf_counter() - self.started
         header = (
             f"torch.profiler summary of {profiled} optimizer steps after {PROFILE_WARMUP_STEPS} warm-up steps "
             f"on {self.device} ({seconds / max(1, profiled) * 1000:.1f} ms per step with the profiler on).\n"
@@ -141,47 +143,29 @@ class StepProfiler:
 
 # host-side calls that start a kernel, and those that make the host wait for the device
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
-# CUPTI's overhead records (kineto's names for CUpti_ActivityOverheadKind): the profiler lists them
-# among the device's events with a "self CUDA" time, but they are no kernel, copy or memset: "Command
-# Buffer Full" is the host blocked because the driver's queue of launches is full. Counted as device
-# work they overstated the busy time (the compiled denoiser's profile of 2026-12-05: 24.5 of 164.8 ms
-# a step), so the digest leaves them out and names them.
-PROFILER_OVERHEADS = (
-    "Command Buffer Full",
-    "Activity Buffer Request",
-    "Buffer Flush",
-    "Driver Compiler",
-    "Instrumentation",
-    "Resource",
-    "Runtime Triggered Module Loading",
-    "Lazy Function Loading",
-    "UVM Activity Init",
-)
-OVERHEAD_NOTE = "not counted as device work: profiler overhead"
 HOST_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 DATA_LOADING = "enumerate(DataLoader)"
+# A "Command Buffer Full" row (CUPTI's record of the host blocked on a full queue of launches) is a
+# host event: its "self CUDA" time is that of the kernels launched while it blocked, which their own
+# rows count already, so torch's device total and the digest's busy time leave it out. (On an H100,
+# 2026-12-05: the compiled denoiser's busy 178.8 ms a step, the table's total, plus 5.6 ms idle
+# between kernels matched an unprofiled step's 186 ms; the row's 12.6 ms were not extra device work.)
 
 
 def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]:
     """Where a profiled step's time went, per step: the device's busy time (the self time of every
-    device event but the ``record_function`` ranges and CUPTI's overhead records,
-    ``PROFILER_OVERHEADS``, which torch's table totals in) against the wall time, kernel launches,
-    host syncs (a sync inside a step keeps the host from queueing the next kernels while the device
-    works) and data loading. ``averages``: a profiler's ``key_averages()`` (events with ``key``,
-    ``count``, ``device_type``, ``self_device_time_total``, ``is_user_annotation`` and
-    ``cpu_time_total`` in microseconds)."""
+    device event but the ``record_function`` ranges, as torch's table totals it) against the wall
+    time, kernel launches, host syncs (a sync inside a step keeps the host from queueing the next
+    kernels while the device works) and data loading. ``averages``: a profiler's ``key_averages()``
+    (events with ``key``, ``count``, ``device_type``, ``self_device_time_total``,
+    ``is_user_annotation`` and ``cpu_time_total`` in microseconds)."""
     from torch.autograd import DeviceType
 
     steps = max(1, steps)
     on_device = [e for e in averages if e.device_type != DeviceType.CPU]
     # record_function ranges drawn on the device's timeline span kernels counted on their own
     ranges = [e for e in on_device if getattr(e, "is_user_annotation", False)]
-    overheads = [e for e in on_device if e.key in PROFILER_OVERHEADS and e.self_device_time_total]
-    kernels = [
-        e
-        for e in on_device
-        if not getattr(e, "is_user_annotation", False) and e.key not in PROFILER_OVERHEADS
-    ]
+    kernels = [e for e in on_device if not getattr(e, "is_user_annotation", False)]
     device_us = sum(e.self_device_time_total for e in kernels)
     launches = sum(e.count for e in averages if e.key in KERNEL_LAUNCHES)
     syncs = [e for e in averages if e.key in HOST_SYNCS]
@@ -193,9 +177,6 @@ def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]
             f"  device busy {busy:.1f} ms ({busy / wall_ms_per_step:.0%} of the wall time; the rest the "
             f"device waited on the host), {launches / steps:,.0f} kernel launches"
         )
-    if overheads:
-        spans = ", ".join(f"{e.key} {e.self_device_time_total / 1000 / steps:.1f} ms" for e in overheads)
-        lines.append(f"  {OVERHEAD_NOTE} ({spans} a step)")
     sync_ms = sum(e.cpu_time_total for e in syncs) / 1000 / steps
     lines.append(
         f"  host syncs: {sum(e.count for e in syncs) / steps:.1f} a step, {sync_ms:.1f} ms waiting"
@@ -235,8 +216,8 @@ def device_idle(events: Any, steps: int) -> str | None:
 
     ``events``: a stopped profiler's ``events()`` (each with ``name``, ``device_type``,
     ``is_user_annotation`` and ``time_range.start`` / ``.end`` in microseconds, the device's on the
-    host's clock). Device work is every device event but the ``record_function`` ranges and
-    ``PROFILER_OVERHEADS``. None without device work.
+    host's clock). Device work is every device event but the ``record_function`` ranges. None
+    without device work.
     """
     from torch.autograd import DeviceType
 
@@ -245,7 +226,7 @@ def device_idle(events: Any, steps: int) -> str | None:
     for event in events:
         span = (float(event.time_range.start), float(event.time_range.end))
         if event.device_type != DeviceType.CPU:
-            if not getattr(event, "is_user_annotation", False) and event.name not in PROFILER_OVERHEADS:
+            if not getattr(event, "is_user_annotation", False):
                 busy.append(span)
             continue
         for phase in HOST_PHASES:
@@ -313,8 +294,6 @@ def profile_tables(
 __all__ = [
     "HOST_PHASES",
     "IDLE_NOTE",
-    "OVERHEAD_NOTE",
-    "PROFILER_OVERHEADS",
     "PROFILE_FILE",
     "PROFILE_WARMUP_STEPS",
     "StepProfiler",

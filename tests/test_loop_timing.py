@@ -146,8 +146,9 @@ def test_step_digest_sums_device_time_launches_syncs_and_loading_per_step():
         event("aten::mm", 40, device_us=0.0, cpu_us=900.0),  # a CPU op: its kernels are the CUDA rows
         event("ampere_sgemm", 40, DeviceType.CUDA, device_us=30_000.0),
         event("void elementwise_kernel", 60, DeviceType.CUDA, device_us=10_000.0),
-        # CUPTI's record of the host blocked on a full launch queue: listed on the device, no device work
-        event("Command Buffer Full", 10, DeviceType.CUDA, device_us=8_000.0, cpu_us=20_000.0),
+        # CUPTI's record of the host blocked on a full launch queue: a host event whose CUDA column is
+        # the time of the kernels launched meanwhile, already counted in their own rows
+        event("Command Buffer Full", 10, DeviceType.CPU, device_us=8_000.0, cpu_us=20_000.0),
         # a record_function range on the device's timeline spans kernels already counted
         event("sld.loss_fn", 2, DeviceType.CUDA, device_us=35_000.0, annotation=True),
         event("cudaLaunchKernel", 80, cpu_us=400.0),
@@ -160,10 +161,9 @@ def test_step_digest_sums_device_time_launches_syncs_and_loading_per_step():
     assert lines[1].startswith("  device busy 20.0 ms (50% of the wall time") and lines[1].endswith(
         ", 50 kernel launches"
     )
-    assert lines[2] == "  not counted as device work: profiler overhead (Command Buffer Full 4.0 ms a step)"
-    assert lines[3] == "  host syncs: 3.0 a step, 6.0 ms waiting (cudaStreamSynchronize x6)"
-    assert lines[4] == "  data loading (next batch): 2.0 ms"
-    assert lines[5] == "  named ranges on the device, ms a step: sld.loss_fn 17.5"
+    assert lines[2] == "  host syncs: 3.0 a step, 6.0 ms waiting (cudaStreamSynchronize x6)"
+    assert lines[3] == "  data loading (next batch): 2.0 ms"
+    assert lines[4] == "  named ranges on the device, ms a step: sld.loss_fn 17.5"
 
 
 def test_device_idle_charges_each_gap_to_the_host_phase_it_falls_in():
@@ -184,9 +184,9 @@ def test_device_idle_charges_each_gap_to_the_host_phase_it_falls_in():
         event("gemm", 12, 18),
         event("elementwise", 16, 20),
         event("gemm", 30, 40),
-        # neither fills a gap: a named range drawn on the device, and CUPTI's record of a full launch queue
+        # a named range drawn on the device spans kernels, it is none; nor is the host's wait on a full queue
         event("sld.loss_fn", 0, 40, annotation=True),
-        event("Command Buffer Full", 20, 30),
+        event("Command Buffer Full", 20, 30, cpu),
         # the host: the forward until 15 ms, the backward 15-25, the next batch 26-28
         event("sld.loss_fn", 0, 15, cpu, annotation=True),
         event("aten::mm", 1, 2, cpu),
@@ -200,3 +200,31 @@ def test_device_idle_charges_each_gap_to_the_host_phase_it_falls_in():
         "sld.optimizer 0.0, data loading 1.0, between phases 1.5"
     )
     assert device_idle([event("aten::mm", 0, 1, cpu)], steps=1) is None  # no device work: nothing to say
+
+
+def test_the_profiled_steps_wall_time_leaves_out_the_profilers_own_stop(tmp_path, monkeypatch):
+    from sld import loop_timing
+    from sld.loop_timing import PROFILE_WARMUP_STEPS, StepProfiler
+
+    clock = [0.0]
+    monkeypatch.setattr(loop_timing.time, "perf_counter", lambda: clock[0])
+
+    class Averages(list):
+        def table(self, **kwargs):
+            return "(table)"
+
+    class SlowToStop:  # processing the trace at stop takes 100 s of host time
+        def stop(self):
+            clock[0] += 100.0
+
+        def key_averages(self):
+            return Averages()
+
+    profiler = StepProfiler(2, tmp_path, True, torch.device("cpu"))
+    profiler.profiler, profiler.started = SlowToStop(), 0.0
+    profiler.seen = PROFILE_WARMUP_STEPS + 2
+    clock[0] = 1.0  # the two steps took one second
+    profiler.finish()
+    text = (tmp_path / "profile.txt").read_text()
+    assert "(500.0 ms per step with the profiler on)" in text
+    assert "Per step: 500.0 ms of wall time" in text
