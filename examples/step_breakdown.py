@@ -3,9 +3,9 @@
     python examples/step_breakdown.py results/throughput_before_prof_profile.txt results/throughput_after_prof_profile.txt
 
 A run with ``loop.profile_steps=N`` writes a torch.profiler summary of N steps to ``profile.txt``
-(``sld.loop_timing``). This prints one Markdown row per file: the profiled steps, the wall time of a
+(``sld.loop_timing``, ``sld.profile_digest``). This prints one Markdown row per file: the profiled steps, the wall time of a
 step with the profiler on, the device's busy time (and its share of the wall time), its idle time
-between kernels with the host phase that had most of it (``sld.loop_timing.device_idle``), kernel launches,
+between kernels with the host phase that had most of it (``sld.profile_digest.device_idle``), kernel launches,
 host syncs and data loading a step, and the matrix products' and attention kernels' share of the
 device time, then the largest ``aten`` operators by device time (shares and operators from the rows
 of the summary's table, its 30 largest entries: a lower bound where smaller ones add up). Older codes' summaries lack the

@@ -162,7 +162,7 @@ def profile_call(fn: Callable[[], Any], device: torch.device, path: str | Path, 
     """Run ``fn`` once under torch.profiler (CPU, and CUDA on a GPU) and write the summary tables to
     ``path``: where one call's time goes, by operator and by the ``sld.*`` ranges of generation
     (``sld.context``, ``sld.denoise``, ``sld.decode``, ``sld.token_steps``). Warm ``fn`` up first."""
-    from sld.loop_timing import profile_tables
+    from sld.profile_digest import profile_tables
 
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
