@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from sld.data.decoder_buckets import adversarial_buckets
+from sld.data.decoder_buckets import adversarial_buckets, bucket_target_count
+from sld.distributed import global_mean
 from sld.losses import adversarial_direction, adversarial_row_count, gaussian_latent_noise, info_nce
 
 if TYPE_CHECKING:  # the model's forward calls compute_autoencoder_losses: no runtime import cycle
@@ -63,8 +64,15 @@ class AutoencoderLossConfig:
         adversarial_fraction: share of a batch's rows the adversarial term runs on (its first
             ``sld.losses.adversarial_row_count`` rows; batches are shuffled, so a random subset). 1.0
             (the paper's) runs it on every row. Below 1 its second decoder pass, forward and backward,
-            shrinks to that share; its latent gradient still comes from the conversion loss's graph
-            over every row. Training only: evaluation runs it on every row.
+            shrinks to that share; its latent gradient comes from the conversion loss's graph, a
+            backward over every row unless ``adversarial_rows_apart``. Training only: evaluation runs
+            it on every row.
+        adversarial_rows_apart: with ``adversarial_fraction`` < 1, the conversion pass decodes the
+            adversarial term's rows apart from the rest (the collator makes them buckets of their own,
+            ``sld.data.decoder_buckets.rest_buckets``), so that the latent gradient's backward runs
+            through their decoder calls only: that share of a decoder backward instead of all of it,
+            for one more decoder call per bucket (on a GPU, one more round of kernel launches). The
+            same losses and gradients (tested).
     """
 
     variant: Variant = "noise_robust_contrastive"
@@ -76,6 +84,7 @@ class AutoencoderLossConfig:
     contrastive_positives: Literal["pairs", "dropout"] = "pairs"
     word_dropout: float = 0.0
     adversarial_fraction: float = 1.0
+    adversarial_rows_apart: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ("vanilla", "noise_robust", "noise_robust_contrastive"):
@@ -109,6 +118,11 @@ class AutoencoderLossConfig:
         return self.variant == "noise_robust_contrastive" and self.contrastive_weight > 0
 
     @property
+    def collated_adversarial_apart(self) -> bool:
+        """Whether the collator keeps the adversarial rows' decoder buckets apart (training batches)."""
+        return self.adversarial_rows_apart and self.uses_adversarial and self.adversarial_fraction < 1.0
+
+    @property
     def collated_adversarial_fraction(self) -> float:
         """The share of rows the collator prepares the adversarial term's targets for: 1.0 (nothing
         extra) when the term does not run."""
@@ -121,8 +135,10 @@ def _latent_gradient(
     """d NLL / d z (B', N, D), without a graph.
 
     In training this reuses the conversion loss's graph (one extra backward through the decoder, no
-    extra forward). Its token mean scales each segment's gradient by a positive constant, which the
-    per-segment normalisation of the direction removes. Without a graph (evaluation under no_grad) the
+    extra forward): ``conversion`` is the conversion loss, or with ``adversarial_rows_apart`` the summed
+    NLL of the adversarial rows alone (the other rows' gradients are then zero, and unused). A token
+    mean or sum scales each segment's gradient by a positive constant, which the per-segment
+    normalisation of the direction removes. Without a graph (evaluation under no_grad) the
     NLL is recomputed at a detached copy of z.
     """
     if conversion.requires_grad and z.requires_grad:
@@ -270,14 +286,28 @@ def compute_autoencoder_losses(
     z_in = gaussian_latent_noise(z, cfg.noise_std) if training and cfg.uses_noise else z
     inputs = model.decoder_inputs(labels, cfg.word_dropout if training else 0.0)
     targets = batch.get("target_index")  # (T,) flat target positions from the collator, or None
+    # losses.adversarial_rows_apart: the collator's buckets hold the adversarial rows apart (first)
+    apart = training and cfg.collated_adversarial_apart and "adversarial_buckets" in batch
     with record_function("sld.ae.conversion"):
-        conversion = model.reconstruction_loss(z_in, labels, inputs, targets, batch.get("decoder_buckets"))
+        if apart:
+            # the same mean as one call over every bucket, but the adversarial rows' NLL is a node of
+            # its own: the latent gradient below differentiates it alone
+            heads = batch["adversarial_buckets"]
+            rests = batch["decoder_buckets"][len(heads) :]
+            differentiated = model.bucket_nll_sum(z_in, inputs, heads)
+            total = differentiated + model.bucket_nll_sum(z_in, inputs, rests) if rests else differentiated
+            conversion = global_mean(total, bucket_target_count(batch["decoder_buckets"]))
+        else:
+            conversion = model.reconstruction_loss(
+                z_in, labels, inputs, targets, batch.get("decoder_buckets")
+            )
+            differentiated = conversion
     zero = conversion.new_zeros(())
 
     adversarial = zero
     if cfg.uses_adversarial:
         with record_function("sld.ae.latent_gradient"):
-            grad = _latent_gradient(model, z_in, labels, conversion)
+            grad = _latent_gradient(model, z_in, labels, differentiated)
         with record_function("sld.ae.adversarial"):
             adversarial = _adversarial_loss(model, batch, cfg, z_in, grad, labels, inputs, training)
 

@@ -273,6 +273,7 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
                 model,
                 cfg.losses.collated_adversarial_fraction,
                 cfg.data.decoder_buckets,
+                cfg.losses.collated_adversarial_apart,
             ),
             loss_fn,
             output_dir,

@@ -224,6 +224,40 @@ def test_decoder_buckets_give_the_losses_and_gradients_of_one_padded_pass(monkey
     torch.testing.assert_close(autoencoder_losses(model, searched, half)["adversarial"], expected)
 
 
+@pytest.mark.parametrize(("decoder", "buckets"), [("t5", 1), ("t5", 2), ("bart", 1)])
+def test_adversarial_rows_apart_give_the_same_losses_and_gradients(decoder, buckets):
+    """``losses.adversarial_rows_apart``: the conversion pass decodes the adversarial rows apart, so the
+    latent gradient's backward runs through their decoder calls only; every term and gradient is the
+    one-call value (no dropout, no noise: the passes differ only in how the rows are grouped)."""
+    model = build(decoder_config=T5 if decoder == "t5" else BART).train()
+    together = AutoencoderLossConfig(noise_std=0.0, adversarial_fraction=0.5)
+    apart = AutoencoderLossConfig(noise_std=0.0, adversarial_fraction=0.5, adversarial_rows_apart=True)
+    assert apart.collated_adversarial_apart and not together.collated_adversarial_apart
+    plain = SegmentCollator.from_autoencoder(model, 0.5, buckets)(LONG_ROWS)
+    split = SegmentCollator.from_autoencoder(model, 0.5, buckets, adversarial_apart=True)(LONG_ROWS)
+    heads = split["adversarial_buckets"]
+    assert split["decoder_buckets"][: len(heads)] == heads and len(split["decoder_buckets"]) > len(heads)
+    expected = autoencoder_losses(model, plain, together)
+    g_expected = grads(model, expected["loss"])
+
+    differentiated = []  # the rows of each backward through the reconstructor, the decoder's memory
+    hook = model.reconstructor.register_full_backward_hook(
+        lambda module, grad_in, grad_out: differentiated.append(grad_out[0].shape[0])
+    )
+    terms = autoencoder_losses(model, split, apart)
+    for name in ("conversion", "adversarial", "contrastive", "loss"):
+        torch.testing.assert_close(terms[name], expected[name])
+    # the latent gradient (the only backward inside the loss) went through the adversarial rows alone
+    assert differentiated == [sum(len(b["rows"]) for b in heads)] and differentiated[0] < len(LONG_ROWS)
+    g_apart = grads(model, terms["loss"])
+    hook.remove()
+    assert g_apart.keys() == g_expected.keys()
+    for name in g_expected:
+        torch.testing.assert_close(g_apart[name], g_expected[name], atol=1e-6, rtol=1e-4)
+    # without the adversarial share below 1 there is nothing to keep apart: the batch is as before
+    assert "decoder_buckets" not in SegmentCollator.from_autoencoder(model, adversarial_apart=True)(LONG_ROWS)
+
+
 @pytest.mark.parametrize("positives", ["pairs", "dropout"])
 def test_the_rows_paraphrases_and_negatives_are_encoded_in_one_compressor_call(bert_dir, positives):
     """One compressor call for the batch's rows, its distinct paraphrases (or a second view of every

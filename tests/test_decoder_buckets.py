@@ -9,7 +9,14 @@ import random
 import pytest
 import torch
 
-from sld.data.decoder_buckets import adversarial_buckets, bucket_positions, decoder_buckets, plan_buckets
+from sld.data.decoder_buckets import (
+    adversarial_buckets,
+    bucket_positions,
+    bucket_target_count,
+    decoder_buckets,
+    plan_buckets,
+    rest_buckets,
+)
 from sld.losses import target_positions
 from sld.tokenization import IGNORE_INDEX
 
@@ -78,3 +85,17 @@ def test_the_adversarial_rows_are_each_buckets_first_rows():
     assert [b["rows"].tolist() for b in kept] == [[0, 2], [1]]
     assert [tuple(b["labels"].shape) for b in kept] == [(2, 4), (1, 12)]
     torch.testing.assert_close(kept[0]["target_index"], target_positions(labels[[0, 2], :4]))
+
+
+def test_the_rest_of_each_bucket_is_cut_to_its_own_longest_and_with_the_adversarial_rows_holds_every_row():
+    lengths = [3, 12, 4, 2, 12, 3]
+    labels = labels_of(lengths, 12)
+    buckets = decoder_buckets(labels, 2)  # rows [0, 2, 3, 5] (longest 4) and [1, 4] (12)
+    rest = rest_buckets(buckets, 0.5)
+    assert [b["rows"].tolist() for b in rest] == [[3, 5], [4]]
+    assert [tuple(b["labels"].shape) for b in rest] == [(2, 3), (1, 12)]  # [3, 5]: lengths 2 and 3
+    torch.testing.assert_close(rest[0]["target_index"], target_positions(labels[[3, 5], :3]))
+    heads = adversarial_buckets(buckets, 0.5)
+    assert sorted(torch.cat([b["rows"] for b in heads + rest]).tolist()) == list(range(len(lengths)))
+    assert int(bucket_target_count(heads + rest)) == sum(lengths)
+    assert rest_buckets(buckets, 1.0) == []  # the adversarial rows are all of them

@@ -18,9 +18,11 @@ negative, e.g. an out-of-domain sentence). ``SegmentCollator`` turns a list of r
     negative_input_ids, ..._mask       (Q, L)   encoder inputs of the batch's Q distinct hard negatives
     encoder_index, positive_/negative_encoder_index   (B',) / (P',) / (Q,)  rows of the model's
                                        encoder-state cache (only with ``text_index``)
-    decoder_buckets                    with ``decoder_buckets`` > 1 only: a list of dicts (``rows``,
-                                       ``labels``, ``target_index``), the batch's rows grouped by
-                                       target length, each cut to its longest (sld.data.decoder_buckets)
+    decoder_buckets                    with ``decoder_buckets`` > 1 (or ``adversarial_apart``) only: a list
+                                       of dicts (``rows``, ``labels``, ``target_index``), the batch's rows
+                                       grouped by target length, each cut to its longest
+                                       (sld.data.decoder_buckets); with ``adversarial_apart`` the
+                                       adversarial rows' buckets first, then the rest of each bucket
     adversarial_buckets                with both: the adversarial term's rows of each bucket (it then
                                        replaces ``adversarial_target_index``)
 
@@ -48,7 +50,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from sld.data.decoder_buckets import adversarial_buckets, decoder_buckets
+from sld.data.decoder_buckets import adversarial_buckets, decoder_buckets, rest_buckets
 from sld.data.records import iter_jsonl_numbered
 from sld.errors import DataError
 from sld.losses import adversarial_row_count, target_positions
@@ -71,6 +73,9 @@ class SegmentCollator:
         decoder_buckets: ``data.decoder_buckets``; above 1 each batch also carries its rows grouped
             into at most that many length buckets (``sld.data.decoder_buckets``), which the decoder
             runs on one at a time, each padded to its own longest target only.
+        adversarial_apart: ``losses.adversarial_rows_apart``; with ``adversarial_fraction`` < 1 each
+            bucket's adversarial rows become buckets of their own: ``decoder_buckets`` lists those
+            (``adversarial_buckets``) first, then the rest of each bucket (``rest_buckets``).
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class SegmentCollator:
         text_index: Mapping[str, int] | None = None,
         adversarial_fraction: float = 1.0,
         decoder_buckets: int = 1,
+        adversarial_apart: bool = False,
     ) -> None:
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
@@ -91,10 +97,15 @@ class SegmentCollator:
         if decoder_buckets < 1:
             raise ValueError(f"decoder_buckets must be >= 1, got {decoder_buckets}")
         self.decoder_buckets = decoder_buckets
+        self.adversarial_apart = adversarial_apart and adversarial_fraction < 1.0
 
     @classmethod
     def from_autoencoder(
-        cls, model: Any, adversarial_fraction: float = 1.0, decoder_buckets: int = 1
+        cls,
+        model: Any,
+        adversarial_fraction: float = 1.0,
+        decoder_buckets: int = 1,
+        adversarial_apart: bool = False,
     ) -> SegmentCollator:
         """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length (and its
         ``encoder_cache``, when it has one)."""
@@ -106,6 +117,7 @@ class SegmentCollator:
             cache.index if cache is not None else None,
             adversarial_fraction,
             decoder_buckets,
+            adversarial_apart,
         )
 
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -139,11 +151,14 @@ class SegmentCollator:
         batch: dict[str, Any] = self._encode(texts)
         batch["labels"] = decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)
         batch["target_index"] = target_positions(batch["labels"])
-        if self.decoder_buckets > 1:
+        if self.decoder_buckets > 1 or self.adversarial_apart:
             buckets = decoder_buckets(batch["labels"], self.decoder_buckets)
-            batch["decoder_buckets"] = buckets
             if self.adversarial_fraction < 1.0:
-                batch["adversarial_buckets"] = adversarial_buckets(buckets, self.adversarial_fraction)
+                heads = adversarial_buckets(buckets, self.adversarial_fraction)
+                batch["adversarial_buckets"] = heads
+                if self.adversarial_apart:
+                    buckets = heads + rest_buckets(buckets, self.adversarial_fraction)
+            batch["decoder_buckets"] = buckets
         elif self.adversarial_fraction < 1.0:
             rows = adversarial_row_count(len(texts), self.adversarial_fraction)
             batch["adversarial_target_index"] = target_positions(batch["labels"][:rows])

@@ -39,7 +39,15 @@ from sld.tokenization import IGNORE_INDEX
 
 Bucket = dict[str, torch.Tensor]
 
-__all__ = ["Bucket", "adversarial_buckets", "bucket_positions", "decoder_buckets", "plan_buckets"]
+__all__ = [
+    "Bucket",
+    "adversarial_buckets",
+    "bucket_positions",
+    "bucket_target_count",
+    "decoder_buckets",
+    "plan_buckets",
+    "rest_buckets",
+]
 
 
 def plan_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
@@ -130,6 +138,29 @@ def adversarial_buckets(buckets: Sequence[Bucket], fraction: float) -> list[Buck
             {"rows": bucket["rows"][:rows], "labels": labels, "target_index": target_positions(labels)}
         )
     return kept
+
+
+def rest_buckets(buckets: Sequence[Bucket], fraction: float) -> list[Bucket]:
+    """The rows of each bucket that ``adversarial_buckets`` leaves out, each group cut to its own
+    longest target; a bucket with none left gives none. ``adversarial_buckets`` and these hold every
+    row once (``losses.adversarial_rows_apart``: the conversion pass decodes the two apart)."""
+    rest = []
+    for bucket in buckets:
+        first = adversarial_row_count(len(bucket["rows"]), fraction)
+        if first == len(bucket["rows"]):
+            continue
+        labels = bucket["labels"][first:]
+        longest = max(1, max(_target_lengths(labels)))
+        labels = labels[:, :longest]
+        rest.append(
+            {"rows": bucket["rows"][first:], "labels": labels, "target_index": target_positions(labels)}
+        )
+    return rest
+
+
+def bucket_target_count(buckets: Sequence[Bucket]) -> torch.Tensor:
+    """The buckets' target tokens, a tensor on their labels' device (no host sync)."""
+    return torch.stack([(b["labels"] != IGNORE_INDEX).sum() for b in buckets]).sum()
 
 
 def bucket_positions(buckets: Sequence[Bucket]) -> tuple[int, int]:

@@ -53,7 +53,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
 from sld.config import ConfigError
-from sld.data.decoder_buckets import Bucket
+from sld.data.decoder_buckets import Bucket, bucket_target_count
 from sld.distributed import global_mean
 from sld.errors import UserError
 from sld.losses import conversion_loss, target_token_nll
@@ -565,7 +565,15 @@ class SegmentAutoencoder(nn.Module):
                 return conversion_loss(self.reconstruction_logits(z, labels, inputs), labels)
             hidden = self._decoder_hidden(self.memory(z), inputs)  # (B', L, d)
             return target_token_nll(hidden, labels, split[0], split[1], target_index)
-        # the reconstructor once over the buckets' rows (it is per row), then each bucket's decoder pass
+        return global_mean(self.bucket_nll_sum(z, inputs, buckets), bucket_target_count(buckets))
+
+    def bucket_nll_sum(
+        self, z: torch.Tensor, inputs: torch.Tensor, buckets: Sequence[Bucket]
+    ) -> torch.Tensor:
+        """The summed token NLL of the ``buckets``' targets (``reconstruction_loss``'s numerator) given
+        the batch's latents z (B', N, D) and teacher-forced ``inputs`` (B', L'): the reconstructor once
+        over the buckets' rows (it is per row), then one decoder pass per bucket, cut to its longest."""
+        split = split_output_head(self.lm)
         rows = torch.cat([bucket["rows"] for bucket in buckets])
         memories = self.memory(z.index_select(0, rows)).split([len(b["rows"]) for b in buckets])
         total = z.new_zeros((), dtype=torch.float32)
@@ -581,7 +589,7 @@ class SegmentAutoencoder(nn.Module):
                 hidden = self._decoder_hidden(memory, bucket_inputs)  # (n, L_b, d)
                 nll = target_token_nll(hidden, cut, split[0], split[1], bucket["target_index"], "sum")
             total = total + nll
-        return global_mean(total, sum((b["labels"] != IGNORE_INDEX).sum() for b in buckets))
+        return total
 
     def _decoder_hidden(self, memory: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden states (B', L, d) for teacher-forced ``inputs`` (B', L) given its
