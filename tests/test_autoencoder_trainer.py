@@ -163,36 +163,45 @@ def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():
 
 
 @pytest.fixture
-def collators(monkeypatch) -> list[tuple[float, int]]:
-    """The (adversarial fraction, decoder buckets) of every collator the trainer builds."""
+def collators(monkeypatch) -> list[tuple[float, int, bool]]:
+    """The (adversarial fraction, decoder buckets, adversarial rows apart) of every collator the
+    trainer builds."""
     import sld.autoencoder_trainer as trainer
 
-    built: list[tuple[float, int]] = []
+    built: list[tuple[float, int, bool]] = []
     real = trainer.SegmentCollator.from_autoencoder
 
-    def recording(model, adversarial_fraction=1.0, decoder_buckets=1):
-        built.append((adversarial_fraction, decoder_buckets))
-        return real(model, adversarial_fraction, decoder_buckets)
+    def recording(model, adversarial_fraction=1.0, decoder_buckets=1, adversarial_apart=False):
+        built.append((adversarial_fraction, decoder_buckets, adversarial_apart))
+        return real(model, adversarial_fraction, decoder_buckets, adversarial_apart)
 
     monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
     return built
 
 
-@pytest.mark.parametrize(("variant", "expected"), [("noise_robust", 0.5), ("vanilla", 1.0)])
+@pytest.mark.parametrize(
+    ("variant", "apart", "expected"),
+    [
+        ("noise_robust", "false", (0.5, 1, False)),
+        ("noise_robust", "true", (0.5, 1, True)),
+        ("vanilla", "true", (1.0, 1, False)),
+    ],
+)
 def test_the_adversarial_fraction_reaches_the_collator_when_the_term_runs(
-    tmp_path, collators, variant, expected
+    tmp_path, collators, variant, apart, expected
 ):
-    """``losses.adversarial_fraction`` sizes the collator's ``adversarial_target_index``; a run without
-    the term builds none."""
+    """``losses.adversarial_fraction`` sizes the collator's ``adversarial_target_index`` (and with
+    ``losses.adversarial_rows_apart`` its buckets); a run without the term builds none."""
     cfg = tiny_training_config(
         tmp_path,
         f"losses.variant={variant}",
         "losses.adversarial_fraction=0.5",
+        f"losses.adversarial_rows_apart={apart}",
         "loop.max_steps=2",
         "loop.eval_every=100",
     )
     assert train_autoencoder(cfg).summary["steps"] == 2
-    assert collators == [(expected, 1)]
+    assert collators == [expected]
 
 
 def test_decoder_buckets_train_and_count_the_positions_they_compute(tmp_path, collators, caplog):
@@ -213,7 +222,7 @@ def test_decoder_buckets_train_and_count_the_positions_they_compute(tmp_path, co
             assert train_autoencoder(cfg).summary["steps"] == 2
         (line,) = [r.getMessage() for r in caplog.records if "of the positions" in r.getMessage()]
         shares.append(float(line.split("on real tokens (")[1].split("%")[0]))
-    assert [buckets for _, buckets in collators] == [1, 3]
+    assert [buckets for _, buckets, _ in collators] == [1, 3]
     assert shares[1] > shares[0]
     with pytest.raises(ValueError, match="decoder_buckets"):
         tiny_training_config(tmp_path / "bad", "data.decoder_buckets=0")
