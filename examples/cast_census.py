@@ -8,7 +8,7 @@ float32 and bfloat16: docs/results.md, fifteenth session). This builds the model
 (its encoder-state cache when the config has one), takes ``--rows`` training rows of its first
 ``--documents`` documents, runs the step's losses under CPU autocast and their backward pass, and
 prints how many aten operations and casts (``_to_copy`` / ``copy_`` between dtypes) each pass made
-(the batch collated as the trainer collates it: ``losses.adversarial_fraction``, ``data.decoder_buckets``),
+(the batch collated as the trainer collates it, ``sld.autoencoder_trainer.training_collator``),
 the forward's operations by part of the step (encoder and compressor, reconstructor, decoder passes,
 the adversarial term's latent gradient; calls of each),
 the casts by (source dtype -> target dtype, shape), and for the three most frequent where in sld's
@@ -104,9 +104,14 @@ def phases(model: torch.nn.Module, census: CastCensus) -> Iterator[None]:
 def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tuple[CastCensus, CastCensus]:
     """(forward census, backward census) of one training step's losses of ``config``."""
     from sld.autoencoder_objective import autoencoder_losses
-    from sld.autoencoder_trainer import AutoencoderTrainingConfig, build_model, load_segments, training_rows
+    from sld.autoencoder_trainer import (
+        AutoencoderTrainingConfig,
+        build_model,
+        load_segments,
+        training_collator,
+        training_rows,
+    )
     from sld.config import load_config
-    from sld.data.collate import SegmentCollator
     from sld.models.encoder_cache import EncoderStateCache, training_texts
 
     cfg = load_config(AutoencoderTrainingConfig, config, overrides)
@@ -119,10 +124,7 @@ def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tu
         model.encoder_cache = EncoderStateCache.build(
             model, training_texts(batch_rows), device=torch.device("cpu")
         )
-    collate = SegmentCollator.from_autoencoder(
-        model, cfg.losses.collated_adversarial_fraction, cfg.data.decoder_buckets
-    )
-    batch = collate(batch_rows)
+    batch = training_collator(model, cfg)(batch_rows)
     forward = CastCensus()
     with forward, phases(model, forward), torch.autocast("cpu", dtype=torch.bfloat16):
         terms = autoencoder_losses(model, batch, cfg.losses, training=True)

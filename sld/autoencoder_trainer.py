@@ -226,6 +226,17 @@ def reconstruction_scores(
     return scores, outputs
 
 
+def training_collator(model: SegmentAutoencoder, cfg: AutoencoderTrainingConfig) -> SegmentCollator:
+    """The collator of ``cfg``'s training batches: the adversarial term's share and its rows apart
+    (``losses``, when the term runs) and the decoder's length buckets (``data.decoder_buckets``)."""
+    return SegmentCollator.from_autoencoder(
+        model,
+        cfg.losses.collated_adversarial_fraction,
+        cfg.data.decoder_buckets,
+        cfg.losses.collated_adversarial_apart,
+    )
+
+
 def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
     """Train (or resume) stage 2 into ``cfg.output_dir`` and save the autoencoder there."""
     output_dir = Path(cfg.output_dir)
@@ -269,12 +280,7 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
         result = fit(
             model,
             dataset,
-            SegmentCollator.from_autoencoder(
-                model,
-                cfg.losses.collated_adversarial_fraction,
-                cfg.data.decoder_buckets,
-                cfg.losses.collated_adversarial_apart,
-            ),
+            training_collator(model, cfg),
             loss_fn,
             output_dir,
             cfg.optim,
@@ -309,6 +315,7 @@ __all__ = [
     "build_model",
     "load_segments",
     "reconstruction_scores",
+    "training_collator",
     "training_eval_segments",
     "train_autoencoder",
     "training_rows",

@@ -149,12 +149,8 @@ def rest_buckets(buckets: Sequence[Bucket], fraction: float) -> list[Bucket]:
         first = adversarial_row_count(len(bucket["rows"]), fraction)
         if first == len(bucket["rows"]):
             continue
-        labels = bucket["labels"][first:]
-        longest = max(1, max(_target_lengths(labels)))
-        labels = labels[:, :longest]
-        rest.append(
-            {"rows": bucket["rows"][first:], "labels": labels, "target_index": target_positions(labels)}
-        )
+        cut = _bucket(bucket["labels"], range(first, len(bucket["rows"])), _target_lengths(bucket["labels"]))
+        rest.append({**cut, "rows": bucket["rows"][first:]})  # _bucket's rows index the bucket's own labels
     return rest
 
 
