@@ -40,7 +40,8 @@
 #          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: every denoiser and AR run with BEFORE_CODE too): items/s,
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
 #          steps of each, profile.txt, and all of them side by side by examples/step_breakdown.py; a
-#          profiled run's rates are not usable: the profiled steps are slow and inside the budget; TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
+#          profiled run's rates are not usable: the profiled steps are slow and inside the budget; TRAINERS_DM_ARGS: more overrides for the denoiser runs (e.g.
+#          loop.compile_max_autotune=true, with OUT=/root/results/<name> in a `then` group of its own); TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
 #          data.group_by_length=false; TRAINERS_BEFORE_AR_ARGS: for the AR 'before' runs only, after
 #          those); then each run beside its before over the same steps
 #          (examples/throughput_window.py; TRAINERS_WINDOW="40 100000": the first and last step)
@@ -447,7 +448,7 @@ if has trainers; then
             data.segmented_dir="$(realpath $ROC/segmented_continuation)" output_dir="$(realpath -m $ROC/trainers/$name)" \
             denoiser.width=768 denoiser.depth=12 denoiser.heads=12 loop.batch_size=$batch loop.max_minutes=$minutes \
             loop.compile=$compile loop.profile_steps=${TRAINERS_PROFILE:-0} loop.eval_every=100000 loop.save_every=100000 \
-            loop.log_every=20 "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log")
+            loop.log_every=20 ${TRAINERS_DM_ARGS:-} "${SMOKE_DM[@]}" 2>&1 | quiet > "$OUT/trainers_$name.log")
         cp $ROC/trainers/$name/summary.json "$OUT/trainers_${name}_summary.json" 2>/dev/null || true
         cp $ROC/trainers/$name/profile.txt "$OUT/trainers_${name}_profile.txt" 2>/dev/null || true
         cp $ROC/trainers/$name/metrics.jsonl "$OUT/trainers_${name}_metrics.jsonl" 2>/dev/null || true

@@ -79,14 +79,21 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def compile_model(
-    model: nn.Module, backend: str = "inductor", only: Sequence[str] | None = None
+    model: nn.Module,
+    backend: str = "inductor",
+    only: Sequence[str] | None = None,
+    max_autotune: bool = False,
 ) -> nn.Module:
     """Compile ``model``'s repeated blocks in place and return ``model``; a model without repeated
     blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``). ``backend``:
     ``torch.compile``'s (``"eager"`` traces without generating kernels: tests). ``only``: the class
     names of the blocks to compile (``loop.compile_blocks``), e.g. the blocks whose shapes never change
     (the reconstructor's ``TransformerBlock``) and not those that meet a new sequence length at every
-    length-grouped batch (``T5Block``); None compiles them all."""
+    length-grouped batch (``T5Block``); None compiles them all. ``max_autotune``
+    (``loop.compile_max_autotune``): Inductor times every matrix product of the blocks against its own
+    Triton templates, which can take the following elementwise work (bias, activation) into the same
+    kernel, and keeps the fastest (``torch.compile``'s ``max-autotune-no-cudagraphs``); the first steps
+    then take minutes longer."""
     blocks = repeated_blocks(model)
     if only is not None:
         found = sorted({type(b).__name__ for b in blocks})
@@ -97,7 +104,8 @@ def compile_model(
                 f"{found or 'none'}" + (f"; no block is a {', '.join(unknown)}" if unknown else "")
             )
         blocks = [b for b in blocks if type(b).__name__ in only]
-    options = {"options": dict(INDUCTOR_OPTIONS)} if backend == "inductor" else {}
+    inductor_options = dict(INDUCTOR_OPTIONS, **({"max_autotune": True} if max_autotune else {}))
+    options = {"options": inductor_options} if backend == "inductor" else {}
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
         return torch.compile(model, backend=backend, **options)

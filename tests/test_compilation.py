@@ -81,6 +81,14 @@ def test_inductor_compiles_the_blocks_without_its_coalescing_analysis(monkeypatc
     assert calls == [{"backend": "eager"}] * 2
 
 
+def test_max_autotune_reaches_inductor_beside_the_block_options(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    compile_model(tiny_dit(depth=2), max_autotune=True)
+    expected = {"triton.coalesce_tiling_analysis": False, "max_autotune": True}
+    assert calls == [{"backend": "inductor", "options": expected}] * 2
+
+
 @pytest.mark.slow
 def test_compiled_blocks_give_the_eager_outputs_and_gradients():
     """A 2-block denoiser with its blocks compiled in place (inductor on the CPU): the same outputs
