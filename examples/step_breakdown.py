@@ -8,7 +8,9 @@ step with the profiler on, the device's busy time (and its share of the wall tim
 between kernels with the host phase that had most of it (``sld.profile_digest.device_idle``), kernel launches,
 host syncs and data loading a step, and the matrix products' and attention kernels' share of the
 device time, then the largest ``aten`` operators by device time (shares and operators from the rows
-of the summary's table, its 30 largest entries: a lower bound where smaller ones add up). Older codes' summaries lack the
+of the summary's table, its 30 largest entries: a lower bound where smaller ones add up); then, for
+summaries that have the digest's kernel-kind line (``sld.profile_digest.kernel_kinds``, every kernel
+counted), a second table of the busy time a step by kernel kind. Older codes' summaries lack the
 per-step digest; their device time then comes from the table's "Self CUDA time total" line and the
 columns they lack read "-". A profiled step is slower than an unprofiled one: compare profiles with
 profiles, and rates from timed runs (``examples/throughput_window.py``).
@@ -32,6 +34,7 @@ SYNCS = re.compile(r"host syncs: ([\d.]+) a step, ([\d.]+) ms waiting")
 LOADING = re.compile(r"data loading \(next batch\): ([\d.]+) ms")
 IDLE = re.compile(r"device idle between kernels: ([\d.]+) ms a step, while the host was in (.*)")
 IDLE_PART = re.compile(r"(\S[^,]*?) ([\d.]+)(?:,|$)")
+KINDS = re.compile(r"device time by kernel kind, ms a step: (.*)")
 CUDA_TOTAL = re.compile(r"Self CUDA time total: ([\d.]+)(us|ms|s)\b")
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 TABLE_TITLE = "Top operators by self CUDA time:"
@@ -53,6 +56,8 @@ class StepProfile:
     idle_parts: list[tuple[str, float]] = field(default_factory=list)
     # self device time per step of each aten operator of the CUDA table, largest first: (name, ms)
     operators: list[tuple[str, float]] = field(default_factory=list)
+    # the busy time a step by kernel kind (sld.profile_digest.kernel_kinds), largest first: (kind, ms)
+    kinds: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _duration_ms(text: str) -> float:
@@ -109,6 +114,8 @@ def read_profile(path: Path) -> StepProfile:
         profile.idle_parts = [
             (part.group(1), float(part.group(2))) for part in IDLE_PART.finditer(idle.group(2))
         ]
+    if kinds := KINDS.search(text):
+        profile.kinds = [(part.group(1), float(part.group(2))) for part in IDLE_PART.finditer(kinds.group(1))]
     if syncs := SYNCS.search(text):
         profile.syncs = float(syncs.group(1))
     if loading := LOADING.search(text):
@@ -145,8 +152,8 @@ def table(paths: list[Path], top: int = 4) -> list[str]:
         "launches | host syncs | data loading ms | matmul | attention | largest aten operators, ms a step |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for path in paths:
-        p = read_profile(path)
+    profiles = [(path, read_profile(path)) for path in paths]
+    for path, p in profiles:
         busy = "-" if p.busy_ms is None else f"{p.busy_ms:.1f} ({p.busy_ms / p.wall_ms:.0%})"
         largest = (
             ", ".join(f"{name.removeprefix('aten::')} {ms:.1f}" for name, ms in p.operators[:top]) or "-"
@@ -157,6 +164,24 @@ def table(paths: list[Path], top: int = 4) -> list[str]:
             f"{_number(p.syncs, '.1f')} | {_number(p.loading_ms, '.1f')} | {_share(p, MATMULS.__contains__)} | "
             f"{_share(p, lambda name: 'attention' in name)} | {largest} |"
         )
+    return lines + kinds_table(profiles)
+
+
+def kinds_table(profiles: list[tuple[Path, StepProfile]]) -> list[str]:
+    """The device's busy ms a step by kernel kind, one row per run that has the digest's line (every
+    kernel counted, not only the table's top rows); no lines when none has it."""
+    kinds: list[str] = []
+    for _, p in profiles:
+        kinds += [kind for kind, _ in p.kinds if kind not in kinds]
+    if not kinds:
+        return []
+    lines = ["", "Device ms a step by kernel kind:", "", "| run | " + " | ".join(kinds) + " |"]
+    lines.append("|---" * (len(kinds) + 1) + "|")
+    for path, p in profiles:
+        if p.kinds:
+            ms = dict(p.kinds)
+            cells = [f"{ms[kind]:.1f}" if kind in ms else "0.0" for kind in kinds]
+            lines.append(f"| {path.name.removesuffix('.txt')} | " + " | ".join(cells) + " |")
     return lines
 
 

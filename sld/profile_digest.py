@@ -3,8 +3,9 @@
 ``profile_tables`` writes the text of ``profile.txt`` (``loop.profile_steps``, ``sld.loop_timing``;
 ``sld.eval.timing`` for one generation call): ``step_digest``'s per-step lines (the device's busy time,
 kernel launches, host syncs, data loading, the named ranges), on a GPU ``device_idle``'s line (the
-device's idle time between kernels, charged to what the host was doing meanwhile), then the top
-operators by self CUDA and CPU time. ``examples/step_breakdown.py`` reads those files back.
+device's idle time between kernels, charged to what the host was doing meanwhile) and
+``kernel_kinds``' (the busy time by what the kernels do), then the top operators by self CUDA and CPU
+time. ``examples/step_breakdown.py`` reads those files back.
 """
 
 from __future__ import annotations
@@ -62,6 +63,55 @@ def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]
         spans = ", ".join(f"{e.key} {e.self_device_time_total / 1000 / steps:.1f}" for e in ranges)
         lines.append(f"  named ranges on the device, ms a step: {spans}")
     return lines
+
+
+# What a kernel's name says it does, first match wins (lower-case substrings; a kind may come twice):
+# attention before matrix products, since PyTorch's memory-efficient attention kernels are named after
+# CUTLASS, and Inductor's kernels (``triton_tem_`` its matrix-product templates, ``triton_poi_`` fused
+# pointwise, ``triton_per_`` / ``triton_red_`` fused reductions) before names their fused ops may contain.
+KERNEL_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("fmha", "flash", "attention", "attn")),
+    ("matrix products", ("triton_tem_",)),
+    ("fused pointwise (Triton)", ("triton_poi_",)),
+    ("fused reductions (Triton)", ("triton_per_", "triton_red_")),
+    ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm80_", "sm90_")),
+    ("optimizer", ("multi_tensor_apply", "adam", "foreach")),
+    ("norms", ("layer_norm", "layernorm", "rms_norm", "rmsnorm", "batch_norm", "group_norm")),
+    ("copies and fills", ("memcpy", "memset", "copy", "fill", "cat")),
+    ("softmax and cross-entropy", ("softmax", "nll_loss", "cross_entropy")),
+    ("reductions (aten)", ("reduce_kernel", "reduction")),
+    ("elementwise (aten)", ("elementwise_kernel",)),
+)
+KINDS_NOTE = "device time by kernel kind, ms a step"
+
+
+def kernel_kind(name: str) -> str:
+    """The ``KERNEL_KINDS`` entry a kernel's name matches, else "other"."""
+    lowered = name.lower()
+    for kind, needles in KERNEL_KINDS:
+        if any(needle in lowered for needle in needles):
+            return kind
+    return "other"
+
+
+def kernel_kinds(averages: Any, steps: int) -> str | None:
+    """The device's busy time a step split by what its kernels do (``kernel_kind`` of each kernel's
+    name: matrix products, attention, Triton's fused kernels, norms, copies, aten elementwise...),
+    largest first; every kernel is counted, not only the table's top rows. ``averages`` as for
+    ``step_digest``. None without device work."""
+    from torch.autograd import DeviceType
+
+    totals: dict[str, float] = {}
+    for event in averages:
+        if event.device_type == DeviceType.CPU or getattr(event, "is_user_annotation", False):
+            continue
+        kind = kernel_kind(event.key)
+        totals[kind] = totals.get(kind, 0.0) + event.self_device_time_total
+    if not any(totals.values()):
+        return None
+    per_step = max(1, steps) * 1000.0
+    parts = sorted(totals.items(), key=lambda item: -item[1])
+    return f"  {KINDS_NOTE}: " + ", ".join(f"{kind} {us / per_step:.1f}" for kind, us in parts)
 
 
 # the host-side phases a device gap is charged to (in this order, should two overlap)
@@ -154,6 +204,8 @@ def profile_tables(
         digest = step_digest(averages, steps, wall_ms_per_step)
         if device.type == "cuda" and (idle := device_idle(profiler.events(), steps)) is not None:
             digest.insert(2, idle)
+        if (kinds := kernel_kinds(averages, steps)) is not None:
+            digest.append(kinds)
         parts.append("\n".join(digest) + "\n")
     if device.type == "cuda":
         parts.append("\nTop operators by self CUDA time:\n")
@@ -168,8 +220,12 @@ __all__ = [
     "HOST_PHASES",
     "HOST_SYNCS",
     "IDLE_NOTE",
+    "KERNEL_KINDS",
     "KERNEL_LAUNCHES",
+    "KINDS_NOTE",
     "device_idle",
+    "kernel_kind",
+    "kernel_kinds",
     "profile_tables",
     "step_digest",
 ]

@@ -247,6 +247,25 @@ def test_step_breakdown_reads_new_and_old_profiles(tmp_path, capsys):
         4.0,
     )
     assert "| 159.9 (60%) | 20.5 (sld.loss_fn 12.0) | 2,086 |" in step_breakdown.table([idle])[2]
+    # the digest's kernel-kind line: a second table, a row per run that has it, 0.0 where a kind is absent
+    kinds = tmp_path / "kinds_profile.txt"
+    kinds.write_text(
+        new.read_text().replace(
+            "  host syncs:",
+            "  device time by kernel kind, ms a step: matrix products 80.0, attention 17.5, "
+            "fused pointwise (Triton) 30.2\n  host syncs:",
+        )
+    )
+    assert step_breakdown.read_profile(kinds).kinds[-1] == ("fused pointwise (Triton)", 30.2)
+    lines = step_breakdown.table([kinds, new])
+    assert lines[-5:] == [
+        "Device ms a step by kernel kind:",
+        "",
+        "| run | matrix products | attention | fused pointwise (Triton) |",
+        "|---|---|---|---|",
+        "| kinds_profile | 80.0 | 17.5 | 30.2 |",
+    ]
+    assert not any("by kernel kind" in line for line in step_breakdown.table([new]))
     with pytest.raises(SystemExit, match="not_a_profile.txt: not a profile.txt"):
         bad = tmp_path / "not_a_profile.txt"
         bad.write_text("hello\n")

@@ -76,3 +76,44 @@ def test_device_idle_charges_each_gap_to_the_host_phase_it_falls_in():
         "sld.optimizer 0.0, data loading 1.0, between phases 1.5"
     )
     assert device_idle([event("aten::mm", 0, 1, cpu)], steps=1) is None  # no device work: nothing to say
+
+
+def test_kernel_kinds_split_the_busy_time_by_what_each_kernel_does():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from sld.profile_digest import KINDS_NOTE, kernel_kind, kernel_kinds
+
+    assert kernel_kind("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention)") == "attention"
+    assert kernel_kind("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "matrix products"
+    assert kernel_kind("triton_tem_fused_addmm_gelu_0") == "matrix products"
+    assert kernel_kind("triton_poi_fused_cat_gelu_view_5") == "fused pointwise (Triton)"
+    assert kernel_kind("triton_per_fused__to_copy_add_native_layer_norm_1") == "fused reductions (Triton)"
+    assert kernel_kind(
+        "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>"
+    ) == ("copies and fills")
+    assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>") == (
+        "elementwise (aten)"
+    )
+    assert kernel_kind("void multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert kernel_kind("some_new_kernel") == "other"
+
+    def event(key, device_us, device=DeviceType.CUDA, annotation=False):
+        return SimpleNamespace(
+            key=key, device_type=device, self_device_time_total=device_us, is_user_annotation=annotation
+        )
+
+    averages = [
+        event("nvjet_sm90_tst_a", 30_000.0),
+        event("ampere_bf16_s16816gemm_b", 10_000.0),
+        event("triton_poi_fused_gelu_3", 6_000.0),
+        event("Memcpy HtoD (Pinned -> Device)", 2_000.0),
+        event("sld.loss_fn", 50_000.0, annotation=True),  # a range over kernels counted already
+        event("Command Buffer Full", 9_000.0, device=DeviceType.CPU),  # a host event
+    ]
+    line = kernel_kinds(averages, steps=2)
+    assert line == (
+        f"  {KINDS_NOTE}: matrix products 20.0, fused pointwise (Triton) 3.0, copies and fills 1.0"
+    )
+    assert kernel_kinds([event("sld.loss_fn", 5.0, annotation=True)], steps=1) is None
