@@ -75,6 +75,39 @@ def test_padded_segments_do_not_influence_real_ones():
     assert torch.count_nonzero(out[~real]) == 0 and torch.count_nonzero(out2[~real]) == 0
 
 
+def test_no_segment_mask_runs_unmasked_and_equals_an_all_real_mask(monkeypatch):
+    """segment_mask=None: every segment real, the self-attention called without a mask (the flash
+    kernels' condition); the outputs and gradients equal those of an all-True mask."""
+    import torch.nn.functional as F
+
+    model = tiny_dit()
+    randomize_zero_init(model)
+    x, t, c, cm, _ = inputs()
+    full = torch.ones(B, S, dtype=torch.bool)
+    masks_seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        masks_seen.append(attn_mask is None)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    results = []
+    for mask in (full, None):
+        model.zero_grad()
+        out = model(x, t, c, cm, mask, self_cond=x * 0.5)
+        (out**2).sum().backward()
+        results.append((out, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (out_masked, grads_masked), (out_none, grads_none) = results
+    torch.testing.assert_close(out_none, out_masked, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads_none, grads_masked, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # per block a self- and a cross-attention: masked both with the mask; without it the self-attention
+    # is unmasked, the cross-attention (padded context) still masked
+    depth = len(model.blocks)
+    assert masks_seen == [False] * 2 * depth + [True, False] * depth
+
+
 def test_null_context_replaces_dropped_or_missing_source():
     model = tiny_dit()
     randomize_zero_init(model)

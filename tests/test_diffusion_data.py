@@ -18,6 +18,7 @@ from sld.diffusion.data import (
     gather_latents,
     latent_fingerprint,
     read_documents,
+    grouping_lengths,
     segment_slot_fraction,
 )
 from sld.errors import DataError
@@ -79,6 +80,8 @@ def test_dataset_and_collator_shapes_masks_and_labels(autoencoder):
     # a padded slot is the empty text (its end token only); the objective hands real slots only to decode
     assert (labels[1, 1, 1:] == IGNORE_INDEX).all() and (labels[0, 0, :3] != IGNORE_INDEX).all()
     assert "segment_labels" not in LatentCollator(None, 2)([dataset[0]])
+    assert batch["all_segments_real"] is False
+    assert LatentCollator(None, 2)([dataset[0], dataset[2]])["all_segments_real"] is True
     batches = fixed_batches(dataset, max_segments=2, batch_size=2)
     assert [b["latents"].shape[0] for b in batches] == [2, 1]
     assert torch.equal(torch.cat([b["latents"] for b in batches]), latents.float())
@@ -132,3 +135,16 @@ def test_segment_slot_fraction_is_the_share_of_real_segments():
         for i, n in enumerate((1, 3))
     ]
     assert segment_slot_fraction(collate(items)).item() == pytest.approx(4 / 8)
+
+
+def test_grouping_lengths_put_the_segment_count_first():
+    # DOCS: 3 segments kept of 4 with a source of 7 characters, 1 without one, 2 with one of 4
+    assert grouping_lengths(DOCS, 2, by_segment_count=False, by_source_length=False) is None
+    assert grouping_lengths(DOCS, 2, by_segment_count=False, by_source_length=True) == [7, 0, 4]
+    assert grouping_lengths(DOCS, 2, by_segment_count=True, by_source_length=False) == [2, 1, 2]
+    # both: count * (longest source + 1) + source length, so the count decides and the source breaks ties
+    assert grouping_lengths(DOCS, 3, by_segment_count=True, by_source_length=True) == [
+        3 * 8 + 7,
+        8,
+        2 * 8 + 4,
+    ]

@@ -110,6 +110,44 @@ def test_padded_segments_do_not_contribute_to_loss():
     assert not torch.allclose(a["diffusion_mse"], c_["diffusion_mse"])
 
 
+def test_all_segments_real_calls_the_denoiser_without_a_mask_for_the_same_losses():
+    model = tiny_dit()
+    randomize_zero_init(model)
+    diffusion = LatentDiffusion(DiffusionConfig(self_conditioning_prob=1.0, condition_drop_prob=0.5))
+    x0, _, c, cm, _ = batch()
+    full = torch.ones(B, S, dtype=torch.bool)
+    counts = torch.full((B,), S)
+    t = torch.tensor([10, 400, 800, 999])
+    noise = torch.randn_like(x0)
+    seen = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(args[4])  # segment_mask
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    losses = [
+        diffusion.training_losses(
+            model,
+            x0,
+            full,
+            c,
+            cm,
+            counts,
+            t=t,
+            noise=noise,
+            generator=torch.Generator().manual_seed(3),
+            all_segments_real=real,
+        )
+        for real in (False, True)
+    ]
+    for key in ("loss", "diffusion_mse", "count_ce"):
+        torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-5, atol=1e-6)
+    # both passes (self-conditioning and the main one) of each call
+    assert [m is None for m in seen] == [False, False, True, True]
+
+
 class DummyDecoder(torch.nn.Module):
     """A small differentiable stand-in for reconstructor + decoder: linear map to memory and to token logits."""
 

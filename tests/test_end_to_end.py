@@ -187,6 +187,7 @@ def test_length_grouped_batches_with_a_sourceless_document(trained, tmp_path):
             f"autoencoder={root / 'ae'}",
             f"data.segmented_dir={grouped}",
             "data.group_by_source_length=true",
+            "data.group_by_segment_count=true",
             "loop.max_steps=3",
         ],
     )

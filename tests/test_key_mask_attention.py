@@ -38,6 +38,16 @@ def test_column_matches_the_masked_call_with_gradients(dtype, tol):
     torch.testing.assert_close(key_masked_attention(q, k2, v, key_mask, mode="column"), out_column)
 
 
+def test_no_key_mask_attends_every_key():
+    q, k, v, _ = qkv_and_mask(torch.float32)
+    everything = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool)
+    for mode in ("mask", "column"):
+        torch.testing.assert_close(
+            key_masked_attention(q, k, v, None, mode=mode),
+            key_masked_attention(q, k, v, everything, mode="mask"),
+        )
+
+
 def denoisers_and_inputs(monkeypatch, depth: int = 1) -> tuple[dict, tuple]:
     """The same tiny denoiser built under each mode, and inputs with padded context and segments."""
     gen = torch.Generator().manual_seed(0)

@@ -99,9 +99,11 @@ def gather_latents(batch: dict, latents_on_device: torch.Tensor | None) -> torch
 
 class LatentCollator:
     """Batch dict: latents (B, S, N, D) float32 (or, from an ``index_only`` dataset, document_index
-    (B,) long: ``gather_latents``), segment_mask (B, S), num_segments (B,), sources, and decoder
-    labels (B, S, L) of every segment (-100 on padding) for the post-diffusion CE (only when an
-    autoencoder is given)."""
+    (B,) long: ``gather_latents``), segment_mask (B, S), num_segments (B,), all_segments_real (a
+    Python bool: no document of the batch has fewer than S segments, known on the host so that the
+    trainer can call the denoiser without a mask and no device sync), sources, and decoder labels
+    (B, S, L) of every segment (-100 on padding) for the post-diffusion CE (only when an autoencoder
+    is given)."""
 
     def __init__(self, autoencoder: SegmentAutoencoder | None, max_segments: int) -> None:
         self.tokenizer = autoencoder.decoder_tokenizer if autoencoder is not None else None
@@ -113,6 +115,7 @@ class LatentCollator:
         batch = {
             "num_segments": counts,
             "segment_mask": torch.arange(self.max_segments)[None, :] < counts[:, None],
+            "all_segments_real": bool((counts >= self.max_segments).all()),
             "sources": [it["source"] for it in items],
         }
         if "latents" in items[0]:
@@ -126,6 +129,24 @@ class LatentCollator:
             labels = decoder_labels(self.tokenizer, texts, self.max_tokens)
             batch["segment_labels"] = labels.view(len(items), self.max_segments, -1)
         return batch
+
+
+def grouping_lengths(
+    docs: list[SegmentedDocument], max_segments: int, by_segment_count: bool, by_source_length: bool
+) -> list[int] | None:
+    """The key per document that ``fit``'s length-grouped sampler batches by (None: no grouping):
+    the number of segments kept (at most ``max_segments``), the source's length in characters, or
+    both, the count first (``count * (longest source + 1) + source length``)."""
+    if not (by_segment_count or by_source_length):
+        return None
+    sources = [len(doc.source or "") if by_source_length else 0 for doc in docs]
+    if not by_segment_count:
+        return sources
+    scale = max(sources, default=0) + 1
+    return [
+        min(len(doc.segments), max_segments) * scale + length
+        for doc, length in zip(docs, sources, strict=True)
+    ]
 
 
 def segment_slot_fraction(batch: dict) -> torch.Tensor:

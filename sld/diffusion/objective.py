@@ -288,6 +288,7 @@ class LatentDiffusion:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         post_diffusion: bool | None = None,
+        all_segments_real: bool = False,
     ) -> dict[str, torch.Tensor]:
         """All stage-3 losses for one batch.
 
@@ -305,6 +306,9 @@ class LatentDiffusion:
                 (None: the micro-batch's ``sld.distributed.micro_batch()`` inside ``fit``, else torch's).
             post_diffusion: compute the post-diffusion terms; None = when a post-diffusion weight is > 0
                 (validation sets False: it scores the diffusion MSE alone).
+            all_segments_real: the caller knows (on the host, from its collator) that ``segment_mask``
+                is True everywhere: the denoiser is then called without it, so its self-attention runs
+                unmasked (flash kernels); the same losses.
 
         Returns:
             dict of tensors: ``loss`` (the weighted total, differentiable), ``diffusion_mse``,
@@ -317,6 +321,7 @@ class LatentDiffusion:
         segment_mask = segment_mask.to(device=device, dtype=torch.bool)
         if segment_mask.shape != (b, s):
             raise UserError(f"segment_mask must be (B={b}, S={s}), got shape {tuple(segment_mask.shape)}")
+        model_mask = None if all_segments_real else segment_mask  # what the denoiser sees
         post_diffusion = cfg.uses_post_diffusion if post_diffusion is None else post_diffusion
         if post_diffusion and decode_fn is None:
             raise UserError(
@@ -345,7 +350,7 @@ class LatentDiffusion:
         if use_self_cond:
             # named ranges in torch.profiler summaries (profile.txt lists their device time)
             with torch.no_grad(), region() as part, record_function("sld.dm.self_conditioning"):
-                first = model(x_t, time, context, context_mask, segment_mask, None, drop_context)
+                first = model(x_t, time, context, context_mask, model_mask, None, drop_context)
                 self_cond = self.predict_x0(first, x_t, t).detach()
             self_cond_flops = part.get_total_flops() if counter else 0
 
@@ -355,7 +360,7 @@ class LatentDiffusion:
                 time,
                 context,
                 context_mask,
-                segment_mask,
+                model_mask,
                 self_cond,
                 drop_context,
                 return_count_logits=True,

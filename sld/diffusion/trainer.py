@@ -27,6 +27,7 @@ from sld.diffusion.data import (
     cached_latents,
     fixed_batches,
     gather_latents,
+    grouping_lengths,
     read_documents,
     segment_slot_fraction,
 )
@@ -67,7 +68,11 @@ class DiffusionDataConfig:
     to the context costs in proportion to the longest source of the batch. Off by default: on the
     quickstart's synthetic corpus it gave more steps per minute but a worse model per minute, since
     sources of equal length there are often the same title, which makes batches far less varied.
-    Documents without a source count as length 0.
+    Documents without a source count as length 0. ``group_by_segment_count`` batches documents with
+    the same number of segments (within the sampler's mega-batches; with the source length as the second
+    key when both are on): a batch without a padded segment runs the denoiser's self-attention
+    without a mask, on the flash kernels (``sld.models.denoiser``); on ROC continuations 1% of the
+    documents have fewer than four segments, so without it nearly every batch of 1,024 holds one.
     """
 
     segmented_dir: str = "runs/segmented"
@@ -76,6 +81,7 @@ class DiffusionDataConfig:
     num_valid_documents: int = 64
     extra_segmented_dirs: list[str] = field(default_factory=list)
     group_by_source_length: bool = False
+    group_by_segment_count: bool = False
 
     @property
     def folders(self) -> list[str]:
@@ -242,6 +248,7 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
             batch["num_segments"],
             decode_fn=decode_fn,
             segment_tokens=batch.get("segment_labels"),
+            all_segments_real=batch["all_segments_real"],
         )
 
     def samples(pipe: SLDPipeline, step: int) -> dict[str, float]:
@@ -269,7 +276,9 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
         real_fraction_in_batch=segment_slot_fraction,
         ema_decay=cfg.ema_decay,
         accelerator=accelerator,
-        lengths=[len(doc.source or "") for doc in train_docs] if cfg.data.group_by_source_length else None,
+        lengths=grouping_lengths(
+            train_docs, cfg.max_segments, cfg.data.group_by_segment_count, cfg.data.group_by_source_length
+        ),
     )
     model = result.model
     if result.ema is not None:

@@ -16,7 +16,9 @@ Architecture (DiT with cross-attention, plus U-ViT skips)::
     -> final adaLN + zero-initialised Linear W -> D  -> (B, S, N, D)
 
 Padded segments (documents have 1..S segments) are masked out as attention keys, so they never
-influence real segments, and their outputs are zeroed. How many segments to generate is predicted
+influence real segments, and their outputs are zeroed. A batch without padded segments
+(``segment_mask=None``) runs its self-attention without a mask, which the flash kernels take (a mask
+sends ``scaled_dot_product_attention`` to its memory-efficient kernels). How many segments to generate is predicted
 by a small count head over the pooled source context (``predict_num_segments``), trained with
 cross-entropy alongside the diffusion loss (see ``sld.diffusion.objective``).
 
@@ -97,8 +99,9 @@ class Attention(nn.Module):
     """Multi-head attention through ``scaled_dot_product_attention`` with optional qk-norm.
 
     Self-attention when ``context_dim`` is None, cross-attention otherwise. ``key_mask`` (B, L_k)
-    is True for keys that may be attended to; ``SLD_KEY_MASK_ATTENTION`` (read when the module is
-    built) says how the mask reaches the kernel (``sld.models.key_mask_attention``).
+    is True for keys that may be attended to (None: all of them, no mask); ``SLD_KEY_MASK_ATTENTION``
+    (read when the module is built) says how the mask reaches the kernel
+    (``sld.models.key_mask_attention``).
     """
 
     def __init__(
@@ -132,9 +135,9 @@ class Attention(nn.Module):
         return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor, context: torch.Tensor | None = None
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """x (B, L, W), key_mask (B, L_k) bool, context (B, L_k, W) or None -> (B, L, W)."""
+        """x (B, L, W), key_mask (B, L_k) bool or None (every key), context (B, L_k, W) or None -> (B, L, W)."""
         if self.is_cross:
             q = self.to_q(x)
             k, v = self.to_kv(context).chunk(2, dim=-1)
@@ -183,11 +186,12 @@ class SegmentDiTBlock(nn.Module):
         self,
         x: torch.Tensor,
         cond: torch.Tensor,
-        latent_key_mask: torch.Tensor,
+        latent_key_mask: torch.Tensor | None,
         context: torch.Tensor,
         context_key_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """x (B, S*N, W), cond (B, W), latent_key_mask (B, S*N), context (B, T', W), context_key_mask (B, T').
+        """x (B, S*N, W), cond (B, W), latent_key_mask (B, S*N) or None (no padded segment),
+        context (B, T', W), context_key_mask (B, T').
 
         The U-ViT skip (``skip_linear``) is applied by ``SegmentDiT.forward`` before the block, so
         every block runs the same code (one compiled graph serves all of them: ``sld.compilation``).
@@ -442,8 +446,9 @@ class SegmentDiT(ModelMixin, ConfigMixin):
             timestep: (B,) or scalar; float time in [0, 1], or integer step in [0, num_train_timesteps).
             context: (B, T, C) frozen source-encoder states, or None for unconditional generation.
             context_mask: (B, T) bool, True on real source tokens.
-            segment_mask: (B, S) bool, True on real segments; None means all real. Each document
-                needs at least one real segment.
+            segment_mask: (B, S) bool, True on real segments; None means all real, and the
+                self-attention then runs without a mask (the flash kernels). Each document needs at
+                least one real segment.
             self_cond: (B, S, N, D) previous x0 estimate, or None (zeros) when self-conditioning.
             drop_context: (B,) bool, replace the source by the learned null context (CFG).
             return_count_logits: also return the segment-count logits (B, num_count_classes), from
@@ -463,11 +468,10 @@ class SegmentDiT(ModelMixin, ConfigMixin):
                 f"(max_segments={cfg.max_segments}, num_latents={cfg.num_latents}, latent_dim={cfg.latent_dim})"
             )
         dtype = self.proj_in.weight.dtype
-        if segment_mask is None:
-            segment_mask = torch.ones(b, s, dtype=torch.bool, device=sample.device)
-        segment_mask = segment_mask.bool()
-        if segment_mask.shape != (b, s):
-            raise UserError(f"segment_mask must be (B={b}, S={s}), got shape {tuple(segment_mask.shape)}")
+        if segment_mask is not None:
+            segment_mask = segment_mask.bool()
+            if segment_mask.shape != (b, s):
+                raise UserError(f"segment_mask must be (B={b}, S={s}), got shape {tuple(segment_mask.shape)}")
 
         x = sample.to(dtype)
         if cfg.self_conditioning:
@@ -482,8 +486,10 @@ class SegmentDiT(ModelMixin, ConfigMixin):
 
         # Padded segments are never keys. A document without any real segment would have no key at
         # all (NaN softmax); such a row attends everywhere instead and its output is zeroed anyway.
-        latent_keys = segment_mask | ~segment_mask.any(dim=1, keepdim=True)
-        latent_keys = latent_keys.repeat_interleave(n, dim=1)  # (B, S*N)
+        latent_keys = None  # no padded segment: no mask
+        if segment_mask is not None:
+            latent_keys = segment_mask | ~segment_mask.any(dim=1, keepdim=True)
+            latent_keys = latent_keys.repeat_interleave(n, dim=1)  # (B, S*N)
 
         skips: list[torch.Tensor] = []
         num_skips = cfg.depth // 2
@@ -498,7 +504,8 @@ class SegmentDiT(ModelMixin, ConfigMixin):
                 skips.append(h)
 
         out = self.final_layer(h, cond).reshape(b, s, n, d)
-        out = out * segment_mask[:, :, None, None].to(out.dtype)
+        if segment_mask is not None:
+            out = out * segment_mask[:, :, None, None].to(out.dtype)
         if return_count_logits:
             return out, self._count_logits(ctx, ctx_mask)
         return out

@@ -48,15 +48,18 @@ def key_masked_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    key_mask: torch.Tensor,
+    key_mask: torch.Tensor | None,
     dropout_p: float = 0.0,
     mode: str = "mask",
 ) -> torch.Tensor:
     """Attention of q (B, H, L_q, D) over k, v (B, H, L_k, D) where ``key_mask`` (B, L_k) is True.
 
     ``mode`` "mask" passes the mask to ``scaled_dot_product_attention``; "column" folds it into the
-    dot product (module docstring) so that no ``attn_mask`` is passed. Returns (B, H, L_q, D).
+    dot product (module docstring) so that no ``attn_mask`` is passed. ``key_mask`` None: every key
+    is attended, with no mask at all (the flash kernels may run). Returns (B, H, L_q, D).
     """
+    if key_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     if mode == "mask":
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p
