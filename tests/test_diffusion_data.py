@@ -16,9 +16,9 @@ from sld.diffusion.data import (
     encode_documents,
     fixed_batches,
     gather_latents,
+    grouping_lengths,
     latent_fingerprint,
     read_documents,
-    grouping_lengths,
     segment_slot_fraction,
 )
 from sld.errors import DataError

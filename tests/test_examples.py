@@ -323,3 +323,21 @@ def test_adamw_step_time_times_every_variant(tmp_path, capsys):
     assert lines[0].endswith("threads") and int(lines[0].split()[0]) > 0
     assert [line.split("  ")[0] for line in lines[1:]] == ["per-parameter loop", "foreach", "fused"]
     assert all(float(line.split()[-4]) > 0 for line in lines[1:])  # "<ms> ms a step"
+
+
+def test_unmasked_batches_counts_the_batches_without_a_padded_segment(tmp_path, capsys):
+    from sld.data.segmented import SegmentedDocument, write_segmented
+
+    segmented = tmp_path / "segmented"
+    docs = [SegmentedDocument(f"f{i}", "s", ["a.", "b.", "c."], 3) for i in range(30)]
+    docs += [SegmentedDocument(f"s{i}", "s", ["a."], 1) for i in range(2)]  # two short documents
+    write_segmented(segmented / "train.jsonl", docs)
+    unmasked = load_example("unmasked_batches")
+    counts = [3] * 30 + [1, 1]
+    assert unmasked.unmasked_share([[0, 1], [2, 30]], counts, 3) == 0.5
+    ((batch_size, random, grouped),) = unmasked.main(
+        [str(segmented), "--max-segments", "3", "--batch-sizes", "8"]
+    )
+    # 4 full batches an epoch; grouped, both short documents share one batch, so 3 of 4 are whole
+    assert batch_size == 8 and grouped == 0.75 and random <= grouped
+    assert "| 8 | " in capsys.readouterr().out
