@@ -66,18 +66,19 @@ def step_digest(averages: Any, steps: int, wall_ms_per_step: float) -> list[str]
 
 
 # What a kernel's name says it does, first match wins (lower-case substrings; a kind may come twice):
-# attention before matrix products, since PyTorch's memory-efficient attention kernels are named after
-# CUTLASS, and Inductor's kernels (``triton_tem_`` its matrix-product templates, ``triton_poi_`` fused
-# pointwise, ``triton_per_`` / ``triton_red_`` fused reductions) before names their fused ops may contain.
+# Inductor's kernels first, by their prefix (``triton_tem_`` its matrix-product templates, ``triton_poi_``
+# fused pointwise, ``triton_per_`` / ``triton_red_`` fused reductions), since their names list the ops
+# they fused (an input copy for an attention kernel names the attention); then attention before matrix
+# products, since PyTorch's memory-efficient attention kernels are named after CUTLASS.
 KERNEL_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("attention", ("fmha", "flash", "attention", "attn")),
     ("matrix products", ("triton_tem_",)),
     ("fused pointwise (Triton)", ("triton_poi_",)),
     ("fused reductions (Triton)", ("triton_per_", "triton_red_")),
+    ("attention", ("fmha", "flash", "attention", "attn")),
     ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm80_", "sm90_")),
     ("optimizer", ("multi_tensor_apply", "adam", "foreach")),
     ("norms", ("layer_norm", "layernorm", "rms_norm", "rmsnorm", "batch_norm", "group_norm")),
-    ("copies and fills", ("memcpy", "memset", "copy", "fill", "cat")),
+    ("copies and fills", ("memcpy", "memset", "copy", "fill")),
     ("softmax and cross-entropy", ("softmax", "nll_loss", "cross_entropy")),
     ("reductions (aten)", ("reduce_kernel", "reduction")),
     ("elementwise (aten)", ("elementwise_kernel",)),

@@ -89,6 +89,9 @@ def test_kernel_kinds_split_the_busy_time_by_what_each_kernel_does():
     assert kernel_kind("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "matrix products"
     assert kernel_kind("triton_tem_fused_addmm_gelu_0") == "matrix products"
     assert kernel_kind("triton_poi_fused_cat_gelu_view_5") == "fused pointwise (Triton)"
+    assert kernel_kind("triton_poi_fused__scaled_dot_product_flash_attention_2") == "fused pointwise (Triton)"
+    assert kernel_kind("void at::native::CatArrayBatchedCopy<float>") == "copies and fills"
+    assert kernel_kind("void at::native::index_elementwise_kernel<scatter_gather_op>") == "elementwise (aten)"
     assert kernel_kind("triton_per_fused__to_copy_add_native_layer_norm_1") == "fused reductions (Triton)"
     assert kernel_kind(
         "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>"
