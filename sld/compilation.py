@@ -83,6 +83,7 @@ def compile_model(
     backend: str = "inductor",
     only: Sequence[str] | None = None,
     max_autotune: bool = False,
+    dynamic: bool | None = None,
 ) -> nn.Module:
     """Compile ``model``'s repeated blocks in place and return ``model``; a model without repeated
     blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``). ``backend``:
@@ -93,7 +94,12 @@ def compile_model(
     (``loop.compile_max_autotune``): Inductor times every matrix product of the blocks against its own
     Triton templates, which can take the following elementwise work (bias, activation) into the same
     kernel, and keeps the fastest (``torch.compile``'s ``max-autotune-no-cudagraphs``); the first steps
-    then take minutes longer."""
+    then take minutes longer. ``dynamic`` (``loop.compile_dynamic``): ``torch.compile``'s; True compiles
+    each block for any batch size and sequence length from its first call. With the default (None)
+    a block is compiled for the first shapes it meets, and again, with the changed sizes symbolic,
+    at each call that breaks the last graph's guards: batches whose shapes change at every step (the
+    autoencoder's decoder buckets, ``data.decoder_buckets``) then pay a compilation at each of their
+    first steps (on an H100, 2026-12-05: about 17 s a step, three steps in 101 s)."""
     blocks = repeated_blocks(model)
     if only is not None:
         found = sorted({type(b).__name__ for b in blocks})
@@ -108,7 +114,7 @@ def compile_model(
     options = {"options": inductor_options} if backend == "inductor" else {}
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
-        return torch.compile(model, backend=backend, **options)
+        return torch.compile(model, backend=backend, dynamic=dynamic, **options)
     # four variants per block (training and no_grad forwards, static and dynamic shapes), and every
     # block its own graph at worst (see the module's docstring)
     dynamo_config = torch._dynamo.config
@@ -117,7 +123,7 @@ def compile_model(
         dynamo_config.accumulated_recompile_limit, 8 * len(blocks)
     )
     for block in blocks:
-        block.compile(backend=backend, **options)
+        block.compile(backend=backend, dynamic=dynamic, **options)
     kinds = sorted({type(b).__name__ for b in blocks})
     logger.info(
         "compiling %d repeated blocks (%s) of %s", len(blocks), ", ".join(kinds), type(model).__name__

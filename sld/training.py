@@ -132,6 +132,8 @@ class LoopConfig:
     ``compile_blocks``: with ``compile``, only the repeated blocks of these classes (e.g.
     ``[TransformerBlock, PerceiverLayer]``); None: all of them. ``compile_max_autotune``: with
     ``compile``, Inductor autotunes the blocks' matrix products (``sld.compilation.compile_model``).
+    ``compile_dynamic``: ``torch.compile``'s ``dynamic`` for the blocks (True: shape-generic graphs from
+    the first step, for batches whose shapes change at every step; None: torch's default).
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
     ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a
     short warm-up and write the summary to ``<output_dir>/profile.txt`` (a time budget spent before
@@ -157,6 +159,7 @@ class LoopConfig:
     compile: bool = False
     compile_blocks: list[str] | None = None
     compile_max_autotune: bool = False
+    compile_dynamic: bool | None = None
     tracker: Literal["none", "tensorboard", "auto"] = "auto"
     profile_steps: int = 0
     peak_tflops: float | None = None
@@ -474,7 +477,12 @@ def fit(
         raise ValueError(f"the training set is empty ({len(dataset)} items)")
     pretrained = model.pretrained_parameters() if hasattr(model, "pretrained_parameters") else ()
     if loop.compile:
-        model = compile_model(model, only=loop.compile_blocks, max_autotune=loop.compile_max_autotune)
+        model = compile_model(
+            model,
+            only=loop.compile_blocks,
+            max_autotune=loop.compile_max_autotune,
+            dynamic=loop.compile_dynamic,
+        )
     # torch's fused AdamW exists for CUDA and CPU: on 2 CPU cores it took 0.40x the time of the
     # per-parameter loop on the ROC autoencoder's 45M trainable parameters (docs/results.md)
     fused = optim.fused if optim.fused is not None else accelerator.device.type in ("cuda", "cpu")

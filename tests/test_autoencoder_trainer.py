@@ -15,6 +15,7 @@ from sld.autoencoder_trainer import (
     load_segments,
     train_autoencoder,
     training_eval_segments,
+    training_loop,
     training_rows,
     validation_segments,
 )
@@ -136,13 +137,28 @@ def test_a_compiled_run_with_the_adversarial_term_trains_inside_retained_graphs(
 
     monkeypatch.setattr(trainer, "retained_graphs", recording)
     monkeypatch.setattr(
-        training, "compile_model", lambda model, only=None: model
+        training, "compile_model", lambda model, **settings: model
     )  # the wiring, not inductor's time
     cfg = tiny_training_config(
         tmp_path, f"losses.variant={variant}", "loop.compile=true", "loop.max_steps=1", "loop.eval_every=1"
     )
     train_autoencoder(cfg)
     assert entered == ([True] if variant == "noise_robust" else [])
+
+
+def test_compiled_decoder_buckets_compile_shape_generic_blocks_unless_told_otherwise():
+    def loop(*overrides):
+        return training_loop(
+            load_config(AutoencoderTrainingConfig, CONFIGS / "autoencoder_roc.yaml", list(overrides))
+        )
+
+    assert loop("loop.compile=true", "data.decoder_buckets=3").compile_dynamic is True
+    assert (
+        loop("loop.compile=true", "data.decoder_buckets=3", "loop.compile_dynamic=false").compile_dynamic
+        is False
+    )
+    assert loop("loop.compile=true").compile_dynamic is None  # one bucket: torch's default
+    assert loop("data.decoder_buckets=3").compile_dynamic is None  # not compiled
 
 
 def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():

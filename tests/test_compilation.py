@@ -75,18 +75,22 @@ def test_inductor_compiles_the_blocks_without_its_coalescing_analysis(monkeypatc
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
     model = tiny_dit(depth=2)
     compile_model(model)
-    assert calls == [{"backend": "inductor", "options": {"triton.coalesce_tiling_analysis": False}}] * 2
+    assert (
+        calls
+        == [{"backend": "inductor", "dynamic": None, "options": {"triton.coalesce_tiling_analysis": False}}]
+        * 2
+    )
     calls.clear()
     compile_model(model, backend="eager")
-    assert calls == [{"backend": "eager"}] * 2
+    assert calls == [{"backend": "eager", "dynamic": None}] * 2
 
 
 def test_max_autotune_reaches_inductor_beside_the_block_options(monkeypatch):
     calls = []
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
-    compile_model(tiny_dit(depth=2), max_autotune=True)
+    compile_model(tiny_dit(depth=2), max_autotune=True, dynamic=True)
     expected = {"triton.coalesce_tiling_analysis": False, "max_autotune": True}
-    assert calls == [{"backend": "inductor", "options": expected}] * 2
+    assert calls == [{"backend": "inductor", "dynamic": True, "options": expected}] * 2
 
 
 @pytest.mark.slow

@@ -343,7 +343,7 @@ def test_compiled_blocks_run_compiled_on_every_step_after_the_flop_count(tmp_pat
     monkeypatch.setattr(
         training,
         "compile_model",
-        lambda model, only=None: compile_model(model, backend=counting_backend, only=only),
+        lambda model, **settings: compile_model(model, backend=counting_backend, **settings),
     )
     torch._dynamo.reset()
     steps = 5
