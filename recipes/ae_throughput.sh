@@ -19,7 +19,10 @@
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
 #                                          the same with the decoder passes on 3 length buckets (0.44x
 #                                          the decoder's positions at batch 1,024; eager, the buckets
-#                                          multiply the launches: docs/results.md, twenty-third session)
+#                                          multiply the launches: docs/results.md, twenty-third session;
+#                                          compiled shape-generic, loop.compile_dynamic: with graphs for
+#                                          fixed shapes a 1.2-minute run on an H100 spent its budget
+#                                          compiling, twenty-fifth session)
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
 # kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
