@@ -40,8 +40,8 @@
 #          for TP_MINUTES_COMPILED; TRAINERS_BEFORE=1: every denoiser and AR run with BEFORE_CODE too): items/s,
 #          tokens/s and MFU from their summaries (TRAINERS_PROFILE=20: a torch.profiler summary of 20
 #          steps of each, profile.txt, and all of them side by side by examples/step_breakdown.py; a
-#          profiled run's rates are not usable: the profiled steps are slow and inside the budget; TRAINERS_DM_ARGS: more overrides for the denoiser runs (e.g.
-#          loop.compile_max_autotune=true, with OUT=/root/results/<name> in a `then` group of its own); TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
+#          profiled run's rates are not usable: the profiled steps are slow and inside the budget; TRAINERS_DM_ARGS: more overrides for the denoiser runs, 'before' ones too, whose code must
+#          know the keys (e.g. loop.compile_max_autotune=true, with OUT=/root/results/<name> in a `then` group of its own); TRAINERS_AR_ARGS: more overrides for the AR runs, e.g.
 #          data.group_by_length=false; TRAINERS_BEFORE_AR_ARGS: for the AR 'before' runs only, after
 #          those); then each run beside its before over the same steps
 #          (examples/throughput_window.py; TRAINERS_WINDOW="40 100000": the first and last step)
