@@ -6,9 +6,9 @@ grouped by segment count (``data.group_by_segment_count``).
 SEGMENTED_DIR: stage 1's folder (``sld segment``; its ``train.jsonl``). A batch whose documents all
 have ``max_segments`` segments (after truncation to it) runs the denoiser's self-attention without a
 mask, on the flash kernels (``sld.models.denoiser``); one padded document sends the whole batch to the
-memory-efficient kernels. Batches are drawn as ``fit`` draws them (``sld.training.training_loader``:
-full batches only): a random permutation, or ``LengthGroupedSampler`` over
-``sld.diffusion.data.grouping_lengths``. Prints, per batch size, the share of the full batches of
+memory-efficient kernels. Batches are drawn the way ``fit`` draws them (``sld.training.training_loader``:
+full batches only): a random permutation an epoch (of its own seed, not the loader's), or
+``LengthGroupedSampler`` over ``sld.diffusion.data.grouping_lengths`` (the trainer's, seed 0). Prints, per batch size, the share of the full batches of
 ``--epochs`` epochs that hold no padded segment.
 """
 
