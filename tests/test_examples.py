@@ -339,5 +339,17 @@ def test_unmasked_batches_counts_the_batches_without_a_padded_segment(tmp_path, 
         [str(segmented), "--max-segments", "3", "--batch-sizes", "8"]
     )
     # 4 full batches an epoch; grouped, both short documents share one batch, so 3 of 4 are whole
-    assert batch_size == 8 and grouped == 0.75 and random <= grouped
+    assert batch_size == 8 and grouped == 0.75
+    # random: each epoch a permutation of every document cut into 4 full batches, 2 of them whole
+    # (the short documents apart) or 3 (together); the printed share is the mean over the 5 epochs
+    from sld.data.segmented import read_split
+
+    shares = []
+    for epoch in range(5):
+        batches = unmasked.epoch_batches(read_split(segmented, "train"), 3, 8, grouped=False, epoch=epoch)
+        assert [len(b) for b in batches] == [8] * 4 and sorted(i for b in batches for i in b) == list(
+            range(32)
+        )
+        shares.append(unmasked.unmasked_share(batches, counts, 3))
+    assert set(shares) <= {0.5, 0.75} and random == pytest.approx(sum(shares) / 5)
     assert "| 8 | " in capsys.readouterr().out
