@@ -29,6 +29,15 @@ sequence length, yet it runs on them, and in torch 2.11 an assertion in it
 (``tiling_utils.get_pw_red_splits``) stopped the compiled SmolLM2 autoencoder at its first step on
 an H200 (its Perceiver layer, at the contrastive positives' length; docs/results.md, 2026-12-03).
 
+Blocks compiled for any shape (``dynamic=True``) also go without Inductor's mix-order reductions
+(``triton.mix_order_reduction``: a row reduction and a column reduction, as in a norm's backward,
+in one kernel whose partial column sums a second step adds up) on torch releases before 2.13. Their
+code generator wrote that second step's slice of the workspace without parentheses (``0 * a*b + c*16
+: (0 + 1) * a*b + c*16`` for ``(a*b + c) * 16``), right only when the number of partial sums is one
+term: with both a block's batch size and length symbolic it is a sum, and on torch 2.11 on an H200
+the bucketed autoencoder stopped at its first backward ("shape '[3558, 16]' is invalid for input of
+size 2846", docs/results.md, 2026-12-05). torch 2.13 parenthesises it.
+
 ``repeated_blocks`` finds the blocks: the members of every ``nn.ModuleList`` (outermost ones only)
 whose members are two or more modules of one class. A model without such a list is compiled whole.
 """
@@ -50,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "INDUCTOR_OPTIONS",
+    "block_inductor_options",
     "compile_model",
     "compiled_losses",
     "eager",
@@ -61,6 +71,20 @@ __all__ = [
 
 # Inductor settings of every compiled block (see the module docstring)
 INDUCTOR_OPTIONS = {"triton.coalesce_tiling_analysis": False}
+# the first torch release whose mix-order reductions are right on shape-generic graphs (module docstring)
+MIX_ORDER_DYNAMIC_FIXED_IN = "2.13"
+
+
+def block_inductor_options(max_autotune: bool = False, dynamic: bool | None = None) -> dict:
+    """Inductor's options for compiled blocks: ``INDUCTOR_OPTIONS``, ``max_autotune`` when asked,
+    and no mix-order reductions in shape-generic graphs (``dynamic=True``) on a torch older than
+    ``MIX_ORDER_DYNAMIC_FIXED_IN`` (see the module docstring)."""
+    options = dict(INDUCTOR_OPTIONS)
+    if max_autotune:
+        options["max_autotune"] = True
+    if dynamic and torch.torch_version.TorchVersion(torch.__version__) < MIX_ORDER_DYNAMIC_FIXED_IN:
+        options["triton.mix_order_reduction"] = False
+    return options
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -110,8 +134,7 @@ def compile_model(
                 f"{found or 'none'}" + (f"; no block is a {', '.join(unknown)}" if unknown else "")
             )
         blocks = [b for b in blocks if type(b).__name__ in only]
-    inductor_options = dict(INDUCTOR_OPTIONS, **({"max_autotune": True} if max_autotune else {}))
-    options = {"options": inductor_options} if backend == "inductor" else {}
+    options = {"options": block_inductor_options(max_autotune, dynamic)} if backend == "inductor" else {}
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
         return torch.compile(model, backend=backend, dynamic=dynamic, **options)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._inductor.config
 from tiny_models import randomize_zero_init, save_tiny_causal_lm, tiny_dit
 from torch import nn
 
-from sld.compilation import compile_model, eager, repeated_blocks, uncompile
+from sld.compilation import block_inductor_options, compile_model, eager, repeated_blocks, uncompile
 from sld.models.baseline import BaselineConfig, BaselineModel
 
 
@@ -91,6 +92,33 @@ def test_max_autotune_reaches_inductor_beside_the_block_options(monkeypatch):
     compile_model(tiny_dit(depth=2), max_autotune=True, dynamic=True)
     expected = {"triton.coalesce_tiling_analysis": False, "max_autotune": True}
     assert calls == [{"backend": "inductor", "dynamic": True, "options": expected}] * 2
+
+
+@pytest.mark.parametrize(
+    ("version", "dynamic", "mix_order_off"),
+    [("2.11.0+cu130", True, True), ("2.11.0+cu130", None, False), ("2.13.0+cpu", True, False)],
+)
+def test_shape_generic_blocks_go_without_mix_order_reductions_on_older_torch(
+    monkeypatch, version, dynamic, mix_order_off
+):
+    """torch 2.11 mis-sliced the mix-order reductions' workspace in shape-generic graphs (the
+    bucketed autoencoder's first backward on an H200); those graphs go without them there."""
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(torch, "__version__", version)
+    compile_model(tiny_dit(depth=2), dynamic=dynamic)
+    options = calls[0]["options"]
+    assert ("triton.mix_order_reduction" in options) == mix_order_off
+    if mix_order_off:
+        assert options["triton.mix_order_reduction"] is False
+    assert options["triton.coalesce_tiling_analysis"] is False
+
+
+def test_inductor_accepts_every_block_option():
+    """Each option is a key of this torch's Inductor config (an unknown one fails the compile)."""
+    options = dict(block_inductor_options(max_autotune=True), **{"triton.mix_order_reduction": False})
+    with torch._inductor.config.patch(options):  # an unknown key raises AttributeError here
+        assert torch._inductor.config.triton.mix_order_reduction is False
 
 
 @pytest.mark.slow
