@@ -53,6 +53,7 @@ runs=$(realpath -m "$R")
 pairs=$(realpath "$(data_file roc/pairs_train)")
 OUT=$(realpath -m "$OUT")
 names=()
+failed=()   # variants whose run stopped with an error: a row of their own, the error from their log
 for variant in $TP_VARIANTS; do
     name=${variant%%=*}
     settings=${variant#*=}
@@ -75,7 +76,7 @@ for variant in $TP_VARIANTS; do
         data.pairs_train="$pairs" output_dir="$runs/throughput_$name" \
         loop.max_minutes=$TP_MINUTES ${TP_MAX_STEPS:+loop.max_steps=$TP_MAX_STEPS} loop.eval_every=1000000 loop.save_every=1000000 \
         data.num_valid_segments=200 "${overrides[@]}" ${TP_ARGS:-} "${SMOKE_AE[@]}" \
-        2>&1 | quiet > "$OUT/throughput_$name.log") || { tail -5 "$OUT/throughput_$name.log"; continue; }
+        2>&1 | quiet > "$OUT/throughput_$name.log") || { tail -5 "$OUT/throughput_$name.log"; failed+=("$name"); continue; }
     cp $R/throughput_$name/summary.json "$OUT/throughput_${name}_summary.json"
     cp $R/throughput_$name/metrics.jsonl "$OUT/throughput_${name}_metrics.jsonl"
     # a variant run with loop.profile_steps=N leaves its torch.profiler summary
@@ -83,21 +84,34 @@ for variant in $TP_VARIANTS; do
     names+=("$name")
 done
 
-python3 - "$OUT" "${names[@]}" <<'PY' | tee "$OUT/throughput_table.md"
+python3 - "$OUT" "${failed[*]:-}" "${names[@]}" <<'PY' | tee "$OUT/throughput_table.md"
 import json, sys
 from pathlib import Path
 
-out, names = Path(sys.argv[1]), sys.argv[2:]
+out, failed, names = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
+
+
+def cell(summary, key, fmt, scale=1.0):
+    """A summary value, or '-' where the run logged none (its budget ended while it compiled)."""
+    value = summary.get(key)
+    return "-" if value is None else format(scale * value, fmt)
+
+
 print("| variant | steps | train s | segments/s | x the first | MFU | peak GiB | validation BLEU |")
 print("|---|---|---|---|---|---|---|---|")
 first = None
 for name in names:
     s = json.loads((out / f"throughput_{name}_summary.json").read_text())
-    rate = s.get("train/items_per_second", float("nan"))
+    rate = s.get("train/items_per_second")
     first = rate if first is None else first
-    print(f"| {name} | {s['steps']} | {s['train_seconds']:.1f} | {rate:,.0f} | {rate / first:.2f}x | "
-          f"{100 * s.get('train/mfu', float('nan')):.2f}% | {s.get('train/peak_memory_gib', float('nan')):.1f} | "
-          f"{s.get('eval/bleu', float('nan')):.2f} |")
+    ratio = f"{rate / first:.2f}x" if rate and first else "-"
+    print(f"| {name} | {s['steps']} | {s['train_seconds']:.1f} | {cell(s, 'train/items_per_second', ',.0f')} | "
+          f"{ratio} | {cell(s, 'train/mfu', '.2f', 100.0)}% | {cell(s, 'train/peak_memory_gib', '.1f')} | "
+          f"{cell(s, 'eval/bleu', '.2f')} |")
+for name in failed:
+    lines = (out / f"throughput_{name}.log").read_text(errors="replace").strip().splitlines()
+    error = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
+    print(f"| {name} | failed: {error.strip()[:160]} | | | | | | |")
 PY
 # the same window of steps of every run (the summaries average each run's own last rows)
 if [ ${#names[@]} -gt 0 ]; then

@@ -238,15 +238,20 @@ def training_collator(model: SegmentAutoencoder, cfg: AutoencoderTrainingConfig)
 
 
 def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
-    """``cfg.loop``, compiled shape-generic (``loop.compile_dynamic=true``) when the decoder's length
-    buckets are on and ``compile_dynamic`` is left unset: the buckets' rows and lengths change at every
-    step, and graphs compiled for the first shapes met were compiled again at each of the first steps
-    (on an H100, 2026-12-05, the ROC profile made 3 steps in 101 s; on the CPU, 7 compilations in its
-    first 4 steps against 2; ``sld.compilation.compile_model``)."""
+    """``cfg.loop``, compiled shape-generic (``loop.compile_dynamic=true``) when ``compile_dynamic``
+    is left unset. The autoencoder's shapes change from step to step: a batch's rows are padded to
+    its longest segment, the compressor's rows count its paraphrases and negatives, and the decoder's
+    length buckets (``data.decoder_buckets``) change both at every step. Graphs compiled for the
+    first shapes met were compiled again at the first steps that broke them: on an H200 (2026-12-05)
+    the ROC profile's first three steps took 92 s unbucketed (two compilations of about 45 s), and
+    with buckets an H100 made 3 steps in 101 s; on the CPU, 10 steps of the ROC profile took 5
+    compilations after the first, 2 shape-generic (7 against 2 with buckets; docs/results.md,
+    ``sld.compilation.compile_model``)."""
     loop = cfg.loop
-    if loop.compile and loop.compile_dynamic is None and cfg.data.decoder_buckets > 1:
+    if loop.compile and loop.compile_dynamic is None:
         logger.info(
-            "data.decoder_buckets > 1: the blocks are compiled for any shape (loop.compile_dynamic=true)"
+            "loop.compile: the blocks are compiled for any batch size and length (loop.compile_dynamic=true; "
+            "the segments' lengths and the rows of paraphrases change at every step)"
         )
         loop = replace(loop, compile_dynamic=True)
     return loop

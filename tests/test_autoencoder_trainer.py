@@ -146,7 +146,7 @@ def test_a_compiled_run_with_the_adversarial_term_trains_inside_retained_graphs(
     assert entered == ([True] if variant == "noise_robust" else [])
 
 
-def test_compiled_decoder_buckets_compile_shape_generic_blocks_unless_told_otherwise():
+def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_otherwise():
     def loop(*overrides):
         return training_loop(
             load_config(AutoencoderTrainingConfig, CONFIGS / "autoencoder_roc.yaml", list(overrides))
@@ -157,7 +157,8 @@ def test_compiled_decoder_buckets_compile_shape_generic_blocks_unless_told_other
         loop("loop.compile=true", "data.decoder_buckets=3", "loop.compile_dynamic=false").compile_dynamic
         is False
     )
-    assert loop("loop.compile=true").compile_dynamic is None  # one bucket: torch's default
+    assert loop("loop.compile=true").compile_dynamic is True  # one bucket: still a new length every step
+    assert loop("loop.compile=true", "loop.compile_dynamic=false").compile_dynamic is False
     assert loop("data.decoder_buckets=3").compile_dynamic is None  # not compiled
 
 
