@@ -91,10 +91,10 @@ from pathlib import Path
 out, failed, names = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
 
 
-def cell(summary, key, fmt, scale=1.0):
+def cell(summary, key, fmt, scale=1.0, unit=""):
     """A summary value, or '-' where the run logged none (its budget ended while it compiled)."""
     value = summary.get(key)
-    return "-" if value is None else format(scale * value, fmt)
+    return "-" if value is None else format(scale * value, fmt) + unit
 
 
 print("| variant | steps | train s | segments/s | x the first | MFU | peak GiB | validation BLEU |")
@@ -106,7 +106,7 @@ for name in names:
     first = rate if first is None else first
     ratio = f"{rate / first:.2f}x" if rate and first else "-"
     print(f"| {name} | {s['steps']} | {s['train_seconds']:.1f} | {cell(s, 'train/items_per_second', ',.0f')} | "
-          f"{ratio} | {cell(s, 'train/mfu', '.2f', 100.0)}% | {cell(s, 'train/peak_memory_gib', '.1f')} | "
+          f"{ratio} | {cell(s, 'train/mfu', '.2f', 100.0, '%')} | {cell(s, 'train/peak_memory_gib', '.1f')} | "
           f"{cell(s, 'eval/bleu', '.2f')} |")
 for name in failed:
     lines = (out / f"throughput_{name}.log").read_text(errors="replace").strip().splitlines()
