@@ -13,16 +13,16 @@
 # breakdown is printed side by side at the end, examples/step_breakdown.py). Default (`before=` first
 # when BEFORE_CODE is set):
 #   after=                                 this code, the config's defaults (encoder cache, not grouped)
-#   compiled=loop.compile=true             the same with every repeated block compiled (not measured on
-#                                          ungrouped batches yet; their padded length still changes from
-#                                          batch to batch, set by its few longest sentences)
+#   compiled=loop.compile=true             the same with every repeated block compiled, shape-generic
+#                                          (the trainer sets loop.compile_dynamic=true: the padded length
+#                                          and the paraphrase rows change from batch to batch)
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
 #                                          the same with the decoder passes on 3 length buckets (0.44x
 #                                          the decoder's positions at batch 1,024; eager, the buckets
-#                                          multiply the launches: docs/results.md, twenty-third session;
-#                                          compiled shape-generic, loop.compile_dynamic: with graphs for
-#                                          fixed shapes a 1.2-minute run on an H100 spent its budget
-#                                          compiling, twenty-fifth session)
+#                                          multiply the launches: docs/results.md, twenty-third session)
+# Compiled variants need budgets of minutes: on the H200 of 2026-12-05 (before shape-generic graphs
+# were the default) the compiled profile's first three steps took 92 s, and a 1.5-minute run logged no
+# rate; give them TP_MINUTES=3.5 or more, or loop.max_minutes=... in their settings.
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
 # kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
