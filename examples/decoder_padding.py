@@ -5,9 +5,10 @@
 
 Builds the config's training rows (segments and pair rows, as the trainer does), collates
 ``--batches`` random batches of the config's ``loop.batch_size`` with ``SegmentCollator`` at
-``data.decoder_buckets`` = 1 .. ``--max-buckets`` (``sld.data.decoder_buckets``) and prints, per
-bucket count, the share of real target tokens among the decoder positions a pass computes, and those
-positions against one bucket's. The share is of the decoder's positions only (its FLOPs and
+``data.decoder_buckets`` = 1 .. ``--max-buckets`` (``sld.data.decoder_buckets``), with whole targets
+and with targets cut at the decoding budget (``data.targets_within_budget``), and prints, per bucket
+count, the share of real target tokens among the decoder positions a pass computes, and those
+positions against one bucket's with whole targets. The share is of the decoder's positions only (its FLOPs and
 elementwise work scale with them); the step's time also holds the encoder, the regularisers and, on a
 GPU, one round of kernel launches per bucket, which only a timed run measures.
 """
@@ -25,7 +26,7 @@ from sld.data.collate import SegmentCollator
 from sld.data.decoder_buckets import bucket_positions
 
 
-def main(argv: list[str] | None = None) -> list[tuple[int, float, int]]:
+def main(argv: list[str] | None = None) -> list[tuple[int, bool, float, int]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True, help="an autoencoder training config")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the config")
@@ -40,19 +41,28 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, int]]:
     size = min(cfg.loop.batch_size, len(dataset))
     rng = random.Random(args.seed)
     batches = [[dataset[i] for i in rng.sample(range(len(dataset)), size)] for _ in range(args.batches)]
-    print(f"{len(dataset)} training rows; {args.batches} random batches of {size}")
-    print("| decoder buckets | real share of the decoder positions | positions x one bucket's |")
-    print("|---|---|---|")
+    budget = model.config.decode_max_tokens
+    print(
+        f"{len(dataset)} training rows; {args.batches} random batches of {size}; decoding budget {budget} tokens"
+    )
+    print(
+        "| decoder buckets | targets | real share of the decoder positions | positions x one bucket's, whole targets |"
+    )
+    print("|---|---|---|---|")
     results = []
     for buckets in range(1, args.max_buckets + 1):
-        collate = SegmentCollator.from_autoencoder(model, decoder_buckets=buckets)
-        real = computed = 0
-        for rows in batches:
-            batch = collate(rows)
-            counts = bucket_positions(batch.get("decoder_buckets", [batch]))
-            real, computed = real + counts[0], computed + counts[1]
-        results.append((buckets, real / computed, computed))
-        print(f"| {buckets} | {real / computed:.1%} | {computed / results[0][2]:.2f} |")
+        for within_budget in (False, True):
+            collate = SegmentCollator.from_autoencoder(
+                model, decoder_buckets=buckets, targets_within_budget=within_budget
+            )
+            real = computed = 0
+            for rows in batches:
+                batch = collate(rows)
+                counts = bucket_positions(batch.get("decoder_buckets", [batch]))
+                real, computed = real + counts[0], computed + counts[1]
+            results.append((buckets, within_budget, real / computed, computed))
+            targets = f"cut at {budget}" if within_budget else "whole"
+            print(f"| {buckets} | {targets} | {real / computed:.1%} | {computed / results[0][3]:.2f} |")
     return results
 
 

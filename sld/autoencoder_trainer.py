@@ -74,6 +74,12 @@ class AutoencoderDataConfig:
     groups of the batch's rows of similar target length, each padded to its own longest target
     (``sld.data.decoder_buckets``): the same losses with fewer padded positions computed, in more,
     smaller decoder calls. 1 pads the whole batch to its longest target.
+    ``targets_within_budget``: the decoder's training targets stop at the decoding budget (the
+    ``decode_budget_percentile`` length, eos included): a segment longer than it is trained on its
+    first budget tokens only, which are the only ones generation ever emits (``decode_latents`` stops
+    there). The losses at those positions are the same as with whole targets (the decoder is causal);
+    a batch is then padded to at most the budget instead of its longest segment
+    (``sld.tokenization.decoder_labels``).
     """
 
     segmented_dir: str = "runs/segmented"
@@ -89,6 +95,7 @@ class AutoencoderDataConfig:
     cache_encoder_states: bool = False
     num_train_eval_segments: int = 0
     decoder_buckets: int = 1
+    targets_within_budget: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
@@ -228,12 +235,14 @@ def reconstruction_scores(
 
 def training_collator(model: SegmentAutoencoder, cfg: AutoencoderTrainingConfig) -> SegmentCollator:
     """The collator of ``cfg``'s training batches: the adversarial term's share and its rows apart
-    (``losses``, when the term runs) and the decoder's length buckets (``data.decoder_buckets``)."""
+    (``losses``, when the term runs), the decoder's length buckets (``data.decoder_buckets``) and its
+    targets cut at the decoding budget (``data.targets_within_budget``)."""
     return SegmentCollator.from_autoencoder(
         model,
         cfg.losses.collated_adversarial_fraction,
         cfg.data.decoder_buckets,
         cfg.losses.collated_adversarial_apart,
+        cfg.data.targets_within_budget,
     )
 
 

@@ -122,18 +122,29 @@ def appends_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(probe) and probe[-1] == tokenizer.eos_token_id
 
 
-def decoder_labels(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> torch.Tensor:
+def decoder_labels(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, keep: int | None = None
+) -> torch.Tensor:
     """Segments -> decoder targets ``labels`` (B', L) with ``IGNORE_INDEX`` at padding positions.
 
     Every row ends with exactly one eos (the decoder must learn where a segment ends), kept inside
     ``max_length`` when the text is truncated: added by the tokenizer where it does so itself, else
     appended here (``decoder_label_ids``). Pads are never label ids, so this is right even where the
     pad id doubles as another token (T5 starts decoding from its pad id; causal LMs often pad with eos).
+
+    ``keep``: cut every row's targets after its first ``keep`` (the autoencoder's decoding budget,
+    ``data.targets_within_budget``), eos included, and add no eos to a cut row: a causal decoder's
+    outputs at a row's first ``keep`` positions do not depend on the later ones, so those positions'
+    losses are the uncut row's, and the positions past the budget, which generation never reaches,
+    are not computed (L <= ``keep``).
     """
     adds_eos = appends_eos(tokenizer)  # probed once a call: the collators call this at every batch
-    return pad_labels(
-        _label_ids(tokenizer, texts, max_length, adds_eos), labels_padding_side(tokenizer, adds_eos)
-    )
+    ids = _label_ids(tokenizer, texts, max_length, adds_eos)
+    if keep is not None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        ids = [row[:keep] for row in ids]
+    return pad_labels(ids, labels_padding_side(tokenizer, adds_eos))
 
 
 def decoder_label_ids(

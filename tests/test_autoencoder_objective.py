@@ -224,6 +224,42 @@ def test_decoder_buckets_give_the_losses_and_gradients_of_one_padded_pass(monkey
     torch.testing.assert_close(autoencoder_losses(model, searched, half)["adversarial"], expected)
 
 
+@pytest.mark.parametrize("decoder", ["t5", "bart"])
+def test_targets_cut_at_the_budget_keep_the_losses_of_the_positions_before_it(decoder):
+    """``data.targets_within_budget``: a causal decoder's logits at a row's first ``keep`` positions
+    do not depend on its later targets, so cutting the targets there leaves those positions' losses
+    as they were and drops only the later ones (generation never reaches them)."""
+    from sld.tokenization import IGNORE_INDEX
+
+    model = build(decoder_config=T5 if decoder == "t5" else BART).eval()
+    model.config.decode_max_tokens = keep = 6
+    whole = SegmentCollator.from_autoencoder(model)(LONG_ROWS)
+    cut = SegmentCollator.from_autoencoder(model, targets_within_budget=True)(LONG_ROWS)
+    assert whole["labels"].shape[1] > keep and cut["labels"].shape[1] == keep
+    kept = cut["labels"] != IGNORE_INDEX
+    assert torch.equal(cut["labels"][kept], whole["labels"][:, :keep][kept])  # no eos put into a cut row
+    torch.manual_seed(0)
+    z = torch.randn(len(LONG_ROWS), model.num_latents, model.latent_dim)
+    with torch.no_grad():
+        logits_whole = model.reconstruction_logits(z, whole["labels"])[:, :keep]
+        logits_cut = model.reconstruction_logits(z, cut["labels"])
+        torch.testing.assert_close(logits_cut[kept], logits_whole[kept])
+        # the conversion loss: the mean over the kept positions of the whole rows' token losses
+        nll = torch.nn.functional.cross_entropy(
+            logits_whole.transpose(1, 2),
+            whole["labels"][:, :keep],
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        )
+        expected = nll[kept].mean()
+        torch.testing.assert_close(
+            model.reconstruction_loss(z, cut["labels"], target_index=cut["target_index"]), expected
+        )
+    model.config.decode_max_tokens = None
+    with pytest.raises(ValueError, match="decoding budget"):
+        SegmentCollator.from_autoencoder(model, targets_within_budget=True)
+
+
 @pytest.mark.parametrize(("decoder", "buckets"), [("t5", 1), ("t5", 2), ("bart", 1)])
 def test_adversarial_rows_apart_give_the_same_losses_and_gradients(decoder, buckets):
     """``losses.adversarial_rows_apart``: the conversion pass decodes the adversarial rows apart, so the

@@ -188,9 +188,15 @@ def collators(monkeypatch) -> list[tuple[float, int, bool]]:
     built: list[tuple[float, int, bool]] = []
     real = trainer.SegmentCollator.from_autoencoder
 
-    def recording(model, adversarial_fraction=1.0, decoder_buckets=1, adversarial_apart=False):
+    def recording(
+        model,
+        adversarial_fraction=1.0,
+        decoder_buckets=1,
+        adversarial_apart=False,
+        targets_within_budget=False,
+    ):
         built.append((adversarial_fraction, decoder_buckets, adversarial_apart))
-        return real(model, adversarial_fraction, decoder_buckets, adversarial_apart)
+        return real(model, adversarial_fraction, decoder_buckets, adversarial_apart, targets_within_budget)
 
     monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
     return built

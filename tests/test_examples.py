@@ -304,13 +304,18 @@ def test_decoder_padding_prints_the_real_share_per_bucket_count(tmp_path, capsys
     write_segmented(segmented / "valid.jsonl", docs[:2])
     results = load_example("decoder_padding").main(
         ["-c", str(ROOT / "configs" / "autoencoder_tiny.yaml"), f"data.segmented_dir={segmented}"]
-        + ["loop.batch_size=16", "--batches=3", "--max-buckets=3"]
+        + ["loop.batch_size=16", "data.decode_budget_percentile=50", "--batches=3", "--max-buckets=3"]
     )
-    assert [buckets for buckets, _, _ in results] == [1, 2, 3]
-    shares = [share for _, share, _ in results]
+    assert [(buckets, cut) for buckets, cut, _, _ in results] == [
+        (b, cut) for b in (1, 2, 3) for cut in (False, True)
+    ]
+    shares = [share for _, cut, share, _ in results if not cut]
     assert 0 < shares[0] < shares[1] <= shares[2] <= 1  # a long and a short length: two buckets pay
+    whole_positions, cut_positions = results[0][3], results[1][3]
+    # the budget is the median length: the long sentences' targets are cut, one bucket pads less
+    assert cut_positions < whole_positions and results[1][2] > results[0][2]
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    assert len(table) == 5  # header, rule, three rows
+    assert len(table) == 8  # header, rule, six rows
 
 
 def test_adamw_step_time_times_every_variant(tmp_path, capsys):

@@ -95,3 +95,16 @@ def test_bad_arguments():
         train_decoder_tokenizer(CORPUS, vocab_size=10)
     with pytest.raises(UserError, match="no non-empty"):
         train_decoder_tokenizer(["", ""], vocab_size=300)
+
+
+def test_decoder_labels_cut_at_keep_without_an_eos():
+    tok = train_decoder_tokenizer(["The cat sat on the mat.", "Hi."] * 5, vocab_size=300)
+    whole = decoder_labels(tok, ["The cat sat on the mat.", "Hi."], 24)
+    cut = decoder_labels(tok, ["The cat sat on the mat.", "Hi."], 24, keep=3)
+    assert cut.shape == (2, 3)
+    assert cut[0].tolist() == whole[0, :3].tolist()  # the long row: its first 3 targets, no eos
+    assert cut[0, -1] != tok.eos_token_id
+    short = whole[1][whole[1] != IGNORE_INDEX]
+    assert len(short) <= 3 and cut[1, : len(short)].tolist() == short.tolist()
+    with pytest.raises(ValueError, match="keep"):
+        decoder_labels(tok, ["Hi."], 24, keep=0)

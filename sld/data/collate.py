@@ -76,6 +76,9 @@ class SegmentCollator:
         adversarial_apart: ``losses.adversarial_rows_apart``; with ``adversarial_fraction`` < 1 each
             bucket's adversarial rows become buckets of their own: ``decoder_buckets`` lists those
             (``adversarial_buckets``) first, then the rest of each bucket (``rest_buckets``).
+        target_tokens: cut every row's decoder targets after this many positions (the decoding
+            budget, ``data.targets_within_budget``; ``sld.tokenization.decoder_labels``' ``keep``);
+            None keeps them up to ``max_segment_tokens``.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class SegmentCollator:
         adversarial_fraction: float = 1.0,
         decoder_buckets: int = 1,
         adversarial_apart: bool = False,
+        target_tokens: int | None = None,
     ) -> None:
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
@@ -98,6 +102,9 @@ class SegmentCollator:
             raise ValueError(f"decoder_buckets must be >= 1, got {decoder_buckets}")
         self.decoder_buckets = decoder_buckets
         self.adversarial_apart = adversarial_apart and adversarial_fraction < 1.0
+        if target_tokens is not None and target_tokens < 1:
+            raise ValueError(f"target_tokens must be >= 1, got {target_tokens}")
+        self.target_tokens = target_tokens
 
     @classmethod
     def from_autoencoder(
@@ -106,10 +113,19 @@ class SegmentCollator:
         adversarial_fraction: float = 1.0,
         decoder_buckets: int = 1,
         adversarial_apart: bool = False,
+        targets_within_budget: bool = False,
     ) -> SegmentCollator:
         """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length (and its
-        ``encoder_cache``, when it has one)."""
+        ``encoder_cache``, when it has one); ``targets_within_budget``: decoder targets cut at the
+        model's decoding budget (``model.config.decode_max_tokens``, which must be set)."""
         cache = getattr(model, "encoder_cache", None)
+        target_tokens = None
+        if targets_within_budget:
+            target_tokens = model.config.decode_max_tokens
+            if target_tokens is None:
+                raise ValueError(
+                    "targets_within_budget needs the model's decoding budget (decode_max_tokens)"
+                )
         return cls(
             model.encoder_tokenizer,
             model.decoder_tokenizer,
@@ -118,6 +134,7 @@ class SegmentCollator:
             adversarial_fraction,
             decoder_buckets,
             adversarial_apart,
+            target_tokens,
         )
 
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -149,7 +166,9 @@ class SegmentCollator:
                 negatives[row["negative"]] = None
 
         batch: dict[str, Any] = self._encode(texts)
-        batch["labels"] = decoder_labels(self.decoder_tokenizer, texts, self.max_segment_tokens)
+        batch["labels"] = decoder_labels(
+            self.decoder_tokenizer, texts, self.max_segment_tokens, self.target_tokens
+        )
         batch["target_index"] = target_positions(batch["labels"])
         if self.decoder_buckets > 1 or self.adversarial_apart:
             buckets = decoder_buckets(batch["labels"], self.decoder_buckets)
