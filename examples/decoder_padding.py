@@ -8,7 +8,10 @@ Builds the config's training rows (segments and pair rows, as the trainer does),
 ``data.decoder_buckets`` = 1 .. ``--max-buckets`` (``sld.data.decoder_buckets``), with whole targets
 and with targets cut at the decoding budget (``data.targets_within_budget``), and prints, per bucket
 count, the share of real target tokens among the decoder positions a pass computes, and those
-positions against one bucket's with whole targets. The share is of the decoder's positions only (its FLOPs and
+positions against one bucket's with whole targets. ``--flops-rows N`` also counts, for each setting,
+the FLOPs of one training loss's forward and backward (``torch.utils.flop_counter``) over the first N
+rows of the first batch, with the config's losses, the frozen encoder's forward included (this
+example builds no encoder-state cache; run on the CPU: keep N in the hundreds). The share is of the decoder's positions only (its FLOPs and
 elementwise work scale with them); the step's time also holds the encoder, the regularisers and, on a
 GPU, one round of kernel launches per bucket, which only a timed run measures.
 """
@@ -33,6 +36,9 @@ def main(argv: list[str] | None = None) -> list[tuple[int, bool, float, int]]:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--max-buckets", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--flops-rows", type=int, default=0, help="count a loss step's FLOPs on this many rows"
+    )
     args = parser.parse_args(argv)
     cfg = load_config(AutoencoderTrainingConfig, args.config, args.overrides)
     docs = load_segments(cfg.data, cfg.data.train_split)
@@ -45,10 +51,11 @@ def main(argv: list[str] | None = None) -> list[tuple[int, bool, float, int]]:
     print(
         f"{len(dataset)} training rows; {args.batches} random batches of {size}; decoding budget {budget} tokens"
     )
-    print(
-        "| decoder buckets | targets | real share of the decoder positions | positions x one bucket's, whole targets |"
-    )
-    print("|---|---|---|---|")
+    header = "| decoder buckets | targets | real share of the decoder positions | positions x one bucket's, whole targets |"
+    if args.flops_rows:
+        header += f" FLOPs of a loss step on {args.flops_rows} rows |"
+    print(header)
+    print("|---|---|---|---|" + ("---|" if args.flops_rows else ""))
     results = []
     for buckets in range(1, args.max_buckets + 1):
         for within_budget in (False, True):
@@ -62,8 +69,26 @@ def main(argv: list[str] | None = None) -> list[tuple[int, bool, float, int]]:
                 real, computed = real + counts[0], computed + counts[1]
             results.append((buckets, within_budget, real / computed, computed))
             targets = f"cut at {budget}" if within_budget else "whole"
-            print(f"| {buckets} | {targets} | {real / computed:.1%} | {computed / results[0][3]:.2f} |")
+            row = f"| {buckets} | {targets} | {real / computed:.1%} | {computed / results[0][3]:.2f} |"
+            if args.flops_rows:
+                row += f" {step_flops(model, cfg, collate(batches[0][: args.flops_rows])):.3e} |"
+            print(row)
     return results
+
+
+def step_flops(model, cfg: AutoencoderTrainingConfig, batch: dict) -> int:
+    """FLOPs of the training loss's forward and backward on ``batch`` (``torch.utils.flop_counter``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sld.autoencoder_objective import autoencoder_losses
+
+    model.train()
+    torch.manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        autoencoder_losses(model, batch, cfg.losses)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 if __name__ == "__main__":

@@ -316,6 +316,14 @@ def test_decoder_padding_prints_the_real_share_per_bucket_count(tmp_path, capsys
     assert cut_positions < whole_positions and results[1][2] > results[0][2]
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len(table) == 8  # header, rule, six rows
+    load_example("decoder_padding").main(
+        ["-c", str(ROOT / "configs" / "autoencoder_tiny.yaml"), f"data.segmented_dir={segmented}"]
+        + ["loop.batch_size=16", "data.decode_budget_percentile=50", "--batches=1", "--max-buckets=1"]
+        + ["--flops-rows=8"]
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    whole, cut = (float(row.split("|")[-2]) for row in rows)
+    assert 0 < cut <= whole  # the FLOPs column: cut targets compute no more
 
 
 def test_adamw_step_time_times_every_variant(tmp_path, capsys):
