@@ -11,9 +11,10 @@ count, the share of real target tokens among the decoder positions a pass comput
 positions against one bucket's with whole targets. ``--flops-rows N`` also counts, for each setting,
 the FLOPs of one training loss's forward and backward (``torch.utils.flop_counter``) over the first N
 rows of the first batch, with the config's losses, the frozen encoder's forward included (this
-example builds no encoder-state cache; run on the CPU: keep N in the hundreds). The share is of the decoder's positions only (its FLOPs and
-elementwise work scale with them); the step's time also holds the encoder, the regularisers and, on a
-GPU, one round of kernel launches per bucket, which only a timed run measures.
+example builds no encoder-state cache; run on the CPU: keep N in the hundreds). The share is of the
+decoder's positions only (its FLOPs and elementwise work scale with them); the step's time also holds
+the encoder, the regularisers and, on a GPU, one round of kernel launches per bucket, which only a
+timed run measures.
 """
 
 from __future__ import annotations
