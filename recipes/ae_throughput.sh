@@ -12,7 +12,11 @@
 # (e.g. `before_prof=loop.profile_steps=10`: the before code profiled; every profiled variant's step
 # breakdown is printed side by side at the end, examples/step_breakdown.py). Default (`before=` first
 # when BEFORE_CODE is set):
-#   after=                                 this code, the config's defaults (encoder cache, not grouped)
+#   after=                                 this code, the config's defaults (encoder cache, not grouped,
+#                                          targets cut at the decoding budget)
+#   whole_targets=data.targets_within_budget=false
+#                                          the same with every target whole (padded to the batch's longest
+#                                          segment: 1.72x the decoder positions at batch 1,024)
 #   compiled=loop.compile=true             the same with every repeated block compiled, shape-generic
 #                                          (the trainer sets loop.compile_dynamic=true: the padded length
 #                                          and the paraphrase rows change from batch to batch)
@@ -40,7 +44,7 @@
 R=$RUNS/roc
 TP_MINUTES=${TP_MINUTES:-1.5}
 TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
-TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= compiled=loop.compile=true compiled_buckets=loop.compile=true,data.decoder_buckets=3}
+TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= whole_targets=data.targets_within_budget=false compiled=loop.compile=true compiled_buckets=loop.compile=true,data.decoder_buckets=3}
 
 if [ ! -f $R/segmented_all/train.jsonl ]; then
     log "segment ROC: all sentences"
