@@ -246,3 +246,26 @@ def test_decoder_buckets_give_a_causal_decoders_one_pass_losses(folders, conditi
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("conditioning", ["kv", "prefix"])
+def test_targets_cut_at_the_budget_keep_a_causal_decoders_earlier_logits(folders, conditioning):
+    """``data.targets_within_budget`` on a causal-LM decoder (the SmolLM2 profiles inherit it from the
+    ROC config): the logits at a row's first ``keep`` positions are those of its whole targets."""
+    from sld.tokenization import IGNORE_INDEX
+
+    rows = [*ROWS, "After the long storm the neighbours came out to clear the fallen branches together."]
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0, conditioning=conditioning).eval()
+    model.config.decode_max_tokens = keep = 5
+    whole = SegmentCollator.from_autoencoder(model)(rows)
+    cut = SegmentCollator.from_autoencoder(model, targets_within_budget=True)(rows)
+    assert whole["labels"].shape[1] > keep == cut["labels"].shape[1]
+    kept = cut["labels"] != IGNORE_INDEX
+    assert torch.equal(cut["labels"][kept], whole["labels"][:, :keep][kept])
+    z = torch.randn(
+        len(rows), model.num_latents, model.latent_dim, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        logits_whole = model.reconstruction_logits(z, whole["labels"])[:, :keep]
+        logits_cut = model.reconstruction_logits(z, cut["labels"])
+    torch.testing.assert_close(logits_cut[kept], logits_whole[kept])
