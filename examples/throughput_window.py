@@ -38,15 +38,17 @@ def table(paths: list[Path], first: int, last: int, metrics: list[str]) -> list[
     reference = None
     for path in paths:
         rows = window_rows(path, first, last)
+        # no logged row in the window (a run whose budget went to compiling): '-', not nan
         rate = sum(r[RATE] for r in rows) / len(rows) if rows else math.nan
         reference = rate if reference is None else reference
         name = path.name.removesuffix("_metrics.jsonl").removesuffix(".jsonl")
-        ratio = rate / reference if reference else math.nan
+        ratio = f"{rate / reference:.2f}x" if rows and reference and not math.isnan(reference) else "-"
+        shown = f"{rate:,.0f}" if rows else "-"
         mfus = [r[MFU] for r in rows if MFU in r]
         mfu = f"{100 * sum(mfus) / len(mfus):.2f}%" if mfus else "-"
         end = rows[-1] if rows else {}
         values = "".join(f" {end[m]:.4g} |" if m in end else " - |" for m in metrics)
-        lines.append(f"| {name} | {len(rows)} | {rate:,.0f} | {ratio:.2f}x | {mfu} |{values}")
+        lines.append(f"| {name} | {len(rows)} | {shown} | {ratio} | {mfu} |{values}")
     return lines
 
 

@@ -190,6 +190,12 @@ def test_throughput_window_compares_the_same_steps(tmp_path, capsys):
     assert lines[2] == "| throughput_before | 2 | 200 | 1.00x | - | 0.2 |"
     assert lines[3] == "| throughput_after | 2 | 400 | 2.00x | 40.00% | 0.2 |"
     assert capsys.readouterr().out.startswith("steps 100-200\n")
+    compiling = run("compiling", [(10, 5.0)])  # no row in the window: dashes, not nan
+    lines = load_example("throughput_window").main([str(compiling), str(after), "--steps", "100", "200"])
+    assert lines[2:] == [
+        "| throughput_compiling | 0 | - | - | - |",
+        "| throughput_after | 2 | 400 | - | 40.00% |",
+    ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(SystemExit, match="bad.jsonl:2"):
