@@ -61,6 +61,7 @@ __all__ = [
     "INDUCTOR_OPTIONS",
     "block_inductor_options",
     "compile_model",
+    "compiled_graphs",
     "compiled_losses",
     "eager",
     "losses_compiled",
@@ -152,6 +153,15 @@ def compile_model(
         "compiling %d repeated blocks (%s) of %s", len(blocks), ", ".join(kinds), type(model).__name__
     )
     return model
+
+
+def compiled_graphs() -> int:
+    """How many graphs dynamo has compiled in this process so far (its ``unique_graphs`` counter):
+    ``fit`` logs it as ``compile/graphs`` in a compiled run's rows, where a count still rising after
+    the first steps means the blocks are being compiled again (new shapes breaking their guards)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def uncompile(model: nn.Module) -> nn.Module:

@@ -66,7 +66,7 @@ from sld.checkpointing import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from sld.compilation import compile_model, compiled_losses, eager, uncompile
+from sld.compilation import compile_model, compiled_graphs, compiled_losses, eager, uncompile
 from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
 from sld.distributed import MicroBatch, in_micro_batch
@@ -647,6 +647,8 @@ def fit(
             if peak:
                 row["train/mfu"] = mfu(state.flops_per_unit, rates[state.flops_unit], peak)
         row["lr"] = scheduler.get_last_lr()[0]
+        if loop.compile:  # still rising after the first steps: the blocks are being compiled again
+            row["compile/graphs"] = compiled_graphs()
         if accelerator.device.type == "cuda":  # a host-side counter: no device sync
             row["train/peak_memory_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
         log_row(row)

@@ -286,6 +286,13 @@ def test_compiled_and_eager_training_give_the_same_losses(tmp_path):
         rows = (tmp_path / str(compiled) / "metrics.jsonl").read_text().splitlines()
         losses[compiled] = [json.loads(r)["train/loss"] for r in rows]
         assert json.loads(rows[-1])["train/tflops_per_second"] > 0  # FLOPs counted in both modes
+        # a compiled run's rows count the graphs compiled so far (recompilations show as a rising
+        # count); step 1 runs eagerly while its FLOPs are counted, so its row says 0
+        graphs = [json.loads(r).get("compile/graphs") for r in rows]
+        if compiled:
+            assert graphs[0] == 0 and graphs[-1] >= 1 and graphs == sorted(graphs)
+        else:
+            assert graphs == [None] * len(rows)
         assert type(result.model) is SmallNet  # unwrapped from torch.compile
         assert set(compiled_loss_calls) == {compiled}  # the loss's compiled forms with loop.compile only
     assert counters["frames"]["ok"] >= 1  # compiled for real (not silently run eagerly)
