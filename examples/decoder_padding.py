@@ -24,6 +24,10 @@ import random
 import tempfile
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sld.autoencoder_objective import autoencoder_losses
 from sld.autoencoder_trainer import AutoencoderTrainingConfig, build_model, load_segments, training_rows
 from sld.config import load_config
 from sld.data.collate import SegmentCollator
@@ -79,11 +83,6 @@ def main(argv: list[str] | None = None) -> list[tuple[int, bool, float, int]]:
 
 def step_flops(model, cfg: AutoencoderTrainingConfig, batch: dict) -> int:
     """FLOPs of the training loss's forward and backward on ``batch`` (``torch.utils.flop_counter``)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from sld.autoencoder_objective import autoencoder_losses
-
     model.train()
     torch.manual_seed(0)
     with FlopCounterMode(display=False) as counter:

@@ -16,7 +16,8 @@
 #                                          targets cut at the decoding budget)
 #   whole_targets=data.targets_within_budget=false
 #                                          the same with every target whole (padded to the batch's longest
-#                                          segment: 1.72x the decoder positions at batch 1,024)
+#                                          segment; the cut ones are 0.58x those decoder positions at batch
+#                                          1,024: examples/decoder_padding.py)
 #   compiled=loop.compile=true             the same with every repeated block compiled, shape-generic
 #                                          (the trainer sets loop.compile_dynamic=true: the padded length
 #                                          and the paraphrase rows change from batch to batch)

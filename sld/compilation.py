@@ -29,7 +29,8 @@ sequence length, yet it runs on them, and in torch 2.11 an assertion in it
 (``tiling_utils.get_pw_red_splits``) stopped the compiled SmolLM2 autoencoder at its first step on
 an H200 (its Perceiver layer, at the contrastive positives' length; docs/results.md, 2026-12-03).
 
-Blocks compiled for any shape (``dynamic=True``) also go without Inductor's mix-order reductions
+Blocks compiled for any shape (``dynamic=True``), and the compiled token cross-entropy (always
+shape-generic), also go without Inductor's mix-order reductions
 (``triton.mix_order_reduction``: a row reduction and a column reduction, as in a norm's backward,
 in one kernel whose partial column sums a second step adds up) on torch releases before 2.13. Their
 code generator wrote that second step's slice of the workspace without parentheses (``0 * a*b + c*16
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "INDUCTOR_OPTIONS",
-    "block_inductor_options",
+    "inductor_options",
     "compile_model",
     "compiled_graphs",
     "compiled_losses",
@@ -76,10 +77,11 @@ INDUCTOR_OPTIONS = {"triton.coalesce_tiling_analysis": False}
 MIX_ORDER_DYNAMIC_FIXED_IN = "2.13"
 
 
-def block_inductor_options(max_autotune: bool = False, dynamic: bool | None = None) -> dict:
-    """Inductor's options for compiled blocks: ``INDUCTOR_OPTIONS``, ``max_autotune`` when asked,
-    and no mix-order reductions in shape-generic graphs (``dynamic=True``) on a torch older than
-    ``MIX_ORDER_DYNAMIC_FIXED_IN`` (see the module docstring)."""
+def inductor_options(max_autotune: bool = False, dynamic: bool | None = None) -> dict:
+    """Inductor's options for what sld compiles (the repeated blocks, ``compiled_losses``' token
+    cross-entropy): ``INDUCTOR_OPTIONS``, ``max_autotune`` when asked, and no mix-order reductions in
+    shape-generic graphs (``dynamic=True``) on a torch older than ``MIX_ORDER_DYNAMIC_FIXED_IN`` (see
+    the module docstring)."""
     options = dict(INDUCTOR_OPTIONS)
     if max_autotune:
         options["max_autotune"] = True
@@ -135,7 +137,7 @@ def compile_model(
                 f"{found or 'none'}" + (f"; no block is a {', '.join(unknown)}" if unknown else "")
             )
         blocks = [b for b in blocks if type(b).__name__ in only]
-    options = {"options": block_inductor_options(max_autotune, dynamic)} if backend == "inductor" else {}
+    options = {"options": inductor_options(max_autotune, dynamic)} if backend == "inductor" else {}
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
         return torch.compile(model, backend=backend, dynamic=dynamic, **options)

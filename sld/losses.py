@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from sld.compilation import INDUCTOR_OPTIONS, losses_compiled
+from sld.compilation import inductor_options, losses_compiled
 from sld.distributed import global_mean, randn_like
 from sld.tokenization import IGNORE_INDEX
 
@@ -122,7 +122,7 @@ def _chunk_nll(
 @functools.cache
 def compiled_chunk_nll() -> Callable[..., torch.Tensor]:
     """``_chunk_nll`` under ``torch.compile`` (dynamic shapes), made once per process at its first use."""
-    return torch.compile(_chunk_nll, dynamic=True, options=INDUCTOR_OPTIONS)
+    return torch.compile(_chunk_nll, dynamic=True, options=inductor_options(dynamic=True))
 
 
 def mean_pool_latents(z: torch.Tensor) -> torch.Tensor:

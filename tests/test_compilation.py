@@ -8,7 +8,7 @@ import torch._inductor.config
 from tiny_models import randomize_zero_init, save_tiny_causal_lm, tiny_dit
 from torch import nn
 
-from sld.compilation import block_inductor_options, compile_model, eager, repeated_blocks, uncompile
+from sld.compilation import compile_model, eager, inductor_options, repeated_blocks, uncompile
 from sld.models.baseline import BaselineConfig, BaselineModel
 
 
@@ -114,9 +114,29 @@ def test_shape_generic_blocks_go_without_mix_order_reductions_on_older_torch(
     assert options["triton.coalesce_tiling_analysis"] is False
 
 
+def test_the_compiled_token_cross_entropy_goes_without_mix_order_reductions_on_older_torch(monkeypatch):
+    """Compiled shape-generic, the losses' token cross-entropy takes the same workaround as the blocks."""
+    import sld.losses
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    sld.losses.compiled_chunk_nll.cache_clear()
+    try:
+        sld.losses.compiled_chunk_nll()
+    finally:
+        sld.losses.compiled_chunk_nll.cache_clear()  # later callers compile for real
+    assert calls == [
+        {
+            "dynamic": True,
+            "options": {"triton.coalesce_tiling_analysis": False, "triton.mix_order_reduction": False},
+        }
+    ]
+
+
 def test_inductor_accepts_every_block_option():
     """Each option is a key of this torch's Inductor config (an unknown one fails the compile)."""
-    options = dict(block_inductor_options(max_autotune=True), **{"triton.mix_order_reduction": False})
+    options = dict(inductor_options(max_autotune=True), **{"triton.mix_order_reduction": False})
     with torch._inductor.config.patch(options):  # an unknown key raises AttributeError here
         assert torch._inductor.config.triton.mix_order_reduction is False
 
