@@ -9,7 +9,8 @@ in its own CUDA graphs), with grouped-head attention as transformers runs it und
 key/value heads repeated for their query heads) and/or packed (``--packed-gqa``; ``SLD_PACKED_GQA=1``,
 ``sld.models.packed_gqa``), after warm-up calls that trace, compile and record:
 - the static-cache one-token step of the LM (``StaticStepper.step``) at each --rows, alone;
-- a whole static decode (``decode_static``: --tokens greedy tokens after a 16-token prompt, no eos);
+- a whole static decode (``decode_static``: --tokens greedy tokens after a 16-token prompt, no eos) of
+  --decode-rows rows (64);
 - with --vary-rows: a whole static decode at 256 rows, then one whose row count changes at every call
   (241, 242, ..., 272 in turn, as SLD's segment rows change from batch to batch); with the row buckets of
   ``sld.models.static_decoding`` both run graphs traced once (256 and 320 rows), so the second costs
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     parser.add_argument("--rows", type=int, nargs="+", default=[4, 64, 320])
     parser.add_argument("--cache-len", type=int, default=128)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--decode-rows", type=int, default=64, help="rows of the whole-decode case")
     parser.add_argument("--denoiser-batch", type=int, default=64)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument(
@@ -240,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     denoiser = denoiser.to(device=device, dtype=dtype).eval().requires_grad_(False)
     cases = {f"token step, {rows} rows": (lambda rows=rows: token_step_case(lm, rows, args.cache_len))
              for rows in args.rows}  # fmt: skip
-    cases[f"decode {args.tokens} tokens, 64 rows"] = lambda: decode_case(lm, 64, args.tokens)
+    cases[f"decode {args.tokens} tokens, {args.decode_rows} rows"] = lambda: decode_case(
+        lm, args.decode_rows, args.tokens
+    )
     if args.vary_rows:
         cases[f"decode {args.tokens} tokens, 256 rows"] = lambda: decode_case(lm, 256, args.tokens)
         cases[f"decode {args.tokens} tokens, 241-272 rows in turn"] = lambda: decode_case(

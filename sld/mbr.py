@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from rouge_score import rouge_scorer
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
 
 
 @lru_cache(maxsize=1)
-def _rouge2() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rouge2"], use_stemmer=True)
+def _rouge2() -> RougeScorer:
+    from rouge_score.rouge_scorer import RougeScorer  # at first use: it imports nltk (about 2 s)
+
+    return RougeScorer(["rouge2"], use_stemmer=True)
 
 
 def rouge2_agreement(a: str, b: str) -> float:

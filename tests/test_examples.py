@@ -93,6 +93,7 @@ def test_graph_replay_overhead_runs_every_setting_on_a_cpu(capsys, monkeypatch):
             "--rows",
             "2",
             "--tokens=3",
+            "--decode-rows=2",
             "--denoiser-batch=2",
             "--calls=1",
             "--repeats=1",

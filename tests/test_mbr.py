@@ -29,7 +29,16 @@ def test_agreement_is_the_rouge2_of_the_metrics_and_symmetric():
     assert M.mbr_select is mbr_select  # scoring code keeps its import
 
 
-def test_inference_does_not_import_evaluation():
-    code = "import sys, sld.pipeline; print(sorted(m for m in sys.modules if m.startswith('sld.eval')))"
+def test_inference_does_not_import_evaluation_and_training_starts_without_nltk():
+    """One subprocess, two rules: importing the pipeline loads no ``sld.eval`` module, and importing
+    the three trainers (which import the ROUGE helpers) loads neither rouge-score nor nltk until a
+    ROUGE is computed (nltk's import is about 2 s of every training process's start on 2 cores)."""
+    code = (
+        "import sys, sld.pipeline; print(sorted(m for m in sys.modules if m.startswith('sld.eval'))); "
+        "import sld.autoencoder_trainer, sld.baseline_trainer, sld.diffusion.trainer; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nltk', 'rouge_score'))); "
+        "from sld.eval.metrics import rouge_scores; rouge_scores(['a cat sat'], ['a cat sat']); "
+        "print('nltk' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.split() == ["[]", "[]", "True"]

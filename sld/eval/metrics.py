@@ -30,11 +30,14 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import sacrebleu
-from rouge_score import rouge_scorer
 
 from sld.mbr import mbr_select
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -78,8 +81,12 @@ def _check_lengths(predictions: Sequence[object], references: Sequence[object]) 
 
 
 @lru_cache(maxsize=1)
-def _scorer() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+def _scorer() -> RougeScorer:
+    # imported at first use: rouge-score imports nltk (about 2 s on 2 cores, scipy.stats included),
+    # which every training process would otherwise pay at start, before any ROUGE is computed
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
 def rouge_per_example(prediction: str, references: Reference) -> dict[str, float]:
