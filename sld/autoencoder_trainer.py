@@ -80,6 +80,13 @@ class AutoencoderDataConfig:
     there). The losses at those positions are the same as with whole targets (the decoder is causal);
     a batch is then padded to at most the budget instead of its longest segment
     (``sld.tokenization.decoder_labels``).
+    ``fixed_shapes``: every training batch padded to one shape, whatever its segments' lengths: the
+    decoder's targets to the decoding budget with ``targets_within_budget`` (else to
+    ``model.max_segment_tokens``), the encoder inputs to the longest cached text (else to
+    ``model.max_segment_tokens``). More padded positions than a batch's longest segment needs, for
+    compiled blocks that meet one shape: with ``loop.compile`` the blocks are then compiled for that
+    shape (torch's default), not shape-generic; only the compressor's row count (paraphrases and
+    negatives) still varies. Not with ``decoder_buckets`` > 1 or ``losses.adversarial_rows_apart``.
     """
 
     segmented_dir: str = "runs/segmented"
@@ -96,6 +103,7 @@ class AutoencoderDataConfig:
     num_train_eval_segments: int = 0
     decoder_buckets: int = 1
     targets_within_budget: bool = False
+    fixed_shapes: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
@@ -106,6 +114,11 @@ class AutoencoderDataConfig:
             )
         if self.decoder_buckets < 1:
             raise ValueError(f"decoder_buckets must be >= 1, got {self.decoder_buckets}")
+        if self.fixed_shapes and self.decoder_buckets > 1:
+            raise ValueError(
+                "data.fixed_shapes pads every batch to one shape and data.decoder_buckets > 1 splits it "
+                "into buckets of varying shapes: set one of them off"
+            )
 
 
 @dataclass
@@ -134,6 +147,11 @@ class AutoencoderTrainingConfig:
             raise ValueError(
                 "data.cache_encoder_states needs a frozen encoder, but model.freeze_encoder is false (the "
                 f"encoder {self.model.encoder!r} trains, so its states change): set data.cache_encoder_states=false"
+            )
+        if self.data.fixed_shapes and self.losses.collated_adversarial_apart:
+            raise ValueError(
+                "data.fixed_shapes pads every batch to one shape and losses.adversarial_rows_apart splits "
+                "it into buckets of varying shapes: set one of them off"
             )
 
 
@@ -236,13 +254,15 @@ def reconstruction_scores(
 def training_collator(model: SegmentAutoencoder, cfg: AutoencoderTrainingConfig) -> SegmentCollator:
     """The collator of ``cfg``'s training batches: the adversarial term's share and its rows apart
     (``losses``, when the term runs), the decoder's length buckets (``data.decoder_buckets``) and its
-    targets cut at the decoding budget (``data.targets_within_budget``)."""
+    targets cut at the decoding budget (``data.targets_within_budget``), its batches of one shape
+    (``data.fixed_shapes``)."""
     return SegmentCollator.from_autoencoder(
         model,
         cfg.losses.collated_adversarial_fraction,
         cfg.data.decoder_buckets,
         cfg.losses.collated_adversarial_apart,
         cfg.data.targets_within_budget,
+        cfg.data.fixed_shapes,
     )
 
 
@@ -255,9 +275,10 @@ def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
     the ROC profile's first three steps took 92 s unbucketed (two compilations of about 45 s), and
     with buckets an H100 made 3 steps in 101 s; on the CPU, 10 steps of the ROC profile took 5
     compilations after the first, 2 shape-generic (7 against 2 with buckets; docs/results.md,
-    ``sld.compilation.compile_model``)."""
+    ``sld.compilation.compile_model``). With ``data.fixed_shapes`` the blocks meet one shape and
+    ``compile_dynamic`` stays torch's default (graphs for that shape)."""
     loop = cfg.loop
-    if loop.compile and loop.compile_dynamic is None:
+    if loop.compile and loop.compile_dynamic is None and not cfg.data.fixed_shapes:
         logger.info(
             "loop.compile: the blocks are compiled for any batch size and length (loop.compile_dynamic=true; "
             "the segments' lengths and the rows of paraphrases change at every step)"

@@ -98,17 +98,21 @@ def train_decoder_tokenizer(
 
 
 def encoder_inputs(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, width: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Segments -> encoder inputs ``{"input_ids": (B', L), "attention_mask": (B', L)}``, right-padded.
 
     Truncation keeps the tokenizer's special tokens ([CLS]/[SEP], </s>) inside ``max_length``.
+    ``width``: L exactly (>= the longest truncated text; at most ``max_length``), whatever the texts'
+    lengths; None pads to the longest.
     """
+    if width is not None and not 1 <= width <= max_length:
+        raise ValueError(f"width must be in [1, max_length={max_length}], got {width}")
     enc = tokenizer(
         list(texts),
-        padding=True,
+        padding=True if width is None else "max_length",
         truncation=True,
-        max_length=max_length,
+        max_length=max_length if width is None else width,
         return_tensors="pt",
         return_token_type_ids=False,
     )
@@ -123,7 +127,11 @@ def appends_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def decoder_labels(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, keep: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    keep: int | None = None,
+    width: int | None = None,
 ) -> torch.Tensor:
     """Segments -> decoder targets ``labels`` (B', L) with ``IGNORE_INDEX`` at padding positions.
 
@@ -137,6 +145,9 @@ def decoder_labels(
     outputs at a row's first ``keep`` positions do not depend on the later ones, so those positions'
     losses are the uncut row's, and the positions past the budget, which generation never reaches,
     are not computed (L <= ``keep``).
+
+    ``width``: L exactly, whatever the rows' lengths (at least the longest row: ``keep`` or
+    ``max_length``); None pads to the longest row.
     """
     adds_eos = appends_eos(tokenizer)  # probed once a call: the collators call this at every batch
     ids = _label_ids(tokenizer, texts, max_length, adds_eos)
@@ -144,7 +155,7 @@ def decoder_labels(
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         ids = [row[:keep] for row in ids]
-    return pad_labels(ids, labels_padding_side(tokenizer, adds_eos))
+    return pad_labels(ids, labels_padding_side(tokenizer, adds_eos), width)
 
 
 def decoder_label_ids(
@@ -178,9 +189,14 @@ def labels_padding_side(tokenizer: PreTrainedTokenizerBase, adds_eos: bool | Non
     return tokenizer.padding_side if adds_eos else "right"
 
 
-def _padded(rows: Sequence[Sequence[int]], fill: int, side: str) -> torch.Tensor:
-    """Rows of ints -> (B', L) int64, each padded with ``fill`` on ``side`` ("right" or "left") to the longest."""
-    width = max((len(row) for row in rows), default=0)
+def _padded(rows: Sequence[Sequence[int]], fill: int, side: str, width: int | None = None) -> torch.Tensor:
+    """Rows of ints -> (B', L) int64, each padded with ``fill`` on ``side`` ("right" or "left") to the
+    longest, or to L = ``width`` (which no row may exceed)."""
+    longest = max((len(row) for row in rows), default=0)
+    if width is None:
+        width = longest
+    elif longest > width:
+        raise ValueError(f"a row of {longest} ids does not fit width {width}")
     padded = [
         list(row) + [fill] * (width - len(row))
         if side == "right"
@@ -200,9 +216,10 @@ def pad_inputs(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Sequence[int]]
     }
 
 
-def pad_labels(rows: Sequence[Sequence[int]], side: str = "right") -> torch.Tensor:
-    """Label rows -> (B', L) int64, ``IGNORE_INDEX`` where a row has ended (``side``: "right" or "left")."""
-    return _padded(rows, IGNORE_INDEX, side)
+def pad_labels(rows: Sequence[Sequence[int]], side: str = "right", width: int | None = None) -> torch.Tensor:
+    """Label rows -> (B', L) int64, ``IGNORE_INDEX`` where a row has ended (``side``: "right" or "left");
+    L = the longest row, or ``width``."""
+    return _padded(rows, IGNORE_INDEX, side, width)
 
 
 def token_budget(

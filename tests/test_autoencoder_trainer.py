@@ -160,6 +160,56 @@ def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_othe
     assert loop("loop.compile=true").compile_dynamic is True  # one bucket: still a new length every step
     assert loop("loop.compile=true", "loop.compile_dynamic=false").compile_dynamic is False
     assert loop("data.decoder_buckets=3").compile_dynamic is None  # not compiled
+    # batches of one shape: graphs for that shape (torch's default), unless told otherwise
+    assert loop("loop.compile=true", "data.fixed_shapes=true").compile_dynamic is None
+    assert loop("loop.compile=true", "data.fixed_shapes=true", "loop.compile_dynamic=true").compile_dynamic
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_fixed_shapes_train_on_batches_of_one_shape(tmp_path, monkeypatch, fixed):
+    """``data.fixed_shapes``: every training batch the trainer collates has the same encoder and
+    decoder widths, the labels' the decoding budget; without it they follow the batches' segments."""
+    import sld.data.collate as collate
+
+    shapes: list[tuple[int, int]] = []
+    real_call = collate.SegmentCollator.__call__
+
+    def recording(self, rows):
+        batch = real_call(self, rows)
+        shapes.append((batch["input_ids"].shape[1], batch["labels"].shape[1]))
+        return batch
+
+    monkeypatch.setattr(collate.SegmentCollator, "__call__", recording)
+    stories = [*STORIES, ["A very long sentence that goes on and on about nothing much at all today."]]
+    cfg = tiny_training_config(
+        tmp_path,
+        f"data.segmented_dir={write_stage1(tmp_path / 'long', stories * 4)}",
+        f"data.fixed_shapes={str(fixed).lower()}",
+        "data.targets_within_budget=true",
+        "data.decode_budget_percentile=90",
+        "loop.batch_size=4",
+        "loop.max_steps=6",
+        "loop.eval_every=100",
+    )
+    trained = train_autoencoder(cfg)
+    budget = SegmentAutoencoder.from_pretrained(trained.output_dir).config.decode_max_tokens
+    assert len(shapes) >= 6
+    if fixed:
+        assert set(shapes) == {(shapes[0][0], budget)}
+    else:
+        assert len(set(shapes)) > 1 and all(labels <= budget for _, labels in shapes)
+
+
+def test_fixed_shapes_with_buckets_are_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="data.fixed_shapes"):
+        tiny_training_config(tmp_path, "data.fixed_shapes=true", "data.decoder_buckets=2")
+    with pytest.raises(ValueError, match="losses.adversarial_rows_apart"):
+        tiny_training_config(
+            tmp_path,
+            "data.fixed_shapes=true",
+            "losses.adversarial_fraction=0.5",
+            "losses.adversarial_rows_apart=true",
+        )
 
 
 def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():
@@ -194,9 +244,17 @@ def collators(monkeypatch) -> list[tuple[float, int, bool]]:
         decoder_buckets=1,
         adversarial_apart=False,
         targets_within_budget=False,
+        fixed_shapes=False,
     ):
         built.append((adversarial_fraction, decoder_buckets, adversarial_apart))
-        return real(model, adversarial_fraction, decoder_buckets, adversarial_apart, targets_within_budget)
+        return real(
+            model,
+            adversarial_fraction,
+            decoder_buckets,
+            adversarial_apart,
+            targets_within_budget,
+            fixed_shapes,
+        )
 
     monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)
     return built
