@@ -80,13 +80,15 @@ class AutoencoderDataConfig:
     there). The losses at those positions are the same as with whole targets (the decoder is causal);
     a batch is then padded to at most the budget instead of its longest segment
     (``sld.tokenization.decoder_labels``).
-    ``fixed_shapes``: every training batch padded to one shape, whatever its segments' lengths: the
-    decoder's targets to the decoding budget with ``targets_within_budget`` (else to
-    ``model.max_segment_tokens``), the encoder inputs to the longest cached text (else to
-    ``model.max_segment_tokens``). More padded positions than a batch's longest segment needs, for
-    compiled blocks that meet one shape: with ``loop.compile`` the blocks are then compiled for that
-    shape (torch's default), not shape-generic; only the compressor's row count (paraphrases and
-    negatives) still varies. Not with ``decoder_buckets`` > 1 or ``losses.adversarial_rows_apart``.
+    ``fixed_decoder_length``: every training batch's decoder targets padded to one length, whatever
+    its segments' lengths: the decoding budget with ``targets_within_budget``, else
+    ``model.max_segment_tokens``. More padded positions than a batch's longest segment needs (next
+    to none in random ROC batches of 1,024, nearly every one of which holds a segment at the budget),
+    for decoder blocks that meet one shape (the batch size is fixed too: the loader drops a last
+    partial batch): with ``loop.compile`` they are then compiled for that shape (torch's default)
+    instead of shape-generic. The compressor's inputs still vary (the segments' lengths, the rows of
+    paraphrases and negatives); torch compiles its blocks again once, shape-generic in what changed.
+    Not with ``decoder_buckets`` > 1 or ``losses.adversarial_rows_apart``.
     """
 
     segmented_dir: str = "runs/segmented"
@@ -103,7 +105,7 @@ class AutoencoderDataConfig:
     num_train_eval_segments: int = 0
     decoder_buckets: int = 1
     targets_within_budget: bool = False
-    fixed_shapes: bool = False
+    fixed_decoder_length: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
@@ -114,10 +116,10 @@ class AutoencoderDataConfig:
             )
         if self.decoder_buckets < 1:
             raise ValueError(f"decoder_buckets must be >= 1, got {self.decoder_buckets}")
-        if self.fixed_shapes and self.decoder_buckets > 1:
+        if self.fixed_decoder_length and self.decoder_buckets > 1:
             raise ValueError(
-                "data.fixed_shapes pads every batch to one shape and data.decoder_buckets > 1 splits it "
-                "into buckets of varying shapes: set one of them off"
+                "data.fixed_decoder_length pads every batch's targets to one length and "
+                "data.decoder_buckets > 1 splits them into buckets of varying lengths: set one of them off"
             )
 
 
@@ -148,10 +150,10 @@ class AutoencoderTrainingConfig:
                 "data.cache_encoder_states needs a frozen encoder, but model.freeze_encoder is false (the "
                 f"encoder {self.model.encoder!r} trains, so its states change): set data.cache_encoder_states=false"
             )
-        if self.data.fixed_shapes and self.losses.collated_adversarial_apart:
+        if self.data.fixed_decoder_length and self.losses.collated_adversarial_apart:
             raise ValueError(
-                "data.fixed_shapes pads every batch to one shape and losses.adversarial_rows_apart splits "
-                "it into buckets of varying shapes: set one of them off"
+                "data.fixed_decoder_length pads every batch's targets to one length and "
+                "losses.adversarial_rows_apart splits them into buckets of varying lengths: set one of them off"
             )
 
 
@@ -254,15 +256,15 @@ def reconstruction_scores(
 def training_collator(model: SegmentAutoencoder, cfg: AutoencoderTrainingConfig) -> SegmentCollator:
     """The collator of ``cfg``'s training batches: the adversarial term's share and its rows apart
     (``losses``, when the term runs), the decoder's length buckets (``data.decoder_buckets``) and its
-    targets cut at the decoding budget (``data.targets_within_budget``), its batches of one shape
-    (``data.fixed_shapes``)."""
+    targets cut at the decoding budget (``data.targets_within_budget``), its targets padded to one
+    length (``data.fixed_decoder_length``)."""
     return SegmentCollator.from_autoencoder(
         model,
         cfg.losses.collated_adversarial_fraction,
         cfg.data.decoder_buckets,
         cfg.losses.collated_adversarial_apart,
         cfg.data.targets_within_budget,
-        cfg.data.fixed_shapes,
+        cfg.data.fixed_decoder_length,
     )
 
 
@@ -275,10 +277,11 @@ def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
     the ROC profile's first three steps took 92 s unbucketed (two compilations of about 45 s), and
     with buckets an H100 made 3 steps in 101 s; on the CPU, 10 steps of the ROC profile took 5
     compilations after the first, 2 shape-generic (7 against 2 with buckets; docs/results.md,
-    ``sld.compilation.compile_model``). With ``data.fixed_shapes`` the blocks meet one shape and
-    ``compile_dynamic`` stays torch's default (graphs for that shape)."""
+    ``sld.compilation.compile_model``). With ``data.fixed_decoder_length`` the decoder blocks meet one
+    shape and ``compile_dynamic`` stays torch's default (graphs for the shapes met, made shape-generic
+    only in a dimension that changes)."""
     loop = cfg.loop
-    if loop.compile and loop.compile_dynamic is None and not cfg.data.fixed_shapes:
+    if loop.compile and loop.compile_dynamic is None and not cfg.data.fixed_decoder_length:
         logger.info(
             "loop.compile: the blocks are compiled for any batch size and length (loop.compile_dynamic=true; "
             "the segments' lengths and the rows of paraphrases change at every step)"

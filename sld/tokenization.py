@@ -98,21 +98,17 @@ def train_decoder_tokenizer(
 
 
 def encoder_inputs(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, width: int | None = None
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
 ) -> dict[str, torch.Tensor]:
     """Segments -> encoder inputs ``{"input_ids": (B', L), "attention_mask": (B', L)}``, right-padded.
 
     Truncation keeps the tokenizer's special tokens ([CLS]/[SEP], </s>) inside ``max_length``.
-    ``width``: L exactly (>= the longest truncated text; at most ``max_length``), whatever the texts'
-    lengths; None pads to the longest.
     """
-    if width is not None and not 1 <= width <= max_length:
-        raise ValueError(f"width must be in [1, max_length={max_length}], got {width}")
     enc = tokenizer(
         list(texts),
-        padding=True if width is None else "max_length",
+        padding=True,
         truncation=True,
-        max_length=max_length if width is None else width,
+        max_length=max_length,
         return_tensors="pt",
         return_token_type_ids=False,
     )

@@ -260,57 +260,43 @@ def test_targets_cut_at_the_budget_keep_the_losses_of_the_positions_before_it(de
         SegmentCollator.from_autoencoder(model, targets_within_budget=True)
 
 
-@pytest.mark.parametrize(("decoder", "cached"), [("t5", False), ("t5", True), ("bart", False)])
-def test_batches_of_one_shape_give_the_losses_and_gradients_of_the_longest_padded(bert_dir, decoder, cached):
-    """``data.fixed_shapes``: every batch's labels are padded to the decoding budget and its encoder
-    inputs (rows, paraphrases, negatives) to one width (the encoder-state cache's length when the
-    model has a cache), whatever its segments' lengths; every term and gradient is the one of the
-    same rows padded to their longest (no dropout, no noise)."""
-    from sld.models.encoder_cache import EncoderStateCache, training_texts
+@pytest.mark.parametrize("decoder", ["t5", "bart"])
+def test_targets_of_one_length_give_the_losses_and_gradients_of_the_longest_padded(bert_dir, decoder):
+    """``data.fixed_decoder_length``: every batch's labels are padded to the decoding budget, whatever
+    its segments' lengths; every term and gradient is the one of the same rows padded to their
+    longest (no dropout, no noise: the batches differ only in padding)."""
     from sld.tokenization import IGNORE_INDEX
 
-    # a frozen encoder (as MiniLM is), which runs without dropout: the batches differ only in padding
+    # a frozen encoder (as MiniLM is) runs without dropout
     decoder_config = T5 if decoder == "t5" else BART
     model = build(encoder=bert_dir, decoder_config=decoder_config, freeze_encoder=True).train()
     model.config.decode_max_tokens = budget = 16
-    long_rows = ROWS if cached else LONG_ROWS  # the cache's longest text is shorter than the truncation
-    if cached:
-        model.encoder_cache = EncoderStateCache.build(model, training_texts(long_rows))
-        width = model.encoder_cache.states.shape[1]
-        assert width < model.max_segment_tokens  # the cache's longest text, not the truncation length
-    else:
-        width = model.max_segment_tokens
     cfg = AutoencoderLossConfig(noise_std=0.0, adversarial_fraction=0.5)
-    fixed = SegmentCollator.from_autoencoder(model, 0.5, targets_within_budget=True, fixed_shapes=True)
-    longest = SegmentCollator.from_autoencoder(model, 0.5, targets_within_budget=True)
-    short_rows = ROWS[:1] + ROWS[3:]  # shorter than the budget and than every width
-    for rows in (long_rows, short_rows):
-        batch = fixed(rows)
-        assert batch["labels"].shape == (len(rows), budget)
-        for key in ("input_ids", "attention_mask", "positive_input_ids", "positive_attention_mask"):
-            assert batch[key].shape[1] == width, key
-    assert (
-        longest(short_rows)["labels"].shape[1] < budget and longest(short_rows)["input_ids"].shape[1] < width
+    fixed = SegmentCollator.from_autoencoder(
+        model, 0.5, targets_within_budget=True, fixed_decoder_length=True
     )
-    for rows in (long_rows, short_rows):
-        one_shape, padded = fixed(rows), longest(rows)
+    longest = SegmentCollator.from_autoencoder(model, 0.5, targets_within_budget=True)
+    short_rows = ROWS[:1] + ROWS[3:]  # shorter than the budget
+    assert longest(short_rows)["labels"].shape[1] < budget
+    for rows in (LONG_ROWS, short_rows):
+        one_length, padded = fixed(rows), longest(rows)
+        assert one_length["labels"].shape == (len(rows), budget)
+        assert torch.equal(one_length["input_ids"], padded["input_ids"])  # the encoder's side as it was
         kept = padded["labels"] != IGNORE_INDEX
-        assert torch.equal(one_shape["labels"][:, : kept.shape[1]][kept], padded["labels"][kept])
-        assert torch.equal(one_shape["target_index"].div(budget, rounding_mode="floor"),
-                           padded["target_index"].div(kept.shape[1], rounding_mode="floor"))  # fmt: skip
+        assert torch.equal(one_length["labels"][:, : kept.shape[1]][kept], padded["labels"][kept])
         expected = autoencoder_losses(model, padded, cfg)
         g_expected = grads(model, expected["loss"])
-        terms = autoencoder_losses(model, one_shape, cfg)
+        terms = autoencoder_losses(model, one_length, cfg)
         for name in ("conversion", "adversarial", "contrastive", "loss"):
             torch.testing.assert_close(terms[name], expected[name])
         g_fixed = grads(model, terms["loss"])
         assert g_fixed.keys() == g_expected.keys()
         for name in g_expected:
             torch.testing.assert_close(g_fixed[name], g_expected[name], atol=1e-6, rtol=1e-4)
-    with pytest.raises(ValueError, match="fixed_shapes"):
-        SegmentCollator.from_autoencoder(model, decoder_buckets=2, fixed_shapes=True)
-    with pytest.raises(ValueError, match="fixed_shapes"):
-        SegmentCollator.from_autoencoder(model, 0.5, adversarial_apart=True, fixed_shapes=True)
+    with pytest.raises(ValueError, match="fixed_decoder_length"):
+        SegmentCollator.from_autoencoder(model, decoder_buckets=2, fixed_decoder_length=True)
+    with pytest.raises(ValueError, match="fixed_decoder_length"):
+        SegmentCollator.from_autoencoder(model, 0.5, adversarial_apart=True, fixed_decoder_length=True)
 
 
 @pytest.mark.parametrize(("decoder", "buckets"), [("t5", 1), ("t5", 2), ("bart", 1)])

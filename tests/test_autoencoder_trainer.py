@@ -160,15 +160,17 @@ def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_othe
     assert loop("loop.compile=true").compile_dynamic is True  # one bucket: still a new length every step
     assert loop("loop.compile=true", "loop.compile_dynamic=false").compile_dynamic is False
     assert loop("data.decoder_buckets=3").compile_dynamic is None  # not compiled
-    # batches of one shape: graphs for that shape (torch's default), unless told otherwise
-    assert loop("loop.compile=true", "data.fixed_shapes=true").compile_dynamic is None
-    assert loop("loop.compile=true", "data.fixed_shapes=true", "loop.compile_dynamic=true").compile_dynamic
+    # targets of one length: graphs for the shapes met (torch's default), unless told otherwise
+    assert loop("loop.compile=true", "data.fixed_decoder_length=true").compile_dynamic is None
+    assert loop(
+        "loop.compile=true", "data.fixed_decoder_length=true", "loop.compile_dynamic=true"
+    ).compile_dynamic
 
 
 @pytest.mark.parametrize("fixed", [False, True])
-def test_fixed_shapes_train_on_batches_of_one_shape(tmp_path, monkeypatch, fixed):
-    """``data.fixed_shapes``: every training batch the trainer collates has the same encoder and
-    decoder widths, the labels' the decoding budget; without it they follow the batches' segments."""
+def test_fixed_decoder_length_trains_on_targets_of_one_length(tmp_path, monkeypatch, fixed):
+    """``data.fixed_decoder_length``: every training batch the trainer collates has labels as wide as
+    the decoding budget; without it they follow the batches' segments."""
     import sld.data.collate as collate
 
     shapes: list[tuple[int, int]] = []
@@ -176,7 +178,7 @@ def test_fixed_shapes_train_on_batches_of_one_shape(tmp_path, monkeypatch, fixed
 
     def recording(self, rows):
         batch = real_call(self, rows)
-        shapes.append((batch["input_ids"].shape[1], batch["labels"].shape[1]))
+        shapes.append(batch["labels"].shape[1])
         return batch
 
     monkeypatch.setattr(collate.SegmentCollator, "__call__", recording)
@@ -184,7 +186,7 @@ def test_fixed_shapes_train_on_batches_of_one_shape(tmp_path, monkeypatch, fixed
     cfg = tiny_training_config(
         tmp_path,
         f"data.segmented_dir={write_stage1(tmp_path / 'long', stories * 4)}",
-        f"data.fixed_shapes={str(fixed).lower()}",
+        f"data.fixed_decoder_length={str(fixed).lower()}",
         "data.targets_within_budget=true",
         "data.decode_budget_percentile=90",
         "loop.batch_size=4",
@@ -195,18 +197,18 @@ def test_fixed_shapes_train_on_batches_of_one_shape(tmp_path, monkeypatch, fixed
     budget = SegmentAutoencoder.from_pretrained(trained.output_dir).config.decode_max_tokens
     assert len(shapes) >= 6
     if fixed:
-        assert set(shapes) == {(shapes[0][0], budget)}
+        assert set(shapes) == {budget}
     else:
-        assert len(set(shapes)) > 1 and all(labels <= budget for _, labels in shapes)
+        assert len(set(shapes)) > 1 and max(shapes) <= budget
 
 
-def test_fixed_shapes_with_buckets_are_a_config_error(tmp_path):
-    with pytest.raises(ValueError, match="data.fixed_shapes"):
-        tiny_training_config(tmp_path, "data.fixed_shapes=true", "data.decoder_buckets=2")
+def test_a_fixed_decoder_length_with_buckets_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="data.fixed_decoder_length"):
+        tiny_training_config(tmp_path, "data.fixed_decoder_length=true", "data.decoder_buckets=2")
     with pytest.raises(ValueError, match="losses.adversarial_rows_apart"):
         tiny_training_config(
             tmp_path,
-            "data.fixed_shapes=true",
+            "data.fixed_decoder_length=true",
             "losses.adversarial_fraction=0.5",
             "losses.adversarial_rows_apart=true",
         )
@@ -244,7 +246,7 @@ def collators(monkeypatch) -> list[tuple[float, int, bool]]:
         decoder_buckets=1,
         adversarial_apart=False,
         targets_within_budget=False,
-        fixed_shapes=False,
+        fixed_decoder_length=False,
     ):
         built.append((adversarial_fraction, decoder_buckets, adversarial_apart))
         return real(
@@ -253,7 +255,7 @@ def collators(monkeypatch) -> list[tuple[float, int, bool]]:
             decoder_buckets,
             adversarial_apart,
             targets_within_budget,
-            fixed_shapes,
+            fixed_decoder_length,
         )
 
     monkeypatch.setattr(trainer.SegmentCollator, "from_autoencoder", recording)

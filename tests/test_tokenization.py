@@ -81,6 +81,21 @@ def test_decoder_labels_mask_padding_not_pad_id(tokenizer):
     assert (labels[0] != IGNORE_INDEX).all()
 
 
+def test_labels_of_a_fixed_width_pad_every_batch_alike(tokenizer):
+    """``width``: the labels are that wide whatever the rows' lengths (``data.fixed_decoder_length``);
+    a row longer than it is an error, not a silent cut."""
+    longest = decoder_labels(tokenizer, ["The cat sat on the mat.", "Hi"], max_length=64)
+    wide = decoder_labels(tokenizer, ["The cat sat on the mat.", "Hi"], max_length=64, width=20)
+    assert longest.shape[1] < 20 and wide.shape == (2, 20)
+    assert (
+        torch.equal(wide[:, : longest.shape[1]], longest)
+        and (wide[:, longest.shape[1] :] == IGNORE_INDEX).all()
+    )
+    assert decoder_labels(tokenizer, ["The cat sat on the mat."], 64, keep=3, width=3).shape == (1, 3)
+    with pytest.raises(ValueError, match="does not fit width 2"):
+        decoder_labels(tokenizer, ["The cat sat on the mat."], max_length=64, width=2)
+
+
 def test_truncation_keeps_eos(tokenizer):
     labels = decoder_labels(tokenizer, [" ".join(["word"] * 100)], max_length=8)
     assert labels.shape == (1, 8)

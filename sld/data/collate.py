@@ -79,12 +79,10 @@ class SegmentCollator:
         target_tokens: cut every row's decoder targets after this many positions (the decoding
             budget, ``data.targets_within_budget``; ``sld.tokenization.decoder_labels``' ``keep``);
             None keeps them up to ``max_segment_tokens``.
-        fixed_shapes: ``data.fixed_shapes``; every batch's ``labels`` are padded to exactly
-            ``target_tokens`` (or ``max_segment_tokens``) positions and every ``*input_ids`` /
-            ``*attention_mask`` to exactly ``encoder_width``, whatever the rows' lengths, so that
-            compiled blocks meet one shape (the row counts of the paraphrases and negatives still
-            vary). Not with ``decoder_buckets`` > 1 or ``adversarial_apart`` (their buckets vary).
-        encoder_width: the encoder inputs' fixed length (``fixed_shapes``); None = ``max_segment_tokens``.
+        fixed_decoder_length: ``data.fixed_decoder_length``; every batch's ``labels`` are padded to
+            exactly ``target_tokens`` (or ``max_segment_tokens``) positions, whatever the rows'
+            lengths, so that compiled decoder blocks meet one shape. Not with ``decoder_buckets`` > 1
+            or ``adversarial_apart`` (their buckets' shapes vary).
     """
 
     def __init__(
@@ -97,8 +95,7 @@ class SegmentCollator:
         decoder_buckets: int = 1,
         adversarial_apart: bool = False,
         target_tokens: int | None = None,
-        fixed_shapes: bool = False,
-        encoder_width: int | None = None,
+        fixed_decoder_length: bool = False,
     ) -> None:
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
@@ -113,14 +110,13 @@ class SegmentCollator:
         if target_tokens is not None and target_tokens < 1:
             raise ValueError(f"target_tokens must be >= 1, got {target_tokens}")
         self.target_tokens = target_tokens
-        if fixed_shapes and (decoder_buckets > 1 or self.adversarial_apart):
+        if fixed_decoder_length and (decoder_buckets > 1 or self.adversarial_apart):
             raise ValueError(
-                "fixed_shapes pads every batch to one shape; decoder_buckets > 1 and adversarial_apart "
-                "split it into buckets whose shapes vary: use one or the other"
+                "fixed_decoder_length pads every batch's targets to one length; decoder_buckets > 1 and "
+                "adversarial_apart split them into buckets whose lengths vary: use one or the other"
             )
-        self.fixed_shapes = fixed_shapes
-        self.encoder_width = (encoder_width or max_segment_tokens) if fixed_shapes else None
-        self.label_width = (target_tokens or max_segment_tokens) if fixed_shapes else None
+        # the labels' width: every batch's (fixed_decoder_length), or None: each batch's longest
+        self.label_width = (target_tokens or max_segment_tokens) if fixed_decoder_length else None
 
     @classmethod
     def from_autoencoder(
@@ -130,13 +126,13 @@ class SegmentCollator:
         decoder_buckets: int = 1,
         adversarial_apart: bool = False,
         targets_within_budget: bool = False,
-        fixed_shapes: bool = False,
+        fixed_decoder_length: bool = False,
     ) -> SegmentCollator:
         """The collator matching a ``SegmentAutoencoder``'s tokenizers and segment length (and its
         ``encoder_cache``, when it has one); ``targets_within_budget``: decoder targets cut at the
         model's decoding budget (``model.config.decode_max_tokens``, which must be set);
-        ``fixed_shapes``: every batch padded to one shape, the encoder inputs to the cache's length
-        (the longest cached text) when the model has a cache, else to ``max_segment_tokens``."""
+        ``fixed_decoder_length``: every batch's targets padded to that budget (or to
+        ``max_segment_tokens``)."""
         cache = getattr(model, "encoder_cache", None)
         target_tokens = None
         if targets_within_budget:
@@ -154,12 +150,11 @@ class SegmentCollator:
             decoder_buckets,
             adversarial_apart,
             target_tokens,
-            fixed_shapes,
-            cache.states.shape[1] if cache is not None else None,
+            fixed_decoder_length,
         )
 
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = encoder_inputs(self.encoder_tokenizer, texts, self.max_segment_tokens, self.encoder_width)
+        batch = encoder_inputs(self.encoder_tokenizer, texts, self.max_segment_tokens)
         if self.text_index is not None:
             try:
                 batch["encoder_index"] = torch.tensor([self.text_index[t] for t in texts], dtype=torch.long)
