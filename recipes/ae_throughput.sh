@@ -21,6 +21,12 @@
 #   compiled=loop.compile=true             the same with every repeated block compiled, shape-generic
 #                                          (the trainer sets loop.compile_dynamic=true: the padded length
 #                                          and the paraphrase rows change from batch to batch)
+#   compiled_fixed=loop.compile=true,data.fixed_decoder_length=true
+#                                          compiled for one decoder shape: every batch's targets padded
+#                                          to the decoding budget (at batch 1,024 nearly every batch
+#                                          reaches it anyway), so the decoder blocks compile once, for
+#                                          that shape, not shape-generic (on the CPU its first compiled
+#                                          step took 0.65x as long: docs/results.md, twenty-seventh session)
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
 #                                          the same with the decoder passes on 3 length buckets (0.44x
 #                                          the decoder's positions at batch 1,024; eager, the buckets
@@ -45,7 +51,7 @@
 R=$RUNS/roc
 TP_MINUTES=${TP_MINUTES:-1.5}
 TP_CONFIG=${TP_CONFIG:-configs/autoencoder_roc.yaml}
-TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= whole_targets=data.targets_within_budget=false compiled=loop.compile=true compiled_buckets=loop.compile=true,data.decoder_buckets=3}
+TP_VARIANTS=${TP_VARIANTS:-${BEFORE_CODE:+before= }after= whole_targets=data.targets_within_budget=false compiled=loop.compile=true compiled_fixed=loop.compile=true,data.fixed_decoder_length=true compiled_buckets=loop.compile=true,data.decoder_buckets=3}
 
 if [ ! -f $R/segmented_all/train.jsonl ]; then
     log "segment ROC: all sentences"
