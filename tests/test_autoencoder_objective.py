@@ -76,6 +76,22 @@ def bert_dir(tmp_path_factory) -> str:
     return save_tiny_bert(tmp_path_factory.mktemp("bert"))
 
 
+def assert_same_terms_and_gradients(
+    model: SegmentAutoencoder,
+    terms: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    expected_grads: dict[str, torch.Tensor],
+) -> None:
+    """Every loss term of ``terms`` equals ``expected``'s, and the gradients of its loss equal
+    ``expected_grads`` (``grads`` of the expected loss)."""
+    for name in ("conversion", "adversarial", "contrastive", "loss"):
+        torch.testing.assert_close(terms[name], expected[name])
+    got = grads(model, terms["loss"])
+    assert got.keys() == expected_grads.keys()
+    for name in expected_grads:
+        torch.testing.assert_close(got[name], expected_grads[name], atol=1e-6, rtol=1e-4)
+
+
 def grads(model: SegmentAutoencoder, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss.backward()
@@ -203,13 +219,7 @@ def test_decoder_buckets_give_the_losses_and_gradients_of_one_padded_pass(monkey
         raise AssertionError("target positions searched on the device")
 
     monkeypatch.setattr(sld.losses, "target_positions", no_search)
-    terms = autoencoder_losses(model, bucketed, cfg)
-    for name in ("conversion", "adversarial", "contrastive", "loss"):
-        torch.testing.assert_close(terms[name], one_pass[name])
-    g_buckets = grads(model, terms["loss"])
-    assert g_buckets.keys() == g_one.keys()
-    for name in g_one:
-        torch.testing.assert_close(g_buckets[name], g_one[name], atol=1e-6, rtol=1e-4)
+    assert_same_terms_and_gradients(model, autoencoder_losses(model, bucketed, cfg), one_pass, g_one)
 
     half = AutoencoderLossConfig(noise_std=0.0, adversarial_fraction=0.5)
     halved = SegmentCollator.from_autoencoder(model, adversarial_fraction=0.5, decoder_buckets=2)(LONG_ROWS)
@@ -286,13 +296,9 @@ def test_targets_of_one_length_give_the_losses_and_gradients_of_the_longest_padd
         assert torch.equal(one_length["labels"][:, : kept.shape[1]][kept], padded["labels"][kept])
         expected = autoencoder_losses(model, padded, cfg)
         g_expected = grads(model, expected["loss"])
-        terms = autoencoder_losses(model, one_length, cfg)
-        for name in ("conversion", "adversarial", "contrastive", "loss"):
-            torch.testing.assert_close(terms[name], expected[name])
-        g_fixed = grads(model, terms["loss"])
-        assert g_fixed.keys() == g_expected.keys()
-        for name in g_expected:
-            torch.testing.assert_close(g_fixed[name], g_expected[name], atol=1e-6, rtol=1e-4)
+        assert_same_terms_and_gradients(
+            model, autoencoder_losses(model, one_length, cfg), expected, g_expected
+        )
     with pytest.raises(ValueError, match="fixed_decoder_length"):
         SegmentCollator.from_autoencoder(model, decoder_buckets=2, fixed_decoder_length=True)
     with pytest.raises(ValueError, match="fixed_decoder_length"):
