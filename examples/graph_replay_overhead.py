@@ -15,8 +15,8 @@ key/value heads repeated for their query heads) and/or packed (``--packed-gqa``;
   (241, 242, ..., 272 in turn, as SLD's segment rows change from batch to batch); with the row buckets of
   ``sld.models.static_decoding`` both run graphs traced once (256 and 320 rows), so the second costs
   about what 320 rows cost, not a trace per call;
-- one forward of a denoiser of the ROC profile's size (512 wide, 8 blocks, 4 segments of 16 x 64
-  latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch;
+- one forward of a denoiser of the ROC profile's size (512 wide, or --denoiser-width; 8 blocks, 4
+  segments of 16 x 64 latents, 64-token context) through ``graphed_denoiser`` at --denoiser-batch;
 - ten DPM-Solver++ steps with guidance 2 (``sample_latents(graphed=True)``) with that denoiser at
   --denoiser-batch, the scheduler's own step after the denoiser's graph (``SLD_FUSED_SAMPLER=0``) and
   each step as one graph (``SLD_FUSED_SAMPLER=1``, ``sld.diffusion.linear_steps``); their ratio is
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--decode-rows", type=int, default=64, help="rows of the whole-decode case")
     parser.add_argument("--denoiser-batch", type=int, default=64)
+    parser.add_argument("--denoiser-width", type=int, default=512, help="the denoiser's width (8 heads)")
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument(
         "--vary-rows", action="store_true", help="also decode at 256 rows, and at a new row count every call"
@@ -233,7 +234,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
         lm = LlamaForCausalLM(LlamaConfig(**shape)).to(device=device, dtype=dtype).eval()
     lm.requires_grad_(False)
     denoiser = SegmentDiT(
-        latent_dim=64, num_latents=16, max_segments=4, width=512, depth=args.layers or 8, heads=8
+        latent_dim=64,
+        num_latents=16,
+        max_segments=4,
+        width=args.denoiser_width,
+        depth=args.layers or 8,
+        heads=8,
     )
     with torch.no_grad():  # zero-initialised parts (adaLN-Zero, output) made random: outputs not all 0
         for parameter in denoiser.parameters():

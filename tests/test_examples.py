@@ -95,6 +95,7 @@ def test_graph_replay_overhead_runs_every_setting_on_a_cpu(capsys, monkeypatch):
             "--tokens=3",
             "--decode-rows=2",
             "--denoiser-batch=2",
+            "--denoiser-width=64",
             "--calls=1",
             "--repeats=1",
             "--packed-gqa=both",
