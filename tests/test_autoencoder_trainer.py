@@ -173,12 +173,12 @@ def test_fixed_decoder_length_trains_on_targets_of_one_length(tmp_path, monkeypa
     the decoding budget; without it they follow the batches' segments."""
     import sld.data.collate as collate
 
-    shapes: list[tuple[int, int]] = []
+    widths: list[int] = []  # the labels' width of every collated batch
     real_call = collate.SegmentCollator.__call__
 
     def recording(self, rows):
         batch = real_call(self, rows)
-        shapes.append(batch["labels"].shape[1])
+        widths.append(batch["labels"].shape[1])
         return batch
 
     monkeypatch.setattr(collate.SegmentCollator, "__call__", recording)
@@ -195,11 +195,11 @@ def test_fixed_decoder_length_trains_on_targets_of_one_length(tmp_path, monkeypa
     )
     trained = train_autoencoder(cfg)
     budget = SegmentAutoencoder.from_pretrained(trained.output_dir).config.decode_max_tokens
-    assert len(shapes) >= 6
+    assert len(widths) >= 6
     if fixed:
-        assert set(shapes) == {budget}
+        assert set(widths) == {budget}
     else:
-        assert len(set(shapes)) > 1 and max(shapes) <= budget
+        assert len(set(widths)) > 1 and max(widths) <= budget
 
 
 def test_a_fixed_decoder_length_with_buckets_is_a_config_error(tmp_path):
