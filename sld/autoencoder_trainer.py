@@ -87,7 +87,7 @@ class AutoencoderDataConfig:
     for decoder blocks that meet one shape (the batch size is fixed too: the loader drops a last
     partial batch): with ``loop.compile`` they are then compiled for that shape (torch's default)
     instead of shape-generic. The compressor's inputs still vary (the segments' lengths, the rows of
-    paraphrases and negatives); torch compiles its blocks again once, shape-generic in what changed.
+    paraphrases and negatives); torch compiles its blocks again, shape-generic in what changed.
     Not with ``decoder_buckets`` > 1 or ``losses.adversarial_rows_apart``.
     """
 
