@@ -4,7 +4,8 @@ command, and check that it ends bit-identical to an uninterrupted run, for each 
 Each trainer runs four times as a subprocess (about 10 s of imports each on 2 cores):
 the uninterrupted reference, a run killed inside step 3 (the newest checkpoint is step 2), a re-run
 killed inside the write of checkpoint 4 (``.tmp-step_4`` is half written; step 2 stays the newest),
-and a last re-run that resumes from step 2 and finishes at step 6. Final weights, the last
+and a last re-run that resumes from step 2 and finishes at step 6. The reference runs beside the
+other three (each process has one thread), in its own folder. Final weights, the last
 checkpoint (model, optimizer, EMA, loop state, schedule) and the logged losses must equal the
 reference's exactly (CPU, one thread). The pauses come from ``SLD_PAUSE_AT`` (see sld.training).
 """
@@ -90,11 +91,15 @@ def launch(trainer: str, args: list[str], pause: str | None = None, marker: Path
     )
 
 
-def run_to_end(trainer: str, args: list[str]) -> str:
-    process = launch(trainer, args)
+def finish(process: subprocess.Popen) -> str:
+    """Wait for a launched stage to end; its output, after checking that it succeeded."""
     output, _ = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 0, output[-3000:]
     return output
+
+
+def run_to_end(trainer: str, args: list[str]) -> str:
+    return finish(launch(trainer, args))
 
 
 def run_and_kill(trainer: str, args: list[str], pause: str, marker: Path) -> None:
@@ -155,9 +160,10 @@ def assert_identical(a, b, where: str = "") -> None:
 
 
 @pytest.mark.parametrize("trainer", ["train_autoencoder", "train_diffusion", "train_baseline"])
-def test_killed_run_resumes_to_the_uninterrupted_result(trainer, inputs, tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_result(trainer, inputs, tmp_path, request):
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    run_to_end(trainer, stage_args(trainer, inputs, reference))
+    reference_run = launch(trainer, stage_args(trainer, inputs, reference))  # beside the runs below
+    request.addfinalizer(reference_run.kill)  # a no-op once it has finished; stops it if the test fails first
 
     args = stage_args(trainer, inputs, crashed)
     marker = tmp_path / "paused"
@@ -175,6 +181,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(trainer, inputs, tmp_pat
     assert not (crashed / "checkpoints" / ".tmp-step_4").exists()
     assert [p.name for p in list_checkpoints(crashed)] == ["step_4", "step_6"]
 
+    finish(reference_run)
     assert_identical(final_weights(trainer, crashed), final_weights(trainer, reference), "weights")
     assert_identical(checkpoint_state(crashed), checkpoint_state(reference), "checkpoint")
     assert_identical(train_rows(crashed), train_rows(reference), "metrics")

@@ -27,7 +27,7 @@ def rank_logs(log_dir: Path) -> str:
 def torchrun(output_dir: Path, max_steps: int) -> list[dict]:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
     log_dir = output_dir.with_name(f"{output_dir.name}_logs_{max_steps}")  # beside the run, not in it
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["--log-dir", str(log_dir), "--redirects", "3"]  # each process's output in its own file
     command += [str(ROOT / "tests" / "multiprocess_fit.py"), str(output_dir), str(max_steps)]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -71,15 +71,28 @@ def stage_args(trainer: str, inputs: dict, output_dir: Path, processes: int) -> 
     return [*args, f"loop.batch_size={GLOBAL_BATCH // processes}"]
 
 
-def run_stage(trainer: str, inputs: dict, output_dir: Path, processes: int) -> str:
+def start_stage(trainer: str, inputs: dict, output_dir: Path, processes: int) -> subprocess.Popen:
+    """Launch one run of the stage on ``processes`` processes (one thread each); ``finish`` waits for it."""
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT))
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        # --standalone: a free rendezvous port, so that runs of other tests may go at the same time
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     command = [*launcher, "-m", f"stages.{trainer}", *stage_args(trainer, inputs, output_dir, processes)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return done.stdout + done.stderr
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    """Wait for a started run; its output, after checking that it succeeded."""
+    output, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def run_stage(trainer: str, inputs: dict, output_dir: Path, processes: int) -> str:
+    return finish(start_stage(trainer, inputs, output_dir, processes))
 
 
 def metric_rows(output_dir: Path) -> list[dict]:
@@ -116,24 +129,44 @@ def compare(trainer: str, one: Path, other: Path) -> tuple[float, float]:
     return loss_gap, weight_gap
 
 
+def trainers_selected(session: pytest.Session) -> set[str]:
+    """The trainers whose one-process run this module's selected tests compare against."""
+    here = Path(__file__).resolve()
+    items = [item for item in session.items if Path(item.path).resolve() == here]
+    return {
+        item.callspec.params.get("trainer", "train_diffusion") for item in items if hasattr(item, "callspec")
+    }
+
+
 @pytest.fixture(scope="module")
-def one_process(inputs, tmp_path_factory):
-    """The one-process run of each trainer (made once, on first use)."""
-    runs: dict[str, Path] = {}
+def one_process(inputs, tmp_path_factory, request):
+    """The one-process run of each trainer: those the selected tests need all start together at first
+    use (one thread each, so they share the cores with the runs of the tests), each waited for when needed."""
+    started: dict[str, tuple[Path, subprocess.Popen]] = {}
+    finished: set[str] = set()
 
     def get(trainer: str) -> Path:
-        if trainer not in runs:
-            runs[trainer] = tmp_path_factory.mktemp("one") / trainer
-            run_stage(trainer, inputs, runs[trainer], 1)
-        return runs[trainer]
+        wanted = {trainer} | (set() if started else trainers_selected(request.session))
+        for name in sorted(wanted - started.keys()):
+            folder = tmp_path_factory.mktemp("one") / name
+            started[name] = folder, start_stage(name, inputs, folder, 1)
+            request.addfinalizer(started[name][1].kill)  # a no-op once finished
+        folder, process = started[trainer]
+        if trainer not in finished:
+            finish(process)
+            finished.add(trainer)
+        return folder
 
     return get
 
 
 @pytest.mark.parametrize("trainer", ["train_diffusion", "train_autoencoder", "train_baseline"])
-def test_two_processes_match_one_on_the_same_global_batch(trainer, inputs, one_process, tmp_path):
-    one, two = one_process(trainer), tmp_path / "two"
-    run_stage(trainer, inputs, two, 2)
+def test_two_processes_match_one_on_the_same_global_batch(trainer, inputs, one_process, tmp_path, request):
+    two = tmp_path / "two"
+    two_processes = start_stage(trainer, inputs, two, 2)
+    request.addfinalizer(two_processes.kill)  # a no-op once finished
+    one = one_process(trainer)  # the one-process runs go beside it
+    finish(two_processes)
     loss_gap, weight_gap = compare(trainer, one, two)
     print(f"{trainer}: largest loss gap {loss_gap:.2e} (relative), weight gap {weight_gap:.2e}")
     rows = metric_rows(two)
@@ -149,9 +182,9 @@ def test_two_processes_match_one_on_the_same_global_batch(trainer, inputs, one_p
 
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
 def test_diffusion_resumes_on_another_process_count(first, then, inputs, one_process, tmp_path):
-    reference = one_process("train_diffusion")
     resumed = tmp_path / "resumed"
     run_stage("train_diffusion", inputs, resumed, first)
+    reference = one_process("train_diffusion")
     # back to the checkpoint at step 4 (32 of the epoch's 40 items read), as after a crash
     shutil.rmtree(list_checkpoints(resumed)[-1])
     assert list_checkpoints(resumed)[-1].name == "step_4"
