@@ -26,14 +26,17 @@
 #                                          to the decoding budget (at batch 1,024 nearly every batch
 #                                          reaches it anyway), so the decoder blocks compile once, for
 #                                          that shape, not shape-generic (on the CPU its first compiled
-#                                          step took 0.65x as long: docs/results.md, twenty-seventh session)
+#                                          step took 0.65x as long: docs/results.md, twenty-seventh session;
+#                                          on an H200 it compiled in about a minute and ran 1.03x the eager
+#                                          segments/s: twenty-eighth session)
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
 #                                          the same with the decoder passes on 3 length buckets (0.44x
 #                                          the decoder's positions at batch 1,024; eager, the buckets
 #                                          multiply the launches: docs/results.md, twenty-third session)
 # Compiled variants need budgets of minutes: on the H200 of 2026-12-05 (before shape-generic graphs
 # were the default) the compiled profile's first three steps took 92 s, and a 1.5-minute run logged no
-# rate; give them TP_MINUTES=3.5 or more, or loop.max_minutes=... in their settings.
+# rate; give them TP_MINUTES=3.5 or more, or loop.max_minutes=... in their settings (compiled_fixed
+# needs less: 2.5 minutes gave 512 steps on the H200 of 2026-12-06, the first 55 in the first 76 s).
 # A setting may override the budget of one variant (loop.max_minutes=3: BLEU after 3 minutes). The
 # fourteenth and fifteenth sessions' variants (t5_fast, the cache, grouping, the short attentions'
 # kernels, the reconstructor compiled alone) are in docs/results.md; those not in `after` were slower.
