@@ -12,6 +12,7 @@ reference's exactly (CPU, one thread). The pauses come from ``SLD_PAUSE_AT`` (se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,24 +77,36 @@ def stage_args(trainer: str, inputs: dict, output_dir: Path) -> list[str]:
     return [*args, f"data.segmented_dir={seg}", f"output_dir={output_dir}", "loop.progress=false", *LOOP]
 
 
-def launch(trainer: str, args: list[str], pause: str | None = None, marker: Path | None = None):
+def launch(
+    trainer: str,
+    args: list[str],
+    pause: str | None = None,
+    marker: Path | None = None,
+    log: Path | None = None,
+):
+    """Start the stage; its output to a pipe, or to ``log`` (a run nobody reads while it goes, whose
+    output must not fill a pipe and stop it)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop(PAUSE_ENV, None)
     if pause:
         env.update({PAUSE_ENV: pause, PAUSE_MARKER_ENV: str(marker)})
-    return subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, trainer, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with open(log, "w") if log else contextlib.nullcontext(subprocess.PIPE) as output:
+        return subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, trainer, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
-def finish(process: subprocess.Popen) -> str:
-    """Wait for a launched stage to end; its output, after checking that it succeeded."""
+def finish(process: subprocess.Popen, log: Path | None = None) -> str:
+    """Wait for a launched stage to end; its output (from ``log`` when it wrote there), after
+    checking that it succeeded."""
     output, _ = process.communicate(timeout=TIMEOUT)
+    if log is not None:
+        output = log.read_text()
     assert process.returncode == 0, output[-3000:]
     return output
 
@@ -162,7 +175,10 @@ def assert_identical(a, b, where: str = "") -> None:
 @pytest.mark.parametrize("trainer", ["train_autoencoder", "train_diffusion", "train_baseline"])
 def test_killed_run_resumes_to_the_uninterrupted_result(trainer, inputs, tmp_path, request):
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    reference_run = launch(trainer, stage_args(trainer, inputs, reference))  # beside the runs below
+    reference_log = tmp_path / "reference.log"
+    reference_run = launch(
+        trainer, stage_args(trainer, inputs, reference), log=reference_log
+    )  # beside the runs below
     request.addfinalizer(reference_run.kill)  # a no-op once it has finished; stops it if the test fails first
 
     args = stage_args(trainer, inputs, crashed)
@@ -181,7 +197,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(trainer, inputs, tmp_pat
     assert not (crashed / "checkpoints" / ".tmp-step_4").exists()
     assert [p.name for p in list_checkpoints(crashed)] == ["step_4", "step_6"]
 
-    finish(reference_run)
+    finish(reference_run, reference_log)
     assert_identical(final_weights(trainer, crashed), final_weights(trainer, reference), "weights")
     assert_identical(checkpoint_state(crashed), checkpoint_state(reference), "checkpoint")
     assert_identical(train_rows(crashed), train_rows(reference), "metrics")

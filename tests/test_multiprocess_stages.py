@@ -72,27 +72,36 @@ def stage_args(trainer: str, inputs: dict, output_dir: Path, processes: int) -> 
 
 
 def start_stage(trainer: str, inputs: dict, output_dir: Path, processes: int) -> subprocess.Popen:
-    """Launch one run of the stage on ``processes`` processes (one thread each); ``finish`` waits for it."""
+    """Launch one run of the stage on ``processes`` processes (one thread each), its output to
+    ``output_dir``.log (not a pipe, which a run nobody reads while it goes could fill and stop on);
+    ``finish`` waits for it."""
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT))
     launcher = [sys.executable]
     if processes > 1:
         # --standalone: a free rendezvous port, so that runs of other tests may go at the same time
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     command = [*launcher, "-m", f"stages.{trainer}", *stage_args(trainer, inputs, output_dir, processes)]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_log(output_dir), "w") as log:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen) -> str:
-    """Wait for a started run; its output, after checking that it succeeded."""
-    output, _ = process.communicate(timeout=TIMEOUT)
+def run_log(output_dir: Path) -> Path:
+    """Where ``start_stage`` writes the output of the run into ``output_dir``: beside that folder."""
+    return output_dir.with_name(output_dir.name + ".log")
+
+
+def finish(process: subprocess.Popen, output_dir: Path) -> str:
+    """Wait for the run ``start_stage`` started into ``output_dir``; its output, after checking that
+    it succeeded."""
+    process.wait(timeout=TIMEOUT)
+    output = run_log(output_dir).read_text()
     assert process.returncode == 0, output[-4000:]
     return output
 
 
 def run_stage(trainer: str, inputs: dict, output_dir: Path, processes: int) -> str:
-    return finish(start_stage(trainer, inputs, output_dir, processes))
+    return finish(start_stage(trainer, inputs, output_dir, processes), output_dir)
 
 
 def metric_rows(output_dir: Path) -> list[dict]:
@@ -153,7 +162,7 @@ def one_process(inputs, tmp_path_factory, request):
             request.addfinalizer(started[name][1].kill)  # a no-op once finished
         folder, process = started[trainer]
         if trainer not in finished:
-            finish(process)
+            finish(process, folder)
             finished.add(trainer)
         return folder
 
@@ -166,7 +175,7 @@ def test_two_processes_match_one_on_the_same_global_batch(trainer, inputs, one_p
     two_processes = start_stage(trainer, inputs, two, 2)
     request.addfinalizer(two_processes.kill)  # a no-op once finished
     one = one_process(trainer)  # the one-process runs go beside it
-    finish(two_processes)
+    finish(two_processes, two)
     loss_gap, weight_gap = compare(trainer, one, two)
     print(f"{trainer}: largest loss gap {loss_gap:.2e} (relative), weight gap {weight_gap:.2e}")
     rows = metric_rows(two)
