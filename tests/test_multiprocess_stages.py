@@ -81,7 +81,6 @@ def start_stage(trainer: str, inputs: dict, output_dir: Path, processes: int) ->
         # --standalone: a free rendezvous port, so that runs of other tests may go at the same time
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     command = [*launcher, "-m", f"stages.{trainer}", *stage_args(trainer, inputs, output_dir, processes)]
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_log(output_dir), "w") as log:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
@@ -152,7 +151,6 @@ def one_process(inputs, tmp_path_factory, request):
     """The one-process run of each trainer: those the selected tests need all start together at first
     use (one thread each, so they share the cores with the runs of the tests), each waited for when needed."""
     started: dict[str, tuple[Path, subprocess.Popen]] = {}
-    finished: set[str] = set()
 
     def get(trainer: str) -> Path:
         wanted = {trainer} | (set() if started else trainers_selected(request.session))
@@ -161,9 +159,7 @@ def one_process(inputs, tmp_path_factory, request):
             started[name] = folder, start_stage(name, inputs, folder, 1)
             request.addfinalizer(started[name][1].kill)  # a no-op once finished
         folder, process = started[trainer]
-        if trainer not in finished:
-            finish(process, folder)
-            finished.add(trainer)
+        finish(process, folder)  # at once when it has already ended
         return folder
 
     return get
