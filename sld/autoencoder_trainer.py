@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from sld.autoencoder_objective import AutoencoderLossConfig, autoencoder_losses
 from sld.checkpointing import INIT_DIR, resumable_init_dir
 from sld.compilation import retained_graphs
-from sld.config import save_config
+from sld.config import ConfigError, save_config
 from sld.data.collate import (
     PairDataset,
     PairMixDataset,
@@ -281,6 +281,11 @@ def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
     shape and ``compile_dynamic`` stays torch's default (graphs for the shapes met, made shape-generic
     only in a dimension that changes)."""
     loop = cfg.loop
+    if loop.compile_cuda_graphs and not cfg.data.fixed_decoder_length:
+        raise ConfigError(
+            "loop.compile_cuda_graphs replays the decoder blocks' graphs of one shape: it needs "
+            "data.fixed_decoder_length=true (else every step brings new shapes)"
+        )
     if loop.compile and loop.compile_dynamic is None and not cfg.data.fixed_decoder_length:
         logger.info(
             "loop.compile: the blocks are compiled for any batch size and length (loop.compile_dynamic=true; "

@@ -66,7 +66,14 @@ from sld.checkpointing import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from sld.compilation import compile_model, compiled_graphs, compiled_losses, eager, uncompile
+from sld.compilation import (
+    compile_model,
+    compiled_graphs,
+    compiled_losses,
+    cuda_graph_step,
+    eager,
+    uncompile,
+)
 from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
 from sld.distributed import MicroBatch, in_micro_batch
@@ -134,6 +141,9 @@ class LoopConfig:
     ``compile``, Inductor autotunes the blocks' matrix products (``sld.compilation.compile_model``).
     ``compile_dynamic``: ``torch.compile``'s ``dynamic`` for the blocks (True: shape-generic graphs from
     the first step, for batches whose shapes change at every step; None: torch's default).
+    ``compile_cuda_graphs``: with ``compile``, the blocks' fixed-shape graphs replay as CUDA graphs
+    (a GPU); ``compile_cpp_wrapper``: with ``compile``, Inductor calls the blocks' kernels from C++,
+    not Python (both shorten the host's time per block call: ``sld.compilation.compile_model``).
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
     ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a
     short warm-up and write the summary to ``<output_dir>/profile.txt`` (a time budget spent before
@@ -160,6 +170,8 @@ class LoopConfig:
     compile_blocks: list[str] | None = None
     compile_max_autotune: bool = False
     compile_dynamic: bool | None = None
+    compile_cuda_graphs: bool = False
+    compile_cpp_wrapper: bool = False
     tracker: Literal["none", "tensorboard", "auto"] = "auto"
     profile_steps: int = 0
     peak_tflops: float | None = None
@@ -176,6 +188,14 @@ class LoopConfig:
             raise ValueError(f"peak_tflops must be > 0 or null, got {self.peak_tflops}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0 or null, got {self.max_minutes}")
+        for name in ("compile_cuda_graphs", "compile_cpp_wrapper"):
+            if getattr(self, name) and not self.compile:
+                raise ValueError(f"{name} needs compile: true (it sets how compiled blocks run)")
+        if self.compile_cuda_graphs and self.compile_dynamic:
+            raise ValueError(
+                "compile_cuda_graphs replays graphs of fixed shapes, and compile_dynamic: true makes "
+                "every block shape-generic: leave compile_dynamic unset (or false)"
+            )
 
 
 @dataclass
@@ -482,6 +502,8 @@ def fit(
             only=loop.compile_blocks,
             max_autotune=loop.compile_max_autotune,
             dynamic=loop.compile_dynamic,
+            cuda_graphs=loop.compile_cuda_graphs,
+            cpp_wrapper=loop.compile_cpp_wrapper,
         )
     # torch's fused AdamW exists for CUDA and CPU: on 2 CPU cores it took 0.40x the time of the
     # per-parameter loop on the ROC autoencoder's 45M trainable parameters (docs/results.md)
@@ -673,6 +695,7 @@ def fit(
     def forward_backward(batch: Any, counter: Any) -> tuple[dict[str, Any], list[str], torch.Tensor]:
         """One micro-batch's loss terms and backward pass (inside ``counter`` when FLOPs are counted)."""
         random = MicroBatch.for_micro_batch(loop.seed, state.step, micro_in_step)
+        cuda_graph_step(loop.compile_cuda_graphs)
         with counter:
             with profiler.phase("sld.loss_fn"), in_micro_batch(random), compiled_losses(loop.compile):
                 terms = loss_fn(model, batch)

@@ -19,7 +19,7 @@ from sld.autoencoder_trainer import (
     training_rows,
     validation_segments,
 )
-from sld.config import load_config
+from sld.config import ConfigError, load_config
 from sld.data.collate import PairMixDataset, SegmentDataset
 from sld.data.segmented import SegmentedDocument, write_segmented
 from sld.errors import DataError
@@ -152,6 +152,8 @@ def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_othe
             load_config(AutoencoderTrainingConfig, CONFIGS / "autoencoder_roc.yaml", list(overrides))
         )
 
+    cuda_graphs = ("loop.compile=true", "loop.compile_cuda_graphs=true")
+
     assert loop("loop.compile=true", "data.decoder_buckets=3").compile_dynamic is True
     assert (
         loop("loop.compile=true", "data.decoder_buckets=3", "loop.compile_dynamic=false").compile_dynamic
@@ -162,6 +164,10 @@ def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_othe
     assert loop("data.decoder_buckets=3").compile_dynamic is None  # not compiled
     # targets of one length: graphs for the shapes met (torch's default), unless told otherwise
     assert loop("loop.compile=true", "data.fixed_decoder_length=true").compile_dynamic is None
+    # CUDA graphs replay one shape: the decoder's targets must have one length (the error names the key)
+    assert loop(*cuda_graphs, "data.fixed_decoder_length=true").compile_dynamic is None
+    with pytest.raises(ConfigError, match="data.fixed_decoder_length=true"):
+        loop(*cuda_graphs)
     assert loop(
         "loop.compile=true", "data.fixed_decoder_length=true", "loop.compile_dynamic=true"
     ).compile_dynamic
@@ -215,8 +221,6 @@ def test_a_fixed_decoder_length_with_buckets_is_a_config_error(tmp_path):
 
 
 def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():
-    from sld.config import ConfigError
-
     with pytest.raises(ConfigError, match="data.cache_encoder_states needs a frozen encoder"):
         load_config(
             AutoencoderTrainingConfig,

@@ -8,7 +8,15 @@ import torch._inductor.config
 from tiny_models import randomize_zero_init, save_tiny_causal_lm, tiny_dit
 from torch import nn
 
-from sld.compilation import compile_model, eager, inductor_options, repeated_blocks, uncompile
+from sld.compilation import (
+    compile_model,
+    cuda_graph_step,
+    eager,
+    inductor_options,
+    repeated_blocks,
+    uncompile,
+)
+from sld.config import ConfigError
 from sld.models.baseline import BaselineConfig, BaselineModel
 
 
@@ -50,8 +58,6 @@ class TwoKinds(nn.Module):
 
 
 def test_compile_blocks_compiles_only_the_named_classes():
-    from sld.config import ConfigError
-
     model = compile_model(TwoKinds(), backend="eager", only=["Inner"])
     assert all(block._compiled_call_impl is not None for block in model.encoder)
     assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in model.decoder)
@@ -136,9 +142,39 @@ def test_the_compiled_token_cross_entropy_goes_without_mix_order_reductions_on_o
 
 def test_inductor_accepts_every_block_option():
     """Each option is a key of this torch's Inductor config (an unknown one fails the compile)."""
-    options = dict(inductor_options(max_autotune=True), **{"triton.mix_order_reduction": False})
+    options = dict(
+        inductor_options(max_autotune=True, cuda_graphs=True, cpp_wrapper=True),
+        **{"triton.mix_order_reduction": False},
+    )
     with torch._inductor.config.patch(options):  # an unknown key raises AttributeError here
         assert torch._inductor.config.triton.mix_order_reduction is False
+        assert torch._inductor.config.triton.cudagraphs and torch._inductor.config.cpp_wrapper
+
+
+def test_the_host_switches_reach_inductor_and_need_it(monkeypatch):
+    """``cuda_graphs``: Inductor's CUDA graphs, for fixed-shape graphs only; ``cpp_wrapper``: its C++
+    wrapper. Neither means anything to another backend: asking for them there is an error."""
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    compile_model(tiny_dit(depth=2), cuda_graphs=True)
+    assert calls[0]["options"] == {
+        "triton.coalesce_tiling_analysis": False,
+        "triton.cudagraphs": True,
+        "triton.cudagraph_skip_dynamic_graphs": True,
+    }
+    calls.clear()
+    compile_model(tiny_dit(depth=2), cpp_wrapper=True)
+    assert calls[0]["options"] == {"triton.coalesce_tiling_analysis": False, "cpp_wrapper": True}
+    with pytest.raises(ConfigError, match="compile_cuda_graphs.*backend='eager'"):
+        compile_model(tiny_dit(depth=2), backend="eager", cuda_graphs=True)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_a_cuda_graph_step_is_marked_only_when_asked(monkeypatch, enabled):
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    cuda_graph_step(enabled)
+    assert marks == ([1] if enabled else [])
 
 
 @pytest.mark.slow

@@ -301,8 +301,16 @@ def test_compiled_and_eager_training_give_the_same_losses(tmp_path):
 
 
 def test_new_loop_settings_are_validated():
-    for bad in (dict(profile_steps=-1), dict(peak_tflops=0.0), dict(max_minutes=0), dict(keep_checkpoints=0)):
-        with pytest.raises(ValueError, match=next(iter(bad))):
+    for bad in (
+        dict(profile_steps=-1),
+        dict(peak_tflops=0.0),
+        dict(max_minutes=0),
+        dict(keep_checkpoints=0),
+        dict(compile_cuda_graphs=True),  # without compile
+        dict(compile_cpp_wrapper=True),
+        dict(compile=True, compile_cuda_graphs=True, compile_dynamic=True),
+    ):
+        with pytest.raises(ValueError, match=next(reversed(bad))):
             LoopConfig(**bad)
 
 
@@ -366,6 +374,21 @@ def test_compiled_blocks_run_compiled_on_every_step_after_the_flop_count(tmp_pat
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(rows[-1])["train/tflops_per_second"] > 0  # the FLOPs are still counted
     assert calls["graphs"] >= 2 * (steps - 1)  # both blocks, compiled, on every step but the counted one
+
+
+def test_a_run_with_cuda_graphs_marks_every_micro_batch_as_a_new_graph_step(tmp_path, monkeypatch):
+    """``loop.compile_cuda_graphs``: the blocks go to Inductor with its CUDA graphs (and the C++ wrapper
+    with ``compile_cpp_wrapper``), and each micro-batch starts a new step of its graph trees, so the
+    previous step's replayed outputs may be overwritten."""
+    import sld.training as training
+
+    settings, marks = [], []
+    monkeypatch.setattr(training, "compile_model", lambda model, **kw: settings.append(kw) or model)
+    monkeypatch.setattr(training, "cuda_graph_step", marks.append)
+    loop = loop_config(max_steps=3, batch_size=6, grad_accum_steps=2, compile=True, compile_cuda_graphs=True)
+    fit(TwoBlocks(), IndexDataset(36), collate, net_loss, tmp_path / "run", OptimConfig(lr=1e-2), loop)
+    assert [(s["cuda_graphs"], s["cpp_wrapper"]) for s in settings] == [(True, False)]
+    assert marks == [True] * 6  # 3 steps of 2 micro-batches
 
 
 def test_a_time_budget_that_ends_before_the_decay_is_reported(caplog):
