@@ -31,12 +31,9 @@
 #                                          segments/s: twenty-eighth session)
 #   compiled_graphs=loop.compile=true,data.fixed_decoder_length=true,loop.compile_cuda_graphs=true
 #                                          compiled_fixed with the fixed-shape block graphs replayed as
-#                                          CUDA graphs (Inductor's, mode="reduce-overhead"): compiled_fixed's
-#                                          device was idle 58% of its step while the host issued 3,078
-#                                          launches (H200, twenty-eighth session); not a default variant
-#   compiled_cpp=loop.compile=true,data.fixed_decoder_length=true,loop.compile_cpp_wrapper=true
-#                                          compiled_fixed with Inductor's C++ wrapper (the code that
-#                                          calls each graph's kernels in C++, not Python); not a default variant
+#                                          CUDA graphs (Inductor's, mode="reduce-overhead", without graph
+#                                          partitions): on an H100 1.12x compiled_fixed's segments/s over
+#                                          steps 200-650 (twenty-ninth session); not a default variant
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
 #                                          the same with the decoder passes on 3 length buckets (0.44x
 #                                          the decoder's positions at batch 1,024; eager, the buckets

@@ -82,11 +82,10 @@ def inductor_options(
     max_autotune: bool = False,
     dynamic: bool | None = None,
     cuda_graphs: bool = False,
-    cpp_wrapper: bool = False,
 ) -> dict:
     """Inductor's options for what sld compiles (the repeated blocks, ``compiled_losses``' token
-    cross-entropy): ``INDUCTOR_OPTIONS``, ``max_autotune``, ``cuda_graphs`` and ``cpp_wrapper`` when
-    asked (see ``compile_model``), and no mix-order reductions in shape-generic graphs
+    cross-entropy): ``INDUCTOR_OPTIONS``, ``max_autotune`` and ``cuda_graphs`` when asked (see
+    ``compile_model``), and no mix-order reductions in shape-generic graphs
     (``dynamic=True``) on a torch older than ``MIX_ORDER_DYNAMIC_FIXED_IN`` (see the module docstring)."""
     options = dict(INDUCTOR_OPTIONS)
     if max_autotune:
@@ -94,8 +93,7 @@ def inductor_options(
     if cuda_graphs:  # what torch.compile(mode="reduce-overhead") sets, for graphs of fixed shapes only
         options["triton.cudagraphs"] = True
         options["triton.cudagraph_skip_dynamic_graphs"] = True
-    if cpp_wrapper:
-        options["cpp_wrapper"] = True
+        options["graph_partition"] = False  # see compile_model
     if dynamic and torch.torch_version.TorchVersion(torch.__version__) < MIX_ORDER_DYNAMIC_FIXED_IN:
         options["triton.mix_order_reduction"] = False
     return options
@@ -123,7 +121,6 @@ def compile_model(
     max_autotune: bool = False,
     dynamic: bool | None = None,
     cuda_graphs: bool = False,
-    cpp_wrapper: bool = False,
 ) -> nn.Module:
     """Compile ``model``'s repeated blocks in place and return ``model``; a model without repeated
     blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``). ``backend``:
@@ -141,14 +138,16 @@ def compile_model(
     autoencoder's decoder buckets, ``data.decoder_buckets``) then pay a compilation at each of their
     first steps (on an H100, 2026-12-05: about 17 s a step, three steps in 101 s).
 
-    Two switches shorten the host's work per compiled call, for steps whose device waits on the host
-    (the compiled ROC autoencoder on an H200: device busy 42% of its step, docs/results.md):
-    ``cuda_graphs`` (``loop.compile_cuda_graphs``) replays each block's fixed-shape forward and
-    backward as CUDA graphs (Inductor's CUDA-graph trees, as ``mode="reduce-overhead"``; a block
-    graph with symbolic shapes runs without, ``triton.cudagraph_skip_dynamic_graphs``); the caller
-    marks each training step's start (``cuda_graph_step``). ``cpp_wrapper``
-    (``loop.compile_cpp_wrapper``): Inductor writes the code that calls a graph's kernels in C++
-    instead of Python (each graph's first call then also compiles that C++)."""
+    ``cuda_graphs`` (``loop.compile_cuda_graphs``) shortens the host's work per block call, for steps
+    whose device waits on the host (the compiled ROC autoencoder on an H200: device busy 42% of its
+    step, docs/results.md): each block's fixed-shape forward and backward replay as CUDA graphs
+    (Inductor's CUDA-graph trees, as ``mode="reduce-overhead"``; a block graph with symbolic shapes
+    runs without, ``triton.cudagraph_skip_dynamic_graphs``); the caller marks each training step's
+    start (``cuda_graph_step``). Inductor's graph partitions are off then (``graph_partition``): on an
+    H100 with torch 2.11 (2026-12-06) the autoencoder's first replay of a recorded backward partition
+    stopped at an illegal memory access, with and without its regularisers; whole block graphs ran.
+    (Inductor's C++ wrapper, ``cpp_wrapper``, the other way to shorten a call, crashed the same
+    autoencoder's first step there with a segmentation fault: not offered.)"""
     blocks = repeated_blocks(model)
     if only is not None:
         found = sorted({type(b).__name__ for b in blocks})
@@ -159,14 +158,10 @@ def compile_model(
                 f"{found or 'none'}" + (f"; no block is a {', '.join(unknown)}" if unknown else "")
             )
         blocks = [b for b in blocks if type(b).__name__ in only]
-    if backend != "inductor" and (cuda_graphs or cpp_wrapper):
-        raise ConfigError(
-            f"loop.compile_cuda_graphs and loop.compile_cpp_wrapper are Inductor's: backend={backend!r}"
-        )
+    if backend != "inductor" and cuda_graphs:
+        raise ConfigError(f"loop.compile_cuda_graphs is Inductor's: backend={backend!r}")
     options = (
-        {"options": inductor_options(max_autotune, dynamic, cuda_graphs, cpp_wrapper)}
-        if backend == "inductor"
-        else {}
+        {"options": inductor_options(max_autotune, dynamic, cuda_graphs)} if backend == "inductor" else {}
     )
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)
@@ -198,8 +193,9 @@ def compiled_graphs() -> int:
 
 def cuda_graph_step(enabled: bool) -> None:
     """Mark the start of a training step for Inductor's CUDA-graph trees (``cuda_graphs``), when
-    ``enabled``: the outputs of the previous step's graph replays may then be overwritten by this
-    step's. Without the mark, the trees guess a step's end from the calls they see, which the
+    ``enabled`` (``fit``: at the first micro-batch of each optimizer step): the outputs of the
+    previous step's graph replays, the parameters' gradients among them, may then be overwritten by
+    this step's. Without the mark, the trees guess a step's end from the calls they see, which the
     autoencoder's two backward passes over one graph (the adversarial term's latent gradient, then
     the loss's) make ambiguous."""
     if enabled:

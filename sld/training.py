@@ -142,8 +142,7 @@ class LoopConfig:
     ``compile_dynamic``: ``torch.compile``'s ``dynamic`` for the blocks (True: shape-generic graphs from
     the first step, for batches whose shapes change at every step; None: torch's default).
     ``compile_cuda_graphs``: with ``compile``, the blocks' fixed-shape graphs replay as CUDA graphs
-    (a GPU); ``compile_cpp_wrapper``: with ``compile``, Inductor calls the blocks' kernels from C++,
-    not Python (both shorten the host's time per block call: ``sld.compilation.compile_model``).
+    (a GPU; shortens the host's time per block call: ``sld.compilation.compile_model``).
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
     ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a
     short warm-up and write the summary to ``<output_dir>/profile.txt`` (a time budget spent before
@@ -171,7 +170,6 @@ class LoopConfig:
     compile_max_autotune: bool = False
     compile_dynamic: bool | None = None
     compile_cuda_graphs: bool = False
-    compile_cpp_wrapper: bool = False
     tracker: Literal["none", "tensorboard", "auto"] = "auto"
     profile_steps: int = 0
     peak_tflops: float | None = None
@@ -188,9 +186,8 @@ class LoopConfig:
             raise ValueError(f"peak_tflops must be > 0 or null, got {self.peak_tflops}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0 or null, got {self.max_minutes}")
-        for name in ("compile_cuda_graphs", "compile_cpp_wrapper"):
-            if getattr(self, name) and not self.compile:
-                raise ValueError(f"{name} needs compile: true (it sets how compiled blocks run)")
+        if self.compile_cuda_graphs and not self.compile:
+            raise ValueError("compile_cuda_graphs needs compile: true (it sets how compiled blocks run)")
         if self.compile_cuda_graphs and self.compile_dynamic:
             raise ValueError(
                 "compile_cuda_graphs replays graphs of fixed shapes, and compile_dynamic: true makes "
@@ -503,7 +500,6 @@ def fit(
             max_autotune=loop.compile_max_autotune,
             dynamic=loop.compile_dynamic,
             cuda_graphs=loop.compile_cuda_graphs,
-            cpp_wrapper=loop.compile_cpp_wrapper,
         )
     # torch's fused AdamW exists for CUDA and CPU: on 2 CPU cores it took 0.40x the time of the
     # per-parameter loop on the ROC autoencoder's 45M trainable parameters (docs/results.md)
@@ -695,7 +691,9 @@ def fit(
     def forward_backward(batch: Any, counter: Any) -> tuple[dict[str, Any], list[str], torch.Tensor]:
         """One micro-batch's loss terms and backward pass (inside ``counter`` when FLOPs are counted)."""
         random = MicroBatch.for_micro_batch(loop.seed, state.step, micro_in_step)
-        cuda_graph_step(loop.compile_cuda_graphs)
+        # a step of the CUDA-graph trees per optimizer step: the gradients accumulated over its
+        # micro-batches may live in the graphs' memory until the optimizer has read them
+        cuda_graph_step(loop.compile_cuda_graphs and micro_in_step == 0)
         with counter:
             with profiler.phase("sld.loss_fn"), in_micro_batch(random), compiled_losses(loop.compile):
                 terms = loss_fn(model, batch)

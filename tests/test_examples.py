@@ -301,6 +301,29 @@ def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
     assert re.search(r"encode \d+ \(1 calls\)", parts)  # the rows and their second view: one call
 
 
+@pytest.mark.slow
+def test_eager_remainder_counts_what_runs_outside_the_compiled_blocks(tmp_path, capsys):
+    from sld.data.segmented import SegmentedDocument, write_segmented
+
+    segmented = tmp_path / "segmented"
+    stories = [["Tom lost his dog.", "He looked everywhere."], ["Anna baked a cake.", "It burned."]] * 8
+    docs = [SegmentedDocument(f"d{i}", None, story, len(story)) for i, story in enumerate(stories)]
+    write_segmented(segmented / "train.jsonl", docs)
+    write_segmented(segmented / "valid.jsonl", docs[:2])
+    config = str(ROOT / "configs" / "autoencoder_tiny.yaml")
+    lines = load_example("eager_remainder").main(
+        ["-c", config, f"data.segmented_dir={segmented}", "data.fixed_decoder_length=true", "--rows=8"]
+    )
+    heads = [line for line in lines if not line.startswith(" ")]
+    assert [head.split(":")[0] for head in heads] == ["forward", "backward"]
+    counts = [re.match(r"\w+: (\d+) compiled graph calls, (\d+) eager aten ops", head) for head in heads]
+    (fw_graphs, fw_ops), (bw_graphs, bw_ops) = [(int(m[1]), int(m[2])) for m in counts]
+    assert fw_graphs >= 2 and bw_graphs >= 1  # the tiny model's repeated blocks ran compiled, both ways
+    assert fw_ops > 0 and bw_ops > 0  # embeddings, losses, the autograd engine's own ops
+    forward_origins = lines[lines.index("  by origin:") + 1 : lines.index(heads[1])]
+    assert any(re.match(r"\s+\d+ x sld/.+\.py\(\d+\)", line) for line in forward_origins)
+
+
 def test_decoder_padding_prints_the_real_share_per_bucket_count(tmp_path, capsys):
     from sld.data.segmented import SegmentedDocument, write_segmented
 

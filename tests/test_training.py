@@ -307,7 +307,6 @@ def test_new_loop_settings_are_validated():
         dict(max_minutes=0),
         dict(keep_checkpoints=0),
         dict(compile_cuda_graphs=True),  # without compile
-        dict(compile_cpp_wrapper=True),
         dict(compile=True, compile_cuda_graphs=True, compile_dynamic=True),
     ):
         with pytest.raises(ValueError, match=next(reversed(bad))):
@@ -376,10 +375,10 @@ def test_compiled_blocks_run_compiled_on_every_step_after_the_flop_count(tmp_pat
     assert calls["graphs"] >= 2 * (steps - 1)  # both blocks, compiled, on every step but the counted one
 
 
-def test_a_run_with_cuda_graphs_marks_every_micro_batch_as_a_new_graph_step(tmp_path, monkeypatch):
-    """``loop.compile_cuda_graphs``: the blocks go to Inductor with its CUDA graphs (and the C++ wrapper
-    with ``compile_cpp_wrapper``), and each micro-batch starts a new step of its graph trees, so the
-    previous step's replayed outputs may be overwritten."""
+def test_a_run_with_cuda_graphs_marks_every_optimizer_step_as_a_new_graph_step(tmp_path, monkeypatch):
+    """``loop.compile_cuda_graphs``: the blocks go to Inductor with its CUDA graphs, and each optimizer
+    step's first micro-batch starts a new step of its graph trees: the previous step's replayed outputs may then be overwritten, but not the
+    gradients that the step's micro-batches accumulate."""
     import sld.training as training
 
     settings, marks = [], []
@@ -387,8 +386,8 @@ def test_a_run_with_cuda_graphs_marks_every_micro_batch_as_a_new_graph_step(tmp_
     monkeypatch.setattr(training, "cuda_graph_step", marks.append)
     loop = loop_config(max_steps=3, batch_size=6, grad_accum_steps=2, compile=True, compile_cuda_graphs=True)
     fit(TwoBlocks(), IndexDataset(36), collate, net_loss, tmp_path / "run", OptimConfig(lr=1e-2), loop)
-    assert [(s["cuda_graphs"], s["cpp_wrapper"]) for s in settings] == [(True, False)]
-    assert marks == [True] * 6  # 3 steps of 2 micro-batches
+    assert [s["cuda_graphs"] for s in settings] == [True]
+    assert marks == [True, False] * 3  # 3 steps of 2 micro-batches
 
 
 def test_a_time_budget_that_ends_before_the_decay_is_reported(caplog):
