@@ -143,8 +143,8 @@ def compile_model(
     step, docs/results.md): each block's fixed-shape forward and backward replay as CUDA graphs
     (Inductor's CUDA-graph trees, as ``mode="reduce-overhead"``; a block graph with symbolic shapes
     runs without, ``triton.cudagraph_skip_dynamic_graphs``); the caller marks each training step's
-    start (``cuda_graph_step``). Inductor's graph partitions are off then (``graph_partition``): on an
-    H100 with torch 2.11 (2026-12-06) the autoencoder's first replay of a recorded backward partition
+    start (``cuda_graph_step``). Inductor's graph partitions are off then (``graph_partition``): on a
+    lent H100 (2026-12-06, docs/results.md) the ROC autoencoder's first replay of a recorded backward partition
     stopped at an illegal memory access, with and without its regularisers; whole block graphs ran.
     (Inductor's C++ wrapper, ``cpp_wrapper``, the other way to shorten a call, crashed the same
     autoencoder's first step there with a segmentation fault: not offered.)"""
