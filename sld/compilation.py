@@ -144,10 +144,11 @@ def compile_model(
     (Inductor's CUDA-graph trees, as ``mode="reduce-overhead"``; a block graph with symbolic shapes
     runs without, ``triton.cudagraph_skip_dynamic_graphs``); the caller marks each training step's
     start (``cuda_graph_step``). Inductor's graph partitions are off then (``graph_partition``): on a
-    lent H100 (2026-12-06, docs/results.md) the ROC autoencoder's first replay of a recorded backward partition
-    stopped at an illegal memory access, with and without its regularisers; whole block graphs ran.
-    (Inductor's C++ wrapper, ``cpp_wrapper``, the other way to shorten a call, crashed the same
-    autoencoder's first step there with a segmentation fault: not offered.)"""
+    lent H100 (2026-12-06, docs/results.md) the ROC autoencoder's first replay of a recorded backward
+    partition stopped at an illegal memory access, with and without its regularisers; whole block
+    graphs ran, 1.11x the compiled step's segments/s. (Inductor's C++ wrapper, ``cpp_wrapper``, the
+    other way to shorten a call, crashed the same autoencoder's first step there with a segmentation
+    fault: not offered.)"""
     blocks = repeated_blocks(model)
     if only is not None:
         found = sorted({type(b).__name__ for b in blocks})
