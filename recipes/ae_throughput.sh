@@ -33,7 +33,9 @@
 #                                          compiled_fixed with the fixed-shape block graphs replayed as
 #                                          CUDA graphs (Inductor's, mode="reduce-overhead", without graph
 #                                          partitions): on an H100 1.12x compiled_fixed's segments/s over
-#                                          steps 200-650 (twenty-ninth session); not a default variant
+#                                          steps 200-650 (twenty-ninth session; its first 150 steps
+#                                          were slower: profile it with loop.profile_after=200);
+#                                          not a default variant
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
 #                                          the same with the decoder passes on 3 length buckets (0.44x
 #                                          the decoder's positions at batch 1,024; eager, the buckets

@@ -24,7 +24,8 @@ from sld.profile_digest import profile_tables
 logger = logging.getLogger(__name__)
 
 PROFILE_FILE = "profile.txt"
-# Steps run before profiling starts (compilation, allocator warm-up, the FLOP-counting step).
+# Steps run before profiling starts by default (compilation, allocator warm-up, the FLOP-counting
+# step); ``loop.profile_after`` sets it per run.
 PROFILE_WARMUP_STEPS = 3
 
 
@@ -68,10 +69,22 @@ class TimeBudget:
 
 
 class StepProfiler:
-    """Runs ``steps`` optimizer steps under torch.profiler after a warm-up; writes the summary table."""
+    """Runs ``steps`` optimizer steps under torch.profiler after ``warmup`` steps; writes the summary table."""
 
-    def __init__(self, steps: int, output_dir: Path, enabled: bool, device: torch.device) -> None:
+    def __init__(
+        self,
+        steps: int,
+        output_dir: Path,
+        enabled: bool,
+        device: torch.device,
+        warmup: int = PROFILE_WARMUP_STEPS,
+    ) -> None:
+        if warmup < 1:
+            raise ValueError(
+                f"the profile's warm-up must be >= 1 step (the first counts FLOPs), got {warmup}"
+            )
         self.steps = steps
+        self.warmup = warmup
         self.path = output_dir / PROFILE_FILE
         self.device = device
         self.done = steps == 0 or not enabled
@@ -86,7 +99,7 @@ class StepProfiler:
         a compiled run can spend its whole budget compiling, and a profile of no step is no answer).
         Counted from the steps taken, so every process agrees, the ones that do not profile too (the
         budget's check is a collective)."""
-        return self.steps > 0 and self.steps_taken < PROFILE_WARMUP_STEPS + self.steps
+        return self.steps > 0 and self.steps_taken < self.warmup + self.steps
 
     def phase(self, name: str) -> AbstractContextManager[Any]:
         """A named range in the profile (loss_fn, backward, optimizer) while profiling."""
@@ -97,14 +110,14 @@ class StepProfiler:
         if self.done:
             return
         self.seen += 1
-        if self.profiler is None and self.seen == PROFILE_WARMUP_STEPS:
+        if self.profiler is None and self.seen == self.warmup:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if self.device.type == "cuda":
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.start()
             self.started = time.perf_counter()
-        elif self.profiler is not None and self.seen == PROFILE_WARMUP_STEPS + self.steps:
+        elif self.profiler is not None and self.seen == self.warmup + self.steps:
             self.finish()
 
     def finish(self) -> None:
@@ -112,9 +125,7 @@ class StepProfiler:
             return
         self.done = True
         if self.profiler is None:
-            logger.warning(
-                "the run ended within the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS
-            )
+            logger.warning("the run ended within the %d warm-up steps: nothing profiled", self.warmup)
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -122,15 +133,13 @@ class StepProfiler:
         # work on a GPU run, which counted into "ms per step" and the busy share until 2026-12-05)
         seconds = time.perf_counter() - self.started
         self.profiler.stop()
-        profiled = self.seen - PROFILE_WARMUP_STEPS
+        profiled = self.seen - self.warmup
         if profiled == 0:
             self.profiler = None
-            logger.warning(
-                "the run ended right after the %d warm-up steps: nothing profiled", PROFILE_WARMUP_STEPS
-            )
+            logger.warning("the run ended right after the %d warm-up steps: nothing profiled", self.warmup)
             return
         header = (
-            f"torch.profiler summary of {profiled} optimizer steps after {PROFILE_WARMUP_STEPS} warm-up steps "
+            f"torch.profiler summary of {profiled} optimizer steps after {self.warmup} warm-up steps "
             f"on {self.device} ({seconds / max(1, profiled) * 1000:.1f} ms per step with the profiler on).\n"
             "sld.loss_fn / sld.backward / sld.optimizer are the phases of a step; "
             "'enumerate(DataLoader)' rows are data loading.\n"

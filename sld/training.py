@@ -77,7 +77,7 @@ from sld.compilation import (
 from sld.config import ConfigError
 from sld.data.length_grouping import LengthGroupedSampler
 from sld.distributed import MicroBatch, in_micro_batch
-from sld.loop_timing import StepProfiler, TimeBudget
+from sld.loop_timing import PROFILE_WARMUP_STEPS, StepProfiler, TimeBudget
 from sld.nonfinite import NonFiniteGuard, NonFiniteLossError, stack_terms
 from sld.run_log import (
     METRICS_FILE,
@@ -144,9 +144,11 @@ class LoopConfig:
     ``compile_cuda_graphs``: with ``compile``, the blocks' fixed-shape graphs replay as CUDA graphs
     (a GPU; shortens the host's time per block call: ``sld.compilation.compile_model``).
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
-    ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after a
-    short warm-up and write the summary to ``<output_dir>/profile.txt`` (a time budget spent before
-    then, e.g. by compilation, stops the run only once they have run). ``peak_tflops``: the
+    ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after
+    ``profile_after`` warm-up steps (default 3: the FLOP count, compilation; a run whose first steps
+    are slow for longer, e.g. while CUDA graphs are recorded, wants more) and write the summary to
+    ``<output_dir>/profile.txt`` (a time budget spent before then, e.g. by compilation, stops the run
+    only once they have run). ``peak_tflops``: the
     device's peak for the MFU (None: the datasheet bf16 figure of known GPUs, see
     :mod:`sld.throughput`).
     """
@@ -172,6 +174,7 @@ class LoopConfig:
     compile_cuda_graphs: bool = False
     tracker: Literal["none", "tensorboard", "auto"] = "auto"
     profile_steps: int = 0
+    profile_after: int = PROFILE_WARMUP_STEPS
     peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
@@ -182,6 +185,8 @@ class LoopConfig:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.profile_steps < 0:
             raise ValueError(f"profile_steps must be >= 0, got {self.profile_steps}")
+        if self.profile_after < 1:
+            raise ValueError(f"profile_after must be >= 1 (step 1 counts FLOPs), got {self.profile_after}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ValueError(f"peak_tflops must be > 0 or null, got {self.peak_tflops}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -587,7 +592,9 @@ def fit(
         skipped=state.skipped_steps,
     )
     logged_skips = state.skipped_steps
-    profiler = StepProfiler(loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device)
+    profiler = StepProfiler(
+        loop.profile_steps, output_dir, accelerator.is_main_process, accelerator.device, loop.profile_after
+    )
     peak = loop.peak_tflops or device_peak_tflops(accelerator.device)
     if peak:
         peak *= accelerator.num_processes  # the rates are global: against the peak of all devices

@@ -1,5 +1,6 @@
 """The time budget (few agreed clock checks, stops on time, a progress bar in seconds) and the profiler."""
 
+import pytest
 import torch
 from test_training import IndexDataset, Tiny, collate, loop_config, make_loss
 
@@ -86,6 +87,24 @@ def test_profile_steps_write_a_summary_table(tmp_path, caplog):
         loop_config(max_steps=2, profile_steps=2),
     )
     assert not (tmp_path / "b" / "profile.txt").exists() and "nothing profiled" in caplog.text
+
+
+def test_profile_after_sets_the_warm_up_before_the_profiled_steps(tmp_path):
+    """``loop.profile_after``: the profiled steps start later (compiled runs whose first steps stay slow)."""
+    from sld.loop_timing import StepProfiler
+
+    profiler = StepProfiler(2, tmp_path, True, torch.device("cpu"), warmup=5)
+    pending = []
+    for _ in range(8):
+        pending.append(profiler.pending)
+        started = profiler.profiler is not None
+        profiler.after_step()
+        if not started and profiler.profiler is not None:
+            pending.append(f"started after step {profiler.steps_taken}")
+    assert pending == [True] * 5 + ["started after step 5", True, True, False]
+    assert "summary of 2 optimizer steps after 5 warm-up steps" in (tmp_path / "profile.txt").read_text()
+    with pytest.raises(ValueError, match="profile_after must be >= 1"):
+        loop_config(profile_after=0)
 
 
 def test_a_time_budget_spent_before_the_profile_waits_for_its_steps(tmp_path, monkeypatch):
