@@ -115,6 +115,7 @@ def profiled_step(config: str, overrides: list[str], rows: int, documents: int) 
         build_model,
         load_segments,
         training_collator,
+        training_loop,
         training_rows,
     )
     from sld.compilation import compile_model, compiled_losses, retained_graphs
@@ -133,7 +134,8 @@ def profiled_step(config: str, overrides: list[str], rows: int, documents: int) 
         )
     batch = training_collator(model, cfg)(batch_rows)
     backend = recorded_backend()
-    compile_model(model, backend=backend, only=cfg.loop.compile_blocks, dynamic=cfg.loop.compile_dynamic)
+    loop = training_loop(cfg)  # the trainer's compile settings (shape-generic unless fixed_decoder_length)
+    compile_model(model, backend=backend, only=loop.compile_blocks, dynamic=loop.compile_dynamic)
     chunk_nll = torch.compile(sld.losses._chunk_nll, backend=backend, dynamic=True)
     original = sld.losses.compiled_chunk_nll
     sld.losses.compiled_chunk_nll = lambda: chunk_nll
