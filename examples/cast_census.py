@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import random
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -104,27 +103,12 @@ def phases(model: torch.nn.Module, census: CastCensus) -> Iterator[None]:
 def one_step(config: str, overrides: list[str], rows: int, documents: int) -> tuple[CastCensus, CastCensus]:
     """(forward census, backward census) of one training step's losses of ``config``."""
     from sld.autoencoder_objective import autoencoder_losses
-    from sld.autoencoder_trainer import (
-        AutoencoderTrainingConfig,
-        build_model,
-        load_segments,
-        training_collator,
-        training_rows,
-    )
+    from sld.autoencoder_trainer import AutoencoderTrainingConfig, sample_training_batch
     from sld.config import load_config
-    from sld.models.encoder_cache import EncoderStateCache, training_texts
 
     cfg = load_config(AutoencoderTrainingConfig, config, overrides)
-    torch.manual_seed(0)
-    docs = load_segments(cfg.data, cfg.data.train_split)[:documents]
-    model = build_model(cfg, docs, Path(tempfile.mkdtemp(prefix="cast_census_"))).train()
-    dataset = training_rows(cfg, docs)
-    batch_rows = [dataset[i] for i in random.Random(0).sample(range(len(dataset)), min(rows, len(dataset)))]
-    if cfg.data.cache_encoder_states:
-        model.encoder_cache = EncoderStateCache.build(
-            model, training_texts(batch_rows), device=torch.device("cpu")
-        )
-    batch = training_collator(model, cfg)(batch_rows)
+    work_dir = Path(tempfile.mkdtemp(prefix="cast_census_"))
+    model, batch = sample_training_batch(cfg, documents, rows, work_dir)
     forward = CastCensus()
     with forward, phases(model, forward), torch.autocast("cpu", dtype=torch.bfloat16):
         terms = autoencoder_losses(model, batch, cfg.losses, training=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import random
 import re
 import tempfile
 from collections.abc import Callable
@@ -110,29 +109,13 @@ def profiled_step(config: str, overrides: list[str], rows: int, documents: int) 
     """The profiler events of the second compiled training step of ``config`` (the first traces)."""
     import sld.losses
     from sld.autoencoder_objective import autoencoder_losses
-    from sld.autoencoder_trainer import (
-        AutoencoderTrainingConfig,
-        build_model,
-        load_segments,
-        training_collator,
-        training_loop,
-        training_rows,
-    )
+    from sld.autoencoder_trainer import AutoencoderTrainingConfig, sample_training_batch, training_loop
     from sld.compilation import compile_model, compiled_losses, retained_graphs
     from sld.config import load_config
-    from sld.models.encoder_cache import EncoderStateCache, training_texts
 
     cfg = load_config(AutoencoderTrainingConfig, config, overrides)
-    torch.manual_seed(0)
-    docs = load_segments(cfg.data, cfg.data.train_split)[:documents]
-    model = build_model(cfg, docs, Path(tempfile.mkdtemp(prefix="eager_remainder_"))).train()
-    dataset = training_rows(cfg, docs)
-    batch_rows = [dataset[i] for i in random.Random(0).sample(range(len(dataset)), min(rows, len(dataset)))]
-    if cfg.data.cache_encoder_states:
-        model.encoder_cache = EncoderStateCache.build(
-            model, training_texts(batch_rows), device=torch.device("cpu")
-        )
-    batch = training_collator(model, cfg)(batch_rows)
+    work_dir = Path(tempfile.mkdtemp(prefix="eager_remainder_"))
+    model, batch = sample_training_batch(cfg, documents, rows, work_dir)
     backend = recorded_backend()
     loop = training_loop(cfg)  # the trainer's compile settings (shape-generic unless fixed_decoder_length)
     compile_model(model, backend=backend, only=loop.compile_blocks, dynamic=loop.compile_dynamic)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
@@ -268,6 +269,27 @@ def training_collator(model: SegmentAutoencoder, cfg: AutoencoderTrainingConfig)
     )
 
 
+def sample_training_batch(
+    cfg: AutoencoderTrainingConfig, documents: int, rows: int, work_dir: Path, seed: int = 0
+) -> tuple[SegmentAutoencoder, dict[str, Any]]:
+    """A model built as the trainer builds it from ``cfg``'s first ``documents`` training documents
+    (its tokenizer and initial weights written under ``work_dir``), in train mode, and one batch of
+    ``rows`` training rows drawn at random (``seed``) collated as the trainer collates them, on the
+    CPU, with the encoder-state cache of those rows when ``cfg`` caches: for tools that study one
+    training step (``examples/cast_census.py``, ``examples/eager_remainder.py``)."""
+    torch.manual_seed(seed)
+    docs = load_segments(cfg.data, cfg.data.train_split)[:documents]
+    model = build_model(cfg, docs, work_dir).train()
+    dataset = training_rows(cfg, docs)
+    picked = random.Random(seed).sample(range(len(dataset)), min(rows, len(dataset)))
+    batch_rows = [dataset[i] for i in picked]
+    if cfg.data.cache_encoder_states:
+        model.encoder_cache = EncoderStateCache.build(
+            model, training_texts(batch_rows), device=torch.device("cpu")
+        )
+    return model, training_collator(model, cfg)(batch_rows)
+
+
 def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
     """``cfg.loop``, compiled shape-generic (``loop.compile_dynamic=true``) when ``compile_dynamic``
     is left unset. The autoencoder's shapes change from step to step: a batch's rows are padded to
@@ -373,6 +395,7 @@ __all__ = [
     "build_model",
     "load_segments",
     "reconstruction_scores",
+    "sample_training_batch",
     "training_collator",
     "training_eval_segments",
     "train_autoencoder",

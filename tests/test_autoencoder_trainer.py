@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import tiny_models
+import torch
 
 from sld.autoencoder_trainer import (
     AutoencoderDataConfig,
     AutoencoderTrainingConfig,
     TrainedAutoencoder,
     load_segments,
+    sample_training_batch,
     train_autoencoder,
     training_eval_segments,
     training_loop,
@@ -144,6 +146,19 @@ def test_a_compiled_run_with_the_adversarial_term_trains_inside_retained_graphs(
     )
     train_autoencoder(cfg)
     assert entered == ([True] if variant == "noise_robust" else [])
+
+
+def test_a_sampled_training_batch_is_collated_as_the_trainer_collates(tmp_path):
+    """``sample_training_batch``: ``rows`` of the first ``documents`` documents' training rows, through
+    the trainer's collator (targets of one length here), reproducible from its seed."""
+    cfg = tiny_training_config(tmp_path, "data.fixed_decoder_length=true")
+    model, batch = sample_training_batch(cfg, documents=4, rows=5, work_dir=tmp_path / "w")
+    assert model.training and (tmp_path / "w" / "init").is_dir()
+    assert batch["input_ids"].shape[0] == 5
+    assert not cfg.data.targets_within_budget  # the tiny config's targets: padded to the longest allowed
+    assert batch["labels"].shape[1] == model.config.max_segment_tokens
+    again = sample_training_batch(cfg, documents=4, rows=5, work_dir=tmp_path / "w2")[1]
+    assert torch.equal(again["input_ids"], batch["input_ids"])
 
 
 def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_otherwise():

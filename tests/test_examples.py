@@ -280,15 +280,20 @@ def test_step_breakdown_reads_new_and_old_profiles(tmp_path, capsys):
         step_breakdown.main([str(bad)])
 
 
-@pytest.mark.slow
-def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
+def write_two_stories(segmented: Path) -> Path:
+    """A stage-1 folder of two short stories, eight copies each (train) and two of them (valid)."""
     from sld.data.segmented import SegmentedDocument, write_segmented
 
-    segmented = tmp_path / "segmented"
     stories = [["Tom lost his dog.", "He looked everywhere."], ["Anna baked a cake.", "It burned."]] * 8
     docs = [SegmentedDocument(f"d{i}", None, story, len(story)) for i, story in enumerate(stories)]
     write_segmented(segmented / "train.jsonl", docs)
     write_segmented(segmented / "valid.jsonl", docs[:2])
+    return segmented
+
+
+@pytest.mark.slow
+def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
+    segmented = write_two_stories(tmp_path / "segmented")
     lines = load_example("cast_census").main(
         ["-c", str(ROOT / "configs" / "autoencoder_tiny.yaml"), f"data.segmented_dir={segmented}", "--rows=8"]
     )
@@ -303,13 +308,7 @@ def test_cast_census_counts_the_casts_of_one_autocast_step(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_eager_remainder_counts_what_runs_outside_the_compiled_blocks(tmp_path, capsys):
-    from sld.data.segmented import SegmentedDocument, write_segmented
-
-    segmented = tmp_path / "segmented"
-    stories = [["Tom lost his dog.", "He looked everywhere."], ["Anna baked a cake.", "It burned."]] * 8
-    docs = [SegmentedDocument(f"d{i}", None, story, len(story)) for i, story in enumerate(stories)]
-    write_segmented(segmented / "train.jsonl", docs)
-    write_segmented(segmented / "valid.jsonl", docs[:2])
+    segmented = write_two_stories(tmp_path / "segmented")
     config = str(ROOT / "configs" / "autoencoder_tiny.yaml")
     lines = load_example("eager_remainder").main(
         ["-c", config, f"data.segmented_dir={segmented}", "data.fixed_decoder_length=true", "--rows=8"]
