@@ -13,7 +13,8 @@ runs one step to trace, then profiles the next under bfloat16 autocast and print
 forward and for the backward:
 - the calls of compiled graphs;
 - the aten operations dispatched outside them, top level only (an operation's own sub-operations
-  are not counted), by name;
+  are not counted), by name, and how many of them are not views or allocations (``NO_KERNEL_OPS``:
+  the others may each launch a kernel on a GPU; a cast to the dtype a tensor has launches none);
 - forward: by the sld source line that called them; backward: by the autograd node that ran them.
 Counts, not times: on the CPU an operation's cost is not the GPU host's. The batch is collated as
 the trainer collates it (``sld.autoencoder_trainer.training_collator``), with the encoder-state cache
@@ -35,6 +36,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 GRAPH_RANGE = "sld.compiled_graph"  # the profiler range around every compiled graph's call
+# aten operations that only make a new view of a tensor (or a tensor of no data yet): no kernel launch
+NO_KERNEL_OPS = frozenset(
+    "aten::" + name
+    for name in (
+        "detach alias view reshape _reshape_alias _unsafe_view t transpose permute expand slice select "
+        "unsqueeze squeeze flatten unflatten split split_with_sizes chunk narrow as_strided unbind "
+        "lift_fresh empty empty_like new_empty empty_strided"
+    ).split()
+)
 
 
 def recorded_backend() -> Callable[..., Any]:
@@ -137,9 +147,11 @@ def profiled_step(config: str, overrides: list[str], rows: int, documents: int) 
 
 
 def report(name: str, found: Remainder, top: int) -> list[str]:
+    total = sum(found.ops.values())
+    launching = sum(count for op, count in found.ops.items() if op not in NO_KERNEL_OPS)
     lines = [
-        f"{name}: {found.graph_calls} compiled graph calls, "
-        f"{sum(found.ops.values())} eager aten ops outside them"
+        f"{name}: {found.graph_calls} compiled graph calls, {total} eager aten ops outside them, "
+        f"{launching} of them not views or allocations (at most that many kernel launches)"
     ]
     lines += [f"  {count:5d} x {op}" for op, count in found.ops.most_common(top)]
     lines.append("  by origin:")
