@@ -16,9 +16,9 @@ forward and for the backward:
   are not counted), by name, and how many of them are not views or allocations (``NO_KERNEL_OPS``:
   the others may each launch a kernel on a GPU; a cast to the dtype a tensor has launches none);
 - forward: by the sld source line that called them; backward: by the autograd node that ran them.
-Counts, not times: on the CPU an operation's cost is not the GPU host's. The batch is collated as
-the trainer collates it (``sld.autoencoder_trainer.training_collator``), with the encoder-state cache
-when the config has one.
+Counts, not times: on the CPU an operation's cost is not the GPU host's. The model and batch are the
+trainer's (``sld.autoencoder_trainer.sample_training_batch``), with the encoder-state cache when the
+config has one.
 """
 
 from __future__ import annotations
@@ -132,15 +132,19 @@ def profiled_step(config: str, overrides: list[str], rows: int, documents: int) 
     chunk_nll = torch.compile(sld.losses._chunk_nll, backend=backend, dynamic=True)
     original = sld.losses.compiled_chunk_nll
     sld.losses.compiled_chunk_nll = lambda: chunk_nll
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with record_function("sld.forward"):
+            terms = autoencoder_losses(model, batch, cfg.losses, training=True)
+        with record_function("sld.backward"):
+            terms["loss"].backward()
+
     try:
         with retained_graphs(), compiled_losses(), torch.autocast("cpu", dtype=torch.bfloat16):
-            for profiled in (False, True):
-                model.zero_grad(set_to_none=True)
-                with profile(activities=[ProfilerActivity.CPU], with_stack=profiled) as prof:
-                    with record_function("sld.forward"):
-                        terms = autoencoder_losses(model, batch, cfg.losses, training=True)
-                    with record_function("sld.backward"):
-                        terms["loss"].backward()
+            step()  # traces the graphs
+            with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+                step()
     finally:
         sld.losses.compiled_chunk_nll = original
     return list(prof.events())
