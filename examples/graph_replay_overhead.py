@@ -32,7 +32,8 @@ over the first setting's. The denoiser has no grouped heads: it runs once per ba
 without ``torch.no_grad`` (decoding itself runs under it), so every step was traced for training and
 kept its activations (on a CPU the same mistake grew the process from 7 to 23 GB between 10 and 100
 calls per case). Fixed; the LM and denoiser are also frozen (``requires_grad_(False)``).
-``--device cpu`` runs the same code without graphs (a smoke test: the timings then mean nothing).
+``--device cpu`` runs the same code without graphs (a smoke test: the timings then mean nothing;
+``--layers 1 --vocab-size 512`` keeps it short).
 Each token-step call writes one more position of its static cache, so --cache-len must exceed the
 calls of a case (3 warm-ups + --calls x --repeats + 1).
 """
@@ -216,6 +217,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
         "not, or both",
     )
     parser.add_argument("--layers", type=int, help="LM and denoiser depth (default: SmolLM2's 30, 8)")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=SMOLLM2_SHAPE["vocab_size"],
+        help="the random LM's vocabulary (default SmolLM2's; a CPU smoke test takes a small one: its "
+        "output projection is most of a CPU token step)",
+    )
     args = parser.parse_args(argv)
     step_calls = 3 + args.calls * args.repeats + 1
     if step_calls > args.cache_len:
@@ -230,7 +238,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[float, floa
     if args.lm:
         lm = AutoModelForCausalLM.from_pretrained(args.lm, dtype=dtype).to(device).eval()
     else:
-        shape = dict(SMOLLM2_SHAPE, num_hidden_layers=args.layers or SMOLLM2_SHAPE["num_hidden_layers"])
+        shape = dict(
+            SMOLLM2_SHAPE,
+            num_hidden_layers=args.layers or SMOLLM2_SHAPE["num_hidden_layers"],
+            vocab_size=args.vocab_size,
+        )
         lm = LlamaForCausalLM(LlamaConfig(**shape)).to(device=device, dtype=dtype).eval()
     lm.requires_grad_(False)
     denoiser = SegmentDiT(

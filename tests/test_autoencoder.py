@@ -323,3 +323,31 @@ def test_user_errors(tmp_path):
         tiny_config(latent_dim=10)
     with pytest.raises(ValueError, match="compressor_width 30 must be divisible"):
         tiny_config(compressor_width=30)
+
+
+def test_short_attention_backends_reach_the_t5_decoder(monkeypatch):
+    """SLD_SHORT_ATTENTION=math restricts the T5 decoder's attention calls in a teacher-forced loss
+    (every call sees only the math kernel enabled) and leaves the loss as it was."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    model = build()
+    batch = batch_for(model)
+    z = model.encode(batch["input_ids"], batch["attention_mask"])
+    monkeypatch.delenv("SLD_SHORT_ATTENTION", raising=False)
+    expected = model.reconstruction_loss(z, batch["labels"])
+    original = sdpa_module.torch.nn.functional.scaled_dot_product_attention
+    kernels_seen = []
+
+    def spy(*args, **kwargs):
+        backends = torch.backends.cuda
+        kernels_seen.append((backends.flash_sdp_enabled(), backends.mem_efficient_sdp_enabled()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sdpa_module.torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setenv("SLD_SHORT_ATTENTION", "math")
+    got = model.reconstruction_loss(z, batch["labels"])
+    decoder_layers = model.lm.config.num_decoder_layers
+    assert len(kernels_seen) >= 2 * decoder_layers  # self- and cross-attention of every layer
+    assert set(kernels_seen) == {(False, False)}  # only the math kernel
+    torch.testing.assert_close(got, expected)
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the pass

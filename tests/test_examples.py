@@ -90,6 +90,7 @@ def test_graph_replay_overhead_runs_every_setting_on_a_cpu(capsys, monkeypatch):
         [
             "--device=cpu",
             "--layers=1",
+            "--vocab-size=512",
             "--rows",
             "2",
             "--tokens=3",

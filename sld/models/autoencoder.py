@@ -52,6 +52,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from sld.autoencoder_objective import AutoencoderLossConfig, compute_autoencoder_losses
+from sld.backends import short_attention_backends
 from sld.config import ConfigError
 from sld.data.decoder_buckets import Bucket, bucket_target_count
 from sld.distributed import global_mean
@@ -528,11 +529,12 @@ class SegmentAutoencoder(nn.Module):
         if self.is_causal:
             with self.latent_conditioning.teacher_forcing(self.lm, memory) as (cache, offset):
                 return teacher_forced_logits(self.lm, cache, offset, inputs)
-        out = self.lm(
-            encoder_outputs=BaseModelOutput(last_hidden_state=memory),
-            decoder_input_ids=inputs,
-            use_cache=False,
-        )
+        with short_attention_backends():  # SLD_SHORT_ATTENTION: the decoder's kernels too (sld.backends)
+            out = self.lm(
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                decoder_input_ids=inputs,
+                use_cache=False,
+            )
         return out.logits
 
     def reconstruction_loss(
@@ -597,9 +599,10 @@ class SegmentAutoencoder(nn.Module):
         if self.is_causal:
             with self.latent_conditioning.teacher_forcing(self.lm, memory) as (cache, offset):
                 return teacher_forced_hidden(self.lm, cache, offset, inputs)
-        return self.lm.get_decoder()(
-            input_ids=inputs, encoder_hidden_states=memory, use_cache=False
-        ).last_hidden_state
+        with short_attention_backends():  # SLD_SHORT_ATTENTION: the decoder's kernels too (sld.backends)
+            return self.lm.get_decoder()(
+                input_ids=inputs, encoder_hidden_states=memory, use_cache=False
+            ).last_hidden_state
 
     def reconstruction_nll(
         self, z: torch.Tensor, labels: torch.Tensor, reduction: Literal["none", "mean", "sum"] = "none"
