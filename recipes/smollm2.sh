@@ -236,14 +236,19 @@ if has main; then
     # autoencoder 256 (segments <= 28 tokens), DialogSum autoencoder 128 (segments <= 48 tokens), ROC
     # AR 64 stories, DialogSum AR 16 x 4 accumulated (dialogues up to 384 tokens + the summary).
     log "main: SLD and AR on ${TASKS:-roc dialogsum} side by side (autoencoder setting $CHOSEN)"
+    chains=0
+    for task in ${TASKS:-roc dialogsum}; do chains=$((chains + $(wc -w <<< "$(task_systems $task)"))); done
+    # one run alone on the card takes most of it (2026-12-06: DialogSum's SLD alone under its 20% share
+    # ran out of memory at micro-batch 128 and trained at 64 x 2)
+    share() { if [ $chains -eq 1 ]; then echo 0.9; else echo "${SHARE[$1]}"; fi; }
     for task in ${TASKS:-roc dialogsum}; do
         trained=$(task_systems $task)
         if [ "$task" = roc ]; then
-            [[ " $trained " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml 256 configs/diffusion_roc_continuation.yaml &
-            [[ " $trained " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml 64 1 &
+            [[ " $trained " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=$(share $CHOSEN) sld_chain roc $ROC/segmented_continuation configs/autoencoder_roc_smollm2.yaml 256 configs/diffusion_roc_continuation.yaml &
+            [[ " $trained " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=$(share ar) ar_chain roc $ROC/segmented_continuation configs/baseline_roc_continuation_smollm2.yaml 64 1 &
         else
-            [[ " $trained " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[$CHOSEN]} sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml 128 configs/diffusion_dialogsum.yaml &
-            [[ " $trained " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=${SHARE[ar]} ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml 16 4 &
+            [[ " $trained " == *" sld "* ]] && SLD_CUDA_MEMORY_FRACTION=$(share $CHOSEN) sld_chain dialogsum $DS/segmented configs/autoencoder_dialogsum_smollm2.yaml 128 configs/diffusion_dialogsum.yaml &
+            [[ " $trained " == *" ar "* ]] && SLD_CUDA_MEMORY_FRACTION=$(share ar) ar_chain dialogsum $DS/segmented configs/baseline_dialogsum_smollm2.yaml 16 4 &
         fi
     done
     wait
