@@ -20,28 +20,29 @@ def qkv_and_mask(dtype: torch.dtype, seed: int = 0):
     return q, k, v, key_mask
 
 
+@pytest.mark.parametrize("mode", ["column", "math"])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_column_matches_the_masked_call_with_gradients(dtype, tol):
+def test_each_mode_matches_the_masked_call_with_gradients(dtype, tol, mode):
     q, k, v, key_mask = qkv_and_mask(dtype)
     results = []
-    for mode in ("mask", "column"):
-        out = key_masked_attention(q, k, v, key_mask, mode=mode)
+    for each in ("mask", mode):
+        out = key_masked_attention(q, k, v, key_mask, mode=each)
         grads = torch.autograd.grad((out.float() ** 2).sum(), (q, k, v))
         results.append((out, grads))
-    (out_mask, grads_mask), (out_column, grads_column) = results
-    assert out_column.shape == out_mask.shape == q.shape
-    torch.testing.assert_close(out_column, out_mask, atol=tol, rtol=tol)
-    for got, want in zip(grads_column, grads_mask):
+    (out_mask, grads_mask), (out_mode, grads_mode) = results
+    assert out_mode.shape == out_mask.shape == q.shape
+    torch.testing.assert_close(out_mode, out_mask, atol=tol, rtol=tol)
+    for got, want in zip(grads_mode, grads_mask):
         torch.testing.assert_close(got, want, atol=tol, rtol=tol)
     # the masked keys take no part: changing them changes nothing
     k2 = torch.where(key_mask[:, None, :, None], k, torch.randn_like(k) * 100)
-    torch.testing.assert_close(key_masked_attention(q, k2, v, key_mask, mode="column"), out_column)
+    torch.testing.assert_close(key_masked_attention(q, k2, v, key_mask, mode=mode), out_mode)
 
 
 def test_no_key_mask_attends_every_key():
     q, k, v, _ = qkv_and_mask(torch.float32)
     everything = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool)
-    for mode in ("mask", "column"):
+    for mode in ("mask", "column", "math"):
         torch.testing.assert_close(
             key_masked_attention(q, k, v, None, mode=mode),
             key_masked_attention(q, k, v, everything, mode="mask"),
@@ -59,7 +60,7 @@ def denoisers_and_inputs(monkeypatch, depth: int = 1) -> tuple[dict, tuple]:
         torch.tensor([[1, 0, 0], [1, 1, 1]]).bool(),  # segment mask (B, S)
     )
     models = {}
-    for mode in ("mask", "column"):
+    for mode in ("mask", "column", "math"):
         monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, mode)
         torch.manual_seed(0)
         models[mode] = tiny_dit(depth=depth)
@@ -73,6 +74,7 @@ def test_the_switch_reaches_the_denoiser(monkeypatch):
     expected = models["mask"](*inputs)
     assert torch.count_nonzero(expected) > 0
     torch.testing.assert_close(models["column"](*inputs), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(models["math"](*inputs), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_mode_from_the_environment(monkeypatch):
@@ -80,6 +82,8 @@ def test_mode_from_the_environment(monkeypatch):
     assert key_mask_mode() == "mask"
     monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, "Column")
     assert key_mask_mode() == "column"
+    monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, "math")
+    assert key_mask_mode() == "math"
     monkeypatch.setenv(KEY_MASK_ATTENTION_ENV, "flash")
     with pytest.raises(UserError, match=KEY_MASK_ATTENTION_ENV):
         key_mask_mode()
@@ -97,3 +101,24 @@ def test_column_mode_compiles_to_the_masked_results(monkeypatch):
     expected = models["mask"](*inputs)
     compiled = compile_model(models["column"])
     torch.testing.assert_close(compiled(*inputs), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_math_mode_traces_into_the_compiled_blocks_without_attention_kernels(monkeypatch):
+    """Under ``math`` the compiled blocks' graphs hold the products and the softmax, no
+    ``scaled_dot_product_attention`` call (what Inductor would fuse), and give the masked outputs."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    from sld.compilation import compile_model
+
+    models, inputs = denoisers_and_inputs(monkeypatch, depth=2)
+    expected = models["mask"](*inputs)
+    targets = []
+
+    def record(graph_module, example_inputs):
+        targets.extend(str(node.target) for node in graph_module.graph.nodes)
+        return graph_module.forward
+
+    compiled = compile_model(models["math"], backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    torch.testing.assert_close(compiled(*inputs), expected, atol=1e-5, rtol=1e-4)
+    assert any("_softmax" in target for target in targets)
+    assert not any("scaled_dot_product" in target or "attention" in target for target in targets)
