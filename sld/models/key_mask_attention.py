@@ -13,17 +13,20 @@ from the output, and the softmax scale stays ``1/sqrt(D)`` of the real head dime
 score is then ``-MASK_BIAS / sqrt(D)`` below the others: ``exp`` of it is 0 in float32, so the result
 equals the masked call's to rounding, with gradients, for 12.5% more attention FLOPs at D = 64.
 
-``SLD_KEY_MASK_ATTENTION=column`` selects it (``key_mask_mode``); unset or ``mask`` keeps the masked call;
-``math`` writes the attention out as two products and a softmax (``math_attention``), for compiled
-blocks: Inductor then fuses the mask, the softmax and the dropout into one kernel and hands the
-products to cuBLAS. The denoiser's sequences are short (64 latent slots, a few dozen context tokens),
-where the memory-efficient kernels took 0.25 ms a forward and 0.45 ms a backward call on an H100
-(2026-12-06, docs/results.md) for products of about 13 GFLOP: not yet measured on a GPU.
+``SLD_KEY_MASK_ATTENTION=column`` selects it (``key_mask_mode``); unset or ``mask`` keeps the masked call.
 Measured once, it lost: the compiled 768 x 12 denoiser at batch 1,024 on an H200 made 5,071 documents/s
 with it against 6,019 masked (0.84x; docs/results.md, twenty-first session), so it is off by default.
+
+``SLD_KEY_MASK_ATTENTION=math`` writes the attention out as two products and a softmax
+(``math_attention``) for compiled blocks, so that Inductor can fuse the mask, the softmax and the
+dropout and hand the products to cuBLAS. The denoiser's sequences are short (64 latent slots, a few
+dozen context tokens), and its memory-efficient kernels took 0.25 ms a forward and 0.45 ms a backward
+call on an H100 (2026-12-06, docs/results.md) for products of about 13 GFLOP a self-attention call.
+Not yet measured on a GPU.
+
 A row whose keys are all masked differs: the masked call returns zeros there (torch 2.13 on the CPU),
-``column`` and ``math`` the mean of the values (sld's denoiser never builds such a row: a document keeps at least one key, and the context its
-null vectors).
+``column`` and ``math`` the mean of the values (sld's denoiser never builds such a row: a document
+keeps at least one key, and the context its null vectors).
 """
 
 from __future__ import annotations
