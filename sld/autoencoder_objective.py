@@ -20,7 +20,7 @@ Batch keys: see ``sld.data.collate``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -32,6 +32,7 @@ from torch.profiler import record_function
 from sld.data.decoder_buckets import adversarial_buckets, bucket_target_count
 from sld.distributed import global_mean
 from sld.losses import adversarial_direction, adversarial_row_count, gaussian_latent_noise, info_nce
+from sld.throughput import active_flop_count
 
 if TYPE_CHECKING:  # the model's forward calls compute_autoencoder_losses: no runtime import cycle
     from sld.models.autoencoder import SegmentAutoencoder
@@ -73,6 +74,14 @@ class AutoencoderLossConfig:
             through their decoder calls only: that share of a decoder backward instead of all of it,
             for one more decoder call per bucket (on a GPU, one more round of kernel launches). The
             same losses and gradients (tested).
+        conversion_backward_once: in training with the adversarial term (and not
+            ``adversarial_rows_apart``), the conversion pass runs backward once, not twice: the
+            latent gradient's backward also takes the decoder's and reconstructor's weight gradients
+            (``conversion_backward_once``), which the step's backward then adds instead of running
+            that backward again. Compiled blocks compute those weight gradients in the latent
+            gradient's backward anyway (a compiled backward computes every gradient of its graph),
+            and throw them away without this. The same losses and gradients (tested); bf16 or float32
+            (under an fp16 loss scale the kept gradients would be unscaled). Not yet measured on a GPU.
     """
 
     variant: Variant = "noise_robust_contrastive"
@@ -85,6 +94,7 @@ class AutoencoderLossConfig:
     word_dropout: float = 0.0
     adversarial_fraction: float = 1.0
     adversarial_rows_apart: bool = False
+    conversion_backward_once: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ("vanilla", "noise_robust", "noise_robust_contrastive"):
@@ -149,6 +159,47 @@ def _latent_gradient(
         nll = model.reconstruction_nll(leaf, labels, reduction="sum")
         (grad,) = torch.autograd.grad(nll, leaf, create_graph=False)
     return grad
+
+
+class _KeptGradients(torch.autograd.Function):
+    """A scalar whose value is ``value`` and whose backward hands each of ``tensors`` its kept
+    gradient times the incoming one: a loss term's gradients computed earlier (``grads``, one per
+    tensor, shapes alike) joined into the step's single backward."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, count: int, *tensors_and_grads: torch.Tensor) -> torch.Tensor:
+        ctx.count = count
+        ctx.save_for_backward(*tensors_and_grads[count:])
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        kept = torch._foreach_mul(list(ctx.saved_tensors), grad_output)
+        return (None, None, *kept, *([None] * ctx.count))
+
+
+def conversion_backward_once(
+    model: SegmentAutoencoder,
+    z_in: torch.Tensor,
+    conversion_of: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conversion loss and its latent gradient d loss / d z_in (B', N, D) from one backward.
+
+    ``conversion_of(z)`` computes the loss from latents z. It runs on a detached copy of ``z_in``,
+    whose backward gives the latent gradient and the gradients of every parameter the decoder pass
+    used (not those before z_in: they are reached through z_in later). The returned loss has the
+    conversion loss's value; the step's backward through it adds those kept gradients to the
+    parameters and hands the latent gradient on to z_in, so the pass's graph is backpropagated once
+    instead of twice (``AutoencoderLossConfig.conversion_backward_once``).
+    """
+    leaf = z_in.detach().requires_grad_(True)
+    conversion = conversion_of(leaf)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_z, *grads = torch.autograd.grad(conversion, [leaf, *params], allow_unused=True)
+    used = [(p, g) for p, g in zip(params, grads) if g is not None]
+    tensors = [z_in, *(p for p, _ in used)]
+    kept = [grad_z, *(g for _, g in used)]
+    return _KeptGradients.apply(conversion.detach(), len(tensors), *tensors, *kept), grad_z
 
 
 def _adversarial_loss(
@@ -288,8 +339,28 @@ def compute_autoencoder_losses(
     targets = batch.get("target_index")  # (T,) flat target positions from the collator, or None
     # losses.adversarial_rows_apart: the collator's buckets hold the adversarial rows apart (first)
     apart = training and cfg.collated_adversarial_apart and "adversarial_buckets" in batch
+    wants_once = (
+        training
+        and cfg.conversion_backward_once
+        and cfg.uses_adversarial
+        and not apart
+        and torch.is_grad_enabled()
+        and z_in.requires_grad
+    )
+    # The FLOP counter's module hooks refuse a backward that asks for parameters' gradients
+    # (torch.autograd.graph: "A leaf node was passed to _will_engine_execute_node"): the counted
+    # micro-batch runs the conversion backward twice and counts it as once (below).
+    counter = active_flop_count()
+    once = wants_once and counter is None
+    grad = None
     with record_function("sld.ae.conversion"):
-        if apart:
+        if once:
+            buckets = batch.get("decoder_buckets")
+            conversion, grad = conversion_backward_once(
+                model, z_in, lambda z: model.reconstruction_loss(z, labels, inputs, targets, buckets)
+            )
+            differentiated = conversion
+        elif apart:
             # the same mean as one call over every bucket, but the adversarial rows' NLL is a node of
             # its own: the latent gradient below differentiates it alone
             heads = batch["adversarial_buckets"]
@@ -306,8 +377,16 @@ def compute_autoencoder_losses(
 
     adversarial = zero
     if cfg.uses_adversarial:
-        with record_function("sld.ae.latent_gradient"):
-            grad = _latent_gradient(model, z_in, labels, differentiated)
+        if grad is None:  # else conversion_backward_once took it
+            with record_function("sld.ae.latent_gradient"):
+                if wants_once and counter is not None:
+                    # this backward (the latents' gradient alone, weights' products pruned in the
+                    # counted eager pass) is what running the conversion backward once saves
+                    with counter.region() as part:
+                        grad = _latent_gradient(model, z_in, labels, differentiated)
+                    counter.adjust(-part.get_total_flops())
+                else:
+                    grad = _latent_gradient(model, z_in, labels, differentiated)
         with record_function("sld.ae.adversarial"):
             adversarial = _adversarial_loss(model, batch, cfg, z_in, grad, labels, inputs, training)
 

@@ -339,6 +339,63 @@ def test_adversarial_rows_apart_give_the_same_losses_and_gradients(decoder, buck
     assert "decoder_buckets" not in SegmentCollator.from_autoencoder(model, adversarial_apart=True)(LONG_ROWS)
 
 
+@pytest.mark.parametrize(("encoder", "compiled"), [("decoder", False), ("bert", False), ("bert", True)])
+def test_the_conversion_pass_runs_backward_once_with_the_same_losses_and_gradients(
+    bert_dir, encoder, compiled
+):
+    """``losses.conversion_backward_once``: every term and every gradient as before (noise and
+    contrastive term on: the same noise drawn), with the conversion pass's graph backpropagated once
+    instead of twice (a backward hook on the reconstructor: the latent gradient's backward, the
+    step's backward through the adversarial pass, and without the switch the conversion pass again).
+    ``decoder``: the seq2seq LM's own encoder reads the segment (shared embeddings before and after
+    the latents); ``compiled``: the blocks compiled (aot_eager), whose backward computes every weight
+    gradient."""
+    from sld.compilation import compile_model
+
+    model = build(encoder=encoder if encoder == "decoder" else bert_dir).train()
+    if compiled:
+        compile_model(model, backend="aot_eager")
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    twice = AutoencoderLossConfig()
+    once = AutoencoderLossConfig(conversion_backward_once=True)
+    torch.manual_seed(1)
+    expected = autoencoder_losses(model, batch, twice)
+    g_expected = grads(model, expected["loss"])
+    backwards = []
+    hook = model.reconstructor.register_full_backward_hook(lambda *_: backwards.append(1))
+    try:
+        torch.manual_seed(1)
+        terms = autoencoder_losses(model, batch, once)
+        assert_same_terms_and_gradients(model, terms, expected, g_expected)
+        calls_once = len(backwards)
+        backwards.clear()
+        torch.manual_seed(1)
+        grads(model, autoencoder_losses(model, batch, twice)["loss"])
+        assert (calls_once, len(backwards)) == (2, 3)
+    finally:
+        hook.remove()
+    assert g_expected and all(g.abs().sum() > 0 for g in g_expected.values())
+
+
+def test_a_counted_micro_batch_counts_the_conversion_backward_once():
+    """Under a FLOP counter (whose module hooks refuse a backward asking for parameters' gradients)
+    ``conversion_backward_once`` runs the two-backward path and takes the latent gradient's backward
+    off the count: fewer FLOPs than the two-backward count, the same terms."""
+    from sld.throughput import FlopCount
+
+    model = build().train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    counted = {}
+    for once in (False, True):
+        torch.manual_seed(1)
+        with FlopCount() as counter:
+            terms = autoencoder_losses(model, batch, AutoencoderLossConfig(conversion_backward_once=once))
+            terms["loss"].backward()
+        counted[once] = (counter.total, terms["loss"].item())
+    assert 0 < counted[True][0] < counted[False][0]
+    assert counted[True][1] == pytest.approx(counted[False][1])
+
+
 @pytest.mark.parametrize("positives", ["pairs", "dropout"])
 def test_the_rows_paraphrases_and_negatives_are_encoded_in_one_compressor_call(bert_dir, positives):
     """One compressor call for the batch's rows, its distinct paraphrases (or a second view of every
@@ -412,8 +469,10 @@ def test_a_few_steps_reduce_the_loss():
     assert loss.item() < 0.8 * first
 
 
-def test_runs_through_a_ddp_wrapper(tmp_path):
-    """The objective goes through forward, so DDP (no .encode attribute) syncs every gradient."""
+@pytest.mark.parametrize("backward_once", [False, True])
+def test_runs_through_a_ddp_wrapper(tmp_path, backward_once):
+    """The objective goes through forward, so DDP (no .encode attribute) syncs every gradient; also
+    with ``conversion_backward_once`` (its kept gradients reach the parameters in the step's backward)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -423,7 +482,7 @@ def test_runs_through_a_ddp_wrapper(tmp_path):
         model = build().train()
         ddp = DistributedDataParallel(model)
         batch = SegmentCollator.from_autoencoder(model)(ROWS)
-        terms = autoencoder_losses(ddp, batch, AutoencoderLossConfig())
+        terms = autoencoder_losses(ddp, batch, AutoencoderLossConfig(conversion_backward_once=backward_once))
         terms["loss"].backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     finally:
