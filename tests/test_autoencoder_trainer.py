@@ -235,6 +235,44 @@ def test_a_fixed_decoder_length_with_buckets_is_a_config_error(tmp_path):
         )
 
 
+def test_the_conversion_backward_once_under_fp16_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="losses.conversion_backward_once .* loop.mixed_precision=bf16"):
+        tiny_training_config(tmp_path, "losses.conversion_backward_once=true", "loop.mixed_precision=fp16")
+    cfg = tiny_training_config(tmp_path, "losses.conversion_backward_once=true", "loop.mixed_precision=bf16")
+    assert cfg.losses.conversion_backward_once
+
+
+def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp_path, monkeypatch):
+    """``losses.conversion_backward_once`` through ``fit``: its counted first micro-batch runs the
+    two-backward path (counted as one backward: FLOPs logged); the second step runs the switch's
+    path and logs the loss and gradient norm of the run without it (the same weights after an
+    identical first step; the gradients equal to float rounding)."""
+    import sld.autoencoder_objective as objective
+
+    calls = []
+    original = objective.conversion_backward_once
+    monkeypatch.setattr(
+        objective, "conversion_backward_once", lambda *args: calls.append(1) or original(*args)
+    )
+    logged = []
+    for once in ("false", "true"):
+        cfg = tiny_training_config(
+            tmp_path / once,
+            f"losses.conversion_backward_once={once}",
+            "loop.max_steps=2",
+            "loop.log_every=1",
+            "loop.eval_every=100",
+        )
+        run = train_autoencoder(cfg)
+        assert run.summary["steps"] == 2 and run.summary["train/tflops_per_second"] > 0
+        metrics = (tmp_path / once / "ae" / "metrics.jsonl").read_text().splitlines()
+        (second,) = [row for row in map(json.loads, metrics) if row.get("step") == 2 and "train/loss" in row]
+        logged.append((second["train/loss"], second["train/grad_norm"]))
+    assert calls == [1]  # the second step of the run with the switch; the counted first one does not
+    assert logged[1][0] == pytest.approx(logged[0][0], rel=1e-6)
+    assert logged[1][1] == pytest.approx(logged[0][1], rel=1e-4)
+
+
 def test_an_encoder_cache_over_a_trainable_encoder_is_a_config_error():
     with pytest.raises(ConfigError, match="data.cache_encoder_states needs a frozen encoder"):
         load_config(
