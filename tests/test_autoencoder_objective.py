@@ -356,7 +356,7 @@ def test_the_conversion_pass_runs_backward_once_with_the_same_losses_and_gradien
     if compiled:
         compile_model(model, backend="aot_eager")
     batch = SegmentCollator.from_autoencoder(model)(ROWS)
-    twice = AutoencoderLossConfig()
+    twice = AutoencoderLossConfig(conversion_backward_once=False)
     once = AutoencoderLossConfig(conversion_backward_once=True)
     torch.manual_seed(1)
     expected = autoencoder_losses(model, batch, twice)
