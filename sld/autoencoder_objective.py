@@ -359,7 +359,6 @@ def compute_autoencoder_losses(
             conversion, grad = conversion_backward_once(
                 model, z_in, lambda z: model.reconstruction_loss(z, labels, inputs, targets, buckets)
             )
-            differentiated = conversion
         elif apart:
             # the same mean as one call over every bucket, but the adversarial rows' NLL is a node of
             # its own: the latent gradient below differentiates it alone

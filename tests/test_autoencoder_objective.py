@@ -377,6 +377,25 @@ def test_the_conversion_pass_runs_backward_once_with_the_same_losses_and_gradien
     assert g_expected and all(g.abs().sum() > 0 for g in g_expected.values())
 
 
+def test_a_compiled_backward_computes_weight_gradients_nobody_asked_for():
+    """Why ``conversion_backward_once`` pays when compiled: an ``autograd.grad`` asking only for an
+    input's gradient skips the weights' products eagerly, but a compiled graph's backward runs them
+    all (torch's AOTAutograd; if this ever fails, the switch saves less there)."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 16))
+    products = {}
+    for name, run in (("eager", mlp), ("compiled", torch.compile(mlp, backend="aot_eager"))):
+        x = torch.randn(4, 16, requires_grad=True)
+        torch.autograd.grad(run(x).sum(), x)  # traces the compiled graphs
+        y = run(x).sum()
+        with profile() as prof:
+            torch.autograd.grad(y, x)
+        products[name] = sum(event.name in ("aten::mm", "aten::addmm") for event in prof.events())
+    assert products == {"eager": 2, "compiled": 4}
+
+
 def test_a_counted_micro_batch_counts_the_conversion_backward_once():
     """Under a FLOP counter (whose module hooks refuse a backward asking for parameters' gradients)
     ``conversion_backward_once`` runs the two-backward path and takes the latent gradient's backward
