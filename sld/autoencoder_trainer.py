@@ -156,7 +156,9 @@ class AutoencoderTrainingConfig:
                 "data.fixed_decoder_length pads every batch's targets to one length and "
                 "losses.adversarial_rows_apart splits them into buckets of varying lengths: set one of them off"
             )
-        if self.losses.conversion_backward_once and self.loop.mixed_precision == "fp16":
+        if self.losses.conversion_backward_once is None:  # the default: on where it can be
+            self.losses.conversion_backward_once = self.loop.mixed_precision != "fp16"
+        elif self.losses.conversion_backward_once and self.loop.mixed_precision == "fp16":
             raise ValueError(
                 "losses.conversion_backward_once runs the latent gradient's backward without fp16's loss "
                 "scale, and keeps the weight gradients it takes: use loop.mixed_precision=bf16 (or no)"

@@ -242,6 +242,12 @@ def test_the_conversion_backward_once_under_fp16_is_a_config_error(tmp_path):
     assert cfg.losses.conversion_backward_once
 
 
+@pytest.mark.parametrize("precision, once", [("bf16", True), ("no", True), ("fp16", False)])
+def test_the_conversion_backward_once_is_on_by_default_except_under_fp16(tmp_path, precision, once):
+    cfg = tiny_training_config(tmp_path, f"loop.mixed_precision={precision}")
+    assert cfg.losses.conversion_backward_once is once
+
+
 def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp_path, monkeypatch):
     """``losses.conversion_backward_once`` through ``fit``: its counted first micro-batch runs the
     two-backward path (counted as one backward: FLOPs logged); the second step runs the switch's
