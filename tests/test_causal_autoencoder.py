@@ -269,3 +269,27 @@ def test_targets_cut_at_the_budget_keep_a_causal_decoders_earlier_logits(folders
         logits_whole = model.reconstruction_logits(z, whole["labels"])[:, :keep]
         logits_cut = model.reconstruction_logits(z, cut["labels"])
     torch.testing.assert_close(logits_cut[kept], logits_whole[kept])
+
+
+@pytest.mark.parametrize("conditioning", ["kv", "prefix"])
+def test_a_causal_decoders_conversion_backward_once_gives_the_same_terms_and_gradients(folders, conditioning):
+    """``losses.conversion_backward_once`` (the default) on the SmolLM2 profiles' decoder: a causal
+    LM reading the latent as per-layer keys/values or as a prefix, word dropout and noise drawn the
+    same way; every term and every trainable parameter's gradient as with two backwards."""
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0, conditioning=conditioning).train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for once in (False, True):
+        torch.manual_seed(3)
+        cfg = AutoencoderLossConfig(word_dropout=0.3, conversion_backward_once=once)
+        terms = autoencoder_losses(model, batch, cfg, training=True)
+        results.append((terms, torch.autograd.grad(terms["loss"], trainable, allow_unused=True)))
+    (twice, g_twice), (once, g_once) = results
+    for name in ("conversion", "adversarial", "contrastive", "loss"):
+        torch.testing.assert_close(once[name], twice[name])
+    assert sum(g is not None and bool(g.any()) for g in g_twice) > 10
+    for a, b in zip(g_once, g_twice):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
