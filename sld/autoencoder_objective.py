@@ -81,10 +81,12 @@ class AutoencoderLossConfig:
             that backward again. Compiled blocks compute those weight gradients in the latent
             gradient's backward anyway (a compiled backward computes every gradient of its graph),
             and throw them away without this. The same losses and gradients (tested); bf16 or float32
-            (under an fp16 loss scale the kept gradients would be unscaled). None (the default): on,
-            except that the autoencoder trainer turns it off under ``loop.mixed_precision=fp16``. On an
-            H100 with compiled blocks as CUDA graphs, 1.24x the segments/s of the two backwards
-            (docs/results.md, thirty-first session).
+            (under an fp16 loss scale the kept gradients would be unscaled). None (the default): on
+            for a seq2seq decoder, off for a causal-LM decoder (``once_for``), and the autoencoder
+            trainer turns it off under ``loop.mixed_precision=fp16``. Measured on H100s
+            (docs/results.md, thirty-first session): the from-scratch ROC profile 1.12x the
+            segments/s of the two backwards eager and 1.23x compiled with CUDA graphs; the SmolLM2
+            profile (eager, timing weights) 0.89x, its rate falling over the run.
     """
 
     variant: Variant = "noise_robust_contrastive"
@@ -98,6 +100,12 @@ class AutoencoderLossConfig:
     adversarial_fraction: float = 1.0
     adversarial_rows_apart: bool = False
     conversion_backward_once: bool | None = None
+
+    def once_for(self, causal_decoder: bool) -> bool:
+        """``conversion_backward_once`` with its default resolved for a decoder of this kind."""
+        if self.conversion_backward_once is None:
+            return not causal_decoder
+        return self.conversion_backward_once
 
     def __post_init__(self) -> None:
         if self.variant not in ("vanilla", "noise_robust", "noise_robust_contrastive"):
@@ -344,7 +352,7 @@ def compute_autoencoder_losses(
     apart = training and cfg.collated_adversarial_apart and "adversarial_buckets" in batch
     wants_once = (
         training
-        and cfg.conversion_backward_once is not False  # None: on (the trainer resolves it)
+        and cfg.once_for(causal_decoder=model.is_causal)
         and cfg.uses_adversarial
         and not apart
         and torch.is_grad_enabled()

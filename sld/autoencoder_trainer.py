@@ -156,8 +156,8 @@ class AutoencoderTrainingConfig:
                 "data.fixed_decoder_length pads every batch's targets to one length and "
                 "losses.adversarial_rows_apart splits them into buckets of varying lengths: set one of them off"
             )
-        if self.losses.conversion_backward_once is None:  # the default: on where it can be
-            self.losses.conversion_backward_once = self.loop.mixed_precision != "fp16"
+        if self.losses.conversion_backward_once is None and self.loop.mixed_precision == "fp16":
+            self.losses.conversion_backward_once = False  # the default (by decoder kind) cannot run there
         elif self.losses.conversion_backward_once and self.loop.mixed_precision == "fp16":
             raise ValueError(
                 "losses.conversion_backward_once runs the latent gradient's backward without fp16's loss "

@@ -9,6 +9,7 @@ import pytest
 import tiny_models
 import torch
 
+from sld.autoencoder_objective import AutoencoderLossConfig
 from sld.autoencoder_trainer import (
     AutoencoderDataConfig,
     AutoencoderTrainingConfig,
@@ -242,10 +243,20 @@ def test_the_conversion_backward_once_under_fp16_is_a_config_error(tmp_path):
     assert cfg.losses.conversion_backward_once
 
 
-@pytest.mark.parametrize("precision, once", [("bf16", True), ("no", True), ("fp16", False)])
-def test_the_conversion_backward_once_is_on_by_default_except_under_fp16(tmp_path, precision, once):
+@pytest.mark.parametrize("precision, setting", [("bf16", None), ("no", None), ("fp16", False)])
+def test_the_conversion_backward_once_is_left_to_the_decoder_kind_except_under_fp16(
+    tmp_path, precision, setting
+):
     cfg = tiny_training_config(tmp_path, f"loop.mixed_precision={precision}")
-    assert cfg.losses.conversion_backward_once is once
+    assert cfg.losses.conversion_backward_once is setting
+
+
+@pytest.mark.parametrize(
+    "setting, seq2seq, causal", [(None, True, False), (True, True, True), (False, False, False)]
+)
+def test_the_conversion_backward_once_default_is_on_for_a_seq2seq_decoder_only(setting, seq2seq, causal):
+    cfg = AutoencoderLossConfig(conversion_backward_once=setting)
+    assert (cfg.once_for(causal_decoder=False), cfg.once_for(causal_decoder=True)) == (seq2seq, causal)
 
 
 def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp_path, monkeypatch):

@@ -293,3 +293,24 @@ def test_a_causal_decoders_conversion_backward_once_gives_the_same_terms_and_gra
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_a_causal_decoder_runs_the_two_backwards_by_default(folders, monkeypatch):
+    """The default (``conversion_backward_once`` None) keeps a causal-LM decoder on the two-backward
+    path, which ran faster on the SmolLM2 profile (docs/results.md, thirty-first session); set to
+    true, the same decoder takes the one-backward path."""
+    import sld.autoencoder_objective as objective
+
+    calls = []
+    original = objective.conversion_backward_once
+    monkeypatch.setattr(
+        objective, "conversion_backward_once", lambda *args: calls.append(1) or original(*args)
+    )
+    model = tiny_models.tiny_causal_autoencoder(*folders, seed=0, conditioning="kv").train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    for setting, expected in ((None, []), (True, [1])):
+        calls.clear()
+        autoencoder_losses(
+            model, batch, AutoencoderLossConfig(conversion_backward_once=setting), training=True
+        )
+        assert calls == expected
