@@ -25,13 +25,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from sld.autoencoder_objective import autoencoder_losses
 from sld.autoencoder_trainer import AutoencoderTrainingConfig, build_model, load_segments, training_rows
 from sld.config import load_config
 from sld.data.collate import SegmentCollator
 from sld.data.decoder_buckets import bucket_positions
+from sld.throughput import count_flops
 
 
 def main(argv: list[str] | None = None) -> list[tuple[int, bool, float, int]]:
@@ -82,13 +82,12 @@ def main(argv: list[str] | None = None) -> list[tuple[int, bool, float, int]]:
 
 
 def step_flops(model, cfg: AutoencoderTrainingConfig, batch: dict) -> int:
-    """FLOPs of the training loss's forward and backward on ``batch`` (``torch.utils.flop_counter``)."""
+    """FLOPs of the training loss's forward and backward on ``batch`` (``sld.throughput.count_flops``)."""
     model.train()
     torch.manual_seed(0)
-    with FlopCounterMode(display=False) as counter:
-        autoencoder_losses(model, batch, cfg.losses)["loss"].backward()
+    flops = count_flops(lambda: autoencoder_losses(model, batch, cfg.losses)["loss"].backward())
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return flops
 
 
 if __name__ == "__main__":

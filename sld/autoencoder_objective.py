@@ -206,7 +206,9 @@ def conversion_backward_once(
     leaf = z_in.detach().requires_grad_(True)
     conversion = conversion_of(leaf)
     params = [p for p in model.parameters() if p.requires_grad]
-    grad_z, *grads = torch.autograd.grad(conversion, [leaf, *params], allow_unused=True)
+    # the profile's range of the latent gradient's backward (here inside sld.ae.conversion's)
+    with record_function("sld.ae.latent_gradient"):
+        grad_z, *grads = torch.autograd.grad(conversion, [leaf, *params], allow_unused=True)
     used = [(p, g) for p, g in zip(params, grads) if g is not None]
     tensors = [z_in, *(p for p, _ in used)]
     kept = [grad_z, *(g for _, g in used)]
