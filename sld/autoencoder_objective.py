@@ -32,7 +32,7 @@ from torch.profiler import record_function
 from sld.data.decoder_buckets import adversarial_buckets, bucket_target_count
 from sld.distributed import global_mean
 from sld.losses import adversarial_direction, adversarial_row_count, gaussian_latent_noise, info_nce
-from sld.throughput import active_flop_count
+from sld.throughput import active_flop_count, any_flop_counter_active
 
 if TYPE_CHECKING:  # the model's forward calls compute_autoencoder_losses: no runtime import cycle
     from sld.models.autoencoder import SegmentAutoencoder
@@ -364,7 +364,7 @@ def compute_autoencoder_losses(
     # (torch.autograd.graph: "A leaf node was passed to _will_engine_execute_node"): the counted
     # micro-batch runs the conversion backward twice and counts it as once (below).
     counter = active_flop_count()
-    once = wants_once and counter is None
+    once = wants_once and not any_flop_counter_active()  # torch's counter of other code refuses it too
     grad = None
     with record_function("sld.ae.conversion"):
         if once:

@@ -182,6 +182,18 @@ def active_flop_count() -> FlopCount | None:
     return _active[-1] if _active else None
 
 
+def any_flop_counter_active() -> bool:
+    """Whether a FLOP counter counts right now: sld's ``FlopCount``, or torch's ``FlopCounterMode``
+    entered by other code (found on torch's dispatch mode stack; its module hooks refuse some backwards)."""
+    if _active:
+        return True
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    except ImportError:  # a torch without it: only sld's own counter is known
+        return False
+    return any(type(mode).__name__ == "_FlopCounterMode" for mode in _get_current_dispatch_mode_stack())
+
+
 def raised_by_flop_counter(err: BaseException) -> bool:
     """Whether ``err`` came from inside ``torch.utils.flop_counter`` (not from the model itself)."""
     frames = traceback.extract_tb(err.__traceback__)

@@ -415,6 +415,26 @@ def test_a_counted_micro_batch_counts_the_conversion_backward_once():
     assert counted[True][1] == pytest.approx(counted[False][1])
 
 
+def test_the_conversion_backward_once_under_torchs_own_flop_counter_runs_the_two_backwards():
+    """Code outside sld counting FLOPs with torch's ``FlopCounterMode`` (whose module hooks refuse a
+    backward asking for parameters' gradients): the switch's path steps aside, the step runs and
+    counts both backwards (more than sld's counter, which takes the latent backward off)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sld.throughput import FlopCount, any_flop_counter_active
+
+    model = build().train()
+    batch = SegmentCollator.from_autoencoder(model)(ROWS)
+    once = AutoencoderLossConfig(conversion_backward_once=True)
+    assert not any_flop_counter_active()
+    with FlopCounterMode(display=False) as raw:
+        assert any_flop_counter_active()
+        autoencoder_losses(model, batch, once)["loss"].backward()
+    with FlopCount() as counter:
+        autoencoder_losses(model, batch, once)["loss"].backward()
+    assert 0 < counter.total < raw.get_total_flops()
+
+
 @pytest.mark.parametrize("positives", ["pairs", "dropout"])
 def test_the_rows_paraphrases_and_negatives_are_encoded_in_one_compressor_call(bert_dir, positives):
     """One compressor call for the batch's rows, its distinct paraphrases (or a second view of every
