@@ -343,6 +343,14 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
         len(valid_segments),
         sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+    if cfg.losses.uses_adversarial and not cfg.losses.collated_adversarial_apart:
+        once = cfg.losses.once_for(causal_decoder=model.is_causal)
+        logger.info(
+            "the conversion pass backpropagated %s a step (losses.conversion_backward_once=%s, a %s decoder)",
+            "once" if once else "twice",
+            cfg.losses.conversion_backward_once,
+            "causal-LM" if model.is_causal else "seq2seq",
+        )
 
     if cfg.data.cache_encoder_states:
         texts = training_texts(dataset[i] for i in range(len(dataset)))

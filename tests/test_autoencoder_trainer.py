@@ -259,7 +259,7 @@ def test_the_conversion_backward_once_default_is_on_for_a_seq2seq_decoder_only(s
     assert (cfg.once_for(causal_decoder=False), cfg.once_for(causal_decoder=True)) == (seq2seq, causal)
 
 
-def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp_path, monkeypatch):
+def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp_path, monkeypatch, caplog):
     """``losses.conversion_backward_once`` through ``fit``: its counted first micro-batch runs the
     two-backward path (counted as one backward: FLOPs logged); the second step runs the switch's
     path and logs the loss and gradient norm of the run without it (the same weights after an
@@ -280,7 +280,11 @@ def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp
             "loop.log_every=1",
             "loop.eval_every=100",
         )
-        run = train_autoencoder(cfg)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="sld.train_autoencoder"):
+            run = train_autoencoder(cfg)
+        said = "once" if once == "true" else "twice"
+        assert f"the conversion pass backpropagated {said} a step" in caplog.text
         assert run.summary["steps"] == 2 and run.summary["train/tflops_per_second"] > 0
         metrics = (tmp_path / once / "ae" / "metrics.jsonl").read_text().splitlines()
         (second,) = [row for row in map(json.loads, metrics) if row.get("step") == 2 and "train/loss" in row]
