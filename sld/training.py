@@ -56,6 +56,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gath
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sld.allocator_stats import AllocatorCounters
 from sld.backends import SYNC_DEBUG_ENV, configure_attention, guarded_step, sync_debug_mode
 from sld.checkpointing import (
     CHECKPOINT_PATTERN,
@@ -659,6 +660,8 @@ def fit(
             progress.write(f"step {state.step} eval: {shown}")
         accelerator.wait_for_everyone()
 
+    allocator = AllocatorCounters()  # the caching allocator's cudaMalloc calls and retries per row
+
     def flush_metrics() -> None:
         nonlocal last_loss, logged_skips
         guard.check()
@@ -674,8 +677,9 @@ def fit(
         row["lr"] = scheduler.get_last_lr()[0]
         if loop.compile:  # still rising after the first steps: the blocks are being compiled again
             row["compile/graphs"] = compiled_graphs()
-        if accelerator.device.type == "cuda":  # a host-side counter: no device sync
+        if accelerator.device.type == "cuda":  # host-side counters: no device sync
             row["train/peak_memory_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
+            row.update(allocator.row(torch.cuda.memory_stats(accelerator.device)))
         log_row(row)
         last_loss = row.get("train/loss")
 
