@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["AllocatorCounters"]
+import torch
+
+__all__ = ["AllocatorCounters", "cuda_memory_row"]
 
 # torch.cuda.memory_stats key -> log key (counted since the previous row)
 COUNTERS = {
@@ -45,3 +47,12 @@ class AllocatorCounters:
                 row[name] = stats[key] - self._last.get(key, 0)
                 self._last[key] = stats[key]
         return row
+
+
+def cuda_memory_row(device: torch.device, counters: AllocatorCounters) -> dict[str, float]:
+    """A GPU log row's memory entries: ``train/peak_memory_gib`` (``max_memory_allocated``) and
+    ``counters``' entries for ``device`` (host-side counters: no device sync)."""
+    return {
+        "train/peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        **counters.row(torch.cuda.memory_stats(device)),
+    }

@@ -56,7 +56,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gath
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sld.allocator_stats import AllocatorCounters
+from sld.allocator_stats import AllocatorCounters, cuda_memory_row
 from sld.backends import SYNC_DEBUG_ENV, configure_attention, guarded_step, sync_debug_mode
 from sld.checkpointing import (
     CHECKPOINT_PATTERN,
@@ -678,8 +678,7 @@ def fit(
         if loop.compile:  # still rising after the first steps: the blocks are being compiled again
             row["compile/graphs"] = compiled_graphs()
         if accelerator.device.type == "cuda":  # host-side counters: no device sync
-            row["train/peak_memory_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
-            row.update(allocator.row(torch.cuda.memory_stats(accelerator.device)))
+            row.update(cuda_memory_row(accelerator.device, allocator))
         log_row(row)
         last_loss = row.get("train/loss")
 

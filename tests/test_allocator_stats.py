@@ -40,3 +40,20 @@ def test_counters_are_counted_since_the_previous_row_and_reserved_memory_is_curr
 def test_a_counter_the_torch_release_lacks_is_left_out():
     assert AllocatorCounters().row({"num_device_alloc": 7}) == {"train/cuda_mallocs": 7}
     assert AllocatorCounters().row({}) == {}
+
+
+def test_a_gpu_rows_memory_entries_come_from_the_devices_counters(monkeypatch):
+    import torch
+
+    from sld.allocator_stats import cuda_memory_row
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: asked.append(device) or 3 * 2**30)
+    monkeypatch.setattr(
+        torch.cuda, "memory_stats", lambda device: asked.append(device) or {"num_device_alloc": 5}
+    )
+    device = torch.device("cuda", 1)
+    counters = AllocatorCounters()
+    assert cuda_memory_row(device, counters) == {"train/peak_memory_gib": 3.0, "train/cuda_mallocs": 5}
+    assert cuda_memory_row(device, counters)["train/cuda_mallocs"] == 0  # none since the row before
+    assert asked == [device] * 4
