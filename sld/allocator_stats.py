@@ -6,8 +6,8 @@ again, and when a request fails it frees every cached block and retries, synchro
 Peak allocated memory does not show that; these counters do. Every log row of ``fit`` on a GPU
 gets, since the row before (the first row: since the process started):
 
-* ``train/cuda_mallocs`` and ``train/cuda_frees``: ``cudaMalloc`` / ``cudaFree`` calls (after the
-  first steps a steady run makes none);
+* ``train/cuda_mallocs`` and ``train/cuda_frees``: ``cudaMalloc`` / ``cudaFree`` calls (once its cache
+  holds what a step needs, a run whose steps repeat their shapes makes none);
 * ``train/allocator_retries``: failed requests retried after freeing the cache (each a device sync);
 
 and ``train/reserved_gib``, the memory the allocator holds now. They come from
