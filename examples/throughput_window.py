@@ -7,8 +7,10 @@ A run's ``summary.json`` reports the mean of its last logged rows, which differ 
 compilation. Comparing the rows of one window of steps (after every run's warm-up) compares like with
 like. Prints a Markdown table: each file's name, its logged rows in the window, their mean items/s
 (segments/s, documents/s), the ratio to the first file, their mean MFU (``train/mfu``, a percentage;
-"-" where a run logged none), and every other logged ``train/`` metric named with ``--metric`` at the
-window's last row.
+"-" where a run logged none), every other logged ``train/`` metric named with ``--metric`` at the
+window's last row, and the sum over the window's rows of each named with ``--total`` (a counter logged
+per row, e.g. the caching allocator's ``train/cuda_mallocs`` or ``train/allocator_retries``:
+``sld.allocator_stats``).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ def window_rows(path: Path, first: int, last: int) -> list[dict]:
     return [row for row in read_metrics(path) if RATE in row and first <= row["step"] <= last]
 
 
-def table(paths: list[Path], first: int, last: int, metrics: list[str]) -> list[str]:
+def table(paths: list[Path], first: int, last: int, metrics: list[str], totals: list[str] = ()) -> list[str]:
     """The Markdown lines of the comparison (see the module docstring)."""
     lines = [
-        "| run | rows | items/s | x the first | MFU |" + "".join(f" {m} |" for m in metrics),
-        "|---|---|---|---|---|" + "---|" * len(metrics),
+        "| run | rows | items/s | x the first | MFU |"
+        + "".join(f" {m} |" for m in metrics)
+        + "".join(f" {m} (sum) |" for m in totals),
+        "|---|---|---|---|---|" + "---|" * (len(metrics) + len(totals)),
     ]
     reference = None
     for path in paths:
@@ -48,6 +52,9 @@ def table(paths: list[Path], first: int, last: int, metrics: list[str]) -> list[
         mfu = f"{100 * sum(mfus) / len(mfus):.2f}%" if mfus else "-"
         end = rows[-1] if rows else {}
         values = "".join(f" {end[m]:.4g} |" if m in end else " - |" for m in metrics)
+        for m in totals:
+            logged = [r[m] for r in rows if m in r]
+            values += f" {sum(logged):.4g} |" if logged else " - |"
         lines.append(f"| {name} | {len(rows)} | {shown} | {ratio} | {mfu} |{values}")
     return lines
 
@@ -61,9 +68,12 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument(
         "--metric", action="append", default=[], help="a train/ metric to show at the window's last row"
     )
+    parser.add_argument(
+        "--total", action="append", default=[], help="a train/ counter to sum over the window's rows"
+    )
     args = parser.parse_args(argv)
     try:
-        lines = table(args.metrics, *args.steps, args.metric)
+        lines = table(args.metrics, *args.steps, args.metric, args.total)
     except DataError as error:  # names the file and line
         raise SystemExit(str(error)) from None
     print(f"steps {args.steps[0]}-{args.steps[1]}")

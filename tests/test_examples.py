@@ -193,6 +193,13 @@ def test_throughput_window_compares_the_same_steps(tmp_path, capsys):
     assert lines[2] == "| throughput_before | 2 | 200 | 1.00x | - | 0.2 |"
     assert lines[3] == "| throughput_after | 2 | 400 | 2.00x | 40.00% | 0.2 |"
     assert capsys.readouterr().out.startswith("steps 100-200\n")
+    # per-row counters summed over the window (e.g. the allocator's cudaMalloc calls); one never logged
+    lines = load_example("throughput_window").main(
+        [str(before), str(after), "--steps", "100", "200"]
+        + ["--total", "train/contrastive", "--total", "train/cuda_mallocs"]
+    )
+    assert lines[0].endswith("| MFU | train/contrastive (sum) | train/cuda_mallocs (sum) |")
+    assert lines[2].endswith("| 0.3 | - |") and lines[3].endswith("| 0.3 | - |")  # 0.1 + 0.2
     compiling = run("compiling", [(10, 5.0)])  # no row in the window: dashes, not nan
     lines = load_example("throughput_window").main([str(compiling), str(after), "--steps", "100", "200"])
     assert lines[2:] == [
