@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from sld.errors import DataError
@@ -31,7 +32,9 @@ def window_rows(path: Path, first: int, last: int) -> list[dict]:
     return [row for row in read_metrics(path) if RATE in row and first <= row["step"] <= last]
 
 
-def table(paths: list[Path], first: int, last: int, metrics: list[str], totals: list[str] = ()) -> list[str]:
+def table(
+    paths: list[Path], first: int, last: int, metrics: list[str], totals: Sequence[str] = ()
+) -> list[str]:
     """The Markdown lines of the comparison (see the module docstring)."""
     lines = [
         "| run | rows | items/s | x the first | MFU |"
