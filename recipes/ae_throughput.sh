@@ -36,8 +36,8 @@
 #                                          steps 200-650 (twenty-ninth session; its first 150 steps
 #                                          were slower: profile it with loop.profile_after=200);
 #                                          not a default variant
-#                                          (with losses.conversion_backward_once, the default since the
-#                                          thirty-first session, 14,820 over steps 150-700 on an H100,
+#                                          (with losses.conversion_backward_once, this seq2seq decoder's
+#                                          default since the thirty-first session, 14,820 over steps 150-700 on an H100,
 #                                          1.23x the same without it)
 #   compiled_buckets=loop.compile=true,data.decoder_buckets=3
 #                                          the same with the decoder passes on 3 length buckets (0.44x

@@ -102,7 +102,11 @@ class AutoencoderLossConfig:
     conversion_backward_once: bool | None = None
 
     def once_for(self, causal_decoder: bool) -> bool:
-        """``conversion_backward_once`` with its default resolved for a decoder of this kind."""
+        """Whether a training step with a decoder of this kind runs the conversion backward once:
+        ``conversion_backward_once`` with its default resolved (None: on unless ``causal_decoder``),
+        where the adversarial term runs and its rows are not decoded apart."""
+        if not self.uses_adversarial or self.collated_adversarial_apart:
+            return False
         if self.conversion_backward_once is None:
             return not causal_decoder
         return self.conversion_backward_once
@@ -355,8 +359,6 @@ def compute_autoencoder_losses(
     wants_once = (
         training
         and cfg.once_for(causal_decoder=model.is_causal)
-        and cfg.uses_adversarial
-        and not apart
         and torch.is_grad_enabled()
         and z_in.requires_grad
     )

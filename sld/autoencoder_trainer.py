@@ -343,7 +343,7 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
         len(valid_segments),
         sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
-    if cfg.losses.uses_adversarial and not cfg.losses.collated_adversarial_apart:
+    if cfg.losses.uses_adversarial:
         once = cfg.losses.once_for(causal_decoder=model.is_causal)
         logger.info(
             "the conversion pass backpropagated %s a step (losses.conversion_backward_once=%s, a %s decoder)",

@@ -257,6 +257,11 @@ def test_the_conversion_backward_once_is_left_to_the_decoder_kind_except_under_f
 def test_the_conversion_backward_once_default_is_on_for_a_seq2seq_decoder_only(setting, seq2seq, causal):
     cfg = AutoencoderLossConfig(conversion_backward_once=setting)
     assert (cfg.once_for(causal_decoder=False), cfg.once_for(causal_decoder=True)) == (seq2seq, causal)
+    # nothing to run once without the adversarial term, or with its rows decoded apart
+    for other in ({"variant": "vanilla"}, {"adversarial_fraction": 0.5, "adversarial_rows_apart": True}):
+        assert not AutoencoderLossConfig(conversion_backward_once=True, **other).once_for(
+            causal_decoder=False
+        )
 
 
 def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp_path, monkeypatch, caplog):
