@@ -339,9 +339,12 @@ def test_adversarial_rows_apart_give_the_same_losses_and_gradients(decoder, buck
     assert "decoder_buckets" not in SegmentCollator.from_autoencoder(model, adversarial_apart=True)(LONG_ROWS)
 
 
-@pytest.mark.parametrize(("encoder", "compiled"), [("decoder", False), ("bert", False), ("bert", True)])
+@pytest.mark.parametrize(
+    ("encoder", "compiled", "fraction"),
+    [("decoder", False, 1.0), ("bert", False, 1.0), ("bert", True, 1.0), ("bert", False, 0.5)],
+)
 def test_the_conversion_pass_runs_backward_once_with_the_same_losses_and_gradients(
-    bert_dir, encoder, compiled
+    bert_dir, encoder, compiled, fraction
 ):
     """``losses.conversion_backward_once``: every term and every gradient as before (noise and
     contrastive term on: the same noise drawn), with the conversion pass's graph backpropagated once
@@ -349,15 +352,16 @@ def test_the_conversion_pass_runs_backward_once_with_the_same_losses_and_gradien
     step's backward through the adversarial pass, and without the switch the conversion pass again).
     ``decoder``: the seq2seq LM's own encoder reads the segment (shared embeddings before and after
     the latents); ``compiled``: the blocks compiled (aot_eager), whose backward computes every weight
-    gradient."""
+    gradient; ``fraction``: the adversarial pass on the first half of the rows, its latent gradient
+    (and so the kept weight gradients) still from every row's conversion loss."""
     from sld.compilation import compile_model
 
     model = build(encoder=encoder if encoder == "decoder" else bert_dir).train()
     if compiled:
         compile_model(model, backend="aot_eager")
-    batch = SegmentCollator.from_autoencoder(model)(ROWS)
-    twice = AutoencoderLossConfig(conversion_backward_once=False)
-    once = AutoencoderLossConfig(conversion_backward_once=True)
+    batch = SegmentCollator.from_autoencoder(model, adversarial_fraction=fraction)(ROWS)
+    twice = AutoencoderLossConfig(conversion_backward_once=False, adversarial_fraction=fraction)
+    once = AutoencoderLossConfig(conversion_backward_once=True, adversarial_fraction=fraction)
     torch.manual_seed(1)
     expected = autoencoder_losses(model, batch, twice)
     g_expected = grads(model, expected["loss"])
