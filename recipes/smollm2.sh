@@ -434,7 +434,7 @@ if has trainers; then
         # none trained on this machine: a 20-step one (the denoiser's speed does not depend on its weights)
         log "trainers: no ROC autoencoder; a 20-step one for timing ($ae)"
         train_ae trainers ae_timing configs/autoencoder_roc_smollm2.yaml 256 "${CHOSEN_ARGS[@]}" loop.max_steps=20 \
-            loop.eval_every=100000 data.num_valid_segments=8
+            loop.eval_every=100000 data.num_valid_segments=8 loop.compile=false   # 20 steps: not worth compiling
     fi
     here=$(pwd)
     # a profiled run also names the source line of every host sync inside its steps (once per line;

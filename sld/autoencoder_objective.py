@@ -82,11 +82,12 @@ class AutoencoderLossConfig:
             gradient's backward anyway (a compiled backward computes every gradient of its graph),
             and throw them away without this. The same losses and gradients (tested); bf16 or float32
             (under an fp16 loss scale the kept gradients would be unscaled). None (the default): on
-            for a seq2seq decoder, off for a causal-LM decoder (``once_for``), and the autoencoder
-            trainer turns it off under ``loop.mixed_precision=fp16``. Measured on H100s
-            (docs/results.md, thirty-first session): the from-scratch ROC profile 1.12x the
-            segments/s of the two backwards eager and 1.23x compiled with CUDA graphs; the SmolLM2
-            profile (eager, timing weights) 0.89x, its rate falling over the run.
+            (``runs_conversion_backward_once``), and the autoencoder trainer turns it off under
+            ``loop.mixed_precision=fp16``. Measured on H100s (docs/results.md): the from-scratch ROC
+            profile 1.12x the segments/s of the two backwards eager and 1.23x compiled with CUDA
+            graphs (thirty-first session); the SmolLM2 profile (timing weights) 1.19x compiled with
+            CUDA graphs and 1.05x eager (thirty-second session; 0.89x eager in the thirty-first,
+            its rate falling over that run).
     """
 
     variant: Variant = "noise_robust_contrastive"
@@ -101,15 +102,13 @@ class AutoencoderLossConfig:
     adversarial_rows_apart: bool = False
     conversion_backward_once: bool | None = None
 
-    def once_for(self, causal_decoder: bool) -> bool:
-        """Whether a training step with a decoder of this kind runs the conversion backward once:
-        ``conversion_backward_once`` with its default resolved (None: on unless ``causal_decoder``),
-        where the adversarial term runs and its rows are not decoded apart."""
+    @property
+    def runs_conversion_backward_once(self) -> bool:
+        """Whether a training step runs the conversion backward once: ``conversion_backward_once``
+        (None, the default: on), where the adversarial term runs and its rows are not decoded apart."""
         if not self.uses_adversarial or self.collated_adversarial_apart:
             return False
-        if self.conversion_backward_once is None:
-            return not causal_decoder
-        return self.conversion_backward_once
+        return self.conversion_backward_once is not False
 
     def __post_init__(self) -> None:
         if self.variant not in ("vanilla", "noise_robust", "noise_robust_contrastive"):
@@ -357,10 +356,7 @@ def compute_autoencoder_losses(
     # losses.adversarial_rows_apart: the collator's buckets hold the adversarial rows apart (first)
     apart = training and cfg.collated_adversarial_apart and "adversarial_buckets" in batch
     wants_once = (
-        training
-        and cfg.once_for(causal_decoder=model.is_causal)
-        and torch.is_grad_enabled()
-        and z_in.requires_grad
+        training and cfg.runs_conversion_backward_once and torch.is_grad_enabled() and z_in.requires_grad
     )
     # The FLOP counter's module hooks refuse a backward that asks for parameters' gradients
     # (torch.autograd.graph: "A leaf node was passed to _will_engine_execute_node"): the counted

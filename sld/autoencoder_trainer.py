@@ -83,7 +83,8 @@ class AutoencoderDataConfig:
     (``sld.tokenization.decoder_labels``).
     ``fixed_decoder_length``: every training batch's decoder targets padded to one length, whatever
     its segments' lengths: the decoding budget with ``targets_within_budget``, else
-    ``model.max_segment_tokens``. More padded positions than a batch's longest segment needs (next
+    ``model.max_segment_tokens``. None (the default): on exactly when the compiled blocks replay as
+    CUDA graphs (``loop.compile`` and ``loop.compile_cuda_graphs``, which need one decoder shape). More padded positions than a batch's longest segment needs (next
     to none in random ROC batches of 1,024, nearly every one of which holds a segment at the budget),
     for decoder blocks that meet one shape (the batch size is fixed too: the loader drops a last
     partial batch): with ``loop.compile`` they are then compiled for that shape (torch's default)
@@ -106,7 +107,7 @@ class AutoencoderDataConfig:
     num_train_eval_segments: int = 0
     decoder_buckets: int = 1
     targets_within_budget: bool = False
-    fixed_decoder_length: bool = False
+    fixed_decoder_length: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pair_fraction < 1.0:
@@ -151,13 +152,22 @@ class AutoencoderTrainingConfig:
                 "data.cache_encoder_states needs a frozen encoder, but model.freeze_encoder is false (the "
                 f"encoder {self.model.encoder!r} trains, so its states change): set data.cache_encoder_states=false"
             )
+        if self.data.fixed_decoder_length is None:  # one decoder shape where CUDA graphs need it
+            self.data.fixed_decoder_length = self.loop.compile and self.loop.compile_cuda_graphs
+            if self.data.fixed_decoder_length and self.data.decoder_buckets > 1:
+                raise ValueError(
+                    "loop.compile_cuda_graphs replays the decoder blocks' graphs of one shape (data."
+                    "fixed_decoder_length) and data.decoder_buckets > 1 splits a batch's targets into "
+                    "buckets of varying lengths: set one of them off"
+                )
         if self.data.fixed_decoder_length and self.losses.collated_adversarial_apart:
             raise ValueError(
-                "data.fixed_decoder_length pads every batch's targets to one length and "
-                "losses.adversarial_rows_apart splits them into buckets of varying lengths: set one of them off"
+                "data.fixed_decoder_length (on with loop.compile_cuda_graphs) pads every batch's targets to "
+                "one length and losses.adversarial_rows_apart splits them into buckets of varying lengths: "
+                "set one of them off"
             )
         if self.losses.conversion_backward_once is None and self.loop.mixed_precision == "fp16":
-            self.losses.conversion_backward_once = False  # the default (by decoder kind) cannot run there
+            self.losses.conversion_backward_once = False  # the default (on) cannot run there
         elif self.losses.conversion_backward_once and self.loop.mixed_precision == "fp16":
             raise ValueError(
                 "losses.conversion_backward_once runs the latent gradient's backward without fp16's loss "
@@ -310,10 +320,11 @@ def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
     shape and ``compile_dynamic`` stays torch's default (graphs for the shapes met, made shape-generic
     only in a dimension that changes)."""
     loop = cfg.loop
-    if loop.compile_cuda_graphs and not cfg.data.fixed_decoder_length:
+    if loop.compile and loop.compile_cuda_graphs and not cfg.data.fixed_decoder_length:
         raise ConfigError(
             "loop.compile_cuda_graphs replays the decoder blocks' graphs of one shape: it needs "
-            "data.fixed_decoder_length=true (else every step brings new shapes)"
+            "data.fixed_decoder_length (its default with loop.compile_cuda_graphs; set false here), else "
+            "every step brings new shapes"
         )
     if loop.compile and loop.compile_dynamic is None and not cfg.data.fixed_decoder_length:
         logger.info(
@@ -344,12 +355,10 @@ def train_autoencoder(cfg: AutoencoderTrainingConfig) -> TrainedAutoencoder:
         sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
     if cfg.losses.uses_adversarial:
-        once = cfg.losses.once_for(causal_decoder=model.is_causal)
         logger.info(
-            "the conversion pass backpropagated %s a step (losses.conversion_backward_once=%s, a %s decoder)",
-            "once" if once else "twice",
+            "the conversion pass backpropagated %s a step (losses.conversion_backward_once=%s)",
+            "once" if cfg.losses.runs_conversion_backward_once else "twice",
             cfg.losses.conversion_backward_once,
-            "causal-LM" if model.is_causal else "seq2seq",
         )
 
     if cfg.data.cache_encoder_states:

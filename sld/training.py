@@ -143,7 +143,9 @@ class LoopConfig:
     ``compile_dynamic``: ``torch.compile``'s ``dynamic`` for the blocks (True: shape-generic graphs from
     the first step, for batches whose shapes change at every step; None: torch's default).
     ``compile_cuda_graphs``: with ``compile``, the blocks' fixed-shape graphs replay as CUDA graphs
-    (a GPU; shortens the host's time per block call: ``sld.compilation.compile_model``).
+    (a GPU; shortens the host's time per block call: ``sld.compilation.compile_model``); without
+    ``compile`` it does nothing, which ``fit`` logs (a config that turns both on, as the SmolLM2
+    autoencoder's, then trains eagerly with ``loop.compile=false`` alone).
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
     ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after
     ``profile_after`` warm-up steps (default 3: the FLOP count, compilation; a run whose first steps
@@ -192,8 +194,6 @@ class LoopConfig:
             raise ValueError(f"peak_tflops must be > 0 or null, got {self.peak_tflops}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0 or null, got {self.max_minutes}")
-        if self.compile_cuda_graphs and not self.compile:
-            raise ValueError("compile_cuda_graphs needs compile: true (it sets how compiled blocks run)")
         if self.compile_cuda_graphs and self.compile_dynamic:
             raise ValueError(
                 "compile_cuda_graphs replays graphs of fixed shapes, and compile_dynamic: true makes "
@@ -507,6 +507,10 @@ def fit(
             dynamic=loop.compile_dynamic,
             cuda_graphs=loop.compile_cuda_graphs,
         )
+    elif loop.compile_cuda_graphs:
+        logger.info(
+            "loop.compile_cuda_graphs=true does nothing with loop.compile=false: the blocks run eagerly"
+        )
     # torch's fused AdamW exists for CUDA and CPU: on 2 CPU cores it took 0.40x the time of the
     # per-parameter loop on the ROC autoencoder's 45M trainable parameters (docs/results.md)
     fused = optim.fused if optim.fused is not None else accelerator.device.type in ("cuda", "cpu")
@@ -703,7 +707,7 @@ def fit(
         random = MicroBatch.for_micro_batch(loop.seed, state.step, micro_in_step)
         # a step of the CUDA-graph trees per optimizer step: the gradients accumulated over its
         # micro-batches may live in the graphs' memory until the optimizer has read them
-        cuda_graph_step(loop.compile_cuda_graphs and micro_in_step == 0)
+        cuda_graph_step(loop.compile and loop.compile_cuda_graphs and micro_in_step == 0)
         with counter:
             with profiler.phase("sld.loss_fn"), in_micro_batch(random), compiled_losses(loop.compile):
                 terms = loss_fn(model, batch)

@@ -180,10 +180,12 @@ def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_othe
     assert loop("data.decoder_buckets=3").compile_dynamic is None  # not compiled
     # targets of one length: graphs for the shapes met (torch's default), unless told otherwise
     assert loop("loop.compile=true", "data.fixed_decoder_length=true").compile_dynamic is None
-    # CUDA graphs replay one shape: the decoder's targets must have one length (the error names the key)
+    # CUDA graphs replay one shape: the decoder's targets have one length by default then, and set
+    # otherwise the error names the key
     assert loop(*cuda_graphs, "data.fixed_decoder_length=true").compile_dynamic is None
-    with pytest.raises(ConfigError, match="data.fixed_decoder_length=true"):
-        loop(*cuda_graphs)
+    assert loop(*cuda_graphs).compile_dynamic is None
+    with pytest.raises(ConfigError, match="data.fixed_decoder_length .*set false here"):
+        loop(*cuda_graphs, "data.fixed_decoder_length=false")
     assert loop(
         "loop.compile=true", "data.fixed_decoder_length=true", "loop.compile_dynamic=true"
     ).compile_dynamic
@@ -224,7 +226,26 @@ def test_fixed_decoder_length_trains_on_targets_of_one_length(tmp_path, monkeypa
         assert len(set(widths)) > 1 and max(widths) <= budget
 
 
+@pytest.mark.parametrize(
+    "overrides, fixed",
+    [
+        ((), False),
+        (("loop.compile=true",), False),
+        (("loop.compile_cuda_graphs=true",), False),  # not compiled: no graphs, no padding
+        (("loop.compile=true", "loop.compile_cuda_graphs=true"), True),
+        (("loop.compile=true", "loop.compile_cuda_graphs=true", "data.fixed_decoder_length=false"), False),
+        (("data.fixed_decoder_length=true",), True),
+    ],
+)
+def test_the_decoder_length_is_fixed_by_default_where_cuda_graphs_need_it(tmp_path, overrides, fixed):
+    assert tiny_training_config(tmp_path, *overrides).data.fixed_decoder_length is fixed
+
+
 def test_a_fixed_decoder_length_with_buckets_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="loop.compile_cuda_graphs .* data.decoder_buckets > 1"):
+        tiny_training_config(
+            tmp_path, "loop.compile=true", "loop.compile_cuda_graphs=true", "data.decoder_buckets=2"
+        )
     with pytest.raises(ValueError, match="data.fixed_decoder_length"):
         tiny_training_config(tmp_path, "data.fixed_decoder_length=true", "data.decoder_buckets=2")
     with pytest.raises(ValueError, match="losses.adversarial_rows_apart"):
@@ -244,24 +265,17 @@ def test_the_conversion_backward_once_under_fp16_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("precision, setting", [("bf16", None), ("no", None), ("fp16", False)])
-def test_the_conversion_backward_once_is_left_to_the_decoder_kind_except_under_fp16(
-    tmp_path, precision, setting
-):
+def test_the_conversion_backward_once_is_left_to_its_default_except_under_fp16(tmp_path, precision, setting):
     cfg = tiny_training_config(tmp_path, f"loop.mixed_precision={precision}")
     assert cfg.losses.conversion_backward_once is setting
 
 
-@pytest.mark.parametrize(
-    "setting, seq2seq, causal", [(None, True, False), (True, True, True), (False, False, False)]
-)
-def test_the_conversion_backward_once_default_is_on_for_a_seq2seq_decoder_only(setting, seq2seq, causal):
-    cfg = AutoencoderLossConfig(conversion_backward_once=setting)
-    assert (cfg.once_for(causal_decoder=False), cfg.once_for(causal_decoder=True)) == (seq2seq, causal)
+@pytest.mark.parametrize("setting, runs", [(None, True), (True, True), (False, False)])
+def test_the_conversion_backward_once_is_on_by_default(setting, runs):
+    assert AutoencoderLossConfig(conversion_backward_once=setting).runs_conversion_backward_once is runs
     # nothing to run once without the adversarial term, or with its rows decoded apart
     for other in ({"variant": "vanilla"}, {"adversarial_fraction": 0.5, "adversarial_rows_apart": True}):
-        assert not AutoencoderLossConfig(conversion_backward_once=True, **other).once_for(
-            causal_decoder=False
-        )
+        assert not AutoencoderLossConfig(conversion_backward_once=True, **other).runs_conversion_backward_once
 
 
 def test_a_run_with_the_conversion_backward_once_trains_and_counts_its_flops(tmp_path, monkeypatch, caplog):

@@ -306,7 +306,6 @@ def test_new_loop_settings_are_validated():
         dict(peak_tflops=0.0),
         dict(max_minutes=0),
         dict(keep_checkpoints=0),
-        dict(compile_cuda_graphs=True),  # without compile
         dict(compile=True, compile_cuda_graphs=True, compile_dynamic=True),
     ):
         with pytest.raises(ValueError, match=next(reversed(bad))):
@@ -388,6 +387,21 @@ def test_a_run_with_cuda_graphs_marks_every_optimizer_step_as_a_new_graph_step(t
     fit(TwoBlocks(), IndexDataset(36), collate, net_loss, tmp_path / "run", OptimConfig(lr=1e-2), loop)
     assert [s["cuda_graphs"] for s in settings] == [True]
     assert marks == [True, False] * 3  # 3 steps of 2 micro-batches
+
+
+def test_cuda_graphs_without_compile_train_eagerly_and_say_so(tmp_path, monkeypatch, caplog):
+    """A config that turns ``compile`` and ``compile_cuda_graphs`` on (the SmolLM2 autoencoder's), run
+    with ``loop.compile=false``: nothing compiled, no graph step marked, one log line saying so."""
+    import sld.training as training
+
+    compiled, marks = [], []
+    monkeypatch.setattr(training, "compile_model", lambda model, **kw: compiled.append(kw) or model)
+    monkeypatch.setattr(training, "cuda_graph_step", marks.append)
+    loop = loop_config(max_steps=2, batch_size=6, compile_cuda_graphs=True)
+    with caplog.at_level("INFO", logger="sld.training"):
+        fit(TwoBlocks(), IndexDataset(36), collate, net_loss, tmp_path / "run", OptimConfig(lr=1e-2), loop)
+    assert compiled == [] and not any(marks)
+    assert "loop.compile_cuda_graphs=true does nothing with loop.compile=false" in caplog.text
 
 
 def test_a_time_budget_that_ends_before_the_decay_is_reported(caplog):
