@@ -326,6 +326,14 @@ def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
             "data.fixed_decoder_length (its default with loop.compile_cuda_graphs; set false here), else "
             "every step brings new shapes"
         )
+    if loop.compile and loop.compile_cuda_graphs and cfg.losses.collated_adversarial_fraction < 1.0:
+        logger.warning(
+            "loop.compile_cuda_graphs with losses.adversarial_fraction=%g: the adversarial pass decodes "
+            "fewer rows than the conversion pass, so the decoder blocks meet two batch sizes, are compiled "
+            "again shape-generic and run without CUDA graphs (0.77x the segments/s of the fraction 1.0 on "
+            "an H100, docs/results.md, thirty-second session)",
+            cfg.losses.adversarial_fraction,
+        )
     if loop.compile and loop.compile_dynamic is None and not cfg.data.fixed_decoder_length:
         logger.info(
             "loop.compile: the blocks are compiled for any batch size and length (loop.compile_dynamic=true; "

@@ -191,6 +191,21 @@ def test_the_compiled_autoencoder_compiles_shape_generic_blocks_unless_told_othe
     ).compile_dynamic
 
 
+def test_cuda_graphs_with_a_share_of_adversarial_rows_warn_that_the_decoder_runs_without_them(caplog):
+    def warned(*overrides):
+        caplog.clear()
+        cfg = load_config(AutoencoderTrainingConfig, CONFIGS / "autoencoder_roc.yaml", list(overrides))
+        with caplog.at_level("WARNING", logger="sld.train_autoencoder"):
+            training_loop(cfg)
+        return "run without CUDA graphs" in caplog.text
+
+    cuda_graphs = ("loop.compile=true", "loop.compile_cuda_graphs=true")
+    assert warned(*cuda_graphs, "losses.adversarial_fraction=0.25")
+    assert not warned(*cuda_graphs)
+    assert not warned("loop.compile=true", "losses.adversarial_fraction=0.25")  # no graphs to lose
+    assert not warned(*cuda_graphs, "losses.adversarial_fraction=0.25", "losses.variant=vanilla")  # no term
+
+
 @pytest.mark.parametrize("fixed", [False, True])
 def test_fixed_decoder_length_trains_on_targets_of_one_length(tmp_path, monkeypatch, fixed):
     """``data.fixed_decoder_length``: every training batch the trainer collates has labels as wide as
