@@ -84,11 +84,12 @@ class AutoencoderDataConfig:
     ``fixed_decoder_length``: every training batch's decoder targets padded to one length, whatever
     its segments' lengths: the decoding budget with ``targets_within_budget``, else
     ``model.max_segment_tokens``. None (the default): on exactly when the compiled blocks replay as
-    CUDA graphs (``loop.compile`` and ``loop.compile_cuda_graphs``, which need one decoder shape). More padded positions than a batch's longest segment needs (next
-    to none in random ROC batches of 1,024, nearly every one of which holds a segment at the budget),
-    for decoder blocks that meet one shape (the batch size is fixed too: the loader drops a last
-    partial batch): with ``loop.compile`` they are then compiled for that shape (torch's default)
-    instead of shape-generic. The compressor's inputs still vary (the segments' lengths, the rows of
+    CUDA graphs (``loop.compile`` and ``loop.compile_cuda_graphs``, which need one decoder shape).
+    More padded positions than a batch's longest segment needs (next to none in random ROC batches
+    of 1,024, nearly every one of which holds a segment at the budget), for decoder blocks that meet
+    one shape (the batch size is fixed too: the loader drops a last partial batch): with
+    ``loop.compile`` they are then compiled for that shape (torch's default) instead of
+    shape-generic. The compressor's inputs still vary (the segments' lengths, the rows of
     paraphrases and negatives); torch compiles its blocks again, shape-generic in what changed.
     Not with ``decoder_buckets`` > 1 or ``losses.adversarial_rows_apart``.
     """
