@@ -34,3 +34,17 @@ def test_a_shipped_config_loads(path, cls):
 
 def test_every_stage_has_shipped_configs():
     assert all(shipped(prefix) for prefix in STAGES)
+
+
+@pytest.mark.parametrize("name", ["autoencoder_roc_smollm2.yaml", "autoencoder_dialogsum_smollm2.yaml"])
+def test_the_smollm2_autoencoders_compile_with_cuda_graphs_unless_told_not_to(name):
+    """Their step waits on the host eagerly (docs/results.md, thirty-second session): compiled, the
+    blocks replayed as CUDA graphs on one decoder shape; ``loop.compile=false`` alone gives the eager,
+    unpadded run."""
+    compiled = load_config(AutoencoderTrainingConfig, CONFIGS / name)
+    assert compiled.loop.compile and compiled.loop.compile_cuda_graphs
+    assert compiled.data.fixed_decoder_length is True
+    eager = load_config(AutoencoderTrainingConfig, CONFIGS / name, ["loop.compile=false"])
+    assert eager.data.fixed_decoder_length is False
+    # every from-scratch profile stays eager (its cold-cache compile costs most of a short run)
+    assert not load_config(AutoencoderTrainingConfig, CONFIGS / "autoencoder_roc.yaml").loop.compile
