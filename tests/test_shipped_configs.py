@@ -46,5 +46,5 @@ def test_the_smollm2_autoencoders_compile_with_cuda_graphs_unless_told_not_to(na
     assert compiled.data.fixed_decoder_length is True
     eager = load_config(AutoencoderTrainingConfig, CONFIGS / name, ["loop.compile=false"])
     assert eager.data.fixed_decoder_length is False
-    # every from-scratch profile stays eager (its cold-cache compile costs most of a short run)
+    # the from-scratch ROC profile stays eager (its cold-cache compile costs most of a short run)
     assert not load_config(AutoencoderTrainingConfig, CONFIGS / "autoencoder_roc.yaml").loop.compile
