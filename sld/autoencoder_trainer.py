@@ -154,7 +154,7 @@ class AutoencoderTrainingConfig:
                 f"encoder {self.model.encoder!r} trains, so its states change): set data.cache_encoder_states=false"
             )
         if self.data.fixed_decoder_length is None:  # one decoder shape where CUDA graphs need it
-            self.data.fixed_decoder_length = self.loop.compile and self.loop.compile_cuda_graphs
+            self.data.fixed_decoder_length = self.loop.replays_cuda_graphs
             if self.data.fixed_decoder_length and self.data.decoder_buckets > 1:
                 raise ValueError(
                     "loop.compile_cuda_graphs replays the decoder blocks' graphs of one shape (data."
@@ -321,13 +321,13 @@ def training_loop(cfg: AutoencoderTrainingConfig) -> LoopConfig:
     shape and ``compile_dynamic`` stays torch's default (graphs for the shapes met, made shape-generic
     only in a dimension that changes)."""
     loop = cfg.loop
-    if loop.compile and loop.compile_cuda_graphs and not cfg.data.fixed_decoder_length:
+    if loop.replays_cuda_graphs and not cfg.data.fixed_decoder_length:
         raise ConfigError(
             "loop.compile_cuda_graphs replays the decoder blocks' graphs of one shape: it needs "
             "data.fixed_decoder_length (its default with loop.compile_cuda_graphs; set false here), else "
             "every step brings new shapes"
         )
-    if loop.compile and loop.compile_cuda_graphs and cfg.losses.collated_adversarial_fraction < 1.0:
+    if loop.replays_cuda_graphs and cfg.losses.collated_adversarial_fraction < 1.0:
         logger.warning(
             "loop.compile_cuda_graphs with losses.adversarial_fraction=%g: the adversarial pass decodes "
             "fewer rows than the conversion pass, so the decoder blocks meet two batch sizes, are compiled "

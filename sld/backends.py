@@ -21,8 +21,8 @@
   mask and its cross-attention an all-zero one, so torch runs the memory-efficient kernels there:
   16.7 ms of a CUDA-graph ROC autoencoder step's 77.6 ms of device time were attention on an H100,
   2026-12-06; ``math`` under ``loop.compile`` hands the products and the softmax to Inductor: 1.06x
-  the segments/s of that CUDA-graph step on an H100, docs/results.md, thirty-first session). Unset, torch picks: flash attention where no mask
-  is given, whose backward took 0.77 ms per call on 1,024 x 8 heads of 16 latents in the H200 profile
+  the segments/s of that CUDA-graph step on an H100, docs/results.md, thirty-first session). Unset,
+  torch picks: flash attention where no mask is given, whose backward took 0.77 ms per call on 1,024 x 8 heads of 16 latents in the H200 profile
   of 2026-12-04 (9 calls a step, 7% of the GPU's time), against 0.21 ms for the memory-efficient
   kernel's backward at the decoder's similar shapes. Over whole steps torch's choice won all the
   same (H200, fifteenth session, ROC autoencoder, steps 100-250: 6,401 segments/s unset against 5,163

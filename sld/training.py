@@ -200,6 +200,11 @@ class LoopConfig:
                 "every block shape-generic: leave compile_dynamic unset (or false)"
             )
 
+    @property
+    def replays_cuda_graphs(self) -> bool:
+        """Whether compiled blocks replay as CUDA graphs: ``compile_cuda_graphs`` with ``compile``."""
+        return self.compile and self.compile_cuda_graphs
+
 
 @dataclass
 class LoopState:
@@ -707,7 +712,7 @@ def fit(
         random = MicroBatch.for_micro_batch(loop.seed, state.step, micro_in_step)
         # a step of the CUDA-graph trees per optimizer step: the gradients accumulated over its
         # micro-batches may live in the graphs' memory until the optimizer has read them
-        cuda_graph_step(loop.compile and loop.compile_cuda_graphs and micro_in_step == 0)
+        cuda_graph_step(loop.replays_cuda_graphs and micro_in_step == 0)
         with counter:
             with profiler.phase("sld.loss_fn"), in_micro_batch(random), compiled_losses(loop.compile):
                 terms = loss_fn(model, batch)

@@ -5,36 +5,29 @@ from __future__ import annotations
 from sld.allocator_stats import AllocatorCounters
 
 
+def memory_stats(allocs: int, frees: int, retries: int, reserved: int) -> dict[str, int]:
+    """The ``torch.cuda.memory_stats`` entries the counters read (totals since the process started)."""
+    return {
+        "num_device_alloc": allocs,
+        "num_device_free": frees,
+        "num_alloc_retries": retries,
+        "reserved_bytes.all.current": reserved,
+    }
+
+
+def logged(mallocs: float, frees: float, retries: float, reserved_gib: float) -> dict[str, float]:
+    return {
+        "train/reserved_gib": reserved_gib,
+        "train/cuda_mallocs": mallocs,
+        "train/cuda_frees": frees,
+        "train/allocator_retries": retries,
+    }
+
+
 def test_counters_are_counted_since_the_previous_row_and_reserved_memory_is_current():
     counters = AllocatorCounters()
-    first = counters.row(
-        {
-            "num_device_alloc": 40,
-            "num_device_free": 2,
-            "num_alloc_retries": 0,
-            "reserved_bytes.all.current": 2**31,
-        }
-    )
-    assert first == {
-        "train/reserved_gib": 2.0,
-        "train/cuda_mallocs": 40,
-        "train/cuda_frees": 2,
-        "train/allocator_retries": 0,
-    }
-    second = counters.row(
-        {
-            "num_device_alloc": 43,
-            "num_device_free": 5,
-            "num_alloc_retries": 1,
-            "reserved_bytes.all.current": 2**30,
-        }
-    )
-    assert second == {
-        "train/reserved_gib": 1.0,
-        "train/cuda_mallocs": 3,
-        "train/cuda_frees": 3,
-        "train/allocator_retries": 1,
-    }
+    assert counters.row(memory_stats(40, 2, 0, 2**31)) == logged(40, 2, 0, 2.0)
+    assert counters.row(memory_stats(43, 5, 1, 2**30)) == logged(3, 3, 1, 1.0)
 
 
 def test_a_counter_the_torch_release_lacks_is_left_out():
