@@ -8,7 +8,13 @@
   from batch to batch (length-grouped batches) and from step to step of a decode (a growing KV cache);
   the most likely cause is a cuDNN execution plan built for every new shape. The flash and
   memory-efficient kernels take any shape without planning. The speed-up this gives has not been
-  measured yet (recorded in docs/results.md once it is).
+  measured yet (recorded in docs/results.md once it is). ``SLD_CUDNN_ATTENTION=first`` turns it on
+  and puts it first in torch's order of kernels: torch otherwise takes flash attention where no mask
+  is given and the memory-efficient kernels where one is, before cuDNN (its default order: flash,
+  memory-efficient, math, cuDNN). For models of fixed shapes (the compiled paper-size denoiser, whose
+  every attention call passes a key mask and ran the memory-efficient kernels: 11% of its device
+  time on an H100, docs/results.md, thirtieth session); ``examples/masked_attention_kernels.py``
+  times each kernel at such shapes.
 * ``SLD_CUDA_MEMORY_FRACTION`` (e.g. ``0.24``) caps this process's share of its GPU's memory. Several
   runs on one card (the recipes train SLD and the AR baseline side by side) otherwise each keep the
   memory of their own peak cached, and the sum of the peaks ran the card out of memory (the first H200
@@ -50,19 +56,38 @@ SYNC_DEBUG_MODES = ("warn", "error")
 SHORT_ATTENTION_ENV = "SLD_SHORT_ATTENTION"
 
 
-def configure_attention(cudnn: bool | None = None) -> bool:
+def cudnn_attention_mode() -> str:
+    """``SLD_CUDNN_ATTENTION``: ``off`` (unset or ``0``), ``on`` (``1``) or ``first``."""
+    from sld.errors import UserError
+
+    raw = os.environ.get(CUDNN_ATTENTION_ENV, "").strip().lower()
+    modes = {"": "off", "0": "off", "1": "on", "first": "first"}
+    if raw not in modes:
+        raise UserError(f"{CUDNN_ATTENTION_ENV}={raw!r}: expected 0, 1 or first")
+    return modes[raw]
+
+
+def configure_attention(cudnn: bool | str | None = None) -> bool:
     """Enable or disable the cuDNN attention backend of ``scaled_dot_product_attention``.
 
-    ``cudnn`` None: on only when ``SLD_CUDNN_ATTENTION=1``. Returns the setting applied. No effect
-    without CUDA (the backend is CUDA-only).
+    ``cudnn``: True/False, ``"first"`` (on, and first in torch's priority order of the kernels), or
+    None: what ``SLD_CUDNN_ATTENTION`` says (off when unset). Returns whether the backend is on. Takes
+    effect on CUDA only (the backend is CUDA-only); the priority order is process-wide.
     """
     import torch
 
     if cudnn is None:
-        cudnn = os.environ.get(CUDNN_ATTENTION_ENV, "0") == "1"
+        cudnn = {"off": False, "on": True, "first": "first"}[cudnn_attention_mode()]
     if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(cudnn)
-    return cudnn
+        torch.backends.cuda.enable_cudnn_sdp(bool(cudnn))
+    if cudnn == "first":
+        from torch.nn.attention import SDPBackend
+
+        order = list(torch._C._get_sdp_priority_order())
+        cudnn_id = int(SDPBackend.CUDNN_ATTENTION)
+        torch._C._set_sdp_priority_order([cudnn_id] + [b for b in order if b != cudnn_id])
+        logger.info("cuDNN attention first in the order of attention kernels (%s=first)", CUDNN_ATTENTION_ENV)
+    return bool(cudnn)
 
 
 def memory_fraction_from_env() -> float | None:
@@ -156,6 +181,7 @@ __all__ = [
     "SYNC_DEBUG_ENV",
     "configure_attention",
     "configure_memory_share",
+    "cudnn_attention_mode",
     "guarded_step",
     "memory_fraction_from_env",
     "short_attention_backends",

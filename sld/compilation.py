@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 import torch._functorch.config  # not imported by `import torch`: retained_graphs patches it
@@ -82,11 +83,14 @@ def inductor_options(
     max_autotune: bool = False,
     dynamic: bool | None = None,
     cuda_graphs: bool = False,
+    extra_options: Mapping[str, Any] | None = None,
 ) -> dict:
     """Inductor's options for what sld compiles (the repeated blocks, ``compiled_losses``' token
     cross-entropy): ``INDUCTOR_OPTIONS``, ``max_autotune`` and ``cuda_graphs`` when asked (see
     ``compile_model``), and no mix-order reductions in shape-generic graphs
-    (``dynamic=True``) on a torch older than ``MIX_ORDER_DYNAMIC_FIXED_IN`` (see the module docstring)."""
+    (``dynamic=True``) on a torch older than ``MIX_ORDER_DYNAMIC_FIXED_IN`` (see the module docstring).
+    ``extra_options`` (``loop.compile_options``) come last, over all of these; a name Inductor does not
+    know is a ``ConfigError`` naming the key."""
     options = dict(INDUCTOR_OPTIONS)
     if max_autotune:
         options["max_autotune"] = True
@@ -96,6 +100,15 @@ def inductor_options(
         options["graph_partition"] = False  # see compile_model
     if dynamic and torch.torch_version.TorchVersion(torch.__version__) < MIX_ORDER_DYNAMIC_FIXED_IN:
         options["triton.mix_order_reduction"] = False
+    if extra_options:
+        known = set(torch._inductor.list_options())
+        unknown = sorted(str(name) for name in extra_options if name not in known)
+        if unknown:
+            raise ConfigError(
+                f"loop.compile_options: Inductor has no option {', '.join(map(repr, unknown))} "
+                "(the names of torch._inductor.config, e.g. coordinate_descent_tuning)"
+            )
+        options.update(extra_options)
     return options
 
 
@@ -121,6 +134,7 @@ def compile_model(
     max_autotune: bool = False,
     dynamic: bool | None = None,
     cuda_graphs: bool = False,
+    extra_options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Compile ``model``'s repeated blocks in place and return ``model``; a model without repeated
     blocks is returned as ``torch.compile(model)`` (unwrap it with ``_orig_mod``). ``backend``:
@@ -148,7 +162,8 @@ def compile_model(
     partition stopped at an illegal memory access, with and without its regularisers; whole block
     graphs ran, 1.11x the compiled step's segments/s. (Inductor's C++ wrapper, ``cpp_wrapper``, the
     other way to shorten a call, crashed the same autoencoder's first step there with a segmentation
-    fault: not offered.)"""
+    fault: not offered.) ``extra_options``: more Inductor options (``loop.compile_options``,
+    ``inductor_options``)."""
     blocks = repeated_blocks(model)
     if only is not None:
         found = sorted({type(b).__name__ for b in blocks})
@@ -162,7 +177,9 @@ def compile_model(
     if backend != "inductor" and cuda_graphs:
         raise ConfigError(f"loop.compile_cuda_graphs is Inductor's: backend={backend!r}")
     options = (
-        {"options": inductor_options(max_autotune, dynamic, cuda_graphs)} if backend == "inductor" else {}
+        {"options": inductor_options(max_autotune, dynamic, cuda_graphs, extra_options)}
+        if backend == "inductor"
+        else {}
     )
     if not blocks:
         logger.info("compiling %s whole (no repeated blocks found)", type(model).__name__)

@@ -145,7 +145,9 @@ class LoopConfig:
     ``compile_cuda_graphs``: with ``compile``, the blocks' fixed-shape graphs replay as CUDA graphs
     (a GPU; shortens the host's time per block call: ``sld.compilation.compile_model``); without
     ``compile`` it does nothing, which ``fit`` logs (a config that turns both on, as the SmolLM2
-    autoencoder's, then trains eagerly with ``loop.compile=false`` alone).
+    autoencoder's, then trains eagerly with ``loop.compile=false`` alone). ``compile_options``: more
+    Inductor options for the compiled blocks, by their names in ``torch._inductor.config`` (e.g.
+    ``{coordinate_descent_tuning: true}``; ``sld.compilation.inductor_options``), over sld's own.
     ``tracker``: where metrics go besides ``metrics.jsonl`` (``auto``: TensorBoard in
     ``<output_dir>/tensorboard`` when installed). ``profile_steps``: profile that many steps after
     ``profile_after`` warm-up steps (default 3: the FLOP count, compilation; a run whose first steps
@@ -175,6 +177,7 @@ class LoopConfig:
     compile_max_autotune: bool = False
     compile_dynamic: bool | None = None
     compile_cuda_graphs: bool = False
+    compile_options: dict[str, Any] | None = None
     tracker: Literal["none", "tensorboard", "auto"] = "auto"
     profile_steps: int = 0
     profile_after: int = PROFILE_WARMUP_STEPS
@@ -511,6 +514,7 @@ def fit(
             max_autotune=loop.compile_max_autotune,
             dynamic=loop.compile_dynamic,
             cuda_graphs=loop.compile_cuda_graphs,
+            extra_options=loop.compile_options,
         )
     elif loop.compile_cuda_graphs:
         logger.info(

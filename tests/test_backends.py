@@ -23,6 +23,24 @@ def test_cudnn_attention_is_off_unless_asked_for(monkeypatch):
     configure_attention(False)
 
 
+def test_cudnn_attention_first_leads_the_priority_order_and_bad_values_name_the_variable(monkeypatch):
+    from torch.nn.attention import SDPBackend
+
+    before = list(torch._C._get_sdp_priority_order())
+    monkeypatch.setenv(CUDNN_ATTENTION_ENV, "first")
+    try:
+        assert configure_attention() is True
+        order = list(torch._C._get_sdp_priority_order())
+        assert order[0] == int(SDPBackend.CUDNN_ATTENTION)
+        assert sorted(order) == sorted(before)
+    finally:
+        torch._C._set_sdp_priority_order(before)
+        configure_attention(False)
+    monkeypatch.setenv(CUDNN_ATTENTION_ENV, "yes")
+    with pytest.raises(UserError, match=CUDNN_ATTENTION_ENV):
+        configure_attention()
+
+
 def test_memory_share_is_read_and_checked(monkeypatch):
     monkeypatch.delenv(MEMORY_FRACTION_ENV, raising=False)
     assert memory_fraction_from_env() is None

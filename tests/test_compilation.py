@@ -151,6 +151,24 @@ def test_inductor_accepts_every_block_option():
         assert torch._inductor.config.triton.cudagraphs and not torch._inductor.config.graph_partition
 
 
+def test_extra_inductor_options_come_last_and_unknown_names_are_config_errors(monkeypatch):
+    """``loop.compile_options`` reaches each block's ``compile`` over sld's own options; a name that
+    is not in ``torch._inductor.config`` fails before anything compiles, naming the key."""
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    extra = {"coordinate_descent_tuning": True, "triton.coalesce_tiling_analysis": True}
+    compile_model(tiny_dit(depth=2), extra_options=extra)
+    assert len(calls) == 2
+    assert calls[0]["options"]["coordinate_descent_tuning"] is True
+    assert calls[0]["options"]["triton.coalesce_tiling_analysis"] is True  # over INDUCTOR_OPTIONS' False
+    calls.clear()
+    with pytest.raises(
+        ConfigError, match=r"loop.compile_options: Inductor has no option 'coordinate_descent'"
+    ):
+        compile_model(tiny_dit(depth=2), extra_options={"coordinate_descent": True})
+    assert calls == []
+
+
 def test_cuda_graphs_reach_inductor_without_graph_partitions_and_need_it(monkeypatch):
     """``cuda_graphs``: Inductor's CUDA graphs, for fixed-shape graphs only, over whole graphs (its
     graph partitions stopped the autoencoder on an H100). It means nothing to another backend: asking
@@ -272,3 +290,12 @@ def test_retained_graphs_compiles_backward_functions_without_donated_buffers():
     with retained_graphs():
         assert not torch._functorch.config.donated_buffer
     assert torch._functorch.config.donated_buffer
+
+
+def test_compile_options_are_set_one_at_a_time_from_the_command_line():
+    from sld.config import load_config
+    from sld.training import LoopConfig
+
+    loop = load_config(LoopConfig, overrides=["compile_options.coordinate_descent_tuning=true"])
+    assert loop.compile_options == {"coordinate_descent_tuning": True}
+    assert load_config(LoopConfig).compile_options is None

@@ -212,3 +212,29 @@ def test_qk_norm_keeps_the_fused_kernel_in_bf16_and_trains_its_weight(monkeypatc
     got.float().pow(2).sum().backward()
     assert norm.weight.grad is not None and norm.weight.grad.dtype == torch.float32
     assert norm.weight.grad.abs().sum() > 0
+
+
+def test_long_skip_joined_in_the_block_equals_the_linear_of_the_concatenation():
+    """``join_skip``'s two products over the weight's halves are U-ViT's Linear(concat(x, skip)), with
+    the same gradients for x, skip and the weight; a block refuses a missing or a surplus skip."""
+    torch.manual_seed(0)
+    model = tiny_dit(depth=4)
+    randomize_zero_init(model)
+    receiving = model.blocks[3]
+    assert receiving.skip_linear is not None and model.blocks[0].skip_linear is None
+    x = torch.randn(2, 6, model.config.width, requires_grad=True)
+    skip = torch.randn(2, 6, model.config.width, requires_grad=True)
+    joined = receiving.join_skip(x, skip)
+    reference = receiving.skip_linear(torch.cat([x, skip], dim=-1))
+    torch.testing.assert_close(joined, reference)
+    grads = torch.autograd.grad(joined.square().sum(), (x, skip, receiving.skip_linear.weight))
+    reference_grads = torch.autograd.grad(reference.square().sum(), (x, skip, receiving.skip_linear.weight))
+    for got, want in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, want)
+    cond = torch.randn(2, model.config.width)
+    context = torch.randn(2, 3, model.config.width)
+    context_mask = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="needs its 'skip'"):
+        receiving(x, cond, None, context, context_mask)
+    with pytest.raises(ValueError, match="takes none"):
+        model.blocks[0](x, cond, None, context, context_mask, skip)

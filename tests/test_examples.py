@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -405,3 +406,29 @@ def test_unmasked_batches_counts_the_batches_without_a_padded_segment(tmp_path, 
         shares.append(unmasked.unmasked_share(batches, counts, 3))
     assert set(shares) <= {0.5, 0.75} and random == pytest.approx(sum(shares) / 5)
     assert "| 8 | " in capsys.readouterr().out
+
+
+def test_masked_attention_kernels_times_what_runs_and_names_what_refuses(capsys):
+    args = [
+        "--batch",
+        "2",
+        "--heads",
+        "2",
+        "--queries",
+        "4",
+        "--keys",
+        "4",
+        "3",
+        "--head-dim",
+        "8",
+        "--repeat",
+        "1",
+    ]
+    rows = load_example("masked_attention_kernels").main(args)
+    assert [row["keys"] for row in rows] == [4] * 4 + [3] * 4
+    timed = {row["kernel"] for row in rows if row["ms"] is not None}
+    assert "math" in timed
+    out = capsys.readouterr().out
+    assert "L_k=3" in out and "max |out - math| 0.00e+00" in out
+    if not torch.cuda.is_available():  # the fused masked kernels are CUDA's
+        assert out.count("efficient       not available") == 2
