@@ -36,6 +36,11 @@ class TimeBudget:
     planned from the reduced numbers alone, so every process plans the same step: about every
     ``MAX_CHECK_SECONDS``, and ever more often as the budget runs out (half the remaining time
     ahead), so a run overshoots its budget by at most about one step.
+
+    ``projected_steps``: after the second check, the step the budget is projected to end at: the
+    step rate measured from the first check (past a run's first step, which counts FLOPs and may
+    compile) to the latest, over the budget's remaining seconds; the same on every process. It spans
+    the learning-rate decay of ``optim.decay_over=budget`` (``sld.training``).
     """
 
     MAX_CHECK_SECONDS = 5.0
@@ -48,6 +53,8 @@ class TimeBudget:
         self.elapsed = elapsed
         self.next_check = step + 1
         self.last: tuple[float, int] | None = None
+        self.first: tuple[float, int] | None = None  # (seconds spent, step) at the first check
+        self.projected_steps: int | None = None
         self.checks = 0
 
     def exhausted(self, step: int) -> bool:
@@ -58,6 +65,11 @@ class TimeBudget:
         spent = float(self.accelerator.reduce(now, reduction="max").item())
         if spent >= self.seconds:
             return True
+        if self.first is None:
+            self.first = (spent, step)
+        elif step > self.first[1] and spent > self.first[0]:
+            steps_per_second = (step - self.first[1]) / (spent - self.first[0])
+            self.projected_steps = step + int((self.seconds - spent) * steps_per_second)
         interval = 1
         if self.last is not None and step > self.last[1] and spent > self.last[0]:
             seconds_per_step = (spent - self.last[0]) / (step - self.last[1])

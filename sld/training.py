@@ -109,6 +109,10 @@ class OptimConfig:
     first (a new bridge into a pretrained decoder learns to be read before the decoder can learn to
     ignore it). ``fused``: the fused AdamW kernel (one launch for all parameters; lets the
     NaN guard skip steps without a host sync). None = on when training on CUDA or a CPU.
+    ``decay_over``: what the decay spans after the warmup: ``max_steps`` (``loop.max_steps``), or
+    ``budget``: the steps that ``loop.max_minutes`` is projected to allow at the run's measured step
+    rate (re-estimated every few seconds, ``sld.loop_timing.TimeBudget``; at most ``loop.max_steps``),
+    so a time-budgeted run ends at the bottom of its schedule on a fast machine and a slow one alike.
     """
 
     lr: float = 1e-4
@@ -121,8 +125,11 @@ class OptimConfig:
     pretrained_lr_scale: float = 1.0
     freeze_pretrained_steps: int = 0
     fused: bool | None = None
+    decay_over: Literal["max_steps", "budget"] = "max_steps"
 
     def __post_init__(self) -> None:
+        if self.decay_over not in ("max_steps", "budget"):
+            raise ValueError(f"decay_over must be max_steps or budget, got {self.decay_over!r}")
         if self.pretrained_lr_scale < 0:
             raise ValueError(f"pretrained_lr_scale must be >= 0, got {self.pretrained_lr_scale}")
         if self.freeze_pretrained_steps < 0:
@@ -224,6 +231,8 @@ class LoopState:
     # FLOPs of one micro-batch per unit (token, item or micro-batch), counted at step 1 of the run
     flops_per_unit: float = 0.0
     flops_unit: str = ""
+    # the steps the learning-rate decay spans (optim.decay_over=budget: the projection; 0: max_steps)
+    schedule_span_steps: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -243,6 +252,14 @@ class FitResult:
     accelerator: Accelerator
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_by: str = "max_steps"
+
+
+@dataclass
+class ScheduleSpan:
+    """The optimizer steps the learning-rate decay spans (``OptimConfig.decay_over``): read by the
+    schedule at every step, so ``fit`` can move it while the run goes on."""
+
+    steps: int
 
 
 def lr_lambda(step: int, optim: OptimConfig, total_steps: int) -> float:
@@ -276,7 +293,8 @@ def warn_if_schedule_undecayed(step: int, optim: OptimConfig, max_steps: int) ->
         return False
     logger.warning(
         "the time budget ended at step %d with the learning rate at %.0f%% of its peak: the %s decay "
-        "spans loop.max_steps=%d; a loop.max_steps of about %d would end it within the budget",
+        "spans loop.max_steps=%d; a loop.max_steps of about %d would end it within the budget (or "
+        "optim.decay_over=budget spans the budget itself)",
         step,
         100 * share,
         optim.schedule,
@@ -287,16 +305,18 @@ def warn_if_schedule_undecayed(step: int, optim: OptimConfig, max_steps: int) ->
 
 
 def group_lr_lambdas(
-    optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int | ScheduleSpan
 ) -> list[Callable[[int], float]]:
     """One LR multiplier per parameter group: ``lr_lambda``, and 0 for the pretrained groups during
-    their first ``optim.freeze_pretrained_steps`` steps (the new parts learn to feed them first)."""
+    their first ``optim.freeze_pretrained_steps`` steps (the new parts learn to feed them first).
+    ``total_steps``: the steps the decay spans, or a ``ScheduleSpan`` read at every call."""
+    span = total_steps if isinstance(total_steps, ScheduleSpan) else ScheduleSpan(total_steps)
 
     def schedule(step: int) -> float:
-        return lr_lambda(step, optim, total_steps)
+        return lr_lambda(step, optim, span.steps)
 
     def frozen_first(step: int) -> float:
-        return 0.0 if step < optim.freeze_pretrained_steps else lr_lambda(step, optim, total_steps)
+        return 0.0 if step < optim.freeze_pretrained_steps else lr_lambda(step, optim, span.steps)
 
     return [frozen_first if group.get("pretrained") else schedule for group in optimizer.param_groups]
 
@@ -528,9 +548,10 @@ def fit(
     optimizer = build_optimizer(list(model.parameters()), optim, pretrained, fused=fused)
     # The schedule is stepped by hand once per optimizer step (not prepared): accelerate's wrapper
     # would step it once per process.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, group_lr_lambdas(optimizer, optim, loop.max_steps)
-    )
+    if optim.decay_over == "budget" and loop.max_minutes is None:
+        raise ConfigError("optim.decay_over=budget spans the time budget: set loop.max_minutes too")
+    span = ScheduleSpan(loop.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_lr_lambdas(optimizer, optim, span))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     trainable = [p for p in _unwrap(accelerator, model).parameters() if p.requires_grad]
 
@@ -550,6 +571,8 @@ def fit(
         state.load_state_dict(saved["loop"])
         _rederive_data_position(state, saved, loop.batch_size * accelerator.num_processes)
         scheduler.load_state_dict(saved["scheduler"])
+        if optim.decay_over == "budget" and state.schedule_span_steps:
+            span.steps = state.schedule_span_steps  # until this run's rate is measured again
         if accelerator.is_main_process:
             dropped = truncate_metrics(metrics_path, state.step)
             if dropped:
@@ -688,6 +711,8 @@ def fit(
             if peak:
                 row["train/mfu"] = mfu(state.flops_per_unit, rates[state.flops_unit], peak)
         row["lr"] = scheduler.get_last_lr()[0]
+        if optim.decay_over == "budget":
+            row["lr_span_steps"] = span.steps
         if loop.compile:  # still rising after the first steps: the blocks are being compiled again
             row["compile/graphs"] = compiled_graphs()
         if accelerator.device.type == "cuda":  # host-side counters: no device sync
@@ -818,6 +843,8 @@ def fit(
                 done = True
             elif not profiler.pending and budget.exhausted(state.step):
                 done, stopped_by = True, "max_minutes"
+            if optim.decay_over == "budget" and budget.projected_steps is not None:
+                span.steps = state.schedule_span_steps = min(loop.max_steps, budget.projected_steps)
             if done:
                 break
         else:
@@ -846,7 +873,7 @@ def fit(
         f"; {state.skipped_steps} steps skipped (non-finite)" if state.skipped_steps else "",
     )
     if stopped_by == "max_minutes":
-        warn_if_schedule_undecayed(state.step, optim, loop.max_steps)
+        warn_if_schedule_undecayed(state.step, optim, span.steps)
     return FitResult(
         model=uncompile(_unwrap(accelerator, model)),  # plain modules for what follows (generation)
         ema=ema,
@@ -868,6 +895,7 @@ __all__ = [
     "fit",
     "list_checkpoints",
     "lr_lambda",
+    "ScheduleSpan",
     "make_accelerator",
     "training_loader",
     "truncate_metrics",

@@ -170,3 +170,70 @@ def test_the_profiled_steps_wall_time_leaves_out_the_profilers_own_stop(tmp_path
     text = (tmp_path / "profile.txt").read_text()
     assert "(500.0 ms per step with the profiler on)" in text
     assert "Per step: 500.0 ms of wall time" in text
+
+
+def test_time_budget_projects_the_step_it_ends_at_from_the_rate_after_its_first_check():
+    from types import SimpleNamespace
+
+    clock = [0.0]
+    accelerator = SimpleNamespace(device=torch.device("cpu"), reduce=lambda tensor, reduction: tensor)
+    budget = TimeBudget(1.0, accelerator, lambda: clock[0], step=0)
+    projections = []
+    for step in range(1, 200):
+        clock[0] += 20.0 if step == 1 else 0.25  # a first step that compiles, then 4 steps a second
+        if budget.exhausted(step):
+            break
+        projections.append(budget.projected_steps)
+    assert step == 1 + 160  # 20 s, then 40 s at 4 a second
+    assert projections[0] is None  # the first check (step 1) only sets where the rate is measured from
+    assert set(projections[1:]) == {161}
+
+
+@pytest.mark.parametrize("decay_over", ["max_steps", "budget"])
+def test_decay_over_the_budget_ends_a_time_budgeted_run_at_the_bottom_of_its_schedule(
+    tmp_path, monkeypatch, caplog, decay_over
+):
+    import time as time_module
+
+    clock = [0.0]
+
+    def ticking_loss(model, batch):
+        clock[0] += 10.0 if clock[0] == 0.0 else 1.0  # a slow first step, then one (fake) second each
+        return make_loss([])(model, batch)
+
+    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+    result = fit(
+        Tiny(),
+        IndexDataset(12),
+        collate,
+        ticking_loss,
+        tmp_path,
+        OptimConfig(lr=1e-3, warmup_steps=2, decay_over=decay_over),
+        loop_config(max_steps=1000, max_minutes=0.5, log_every=1),
+    )
+    assert result.stopped_by == "max_minutes" and result.state.step == 21
+    last_lr = result.history[-1]["lr"]
+    if decay_over == "budget":
+        assert last_lr < 0.02 * 1e-3  # the cosine ran out with the budget
+        assert result.history[-1]["lr_span_steps"] == result.state.schedule_span_steps == 21
+        assert "the time budget ended" not in caplog.text
+    else:
+        assert last_lr > 0.99 * 1e-3 and "lr_span_steps" not in result.history[-1]
+        assert "optim.decay_over=budget spans the budget itself" in caplog.text
+
+
+def test_decay_over_the_budget_needs_a_budget(tmp_path):
+    from sld.config import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.decay_over=budget spans the time budget"):
+        fit(
+            Tiny(),
+            IndexDataset(12),
+            collate,
+            make_loss([]),
+            tmp_path,
+            OptimConfig(decay_over="budget"),
+            loop_config(max_steps=3),
+        )
+    with pytest.raises(ValueError, match="decay_over must be"):
+        OptimConfig(decay_over="minutes")
