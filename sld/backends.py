@@ -9,12 +9,13 @@
   the most likely cause is a cuDNN execution plan built for every new shape. The flash and
   memory-efficient kernels take any shape without planning. The speed-up this gives has not been
   measured yet (recorded in docs/results.md once it is). ``SLD_CUDNN_ATTENTION=first`` turns it on
-  and puts it first in torch's order of kernels: torch otherwise takes flash attention where no mask
-  is given and the memory-efficient kernels where one is, before cuDNN (its default order: flash,
-  memory-efficient, math, cuDNN). For models of fixed shapes (the compiled paper-size denoiser, whose
-  every attention call passes a key mask and ran the memory-efficient kernels: 11% of its device
-  time on an H100, docs/results.md, thirtieth session); ``examples/masked_attention_kernels.py``
-  times each kernel at such shapes.
+  and puts it first in torch's order of kernels, which otherwise takes flash attention where no mask
+  is given and the memory-efficient kernels where one is (its default order: flash, memory-efficient,
+  math, cuDNN). It is meant for models of fixed shapes whose attention calls pass masks: the compiled
+  paper-size denoiser, whose memory-efficient kernels were 11% of its device time on an H100
+  (thirtieth session). Measured there (thirty-third session): 1.00x its documents/s, as cuDNN's
+  kernels were faster at 68 keys and slower at 64 and 24 (``examples/masked_attention_kernels.py``
+  times each kernel at such shapes); so not a default.
 * ``SLD_CUDA_MEMORY_FRACTION`` (e.g. ``0.24``) caps this process's share of its GPU's memory. Several
   runs on one card (the recipes train SLD and the AR baseline side by side) otherwise each keep the
   memory of their own peak cached, and the sum of the peaks ran the card out of memory (the first H200

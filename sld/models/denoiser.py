@@ -185,8 +185,9 @@ class SegmentDiTBlock(nn.Module):
     def join_skip(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """U-ViT's ``skip_linear(concat(x, skip))`` for x, skip (B, L, W) -> (B, L, W), as two products
         over the weight's halves, so the (B, L, 2W) concatenation is never written (nor split again by
-        the backward). Before, the concatenation ran eagerly between the compiled blocks: 3.3 ms of
-        a 177-ms step of the paper-size denoiser on an H100 (docs/results.md, thirtieth session)."""
+        the backward). Before, the concatenation ran eagerly between the compiled blocks (3.3 ms of
+        a 177-ms step of the paper-size denoiser on an H100, thirtieth session); joined here, the
+        compiled denoiser made 1.03x the documents/s on an H100 (docs/results.md, thirty-third session)."""
         weight = self.skip_linear.weight  # (W, 2W): the columns of x, then those of skip
         width = x.shape[-1]
         return F.linear(x, weight[:, :width], self.skip_linear.bias) + F.linear(skip, weight[:, width:])
