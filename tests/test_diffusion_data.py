@@ -66,6 +66,27 @@ def test_encode_documents_zero_pads_and_matches_the_autoencoder(autoencoder):
     torch.testing.assert_close(latents[0, 1].float(), direct, atol=2e-3, rtol=2e-3)
 
 
+def test_encode_documents_encodes_each_distinct_segment_once(autoencoder, monkeypatch):
+    repeated = [*DOCS, SegmentedDocument("d", "Again", ["It rained.", "Tom baked a cake.", "New."], 3)]
+    encoded = []
+    real = type(autoencoder).encode_texts
+
+    def spy(self, texts, batch_size=64):
+        encoded.extend(texts)
+        return real(self, texts, batch_size=batch_size)
+
+    monkeypatch.setattr(type(autoencoder), "encode_texts", spy)
+    latents, counts = encode_documents(autoencoder, repeated, max_segments=3, batch_size=2)
+    assert sorted(encoded) == sorted({seg for d in repeated for seg in d.segments[:3]})  # 7 texts, not 9
+    assert counts.tolist() == [3, 1, 2, 3]
+    assert torch.equal(latents[3, 0], latents[0, 1]) and torch.equal(latents[3, 1], latents[1, 0])
+    for i, doc in enumerate(repeated):
+        for j, seg in enumerate(doc.segments[:3]):
+            direct = real(autoencoder, [seg]).float()[0]
+            torch.testing.assert_close(latents[i, j].float(), direct, atol=2e-3, rtol=2e-3)
+    assert torch.count_nonzero(latents[1, 1:]) == 0 and torch.count_nonzero(latents[2, 2]) == 0
+
+
 def test_dataset_and_collator_shapes_masks_and_labels(autoencoder):
     latents, counts = encode_documents(autoencoder, DOCS, max_segments=2, batch_size=8)
     dataset = LatentDocuments(DOCS, latents, counts)
