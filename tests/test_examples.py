@@ -432,3 +432,28 @@ def test_masked_attention_kernels_times_what_runs_and_names_what_refuses(capsys)
     assert "L_k=3" in out and "max |out - math| 0.00e+00" in out
     if not torch.cuda.is_available():  # the fused masked kernels are CUDA's
         assert out.count("efficient       not available") == 2
+
+
+def test_latent_encoding_time_compares_every_slot_with_each_distinct_text(tmp_path, capsys):
+    from tiny_systems import save_tiny_systems
+
+    from sld.data.segmented import SegmentedDocument, write_segmented
+
+    sld_dir, _ = save_tiny_systems(tmp_path)
+    docs = [
+        SegmentedDocument(f"d{i}", "t", ["Anna ran.", "It rained.", f"Day {i % 2}."], 3) for i in range(6)
+    ]
+    write_segmented(tmp_path / "segmented" / "train.jsonl", docs)
+    result = load_example("latent_encoding_time").main(
+        [
+            str(sld_dir / "autoencoder"),
+            str(tmp_path / "segmented"),
+            "--max-segments",
+            "3",
+            "--batch-size",
+            "4",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "6 documents, 18 segment slots, 4 distinct texts" in out
+    assert result["every_slot_s"] > 0 and result["distinct_s"] > 0 and result["max_diff"] < 2e-3
