@@ -872,8 +872,8 @@ def fit(
         elapsed(),
         f"; {state.skipped_steps} steps skipped (non-finite)" if state.skipped_steps else "",
     )
-    if stopped_by == "max_minutes":
-        warn_if_schedule_undecayed(state.step, optim, span.steps)
+    if stopped_by == "max_minutes" and optim.decay_over == "max_steps":  # a budget's span ends with it
+        warn_if_schedule_undecayed(state.step, optim, loop.max_steps)
     return FitResult(
         model=uncompile(_unwrap(accelerator, model)),  # plain modules for what follows (generation)
         ema=ema,
