@@ -93,9 +93,8 @@ def quick_autoencoder() -> AutoencoderTrainingConfig:
         # in 293.2 s against 334.9 s, BLEU 92.57 against 92.69 (twenty-fourth session).
         losses=AutoencoderLossConfig(adversarial_fraction=0.25, adversarial_rows_apart=True),
         # The decay spans the steps the 7 minutes allow (optim.decay_over=budget): on a 2-core machine
-        # that made 600 of the 1,000 steps it ended at validation BLEU 88.45 and story topic agreement
-        # 0.81, against 78.24 and 0.74 with the decay over the 1,000 steps (docs/results.md,
-        # thirty-third session, one run each).
+        # that made about 600 of the 1,000 steps it ended at validation BLEU 88.45 and 88.15 (two runs),
+        # against 78.24 with the decay over the 1,000 steps (docs/results.md, thirty-third session).
         optim=OptimConfig(lr=1e-3, warmup_steps=100, decay_over="budget"),
         # Batch 32 rather than 64: on 2 cores it reached BLEU 52 in 6 minutes where batch 64 reached 32.
         # The autoencoder's fidelity is what keeps stories on their title's topic. 7 minutes: with
