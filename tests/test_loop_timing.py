@@ -9,6 +9,21 @@ from sld.loop_timing import TimeBudget
 from sld.training import OptimConfig, fit
 
 
+def fit_on_a_fake_clock(tmp_path, monkeypatch, step_seconds, optim, loop, items=12):
+    """``fit`` with ``time.perf_counter`` a fake clock that each loss call moves on by
+    ``step_seconds(clock)`` seconds (clock: the seconds so far)."""
+    import time as time_module
+
+    clock = [0.0]
+
+    def ticking_loss(model, batch):
+        clock[0] += step_seconds(clock[0])
+        return make_loss([])(model, batch)
+
+    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
+    return fit(Tiny(), IndexDataset(items), collate, ticking_loss, tmp_path, optim, loop)
+
+
 def test_time_budget_is_checked_at_few_agreed_steps_and_stops_on_time():
     from types import SimpleNamespace
 
@@ -33,9 +48,6 @@ def test_time_budget_is_checked_at_few_agreed_steps_and_stops_on_time():
 
 
 def test_time_budget_stops_fit_and_the_progress_bar_counts_seconds(tmp_path, monkeypatch):
-    import time as time_module
-
-    clock = [0.0]
     bars = []
 
     class RecordingBar(training.tqdm):
@@ -43,18 +55,11 @@ def test_time_budget_stops_fit_and_the_progress_bar_counts_seconds(tmp_path, mon
             bars.append(kwargs)
             super().__init__(*args, **kwargs)
 
-    def ticking_loss(model, batch):
-        clock[0] += 1.0  # every step takes one (fake) second
-        return make_loss([])(model, batch)
-
-    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(training, "tqdm", RecordingBar)
-    result = fit(
-        Tiny(),
-        IndexDataset(12),
-        collate,
-        ticking_loss,
+    result = fit_on_a_fake_clock(  # every step takes one (fake) second
         tmp_path,
+        monkeypatch,
+        lambda now: 1.0,
         OptimConfig(warmup_steps=0),
         loop_config(max_steps=1000, max_minutes=0.5),
     )
@@ -108,23 +113,13 @@ def test_profile_after_sets_the_warm_up_before_the_profiled_steps(tmp_path):
 
 
 def test_a_time_budget_spent_before_the_profile_waits_for_its_steps(tmp_path, monkeypatch):
-    import time as time_module
-
-    clock = [0.0]
-
-    def slow_loss(model, batch):
-        clock[0] += 60.0  # every step (compilation, say) takes a whole minute: the budget's 0.5
-        return make_loss([])(model, batch)
-
-    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
-    result = fit(
-        Tiny(),
-        IndexDataset(24),
-        collate,
-        slow_loss,
+    result = fit_on_a_fake_clock(  # every step (compilation, say) takes a whole minute: the budget's 0.5
         tmp_path,
+        monkeypatch,
+        lambda now: 60.0,
         OptimConfig(warmup_steps=0),
         loop_config(max_steps=1000, max_minutes=0.5, profile_steps=2),
+        items=24,
     )
     assert result.stopped_by == "max_minutes" and result.state.step == 5  # 3 warm-up + 2 profiled
     assert "summary of 2 optimizer steps" in (tmp_path / "profile.txt").read_text()
@@ -193,21 +188,10 @@ def test_time_budget_projects_the_step_it_ends_at_from_the_rate_after_its_first_
 def test_decay_over_the_budget_ends_a_time_budgeted_run_at_the_bottom_of_its_schedule(
     tmp_path, monkeypatch, caplog, decay_over
 ):
-    import time as time_module
-
-    clock = [0.0]
-
-    def ticking_loss(model, batch):
-        clock[0] += 10.0 if clock[0] == 0.0 else 1.0  # a slow first step, then one (fake) second each
-        return make_loss([])(model, batch)
-
-    monkeypatch.setattr(time_module, "perf_counter", lambda: clock[0])
-    result = fit(
-        Tiny(),
-        IndexDataset(12),
-        collate,
-        ticking_loss,
+    result = fit_on_a_fake_clock(  # a slow first step, then one (fake) second each
         tmp_path,
+        monkeypatch,
+        lambda now: 10.0 if now == 0.0 else 1.0,
         OptimConfig(lr=1e-3, warmup_steps=2, decay_over=decay_over),
         loop_config(max_steps=1000, max_minutes=0.5, log_every=1),
     )
