@@ -8,8 +8,8 @@ The defaults are the paper-size denoiser's shapes at batch 1,024 (``sld.models.d
 context tokens + 4 null vectors (cross-attention; padded context tokens masked). Every call of that
 denoiser passes a key mask, so torch runs its memory-efficient kernels (flash attention takes no mask);
 ``SLD_CUDNN_ATTENTION=first`` (``sld.backends``) asks for cuDNN's instead. For each key length the
-script prints, per kernel: milliseconds per forward + backward call (bfloat16 on a GPU, float32 on the
-CPU, where only ``math`` runs), the largest difference of the output from ``math``'s, and the GPU
+script prints, per kernel: milliseconds per forward + backward call (bfloat16 on a GPU; float32 on the
+CPU, where only ``math`` and torch's CPU flash kernel run), the largest difference of the output from ``math``'s, and the GPU
 kernels that ran (the two longest, from ``torch.profiler``). ``flash, no mask`` is the same call with
 no mask at all: what the masked kernels are measured against, not a substitute for them. A kernel that
 refuses the call prints why.
