@@ -29,8 +29,9 @@
   16.7 ms of a CUDA-graph ROC autoencoder step's 77.6 ms of device time were attention on an H100,
   2026-12-06; ``math`` under ``loop.compile`` hands the products and the softmax to Inductor: 1.06x
   the segments/s of that CUDA-graph step on an H100, docs/results.md, thirty-first session). Unset,
-  torch picks: flash attention where no mask is given, whose backward took 0.77 ms per call on 1,024 x 8 heads of 16 latents in the H200 profile
-  of 2026-12-04 (9 calls a step, 7% of the GPU's time), against 0.21 ms for the memory-efficient
+  torch picks: flash attention where no mask is given, whose backward took 0.77 ms per call on
+  1,024 x 8 heads of 16 latents in the H200 profile of 2026-12-04 (9 calls a step, 7% of the GPU's
+  time), against 0.21 ms for the memory-efficient
   kernel's backward at the decoder's similar shapes. Over whole steps torch's choice won all the
   same (H200, fifteenth session, ROC autoencoder, steps 100-250: 6,401 segments/s unset against 5,163
   ``efficient`` and 5,028 ``math``), so it stays unset by default.
@@ -57,12 +58,12 @@ SYNC_DEBUG_MODES = ("warn", "error")
 SHORT_ATTENTION_ENV = "SLD_SHORT_ATTENTION"
 
 
-def cudnn_attention_mode() -> str:
-    """``SLD_CUDNN_ATTENTION``: ``off`` (unset or ``0``), ``on`` (``1``) or ``first``."""
+def cudnn_attention_mode() -> bool | str:
+    """``SLD_CUDNN_ATTENTION``: False (unset or ``0``), True (``1``) or ``"first"``."""
     from sld.errors import UserError
 
     raw = os.environ.get(CUDNN_ATTENTION_ENV, "").strip().lower()
-    modes = {"": "off", "0": "off", "1": "on", "first": "first"}
+    modes = {"": False, "0": False, "1": True, "first": "first"}
     if raw not in modes:
         raise UserError(f"{CUDNN_ATTENTION_ENV}={raw!r}: expected 0, 1 or first")
     return modes[raw]
@@ -78,7 +79,7 @@ def configure_attention(cudnn: bool | str | None = None) -> bool:
     import torch
 
     if cudnn is None:
-        cudnn = {"off": False, "on": True, "first": "first"}[cudnn_attention_mode()]
+        cudnn = cudnn_attention_mode()
     if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
         torch.backends.cuda.enable_cudnn_sdp(bool(cudnn))
     if cudnn == "first":

@@ -508,6 +508,8 @@ def fit(
     ``loop.skip_nonfinite_steps``) and :class:`~sld.checkpointing.CheckpointError` when the
     output folder cannot be written; the newest checkpoint on disk is then left as it was.
     """
+    if optim.decay_over == "budget" and loop.max_minutes is None:
+        raise ConfigError("optim.decay_over=budget spans the time budget: set loop.max_minutes too")
     output_dir = Path(output_dir)
     accelerator = accelerator or make_accelerator(output_dir, loop)
     # seed + process index: dropout differs between processes (the first process's RNG is the
@@ -548,8 +550,6 @@ def fit(
     optimizer = build_optimizer(list(model.parameters()), optim, pretrained, fused=fused)
     # The schedule is stepped by hand once per optimizer step (not prepared): accelerate's wrapper
     # would step it once per process.
-    if optim.decay_over == "budget" and loop.max_minutes is None:
-        raise ConfigError("optim.decay_over=budget spans the time budget: set loop.max_minutes too")
     span = ScheduleSpan(loop.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_lr_lambdas(optimizer, optim, span))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
