@@ -238,3 +238,38 @@ def test_long_skip_joined_in_the_block_equals_the_linear_of_the_concatenation():
         receiving(x, cond, None, context, context_mask)
     with pytest.raises(ValueError, match="takes none"):
         model.blocks[0](x, cond, None, context, context_mask, skip)
+
+
+def test_low_precision_residual_carries_the_stream_in_the_autocast_dtype():
+    """With ``low_precision_residual`` every block reads and returns bfloat16 under autocast (without
+    it the blocks before the first U-ViT skip carry float32: the skip's Linear hands autocast's
+    bfloat16 to the rest), and the prediction stays close to the float32 stream's; without autocast
+    the switch changes nothing; the switch is saved with the model."""
+    torch.manual_seed(0)
+    plain, low = tiny_dit(depth=4), tiny_dit(depth=4, low_precision_residual=True)
+    randomize_zero_init(plain)
+    low.load_state_dict(plain.state_dict())
+    x, t, c, cm, sm = inputs()
+
+    def block_dtypes(model):
+        seen = []
+        hooks = [
+            block.register_forward_hook(lambda _m, args, out: seen.append((args[0].dtype, out.dtype)))
+            for block in model.blocks
+        ]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t, c, cm, sm)
+        for hook in hooks:
+            hook.remove()
+        return out, seen
+
+    plain_out, plain_seen = block_dtypes(plain)
+    low_out, low_seen = block_dtypes(low)
+    first_skip = next(i for i, block in enumerate(plain.blocks) if block.skip_linear is not None)
+    assert plain_seen[:first_skip] == [(torch.float32, torch.float32)] * first_skip
+    assert plain_seen[first_skip] == (torch.float32, torch.bfloat16)
+    assert low_seen == [(torch.bfloat16, torch.bfloat16)] * len(low.blocks)
+    assert not torch.equal(plain_out, low_out)
+    torch.testing.assert_close(low_out.float(), plain_out.float(), atol=0.1, rtol=0.1)
+    torch.testing.assert_close(low(x, t, c, cm, sm), plain(x, t, c, cm, sm), atol=0, rtol=0)
+    assert low.config.low_precision_residual and not plain.config.low_precision_residual

@@ -90,7 +90,12 @@ class DiffusionDataConfig:
 
 @dataclass
 class DenoiserConfig:
-    """Architecture of the SegmentDiT (latent sizes come from the autoencoder)."""
+    """Architecture of the SegmentDiT (latent sizes come from the autoencoder).
+
+    ``low_precision_residual`` carries the residual stream in bfloat16 under mixed precision
+    (``SegmentDiT``'s argument of that name); saved with the model, so generation under autocast
+    computes as training did.
+    """
 
     width: int = 384
     depth: int = 6
@@ -98,6 +103,7 @@ class DenoiserConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     num_null_tokens: int = 4
+    low_precision_residual: bool = False
 
 
 @dataclass

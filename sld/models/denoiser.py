@@ -256,6 +256,12 @@ class SegmentDiT(ModelMixin, ConfigMixin):
         num_null_tokens: how many null-context vectors replace a dropped source.
         num_count_classes: classes of the segment-count head (class k = k + 1 segments); default S.
         num_train_timesteps: integer timesteps passed to ``forward`` are divided by this.
+        low_precision_residual: under autocast, carry the residual stream (the blocks' input and
+            output, and the U-ViT skips) in the autocast dtype (bfloat16) rather than float32, as
+            Megatron-LM does by default (its ``--fp32-residual-connection`` is off). The layer norms
+            still compute in float32 (autocast's rule for them); what changes is that every
+            memory-bound kernel around the blocks reads and writes half the bytes, forward and
+            backward. Without autocast (CPU training, float32 inference) it changes nothing.
     """
 
     _supports_gradient_checkpointing = True
@@ -278,6 +284,7 @@ class SegmentDiT(ModelMixin, ConfigMixin):
         num_null_tokens: int = 4,
         num_count_classes: int | None = None,
         num_train_timesteps: int = 1000,
+        low_precision_residual: bool = False,
     ) -> None:
         super().__init__()
         for key, value in (
@@ -495,6 +502,10 @@ class SegmentDiT(ModelMixin, ConfigMixin):
         h = self.proj_in(x)  # (B, S, N, W)
         h = h + self.segment_embed[:s, None] + self.position_embed[None]
         h = h.reshape(b, s * n, -1)  # (B, S*N, W)
+        device_type = h.device.type
+        if cfg.low_precision_residual and torch.is_autocast_enabled(device_type):
+            # The residual stream in the autocast dtype: each block's sums then stay in it.
+            h = h.to(torch.get_autocast_dtype(device_type))
 
         cond = self.time_embed(self._timesteps(timestep, b, sample.device))  # (B, W)
         ctx, ctx_mask = self.prepare_context(context, context_mask, drop_context, b)
