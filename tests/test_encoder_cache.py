@@ -69,6 +69,34 @@ def test_cached_states_give_the_same_latents_and_every_loss_term(bert):
         torch.testing.assert_close(got[term], expected[term], rtol=1e-5, atol=1e-5)
 
 
+def test_states_are_built_in_batches_of_like_lengths_and_kept_in_each_texts_row(bert, monkeypatch):
+    """The encoder runs over texts sorted by length (little padding); each text's states still sit in
+    its first-seen row and equal the encoder's states of that text alone."""
+    model = tiny_models.tiny_autoencoder(bert, seed=0).eval()
+    texts = [
+        "A much longer sentence than all the others here.",
+        "Amy sang.",
+        "Tom ran far away.",
+        "Oil rose.",
+    ]
+    batches = []
+    tokenize = model.tokenize_for_encoder
+    monkeypatch.setattr(
+        model, "tokenize_for_encoder", lambda part: batches.append(list(part)) or tokenize(part)
+    )
+    cache = EncoderStateCache.build(model, texts + ["Amy sang."], batch_size=2)
+    assert batches == [["Amy sang.", "Oil rose."], ["Tom ran far away.", texts[0]]]
+    assert cache.index == {text: row for row, text in enumerate(texts)}
+    for text in texts:
+        alone = tokenize([text])
+        with torch.no_grad():
+            states = model.encoder(**alone).last_hidden_state[0]
+        real = int(alone["attention_mask"].sum())
+        torch.testing.assert_close(
+            cache.states[cache.index[text], :real], states[:real], rtol=1e-5, atol=1e-5
+        )
+
+
 def test_a_trainable_encoder_or_an_unknown_text_is_refused(bert):
     model = tiny_models.tiny_autoencoder(bert, seed=0)
     model.encoder_cache = EncoderStateCache.build(model, ["Tom baked a cake."])

@@ -145,6 +145,12 @@ def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
     assert "eval/rougeL" in validation[-1] and "eval/rougeL" not in validation[0]
     with pytest.raises(ConfigError, match="sample_every"):
         train_diffusion.run(load_config(train_diffusion.Config, None, ["sample_every=-1"]))
+    # final_samples=false: no samples at all, the final validation without ROUGE
+    cfg.output_dir, cfg.final_samples = str(tmp_path / "dm_none"), False
+    train_diffusion.run(cfg)
+    assert not (tmp_path / "dm_none" / "samples").exists()
+    validation = json.loads((tmp_path / "dm_none" / "summary.json").read_text())["validation"]
+    assert [r["step"] for r in validation] == [2, 4, 5] and not any("eval/rougeL" in r for r in validation)
 
 
 def test_latents_on_the_device_train_as_latents_in_the_batches(trained, tmp_path):

@@ -434,6 +434,39 @@ def test_masked_attention_kernels_times_what_runs_and_names_what_refuses(capsys)
         assert out.count("efficient       not available") == 2
 
 
+def test_encoder_cache_build_time_compares_first_seen_order_with_like_lengths(tmp_path, capsys):
+    import json
+
+    import tiny_models
+
+    from sld.data.segmented import SegmentedDocument, write_segmented
+
+    bert = tiny_models.save_tiny_bert(tmp_path / "bert")
+    tiny_models.tiny_autoencoder(bert, seed=0).save_pretrained(tmp_path / "autoencoder")  # a frozen encoder
+    docs = [
+        SegmentedDocument(f"d{i}", "t", ["Anna ran.", "It rained all day long today.", f"Day {i % 2}."], 3)
+        for i in range(3)
+    ]
+    write_segmented(tmp_path / "segmented" / "train.jsonl", docs)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"sentence": "Anna ran.", "paraphrase": "Anna jogged.", "negative": "Oil."}) + "\n"
+    )
+    result = load_example("encoder_cache_build_time").main(
+        [
+            str(tmp_path / "autoencoder"),
+            str(tmp_path / "segmented"),
+            "--pairs",
+            str(pairs),
+            "--batch-size",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "6 distinct texts, batches of 2" in out
+    assert result["first_seen_s"] > 0 and result["sorted_s"] > 0 and result["max_diff"] < 1e-4
+
+
 def test_latent_encoding_time_compares_every_slot_with_each_distinct_text(tmp_path, capsys):
     from tiny_systems import save_tiny_systems
 

@@ -49,6 +49,8 @@ def test_defaults_are_the_cpu_budgets_and_round_trip_through_yaml(tmp_path):
     assert (
         cfg.corpus.stories_train == 2000 and cfg.diffusion.cache_context and cfg.diffusion.sample_every == 0
     )
+    assert not cfg.diffusion.final_samples  # step 5 generates and scores validation inputs itself
+    assert cfg.diffusion.sampling.num_inference_steps == 10
     assert QuickstartConfig().autoencoder is not cfg.autoencoder  # every config gets its own sections
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(QuickstartConfig, tmp_path / "config.yaml") == cfg

@@ -123,8 +123,10 @@ class DiffusionTrainingConfig:
 
     Every evaluation (``loop.eval_every``) reports the validation diffusion loss; generating samples
     (``samples/step_N.jsonl`` with ROUGE-L, distinct-2, count accuracy) costs far more, so it runs
-    every ``sample_every`` steps (None: at every evaluation; 0: only the final model), and always for
-    the final model.
+    every ``sample_every`` steps (None: at every evaluation; 0: only the final model), and for the
+    final model unless ``final_samples`` is false (the quickstart, which generates and scores more
+    validation inputs itself right after: on a 2-core machine the final samples cost 40 s of its
+    minutes, docs/results.md, thirty-fourth session).
     """
 
     output_dir: str = "runs/diffusion"
@@ -145,6 +147,7 @@ class DiffusionTrainingConfig:
     latent_batch_size: int = 256
     cache_context: bool = False
     sample_every: int | None = None
+    final_samples: bool = True
 
     def samples_at(self, step: int) -> bool:
         """Whether the evaluation at ``step`` also generates samples (see ``sample_every``)."""
@@ -291,7 +294,7 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
         result.ema.copy_to([p for p in model.parameters() if p.requires_grad])
     pipe = SLDPipeline(model, autoencoder, context_encoder, pipeline_config)
     evals = evaluation_rows(result.history)
-    if evals and "eval/rougeL" not in evals[-1]:
+    if cfg.final_samples and evals and "eval/rougeL" not in evals[-1]:
         final = samples(pipe, result.state.step)  # on every process: they share the generation
         evals[-1].update({f"eval/{k}": v for k, v in final.items()})
     if not accelerator.is_main_process:

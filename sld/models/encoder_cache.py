@@ -76,21 +76,22 @@ class EncoderStateCache:
         was_training = encoder.training
         encoder.to(device).eval()
         started = time.perf_counter()
-        chunks: list[torch.Tensor] = []
-        for start in range(0, len(unique), batch_size):
-            batch = model.tokenize_for_encoder(unique[start : start + batch_size])
+        # batches of like lengths (by characters), so a batch of short texts is not padded to a long one
+        order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
+        chunks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows (b,), states (b, l, H))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = model.tokenize_for_encoder([unique[i] for i in rows])
             hidden = encoder(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).last_hidden_state
-            chunks.append(hidden.to(dtype))
+            chunks.append((torch.tensor(rows, device=device), hidden.to(dtype)))
         encoder.to(moved_from).train(was_training)
-        length = max((c.shape[1] for c in chunks), default=1)
-        width = chunks[0].shape[2] if chunks else 1
+        length = max((c.shape[1] for _, c in chunks), default=1)
+        width = chunks[0][1].shape[2] if chunks else 1
         states = torch.zeros(len(unique), length, width, dtype=dtype, device=device)
-        row = 0
-        for chunk in chunks:
-            states[row : row + chunk.shape[0], : chunk.shape[1]] = chunk
-            row += chunk.shape[0]
+        for rows, chunk in chunks:
+            states[rows, : chunk.shape[1]] = chunk
         logger.info(
             "encoder states of %d distinct texts cached on %s in %.1f s (%.0f MiB)",
             len(unique),
