@@ -145,9 +145,16 @@ def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
     assert "eval/rougeL" in validation[-1] and "eval/rougeL" not in validation[0]
     with pytest.raises(ConfigError, match="sample_every"):
         train_diffusion.run(load_config(train_diffusion.Config, None, ["sample_every=-1"]))
-    # final_samples=false: no samples at all, the final validation without ROUGE
+    # final_samples=false: no samples at all, the final validation without ROUGE; the denoiser's
+    # low_precision_residual (on by default) reaches the saved model's config either way
     cfg.output_dir, cfg.final_samples = str(tmp_path / "dm_none"), False
+    cfg.denoiser.low_precision_residual = False
     train_diffusion.run(cfg)
+    saved = {
+        run: json.loads((tmp_path / run / "denoiser" / "config.json").read_text())
+        for run in ("dm", "dm_none")
+    }
+    assert saved["dm"]["low_precision_residual"] and not saved["dm_none"]["low_precision_residual"]
     assert not (tmp_path / "dm_none" / "samples").exists()
     validation = json.loads((tmp_path / "dm_none" / "summary.json").read_text())["validation"]
     assert [r["step"] for r in validation] == [2, 4, 5] and not any("eval/rougeL" in r for r in validation)

@@ -92,9 +92,12 @@ class DiffusionDataConfig:
 class DenoiserConfig:
     """Architecture of the SegmentDiT (latent sizes come from the autoencoder).
 
-    ``low_precision_residual`` carries the residual stream in bfloat16 under mixed precision
-    (``SegmentDiT``'s argument of that name); saved with the model, so generation under autocast
-    computes as training did.
+    ``low_precision_residual`` (on) carries the residual stream in bfloat16 under mixed precision
+    (``SegmentDiT``'s argument of that name; without autocast, as on a CPU, it changes nothing); saved
+    with the model, so generation under autocast computes as training did. The paper-size denoiser
+    (768 x 12, ROC, batch 1,024, compiled) made 1.03x the documents/s with it in two pairs of runs on
+    one H100, with the same training losses to three decimals at steps 20-360 (docs/results.md,
+    thirty-fourth session).
     """
 
     width: int = 384
@@ -103,7 +106,7 @@ class DenoiserConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     num_null_tokens: int = 4
-    low_precision_residual: bool = False
+    low_precision_residual: bool = True
 
 
 @dataclass
