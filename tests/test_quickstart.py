@@ -107,3 +107,11 @@ def test_run_quickstart_reports_through_echo(tmp_path, capsys, monkeypatch):
     assert sum("seed 0, saved settings: generated" in line for line in printed) == 2
     means = [line for line in printed if "mean generated agreement" in line]
     assert len(means) == 2 and all(line.endswith("over 2 seeds") for line in means)
+    # ... and compares sampler step counts on the dialogues
+    example.main(
+        [str(tmp_path), "--steps", "3", "2", "--task", "dialogues", "--num-inputs", "2", "--seeds", "0"]
+    )
+    printed = capsys.readouterr().out.splitlines()
+    for steps in (3, 2):
+        assert sum(f"seed 0, num_inference_steps={steps}: generated" in line for line in printed) == 1
+    assert all("(2 inputs;" in line for line in printed if "seed 0" in line)
