@@ -128,9 +128,9 @@ def quick_diffusion() -> DiffusionTrainingConfig:
         final_samples=False,
         # guidance 4: on one quickstart model, `sld generate guidance_scale=G limit=64` on the validation
         # stories scored (score_topics) 0.66 at G=4 against 0.61 at 2 and 0.36 at 1. 10 DPM-Solver++
-        # steps: on a quickstart's model, 256 stories scored 0.77 / 0.76 (two seeds) in 47 s against
-        # 0.75 / 0.76 in 106 s at 25 steps, the 64 summaries 0.93 / 0.91 against 0.92 / 0.91
-        # (docs/results.md, thirty-fourth session)
+        # steps: on a quickstart's model, 256 stories scored 0.77 / 0.76 (two seeds) in 46.0 / 43.6 s
+        # against 0.75 / 0.76 in 110.3 / 107.0 s at 25 steps, the 64 summaries 0.93 / 0.91 against
+        # 0.92 / 0.91 (docs/results.md, thirty-fourth session)
         sampling=SamplingConfig(num_inference_steps=10, guidance_scale=4.0),
     )
 
