@@ -257,11 +257,13 @@ class SegmentDiT(ModelMixin, ConfigMixin):
         num_count_classes: classes of the segment-count head (class k = k + 1 segments); default S.
         num_train_timesteps: integer timesteps passed to ``forward`` are divided by this.
         low_precision_residual: under autocast, carry the residual stream (the blocks' input and
-            output, and the U-ViT skips) in the autocast dtype (bfloat16) rather than float32, as
-            Megatron-LM does by default (its ``--fp32-residual-connection`` is off). The layer norms
-            still compute in float32 (autocast's rule for them); what changes is that every
-            memory-bound kernel around the blocks reads and writes half the bytes, forward and
-            backward. Without autocast (CPU training, float32 inference) it changes nothing.
+            output, and the U-ViT skips) in the autocast dtype (bfloat16) from the embeddings on, as
+            Megatron-LM does by default (its ``--fp32-residual-connection`` is off). Without it the
+            stream is float32 up to the first U-ViT skip, whose Linear hands the autocast dtype on
+            to the later blocks. The layer norms still compute in float32 (autocast's rule for
+            them); what changes is that the memory-bound kernels of the first half of the blocks
+            read and write half the bytes, forward and backward. Without autocast (CPU training,
+            float32 inference) it changes nothing.
     """
 
     _supports_gradient_checkpointing = True
