@@ -24,7 +24,7 @@ import torch
 
 from sld.diffusion.data import read_documents
 from sld.models.autoencoder import SegmentAutoencoder
-from sld.models.encoder_cache import EncoderStateCache
+from sld.models.encoder_cache import EncoderStateCache, training_texts
 
 
 @torch.no_grad()
@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = SegmentAutoencoder.from_pretrained(args.autoencoder_dir).eval()
     texts = [seg for doc in read_documents(args.segmented_dirs, "train") for seg in doc.segments]
     if args.pairs:
-        for line in args.pairs.read_text().splitlines():
-            row = json.loads(line)
-            texts += [row[k] for k in ("sentence", "paraphrase", "negative") if row.get(k)]
+        texts += training_texts(json.loads(line) for line in args.pairs.read_text().splitlines())
     unique = list(dict.fromkeys(t for t in texts if t))
     started = time.perf_counter()
     baseline = first_seen_states(model, unique, args.batch_size)

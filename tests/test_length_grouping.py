@@ -2,7 +2,7 @@
 
 import pytest
 
-from sld.data.length_grouping import LengthGroupedSampler
+from sld.data.length_grouping import LengthGroupedSampler, batches_by_length
 
 
 def test_every_item_once_and_batches_are_length_homogeneous():
@@ -45,3 +45,11 @@ def test_the_batch_with_the_longest_item_comes_first():
 def test_invalid_sizes_are_rejected():
     with pytest.raises(ValueError, match="batch_size"):
         LengthGroupedSampler([1, 2], batch_size=0)
+
+
+def test_batches_by_length_sorts_by_characters_keeping_ties_in_order():
+    texts = ["a long text", "ab", "xyz", "cd", "a longer text still", ""]
+    assert batches_by_length(texts, 2) == [[5, 1], [3, 2], [0, 4]]
+    assert batches_by_length([], 3) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        batches_by_length(texts, 0)

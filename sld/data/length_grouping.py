@@ -68,3 +68,13 @@ class LengthGroupedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return (index for batch in self.batches() for index in batch)
+
+
+def batches_by_length(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of ``texts`` ordered by character length (ties in their order), cut into batches of
+    ``batch_size``: for one pass of a frozen encoder over texts, each batch padded to texts of
+    like length. Deterministic, unlike ``LengthGroupedSampler``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

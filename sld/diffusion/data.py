@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import Dataset
 
+from sld.data.length_grouping import batches_by_length
 from sld.data.segmented import SegmentedDocument, read_split
 from sld.errors import DataError
 from sld.models.autoencoder import SegmentAutoencoder
@@ -193,9 +194,7 @@ def encode_documents(
     slots = [(i, j, seg) for i, d in enumerate(docs) for j, seg in enumerate(d.segments[:max_segments])]
     distinct = list(dict.fromkeys(seg for _, _, seg in slots))  # first-seen order
     codes = torch.empty(len(distinct), autoencoder.num_latents, autoencoder.latent_dim, dtype=torch.float16)
-    by_length = sorted(range(len(distinct)), key=lambda r: len(distinct[r]))  # like lengths pad less
-    for start in range(0, len(distinct), batch_size):
-        rows = by_length[start : start + batch_size]
+    for rows in batches_by_length(distinct, batch_size):  # like lengths pad less
         z = autoencoder.encode_texts([distinct[r] for r in rows], batch_size=batch_size)
         codes[torch.tensor(rows)] = z.cpu().half()
     latents = torch.zeros(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sld.config import ConfigError
+from sld.data.length_grouping import batches_by_length
 
 if TYPE_CHECKING:
     from sld.models.autoencoder import SegmentAutoencoder
@@ -76,11 +77,9 @@ class EncoderStateCache:
         was_training = encoder.training
         encoder.to(device).eval()
         started = time.perf_counter()
-        # batches of like lengths (by characters), so a batch of short texts is not padded to a long one
-        order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
         chunks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows (b,), states (b, l, H))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        # batches of like lengths, so a batch of short texts is not padded to a long one
+        for rows in batches_by_length(unique, batch_size):
             batch = model.tokenize_for_encoder([unique[i] for i in rows])
             hidden = encoder(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
