@@ -133,3 +133,36 @@ def test_training_with_the_cache_logs_the_same_losses(bert, tmp_path):
         losses[cache] = [r["train/loss"] for r in rows if "train/loss" in r]
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_encode_texts_reads_the_cached_states_of_a_batch_whose_texts_are_all_cached(bert, monkeypatch):
+    model = tiny_models.tiny_autoencoder(bert, seed=0).eval()
+    cached_texts = ["Amy sang.", "Tom ran far away.", "Oil rose."]
+    with torch.no_grad():
+        expected = model.encode_texts(cached_texts + ["Not cached."], batch_size=3)
+    model.encoder_cache = EncoderStateCache.build(model, cached_texts)
+    encoded_rows = []
+    run_encoder = model.encoder_hidden_states
+    monkeypatch.setattr(
+        model,
+        "encoder_hidden_states",
+        lambda ids, mask: encoded_rows.append(ids.shape[0]) or run_encoder(ids, mask),
+    )
+    with torch.no_grad():
+        got = model.encode_texts(cached_texts + ["Not cached."], batch_size=3)
+    # the first batch (all three cached) read the cache; the second holds an unknown text: encoded
+    assert encoded_rows == [1]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_is_checked_against_the_encoder_it_is_handed_to(bert):
+    model = tiny_models.tiny_autoencoder(bert, seed=0).eval()
+    cache = EncoderStateCache.build(model, ["Amy sang.", "Tom ran far away."])
+    cache.check_against(model)  # its own encoder: no error
+    bfloat = EncoderStateCache(cache.states.to(torch.bfloat16), cache.index)
+    bfloat.check_against(model)  # a GPU run's bfloat16 states are within the tolerance
+    other = EncoderStateCache(cache.states + 0.5, cache.index)
+    with pytest.raises(ValueError, match="not this model's encoder's"):
+        other.check_against(model)
+    assert cache.rows_of(["Tom ran far away.", "Amy sang."]) == [1, 0]
+    assert cache.rows_of(["Amy sang.", "Unknown."]) is None

@@ -4,9 +4,16 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 
 from sld.config import ConfigError, load_config
 from sld.data.synthetic import write_synthetic_corpus
+from sld.diffusion import trainer as diffusion_trainer
+from sld.diffusion.data import read_documents
+from sld.loading import load_model
+from sld.models.autoencoder import SegmentAutoencoder
+from sld.models.encoder_cache import EncoderStateCache
 from sld.pipeline import SLDPipeline
 from stages import generate, segment, train_autoencoder, train_diffusion
 
@@ -146,15 +153,18 @@ def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
     with pytest.raises(ConfigError, match="sample_every"):
         train_diffusion.run(load_config(train_diffusion.Config, None, ["sample_every=-1"]))
     # final_samples=false: no samples at all, the final validation without ROUGE; the denoiser's
-    # low_precision_residual (on by default) reaches the saved model's config either way
+    # low_precision_residual (on by default) reaches the saved model's config either way; a denoiser
+    # trained without self-conditioning has no self-conditioning input (its sampler then feeds none)
     cfg.output_dir, cfg.final_samples = str(tmp_path / "dm_none"), False
     cfg.denoiser.low_precision_residual = False
+    cfg.diffusion.self_conditioning_prob = 0.0
     train_diffusion.run(cfg)
     saved = {
         run: json.loads((tmp_path / run / "denoiser" / "config.json").read_text())
         for run in ("dm", "dm_none")
     }
     assert saved["dm"]["low_precision_residual"] and not saved["dm_none"]["low_precision_residual"]
+    assert saved["dm"]["self_conditioning"] and not saved["dm_none"]["self_conditioning"]
     assert not (tmp_path / "dm_none" / "samples").exists()
     validation = json.loads((tmp_path / "dm_none" / "summary.json").read_text())["validation"]
     assert [r["step"] for r in validation] == [2, 4, 5] and not any("eval/rougeL" in r for r in validation)
@@ -253,3 +263,47 @@ def test_quickstart_runs_on_a_tiny_budget_and_scores_topics(tmp_path, capsys):
         assert 0.0 <= scores["generated"]["agreement"] <= 1.0 and scores["generated"]["num_segments"] >= 3
         assert 0.0 <= scores["repeated_segments"] <= 1.0
     assert "topic agreement" in printed
+
+
+def test_the_autoencoder_stages_encoder_states_give_the_diffusion_stage_its_latents(
+    trained, tmp_path, monkeypatch
+):
+    """``train_diffusion(cfg, encoder_states=...)`` (the quickstart hands it the autoencoder stage's
+    cache): the training latents come from the cached states, equal to encoding the segments again."""
+    root, seg = trained
+    autoencoder = load_model(str(root / "ae"), kinds=("autoencoder",))
+    states = EncoderStateCache.build(
+        autoencoder, [s for doc in read_documents([seg], "train") for s in doc.segments]
+    )
+    encoded_rows = []
+    run_encoder = SegmentAutoencoder.encoder_hidden_states
+    monkeypatch.setattr(
+        SegmentAutoencoder,
+        "encoder_hidden_states",
+        lambda self, ids, mask: encoded_rows.append(ids.shape[0]) or run_encoder(self, ids, mask),
+    )
+    latents, rows = {}, {}
+    for name, given in (("encoded", None), ("cached", states)):
+        out = tmp_path / name
+        cfg = load_config(
+            train_diffusion.Config,
+            CONFIGS / "diffusion_tiny.yaml",
+            [
+                f"output_dir={out}",
+                f"autoencoder={root / 'ae'}",
+                f"data.segmented_dir={seg}",
+                "loop.max_steps=1",
+            ],
+        )
+        encoded_rows.clear()
+        diffusion_trainer.train_diffusion(cfg, encoder_states=given)
+        rows[name] = sum(encoded_rows)
+        (train_file,) = (out / "latent_cache").glob("train-*.safetensors")
+        latents[name] = safetensors.torch.load_file(train_file)["latents"]
+    torch.testing.assert_close(latents["cached"], latents["encoded"], rtol=1e-3, atol=1e-3)
+    num_valid = sum(min(len(d.segments), cfg.max_segments) for d in read_documents([seg], "valid"))
+    # cached: the check's 4 texts and the validation segments; encoded: the training segments too
+    assert rows["cached"] <= 4 + num_valid < rows["encoded"]
+    stale = EncoderStateCache(states.states + 1.0, states.index)
+    with pytest.raises(ValueError, match="not this model's encoder's"):
+        diffusion_trainer.train_diffusion(cfg, encoder_states=stale)

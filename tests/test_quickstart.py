@@ -7,6 +7,7 @@ import json
 import pytest
 from test_examples import load_example
 
+from sld import quickstart
 from sld.config import ConfigError, load_config, save_config
 from sld.quickstart import QuickstartConfig, run_quickstart
 
@@ -51,6 +52,7 @@ def test_defaults_are_the_cpu_budgets_and_round_trip_through_yaml(tmp_path):
     )
     assert not cfg.diffusion.final_samples  # step 5 generates and scores validation inputs itself
     assert cfg.diffusion.sampling.num_inference_steps == 10
+    assert cfg.diffusion.diffusion.self_conditioning_prob == 0.0  # quick_diffusion says why
     assert QuickstartConfig().autoencoder is not cfg.autoencoder  # every config gets its own sections
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(QuickstartConfig, tmp_path / "config.yaml") == cfg
@@ -76,8 +78,16 @@ def test_scored_inputs_per_task():
 @pytest.mark.slow
 def test_run_quickstart_reports_through_echo(tmp_path, capsys, monkeypatch):
     cfg = load_config(QuickstartConfig, None, [f"output_dir={tmp_path}", *TINY])
+    handed = []  # the autoencoder stage's encoder states, handed on to the diffusion stage
+    train = quickstart.train_diffusion
+    monkeypatch.setattr(
+        quickstart,
+        "train_diffusion",
+        lambda dm, encoder_states: handed.append(encoder_states) or train(dm, encoder_states),
+    )
     lines: list[str] = []
     result = run_quickstart(cfg, echo=lines.append)
+    assert len(handed) == 1 and len(handed[0]) > 0
     headers = [line for line in lines if line.startswith("== ")]
     assert headers == [
         "== 1/5 synthetic corpus",

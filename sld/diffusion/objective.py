@@ -58,7 +58,8 @@ class DiffusionConfig:
 
     prediction_type: what the denoiser predicts: v (paper), epsilon, or the clean sample x0.
     num_train_timesteps: T, discrete steps of the cosine schedule.
-    self_conditioning_prob: probability that a training batch gets the model's own x0 estimate as input.
+    self_conditioning_prob: probability that a training batch gets the model's own x0 estimate as input;
+        0 trains a denoiser without that input (``train_diffusion``), so its sampler feeds none.
     condition_drop_prob: per-example probability of replacing the source by the null context (CFG).
     count_loss_weight: weight of the segment-count cross-entropy.
     post_diffusion_weight_mse / post_diffusion_weight_ce: weights of the post-diffusion losses

@@ -36,6 +36,7 @@ from sld.diffusion.validation import validation_loss, write_samples
 from sld.loading import load_model
 from sld.models.context_encoder import ContextCache, ContextEncoder
 from sld.models.denoiser import SegmentDiT
+from sld.models.encoder_cache import EncoderStateCache
 from sld.pipeline import PipelineConfig, SamplingConfig, SLDPipeline
 from sld.run_summary import (
     TrainedRun,
@@ -169,8 +170,17 @@ class TrainedPipeline(TrainedRun):
         ]
 
 
-def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
-    """Train (or resume) stage 3 into ``cfg.output_dir`` and save the EMA weights as an SLDPipeline."""
+def train_diffusion(
+    cfg: DiffusionTrainingConfig, encoder_states: EncoderStateCache | None = None
+) -> TrainedPipeline:
+    """Train (or resume) stage 3 into ``cfg.output_dir`` and save the EMA weights as an SLDPipeline.
+
+    ``encoder_states``: the autoencoder stage's encoder-state cache (``train_autoencoder(...,
+    keep_encoder_states=True)`` in the same process): the training segments' latents are then
+    computed from those states instead of running the frozen encoder again. It is checked against
+    the loaded autoencoder's encoder first (``EncoderStateCache.check_against``: a cache of another
+    encoder raises ``ValueError``).
+    """
     if cfg.sample_every is not None and cfg.sample_every < 0:
         raise ConfigError(f"sample_every must be >= 0 or null, got {cfg.sample_every}")
     output_dir = Path(cfg.output_dir)
@@ -181,6 +191,9 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
 
     autoencoder = load_model(cfg.autoencoder, device, kinds=("autoencoder",), what="autoencoder")
     autoencoder.requires_grad_(False)
+    if encoder_states is not None:
+        encoder_states.check_against(autoencoder)
+        autoencoder.encoder_cache = encoder_states
     context_encoder = ContextEncoder.from_pretrained(
         cfg.context_encoder, max_length=cfg.context_max_length, device=device
     )
@@ -204,12 +217,15 @@ def train_diffusion(cfg: DiffusionTrainingConfig) -> TrainedPipeline:
 
     train_set = latent_set(train_docs, "train", index_only=cfg.latents_on_device)
     valid_set = latent_set(valid_docs, "valid")
+    autoencoder.encoder_cache = None  # the latents are encoded: the pipeline does not keep the states
     # (num_docs, S, N, D) float16 on the device, or None: the batches then carry their latents
     train_latents = train_set.latents.to(device) if cfg.latents_on_device else None
 
     set_seed(cfg.loop.seed)  # the denoiser's initialisation is reproducible
     denoiser = SegmentDiT(
         **asdict(cfg.denoiser),
+        # a self-conditioning input that training never fills would get the sampler's estimates
+        self_conditioning=cfg.diffusion.self_conditioning_prob > 0,
         latent_dim=autoencoder.latent_dim,
         num_latents=autoencoder.num_latents,
         max_segments=cfg.max_segments,

@@ -732,12 +732,21 @@ class SegmentAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Segment strings -> latents z (len(texts), N, D) on the model's device (no noise, no graph)."""
+        """Segment strings -> latents z (len(texts), N, D) on the model's device (no noise, no graph).
+
+        A batch whose texts are all in ``encoder_cache`` reads their cached encoder states instead of
+        running the encoder (the quickstart hands its autoencoder's cache to the diffusion stage).
+        """
         chunks = []
         for start in range(0, len(texts), batch_size):
-            inputs = self.tokenize_for_encoder(texts[start : start + batch_size])
+            batch = texts[start : start + batch_size]
+            inputs = self.tokenize_for_encoder(batch)
+            rows = self.encoder_cache.rows_of(batch) if self.encoder_cache is not None else None
+            index = None if rows is None else torch.tensor(rows, device=self.device)
             chunks.append(
-                self.encode(inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device))
+                self.encode(
+                    inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device), index
+                )
             )
         if not chunks:
             return torch.empty(0, self.num_latents, self.latent_dim, device=self.device, dtype=self.dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -99,6 +99,37 @@ class EncoderStateCache:
             states.numel() * states.element_size() / 2**20,
         )
         return cls(states, {text: i for i, text in enumerate(unique)})
+
+    def rows_of(self, texts: Sequence[str]) -> list[int] | None:
+        """Each text's row, or None when any of them is not cached."""
+        rows = [self.index.get(text) for text in texts]
+        return None if any(row is None for row in rows) else rows  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def check_against(self, model: SegmentAutoencoder, num_texts: int = 4, tolerance: float = 2e-2) -> None:
+        """Raise ``ValueError`` unless ``model``'s encoder gives the cached states of the first
+        ``num_texts`` texts (within ``tolerance``, absolute and relative: the cache may hold bfloat16).
+
+        A cache built by one training stage and handed to another (``train_diffusion``'s
+        ``encoder_states``) must come from the same frozen encoder; this costs one small forward.
+        """
+        texts = list(self.index)[:num_texts]
+        if not texts:
+            return
+        inputs = model.tokenize_for_encoder(texts)
+        mask = inputs["attention_mask"].to(model.device)
+        fresh = model.encoder_hidden_states(inputs["input_ids"].to(model.device), mask).float()
+        cached = self.gather(
+            torch.tensor(self.rows_of(texts), device=mask.device), mask.shape[1], torch.float32
+        )
+        keep = mask.bool()[..., None]  # padding positions are never read (the compressor masks them)
+        fresh, cached = fresh * keep, cached * keep
+        if not torch.allclose(fresh, cached, rtol=tolerance, atol=tolerance):
+            difference = (fresh - cached).abs().max().item()
+            raise ValueError(
+                f"the cached encoder states are not this model's encoder's (largest difference {difference:.3g} "
+                f"over {len(texts)} texts): the cache was built with another encoder"
+            )
 
     def gather(self, rows: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
         """States (B', length, H) of cache rows ``rows`` (B',), as ``dtype``, on ``rows``' device."""
