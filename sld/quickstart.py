@@ -117,14 +117,16 @@ def quick_diffusion() -> DiffusionTrainingConfig:
         denoiser=DenoiserConfig(width=256, depth=4, heads=4),
         # Batch 32 at lr 1e-3: validation loss 0.32 after 4 minutes on 2 cores, against 0.55 at 64 / 5e-4.
         # 5 minutes: 529 steps (validation loss 0.24) on 2026-12-02, as many as 6 minutes gave before.
-        # Over 5,000 steps the rate is still near its peak when the 5 minutes end (fit says so), yet
+        # Over 5,000 steps the rate is still near its peak when the budget ends (fit says so), yet
         # decaying over 1,000 did worse: validation loss 0.2465 against 0.2386 (2026-12-04, one run each).
+        # 4.75 minutes since the thirty-fifth session: without self-conditioning (below) a step costs
+        # less, and on the slow 2-core machine of that session the quickstart took 15.1 minutes with 5.
         optim=OptimConfig(lr=1e-3, warmup_steps=100),
         loop=LoopConfig(
-            max_steps=5000, max_minutes=5.0, batch_size=32, log_every=25, eval_every=100, save_every=250
+            max_steps=5000, max_minutes=4.75, batch_size=32, log_every=25, eval_every=100, save_every=250
         ),
         # No self-conditioning (a denoiser without that input): on one quickstart's autoencoder, 317
-        # steps in the 5 minutes against 248, validation loss 0.435 against 0.544, 16-17% of generated
+        # steps in 5 minutes against 248, validation loss 0.435 against 0.544, 16-17% of generated
         # story sentences repeating an earlier one against 26%, the same topic agreement (0.756 against
         # 0.751, two seeds; docs/results.md, thirty-fifth session). The GPU configs keep the paper's 0.5.
         diffusion=DiffusionConfig(self_conditioning_prob=0.0),

@@ -44,7 +44,7 @@ TINY = [
 
 def test_defaults_are_the_cpu_budgets_and_round_trip_through_yaml(tmp_path):
     cfg = QuickstartConfig()
-    assert (cfg.autoencoder.loop.max_minutes, cfg.diffusion.loop.max_minutes) == (7.0, 5.0)
+    assert (cfg.autoencoder.loop.max_minutes, cfg.diffusion.loop.max_minutes) == (7.0, 4.75)
     # the autoencoder's decay spans its budget; the denoiser's stays near its peak (quick_diffusion says why)
     assert (cfg.autoencoder.optim.decay_over, cfg.diffusion.optim.decay_over) == ("budget", "max_steps")
     assert (
