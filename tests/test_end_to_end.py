@@ -269,7 +269,9 @@ def test_the_autoencoder_stages_encoder_states_give_the_diffusion_stage_its_late
     trained, tmp_path, monkeypatch
 ):
     """``train_diffusion(cfg, encoder_states=...)`` (the quickstart hands it the autoencoder stage's
-    cache): the training latents come from the cached states, equal to encoding the segments again."""
+    cache): the training latents come from the cached states, equal to those the fixture's diffusion
+    stage encoded with the encoder (the same autoencoder, documents and ``max_segments``: the same
+    latent-cache file name)."""
     root, seg = trained
     autoencoder = load_model(str(root / "ae"), kinds=("autoencoder",))
     states = EncoderStateCache.build(
@@ -282,28 +284,31 @@ def test_the_autoencoder_stages_encoder_states_give_the_diffusion_stage_its_late
         "encoder_hidden_states",
         lambda self, ids, mask: encoded_rows.append(ids.shape[0]) or run_encoder(self, ids, mask),
     )
-    latents, rows = {}, {}
-    for name, given in (("encoded", None), ("cached", states)):
-        out = tmp_path / name
-        cfg = load_config(
-            train_diffusion.Config,
-            CONFIGS / "diffusion_tiny.yaml",
-            [
-                f"output_dir={out}",
-                f"autoencoder={root / 'ae'}",
-                f"data.segmented_dir={seg}",
-                "loop.max_steps=1",
-            ],
-        )
-        encoded_rows.clear()
-        diffusion_trainer.train_diffusion(cfg, encoder_states=given)
-        rows[name] = sum(encoded_rows)
-        (train_file,) = (out / "latent_cache").glob("train-*.safetensors")
-        latents[name] = safetensors.torch.load_file(train_file)["latents"]
-    torch.testing.assert_close(latents["cached"], latents["encoded"], rtol=1e-3, atol=1e-3)
-    num_valid = sum(min(len(d.segments), cfg.max_segments) for d in read_documents([seg], "valid"))
-    # cached: the check's 4 texts and the validation segments; encoded: the training segments too
-    assert rows["cached"] <= 4 + num_valid < rows["encoded"]
+    cfg = load_config(
+        train_diffusion.Config,
+        CONFIGS / "diffusion_tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'dm'}",
+            f"autoencoder={root / 'ae'}",
+            f"data.segmented_dir={seg}",
+            "loop.max_steps=1",
+            "final_samples=false",
+        ],
+    )
+    diffusion_trainer.train_diffusion(cfg, encoder_states=states)
+    (train_file,) = (tmp_path / "dm" / "latent_cache").glob("train-*.safetensors")
+    torch.testing.assert_close(
+        safetensors.torch.load_file(train_file)["latents"],
+        safetensors.torch.load_file(root / "dm" / "latent_cache" / train_file.name)["latents"],
+        rtol=1e-3,
+        atol=1e-3,
+    )
+    segments = {
+        split: sum(min(len(d.segments), cfg.max_segments) for d in read_documents([seg], split))
+        for split in ("train", "valid")
+    }
+    # the encoder ran over the check's 4 texts and the validation segments only, not the training ones
+    assert sum(encoded_rows) <= 4 + segments["valid"] < segments["train"]
     stale = EncoderStateCache(states.states + 1.0, states.index)
     with pytest.raises(ValueError, match="not this model's encoder's"):
         diffusion_trainer.train_diffusion(cfg, encoder_states=stale)

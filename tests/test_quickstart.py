@@ -125,3 +125,8 @@ def test_run_quickstart_reports_through_echo(tmp_path, capsys, monkeypatch):
     for steps in (3, 2):
         assert sum(f"seed 0, num_inference_steps={steps}: generated" in line for line in printed) == 1
     assert all("(2 inputs;" in line for line in printed if "seed 0" in line)
+    # ... and the decoder's n-gram blocks
+    example.main([str(tmp_path), "--no-repeat-ngram", "0", "3", "--num-inputs", "1", "--seeds", "0"])
+    printed = capsys.readouterr().out.splitlines()
+    for size in (0, 3):
+        assert sum(f"seed 0, no_repeat_ngram_size={size}: generated" in line for line in printed) == 1
