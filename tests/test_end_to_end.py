@@ -20,6 +20,20 @@ from stages import generate, segment, train_autoencoder, train_diffusion
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+def tiny_diffusion(output_dir: Path, root: Path, segmented: Path, *overrides: str) -> train_diffusion.Config:
+    """configs/diffusion_tiny.yaml on the fixture's autoencoder and ``segmented`` stage-1 folder."""
+    return load_config(
+        train_diffusion.Config,
+        CONFIGS / "diffusion_tiny.yaml",
+        [
+            f"output_dir={output_dir}",
+            f"autoencoder={root / 'ae'}",
+            f"data.segmented_dir={segmented}",
+            *overrides,
+        ],
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
@@ -57,11 +71,7 @@ def trained(tmp_path_factory):
         ],
     )
     train_autoencoder.run(ae_cfg)
-    dm_cfg = load_config(
-        train_diffusion.Config,
-        CONFIGS / "diffusion_tiny.yaml",
-        [f"output_dir={root / 'dm'}", f"autoencoder={root / 'ae'}", f"data.segmented_dir={seg}"],
-    )
+    dm_cfg = tiny_diffusion(root / "dm", root, seg)
     train_diffusion.run(dm_cfg)
     return root, seg
 
@@ -110,16 +120,7 @@ def test_generate_stage_writes_predictions(trained, tmp_path):
 
 def test_resume_continues_step_count(trained, tmp_path):
     root, seg = trained
-    cfg = load_config(
-        train_diffusion.Config,
-        CONFIGS / "diffusion_tiny.yaml",
-        [
-            f"output_dir={root / 'dm'}",
-            f"autoencoder={root / 'ae'}",
-            f"data.segmented_dir={seg}",
-            "loop.max_steps=6",
-        ],
-    )
+    cfg = tiny_diffusion(root / "dm", root, seg, "loop.max_steps=6")
     train_diffusion.run(cfg)
     summary = json.loads((root / "dm" / "summary.json").read_text())
     assert summary["steps"] == 6
@@ -130,18 +131,14 @@ def test_resume_continues_step_count(trained, tmp_path):
 
 def test_cached_context_and_samples_only_at_the_end(trained, tmp_path):
     root, seg = trained
-    cfg = load_config(
-        train_diffusion.Config,
-        CONFIGS / "diffusion_tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'dm'}",
-            f"autoencoder={root / 'ae'}",
-            f"data.segmented_dir={seg}",
-            "cache_context=true",
-            "sample_every=0",
-            "loop.eval_every=2",
-            "loop.max_steps=5",
-        ],
+    cfg = tiny_diffusion(
+        tmp_path / "dm",
+        root,
+        seg,
+        "cache_context=true",
+        "sample_every=0",
+        "loop.eval_every=2",
+        "loop.max_steps=5",
     )
     train_diffusion.run(cfg)
     assert [p.name for p in (tmp_path / "dm" / "samples").glob("*.jsonl")] == ["step_5.jsonl"]
@@ -175,18 +172,14 @@ def test_latents_on_the_device_train_as_latents_in_the_batches(trained, tmp_path
     losses = {}
     for on_device in ("true", "false"):
         out = tmp_path / f"dm_{on_device}"
-        cfg = load_config(
-            train_diffusion.Config,
-            CONFIGS / "diffusion_tiny.yaml",
-            [
-                f"output_dir={out}",
-                f"autoencoder={root / 'ae'}",
-                f"data.segmented_dir={seg}",
-                f"latents_on_device={on_device}",
-                "loop.max_steps=3",
-                "loop.log_every=1",
-                "sample_every=0",
-            ],
+        cfg = tiny_diffusion(
+            out,
+            root,
+            seg,
+            f"latents_on_device={on_device}",
+            "loop.max_steps=3",
+            "loop.log_every=1",
+            "sample_every=0",
         )
         train_diffusion.run(cfg)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -202,17 +195,13 @@ def test_length_grouped_batches_with_a_sourceless_document(trained, tmp_path):
     grouped.mkdir()
     (grouped / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (grouped / "valid.jsonl").write_text((seg / "valid.jsonl").read_text())
-    cfg = load_config(
-        train_diffusion.Config,
-        CONFIGS / "diffusion_tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'dm'}",
-            f"autoencoder={root / 'ae'}",
-            f"data.segmented_dir={grouped}",
-            "data.group_by_source_length=true",
-            "data.group_by_segment_count=true",
-            "loop.max_steps=3",
-        ],
+    cfg = tiny_diffusion(
+        tmp_path / "dm",
+        root,
+        grouped,
+        "data.group_by_source_length=true",
+        "data.group_by_segment_count=true",
+        "loop.max_steps=3",
     )
     train_diffusion.run(cfg)
     assert json.loads((tmp_path / "dm" / "summary.json").read_text())["steps"] == 3
@@ -284,17 +273,7 @@ def test_the_autoencoder_stages_encoder_states_give_the_diffusion_stage_its_late
         "encoder_hidden_states",
         lambda self, ids, mask: encoded_rows.append(ids.shape[0]) or run_encoder(self, ids, mask),
     )
-    cfg = load_config(
-        train_diffusion.Config,
-        CONFIGS / "diffusion_tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'dm'}",
-            f"autoencoder={root / 'ae'}",
-            f"data.segmented_dir={seg}",
-            "loop.max_steps=1",
-            "final_samples=false",
-        ],
-    )
+    cfg = tiny_diffusion(tmp_path / "dm", root, seg, "loop.max_steps=1", "final_samples=false")
     diffusion_trainer.train_diffusion(cfg, encoder_states=states)
     (train_file,) = (tmp_path / "dm" / "latent_cache").glob("train-*.safetensors")
     torch.testing.assert_close(
